@@ -1,0 +1,27 @@
+# Build wheels in one stage, install only them in a slim runtime as a non-root user.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY bot bot
+COPY adapters adapters
+COPY cloud cloud
+COPY commands commands
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 sdbot \
+    && mkdir -p /data \
+    && chown sdbot:sdbot /data
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER sdbot
+WORKDIR /data
+# The job store and console output live on the volume, so jobs survive container restarts.
+ENV SDBOT_DATA_DIR=/data/state \
+    SDBOT_OUTPUT_DIR=/data/output \
+    PYTHONUNBUFFERED=1
+VOLUME ["/data"]
+# The bot finishes its current step and closes the store cleanly on SIGINT.
+STOPSIGNAL SIGINT
+ENTRYPOINT ["sdbot"]
+CMD ["run"]

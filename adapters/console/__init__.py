@@ -1,0 +1,5 @@
+"""The console adapter: commands from stdin, line-oriented results on stdout (SPEC §5)."""
+
+from adapters.console.adapter import ConsoleAdapter, run_console
+
+__all__ = ["ConsoleAdapter", "run_console"]

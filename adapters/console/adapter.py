@@ -1,0 +1,184 @@
+"""The console adapter: the embedded default, for trying the bot on one machine (SPEC §5).
+
+Commands are read from stdin, one per line; piped input runs the lines in order (jobs run
+concurrently, as in chat) and returns once every job is terminal and delivered. Output on
+stdout is one fact per line, for people and scripts alike:
+
+    job <id> accepted
+    job <id> <state> [detail]      on each state change
+    saved <path>                   for each result image (<output_dir>/<job-id>/<n>.png)
+    caption <id>: <text>
+    error: <message>               for refusals
+
+`reply <id|last> <text>` re-generates a job as a thread reply would. The console user is the
+local operator and an admin. Image paths are given as `image=PATH`, `mask=PATH`, `sketch=PATH`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from bot.app import BotApp
+from bot.errors import ImageInputError
+from bot.model import AttachmentRef, Caller, Conversation, JobState, Platform
+from bot.ports import PostedStatus
+from bot.views import ResultImage, ResultView, StatusView
+
+CONSOLE_CHANNEL = "console"
+
+
+class ConsoleResponder:
+    """Answers one console line."""
+
+    def __init__(self, adapter: ConsoleAdapter) -> None:
+        self._adapter = adapter
+
+    async def accepted(self, job_id: str) -> None:
+        self._adapter.last_job = job_id
+        self._adapter.emit(f"job {job_id} accepted")
+
+    async def reply(
+        self, text: str, *, private: bool = False, images: Sequence[ResultImage] = ()
+    ) -> None:
+        self._adapter.emit(text)
+        for image in images:
+            self._adapter.emit(f"saved {self._adapter.save(image)}")
+
+    async def refuse(self, message: str) -> None:
+        self._adapter.emit("error: " + " ".join(message.split()))
+
+
+class ConsoleAdapter:
+    """`bot.ports.ChatAdapter` for the console."""
+
+    platform = Platform.CONSOLE
+
+    def __init__(self, output_dir: Path, out: TextIO | None = None) -> None:
+        self._output_dir = output_dir
+        self._out = out or sys.stdout
+        self._shown: dict[str, JobState] = {}
+        self.last_job: str | None = None
+        self.caller = Caller(
+            Platform.CONSOLE, "local", "operator", Conversation(CONSOLE_CHANNEL),
+            is_admin=True, user_name="operator",
+        )
+
+    def emit(self, line: str) -> None:
+        print(line, file=self._out, flush=True)
+
+    def save(self, image: ResultImage) -> Path:
+        job_id = image.name.split("-", 1)[0]
+        folder = self._output_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / image.name
+        path.write_bytes(image.data)
+        return path
+
+    # -- ChatAdapter -----------------------------------------------------------------------
+
+    async def download(self, ref: AttachmentRef, max_bytes: int) -> bytes:
+        path = Path(ref.url).expanduser()
+        try:
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise ImageInputError(
+                    f"{ref.name} is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB"
+                )
+            with path.open("rb") as fh:
+                return await asyncio.to_thread(fh.read, max_bytes + 1)
+        except FileNotFoundError:
+            raise ImageInputError(f"no such file: {ref.url}") from None
+        except IsADirectoryError:
+            raise ImageInputError(f"{ref.url} is a folder, not an image file") from None
+        except PermissionError:
+            raise ImageInputError(f"cannot read {ref.url}: permission denied") from None
+
+    async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
+        thread = where if where.thread is not None else Conversation(where.channel, status.job_id)
+        self._show(status)
+        return PostedStatus(thread, f"status-{status.job_id}")
+
+    async def edit_status(self, thread: Conversation, message: str, status: StatusView) -> None:
+        self._show(status)
+
+    def _show(self, status: StatusView) -> None:
+        if self._shown.get(status.job_id) is status.state:
+            return
+        self._shown[status.job_id] = status.state
+        line = f"job {status.job_id} {status.state.value}"
+        if status.detail:
+            line += " — " + " ".join(status.detail.split())
+        self.emit(line)
+
+    async def post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
+        posted = []
+        for image in result.images:
+            path = await asyncio.to_thread(self.save, image)
+            self.emit(f"saved {path}")
+            posted.append(str(path))
+        if result.caption is not None:
+            self.emit(f"caption {result.job_id}: {' '.join(result.caption.split())}")
+            posted.append(f"caption-{result.job_id}")
+        return posted
+
+    async def post_text(self, thread: Conversation, text: str) -> str:
+        self.emit(text)
+        return f"text-{thread.thread}"
+
+    async def find_marker(self, thread: Conversation, marker: str) -> Sequence[str]:
+        # Images saved by an earlier run are the console's "messages" of that job.
+        job_id = marker.rsplit(" ", 1)[-1]
+        folder = self._output_dir / job_id
+        return sorted(str(p) for p in folder.glob("*.png")) if folder.is_dir() else []
+
+    async def delete_messages(self, thread: Conversation, messages: Sequence[str]) -> None:
+        for message in messages:
+            path = Path(message)
+            if path.suffix == ".png" and path.is_relative_to(self._output_dir):
+                path.unlink(missing_ok=True)
+
+    # -- input -----------------------------------------------------------------------------
+
+    async def handle_line(self, app: BotApp, line: str) -> None:
+        """Run one console line: a command or `reply <id|last> <text>`."""
+        text = line.strip()
+        if not text or text.startswith("#"):
+            return
+        responder = ConsoleResponder(self)
+        head, _, rest = text.partition(" ")
+        if head.lower() == "reply":
+            target, _, body = rest.strip().partition(" ")
+            if not target:
+                await responder.refuse("usage: reply <job id|last> <text or options>")
+                return
+            if target.lower() == "last":
+                if self.last_job is None:
+                    await responder.refuse("no job yet to reply to")
+                    return
+                target = self.last_job
+            await app.dispatcher.handle_reply(
+                self.caller, body, [], responder, base_job=target
+            )
+            return
+        await app.dispatcher.handle_text(self.caller, text, [], responder)
+
+
+async def _stdin_lines() -> AsyncIterator[str]:
+    while True:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            return
+        yield line
+
+
+async def run_console(
+    app: BotApp, adapter: ConsoleAdapter, lines: AsyncIterator[str] | None = None
+) -> None:
+    """Feed lines to the bot in order, then wait until every job is delivered."""
+    async for line in lines if lines is not None else _stdin_lines():
+        await adapter.handle_line(app, line)
+    await app.runner.wait_idle()

@@ -1,0 +1,113 @@
+"""`BotApp`: the core's composition and lifecycle.
+
+It wires store → backend → poller → job runner → dispatcher, starts them in that order,
+resumes the jobs an earlier run left unfinished, and closes them in reverse. Adapters are added
+before `start()` and call into `app.dispatcher`. What backend and store to use is decided by
+the caller (`adapters.cli`), so the core never imports a cloud or chat library.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Protocol
+
+from bot.clock import SystemClock
+from bot.config import Config
+from bot.dispatcher import Dispatcher
+from bot.jobs import JobRunner
+from bot.model import Platform
+from bot.poller import Poller
+from bot.ports import Backend, ChatAdapter, Clock, JobStore
+from bot.resolve import Catalog, Resolver
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+class BotApp:
+    """The running core: one store, one backend, any number of adapters."""
+
+    def __init__(
+        self, config: Config, *, backend: Backend, store: JobStore, clock: Clock | None = None
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.store = store
+        self.clock = clock or SystemClock()
+        self._adapters: dict[Platform, ChatAdapter] = {}
+        self.poller = Poller(
+            backend, interval=config.poll_interval, max_interval=config.poll_max_interval
+        )
+        self.catalog = Catalog(backend, self.clock)
+        self.runner = JobRunner(
+            config=config,
+            store=store,
+            backend=backend,
+            adapters=self._adapters,
+            poller=self.poller,
+            resolver=Resolver(config, self.catalog),
+            clock=self.clock,
+        )
+        self.dispatcher = Dispatcher(
+            runner=self.runner, store=store, backend=backend, catalog=self.catalog,
+            clock=self.clock,
+        )
+        self._started = False
+        self._closed = False
+
+    def add_adapter(self, adapter: ChatAdapter) -> None:
+        """Register the adapter that delivers jobs of its platform (before `start`)."""
+        if self._started:
+            raise RuntimeError("add adapters before starting the app")
+        self._adapters[adapter.platform] = adapter
+
+    async def start(self) -> None:
+        """Start everything in dependency order; on failure, close what was started."""
+        if self._started or self._closed:
+            raise RuntimeError("BotApp can be started once")
+        self._started = True
+        started: list[_Closable] = []
+        try:
+            await self.store.start()
+            started.append(self.store)
+            await self.backend.start()
+            started.append(self.backend)
+            await self.poller.start()
+            started.append(self.poller)
+            resumed = await self.runner.resume()
+            if resumed:
+                _LOGGER.info("resumed %d unfinished job(s)", resumed)
+        except BaseException:
+            await self._close(started)
+            raise
+
+    async def aclose(self) -> None:
+        """Stop job drivers (their jobs resume next start), then poller, backend, store."""
+        if self._closed:
+            return
+        await self.runner.aclose()
+        await self._close([self.store, self.backend, self.poller])
+
+    async def _close(self, started: list[_Closable]) -> None:
+        self._closed = True
+        for component in reversed(started):
+            try:
+                await component.aclose()
+            except Exception:
+                _LOGGER.exception("closing %s failed", type(component).__name__)
+
+    async def __aenter__(self) -> BotApp:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

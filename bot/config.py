@@ -1,0 +1,170 @@
+"""Configuration: frozen dataclasses from an optional TOML file plus environment overrides.
+
+Secrets come only from the environment (`DISCORD_TOKEN`, `SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN`,
+`SLACK_SIGNING_SECRET`, `ESD_API_KEY`) and never appear in reprs. Every other setting may be set
+in `sdbot.toml` (or the file `SDBOT_CONFIG` names) and overridden by `SDBOT_<NAME>` in the
+environment. Bad values fail at start-up with a `ConfigError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Credentials, from the environment only."""
+
+    discord_token: str | None = field(default=None, repr=False)
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_app_token: str | None = field(default=None, repr=False)
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    esd_api_key: str | None = field(default=None, repr=False)
+
+    def values(self) -> tuple[str, ...]:
+        """Every secret that is set, for log redaction."""
+        return tuple(v for v in dataclasses.astuple(self) if v)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every non-secret setting, with its default."""
+
+    backend: str = "local"  # "local" | "esd"
+    data_dir: Path = Path("sdbot-data")
+    output_dir: Path = Path("sdbot-output")  # console: result images go to <output_dir>/<job-id>/
+    # Images (SPEC §3.1, §2.2).
+    max_bytes: int = 20_000_000
+    max_pixels: int = 40_000_000
+    max_side: int = 1024
+    # Defaults below the command, channel and server settings (SPEC §2.2).
+    model: str | None = None
+    vae: str = "Automatic"
+    endpoint: str | None = None
+    inference_type: str = "Async"  # "Async" | "Real-time"
+    # Polling and status (SPEC §3 step 4, §4.1).
+    poll_interval: float = 1.0
+    poll_max_interval: float = 10.0
+    status_interval: float = 10.0
+    job_timeout: float = 1200.0
+    created_timeout: float = 300.0
+    # Local backend.
+    local_delay: float = 1.0
+    local_models_dir: Path | None = None
+    # ESD.
+    esd_api_url: str | None = None
+    esd_username: str = "api"
+    # Slack admins (Discord admins are members with Manage Server).
+    admins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    secrets: Secrets = field(default_factory=Secrets, repr=False)
+
+    def __post_init__(self) -> None:
+        # Validate now, so a bad value fails at start-up rather than on the first job.
+        if self.backend not in ("local", "esd"):
+            raise ConfigError(f"SDBOT_BACKEND must be `local` or `esd`, got {self.backend!r}")
+        if self.backend == "esd" and not self.esd_api_url:
+            raise ConfigError("SDBOT_BACKEND is `esd` but ESD_API_URL is not set")
+        if self.inference_type not in ("Async", "Real-time"):
+            raise ConfigError(
+                f"inference_type must be `Async` or `Real-time`, got {self.inference_type!r}"
+            )
+        for name in ("max_bytes", "max_pixels", "max_side"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_side % 8 or not 64 <= self.max_side <= 4096:
+            raise ConfigError("max_side must be a multiple of 8 between 64 and 4096")
+        for name in (
+            "poll_interval", "poll_max_interval", "status_interval", "job_timeout",
+            "created_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
+        if self.local_delay < 0:
+            raise ConfigError("SDBOT_LOCAL_DELAY must be zero or more seconds")
+        if self.poll_max_interval < self.poll_interval:
+            raise ConfigError("poll_max_interval must not be below poll_interval")
+
+
+# Environment names that differ from SDBOT_<FIELD>.
+_ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "esd_api_url": ("ESD_API_URL",),
+    "esd_username": ("ESD_USERNAME",),
+}
+_SECRET_ENV: dict[str, str] = {
+    "discord_token": "DISCORD_TOKEN",
+    "slack_bot_token": "SLACK_BOT_TOKEN",
+    "slack_app_token": "SLACK_APP_TOKEN",
+    "slack_signing_secret": "SLACK_SIGNING_SECRET",
+    "esd_api_key": "ESD_API_KEY",
+}
+
+
+def _convert(name: str, kind: Any, raw: object) -> object:
+    """Turn a TOML or environment value into the field's type, naming the setting on failure."""
+    text = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if "tuple" in text:
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            if isinstance(raw, list):
+                return tuple(str(p) for p in raw)
+            raise TypeError
+        if "Path" in text:
+            return None if raw in ("", None) else Path(str(raw))
+        if text.startswith("int"):
+            if isinstance(raw, bool):
+                raise TypeError
+            return int(str(raw))
+        if text.startswith("float"):
+            if isinstance(raw, bool):
+                raise TypeError
+            return float(str(raw))
+        if text.startswith("str"):
+            return None if raw == "" and "None" in text else str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting `{name}` has an invalid value: {raw!r}") from None
+    return raw
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None, path: Path | str | None = None
+) -> Config:
+    """Read the TOML file (if any), apply environment overrides and validate."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    file = path or env.get("SDBOT_CONFIG")
+    if file is None and Path("sdbot.toml").exists():
+        file = "sdbot.toml"
+    fields = {f.name: f for f in dataclasses.fields(Config) if f.name != "secrets"}
+    if file is not None:
+        try:
+            with open(file, "rb") as fh:
+                table = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read the config file {file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"the config file {file} is not valid TOML: {exc}") from None
+        for key, raw in table.items():
+            if key not in fields:
+                raise ConfigError(f"unknown setting `{key}` in {file}")
+            values[key] = _convert(key, fields[key].type, raw)
+    for name, f in fields.items():
+        for env_name in (f"SDBOT_{name.upper()}", *_ENV_ALIASES.get(name, ())):
+            if env.get(env_name) not in (None, ""):
+                values[name] = _convert(env_name, f.type, env[env_name])
+    if "backend" not in values:
+        values["backend"] = "esd" if values.get("esd_api_url") else "local"
+    secrets = Secrets(**{k: env.get(v) or None for k, v in _SECRET_ENV.items()})
+    try:
+        return Config(**values, secrets=secrets)  # type: ignore[arg-type]
+    except TypeError as exc:  # pragma: no cover - _convert guarantees the types
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,557 @@
+"""The core's front door: every command, reply and button from every adapter comes in here.
+
+Adapters translate platform events into `Caller` + text (or an already parsed command) +
+attachment references + a `Responder`, and call `handle_text`, `handle_command`, `handle_reply`
+or `handle_action`. Image commands become jobs through `JobRunner`; queries are answered at
+once. Every refusal is a `UserInputError` answered privately; nothing is sent to the backend
+for a request that does not validate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot import render
+from bot.errors import OperationalError, ParseError, RefusedError, UserInputError
+from bot.ids import display_name
+from bot.jobs import RESULT_SLOT, JobRunner
+from bot.model import AttachmentRef, Caller, Job, JobState, Platform
+from bot.ports import Backend, Clock, JobQuery, JobStore, Responder, StoredImage
+from bot.resolve import Catalog
+from bot.views import EDIT_FIELDS, Action, ActionKind, ResultImage
+from commands import (
+    COMMANDS,
+    MODEL_TYPES,
+    CommandSpec,
+    Family,
+    ParsedCommand,
+    Size,
+    Slot,
+    build,
+    help_text,
+    parse,
+    parse_reply,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+_PAGE = 50  # lines per message when `jobs all=true` pages through everything
+_SLOT_OPTIONS = tuple(s.value for s in Slot)
+
+
+def text_value(value: object) -> str:
+    """An option value in the text form the grammar reads back (`Size` → `512x512`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Size):
+        return str(value)
+    return str(value)
+
+
+def assign_slots(spec: CommandSpec, refs: Sequence[AttachmentRef]) -> list[AttachmentRef]:
+    """Decide which attachment is the image and which the mask / sketch (SPEC §2.3).
+
+    Adapters that know (Discord attachment options, console path keys) set `slot`; otherwise
+    the first file is the image and the second the mask or sketch, unless a file name contains
+    `mask` or `sketch`, which wins.
+    """
+    wanted = [a.slot.value for a in spec.attachments]
+    if len(refs) > len(wanted):
+        raise RefusedError(
+            f"{spec.name} takes {len(wanted)} image(s) ({', '.join(wanted)}), got {len(refs)}"
+        )
+    fixed = {r.slot: r for r in refs if r.slot}
+    loose = [r for r in refs if not r.slot]
+    for ref in list(loose):
+        lowered = ref.name.lower()
+        for slot in ("mask", "sketch"):
+            if slot in wanted and slot in lowered and slot not in fixed:
+                fixed[slot] = _with_slot(ref, slot)
+                loose.remove(ref)
+                break
+    for slot in wanted:
+        if slot not in fixed and loose:
+            fixed[slot] = _with_slot(loose.pop(0), slot)
+    return [fixed[s] for s in wanted if s in fixed]
+
+
+def _with_slot(ref: AttachmentRef, slot: str) -> AttachmentRef:
+    return AttachmentRef(ref.name, ref.url, ref.size, ref.content_type, slot)
+
+
+def _missing_image_message(spec: CommandSpec, slot: str, platform: Platform) -> str:
+    how = {
+        Platform.CONSOLE: f"give it as `{slot}=PATH`",
+        Platform.DISCORD: f"use the command's `{slot}` option",
+        Platform.SLACK: "attach the file(s) to a message that mentions the bot",
+    }[platform]
+    attachment = next(a for a in spec.attachments if a.slot.value == slot)
+    return f"{spec.name} needs {slot} ({attachment.help}): {how}"
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The job a reply or button works on, with its inputs."""
+
+    job: Job
+    inputs: Sequence[StoredImage]
+
+
+class Dispatcher:
+    """Routes commands, replies and actions to jobs and queries."""
+
+    def __init__(
+        self,
+        *,
+        runner: JobRunner,
+        store: JobStore,
+        backend: Backend,
+        catalog: Catalog,
+        clock: Clock,
+    ) -> None:
+        self._runner = runner
+        self._store = store
+        self._backend = backend
+        self._catalog = catalog
+        self._clock = clock
+
+    # -- entry points ----------------------------------------------------------------------
+
+    async def handle_text(
+        self,
+        caller: Caller,
+        text: str,
+        attachments: Sequence[AttachmentRef],
+        responder: Responder,
+    ) -> Job | None:
+        """A command in text form (console, Slack)."""
+        try:
+            parsed = parse(text, console=caller.platform is Platform.CONSOLE, now=self._clock.now())
+        except ParseError as exc:
+            await responder.refuse(str(exc))
+            return None
+        return await self.handle_command(caller, parsed, attachments, responder)
+
+    async def handle_command(
+        self,
+        caller: Caller,
+        parsed: ParsedCommand,
+        attachments: Sequence[AttachmentRef],
+        responder: Responder,
+    ) -> Job | None:
+        """A parsed command (Discord builds these from typed options)."""
+        try:
+            return await self._command(caller, parsed, attachments, responder)
+        except UserInputError as exc:
+            await responder.refuse(str(exc))
+        except OperationalError as exc:
+            _LOGGER.warning("%s failed: %r", parsed.name, exc)
+            await responder.refuse(f"{parsed.name}: {exc.short}; please try again later")
+        return None
+
+    async def handle_reply(
+        self,
+        caller: Caller,
+        text: str,
+        attachments: Sequence[AttachmentRef],
+        responder: Responder,
+        *,
+        base_job: str | None = None,
+        reply_to: str | None = None,
+    ) -> Job | None:
+        """A message in a job's thread: a re-generation request (SPEC §3.2), or nothing.
+
+        `base_job` names the base job outright (console `reply <id>`); `reply_to` is the message
+        a platform reply points at (Discord). Otherwise the thread's most recent job is the base.
+        Messages from anyone but the requester or an admin, `//` comments and messages in
+        threads that hold no job are ignored.
+        """
+        if text.lstrip().startswith("//"):
+            return None
+        try:
+            base = await self._reply_base(caller, base_job, reply_to)
+            if base is None:
+                return None
+            if base.caller.user != caller.user and not caller.is_admin:
+                return None
+            reply = parse_reply(
+                text, base.command, console=caller.platform is Platform.CONSOLE,
+                now=self._clock.now(),
+            )
+            options = dict(base.options)
+            options.update((k, text_value(v)) for k, v in reply.options.items())
+            if reply.prompt is not None:
+                options["prompt"] = reply.prompt
+            elif reply.append:
+                current = options.get("prompt", "")
+                options["prompt"] = f"{current}, {reply.append}" if current else reply.append
+            if "seed" not in reply.options and base.params is not None:
+                options["seed"] = str(base.params.seed)
+            if reply.again:
+                options["seed"] = "-1"
+            result_index = reply.options.get("input")
+            options.pop("input", None)
+            new_refs = self._path_refs(options) + list(attachments)
+            return await self._regenerate(
+                caller, base, options, new_refs, responder,
+                result_index=result_index if isinstance(result_index, int) else None,
+            )
+        except UserInputError as exc:
+            await responder.refuse(str(exc))
+        except OperationalError as exc:
+            _LOGGER.warning("reply failed: %r", exc)
+            await responder.refuse(f"{exc.short}; please try again later")
+        return None
+
+    async def handle_action(
+        self,
+        caller: Caller,
+        action_id: str,
+        responder: Responder,
+        fields: Mapping[str, str] | None = None,
+    ) -> Job | None:
+        """A button press or a submitted Edit modal (`fields`), routed by the action id."""
+        action = Action.parse(action_id)
+        if action is None:
+            await responder.refuse("that button is not one of this bot's")
+            return None
+        try:
+            job = await self._visible_job(caller, action.job_id)
+            return await self._action(caller, action, job, responder, fields or {})
+        except UserInputError as exc:
+            await responder.refuse(str(exc))
+        except OperationalError as exc:
+            _LOGGER.warning("action %s failed: %r", action_id, exc)
+            await responder.refuse(f"{exc.short}; please try again later")
+        return None
+
+    async def edit_defaults(self, caller: Caller, job_id: str) -> dict[str, str]:
+        """Current values for the Edit modal's fields (`bot.views.EDIT_FIELDS`)."""
+        job = await self._visible_job(caller, job_id)
+        values = {name: job.options.get(name, "") for name in EDIT_FIELDS}
+        if job.params is not None:
+            values.update(
+                prompt=job.params.prompt, negative=job.params.negative,
+                strength=f"{job.params.strength:g}", seed=str(job.params.seed),
+            )
+        return values
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _command(
+        self,
+        caller: Caller,
+        parsed: ParsedCommand,
+        attachments: Sequence[AttachmentRef],
+        responder: Responder,
+    ) -> Job | None:
+        spec = parsed.spec
+        if spec.family in (Family.GENERATE, Family.INTERROGATE):
+            options = {k: text_value(v) for k, v in parsed.options.items()}
+            refs = self._path_refs(options) + list(attachments)
+            refs = assign_slots(spec, refs)
+            have = {r.slot for r in refs}
+            for attachment in spec.attachments:
+                if attachment.required and attachment.slot.value not in have:
+                    raise RefusedError(
+                        _missing_image_message(spec, attachment.slot.value, caller.platform)
+                    )
+            return await self._runner.accept(caller, spec.name, options, refs, responder)
+        handler = {
+            "job": self._job,
+            "jobs": self._jobs,
+            "endpoints": self._endpoints,
+            "models": self._models,
+            "cancel": self._cancel,
+            "help": self._help,
+            "settings": self._settings,
+        }[spec.name]
+        await handler(caller, parsed, responder)
+        return None
+
+    @staticmethod
+    def _path_refs(options: dict[str, str]) -> list[AttachmentRef]:
+        """Console `image=PATH` style options become attachments the console adapter reads."""
+        refs = []
+        for slot in _SLOT_OPTIONS:
+            path = options.pop(slot, None)
+            if path is not None:
+                refs.append(AttachmentRef(path.rsplit("/", 1)[-1], path, slot=slot))
+        return refs
+
+    async def _visible_job(self, caller: Caller, prefix: str) -> Job:
+        """The one job `prefix` names that the caller may see (own jobs; admins: the server's)."""
+        prefix = prefix.lower()
+        found = await self._store.find(caller.platform, caller.server, prefix)
+        if not caller.is_admin:
+            found = [j for j in found if j.caller.user == caller.user]
+        if not found:
+            raise RefusedError(f"no job `{prefix}` among the jobs you can see")
+        exact = [j for j in found if j.id == prefix]
+        if exact:
+            return exact[0]
+        if len(found) > 1:
+            names = ", ".join(f"`{j.id}`" for j in found)
+            raise RefusedError(f"`{prefix}` matches several jobs ({names}); give more characters")
+        return found[0]
+
+    async def _job(self, caller: Caller, parsed: ParsedCommand, responder: Responder) -> None:
+        job_id = parsed.options.get("id")
+        if not isinstance(job_id, str):
+            raise ParseError("which job? `job <id>` (the id or its first 4 characters)")
+        job = await self._visible_job(caller, job_id)
+        images = [
+            ResultImage(i.name, i.data) for i in await self._store.images(job.id, RESULT_SLOT)
+        ]
+        await responder.reply(render.job_details(job), images=images)
+
+    async def _jobs(self, caller: Caller, parsed: ParsedCommand, responder: Responder) -> None:
+        opts = parsed.options
+        user = opts.get("user")
+        if (user is not None or opts.get("source") == "cloud") and not caller.is_admin:
+            raise RefusedError("only admins can list other people's jobs or the backend's history")
+        if opts.get("source") == "cloud":
+            await self._cloud_jobs(parsed, responder)
+            return
+        command = opts.get("type")
+        if command is not None and command not in COMMANDS:
+            names = ", ".join(n for n, c in COMMANDS.items() if c.family is not Family.QUERY)
+            raise RefusedError(f"unknown job type `{command}`; types: {names}")
+        status = opts.get("status")
+        query = JobQuery(
+            platform=caller.platform,
+            server=caller.server,
+            user=str(user) if user is not None else (None if caller.is_admin else caller.user),
+            states=(JobState(status),) if isinstance(status, str) else (),
+            command=str(command) if command is not None else None,
+            endpoint=_opt_str(opts, "endpoint"),
+            model=_opt_str(opts, "model"),
+            since=_opt_time(opts, "since"),
+            until=_opt_time(opts, "until"),
+            limit=_PAGE if opts.get("all") is True else 10,
+        )
+        lines: list[str] = []
+        while True:
+            page = await self._store.query(query)
+            lines.extend(display_name(j) for j in page)
+            if opts.get("all") is not True or len(page) < query.limit:
+                break
+            query = JobQuery(**{**query.__dict__, "offset": query.offset + query.limit})
+        if not lines:
+            await responder.reply("no jobs match", private=True)
+            return
+        for start in range(0, len(lines), _PAGE):
+            await responder.reply("\n".join(lines[start : start + _PAGE]), private=True)
+
+    async def _cloud_jobs(self, parsed: ParsedCommand, responder: Responder) -> None:
+        opts = parsed.options
+        task_type = str(opts.get("type") or "img2img")
+        limit = 1000 if opts.get("all") is True else 10
+        rows = await self._backend.history(task_type, limit if not _has_filters(opts) else 1000)
+        since, until = _opt_time(opts, "since"), _opt_time(opts, "until")
+        lines = []
+        for row in rows:
+            if isinstance(opts.get("status"), str) and row.state != opts["status"]:
+                continue
+            if _opt_str(opts, "endpoint") not in (None, row.endpoint):
+                continue
+            if _opt_str(opts, "model") not in (None, row.model):
+                continue
+            if since and (row.created_at is None or row.created_at < since):
+                continue
+            if until and (row.created_at is None or row.created_at >= until):
+                continue
+            when = row.created_at.strftime("%Y-%m-%d %H:%M:%S") if row.created_at else "?"
+            lines.append(f"{when} → {row.task_type} → {row.state} → {row.backend_id}")
+            if len(lines) >= limit:
+                break
+        if not lines:
+            await responder.reply("no backend jobs match", private=True)
+            return
+        for start in range(0, len(lines), _PAGE):
+            await responder.reply("\n".join(lines[start : start + _PAGE]), private=True)
+
+    async def _endpoints(self, caller: Caller, parsed: ParsedCommand, r: Responder) -> None:
+        self._catalog.invalidate()
+        await r.reply(render.endpoint_lines(await self._catalog.endpoints()))
+
+    async def _models(self, caller: Caller, parsed: ParsedCommand, r: Responder) -> None:
+        kind = parsed.options.get("type")
+        esd_type: str | None = None
+        if isinstance(kind, str):
+            lowered = kind.lower().rstrip("s")
+            known = {k.rstrip("s"): v for k, v in MODEL_TYPES.items()}
+            known.update({v.lower().rstrip("s"): v for v in MODEL_TYPES.values()})
+            if lowered not in known:
+                raise RefusedError(
+                    f"unknown model type `{kind}`; types: {', '.join(MODEL_TYPES)}"
+                )
+            esd_type = known[lowered]
+        await r.reply(render.model_lines(await self._backend.models(esd_type)))
+
+    async def _cancel(self, caller: Caller, parsed: ParsedCommand, r: Responder) -> None:
+        job_id = parsed.options.get("id")
+        if not isinstance(job_id, str):
+            raise ParseError("which job? `cancel <id>`")
+        job = await self._visible_job(caller, job_id)
+        await self._cancel_job(job, r)
+
+    async def _cancel_job(self, job: Job, r: Responder) -> None:
+        if job.state.terminal:
+            raise RefusedError(f"job `{job.id}` is already {job.state.value}")
+        was_started = job.backend_id is not None
+        await self._runner.cancel(job)
+        note = (
+            " It had already been sent to the endpoint, which may still run it."
+            if was_started
+            else ""
+        )
+        await r.reply(f"job `{job.id}` cancelled; its result will not be posted.{note}")
+
+    async def _help(self, caller: Caller, parsed: ParsedCommand, r: Responder) -> None:
+        command = parsed.options.get("command")
+        await r.reply(help_text(str(command) if command else None), private=True)
+
+    async def _settings(self, caller: Caller, parsed: ParsedCommand, r: Responder) -> None:
+        raise RefusedError(
+            "per-channel and per-server settings are not available yet; "
+            "defaults come from the bot's configuration (sdbot.toml)"
+        )
+
+    # -- replies and actions ---------------------------------------------------------------
+
+    async def _reply_base(
+        self, caller: Caller, base_job: str | None, reply_to: str | None
+    ) -> Job | None:
+        if base_job is not None:
+            return await self._visible_job(caller, base_job)
+        if reply_to is not None:
+            job = await self._store.by_message(caller.platform, caller.server, reply_to)
+            if job is not None:
+                return job
+        return await self._store.latest_in_thread(
+            caller.platform, caller.server, caller.conversation
+        )
+
+    async def _regenerate(
+        self,
+        caller: Caller,
+        base: Job,
+        options: dict[str, str],
+        attachments: Sequence[AttachmentRef],
+        responder: Responder,
+        *,
+        result_index: int | None = None,
+        command: str | None = None,
+    ) -> Job:
+        """A new job in the base job's thread, inheriting its inputs unless replaced."""
+        spec = COMMANDS[command or base.command]
+        refs = assign_slots(spec, attachments) if attachments else []
+        replaced = {r.slot for r in refs}
+        inherited = [i for i in await self._store.images(base.id) if i.slot != RESULT_SLOT]
+        inherited = [i for i in inherited if i.slot not in replaced]
+        if result_index is not None:
+            results = await self._store.images(base.id, RESULT_SLOT)
+            if not results:
+                raise RefusedError(
+                    f"job `{base.id}` has no stored result images"
+                    + (" (they have expired)" if base.results_expired else "")
+                )
+            if not 1 <= result_index <= len(results):
+                raise RefusedError(
+                    f"job `{base.id}` has {len(results)} result image(s); "
+                    f"input=result:{result_index} is not one of them"
+                )
+            chosen = results[result_index - 1]
+            inherited = [i for i in inherited if i.slot != "image"]
+            inherited.append(StoredImage("image", chosen.name, chosen.data))
+            refs = [r for r in refs if r.slot != "image"]
+        have = {i.slot for i in inherited} | {r.slot for r in refs}
+        if "image" not in have:
+            raise RefusedError(
+                f"job `{base.id}`'s input images are no longer stored; attach the image again"
+            )
+        return await self._runner.accept(
+            caller, spec.name, options, refs, responder,
+            parent=base, inherited=inherited, thread=base.thread,
+        )
+
+    async def _action(
+        self,
+        caller: Caller,
+        action: Action,
+        job: Job,
+        responder: Responder,
+        fields: Mapping[str, str],
+    ) -> Job | None:
+        owner = job.caller.user == caller.user or caller.is_admin
+        if action.kind is ActionKind.CANCEL:
+            if not owner:
+                raise RefusedError("only the requester or an admin can cancel this job")
+            await self._cancel_job(job, responder)
+            return None
+        if action.kind is ActionKind.DELETE:
+            if not owner:
+                raise RefusedError("only the requester or an admin can delete this result")
+            await self._runner.delete_results(job)
+            await responder.reply(f"deleted the results of job `{job.id}`", private=True)
+            return None
+        if action.kind is ActionKind.USE_AS_PROMPT:
+            if job.caption is None:
+                raise RefusedError(f"job `{job.id}` has no caption")
+            inputs = [i for i in await self._store.images(job.id) if i.slot == "image"]
+            if not inputs:
+                raise RefusedError(f"job `{job.id}`'s image is no longer stored; attach it again")
+            return await self._runner.accept(
+                caller, "img2img", {"prompt": job.caption}, [], responder,
+                parent=job, inherited=inputs, thread=job.thread,
+            )
+        options = dict(job.options)
+        if action.kind is ActionKind.REROLL:
+            options["seed"] = "-1"
+            return await self._regenerate(caller, job, options, [], responder)
+        if action.kind is ActionKind.USE_AS_INPUT:
+            if job.params is not None:
+                options["seed"] = str(job.params.seed)
+            return await self._regenerate(
+                caller, job, options, [], responder, result_index=action.index or 1
+            )
+        # Edit: the modal's fields override the job's options, validated like typed options.
+        # A field left blank means: empty prompt / negative, a new random seed, the default
+        # strength.
+        blank = {k for k in EDIT_FIELDS if k in fields and not fields[k].strip()}
+        given = {k: v.strip() for k, v in fields.items() if k in EDIT_FIELDS and k not in blank}
+        checked = build(job.command, given)
+        if job.params is not None:
+            options["seed"] = str(job.params.seed)
+        options.update((k, text_value(v)) for k, v in checked.options.items())
+        for name in blank:
+            if name in ("prompt", "negative"):
+                options[name] = ""
+            elif name == "seed":
+                options["seed"] = "-1"
+            else:
+                options.pop(name, None)
+        return await self._regenerate(caller, job, options, [], responder)
+
+
+def _opt_str(options: Mapping[str, object], name: str) -> str | None:
+    value = options.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _opt_time(options: Mapping[str, object], name: str) -> datetime | None:
+    value = options.get(name)
+    return value if isinstance(value, datetime) else None
+
+
+def _has_filters(options: Mapping[str, object]) -> bool:
+    return any(options.get(k) is not None for k in ("status", "endpoint", "model", "since", "until"))
+
+
+__all__ = ["Dispatcher", "assign_slots", "text_value"]

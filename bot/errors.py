@@ -1,0 +1,87 @@
+"""The one error root of sdbot and its two branches.
+
+::
+
+    SdbotError
+    ├── UserInputError          safe to show in chat as it is; says what to fix
+    │   ├── ParseError          the command text or options do not parse
+    │   ├── ImageInputError     an attachment is not an acceptable image (SPEC §3.1)
+    │   └── RefusedError        well-formed but not allowed (permissions, unknown job, …)
+    └── OperationalError        something outside the user's control failed; logged in full,
+        │                       shown to the user as one short line with the job id
+        ├── BackendError        the backend answered with an error or not at all
+        │   ├── BackendUnavailableError   network failure, 5xx, timeout, throttling (retryable)
+        │   └── JobFailedError  the backend ran the job and it failed
+        ├── ResultsExpiredError stored result URLs expired; refresh them and try again
+        ├── ChatDeliveryError   the chat platform refused or failed a post
+        └── ConfigError         bad configuration, found at start-up
+"""
+
+from __future__ import annotations
+
+
+class SdbotError(Exception):
+    """Root of every error sdbot raises on purpose."""
+
+
+class UserInputError(SdbotError):
+    """An error whose message is fit to show in chat and tells the user what to fix."""
+
+
+class ParseError(UserInputError):
+    """The command text or its options do not parse."""
+
+
+class ImageInputError(UserInputError):
+    """An attachment is not an image the bot accepts (SPEC §3.1)."""
+
+
+class RefusedError(UserInputError):
+    """The request is well-formed but not allowed or refers to something that does not exist."""
+
+
+class OperationalError(SdbotError):
+    """A failure outside the user's control.
+
+    The full message is logged; users see `short` with the job id.
+    """
+
+    short = "something went wrong on our side"
+
+
+class BackendError(OperationalError):
+    """The backend answered with an error, or its answer could not be used."""
+
+    short = "the backend refused the job"
+
+    def __init__(self, message: str, *, status: int | None = None, user_message: str | None = None):
+        super().__init__(message)
+        self.status = status
+        # A message written for the user (e.g. "model not found: x.safetensors"); None = generic.
+        self.user_message = user_message
+
+
+class BackendUnavailableError(BackendError):
+    """The backend could not be reached, timed out, throttled or answered 5xx; worth retrying."""
+
+    short = "the backend is not reachable right now"
+
+
+class JobFailedError(BackendError):
+    """The backend ran the job and reports it failed."""
+
+    short = "the job failed on the backend"
+
+
+class ResultsExpiredError(OperationalError):
+    """Result URLs have expired; the caller should refresh them and try again."""
+
+
+class ChatDeliveryError(OperationalError):
+    """The chat platform refused or failed a post."""
+
+    short = "the chat platform did not accept the message"
+
+
+class ConfigError(OperationalError):
+    """The configuration is invalid; the message names the setting."""

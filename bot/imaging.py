@@ -1,0 +1,456 @@
+"""Image inputs: from an attachment's bytes to the PNGs a backend job needs (SPEC §3.1).
+
+This module owns every decision about user images: which files are accepted (format, byte cap,
+pixel cap, decompression bombs, damage), how they are decoded (EXIF orientation, first frame of
+animations, 16-bit and odd modes down to 8-bit RGB), and how each img2img command turns its one or
+two attachments into A1111's `init_images[0]` and `mask` exactly as the WebUI tabs do
+(`reference/esd-api.md` §7.2). Everything here is synchronous and pure, so the core runs it in a
+worker thread; every refusal is an `ImageInputError` that names the file and says what to fix.
+Pillow is the only dependency; speed matters (one decode per file, no needless copies, PNG at
+`compress_level=1`), because a benchmark compares this work with Pillow's own decode/encode floor.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import Final
+
+from PIL import Image, ImageChops, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
+
+from bot.errors import ImageInputError
+
+__all__ = [
+    "COMMANDS",
+    "ImageLimits",
+    "InputFile",
+    "PreparedInputs",
+    "check_header",
+    "default_size",
+    "encode_png",
+    "load_image",
+    "prepare",
+    "prepare_interrogate",
+]
+
+COMMANDS: Final = frozenset({"img2img", "sketch", "inpaint", "inpaint-sketch", "inpaint-upload"})
+"""The commands `prepare` understands."""
+
+# Pillow's names for the formats the bot reads. Restricting `Image.open` to these keeps every
+# other decoder (TIFF, EPS, ICO, …) away from untrusted bytes.
+_READABLE_FORMATS: Final = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+_READABLE_FORMATS_TEXT: Final = "PNG, JPEG, WebP, BMP or GIF"
+# Formats whose extra frames are an animation; JPEG's MPO frames are a camera's preview or
+# depth map, not an animation, so they are dropped without a note.
+_ANIMATION_NAMES: Final = {"GIF": "GIF", "PNG": "PNG", "WEBP": "WebP"}
+
+# Exceptions Pillow's decoders raise on damaged data (it converts the same set into
+# `UnidentifiedImageError` while probing headers).
+_DAMAGED_DATA_ERRORS: Final = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
+_WHITE: Final = (255, 255, 255)
+# Lookup tables for `Image.point` on mode L images.
+_REPAINT_FROM_LIGHTNESS: Final = [0] * 128 + [255] * 128  # mask pixel >= 128 -> repaint
+_REPAINT_FROM_ALPHA: Final = [255] * 128 + [0] * 128  # alpha < 128 -> repaint
+# A sketch pixel counts as painted when a channel differs from the original by more than this:
+# JPEG at quality 75 moves smooth areas by a few levels, a brush stroke by far more.
+_SKETCH_DIFFERENCE_THRESHOLD: Final = 24
+_SKETCH_CHANGED: Final = [0] * (_SKETCH_DIFFERENCE_THRESHOLD + 1) + [255] * (
+    255 - _SKETCH_DIFFERENCE_THRESHOLD
+)
+# A 3x3 box average of a 0/255 image is 255 only when all nine pixels are 255 (else <= ~227)
+# and above 0 when any is 255 (then >= ~28); thresholds in the gaps make it an exact 3x3
+# erosion / dilation, about four times faster than MinFilter(3) / MaxFilter(3).
+_ERODE_AFTER_BOX: Final = [0] * 241 + [255] * 15
+_DILATE_AFTER_BOX: Final = [0] * 14 + [255] * 242
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Caps checked from the header, before any pixel is decoded."""
+
+    max_bytes: int = 20_000_000
+    max_pixels: int = 40_000_000
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_pixels <= 0:
+            raise ValueError(f"image limits must be positive: {self!r}")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One downloaded attachment; `name` is the file name shown in messages."""
+
+    name: str
+    data: bytes = field(repr=False)  # up to the byte cap: never in logs or tracebacks
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """What a backend job receives for its images, plus remarks for the status line."""
+
+    init_png: bytes  # PNG (RGB) for A1111 `init_images[0]`
+    mask_png: bytes | None  # PNG (mode L, 0/255, white = repaint), or None
+    width: int  # size of the init image, after EXIF orientation
+    height: int
+    notes: tuple[str, ...] = ()  # e.g. "mask resized from 100x80 to 512x512"
+
+
+def check_header(file: InputFile, limits: ImageLimits) -> tuple[str, int, int]:
+    """Return the format name and the stored width and height, reading only the header.
+
+    The size is as stored, before EXIF orientation. Raises `ImageInputError` naming the file when
+    it is empty, over the byte or pixel cap, a decompression bomb, or not a readable image.
+    """
+    with _open_checked(file, limits) as image:
+        image_format = "JPEG" if image.format == "MPO" else str(image.format)
+        return image_format, image.width, image.height
+
+
+def load_image(file: InputFile, limits: ImageLimits) -> tuple[Image.Image, tuple[str, ...]]:
+    """Decode a file fully into 8-bit RGB, or RGBA when it has real transparency.
+
+    EXIF orientation is applied first; animations give their first frame (with a note). Raises
+    `ImageInputError` for everything `check_header` refuses and for truncated or damaged data.
+    """
+    image, notes = _decode(file, limits)
+    if image.mode == "L":
+        image = image.convert("RGB")
+    elif image.mode == "LA":
+        image = image.convert("RGBA")
+    return image, notes
+
+
+def prepare(
+    command: str,
+    image: InputFile,
+    second: InputFile | None,
+    *,
+    mask_blur: int,
+    limits: ImageLimits,
+) -> PreparedInputs:
+    """Build A1111's init image and mask for one of the five img2img commands.
+
+    `second` is the mask for inpaint and inpaint-upload, the sketch for inpaint-sketch, and
+    ignored (with a note) by img2img and sketch. `mask_blur` only matters for inpaint-sketch,
+    whose init image blends the sketch in through the blurred mask as A1111 does.
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"unknown img2img command {command!r}; expected one of {sorted(COMMANDS)}")
+    if mask_blur < 0:
+        raise ValueError(f"mask_blur must be >= 0, got {mask_blur}")
+    if command in ("img2img", "sketch"):
+        return _prepare_single(command, image, second, limits)
+    if command == "inpaint":
+        return _prepare_inpaint(image, second, limits)
+    if command == "inpaint-upload":
+        if second is None:
+            raise ImageInputError(
+                "inpaint-upload needs two images: the picture and its mask "
+                "(white = repaint, black = keep)"
+            )
+        return _prepare_inpaint_upload(image, second, limits)
+    if second is None:
+        raise ImageInputError(
+            "inpaint-sketch needs two images: the original and the sketch "
+            "(the same picture with the area to change painted over)"
+        )
+    return _prepare_inpaint_sketch(image, second, mask_blur, limits)
+
+
+def prepare_interrogate(image: InputFile, limits: ImageLimits) -> PreparedInputs:
+    """Prepare the image to caption: RGB, alpha flattened over white, no mask."""
+    decoded, notes = _decode(image, limits)
+    init = _flattened_rgb(decoded)
+    return PreparedInputs(encode_png(init), None, init.width, init.height, notes)
+
+
+def default_size(width: int, height: int, cap: int) -> tuple[int, int]:
+    """Generation size for an input of `width` x `height` (SPEC §2.2).
+
+    Keeps the aspect ratio; scales down only when the longest side is over `cap` (an input under
+    the cap keeps its size, as A1111 users expect); rounds each side to the nearest multiple of 8,
+    never above `cap` and never below 64.
+    """
+    if width <= 0 or height <= 0 or cap <= 0:
+        raise ValueError(f"sizes must be positive: {width}x{height}, cap {cap}")
+    scale = min(1.0, cap / max(width, height))
+    largest = max(64, cap // 8 * 8)
+
+    def side(length: int) -> int:
+        return min(largest, max(64, round(length * scale / 8) * 8))
+
+    return side(width), side(height)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """Encode pixels only as PNG, at compress_level=1 (fast; the backend decodes it once).
+
+    No ICC profile is written: A1111 ignores it, and one copied across a colour conversion
+    (a CMYK JPEG's profile on RGB pixels) would be wrong.
+    """
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1, icc_profile=None)
+    return buffer.getvalue()
+
+
+# --- the five commands -----------------------------------------------------------------------
+
+
+def _prepare_single(
+    command: str, image: InputFile, second: InputFile | None, limits: ImageLimits
+) -> PreparedInputs:
+    """img2img and sketch (A1111 tabs 0 and 1): the image is the init image, no mask."""
+    decoded, notes = _decode(image, limits)
+    init = _flattened_rgb(decoded)
+    if second is not None:
+        notes += (f"{second.name} ignored: {command} uses one image",)
+    return PreparedInputs(encode_png(init), None, init.width, init.height, notes)
+
+
+def _prepare_inpaint(
+    image: InputFile, mask_file: InputFile | None, limits: ImageLimits
+) -> PreparedInputs:
+    """inpaint (A1111 tab 2): mask from the mask attachment, else from the image's alpha."""
+    decoded, notes = _decode(image, limits)
+    if mask_file is not None:
+        mask, mask_notes = _mask_from_file(mask_file, decoded.size, limits)
+        notes += mask_notes
+    elif decoded.mode in ("LA", "RGBA"):
+        mask = decoded.getchannel("A").point(_REPAINT_FROM_ALPHA)
+        if mask.getbbox() is None:
+            raise ImageInputError(
+                f"the mask is empty: no pixel of {image.name} is more than half transparent; "
+                "make the area to repaint fully transparent, or attach a mask "
+                "(white = repaint)"
+            )
+    else:
+        raise ImageInputError(
+            f"inpaint needs a mask and {image.name} has no transparent pixels: attach a mask "
+            "as a second image (white = repaint) or use a PNG whose area to repaint is "
+            "transparent"
+        )
+    # The pixels under the alpha are kept as stored rather than flattened (as A1111's inpaint
+    # tab did): the transparent area is repainted anyway, and half-transparent edges that are
+    # kept show their true colour instead of a wash of white.
+    init = _flattened_rgb(decoded)
+    return PreparedInputs(encode_png(init), encode_png(mask), init.width, init.height, notes)
+
+
+def _prepare_inpaint_upload(
+    image: InputFile, mask_file: InputFile, limits: ImageLimits
+) -> PreparedInputs:
+    """inpaint-upload (A1111 tab 4): the uploaded picture and the uploaded mask."""
+    decoded, notes = _decode(image, limits)
+    mask, mask_notes = _mask_from_file(mask_file, decoded.size, limits)
+    init = _flattened_rgb(decoded)
+    return PreparedInputs(
+        encode_png(init), encode_png(mask), init.width, init.height, notes + mask_notes
+    )
+
+
+def _prepare_inpaint_sketch(
+    image: InputFile, sketch_file: InputFile, mask_blur: int, limits: ImageLimits
+) -> PreparedInputs:
+    """inpaint-sketch (A1111 tab 3): mask where the sketch differs; init blends the sketch in."""
+    decoded, notes = _decode(image, limits)
+    original = _flattened_rgb(decoded)
+    decoded_sketch, sketch_notes = _decode(sketch_file, limits)
+    sketch = _flattened_rgb(decoded_sketch)
+    notes += sketch_notes
+    if sketch.size != original.size:
+        notes += (f"sketch resized from {_size_text(sketch.size)} to {_size_text(original.size)}",)
+        sketch = sketch.resize(original.size, Image.Resampling.LANCZOS)
+
+    # A1111 marks every pixel that differs at all; a chat platform's JPEG re-encoding changes
+    # nearly every pixel a little, so a channel must move by more than the threshold, and
+    # specks narrower than 3 pixels are removed (a morphological opening).
+    red, green, blue = ImageChops.difference(sketch, original).split()
+    largest_change = ImageChops.lighter(ImageChops.lighter(red, green), blue)
+    mask = _opened(largest_change.point(_SKETCH_CHANGED))
+    if mask.getbbox() is None:
+        raise ImageInputError(
+            f"the sketch does not differ from the original; paint over the picture in "
+            f"{sketch_file.name} with clearly different colours (strokes at least 3 pixels wide)"
+        )
+
+    if mask_blur > 0:
+        blur = ImageFilter.GaussianBlur(mask_blur)
+        init = Image.composite(sketch.filter(blur), original, mask.filter(blur))
+    else:
+        init = Image.composite(sketch, original, mask)
+    return PreparedInputs(encode_png(init), encode_png(mask), init.width, init.height, notes)
+
+
+# --- masks -----------------------------------------------------------------------------------
+
+
+def _mask_from_file(
+    file: InputFile, size: tuple[int, int], limits: ImageLimits
+) -> tuple[Image.Image, tuple[str, ...]]:
+    """Decode a mask attachment into a binary L mask of `size` (white = repaint).
+
+    Transparent mask pixels count as black, so white strokes on a transparent layer work.
+    """
+    decoded, notes = _decode(file, limits)
+    if decoded.mode in ("LA", "RGBA"):
+        lightness = ImageChops.multiply(decoded.convert("L"), decoded.getchannel("A"))
+    elif decoded.mode == "RGB":
+        lightness = decoded.convert("L")
+    else:
+        lightness = decoded
+    if lightness.size != size:
+        notes += (f"mask resized from {_size_text(lightness.size)} to {_size_text(size)}",)
+        lightness = lightness.resize(size, Image.Resampling.NEAREST)
+    mask = lightness.point(_REPAINT_FROM_LIGHTNESS)
+    if mask.getbbox() is None:
+        raise ImageInputError(
+            f"the mask is empty: {file.name} has no light pixel; paint the area to repaint "
+            "white (anything from mid-grey up counts) on black"
+        )
+    return mask, notes
+
+
+def _opened(mask: Image.Image) -> Image.Image:
+    """3x3 erosion then 3x3 dilation of a 0/255 L mask: removes specks, keeps strokes."""
+    box = ImageFilter.BoxBlur(1)
+    return mask.filter(box).point(_ERODE_AFTER_BOX).filter(box).point(_DILATE_AFTER_BOX)
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+def _open_checked(file: InputFile, limits: ImageLimits) -> ImageFile.ImageFile:
+    """Open lazily (header only) and enforce the byte cap, the formats and the pixel cap."""
+    if not file.data:
+        raise ImageInputError(f"{file.name} is empty")
+    if len(file.data) > limits.max_bytes:
+        raise ImageInputError(
+            f"{file.name} is too large ({_millions_up(len(file.data))} MB); "
+            f"the limit is {_millions(limits.max_bytes)} MB"
+        )
+    try:
+        # Pillow warns about images over its own MAX_IMAGE_PIXELS (89 MP) at open; the pixel
+        # cap below is the bot's decision, so that warning must neither reach the log nor (with
+        # warnings as errors) refuse a size the configuration allows. Pillow's hard error at
+        # twice its limit still fires and is caught. Pillow's globals are left untouched.
+        # (catch_warnings is process-wide in Python 3.11; only this one category is affected.)
+        with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
+            image = Image.open(io.BytesIO(file.data), formats=_READABLE_FORMATS)
+    except Image.DecompressionBombError:
+        raise ImageInputError(
+            f"{file.name} declares far more pixels than the bot accepts "
+            f"(the limit is {_millions(limits.max_pixels)} megapixels)"
+        ) from None
+    except UnidentifiedImageError:
+        raise _unreadable(file) from None
+    except _DAMAGED_DATA_ERRORS:
+        raise _damaged(file) from None
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        image.close()
+        raise ImageInputError(
+            f"{file.name} is {width}x{height} pixels ({_millions_up(width * height)} "
+            f"megapixels); the limit is {_millions(limits.max_pixels)} megapixels"
+        )
+    return image
+
+
+def _decode(file: InputFile, limits: ImageLimits) -> tuple[Image.Image, tuple[str, ...]]:
+    """Decode to 8-bit L, LA, RGB or RGBA, upright; alpha only when some pixel is transparent."""
+    image = _open_checked(file, limits)
+    notes: tuple[str, ...] = ()
+    try:
+        animation_name = _ANIMATION_NAMES.get(str(image.format))
+        if animation_name is not None and getattr(image, "is_animated", False):
+            notes += (f"first frame of animated {animation_name} {file.name} used",)
+        with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
+            image.load()  # the current frame: the first
+            ImageOps.exif_transpose(image, in_place=True)
+    except Image.DecompressionBombError:
+        # A GIF frame may be larger than the size its header declares.
+        raise ImageInputError(
+            f"{file.name} has a frame with far more pixels than the bot accepts"
+        ) from None
+    except _DAMAGED_DATA_ERRORS:
+        raise _damaged(file) from None
+    if image.width * image.height > limits.max_pixels:
+        raise ImageInputError(
+            f"{file.name} has a frame larger than its declared size and over "
+            f"{_millions(limits.max_pixels)} megapixels"
+        )
+    return _to_8bit(image), notes
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Normalise any decoded mode to L, LA, RGB or RGBA with 8 bits per channel.
+
+    Alpha (or a palette's or `info['transparency']`'s) survives only when at least one pixel is
+    not fully opaque, since inpaint reads it as the mask.
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        return _sixteen_bit_to_l(image)
+    if mode == "F":
+        return image.convert("L")  # Pillow's float convention is the 0..255 range of L
+    if image.has_transparency_data:
+        if mode not in ("LA", "RGBA"):
+            image = image.convert("LA" if mode == "L" else "RGBA")
+        if image.getextrema()[-1][0] == 255:  # type: ignore[index]  # per-band tuples
+            return image.convert(image.mode[:-1])
+        return image
+    if mode in ("L", "RGB"):
+        return image
+    return image.convert("L" if mode == "1" else "RGB")
+
+
+def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
+    """Scale 16-bit samples (0..65535) to 8 bits by dividing by 257, rounding; mode I clamps.
+
+    Pillow's plain convert("L") clips instead, turning most of a 16-bit image white.
+    """
+    if image.mode != "I;16":
+        image = image.convert("I")  # point() only handles I;16 (native order) and I
+    return image.point(lambda value: value / 257 + 0.5).convert("L")
+
+
+def _flattened_rgb(image: Image.Image) -> Image.Image:
+    """RGB with any transparency composited over white, as A1111 flattens init images."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "L":
+        return image.convert("RGB")
+    rgba = image.convert("RGBA") if image.mode == "LA" else image
+    background = Image.new("RGB", image.size, _WHITE)
+    background.paste(rgba, mask=rgba)
+    return background
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+def _unreadable(file: InputFile) -> ImageInputError:
+    return ImageInputError(
+        f"{file.name} is not an image the bot can read ({_READABLE_FORMATS_TEXT})"
+    )
+
+
+def _damaged(file: InputFile) -> ImageInputError:
+    return ImageInputError(f"{file.name} is truncated or damaged; upload the original file again")
+
+
+def _size_text(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _millions(count: int) -> str:
+    """A limit in millions: 20_000_000 -> "20", 2_500_000 -> "2.5"."""
+    return f"{count / 1_000_000:g}"
+
+
+def _millions_up(count: int) -> str:
+    """An amount over a limit in millions, to one decimal rounded up: never reads as the limit."""
+    return f"{math.ceil(count / 100_000) / 10:g}"

@@ -1,0 +1,431 @@
+"""The life of a job, from an accepted request to the posted result (SPEC §3 steps 1–8).
+
+`JobRunner.accept` commits the job's row and only then acknowledges (so a crash after the ack
+loses nothing), then starts the job's driver: one tracked task per job that posts the status
+message, downloads and validates the inputs, submits, follows the backend through the shared
+`Poller`, and delivers. Every step writes the job back to the store first, so `resume()` after
+a restart picks each job up where it was, and the `Delivery.POSTING` mark plus the job-id marker
+in result messages keep a result from being posted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from bot import imaging, render
+from bot.config import Config
+from bot.errors import (
+    BackendError,
+    ChatDeliveryError,
+    OperationalError,
+    ResultsExpiredError,
+    UserInputError,
+)
+from bot.ids import new_job_id
+from bot.model import (
+    AttachmentRef,
+    BackendStatus,
+    Caller,
+    Conversation,
+    Delivery,
+    InterrogateParams,
+    Job,
+    JobState,
+    Platform,
+)
+from bot.poller import Poller
+from bot.ports import Backend, ChatAdapter, Clock, JobStore, PollTarget, Responder, StoredImage
+from bot.resolve import Resolver
+from bot.views import ResultImage, StatusView
+from commands import COMMANDS, Family
+
+_LOGGER = logging.getLogger(__name__)
+
+RESULT_SLOT = "result"
+_POST_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+class JobRunner:
+    """Accepts jobs and drives each one to a delivered result."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: JobStore,
+        backend: Backend,
+        adapters: Mapping[Platform, ChatAdapter],
+        poller: Poller,
+        resolver: Resolver,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._backend = backend
+        self._adapters = adapters
+        self._poller = poller
+        self._resolver = resolver
+        self._clock = clock
+        self._limits = imaging.ImageLimits(config.max_bytes, config.max_pixels)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- accepting -------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        caller: Caller,
+        command: str,
+        options: Mapping[str, str],
+        attachments: Sequence[AttachmentRef],
+        responder: Responder,
+        *,
+        parent: Job | None = None,
+        inherited: Sequence[StoredImage] = (),
+        thread: Conversation | None = None,
+    ) -> Job:
+        """Commit a new job, acknowledge it, and start driving it."""
+        while True:
+            job = Job(
+                id=new_job_id(),
+                command=command,
+                caller=caller,
+                state=JobState.CREATED,
+                created_at=self._clock.now(),
+                options=dict(options),
+                attachments=tuple(attachments),
+                thread=thread,
+                parent_id=parent.id if parent else None,
+            )
+            try:
+                await self._store.insert(job, [replace(i, name=i.name) for i in inherited])
+            except KeyError:
+                continue  # 50 random bits collided; draw again
+            break
+        await responder.accepted(job.id)
+        self.spawn(job.id)
+        return job
+
+    def spawn(self, job_id: str) -> None:
+        """Start (or restart) the driver of a stored job."""
+        if job_id in self._tasks:
+            return
+        task = asyncio.create_task(self._drive(job_id), name=f"sdbot-job-{job_id}")
+        self._tasks[job_id] = task
+        self._idle.clear()
+        task.add_done_callback(lambda t: self._done(job_id, t))
+
+    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job_id) is task:
+            del self._tasks[job_id]
+        if not self._tasks:
+            self._idle.set()
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.error("job %s driver crashed", job_id, exc_info=task.exception())
+
+    async def resume(self) -> int:
+        """Restart the drivers of every job left unfinished or undelivered by an earlier run."""
+        jobs = await self._store.unfinished()
+        for job in jobs:
+            if job.caller.platform in self._adapters:
+                self.spawn(job.id)
+        return len(jobs)
+
+    async def wait_idle(self) -> None:
+        """Return once no job is being driven."""
+        await self._idle.wait()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def aclose(self) -> None:
+        """Stop every driver; their jobs stay in the store and resume on the next start."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def cancel(self, job: Job) -> Job:
+        """Stop tracking a job, never post its result, and delete it on the backend."""
+        task = self._tasks.get(job.id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        job = await self._store.get(job.id) or job
+        if job.state.terminal:
+            return job
+        job = replace(
+            job, state=JobState.CANCELLED, finished_at=self._clock.now(), delivery=Delivery.DONE
+        )
+        await self._store.save(job)
+        if job.backend_id:
+            self._poller.forget(job.backend_id)
+            try:
+                await self._backend.cancel(job.backend_id)
+            except BackendError as exc:
+                _LOGGER.warning("job %s: backend cancel failed: %s", job.id, exc)
+        await self._show_status(job)
+        return job
+
+    async def delete_results(self, job: Job) -> Job:
+        """Remove the bot's result messages and the stored result images (the Delete action)."""
+        if job.thread is not None and job.result_messages:
+            await self._adapter(job).delete_messages(job.thread, job.result_messages)
+        await self._store.delete_images(job.id)
+        job = replace(job, result_messages=(), result_count=0, results_expired=True)
+        await self._store.save(job)
+        return job
+
+    # -- driving ---------------------------------------------------------------------------
+
+    async def _drive(self, job_id: str) -> None:
+        job = await self._store.get(job_id)
+        if job is None:
+            return
+        try:
+            if job.status_message is None:
+                job = await self._open_thread(job)
+            if not job.state.terminal and job.backend_id is None:
+                job = await self._submit(job)
+            if not job.state.terminal:
+                job = await self._follow(job)
+        except asyncio.CancelledError:
+            raise
+        except UserInputError as exc:
+            job = await self._fail(job, str(exc))
+        except OperationalError as exc:
+            _LOGGER.warning("job %s failed: %r", job.id, exc)
+            job = await self._fail(job, _operational_message(exc))
+        except Exception:
+            _LOGGER.exception("job %s: unexpected error", job.id)
+            job = await self._fail(job, "an unexpected error occurred in the bot")
+        await self._deliver(job)
+
+    def _adapter(self, job: Job) -> ChatAdapter:
+        return self._adapters[job.caller.platform]
+
+    async def _open_thread(self, job: Job) -> Job:
+        posted = await self._adapter(job).open_job_thread(
+            job.thread or job.caller.conversation, self._status(job)
+        )
+        job = replace(job, thread=posted.thread, status_message=posted.message)
+        await self._store.save(job)
+        return job
+
+    async def _inputs(self, job: Job) -> dict[str, StoredImage]:
+        """The job's input images: stored ones, then any attachment still to download."""
+        stored = {i.slot: i for i in await self._store.images(job.id) if i.slot != RESULT_SLOT}
+        missing = [a for a in job.attachments if a.slot not in stored]
+        if missing:
+            adapter = self._adapter(job)
+            fetched = [
+                StoredImage(a.slot, a.name, await adapter.download(a, self._config.max_bytes))
+                for a in missing
+            ]
+            await self._store.put_images(job.id, fetched)
+            stored.update((i.slot, i) for i in fetched)
+        return stored
+
+    async def _submit(self, job: Job) -> Job:
+        inputs = await self._inputs(job)
+        spec = COMMANDS[job.command]
+        image = inputs.get("image")
+        if image is None:
+            raise UserInputError(f"{job.command} needs an image")
+        first = imaging.InputFile(image.name, image.data)
+        if spec.family is Family.INTERROGATE:
+            prepared = await asyncio.to_thread(imaging.prepare_interrogate, first, self._limits)
+            endpoint = await self._resolver.endpoint(job.options.get("endpoint"), async_only=True)
+            iparams = InterrogateParams(str(job.options.get("method", "clip")), endpoint.name)
+            job = replace(job, interrogate=iparams, endpoint=endpoint.name, notes=prepared.notes)
+            await self._store.save(job)
+            submitted = await self._backend.interrogate(job.id, iparams, prepared.init_png)
+        else:
+            second_slot = "sketch" if job.command == "inpaint-sketch" else "mask"
+            second = inputs.get(second_slot)
+            mask_blur = int(job.options.get("mask_blur", 4))
+            prepared = await asyncio.to_thread(
+                imaging.prepare,
+                job.command,
+                first,
+                imaging.InputFile(second.name, second.data) if second else None,
+                mask_blur=mask_blur,
+                limits=self._limits,
+            )
+            params = await self._resolver.generation(job.options, prepared.width, prepared.height)
+            job = replace(
+                job, params=params, endpoint=params.endpoint, model=params.model,
+                notes=prepared.notes,
+            )
+            await self._store.save(job)
+            submitted = await self._backend.submit(
+                job.id, params, prepared.init_png, prepared.mask_png
+            )
+        job = replace(
+            job, backend_id=submitted.backend_id, endpoint=submitted.endpoint,
+            started_at=self._clock.now(),
+        )
+        await self._store.save(job)
+        await self._show_status(job, cold_start=submitted.cold_start)
+        return job
+
+    async def _follow(self, job: Job) -> Job:
+        """Wait for the backend until the job is terminal, editing the status as it goes."""
+        assert job.backend_id is not None
+        started = job.started_at or job.created_at
+        target = PollTarget(job.backend_id, job.interrogate is not None, started)
+        known: BackendStatus | None = BackendStatus(job.backend_id, job.state)
+        last_edit = self._clock.monotonic()
+        cold = False
+        while not job.state.terminal:
+            elapsed = (self._clock.now() - started).total_seconds()
+            limit = self._config.job_timeout
+            if job.state is JobState.CREATED:
+                limit = min(limit, self._config.created_timeout)
+            if elapsed >= limit:
+                return await self._time_out(job, elapsed)
+            wait = min(self._config.status_interval, limit - elapsed)
+            status = await self._poller.wait(target, known, wait)
+            if status is None:
+                if self._clock.monotonic() - last_edit >= self._config.status_interval:
+                    await self._show_status(job, cold_start=cold)
+                    last_edit = self._clock.monotonic()
+                continue
+            known, cold = status, status.cold_start
+            if status.state is not job.state:
+                job = replace(job, state=status.state)
+                if status.state.terminal:
+                    job = replace(job, finished_at=self._clock.now())
+                if status.state is JobState.FAILED:
+                    job = replace(job, error=status.reason or "the backend gave no reason")
+                await self._store.save(job)
+            await self._show_status(job, cold_start=cold)
+            last_edit = self._clock.monotonic()
+        self._poller.forget(target.backend_id)
+        return job
+
+    async def _time_out(self, job: Job, elapsed: float) -> Job:
+        if job.state is JobState.CREATED:
+            message = (
+                f"the backend never started the job within {render.duration(elapsed)} "
+                "(it stayed `created`; Real-time endpoints leave failed jobs there)"
+            )
+        else:
+            message = f"the backend did not finish the job within {render.duration(elapsed)}"
+        if job.backend_id:
+            with contextlib.suppress(BackendError):
+                await self._backend.cancel(job.backend_id)
+        return await self._fail(job, message)
+
+    async def _fail(self, job: Job, message: str) -> Job:
+        job = replace(
+            job, state=JobState.FAILED, error=message, finished_at=job.finished_at or self._clock.now()
+        )
+        await self._store.save(job)
+        with contextlib.suppress(OperationalError):
+            await self._show_status(job)
+        return job
+
+    def _status(
+        self, job: Job, *, cold_start: bool = False, progress: float | None = None
+    ) -> StatusView:
+        elapsed = None
+        if job.started_at is not None:
+            elapsed = (self._clock.now() - job.started_at).total_seconds()
+        return render.status_view(job, elapsed=elapsed, progress=progress, cold_start=cold_start)
+
+    async def _show_status(self, job: Job, *, cold_start: bool = False) -> None:
+        if job.status_message is None or job.thread is None:
+            return
+        progress = None
+        if job.state is JobState.INPROGRESS and job.endpoint and job.started_at:
+            recent = await self._store.recent_durations(job.endpoint)
+            elapsed = (self._clock.now() - job.started_at).total_seconds()
+            progress = render.estimate(elapsed, recent)
+        view = self._status(job, cold_start=cold_start, progress=progress)
+        try:
+            await self._adapter(job).edit_status(job.thread, job.status_message, view)
+        except ChatDeliveryError as exc:
+            # A missed status edit is cosmetic; the next state change edits again.
+            _LOGGER.warning("job %s: status edit failed: %s", job.id, exc)
+
+    # -- delivering ------------------------------------------------------------------------
+
+    async def _fetch_results(self, job: Job) -> Job:
+        assert job.backend_id is not None
+        try:
+            output = await self._backend.results(job.backend_id)
+        except ResultsExpiredError:
+            await self._backend.refresh(job.backend_id)
+            output = await self._backend.results(job.backend_id)
+        if not output.images and output.caption is None:
+            return await self._fail(job, "the backend reported success but returned no images")
+        await self._store.put_images(
+            job.id,
+            [
+                StoredImage(RESULT_SLOT, f"{job.id}-{n}.png", data)
+                for n, data in enumerate(output.images, start=1)
+            ],
+        )
+        job = replace(
+            job, result_count=len(output.images), infotext=output.infotext, caption=output.caption
+        )
+        await self._store.save(job)
+        return job
+
+    async def _deliver(self, job: Job) -> None:
+        if job.state is JobState.CANCELLED or job.delivery is Delivery.DONE:
+            return
+        if job.thread is None:
+            job = await self._open_thread(job)
+        thread = job.thread
+        assert thread is not None
+        if job.state is JobState.SUCCEED and job.result_count == 0 and job.caption is None:
+            try:
+                job = await self._fetch_results(job)
+            except OperationalError as exc:
+                _LOGGER.warning("job %s: fetching results failed: %r", job.id, exc)
+                job = await self._fail(job, _operational_message(exc))
+        adapter = self._adapter(job)
+        images = [
+            ResultImage(i.name, i.data) for i in await self._store.images(job.id, RESULT_SLOT)
+        ]
+        view = render.result_view(job, images)
+        if job.delivery is Delivery.POSTING:
+            # An earlier run crashed while posting: the thread may already hold the result.
+            found = await adapter.find_marker(thread, view.marker)
+            if found:
+                await self._store.save(
+                    replace(job, delivery=Delivery.DONE, result_messages=tuple(found))
+                )
+                return
+        job = replace(job, delivery=Delivery.POSTING)
+        await self._store.save(job)
+        for pause in (*_POST_RETRIES, None):
+            try:
+                posted = await adapter.post_result(thread, view)
+            except ChatDeliveryError as exc:
+                if pause is None:
+                    # Left as POSTING: the next start checks the thread and posts again.
+                    _LOGGER.error("job %s: giving up posting the result for now: %s", job.id, exc)
+                    return
+                _LOGGER.warning("job %s: posting failed, retrying in %s s: %s", job.id, pause, exc)
+                await asyncio.sleep(pause)
+                continue
+            await self._store.save(
+                replace(job, delivery=Delivery.DONE, result_messages=tuple(posted))
+            )
+            return
+
+
+def _operational_message(exc: OperationalError) -> str:
+    if isinstance(exc, BackendError) and exc.user_message:
+        return exc.user_message
+    return exc.short

@@ -1,0 +1,60 @@
+"""Logging set-up: structured lines on stderr with secrets redacted everywhere.
+
+Tokens and keys the configuration holds, presigned-URL query strings and token path segments
+(Discord webhook / interaction tokens) are replaced before any handler sees a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+
+# Query strings of URLs (presigned S3 signatures, tokens in query parameters).
+_QUERY = re.compile(r"(https?://[^\s?\"'<>]+)\?[^\s\"'<>]*")
+# Discord webhook / interaction token path segments: /webhooks/<id>/<token>, /interactions/<id>/<t>.
+_TOKEN_PATH = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9._-]{20,}")
+# Slack and Discord token shapes, in case one arrives from somewhere the config does not know.
+_TOKEN_SHAPES = re.compile(r"\b(xox[abposr]-[A-Za-z0-9-]{10,}|xapp-[A-Za-z0-9-]{10,})\b")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with every known secret, URL query string and token path segment hidden."""
+    for secret in secrets:
+        if secret and len(secret) >= 6:
+            text = text.replace(secret, "[redacted]")
+    text = _QUERY.sub(r"\1?[redacted]", text)
+    text = _TOKEN_PATH.sub(r"\1[redacted]", text)
+    return _TOKEN_SHAPES.sub("[redacted]", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's message (with its arguments applied) through `redact`."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            # Exceptions are formatted later by the handler; fold them in now so they are redacted.
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+            record.exc_text = None
+        record.msg = redact(message, self._secrets)
+        record.args = ()
+        return True
+
+
+def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """Send logs to stderr (stdout belongs to the console adapter), redacted."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,222 @@
+"""The core's value types: identities, jobs, generation parameters and what backends report.
+
+Everything here is a frozen dataclass or an enum, JSON-friendly, and free of platform types, so
+adapters, backends and the store can all speak it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Platform(enum.StrEnum):
+    """Where a request came from."""
+
+    CONSOLE = "console"
+    DISCORD = "discord"
+    SLACK = "slack"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Where messages go: a channel, and a thread in it when there is one.
+
+    `channel` and `thread` are the platform's own ids (Discord channel / thread id, Slack channel
+    id / thread parent ts, console: "console"). They are opaque to the core and stored as they are.
+    """
+
+    channel: str
+    thread: str | None = None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked, and where. `server` is the Discord guild / Slack workspace (team) id.
+
+    Jobs never cross `(platform, server)`: every store query is scoped by it.
+    """
+
+    platform: Platform
+    server: str
+    user: str
+    conversation: Conversation
+    is_admin: bool = False
+    # A display name for lists; never used for permission checks.
+    user_name: str = ""
+    # Role ids (Discord) for allow-lists; empty elsewhere.
+    roles: tuple[str, ...] = ()
+
+
+class JobState(enum.StrEnum):
+    """A job's state as users see it: the backend's four plus the bot's own `cancelled`."""
+
+    CREATED = "created"
+    INPROGRESS = "inprogress"
+    SUCCEED = "succeed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEED, JobState.FAILED, JobState.CANCELLED)
+
+
+class Delivery(enum.StrEnum):
+    """How far the bot got in posting a finished job's outcome (SPEC §3 step 8)."""
+
+    PENDING = "pending"  # nothing posted yet
+    POSTING = "posting"  # the bot has started posting; after a crash, check the thread first
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class AttachmentRef:
+    """A chat attachment as the platform describes it, durable enough to download after a crash.
+
+    `url` is the platform's download URL (console: a local path). `slot` is "image", "mask" or
+    "sketch" once the core has decided which input it is.
+    """
+
+    name: str
+    url: str
+    size: int | None = None
+    content_type: str | None = None
+    slot: str = ""  # "" = not yet known; the core assigns it (SPEC §2.3)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Fully resolved img2img parameters: every default applied, the seed concrete."""
+
+    prompt: str
+    negative: str
+    strength: float
+    steps: int
+    cfg: float
+    sampler: str
+    seed: int
+    width: int
+    height: int
+    count: int
+    resize: str
+    model: str
+    vae: str
+    endpoint: str
+    mask_blur: int = 4
+    fill: str = "original"
+    area: str = "whole"
+    padding: int = 32
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class InterrogateParams:
+    """What an interrogate job needs besides its image."""
+
+    method: str  # "clip" | "deepbooru"
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as the store keeps it."""
+
+    id: str
+    command: str
+    caller: Caller
+    state: JobState
+    created_at: datetime
+    # The options the user gave, in their text form (`steps` → "30"); the base of re-generation.
+    options: Mapping[str, str]
+    # Filled once the job has been validated.
+    params: GenerationParams | None = None
+    interrogate: InterrogateParams | None = None
+    backend_id: str | None = None
+    endpoint: str | None = None
+    model: str | None = None
+    attachments: tuple[AttachmentRef, ...] = ()
+    status_message: str | None = None  # platform message id of the status message
+    thread: Conversation | None = None  # where the job's messages go
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    caption: str | None = None
+    infotext: str | None = None
+    notes: tuple[str, ...] = ()  # pipeline remarks shown in the status ("first frame used", …)
+    delivery: Delivery = Delivery.PENDING
+    parent_id: str | None = None  # the job this one re-generates
+    result_count: int = 0
+    results_expired: bool = False
+    result_messages: tuple[str, ...] = field(default=())
+
+
+# -- What backends report -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A backend endpoint (ESD `GET /endpoints`, `service_type` sd)."""
+
+    name: str
+    status: str  # InService, Creating, Updating, Failed, … as the backend says
+    type: str  # "Async" | "Real-time"
+    instance_type: str
+    instance_count: int | None  # current instances; 0 = scaled to zero (cold start ahead)
+    min_instances: int | None = None
+    max_instances: int | None = None
+
+    @property
+    def in_service(self) -> bool:
+        return self.status == "InService"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model file on the backend. `type` is the ESD type (Stable-diffusion, Lora, VAE, …)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What the backend said when it took a job."""
+
+    backend_id: str
+    endpoint: str
+    cold_start: bool = False  # the endpoint had no instance running when the job was sent
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """A job's state on the backend, from a (batched) status call."""
+
+    backend_id: str
+    state: JobState
+    reason: str | None = None  # failure reason when the backend gave one
+    cold_start: bool = False  # waiting for the endpoint to scale out from zero
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """A finished job's results, downloaded."""
+
+    images: tuple[bytes, ...] = ()  # PNG bytes
+    infotext: str | None = None
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class CloudJob:
+    """A row of the backend's own history (`jobs source=cloud`)."""
+
+    backend_id: str
+    task_type: str
+    state: str
+    created_at: datetime | None
+    endpoint: str | None = None
+    model: str | None = None
+    owner: str | None = None

@@ -1,0 +1,255 @@
+"""The contracts the core depends on, as `typing.Protocol`s (fakes need not inherit).
+
+- `Backend`: runs jobs (`cloud/`: the local preview backend, ESD over REST, SageMaker for
+  interrogate).
+- `ChatAdapter`: what the core asks of a chat platform for a job's life (threads, status
+  messages, results, downloads). Adapters live in `adapters/`.
+- `Responder`: the answer channel of one incoming event (ack, replies, private refusals).
+- `JobStore`: durable jobs, their inputs and results (`bot.store` is the SQLite one).
+- `Clock`: time, so tests and benchmarks control it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from bot.model import (
+    AttachmentRef,
+    BackendStatus,
+    CloudJob,
+    Conversation,
+    Endpoint,
+    GenerationParams,
+    InterrogateParams,
+    Job,
+    JobOutput,
+    JobState,
+    Model,
+    Platform,
+    Submitted,
+)
+from bot.views import ResultImage, ResultView, StatusView
+
+
+@dataclass(frozen=True)
+class PollTarget:
+    """A job the poller asks the backend about."""
+
+    backend_id: str
+    interrogate: bool
+    submitted_at: datetime
+
+
+class Backend(Protocol):
+    """Runs img2img-family and interrogate jobs (SPEC §4)."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def endpoints(self) -> Sequence[Endpoint]:
+        """Every `sd` endpoint with its state as the backend reports it."""
+        ...
+
+    async def models(self, model_type: str | None = None) -> Sequence[Model]:
+        """Active models, all types or one ESD type (`Stable-diffusion`, `Lora`, …)."""
+        ...
+
+    async def submit(
+        self, job_id: str, params: GenerationParams, init_png: bytes, mask_png: bytes | None
+    ) -> Submitted:
+        """Create and start an img2img job on `params.endpoint`."""
+        ...
+
+    async def interrogate(
+        self, job_id: str, params: InterrogateParams, image_png: bytes
+    ) -> Submitted:
+        """Start a caption job (CLIP sentence or DeepBooru tags)."""
+        ...
+
+    async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, BackendStatus]:
+        """Batched status of many jobs; a job missing from the answer is unknown this round."""
+        ...
+
+    async def results(self, backend_id: str) -> JobOutput:
+        """Download a succeeded job's images / caption and infotext.
+
+        Raises `ResultsExpiredError` when the result URLs the backend gave have expired.
+        """
+        ...
+
+    async def refresh(self, backend_id: str) -> None:
+        """Re-read the job so that its result URLs are fresh."""
+        ...
+
+    async def cancel(self, backend_id: str) -> None:
+        """Delete the job on the backend, best effort (a started job may still run)."""
+        ...
+
+    async def history(self, task_type: str, limit: int) -> Sequence[CloudJob]:
+        """The backend's own job history of one task type, newest first."""
+        ...
+
+
+class Responder(Protocol):
+    """How the core answers the one event it is handling (not durable)."""
+
+    async def accepted(self, job_id: str) -> None:
+        """The job's row is committed: acknowledge inside the platform's 3-second window."""
+        ...
+
+    async def reply(
+        self, text: str, *, private: bool = False, images: Sequence[ResultImage] = ()
+    ) -> None:
+        """Answer a query (`job`, `jobs`, `help`, …), with stored images where there are any."""
+        ...
+
+    async def refuse(self, message: str) -> None:
+        """Refuse the request, privately where the platform allows (Discord/Slack ephemeral)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PostedStatus:
+    """Where a job's status message went: its thread and the message id."""
+
+    thread: Conversation
+    message: str
+
+
+class ChatAdapter(Protocol):
+    """What the core asks of a chat platform during a job's life.
+
+    Message and thread ids are the platform's own, opaque to the core, and stored durably so a
+    restarted bot can edit and reply where it left off.
+    """
+
+    platform: Platform
+
+    async def download(self, ref: AttachmentRef, max_bytes: int) -> bytes:
+        """Fetch an attachment from the platform's own file hosts, at most `max_bytes`.
+
+        Raises `ImageInputError` naming the file when it is too big, not on an allowed host, or
+        the platform answers something that is not the file.
+        """
+        ...
+
+    async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
+        """Post a job's status message, starting a thread for the job from it when `where` is
+        not already a thread."""
+        ...
+
+    async def edit_status(self, thread: Conversation, message: str, status: StatusView) -> None:
+        """Edit the status message in place."""
+        ...
+
+    async def post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
+        """Post a finished job's images / caption / failure with its actions; return message ids.
+
+        Every message carries the job id (`result.marker`) so a restarted bot can find it.
+        """
+        ...
+
+    async def post_text(self, thread: Conversation, text: str) -> str:
+        """Post a plain notice in a thread (announcements, expired results …)."""
+        ...
+
+    async def find_marker(self, thread: Conversation, marker: str) -> Sequence[str]:
+        """Ids of recent messages of the bot in `thread` that contain `marker`."""
+        ...
+
+    async def delete_messages(self, thread: Conversation, messages: Sequence[str]) -> None:
+        """Delete the bot's own messages (the Delete action)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image the bot keeps: a job input (slot image/mask/sketch) or a result (slot result)."""
+
+    slot: str
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """A `jobs` query, always inside one (platform, server)."""
+
+    platform: Platform
+    server: str
+    user: str | None = None  # None = everyone's (admins)
+    states: tuple[JobState, ...] = ()
+    command: str | None = None
+    endpoint: str | None = None
+    model: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 10
+    offset: int = 0
+
+
+class JobStore(Protocol):
+    """Durable jobs, their inputs and their results."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def insert(self, job: Job, inputs: Sequence[StoredImage] = ()) -> None:
+        """Commit a new job row (and any inputs already at hand) in one transaction.
+
+        Raises `KeyError` when the id is taken.
+        """
+        ...
+
+    async def save(self, job: Job) -> None:
+        """Write every field of an existing job."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def find(self, platform: Platform, server: str, prefix: str) -> Sequence[Job]:
+        """Jobs of one server whose id starts with `prefix` (at most a few)."""
+        ...
+
+    async def query(self, query: JobQuery) -> Sequence[Job]: ...
+
+    async def unfinished(self) -> Sequence[Job]:
+        """Jobs not yet terminal, or terminal but not yet delivered (resumed on start)."""
+        ...
+
+    async def latest_in_thread(
+        self, platform: Platform, server: str, thread: Conversation
+    ) -> Job | None: ...
+
+    async def by_message(self, platform: Platform, server: str, message: str) -> Job | None:
+        """The job whose status or result message has this id."""
+        ...
+
+    async def put_images(self, job_id: str, images: Sequence[StoredImage]) -> None:
+        """Store images for a job, replacing any earlier ones of the same slots."""
+        ...
+
+    async def images(self, job_id: str, slot: str | None = None) -> Sequence[StoredImage]: ...
+
+    async def delete_images(self, job_id: str) -> None: ...
+
+    async def recent_durations(self, endpoint: str, limit: int = 20) -> Sequence[float]:
+        """Run times (seconds) of the latest succeeded jobs on an endpoint, for estimates."""
+        ...
+
+
+class Clock(Protocol):
+    """Wall time for records, monotonic time for intervals, and sleeping."""
+
+    def now(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...

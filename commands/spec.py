@@ -1,0 +1,315 @@
+"""Every command and option of sdbot, declared once (SPEC §2.1–§2.2).
+
+The text parser (`commands.parse`), the help text (`commands.help`) and the Discord command
+signatures are all generated from the tables in this module; nothing else lists options.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+SAMPLERS: tuple[str, ...] = (
+    "DPM++ 2M Karras",
+    "DPM++ SDE Karras",
+    "DPM++ 2M SDE Karras",
+    "DPM++ 2M SDE Exponential",
+    "DPM++ 2M SDE Heun Karras",
+    "DPM++ 2M SDE Heun Exponential",
+    "DPM++ 3M SDE Karras",
+    "DPM++ 3M SDE Exponential",
+    "DPM++ 2M",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Heun",
+    "DPM++ 2S a",
+    "DPM++ 2S a Karras",
+    "DPM++ 3M SDE",
+    "Euler a",
+    "Euler",
+    "LMS",
+    "LMS Karras",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "DPM2 Karras",
+    "DPM2 a Karras",
+    "DPM fast",
+    "DPM adaptive",
+    "Restart",
+    "DDIM",
+    "PLMS",
+    "UniPC",
+    "LCM",
+)
+DEFAULT_SAMPLER = "DPM++ 2M Karras"
+
+# A1111 `resize_mode`, `inpainting_fill` and `inpaint_full_res` values (reference/esd-api.md §7.1).
+RESIZE_MODES: dict[str, int] = {"just-resize": 0, "crop": 1, "fill": 2, "latent": 3}
+FILL_MODES: dict[str, int] = {"fill": 0, "original": 1, "latent-noise": 2, "latent-nothing": 3}
+AREAS: dict[str, bool] = {"whole": False, "masked": True}
+
+# Bot model type names → ESD checkpoint types (reference/esd-api.md §4.8).
+MODEL_TYPES: dict[str, str] = {
+    "checkpoint": "Stable-diffusion",
+    "lora": "Lora",
+    "vae": "VAE",
+    "hypernetwork": "hypernetworks",
+    "embedding": "embeddings",
+}
+JOB_STATES: tuple[str, ...] = ("created", "inprogress", "succeed", "failed", "cancelled")
+METHODS: tuple[str, ...] = ("clip", "deepbooru")
+
+
+class Kind(enum.Enum):
+    """How an option's value is read from text."""
+
+    TEXT = "text"  # free text, kept as written
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"  # true/false/yes/no/on/off/1/0
+    CHOICE = "choice"  # one of `choices`, case-insensitive; the canonical spelling is kept
+    SIZE = "size"  # WxH, each side a multiple of 8
+    TIME = "time"  # ISO date / date-time (UTC) or relative 30m / 2h / 3d, as an aware datetime
+    PATH = "path"  # a local file; console only
+    JOB_ID = "job_id"  # a job id or a unique prefix of at least 4 characters
+    RESULT = "result"  # `result` or `result:N` (1-based) — a base job's result image
+
+
+@dataclass(frozen=True)
+class Size:
+    """Width and height in pixels."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+# A parsed option value. `int` for RESULT is the 1-based image index.
+OptionValue = str | int | float | bool | Size | datetime
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option: its name, how it is read, its range and its help line."""
+
+    name: str
+    kind: Kind
+    help: str
+    default: OptionValue | None = None
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    # Model, sampler and endpoint values are offered by autocomplete on Discord.
+    autocomplete: bool = False
+    # Only the console accepts local paths (SPEC §2.3).
+    console_only: bool = False
+    # Only valid in a reply that re-generates a job (SPEC §3.2), e.g. `input=result:2`.
+    reply_only: bool = False
+
+
+class Slot(enum.Enum):
+    """The images a command takes. The value is also the console path key."""
+
+    IMAGE = "image"
+    MASK = "mask"
+    SKETCH = "sketch"
+
+
+@dataclass(frozen=True)
+class AttachmentSpec:
+    """An image a command takes, from a platform attachment or (console) a path option."""
+
+    slot: Slot
+    required: bool
+    help: str
+
+
+class Family(enum.Enum):
+    """What the core does with a command."""
+
+    GENERATE = "generate"  # img2img family: a job with images
+    INTERROGATE = "interrogate"  # a job that returns a caption
+    QUERY = "query"  # answered at once: job, jobs, endpoints, models, help
+    ADMIN = "admin"  # cancel, settings
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One command: its options, images, what its free text means, and its help."""
+
+    name: str
+    family: Family
+    summary: str
+    options: tuple[str, ...]
+    attachments: tuple[AttachmentSpec, ...] = ()
+    # The option that the free text (all non-option tokens, joined by single spaces) fills;
+    # None means the command takes no free text.
+    free_text: str | None = None
+    examples: tuple[str, ...] = field(default=())
+
+
+def _gen(*extra: OptionSpec) -> tuple[OptionSpec, ...]:
+    return extra
+
+
+OPTIONS: dict[str, OptionSpec] = {
+    o.name: o
+    for o in _gen(
+        # Generation (img2img family), A1111 semantics.
+        OptionSpec("prompt", Kind.TEXT, "what to draw; free text after the command also sets it"),
+        OptionSpec("negative", Kind.TEXT, "what to avoid (negative prompt)"),
+        OptionSpec("strength", Kind.FLOAT, "denoising strength", 0.75, 0.0, 1.0),
+        OptionSpec("steps", Kind.INT, "sampling steps", 20, 1, 150),
+        OptionSpec("cfg", Kind.FLOAT, "CFG scale: how closely to follow the prompt", 7.0, 1.0, 30.0),
+        OptionSpec(
+            "sampler", Kind.CHOICE, "sampler", DEFAULT_SAMPLER, choices=SAMPLERS, autocomplete=True
+        ),
+        OptionSpec("seed", Kind.INT, "seed; -1 picks a random one", -1, -1, 2**32 - 1),
+        OptionSpec("size", Kind.SIZE, "output size WxH, multiples of 8 (not with width/height)"),
+        OptionSpec("width", Kind.INT, "output width, a multiple of 8", None, 64, 2048),
+        OptionSpec("height", Kind.INT, "output height, a multiple of 8", None, 64, 2048),
+        OptionSpec("count", Kind.INT, "images per job (batch size)", 1, 1, 4),
+        OptionSpec(
+            "resize", Kind.CHOICE, "how the input is fitted to the size", "just-resize",
+            choices=tuple(RESIZE_MODES),
+        ),
+        OptionSpec("model", Kind.TEXT, "checkpoint on the backend", autocomplete=True),
+        OptionSpec("vae", Kind.TEXT, "VAE on the backend (Automatic = the checkpoint's own)"),
+        OptionSpec("endpoint", Kind.TEXT, "SageMaker endpoint to run on", autocomplete=True),
+        # Inpaint.
+        OptionSpec("mask_blur", Kind.INT, "mask blur in pixels", 4, 0, 64),
+        OptionSpec(
+            "fill", Kind.CHOICE, "what fills the masked area before sampling", "original",
+            choices=tuple(FILL_MODES),
+        ),
+        OptionSpec(
+            "area", Kind.CHOICE, "inpaint the whole picture or only the masked area", "whole",
+            choices=tuple(AREAS),
+        ),
+        OptionSpec("padding", Kind.INT, "padding around the masked area, pixels", 32, 0, 256),
+        OptionSpec("invert", Kind.BOOL, "repaint what is NOT masked", False),
+        # Console-only image paths.
+        OptionSpec("image", Kind.PATH, "path of the image (console only)", console_only=True),
+        OptionSpec("mask", Kind.PATH, "path of the mask (console only)", console_only=True),
+        OptionSpec("sketch", Kind.PATH, "path of the sketch (console only)", console_only=True),
+        # Replies.
+        OptionSpec(
+            "input", Kind.RESULT, "use the base job's result N as the input (`result` or `result:N`)",
+            reply_only=True,
+        ),
+        # Interrogate.
+        OptionSpec("method", Kind.CHOICE, "captioning method", "clip", choices=METHODS),
+        # Queries.
+        OptionSpec("id", Kind.JOB_ID, "job id, or a unique prefix of at least 4 characters"),
+        OptionSpec("status", Kind.CHOICE, "only jobs in this state", choices=JOB_STATES),
+        OptionSpec("type", Kind.TEXT, "only jobs of this command (or model type for `models`)"),
+        OptionSpec("since", Kind.TIME, "only jobs created at or after (2026-11-01, 2h, 3d)"),
+        OptionSpec("until", Kind.TIME, "only jobs created before (2026-11-01, 30m)"),
+        OptionSpec("user", Kind.TEXT, "only this user's jobs (admins)"),
+        OptionSpec("source", Kind.CHOICE, "`cloud`: the backend's own history (admins)",
+                   choices=("bot", "cloud")),
+        OptionSpec("all", Kind.BOOL, "list everything, page by page", False),
+        OptionSpec("command", Kind.TEXT, "the command to explain"),
+        # Settings (admins).
+        OptionSpec("scope", Kind.CHOICE, "which settings to change", "channel",
+                   choices=("channel", "server")),
+        OptionSpec("max_size", Kind.INT, "cap on the longest output side", None, 64, 2048),
+        OptionSpec("concurrency", Kind.INT, "jobs one user may have in flight", None, 1, 100),
+        OptionSpec("daily_quota", Kind.INT, "jobs one user may start per day (0 = no limit)",
+                   None, 0, 100000),
+    )
+}
+
+GENERATION_OPTIONS: tuple[str, ...] = (
+    "prompt", "negative", "strength", "steps", "cfg", "sampler", "seed", "size", "width", "height",
+    "count", "resize", "model", "vae", "endpoint",
+)
+INPAINT_OPTIONS: tuple[str, ...] = ("mask_blur", "fill", "area", "padding", "invert")
+
+_IMAGE = AttachmentSpec(Slot.IMAGE, True, "the picture to start from")
+
+
+def _generate(
+    name: str, summary: str, attachments: tuple[AttachmentSpec, ...], inpaint: bool,
+    example: str,
+) -> CommandSpec:
+    paths = tuple(a.slot.value for a in attachments)
+    options = GENERATION_OPTIONS + (INPAINT_OPTIONS if inpaint else ()) + paths + ("input",)
+    return CommandSpec(
+        name, Family.GENERATE, summary, options, attachments, free_text="prompt",
+        examples=(example,),
+    )
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    c.name: c
+    for c in (
+        _generate(
+            "img2img", "redraw an image guided by a prompt", (_IMAGE,), False,
+            "img2img a watercolor castle strength=0.6",
+        ),
+        _generate(
+            "sketch", "turn a picture with colour strokes into an image",
+            (AttachmentSpec(Slot.IMAGE, True, "the sketch: a picture with colour strokes"),),
+            False, "sketch a red sports car, studio light",
+        ),
+        _generate(
+            "inpaint", "repaint part of an image (mask attachment, or the image's transparency)",
+            (_IMAGE, AttachmentSpec(Slot.MASK, False, "white = repaint; else transparent pixels")),
+            True, "inpaint a golden crown mask_blur=8",
+        ),
+        _generate(
+            "inpaint-sketch", "repaint where a painted-over copy differs from the original",
+            (
+                AttachmentSpec(Slot.IMAGE, True, "the original picture"),
+                AttachmentSpec(Slot.SKETCH, True, "the same picture painted over"),
+            ),
+            True, "inpaint-sketch a blue scarf",
+        ),
+        _generate(
+            "inpaint-upload", "repaint an image with an uploaded mask (white = repaint)",
+            (_IMAGE, AttachmentSpec(Slot.MASK, True, "white = repaint, black = keep")),
+            True, "inpaint-upload a stone wall fill=latent-noise",
+        ),
+        CommandSpec(
+            "interrogate", Family.INTERROGATE, "describe an image (CLIP sentence or DeepBooru tags)",
+            ("method", "endpoint", "image"), (_IMAGE,), examples=("interrogate method=deepbooru",),
+        ),
+        CommandSpec(
+            "job", Family.QUERY, "status, parameters and results of one job", ("id",),
+            free_text="id", examples=("job k3x9",),
+        ),
+        CommandSpec(
+            "jobs", Family.QUERY, "your jobs, newest first",
+            ("status", "type", "endpoint", "model", "since", "until", "user", "source", "all"),
+            examples=("jobs status=failed since=3d",),
+        ),
+        CommandSpec("endpoints", Family.QUERY, "the backend's endpoints and their states", ()),
+        CommandSpec(
+            "models", Family.QUERY, "models on the backend", ("type",),
+            examples=("models type=lora",),
+        ),
+        CommandSpec(
+            "cancel", Family.ADMIN, "stop a job and never post its result", ("id",),
+            free_text="id", examples=("cancel k3x9q2m7ab",),
+        ),
+        CommandSpec(
+            "settings", Family.ADMIN, "channel / server defaults (admins); no options shows them",
+            ("scope", "endpoint", "model", "vae", "max_size", "concurrency", "daily_quota"),
+            examples=("settings scope=server model=sd_xl_base_1.0.safetensors",),
+        ),
+        CommandSpec(
+            "help", Family.QUERY, "how to use the bot, or one command", ("command",),
+            free_text="command", examples=("help inpaint",),
+        ),
+    )
+}
+
+OUT_OF_SCOPE = (
+    "txt2img, ControlNet and other always-on scripts, the refiner, extras / upscaling, "
+    "endpoint management (create / delete endpoints) and model upload"
+)

@@ -1,0 +1,235 @@
+"""Shared test kit: generated images, a configured core, a console and a recording adapter.
+
+Scenario tests drive the real core (`BotApp`) with the real SQLite store and the real local
+backend, through the real console adapter or `RecordingAdapter`, a `ChatAdapter` that keeps
+what the core posted so tests can look at threads, status edits and results.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from adapters.console import ConsoleAdapter, run_console
+from bot.app import BotApp
+from bot.config import Config
+from bot.errors import ChatDeliveryError, ImageInputError
+from bot.model import AttachmentRef, Caller, Conversation, Platform
+from bot.ports import PostedStatus
+from bot.store import SqliteJobStore
+from bot.views import ResultImage, ResultView, StatusView
+from cloud.local import LocalBackend, LocalBackendConfig
+
+
+def png(width: int = 96, height: int = 64, color: tuple[int, ...] = (40, 90, 200), mode: str = "RGB") -> bytes:
+    """A picture with a gradient and a shape, so transforms have something to change."""
+    image = Image.new(mode, (width, height), color)
+    draw = ImageDraw.Draw(image)
+    for x in range(0, width, 4):
+        fill: Any = (x * 255 // max(1, width), 120, 80) + ((255,) if mode == "RGBA" else ())
+        draw.line([(x, 0), (x, height // 3)], fill=fill)
+    draw.ellipse([width // 4, height // 4, width // 2, height // 2], fill=(250, 220, 30) + ((255,) if mode == "RGBA" else ()))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def mask_png(width: int = 96, height: int = 64, box: tuple[int, int, int, int] = (10, 10, 40, 40)) -> bytes:
+    """White box (repaint) on black."""
+    image = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(image).rectangle(box, fill=255)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def transparent_png(width: int = 96, height: int = 64) -> bytes:
+    """RGBA picture with a transparent hole (the inpaint mask)."""
+    image = Image.open(io.BytesIO(png(width, height))).convert("RGBA")
+    ImageDraw.Draw(image).rectangle((20, 20, 50, 50), fill=(0, 0, 0, 0))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def sketch_of(original: bytes) -> bytes:
+    """The original with a red stroke painted over it."""
+    image = Image.open(io.BytesIO(original)).convert("RGB")
+    ImageDraw.Draw(image).rectangle((30, 20, 60, 45), fill=(230, 10, 10))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def size_of(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def fast_config(tmp_path: Path, **overrides: Any) -> Config:
+    """Fast settings: tiny delays, quick polling, short status interval."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "output_dir": tmp_path / "out",
+        "local_delay": 0.05,
+        "poll_interval": 0.01,
+        "poll_max_interval": 0.05,
+        "status_interval": 0.2,
+    }
+    values.update(overrides)
+    return Config(**values)
+
+
+def make_app(config: Config, backend: Any = None) -> BotApp:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return BotApp(
+        config,
+        backend=backend or LocalBackend(LocalBackendConfig(delay=config.local_delay)),
+        store=SqliteJobStore(config.data_dir / "sdbot.sqlite3"),
+    )
+
+
+async def _lines(lines: Sequence[str]) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
+class ConsoleRun:
+    """A console session over a real core; `run` feeds lines and returns what was printed."""
+
+    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
+        self.tmp_path = tmp_path
+        self.config = fast_config(tmp_path, **overrides)
+        self.out = io.StringIO()
+        self.app = make_app(self.config)
+        self.adapter = ConsoleAdapter(self.config.output_dir, self.out)
+        self.app.add_adapter(self.adapter)
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    async def run(self, *lines: str) -> list[str]:
+        start = len(self.out.getvalue().splitlines())
+        await run_console(self.app, self.adapter, _lines(lines))
+        return self.out.getvalue().splitlines()[start:]
+
+    async def __aenter__(self) -> ConsoleRun:
+        await self.app.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.app.aclose()
+
+
+def job_ids(lines: Sequence[str]) -> list[str]:
+    return [line.split()[1] for line in lines if line.startswith("job ") and line.endswith(" accepted")]
+
+
+# -- A chat adapter that records --------------------------------------------------------------
+
+
+@dataclass
+class Posted:
+    thread: Conversation
+    id: str
+    kind: str  # "status" | "result" | "text"
+    payload: Any
+
+
+@dataclass
+class RecordingResponder:
+    accepted_ids: list[str] = field(default_factory=list)
+    replies: list[tuple[str, bool, int]] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+    async def accepted(self, job_id: str) -> None:
+        self.accepted_ids.append(job_id)
+
+    async def reply(self, text: str, *, private: bool = False, images: Sequence[ResultImage] = ()) -> None:
+        self.replies.append((text, private, len(images)))
+
+    async def refuse(self, message: str) -> None:
+        self.refusals.append(message)
+
+
+class RecordingAdapter:
+    """A `ChatAdapter` for a chat-like platform that keeps everything the core posted."""
+
+    def __init__(self, platform: Platform = Platform.DISCORD) -> None:
+        self.platform = platform
+        self.files: dict[str, bytes] = {}
+        self.posts: list[Posted] = []
+        self.status_edits: dict[str, list[StatusView]] = {}
+        self.deleted: list[str] = []
+        self.fail_posts = 0  # the next N post_result calls raise ChatDeliveryError
+        self._n = 0
+
+    def _next(self) -> str:
+        self._n += 1
+        return f"m{self._n}"
+
+    def attach(self, name: str, data: bytes, slot: str = "") -> AttachmentRef:
+        url = f"https://cdn.example/{len(self.files)}/{name}"
+        self.files[url] = data
+        return AttachmentRef(name, url, len(data), "image/png", slot)
+
+    async def download(self, ref: AttachmentRef, max_bytes: int) -> bytes:
+        data = self.files.get(ref.url)
+        if data is None:
+            raise ImageInputError(f"{ref.name} could not be downloaded")
+        if len(data) > max_bytes:
+            raise ImageInputError(f"{ref.name} is over the size limit")
+        return data
+
+    async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
+        message = self._next()
+        thread = where if where.thread else Conversation(where.channel, message)
+        self.posts.append(Posted(thread, message, "status", status))
+        self.status_edits[message] = [status]
+        return PostedStatus(thread, message)
+
+    async def edit_status(self, thread: Conversation, message: str, status: StatusView) -> None:
+        self.status_edits[message].append(status)
+
+    async def post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
+        if self.fail_posts:
+            self.fail_posts -= 1
+            raise ChatDeliveryError("fake 503")
+        message = self._next()
+        self.posts.append(Posted(thread, message, "result", result))
+        return [message]
+
+    async def post_text(self, thread: Conversation, text: str) -> str:
+        message = self._next()
+        self.posts.append(Posted(thread, message, "text", text))
+        return message
+
+    async def find_marker(self, thread: Conversation, marker: str) -> Sequence[str]:
+        return [
+            p.id for p in self.posts
+            if p.kind == "result" and p.thread == thread and marker in p.payload.text
+        ]
+
+    async def delete_messages(self, thread: Conversation, messages: Sequence[str]) -> None:
+        self.deleted.extend(messages)
+
+    def results(self) -> list[ResultView]:
+        return [p.payload for p in self.posts if p.kind == "result"]
+
+    def result_in(self, thread: Conversation) -> list[ResultView]:
+        return [p.payload for p in self.posts if p.kind == "result" and p.thread == thread]
+
+
+def chat_caller(user: str = "u1", *, server: str = "g1", channel: str = "c1", thread: str | None = None, admin: bool = False, platform: Platform = Platform.DISCORD) -> Caller:
+    return Caller(platform, server, user, Conversation(channel, thread), is_admin=admin, user_name=user)
+
+
+def in_thread(caller: Caller, thread: Conversation) -> Caller:
+    return replace(caller, conversation=thread)
