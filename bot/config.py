@@ -59,11 +59,23 @@ class Config:
     # Local backend.
     local_delay: float = 1.0
     local_models_dir: Path | None = None
-    # ESD.
+    # ESD (reference/esd-api.md): the REST API, and S3 + DynamoDB for interrogate.
     esd_api_url: str | None = None
     esd_username: str = "api"
-    # Slack admins (Discord admins are members with Manage Server).
+    esd_timeout: float = 30.0  # per request; API Gateway itself gives up at 29 s
+    realtime_max_in_flight: int = 5  # per Real-time endpoint (the container queues ~10)
+    esd_bucket: str | None = None
+    esd_job_table: str = "SDInferenceJobTable"
+    # Chat platforms.
+    discord_guilds: tuple[str, ...] = ()  # sync commands to these guilds (fast); else globally
+    slack_api_url: str | None = None  # Web API base URL override (GovSlack, proxies, tests)
+    http_port: int = 3000  # Slack HTTP mode listens here at /slack/events
+    # Permissions: Slack admin user ids (Discord admins are members with Manage Server) and
+    # optional allow-lists (empty = everyone).
     admins: tuple[str, ...] = ()
+    allowed_servers: tuple[str, ...] = ()
+    allowed_channels: tuple[str, ...] = ()
+    allowed_roles: tuple[str, ...] = ()
     log_level: str = "INFO"
     secrets: Secrets = field(default_factory=Secrets, repr=False)
 
@@ -84,12 +96,16 @@ class Config:
             raise ConfigError("max_side must be a multiple of 8 between 64 and 4096")
         for name in (
             "poll_interval", "poll_max_interval", "status_interval", "job_timeout",
-            "created_timeout",
+            "created_timeout", "esd_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         if self.local_delay < 0:
             raise ConfigError("SDBOT_LOCAL_DELAY must be zero or more seconds")
+        if not 0 < self.http_port < 65536:
+            raise ConfigError("SDBOT_HTTP_PORT must be a port number (1-65535)")
+        if self.realtime_max_in_flight < 1:
+            raise ConfigError("realtime_max_in_flight must be at least 1")
         if self.poll_max_interval < self.poll_interval:
             raise ConfigError("poll_max_interval must not be below poll_interval")
 
@@ -98,6 +114,9 @@ class Config:
 _ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "esd_api_url": ("ESD_API_URL",),
     "esd_username": ("ESD_USERNAME",),
+    "esd_bucket": ("ESD_BUCKET",),
+    "esd_job_table": ("ESD_JOB_TABLE",),
+    "slack_api_url": ("SLACK_API_URL",),
 }
 _SECRET_ENV: dict[str, str] = {
     "discord_token": "DISCORD_TOKEN",

@@ -3,25 +3,30 @@
 This module owns every decision about user images: which files are accepted (format, byte cap,
 pixel cap, decompression bombs, damage), how they are decoded (EXIF orientation, first frame of
 animations, 16-bit and odd modes down to 8-bit RGB), and how each img2img command turns its one or
-two attachments into A1111's `init_images[0]` and `mask` exactly as the WebUI tabs do
-(`reference/esd-api.md` §7.2). Everything here is synchronous and pure, so the core runs it in a
-worker thread; every refusal is an `ImageInputError` that names the file and says what to fix.
-Pillow is the only dependency; speed matters (one decode per file, no needless copies, PNG at
-`compress_level=1`), because a benchmark compares this work with Pillow's own decode/encode floor.
+two attachments into A1111's `init_images[0]` and `mask` as the WebUI tabs do
+(`reference/esd-api.md` §7.2), tolerant of the JPEG re-encoding chat platforms apply. Everything
+here is synchronous and pure, so the core runs it in a worker thread; every refusal is an
+`ImageInputError` that names the file and says what to fix. Pillow is the only dependency; speed
+matters (one decode per file, no needless copies, PNG at `compress_level=1`), because a benchmark
+compares this work with Pillow's own decode/encode floor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from PIL import Image, ImageChops, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
 
 from bot.errors import ImageInputError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = [
     "COMMANDS",
@@ -233,10 +238,10 @@ def _prepare_inpaint(
             "as a second image (white = repaint) or use a PNG whose area to repaint is "
             "transparent"
         )
-    # The pixels under the alpha are kept as stored rather than flattened (as A1111's inpaint
-    # tab did): the transparent area is repainted anyway, and half-transparent edges that are
-    # kept show their true colour instead of a wash of white.
-    init = _flattened_rgb(decoded)
+    # The pixels under the alpha are kept as stored rather than flattened (A1111's inpaint tab,
+    # up to 1.5, also did `image.convert("RGB")`): the transparent area is repainted anyway, and
+    # half-transparent edges that are kept show their true colour instead of a wash of white.
+    init = decoded if decoded.mode == "RGB" else decoded.convert("RGB")
     return PreparedInputs(encode_png(init), encode_png(mask), init.width, init.height, notes)
 
 
@@ -270,7 +275,7 @@ def _prepare_inpaint_sketch(
     # specks narrower than 3 pixels are removed (a morphological opening).
     red, green, blue = ImageChops.difference(sketch, original).split()
     largest_change = ImageChops.lighter(ImageChops.lighter(red, green), blue)
-    mask = _opened(largest_change.point(_SKETCH_CHANGED))
+    mask = _specks_removed(largest_change.point(_SKETCH_CHANGED))
     if mask.getbbox() is None:
         raise ImageInputError(
             f"the sketch does not differ from the original; paint over the picture in "
@@ -314,13 +319,32 @@ def _mask_from_file(
     return mask, notes
 
 
-def _opened(mask: Image.Image) -> Image.Image:
+def _specks_removed(mask: Image.Image) -> Image.Image:
     """3x3 erosion then 3x3 dilation of a 0/255 L mask: removes specks, keeps strokes."""
     box = ImageFilter.BoxBlur(1)
     return mask.filter(box).point(_ERODE_AFTER_BOX).filter(box).point(_DILATE_AFTER_BOX)
 
 
 # --- decoding --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _pillow_warnings_silenced() -> Iterator[None]:
+    """Silence the warnings Pillow raises about untrusted input while it reads it.
+
+    `DecompressionBombWarning` (over Pillow's own MAX_IMAGE_PIXELS, 89 MP) is not the bot's
+    decision: the pixel cap is checked right after the header is read, and Pillow's hard
+    `DecompressionBombError` at twice its limit still fires. Pillow's `UserWarning`s ("Corrupt
+    EXIF data", "Invalid APNG", a malformed MPO) describe the user's file; the file is then
+    accepted or refused with a message of its own. Either kind would otherwise fill the log, or
+    refuse the file where warnings are errors (as in the tests). Pillow's globals stay untouched.
+    In Python 3.11 `catch_warnings` swaps the process-wide filter list; only warnings of these two
+    kinds (the second only from Pillow's modules) are affected if threads interleave.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
 
 
 def _open_checked(file: InputFile, limits: ImageLimits) -> ImageFile.ImageFile:
@@ -333,12 +357,7 @@ def _open_checked(file: InputFile, limits: ImageLimits) -> ImageFile.ImageFile:
             f"the limit is {_millions(limits.max_bytes)} MB"
         )
     try:
-        # Pillow warns about images over its own MAX_IMAGE_PIXELS (89 MP) at open; the pixel
-        # cap below is the bot's decision, so that warning must neither reach the log nor (with
-        # warnings as errors) refuse a size the configuration allows. Pillow's hard error at
-        # twice its limit still fires and is caught. Pillow's globals are left untouched.
-        # (catch_warnings is process-wide in Python 3.11; only this one category is affected.)
-        with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
+        with _pillow_warnings_silenced():
             image = Image.open(io.BytesIO(file.data), formats=_READABLE_FORMATS)
     except Image.DecompressionBombError:
         raise ImageInputError(
@@ -363,20 +382,25 @@ def _decode(file: InputFile, limits: ImageLimits) -> tuple[Image.Image, tuple[st
     """Decode to 8-bit L, LA, RGB or RGBA, upright; alpha only when some pixel is transparent."""
     image = _open_checked(file, limits)
     notes: tuple[str, ...] = ()
-    try:
-        animation_name = _ANIMATION_NAMES.get(str(image.format))
-        if animation_name is not None and getattr(image, "is_animated", False):
-            notes += (f"first frame of animated {animation_name} {file.name} used",)
-        with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
+    with _pillow_warnings_silenced():
+        try:
+            animation_name = _ANIMATION_NAMES.get(str(image.format))
+            if animation_name is not None and getattr(image, "is_animated", False):
+                notes += (f"first frame of animated {animation_name} {file.name} used",)
             image.load()  # the current frame: the first
+        except Image.DecompressionBombError:
+            # A GIF frame may be larger than the size its header declares.
+            raise ImageInputError(
+                f"{file.name} has a frame with far more pixels than the bot accepts"
+            ) from None
+        except _DAMAGED_DATA_ERRORS:
+            raise _damaged(file) from None
+        try:
             ImageOps.exif_transpose(image, in_place=True)
-    except Image.DecompressionBombError:
-        # A GIF frame may be larger than the size its header declares.
-        raise ImageInputError(
-            f"{file.name} has a frame with far more pixels than the bot accepts"
-        ) from None
-    except _DAMAGED_DATA_ERRORS:
-        raise _damaged(file) from None
+        except _DAMAGED_DATA_ERRORS:
+            # The pixels are fine; only the metadata is broken. Refusing the picture for it
+            # would help no one.
+            notes += (f"the EXIF data of {file.name} is damaged; its orientation was not applied",)
     if image.width * image.height > limits.max_pixels:
         raise ImageInputError(
             f"{file.name} has a frame larger than its declared size and over "

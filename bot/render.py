@@ -102,7 +102,8 @@ def result_view(job: Job, images: Sequence[ResultImage]) -> ResultView:
         if negative:
             lines.append(f"negative: {negative}")
     if job.infotext:
-        lines.append(job.infotext)
+        # A1111 infotext repeats the prompts above its parameter line; show that line only.
+        lines.append(job.infotext.strip().splitlines()[-1])
     actions: list[Action] = []
     if job.command == "interrogate":
         if job.state is JobState.SUCCEED:

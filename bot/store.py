@@ -446,9 +446,10 @@ class _Database:
 
     @classmethod
     def open(cls, path: str) -> _Database:
-        if path != ":memory:" and not path.startswith("file:"):
+        if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: transactions are explicit (`_transaction`), never implied by the driver.
+        # Autocommit mode: transactions are explicit (`_transaction`), never implied by the
+        # driver. `check_same_thread` stays on, so use from any other thread fails loudly.
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             conn.row_factory = sqlite3.Row
@@ -540,8 +541,8 @@ class _Database:
             },
         )
 
-    def query(self, query: JobQuery) -> list[Job]:
-        sql, params = query_sql(query)
+    def query(self, sql: str, params: Sequence[object]) -> list[Job]:
+        """Run a query built by `query_sql`."""
         return self._jobs(sql, params)
 
     def unfinished(self) -> list[Job]:
@@ -581,10 +582,9 @@ class _Database:
         ]
 
 
-_CLOSED: Final = "job store is closed"
-
-
 # -- The store -----------------------------------------------------------------------------
+
+_CLOSED: Final = "job store is closed"
 
 
 class SqliteJobStore:
@@ -612,9 +612,8 @@ class SqliteJobStore:
             raise RuntimeError("a job store starts once" if self._state == "open" else _CLOSED)
         self._state = "open"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdbot-store")
-        loop = asyncio.get_running_loop()
         try:
-            self._db = await loop.run_in_executor(self._executor, _Database.open, self._path)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open_db)
         except sqlite3.Error as exc:
             await self.aclose()
             raise ConfigError(f"cannot open the job database {self._path}: {exc}") from exc
@@ -638,6 +637,10 @@ class SqliteJobStore:
             # Once the close has run the worker is idle and joins at once; if it has not run yet
             # (cancelled), leave it queued rather than wait on disk in the event loop.
             executor.shutdown(wait=closing.done())
+
+    # `_db` is set and cleared on the worker only, so a close queued behind the open sees it.
+    def _open_db(self) -> None:
+        self._db = _Database.open(self._path)
 
     def _close_db(self) -> None:
         db, self._db = self._db, None
@@ -689,8 +692,8 @@ class SqliteJobStore:
 
         `since` is inclusive and `until` exclusive; both must be timezone-aware.
         """
-        query_sql(query)  # refuse a bad query here, before it is queued
-        return await self._call(lambda db: db.query(query))
+        sql, params = query_sql(query)
+        return await self._call(lambda db: db.query(sql, params))
 
     async def unfinished(self) -> Sequence[Job]:
         """Jobs not terminal or not yet delivered, of every server, oldest first."""

@@ -116,4 +116,4 @@ class ResultView:
     @property
     def marker(self) -> str:
         """The text every result message carries, so a restarted bot can find it."""
-        return f"job {self.job_id}"
+        return self.job_id

@@ -8,8 +8,15 @@ declaration shows up in `help` without touching this file.
 
 from __future__ import annotations
 
-from commands.parse import NAME_CAP, PROMPT_CAP, LONG_TEXT_OPTIONS, SIDE_MAX, SIDE_MIN
-from commands.parse import SIDE_MULTIPLE, find_command
+from commands.parse import (
+    LONG_TEXT_OPTIONS,
+    NAME_CAP,
+    PROMPT_CAP,
+    SIDE_MAX,
+    SIDE_MIN,
+    SIDE_MULTIPLE,
+    find_command,
+)
 from commands.spec import (
     COMMANDS,
     OPTIONS,
@@ -56,7 +63,7 @@ def describe_value(option: OptionSpec) -> str:
     elif kind is Kind.PATH:
         text = "file path"
     elif kind is Kind.JOB_ID:
-        text = "job id, or its first 4 or more characters"
+        text = "job id"
     else:
         text = "`result` or `result:N` (N counts from 1)"
     if option.default is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -83,7 +83,8 @@ _RELATIVE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # The store's ids are lowercase base32, but the spec's own examples (`job k3x9`) use digits
 # outside that alphabet; any lowercase letter or digit is accepted and the store decides.
 _JOB_ID = re.compile(r"[a-z0-9]{4,10}")
-_RESULT = re.compile(r"result(?: *: *([0-9]{1,9}))?", re.IGNORECASE)
+# `result`, `result:N`, and a bare `N` as shorthand (also how stored options write it back).
+_RESULT = re.compile(r"(?:result(?: *: *([0-9]{1,9}))?|([0-9]{1,9}))", re.IGNORECASE)
 _BOOLS = {
     "true": True, "yes": True, "on": True, "1": True,
     "false": False, "no": False, "off": False, "0": False,
@@ -101,7 +102,8 @@ class ParsedCommand:
     """
 
     spec: CommandSpec
-    options: Mapping[str, OptionValue]
+    # Not hashed (a mapping is not hashable); equal commands still have equal specs.
+    options: Mapping[str, OptionValue] = field(hash=False)
 
     @property
     def name(self) -> str:
@@ -112,7 +114,7 @@ class ParsedCommand:
 class ParsedReply:
     """A reply in a job's thread that asks for a new job from that job (SPEC §3.2)."""
 
-    options: Mapping[str, OptionValue]
+    options: Mapping[str, OptionValue] = field(hash=False)
     # Free text: replaces the base job's prompt. None when the reply has no free text.
     prompt: str | None
     # Text after a leading `+`: appended to the base job's prompt.
@@ -300,7 +302,7 @@ def find_command(name: str) -> CommandSpec:
     if not name.strip():
         raise ParseError("start with a command name, such as `img2img`; `help` lists them all")
     guesses = closest(name, COMMANDS)
-    hint = f" — did you mean {_code_list(guesses)}?" if guesses else ""
+    hint = f" — did you mean {_code_list(guesses)}?" if guesses else ";"
     raise ParseError(f"unknown command `{_shown(name)}`{hint} `help` lists every command")
 
 
@@ -324,10 +326,7 @@ def _option_for(
     if option.console_only and not console:
         raise ParseError(f"`{name}=` paths only work in the console; attach the {name} instead")
     if option.reply_only and not reply:
-        raise ParseError(
-            f"`{name}=` only works in a reply in a job's thread "
-            f"(for example `{name}=result:2` there)"
-        )
+        raise ParseError(f"`{name}=` only works in a reply in a job's thread")
     return option
 
 
@@ -552,7 +551,8 @@ def _max_results() -> int:
 def _read_result(spec: OptionSpec, value: str) -> int:
     match = _RESULT.fullmatch(value)
     if match is not None:
-        index = int(match[1]) if match[1] is not None else 1
+        written = match[1] or match[2]
+        index = int(written) if written is not None else 1
         if 1 <= index <= _max_results():
             return index
     raise ParseError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")

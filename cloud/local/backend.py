@@ -1,11 +1,11 @@
 """`LocalBackend`: ESD's job life, in process, on the preview engine.
 
-It owns a table of jobs that move through ESD's states (`created` → `inprogress` → `succeed` /
-`failed`), one always-`InService` endpoint, a model list made of a built-in checkpoint plus the files
-of an optional local folder laid out by ESD type, and the asyncio tasks that run the jobs. Rendering
-and captioning happen in worker threads (`cloud.local.preview`), so the event loop never blocks.
-Every job's end is decided in one method, `_outcome`, which is where latency and failures can be
-injected.
+It owns a table of jobs that move through ESD's states (`created` → `inprogress` →
+`succeed` / `failed`), one always-`InService` endpoint, a model list made of a built-in checkpoint
+plus the files of an optional local folder laid out by ESD type, and the asyncio tasks that run the
+jobs. Rendering and captioning happen in worker threads (`cloud.local.preview`), so the event loop
+never blocks. Every job's end is decided in one method, `_outcome`, which is where latency and
+failures can be injected.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
@@ -35,6 +34,7 @@ from cloud.local.preview import caption, render, render_infotext
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from bot.ports import PollTarget
 
@@ -162,7 +162,9 @@ class LocalBackend:
         def work() -> JobOutput:
             images = render(init_png, mask_png, params)
             # ESD's WebUI shows `infotexts[0]`; the other images differ only by seed + i.
-            return JobOutput(images=tuple(images), infotext=render_infotext(params, 0, masked=masked))
+            return JobOutput(
+                images=tuple(images), infotext=render_infotext(params, 0, masked=masked)
+            )
 
         record = self._launch(job_id, "img2img", params.model, work)
         return Submitted(backend_id=record.backend_id, endpoint=record.endpoint)

@@ -15,11 +15,13 @@ import io
 import json
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageChops, ImageFilter, ImageOps, ImageStat
 from PIL.PngImagePlugin import PngInfo
 
-from bot.model import GenerationParams
+if TYPE_CHECKING:
+    from bot.model import GenerationParams
 
 ENGINE_NAME = "sdbot preview (not Stable Diffusion)"
 
@@ -117,9 +119,7 @@ def _transform(image: Image.Image, rng: random.Random) -> Image.Image:
     saturation = saturation.point([min(255, round(v * saturation_gain) + 24) for v in range(256)])
     graded = ImageOps.posterize(Image.merge("HSV", (hue, saturation, value)).convert("RGB"), bits)
     # A few random colours blown up bicubically: soft blobs whose places depend on the seed.
-    field = Image.frombytes("RGB", grid, field_colours).resize(
-        image.size, Image.Resampling.BICUBIC
-    )
+    field = Image.frombytes("RGB", grid, field_colours).resize(image.size, Image.Resampling.BICUBIC)
     return Image.blend(graded, field, field_weight)
 
 
@@ -185,7 +185,10 @@ def _fit(
         return image.resize(size, resample)
     if resize == "crop":
         scale = max(width / image.width, height / image.height)
-        scaled_size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+        scaled_size = (
+            max(width, round(image.width * scale)),
+            max(height, round(image.height * scale)),
+        )
         left = (scaled_size[0] - width) // 2
         top = (scaled_size[1] - height) // 2
         return image.resize(scaled_size, resample).crop((left, top, left + width, top + height))

@@ -291,8 +291,11 @@ async def test_cancel_stops_the_job_and_forgets_it(slow_backend: LocalBackend) -
     await slow_backend.cancel("unknown")  # skipped, like ESD's DELETE
 
 
-async def test_history_is_newest_first_per_task_type(backend: LocalBackend) -> None:
-    ids = [(await backend.submit(f"job{i}", make_params(), png(), None)).backend_id for i in range(3)]
+async def test_history_is_newest_first_per_task_type(slow_backend: LocalBackend) -> None:
+    backend = slow_backend
+    ids = [
+        (await backend.submit(f"job{i}", make_params(), png(), None)).backend_id for i in range(3)
+    ]
     caption_job = await backend.interrogate("job9", InterrogateParams("clip", ENDPOINT), png())
     rows = await backend.history("img2img", 10)
     assert [row.backend_id for row in rows] == ids[::-1]
@@ -305,8 +308,14 @@ async def test_history_is_newest_first_per_task_type(backend: LocalBackend) -> N
         caption_job.backend_id
     ]
     assert await backend.history("txt2img", 10) == []
-    await states_until_terminal(backend, ids[0])
-    assert (await backend.history("img2img", 10))[-1].state == "succeed"
+    assert await backend.history("img2img", 0) == []
+
+
+async def test_history_shows_the_current_state(backend: LocalBackend) -> None:
+    submitted = await backend.submit("job1", make_params(), png(), None)
+    await states_until_terminal(backend, submitted.backend_id)
+    (row,) = await backend.history("img2img", 10)
+    assert row.state == "succeed"
 
 
 async def test_aclose_cancels_running_jobs_and_refuses_new_ones() -> None:
@@ -326,9 +335,13 @@ async def test_aclose_cancels_running_jobs_and_refuses_new_ones() -> None:
 async def test_aclose_while_rendering_waits_for_the_job_task() -> None:
     local = LocalBackend(LocalBackendConfig(delay=0))
     await local.start()
-    submitted = await local.submit("job1", make_params(width=256, height=256, count=4), png(), None)
-    while await state_of(local, submitted.backend_id) is JobState.CREATED:
+    params = make_params(width=256, height=256, count=4)
+    submitted = await local.submit("job1", params, png(), None)
+    for _ in range(1_000_000):  # until the job has left `created` and is rendering
+        if await state_of(local, submitted.backend_id) is not JobState.CREATED:
+            break
         await asyncio.sleep(0)
+    assert await state_of(local, submitted.backend_id) is JobState.INPROGRESS
     await local.aclose()
     assert job_tasks() == []
 

@@ -283,7 +283,9 @@ def test_mask_blur_widens_the_changed_region() -> None:
     mask = square_mask((96, 96), (30, 30, 60, 60))
 
     def changed(blur: int) -> set[int]:
-        image = decode(render(init, to_png(mask), make_params(width=96, height=96, mask_blur=blur))[0])
+        image = decode(
+            render(init, to_png(mask), make_params(width=96, height=96, mask_blur=blur))[0]
+        )
         return {
             i
             for i, (a, b) in enumerate(zip(pixel_bytes(image), pixel_bytes(source), strict=True))
@@ -326,15 +328,23 @@ def test_infotext_reads_like_a1111_and_names_the_engine() -> None:
 
 def test_infotext_of_a_masked_job_has_the_inpaint_fields() -> None:
     params = make_params(
-        negative="", mask_blur=8, invert=True, area="masked", padding=16, fill="latent-noise",
+        negative="",
+        mask_blur=8,
+        invert=True,
+        area="masked",
+        padding=16,
+        fill="latent-noise",
         vae="kl-f8.safetensors",
     )
     text = render_infotext(params, 0, masked=True)
     assert "Negative prompt" not in text
     assert "VAE: kl-f8.safetensors" in text
     for field in (
-        "Mask blur: 8", "Mask mode: Inpaint not masked", "Masked content: latent noise",
-        "Inpaint area: Only masked", "Masked area padding: 16",
+        "Mask blur: 8",
+        "Mask mode: Inpaint not masked",
+        "Masked content: latent noise",
+        "Inpaint area: Only masked",
+        "Masked area padding: 16",
     ):
         assert field in text
     assert text.endswith(f", Engine: {ENGINE_NAME}")

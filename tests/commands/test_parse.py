@@ -105,7 +105,7 @@ def test_every_command_parses_bare(command: str) -> None:
         ("'no \\ escapes'", ["no \\ escapes"]),
         ("'has \"double\" inside'", ['has "double" inside']),
         ("\"has 'single' inside\"", ["has 'single' inside"]),
-        ("prompt=\"a=b\"", ["prompt=a=b"]),
+        ('prompt="a=b"', ["prompt=a=b"]),
         ("“a cat” ‘a dog’", ["a cat", "a dog"]),
         ("“mixed\" 'pair’", ["mixed", "pair"]),
         ("prompt=“a cat”", ["prompt=a cat"]),
@@ -182,6 +182,13 @@ def test_parsed_options_cannot_be_changed() -> None:
     parsed = parse("img2img a cat steps=30")
     with pytest.raises(TypeError):
         parsed.options["steps"] = 5  # type: ignore[index]
+
+
+def test_parsed_commands_compare_and_hash_by_value() -> None:
+    first, second = parse("img2img a cat steps=30"), parse("IMG2IMG a cat Steps=30")
+    assert first == second
+    assert len({first, second}) == 1
+    assert first != parse("img2img a cat steps=31")
 
 
 # --- options -------------------------------------------------------------------------------
@@ -537,13 +544,14 @@ def test_job_id_values_refused(raw: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"), [("result", 1), ("result:1", 1), ("Result:2", 2), ("RESULT:4", 4)]
+    ("raw", "expected"),
+    [("result", 1), ("result:1", 1), ("Result:2", 2), ("RESULT:4", 4), ("3", 3)],
 )
 def test_result_values(raw: str, expected: int) -> None:
     assert value("input", raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["result:0", "result:5", "res", "result:", "result:x", "2"])
+@pytest.mark.parametrize("raw", ["result:0", "result:5", "res", "result:", "result:x", "0", "5"])
 def test_result_values_refused(raw: str) -> None:
     assert "`result` or `result:N`" in value_error("input", raw)
 

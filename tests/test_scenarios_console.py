@@ -1,0 +1,220 @@
+"""End to end through the real console adapter, core, SQLite store and local backend."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from scenario_kit import ConsoleRun, job_ids, mask_png, png, size_of, sketch_of, transparent_png
+
+
+@pytest.fixture
+async def console(tmp_path: Path):  # type: ignore[no-untyped-def]
+    async with ConsoleRun(tmp_path) as run:
+        yield run
+
+
+def saved(lines: list[str], job_id: str) -> list[Path]:
+    return [Path(l.split(" ", 1)[1]) for l in lines if l.startswith("saved ") and job_id in l]
+
+
+def states(lines: list[str], job_id: str) -> list[str]:
+    return [
+        l.split()[2] for l in lines
+        if l.startswith(f"job {job_id} ") and not l.endswith("accepted")
+    ]
+
+
+async def test_img2img_runs_to_saved_images(console: ConsoleRun) -> None:
+    image = console.write("cat.png", png(200, 150))
+    lines = await console.run(f"img2img a watercolor cat image={image} count=2 seed=7")
+    [job] = job_ids(lines)
+    assert lines[0] == f"job {job} accepted"
+    assert states(lines, job)[0] == "created"
+    assert states(lines, job)[-1] == "succeed"
+    files = saved(lines, job)
+    assert len(files) == 2
+    assert all(f.parent == console.config.output_dir / job for f in files)
+    assert {size_of(f.read_bytes()) for f in files} == {(200, 152)}
+
+
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [
+        ("sketch", ""),
+        ("inpaint", "mask={mask}"),
+        ("inpaint", "image={alpha}"),
+        ("inpaint-upload", "mask={mask} invert=true area=masked padding=8 fill=latent-noise"),
+        ("inpaint-sketch", "sketch={sketch} mask_blur=0"),
+    ],
+)
+async def test_every_image_mode_delivers(console: ConsoleRun, command: str, extra: str) -> None:
+    original = png(96, 64)
+    paths = {
+        "image": console.write("in.png", original),
+        "mask": console.write("mask.png", mask_png(96, 64)),
+        "alpha": console.write("alpha.png", transparent_png(96, 64)),
+        "sketch": console.write("sketch.png", sketch_of(original)),
+    }
+    extra = extra.format(**paths)
+    image_opt = "" if "image=" in extra else f"image={paths['image']}"
+    lines = await console.run(f"{command} a hat {image_opt} {extra} size=96x64")
+    [job] = job_ids(lines)
+    assert states(lines, job)[-1] == "succeed", lines
+    [out] = saved(lines, job)
+    assert size_of(out.read_bytes()) == (96, 64)
+
+
+async def test_interrogate_both_methods(console: ConsoleRun) -> None:
+    image = console.write("in.png", png(64, 64))
+    lines = await console.run(f"interrogate image={image}", f"interrogate image={image} method=deepbooru")
+    clip, booru = job_ids(lines)
+    captions = {l.split(":", 1)[0]: l.split(": ", 1)[1] for l in lines if l.startswith("caption ")}
+    assert captions[f"caption {clip}"].startswith("a ")
+    assert "," in captions[f"caption {booru}"]
+
+
+async def test_refusals_are_error_lines_and_never_jobs(console: ConsoleRun) -> None:
+    image = console.write("in.png", png())
+    lines = await console.run(
+        "imgtoimg a cat",
+        f"img2img a cat image={image} strenght=0.5",
+        f"img2img a cat image={image} steps=500",
+        f"img2img a cat image={image} steps=2 steps=3",
+        "img2img a cat",
+        f"inpaint-upload x image={image}",
+        f"img2img x image={image} size=100x100",
+    )
+    assert job_ids(lines) == []
+    errors = [l for l in lines if l.startswith("error: ")]
+    assert len(errors) == 7
+    assert "did you mean `img2img`" in errors[0]
+    assert "did you mean `strength`" in errors[1]
+    assert "between 1 and 150" in errors[2]
+    assert "needs image" in errors[4]
+    assert "needs mask" in errors[5]
+
+
+async def test_bad_images_fail_the_job_with_the_file_named(console: ConsoleRun) -> None:
+    html = console.write("page.png", b"<!doctype html><html>login</html>")
+    empty = console.write("empty.png", b"")
+    image = console.write("in.png", png())
+    lines = await console.run(
+        f"img2img x image={html}",
+        f"img2img x image={empty}",
+        f"img2img x image={console.tmp_path / 'missing.png'}",
+        f"inpaint x image={image}",
+    )
+    ids = job_ids(lines)
+    reasons = {
+        ids.index(l.split()[1]): l.split(" failed — ", 1)[1] for l in lines if " failed — " in l
+    }
+    assert len(reasons) == 4
+    assert "page.png is not an image" in reasons[0]
+    assert "empty.png is empty" in reasons[1]
+    assert "no such file" in reasons[2] and "missing.png" in reasons[2]
+    assert "attach a mask" in reasons[3]
+
+
+async def test_job_jobs_and_filters(console: ConsoleRun) -> None:
+    image = console.write("in.png", png())
+    lines = await console.run(f"img2img a cat image={image}", f"interrogate image={image}")
+    first, second = job_ids(lines)
+    listing = await console.run("jobs")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d → interrogate → succeed → " + second, listing[0])
+    assert listing[1].endswith(f"→ img2img → succeed → {first}")
+    assert await console.run("jobs type=interrogate") == [listing[0]]
+    assert await console.run("jobs status=failed") == ["no jobs match"]
+    assert len(await console.run("jobs status=succeed since=1h")) == 2
+    assert await console.run("jobs until=2020-01-01") == ["no jobs match"]
+    assert await console.run("jobs endpoint=local-preview type=img2img") == [listing[1]]
+    assert await console.run("jobs model=sdbot-preview.safetensors") == [listing[1]]
+    assert await console.run("jobs user=operator all=true") == listing
+    assert "error: unknown job type" in (await console.run("jobs type=txt3img"))[0]
+    cloud = await console.run("jobs source=cloud type=img2img")
+    assert len(cloud) == 1 and "→ img2img → succeed →" in cloud[0]
+    details = await console.run(f"job {first[:5]}")
+    assert details[0] == listing[1]
+    assert any(l.startswith("prompt: a cat") for l in details)
+    assert any(l.startswith("saved ") for l in details)
+
+
+async def test_cancel_stops_a_job_and_it_never_delivers(tmp_path: Path) -> None:
+    async with ConsoleRun(tmp_path, local_delay=30.0) as console:
+        image = console.write("in.png", png())
+        lines = await console.app.dispatcher.handle_text(
+            console.adapter.caller, f"img2img slow image={image}", [], _Quiet()
+        ), None
+        job = lines[0]
+        assert job is not None
+        out = await console.run(f"cancel {job.id}")
+        assert f"job `{job.id}` cancelled" in out[-1]
+        stored = await console.app.store.get(job.id)
+        assert stored is not None and stored.state.value == "cancelled"
+        assert not (console.config.output_dir / job.id).exists()
+        again = await console.run(f"cancel {job.id}")
+        assert "already cancelled" in again[0]
+
+
+class _Quiet:
+    async def accepted(self, job_id: str) -> None: ...
+    async def reply(self, text: str, *, private: bool = False, images=()) -> None: ...  # type: ignore[no-untyped-def]
+    async def refuse(self, message: str) -> None:
+        raise AssertionError(message)
+
+
+async def test_help_endpoints_models(console: ConsoleRun) -> None:
+    overview = await console.run("help")
+    text = "\n".join(overview)
+    assert "img2img" in text and "interrogate" in text and "Out of scope" in text
+    assert "txt2img" in text
+    assert any("strength" in l for l in await console.run("help img2img"))
+    assert "did you mean" in (await console.run("help inpant"))[0]
+    assert "local-preview" in (await console.run("endpoints"))[0]
+    assert "sdbot-preview.safetensors" in (await console.run("models type=checkpoint"))[0]
+    assert "unknown model type" in (await console.run("models type=loras2"))[0]
+
+
+async def test_unknown_model_and_endpoint_fail_without_reaching_the_backend(console: ConsoleRun) -> None:
+    image = console.write("in.png", png())
+    lines = await console.run(f"img2img x image={image} model=nope.ckpt", f"img2img x image={image} endpoint=gpu-1")
+    failures = " | ".join(l for l in lines if " failed — " in l)
+    assert "unknown model `nope.ckpt`" in failures
+    assert "unknown endpoint `gpu-1`" in failures
+    history = await console.app.backend.history("img2img", 10)
+    assert history == []
+
+
+async def test_reply_rows_through_the_console(console: ConsoleRun) -> None:
+    image = console.write("in.png", png(96, 64))
+    other = console.write("other.png", png(64, 64, color=(200, 30, 30)))
+    [base] = job_ids(await console.run(f"img2img a cat image={image} seed=42 steps=10"))
+    store = console.app.store
+
+    async def params(job_id: str):  # type: ignore[no-untyped-def]
+        job = await store.get(job_id)
+        assert job is not None and job.params is not None
+        return job
+
+    [opts] = job_ids(await console.run(f"reply {base} steps=12"))
+    job = await params(opts)
+    assert (job.params.prompt, job.params.seed, job.params.steps) == ("a cat", 42, 12)
+    assert job.parent_id == base and job.thread == (await store.get(base)).thread  # type: ignore[union-attr]
+
+    [text] = job_ids(await console.run(f"reply {base} a dog"))
+    assert (await params(text)).params.prompt == "a dog"
+    [plus] = job_ids(await console.run(f"reply {base} + wearing a hat"))
+    assert (await params(plus)).params.prompt == "a cat, wearing a hat"
+    [again] = job_ids(await console.run("reply last again"))
+    assert (await params(again)).params.prompt == "a cat, wearing a hat"
+    assert (await params(again)).params.seed != 42
+    [swap] = job_ids(await console.run(f"reply {base} image={other}"))
+    assert (await params(swap)).params.width == 64
+    [chained] = job_ids(await console.run(f"reply {base} input=result:1 count=2"))
+    assert (await params(chained)).params.count == 2
+    bad = await console.run(f"reply {base} strenght=1")
+    assert bad[0].startswith("error: ") and job_ids(bad) == []
+    assert await console.run(f"reply {base} // just a note") == []
+    out_of_range = await console.run(f"reply {base} input=result:3")
+    assert "has 1 result image" in out_of_range[0]
