@@ -14,16 +14,20 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from adapters.console import ConsoleAdapter, run_console
 from bot.app import BotApp
 from bot.config import Config, load_config
 from bot.errors import ConfigError
 from bot.logs import setup_logging
-from bot.ports import Backend
 from bot.store import SqliteJobStore
 from cloud.local import LocalBackend, LocalBackendConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from bot.ports import Backend
 
 _LOGGER = logging.getLogger("sdbot")
 

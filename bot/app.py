@@ -9,17 +9,20 @@ the caller (`adapters.cli`), so the core never imports a cloud or chat library.
 from __future__ import annotations
 
 import logging
-from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot.clock import SystemClock
-from bot.config import Config
 from bot.dispatcher import Dispatcher
 from bot.jobs import JobRunner
-from bot.model import Platform
 from bot.poller import Poller
-from bot.ports import Backend, ChatAdapter, Clock, JobStore
 from bot.resolve import Catalog, Resolver
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from bot.config import Config
+    from bot.model import Platform
+    from bot.ports import Backend, ChatAdapter, Clock, JobStore
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,7 +56,10 @@ class BotApp:
             clock=self.clock,
         )
         self.dispatcher = Dispatcher(
-            runner=self.runner, store=store, backend=backend, catalog=self.catalog,
+            runner=self.runner,
+            store=store,
+            backend=backend,
+            catalog=self.catalog,
             clock=self.clock,
         )
         self._started = False

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,12 @@ class Config:
         if self.max_side % 8 or not 64 <= self.max_side <= 4096:
             raise ConfigError("max_side must be a multiple of 8 between 64 and 4096")
         for name in (
-            "poll_interval", "poll_max_interval", "status_interval", "job_timeout",
-            "created_timeout", "esd_timeout",
+            "poll_interval",
+            "poll_max_interval",
+            "status_interval",
+            "job_timeout",
+            "created_timeout",
+            "esd_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
@@ -154,9 +160,7 @@ def _convert(name: str, kind: Any, raw: object) -> object:
     return raw
 
 
-def load_config(
-    environ: Mapping[str, str] | None = None, path: Path | str | None = None
-) -> Config:
+def load_config(environ: Mapping[str, str] | None = None, path: Path | str | None = None) -> Config:
     """Read the TOML file (if any), apply environment overrides and validate."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}

@@ -10,9 +10,9 @@ for a request that does not validate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bot import render
 from bot.errors import OperationalError, ParseError, RefusedError, UserInputError
@@ -20,7 +20,6 @@ from bot.ids import display_name
 from bot.jobs import RESULT_SLOT, JobRunner
 from bot.model import AttachmentRef, Caller, Job, JobState, Platform
 from bot.ports import Backend, Clock, JobQuery, JobStore, Responder, StoredImage
-from bot.resolve import Catalog
 from bot.views import EDIT_FIELDS, Action, ActionKind, ResultImage
 from commands import (
     COMMANDS,
@@ -35,6 +34,11 @@ from commands import (
     parse,
     parse_reply,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from bot.resolve import Catalog
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -180,7 +184,9 @@ class Dispatcher:
             if base.caller.user != caller.user and not caller.is_admin:
                 return None
             reply = parse_reply(
-                text, base.command, console=caller.platform is Platform.CONSOLE,
+                text,
+                base.command,
+                console=caller.platform is Platform.CONSOLE,
                 now=self._clock.now(),
             )
             options = dict(base.options)
@@ -198,7 +204,11 @@ class Dispatcher:
             options.pop("input", None)
             new_refs = self._path_refs(options) + list(attachments)
             return await self._regenerate(
-                caller, base, options, new_refs, responder,
+                caller,
+                base,
+                options,
+                new_refs,
+                responder,
                 result_index=result_index if isinstance(result_index, int) else None,
             )
         except UserInputError as exc:
@@ -236,8 +246,10 @@ class Dispatcher:
         values = {name: job.options.get(name, "") for name in EDIT_FIELDS}
         if job.params is not None:
             values.update(
-                prompt=job.params.prompt, negative=job.params.negative,
-                strength=f"{job.params.strength:g}", seed=str(job.params.seed),
+                prompt=job.params.prompt,
+                negative=job.params.negative,
+                strength=f"{job.params.strength:g}",
+                seed=str(job.params.seed),
             )
         return values
 
@@ -388,9 +400,7 @@ class Dispatcher:
             known = {k.rstrip("s"): v for k, v in MODEL_TYPES.items()}
             known.update({v.lower().rstrip("s"): v for v in MODEL_TYPES.values()})
             if lowered not in known:
-                raise RefusedError(
-                    f"unknown model type `{kind}`; types: {', '.join(MODEL_TYPES)}"
-                )
+                raise RefusedError(f"unknown model type `{kind}`; types: {', '.join(MODEL_TYPES)}")
             esd_type = known[lowered]
         await r.reply(render.model_lines(await self._backend.models(esd_type)))
 
@@ -477,8 +487,14 @@ class Dispatcher:
                 f"job `{base.id}`'s input images are no longer stored; attach the image again"
             )
         return await self._runner.accept(
-            caller, spec.name, options, refs, responder,
-            parent=base, inherited=inherited, thread=base.thread,
+            caller,
+            spec.name,
+            options,
+            refs,
+            responder,
+            parent=base,
+            inherited=inherited,
+            thread=base.thread,
         )
 
     async def _action(
@@ -508,8 +524,14 @@ class Dispatcher:
             if not inputs:
                 raise RefusedError(f"job `{job.id}`'s image is no longer stored; attach it again")
             return await self._runner.accept(
-                caller, "img2img", {"prompt": job.caption}, [], responder,
-                parent=job, inherited=inputs, thread=job.thread,
+                caller,
+                "img2img",
+                {"prompt": job.caption},
+                [],
+                responder,
+                parent=job,
+                inherited=inputs,
+                thread=job.thread,
             )
         options = dict(job.options)
         if action.kind is ActionKind.REROLL:
@@ -551,7 +573,9 @@ def _opt_time(options: Mapping[str, object], name: str) -> datetime | None:
 
 
 def _has_filters(options: Mapping[str, object]) -> bool:
-    return any(options.get(k) is not None for k in ("status", "endpoint", "model", "since", "until"))
+    return any(
+        options.get(k) is not None for k in ("status", "endpoint", "model", "since", "until")
+    )
 
 
 __all__ = ["Dispatcher", "assign_slots", "text_value"]

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import secrets
-from datetime import datetime
+from typing import TYPE_CHECKING
 
-from bot.model import Job
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from bot.model import Job
 
 ID_LENGTH = 10
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"

@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from bot import imaging, render
-from bot.config import Config
 from bot.errors import (
     BackendError,
     ChatDeliveryError,
@@ -37,11 +36,16 @@ from bot.model import (
     JobState,
     Platform,
 )
-from bot.poller import Poller
 from bot.ports import Backend, ChatAdapter, Clock, JobStore, PollTarget, Responder, StoredImage
-from bot.resolve import Resolver
 from bot.views import ResultImage, StatusView
 from commands import COMMANDS, Family
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from bot.config import Config
+    from bot.poller import Poller
+    from bot.resolve import Resolver
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -261,7 +265,10 @@ class JobRunner:
             )
             params = await self._resolver.generation(job.options, prepared.width, prepared.height)
             job = replace(
-                job, params=params, endpoint=params.endpoint, model=params.model,
+                job,
+                params=params,
+                endpoint=params.endpoint,
+                model=params.model,
                 notes=prepared.notes,
             )
             await self._store.save(job)
@@ -269,7 +276,9 @@ class JobRunner:
                 job.id, params, prepared.init_png, prepared.mask_png
             )
         job = replace(
-            job, backend_id=submitted.backend_id, endpoint=submitted.endpoint,
+            job,
+            backend_id=submitted.backend_id,
+            endpoint=submitted.endpoint,
             started_at=self._clock.now(),
         )
         await self._store.save(job)
@@ -326,7 +335,10 @@ class JobRunner:
 
     async def _fail(self, job: Job, message: str) -> Job:
         job = replace(
-            job, state=JobState.FAILED, error=message, finished_at=job.finished_at or self._clock.now()
+            job,
+            state=JobState.FAILED,
+            error=message,
+            finished_at=job.finished_at or self._clock.now(),
         )
         await self._store.save(job)
         with contextlib.suppress(OperationalError):

@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # Query strings of URLs (presigned S3 signatures, tokens in query parameters).
 _QUERY = re.compile(r"(https?://[^\s?\"'<>]+)\?[^\s\"'<>]*")

@@ -14,10 +14,13 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bot.errors import BackendError
-from bot.model import BackendStatus
-from bot.ports import Backend, PollTarget
+
+if TYPE_CHECKING:
+    from bot.model import BackendStatus
+    from bot.ports import Backend, PollTarget
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -68,16 +71,16 @@ class Poller:
         self._intervals.pop(backend_id, None)
 
     async def wait(
-        self, target: PollTarget, known: BackendStatus | None, timeout: float
+        self, target: PollTarget, known: BackendStatus | None, within: float
     ) -> BackendStatus | None:
-        """The job's status once it differs from `known`, or None after `timeout` seconds."""
+        """The job's status once it differs from `known`, or None after `within` seconds."""
         loop = asyncio.get_running_loop()
         interval = self._intervals.get(target.backend_id, self._interval)
         watch = _Watch(target, known, loop.create_future(), loop.time() + interval * 0.5, interval)
         self._watches[target.backend_id] = watch
         self._wakeup.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(watch.future), timeout)
+            return await asyncio.wait_for(asyncio.shield(watch.future), within)
         except TimeoutError:
             return None
         finally:

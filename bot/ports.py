@@ -11,27 +11,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from bot.model import (
-    AttachmentRef,
-    BackendStatus,
-    CloudJob,
-    Conversation,
-    Endpoint,
-    GenerationParams,
-    InterrogateParams,
-    Job,
-    JobOutput,
-    JobState,
-    Model,
-    Platform,
-    Submitted,
-)
-from bot.views import ResultImage, ResultView, StatusView
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from bot.model import (
+        AttachmentRef,
+        BackendStatus,
+        CloudJob,
+        Conversation,
+        Endpoint,
+        GenerationParams,
+        InterrogateParams,
+        Job,
+        JobOutput,
+        JobState,
+        Model,
+        Platform,
+        Submitted,
+    )
+    from bot.views import ResultImage, ResultView, StatusView
 
 
 @dataclass(frozen=True)

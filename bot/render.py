@@ -7,11 +7,14 @@ console alike. Adapters may render richer views from the structured fields of `b
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.ids import display_name, format_time
 from bot.model import Endpoint, Job, JobState, Model
 from bot.views import Action, ActionKind, ResultImage, ResultView, StatusView
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _STATE_WORDS: dict[JobState, str] = {
     JobState.CREATED: "queued",
@@ -71,7 +74,9 @@ def status_view(
         lines.append("cancelled; its result will not be posted")
     lines.extend(job.notes)
     if job.endpoint:
-        lines.append(f"endpoint `{job.endpoint}`" + (f" · model `{job.model}`" if job.model else ""))
+        lines.append(
+            f"endpoint `{job.endpoint}`" + (f" · model `{job.model}`" if job.model else "")
+        )
     actions = () if job.state.terminal else (Action(ActionKind.CANCEL, job.id),)
     return StatusView(job.id, job.command, job.state, "\n".join(lines), detail, actions)
 

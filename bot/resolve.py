@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from bot.config import Config
 from bot.errors import RefusedError
 from bot.imaging import default_size
 from bot.model import Endpoint, GenerationParams, Model
-from bot.ports import Backend, Clock
 from commands import OPTIONS, Size, convert_option
 from commands.spec import DEFAULT_SAMPLER
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from bot.config import Config
+    from bot.ports import Backend, Clock
 
 MAX_SEED = 2**32 - 1
 
@@ -136,7 +140,8 @@ class Resolver:
         vaes = sorted(m.name for m in await self._catalog.models("VAE"))
         if name not in vaes:
             raise RefusedError(
-                f"unknown VAE `{name}`; VAEs: {_listing(['Automatic', *vaes])} (see `models type=vae`)"
+                f"unknown VAE `{name}`; VAEs: {_listing(['Automatic', *vaes])}"
+                " (see `models type=vae`)"
             )
         return name
 

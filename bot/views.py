@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bot.model import JobState
+if TYPE_CHECKING:
+    from bot.model import JobState
 
 ACTION_PREFIX = "sdbot"
 

@@ -164,7 +164,9 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("negative", Kind.TEXT, "what to avoid (negative prompt)"),
         OptionSpec("strength", Kind.FLOAT, "denoising strength", 0.75, 0.0, 1.0),
         OptionSpec("steps", Kind.INT, "sampling steps", 20, 1, 150),
-        OptionSpec("cfg", Kind.FLOAT, "CFG scale: how closely to follow the prompt", 7.0, 1.0, 30.0),
+        OptionSpec(
+            "cfg", Kind.FLOAT, "CFG scale: how closely to follow the prompt", 7.0, 1.0, 30.0
+        ),
         OptionSpec(
             "sampler", Kind.CHOICE, "sampler", DEFAULT_SAMPLER, choices=SAMPLERS, autocomplete=True
         ),
@@ -174,7 +176,10 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("height", Kind.INT, "output height, a multiple of 8", None, 64, 2048),
         OptionSpec("count", Kind.INT, "images per job (batch size)", 1, 1, 4),
         OptionSpec(
-            "resize", Kind.CHOICE, "how the input is fitted to the size", "just-resize",
+            "resize",
+            Kind.CHOICE,
+            "how the input is fitted to the size",
+            "just-resize",
             choices=tuple(RESIZE_MODES),
         ),
         OptionSpec("model", Kind.TEXT, "checkpoint on the backend", autocomplete=True),
@@ -183,11 +188,17 @@ OPTIONS: dict[str, OptionSpec] = {
         # Inpaint.
         OptionSpec("mask_blur", Kind.INT, "mask blur in pixels", 4, 0, 64),
         OptionSpec(
-            "fill", Kind.CHOICE, "what fills the masked area before sampling", "original",
+            "fill",
+            Kind.CHOICE,
+            "what fills the masked area before sampling",
+            "original",
             choices=tuple(FILL_MODES),
         ),
         OptionSpec(
-            "area", Kind.CHOICE, "inpaint the whole picture or only the masked area", "whole",
+            "area",
+            Kind.CHOICE,
+            "inpaint the whole picture or only the masked area",
+            "whole",
             choices=tuple(AREAS),
         ),
         OptionSpec("padding", Kind.INT, "padding around the masked area, pixels", 32, 0, 256),
@@ -198,7 +209,9 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("sketch", Kind.PATH, "path of the sketch (console only)", console_only=True),
         # Replies.
         OptionSpec(
-            "input", Kind.RESULT, "use the base job's result N as the input (`result` or `result:N`)",
+            "input",
+            Kind.RESULT,
+            "use the base job's result N as the input (`result` or `result:N`)",
             reply_only=True,
         ),
         # Interrogate.
@@ -210,23 +223,51 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("since", Kind.TIME, "only jobs created at or after (2026-11-01, 2h, 3d)"),
         OptionSpec("until", Kind.TIME, "only jobs created before (2026-11-01, 30m)"),
         OptionSpec("user", Kind.TEXT, "only this user's jobs (admins)"),
-        OptionSpec("source", Kind.CHOICE, "`cloud`: the backend's own history (admins)",
-                   choices=("bot", "cloud")),
+        OptionSpec(
+            "source",
+            Kind.CHOICE,
+            "`cloud`: the backend's own history (admins)",
+            choices=("bot", "cloud"),
+        ),
         OptionSpec("all", Kind.BOOL, "list everything, page by page", False),
         OptionSpec("command", Kind.TEXT, "the command to explain"),
         # Settings (admins).
-        OptionSpec("scope", Kind.CHOICE, "which settings to change", "channel",
-                   choices=("channel", "server")),
+        OptionSpec(
+            "scope",
+            Kind.CHOICE,
+            "which settings to change",
+            "channel",
+            choices=("channel", "server"),
+        ),
         OptionSpec("max_size", Kind.INT, "cap on the longest output side", None, 64, 2048),
         OptionSpec("concurrency", Kind.INT, "jobs one user may have in flight", None, 1, 100),
-        OptionSpec("daily_quota", Kind.INT, "jobs one user may start per day (0 = no limit)",
-                   None, 0, 100000),
+        OptionSpec(
+            "daily_quota",
+            Kind.INT,
+            "jobs one user may start per day (0 = no limit)",
+            None,
+            0,
+            100000,
+        ),
     )
 }
 
 GENERATION_OPTIONS: tuple[str, ...] = (
-    "prompt", "negative", "strength", "steps", "cfg", "sampler", "seed", "size", "width", "height",
-    "count", "resize", "model", "vae", "endpoint",
+    "prompt",
+    "negative",
+    "strength",
+    "steps",
+    "cfg",
+    "sampler",
+    "seed",
+    "size",
+    "width",
+    "height",
+    "count",
+    "resize",
+    "model",
+    "vae",
+    "endpoint",
 )
 INPAINT_OPTIONS: tuple[str, ...] = ("mask_blur", "fill", "area", "padding", "invert")
 
@@ -234,13 +275,21 @@ _IMAGE = AttachmentSpec(Slot.IMAGE, True, "the picture to start from")
 
 
 def _generate(
-    name: str, summary: str, attachments: tuple[AttachmentSpec, ...], inpaint: bool,
+    name: str,
+    summary: str,
+    attachments: tuple[AttachmentSpec, ...],
+    inpaint: bool,
     example: str,
 ) -> CommandSpec:
     paths = tuple(a.slot.value for a in attachments)
     options = GENERATION_OPTIONS + (INPAINT_OPTIONS if inpaint else ()) + paths + ("input",)
     return CommandSpec(
-        name, Family.GENERATE, summary, options, attachments, free_text="prompt",
+        name,
+        Family.GENERATE,
+        summary,
+        options,
+        attachments,
+        free_text="prompt",
         examples=(example,),
     )
 
@@ -249,62 +298,96 @@ COMMANDS: dict[str, CommandSpec] = {
     c.name: c
     for c in (
         _generate(
-            "img2img", "redraw an image guided by a prompt", (_IMAGE,), False,
+            "img2img",
+            "redraw an image guided by a prompt",
+            (_IMAGE,),
+            False,
             "img2img a watercolor castle strength=0.6",
         ),
         _generate(
-            "sketch", "turn a picture with colour strokes into an image",
+            "sketch",
+            "turn a picture with colour strokes into an image",
             (AttachmentSpec(Slot.IMAGE, True, "the sketch: a picture with colour strokes"),),
-            False, "sketch a red sports car, studio light",
+            False,
+            "sketch a red sports car, studio light",
         ),
         _generate(
-            "inpaint", "repaint part of an image (mask attachment, or the image's transparency)",
+            "inpaint",
+            "repaint part of an image (mask attachment, or the image's transparency)",
             (_IMAGE, AttachmentSpec(Slot.MASK, False, "white = repaint; else transparent pixels")),
-            True, "inpaint a golden crown mask_blur=8",
+            True,
+            "inpaint a golden crown mask_blur=8",
         ),
         _generate(
-            "inpaint-sketch", "repaint where a painted-over copy differs from the original",
+            "inpaint-sketch",
+            "repaint where a painted-over copy differs from the original",
             (
                 AttachmentSpec(Slot.IMAGE, True, "the original picture"),
                 AttachmentSpec(Slot.SKETCH, True, "the same picture painted over"),
             ),
-            True, "inpaint-sketch a blue scarf",
+            True,
+            "inpaint-sketch a blue scarf",
         ),
         _generate(
-            "inpaint-upload", "repaint an image with an uploaded mask (white = repaint)",
+            "inpaint-upload",
+            "repaint an image with an uploaded mask (white = repaint)",
             (_IMAGE, AttachmentSpec(Slot.MASK, True, "white = repaint, black = keep")),
-            True, "inpaint-upload a stone wall fill=latent-noise",
+            True,
+            "inpaint-upload a stone wall fill=latent-noise",
         ),
         CommandSpec(
-            "interrogate", Family.INTERROGATE, "describe an image (CLIP sentence or DeepBooru tags)",
-            ("method", "endpoint", "image"), (_IMAGE,), examples=("interrogate method=deepbooru",),
+            "interrogate",
+            Family.INTERROGATE,
+            "describe an image (CLIP sentence or DeepBooru tags)",
+            ("method", "endpoint", "image"),
+            (_IMAGE,),
+            examples=("interrogate method=deepbooru",),
         ),
         CommandSpec(
-            "job", Family.QUERY, "status, parameters and results of one job", ("id",),
-            free_text="id", examples=("job k3x9",),
+            "job",
+            Family.QUERY,
+            "status, parameters and results of one job",
+            ("id",),
+            free_text="id",
+            examples=("job k3x9",),
         ),
         CommandSpec(
-            "jobs", Family.QUERY, "your jobs, newest first",
+            "jobs",
+            Family.QUERY,
+            "your jobs, newest first",
             ("status", "type", "endpoint", "model", "since", "until", "user", "source", "all"),
             examples=("jobs status=failed since=3d",),
         ),
         CommandSpec("endpoints", Family.QUERY, "the backend's endpoints and their states", ()),
         CommandSpec(
-            "models", Family.QUERY, "models on the backend", ("type",),
+            "models",
+            Family.QUERY,
+            "models on the backend",
+            ("type",),
             examples=("models type=lora",),
         ),
         CommandSpec(
-            "cancel", Family.ADMIN, "stop a job and never post its result", ("id",),
-            free_text="id", examples=("cancel k3x9q2m7ab",),
+            "cancel",
+            Family.ADMIN,
+            "stop a job and never post its result",
+            ("id",),
+            free_text="id",
+            examples=("cancel k3x9q2m7ab",),
         ),
         CommandSpec(
-            "settings", Family.ADMIN, "channel / server defaults (admins); no options shows them",
+            "settings",
+            Family.ADMIN,
+            "channel / server defaults (admins); no options shows them",
             ("scope", "endpoint", "model", "vae", "max_size", "concurrency", "daily_quota"),
             examples=("settings scope=server model=sd_xl_base_1.0.safetensors",),
         ),
         CommandSpec(
-            "help", Family.QUERY, "how to use the bot, or one command", ("command",),
-            free_text="command", examples=("help inpaint",),
+            "help",
+            Family.QUERY,
+            "how to use the bot, or one command",
+            ("command",),
+            free_text="command",
+            examples=("help inpaint",),
         ),
     )
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from scenario_kit import (
@@ -17,10 +17,14 @@ from scenario_kit import (
     size_of,
 )
 
-from bot.app import BotApp
 from bot.model import JobState, Platform
 from bot.views import Action, ActionKind
 from commands import parse
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from bot.app import BotApp
 
 
 @pytest.fixture
@@ -43,7 +47,9 @@ async def run_job(app: BotApp, adapter: RecordingAdapter, text: str, caller=None
 
 async def test_job_gets_a_thread_status_edits_and_one_result(chat) -> None:  # type: ignore[no-untyped-def]
     app, adapter = chat
-    job, responder = await run_job(app, adapter, "img2img a cat count=3", files=[("cat.png", png())])
+    job, responder = await run_job(
+        app, adapter, "img2img a cat count=3", files=[("cat.png", png())]
+    )
     assert responder.accepted_ids == [job.id]
     status = adapter.posts[0]
     assert status.kind == "status" and status.thread.thread == status.id
@@ -117,7 +123,12 @@ async def test_reply_to_a_specific_result_picks_that_job(chat) -> None:  # type:
 
 async def test_reply_with_attachments_replaces_inputs(chat) -> None:  # type: ignore[no-untyped-def]
     app, adapter = chat
-    base, _ = await run_job(app, adapter, "inpaint-sketch a scarf", files=[("o.png", png(96, 64)), ("o-sketch.png", png(96, 64, color=(1, 2, 3)))])
+    base, _ = await run_job(
+        app,
+        adapter,
+        "inpaint-sketch a scarf",
+        files=[("o.png", png(96, 64)), ("o-sketch.png", png(96, 64, color=(1, 2, 3)))],
+    )
     base = await app.store.get(base.id)
     assert base.state is JobState.SUCCEED
     me = in_thread(chat_caller(), base.thread)
@@ -140,22 +151,33 @@ async def test_buttons_reroll_edit_use_as_input_delete(chat) -> None:  # type: i
     defaults = await app.dispatcher.edit_defaults(me, base.id)
     assert defaults == {"prompt": "a cat", "negative": "", "strength": "0.75", "seed": "9"}
     edit = await app.dispatcher.handle_action(
-        me, Action(ActionKind.EDIT, base.id).id, r,
+        me,
+        Action(ActionKind.EDIT, base.id).id,
+        r,
         {"prompt": "a lion", "negative": "blur", "strength": "0.4", "seed": "9"},
     )
     use = await app.dispatcher.handle_action(me, Action(ActionKind.USE_AS_INPUT, base.id, 2).id, r)
     bad_edit = RecordingResponder()
-    await app.dispatcher.handle_action(me, Action(ActionKind.EDIT, base.id).id, bad_edit, {"strength": "7"})
+    await app.dispatcher.handle_action(
+        me, Action(ActionKind.EDIT, base.id).id, bad_edit, {"strength": "7"}
+    )
     assert "between 0 and 1" in bad_edit.refusals[0]
     await app.runner.wait_idle()
     reroll, edit, use = [await app.store.get(j.id) for j in (reroll, edit, use)]
     assert reroll.params.prompt == "a cat"
-    assert (edit.params.prompt, edit.params.negative, edit.params.strength, edit.params.seed) == ("a lion", "blur", 0.4, 9)
+    assert (edit.params.prompt, edit.params.negative, edit.params.strength, edit.params.seed) == (
+        "a lion",
+        "blur",
+        0.4,
+        9,
+    )
     [chosen] = [i for i in await app.store.images(use.id) if i.slot == "image"]
     assert chosen.data == (await app.store.images(base.id, "result"))[1].data
     # Delete: someone else may not; the requester may.
     stranger = RecordingResponder()
-    await app.dispatcher.handle_action(chat_caller("u2"), Action(ActionKind.DELETE, base.id).id, stranger)
+    await app.dispatcher.handle_action(
+        chat_caller("u2"), Action(ActionKind.DELETE, base.id).id, stranger
+    )
     assert stranger.refusals
     await app.dispatcher.handle_action(me, Action(ActionKind.DELETE, base.id).id, r)
     assert adapter.deleted == list(base.result_messages)
@@ -172,7 +194,9 @@ async def test_cancel_button_and_use_as_prompt(tmp_path: Path) -> None:
     async with app:
         me = chat_caller()
         r = RecordingResponder()
-        slow = await app.dispatcher.handle_text(me, "img2img slow", [adapter.attach("a.png", png())], r)
+        slow = await app.dispatcher.handle_text(
+            me, "img2img slow", [adapter.attach("a.png", png())], r
+        )
         await asyncio.sleep(0.1)
         await app.dispatcher.handle_action(me, Action(ActionKind.CANCEL, slow.id).id, r)
         assert "cancelled" in r.replies[-1][0]
@@ -180,7 +204,9 @@ async def test_cancel_button_and_use_as_prompt(tmp_path: Path) -> None:
         cap = await app.store.get(cap.id)
         [result] = [v for v in adapter.results() if v.job_id == cap.id]
         assert [a.kind for a in result.actions] == [ActionKind.USE_AS_PROMPT, ActionKind.DELETE]
-        follow = await app.dispatcher.handle_action(me, Action(ActionKind.USE_AS_PROMPT, cap.id).id, r)
+        follow = await app.dispatcher.handle_action(
+            me, Action(ActionKind.USE_AS_PROMPT, cap.id).id, r
+        )
         await app.runner.wait_idle()
         follow = await app.store.get(follow.id)
         assert follow.command == "img2img" and follow.params.prompt == cap.caption
@@ -191,8 +217,12 @@ async def test_cancel_button_and_use_as_prompt(tmp_path: Path) -> None:
 async def test_jobs_never_cross_servers_and_users_see_their_own(chat) -> None:  # type: ignore[no-untyped-def]
     app, adapter = chat
     mine, _ = await run_job(app, adapter, "img2img mine", files=[("a.png", png())])
-    theirs, _ = await run_job(app, adapter, "img2img theirs", caller=chat_caller("u2"), files=[("a.png", png())])
-    elsewhere, _ = await run_job(app, adapter, "img2img far", caller=chat_caller("u1", server="g2"), files=[("a.png", png())])
+    theirs, _ = await run_job(
+        app, adapter, "img2img theirs", caller=chat_caller("u2"), files=[("a.png", png())]
+    )
+    elsewhere, _ = await run_job(
+        app, adapter, "img2img far", caller=chat_caller("u1", server="g2"), files=[("a.png", png())]
+    )
 
     async def ask(caller, text):  # type: ignore[no-untyped-def]
         r = RecordingResponder()
@@ -202,9 +232,15 @@ async def test_jobs_never_cross_servers_and_users_see_their_own(chat) -> None:  
     listing = (await ask(chat_caller(), "jobs")).replies[0][0]
     assert mine.id in listing and theirs.id not in listing and elsewhere.id not in listing
     admin_listing = (await ask(chat_caller("boss", admin=True), "jobs")).replies[0][0]
-    assert mine.id in admin_listing and theirs.id in admin_listing and elsewhere.id not in admin_listing
+    assert (
+        mine.id in admin_listing
+        and theirs.id in admin_listing
+        and elsewhere.id not in admin_listing
+    )
     assert "no job" in (await ask(chat_caller(), f"job {theirs.id}")).refusals[0]
-    assert "no job" in (await ask(chat_caller("boss", admin=True), f"job {elsewhere.id}")).refusals[0]
+    assert (
+        "no job" in (await ask(chat_caller("boss", admin=True), f"job {elsewhere.id}")).refusals[0]
+    )
     assert "only admins" in (await ask(chat_caller(), "jobs user=u2")).refusals[0]
     assert "only admins" in (await ask(chat_caller(), "jobs source=cloud")).refusals[0]
     r = await ask(chat_caller("u2"), f"cancel {mine.id}")
@@ -215,7 +251,7 @@ async def test_slack_style_files_are_assigned_by_name_then_order(chat) -> None: 
     app, adapter = chat
     caller = chat_caller(platform=Platform.DISCORD)
     files = [("the-mask.png", png(96, 64, color=(255, 255, 255))), ("photo.png", png(96, 64))]
-    job, r = await run_job(app, adapter, "inpaint-upload x", caller=caller, files=files)
+    job, _r = await run_job(app, adapter, "inpaint-upload x", caller=caller, files=files)
     stored = {i.slot: i.name for i in await app.store.images(job.id)}
     assert stored["mask"] == "the-mask.png" and stored["image"] == "photo.png"
     _, too_many = await run_job(app, adapter, "img2img x", files=files)
@@ -238,7 +274,13 @@ async def test_restart_resumes_an_unfinished_job_and_delivers_once(tmp_path: Pat
     app.add_adapter(adapter)
     async with app:
         # Accepted but not yet driven: the process "dies" right after the ack.
-        job = await app.runner.accept(chat_caller(), "img2img", {"prompt": "x"}, [adapter.attach("a.png", png(), "image")], RecordingResponder())
+        job = await app.runner.accept(
+            chat_caller(),
+            "img2img",
+            {"prompt": "x"},
+            [adapter.attach("a.png", png(), "image")],
+            RecordingResponder(),
+        )
         await app.runner.aclose()
     assert (await _reopen_state(config, job.id)) is not JobState.SUCCEED
     app2 = make_app(config)

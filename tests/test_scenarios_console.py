@@ -16,13 +16,18 @@ async def console(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def saved(lines: list[str], job_id: str) -> list[Path]:
-    return [Path(l.split(" ", 1)[1]) for l in lines if l.startswith("saved ") and job_id in l]
+    return [
+        Path(line.split(" ", 1)[1])
+        for line in lines
+        if line.startswith("saved ") and job_id in line
+    ]
 
 
 def states(lines: list[str], job_id: str) -> list[str]:
     return [
-        l.split()[2] for l in lines
-        if l.startswith(f"job {job_id} ") and not l.endswith("accepted")
+        line.split()[2]
+        for line in lines
+        if line.startswith(f"job {job_id} ") and not line.endswith("accepted")
     ]
 
 
@@ -68,9 +73,15 @@ async def test_every_image_mode_delivers(console: ConsoleRun, command: str, extr
 
 async def test_interrogate_both_methods(console: ConsoleRun) -> None:
     image = console.write("in.png", png(64, 64))
-    lines = await console.run(f"interrogate image={image}", f"interrogate image={image} method=deepbooru")
+    lines = await console.run(
+        f"interrogate image={image}", f"interrogate image={image} method=deepbooru"
+    )
     clip, booru = job_ids(lines)
-    captions = {l.split(":", 1)[0]: l.split(": ", 1)[1] for l in lines if l.startswith("caption ")}
+    captions = {
+        line.split(":", 1)[0]: line.split(": ", 1)[1]
+        for line in lines
+        if line.startswith("caption ")
+    }
     assert captions[f"caption {clip}"].startswith("a ")
     assert "," in captions[f"caption {booru}"]
 
@@ -87,7 +98,7 @@ async def test_refusals_are_error_lines_and_never_jobs(console: ConsoleRun) -> N
         f"img2img x image={image} size=100x100",
     )
     assert job_ids(lines) == []
-    errors = [l for l in lines if l.startswith("error: ")]
+    errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 7
     assert "did you mean `img2img`" in errors[0]
     assert "did you mean `strength`" in errors[1]
@@ -108,7 +119,9 @@ async def test_bad_images_fail_the_job_with_the_file_named(console: ConsoleRun) 
     )
     ids = job_ids(lines)
     reasons = {
-        ids.index(l.split()[1]): l.split(" failed — ", 1)[1] for l in lines if " failed — " in l
+        ids.index(line.split()[1]): line.split(" failed — ", 1)[1]
+        for line in lines
+        if " failed — " in line
     }
     assert len(reasons) == 4
     assert "page.png is not an image" in reasons[0]
@@ -122,7 +135,9 @@ async def test_job_jobs_and_filters(console: ConsoleRun) -> None:
     lines = await console.run(f"img2img a cat image={image}", f"interrogate image={image}")
     first, second = job_ids(lines)
     listing = await console.run("jobs")
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d → interrogate → succeed → " + second, listing[0])
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d → interrogate → succeed → " + second, listing[0]
+    )
     assert listing[1].endswith(f"→ img2img → succeed → {first}")
     assert await console.run("jobs type=interrogate") == [listing[0]]
     assert await console.run("jobs status=failed") == ["no jobs match"]
@@ -136,16 +151,19 @@ async def test_job_jobs_and_filters(console: ConsoleRun) -> None:
     assert len(cloud) == 1 and "→ img2img → succeed →" in cloud[0]
     details = await console.run(f"job {first[:5]}")
     assert details[0] == listing[1]
-    assert any(l.startswith("prompt: a cat") for l in details)
-    assert any(l.startswith("saved ") for l in details)
+    assert any(line.startswith("prompt: a cat") for line in details)
+    assert any(line.startswith("saved ") for line in details)
 
 
 async def test_cancel_stops_a_job_and_it_never_delivers(tmp_path: Path) -> None:
     async with ConsoleRun(tmp_path, local_delay=30.0) as console:
         image = console.write("in.png", png())
-        lines = await console.app.dispatcher.handle_text(
-            console.adapter.caller, f"img2img slow image={image}", [], _Quiet()
-        ), None
+        lines = (
+            await console.app.dispatcher.handle_text(
+                console.adapter.caller, f"img2img slow image={image}", [], _Quiet()
+            ),
+            None,
+        )
         job = lines[0]
         assert job is not None
         out = await console.run(f"cancel {job.id}")
@@ -169,17 +187,21 @@ async def test_help_endpoints_models(console: ConsoleRun) -> None:
     text = "\n".join(overview)
     assert "img2img" in text and "interrogate" in text and "Out of scope" in text
     assert "txt2img" in text
-    assert any("strength" in l for l in await console.run("help img2img"))
+    assert any("strength" in line for line in await console.run("help img2img"))
     assert "did you mean" in (await console.run("help inpant"))[0]
     assert "local-preview" in (await console.run("endpoints"))[0]
     assert "sdbot-preview.safetensors" in (await console.run("models type=checkpoint"))[0]
     assert "unknown model type" in (await console.run("models type=loras2"))[0]
 
 
-async def test_unknown_model_and_endpoint_fail_without_reaching_the_backend(console: ConsoleRun) -> None:
+async def test_unknown_model_and_endpoint_fail_without_reaching_the_backend(
+    console: ConsoleRun,
+) -> None:
     image = console.write("in.png", png())
-    lines = await console.run(f"img2img x image={image} model=nope.ckpt", f"img2img x image={image} endpoint=gpu-1")
-    failures = " | ".join(l for l in lines if " failed — " in l)
+    lines = await console.run(
+        f"img2img x image={image} model=nope.ckpt", f"img2img x image={image} endpoint=gpu-1"
+    )
+    failures = " | ".join(line for line in lines if " failed — " in line)
     assert "unknown model `nope.ckpt`" in failures
     assert "unknown endpoint `gpu-1`" in failures
     history = await console.app.backend.history("img2img", 10)

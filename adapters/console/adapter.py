@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from bot.app import BotApp
 from bot.errors import ImageInputError
 from bot.model import AttachmentRef, Caller, Conversation, JobState, Platform
 from bot.ports import PostedStatus
-from bot.views import ResultImage, ResultView, StatusView
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from bot.app import BotApp
+    from bot.views import ResultImage, ResultView, StatusView
 
 CONSOLE_CHANNEL = "console"
 
@@ -63,8 +66,12 @@ class ConsoleAdapter:
         self._shown: dict[str, JobState] = {}
         self.last_job: str | None = None
         self.caller = Caller(
-            Platform.CONSOLE, "local", "operator", Conversation(CONSOLE_CHANNEL),
-            is_admin=True, user_name="operator",
+            Platform.CONSOLE,
+            "local",
+            "operator",
+            Conversation(CONSOLE_CHANNEL),
+            is_admin=True,
+            user_name="operator",
         )
 
     def emit(self, line: str) -> None:
@@ -81,21 +88,25 @@ class ConsoleAdapter:
     # -- ChatAdapter -----------------------------------------------------------------------
 
     async def download(self, ref: AttachmentRef, max_bytes: int) -> bytes:
-        path = Path(ref.url).expanduser()
         try:
-            size = path.stat().st_size
-            if size > max_bytes:
-                raise ImageInputError(
-                    f"{ref.name} is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB"
-                )
-            with path.open("rb") as fh:
-                return await asyncio.to_thread(fh.read, max_bytes + 1)
+            return await asyncio.to_thread(self._read, ref, max_bytes)
         except FileNotFoundError:
             raise ImageInputError(f"no such file: {ref.url}") from None
         except IsADirectoryError:
             raise ImageInputError(f"{ref.url} is a folder, not an image file") from None
         except PermissionError:
             raise ImageInputError(f"cannot read {ref.url}: permission denied") from None
+
+    @staticmethod
+    def _read(ref: AttachmentRef, max_bytes: int) -> bytes:
+        path = Path(ref.url).expanduser()
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImageInputError(
+                f"{ref.name} is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB"
+            )
+        with path.open("rb") as fh:
+            return fh.read(max_bytes + 1)
 
     async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
         thread = where if where.thread is not None else Conversation(where.channel, status.job_id)
@@ -131,9 +142,8 @@ class ConsoleAdapter:
 
     async def find_marker(self, thread: Conversation, marker: str) -> Sequence[str]:
         # Images saved by an earlier run are the console's "messages" of that job.
-        job_id = marker.rsplit(" ", 1)[-1]
-        folder = self._output_dir / job_id
-        return sorted(str(p) for p in folder.glob("*.png")) if folder.is_dir() else []
+        folder = self._output_dir / marker
+        return await asyncio.to_thread(lambda: sorted(str(p) for p in folder.glob("*.png")))
 
     async def delete_messages(self, thread: Conversation, messages: Sequence[str]) -> None:
         for message in messages:
@@ -160,9 +170,7 @@ class ConsoleAdapter:
                     await responder.refuse("no job yet to reply to")
                     return
                 target = self.last_job
-            await app.dispatcher.handle_reply(
-                self.caller, body, [], responder, base_job=target
-            )
+            await app.dispatcher.handle_reply(self.caller, body, [], responder, base_job=target)
             return
         await app.dispatcher.handle_text(self.caller, text, [], responder)
 

@@ -8,10 +8,8 @@ what the core posted so tests can look at threads, status edits and results.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
@@ -22,24 +20,36 @@ from bot.errors import ChatDeliveryError, ImageInputError
 from bot.model import AttachmentRef, Caller, Conversation, Platform
 from bot.ports import PostedStatus
 from bot.store import SqliteJobStore
-from bot.views import ResultImage, ResultView, StatusView
 from cloud.local import LocalBackend, LocalBackendConfig
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+    from pathlib import Path
 
-def png(width: int = 96, height: int = 64, color: tuple[int, ...] = (40, 90, 200), mode: str = "RGB") -> bytes:
+    from bot.views import ResultImage, ResultView, StatusView
+
+
+def png(
+    width: int = 96, height: int = 64, color: tuple[int, ...] = (40, 90, 200), mode: str = "RGB"
+) -> bytes:
     """A picture with a gradient and a shape, so transforms have something to change."""
     image = Image.new(mode, (width, height), color)
     draw = ImageDraw.Draw(image)
     for x in range(0, width, 4):
         fill: Any = (x * 255 // max(1, width), 120, 80) + ((255,) if mode == "RGBA" else ())
         draw.line([(x, 0), (x, height // 3)], fill=fill)
-    draw.ellipse([width // 4, height // 4, width // 2, height // 2], fill=(250, 220, 30) + ((255,) if mode == "RGBA" else ()))
+    draw.ellipse(
+        [width // 4, height // 4, width // 2, height // 2],
+        fill=(250, 220, 30) + ((255,) if mode == "RGBA" else ()),
+    )
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()
 
 
-def mask_png(width: int = 96, height: int = 64, box: tuple[int, int, int, int] = (10, 10, 40, 40)) -> bytes:
+def mask_png(
+    width: int = 96, height: int = 64, box: tuple[int, int, int, int] = (10, 10, 40, 40)
+) -> bytes:
     """White box (repaint) on black."""
     image = Image.new("L", (width, height), 0)
     ImageDraw.Draw(image).rectangle(box, fill=255)
@@ -129,7 +139,9 @@ class ConsoleRun:
 
 
 def job_ids(lines: Sequence[str]) -> list[str]:
-    return [line.split()[1] for line in lines if line.startswith("job ") and line.endswith(" accepted")]
+    return [
+        line.split()[1] for line in lines if line.startswith("job ") and line.endswith(" accepted")
+    ]
 
 
 # -- A chat adapter that records --------------------------------------------------------------
@@ -152,7 +164,9 @@ class RecordingResponder:
     async def accepted(self, job_id: str) -> None:
         self.accepted_ids.append(job_id)
 
-    async def reply(self, text: str, *, private: bool = False, images: Sequence[ResultImage] = ()) -> None:
+    async def reply(
+        self, text: str, *, private: bool = False, images: Sequence[ResultImage] = ()
+    ) -> None:
         self.replies.append((text, private, len(images)))
 
     async def refuse(self, message: str) -> None:
@@ -213,7 +227,8 @@ class RecordingAdapter:
 
     async def find_marker(self, thread: Conversation, marker: str) -> Sequence[str]:
         return [
-            p.id for p in self.posts
+            p.id
+            for p in self.posts
             if p.kind == "result" and p.thread == thread and marker in p.payload.text
         ]
 
@@ -227,8 +242,18 @@ class RecordingAdapter:
         return [p.payload for p in self.posts if p.kind == "result" and p.thread == thread]
 
 
-def chat_caller(user: str = "u1", *, server: str = "g1", channel: str = "c1", thread: str | None = None, admin: bool = False, platform: Platform = Platform.DISCORD) -> Caller:
-    return Caller(platform, server, user, Conversation(channel, thread), is_admin=admin, user_name=user)
+def chat_caller(
+    user: str = "u1",
+    *,
+    server: str = "g1",
+    channel: str = "c1",
+    thread: str | None = None,
+    admin: bool = False,
+    platform: Platform = Platform.DISCORD,
+) -> Caller:
+    return Caller(
+        platform, server, user, Conversation(channel, thread), is_admin=admin, user_name=user
+    )
 
 
 def in_thread(caller: Caller, thread: Conversation) -> Caller:
