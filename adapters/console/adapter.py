@@ -146,10 +146,9 @@ class ConsoleAdapter:
         return await asyncio.to_thread(lambda: sorted(str(p) for p in folder.glob("*.png")))
 
     async def delete_messages(self, thread: Conversation, messages: Sequence[str]) -> None:
-        for message in messages:
-            path = Path(message)
-            if path.suffix == ".png" and path.is_relative_to(self._output_dir):
-                path.unlink(missing_ok=True)
+        paths = [Path(m) for m in messages]
+        doomed = [p for p in paths if p.suffix == ".png" and p.is_relative_to(self._output_dir)]
+        await asyncio.to_thread(lambda: [p.unlink(missing_ok=True) for p in doomed])
 
     # -- input -----------------------------------------------------------------------------
 

@@ -258,3 +258,48 @@ def chat_caller(
 
 def in_thread(caller: Caller, thread: Conversation) -> Caller:
     return replace(caller, conversation=thread)
+
+
+class ScriptedBackend(LocalBackend):
+    """The local backend with a scripted outcome for every job, for failure and timeout paths.
+
+    `outcome`: "run" (normal), "stuck" (never leaves created), "hang" (inprogress forever),
+    "fail" (failed with a reason), "fail-silent" (failed without one), "empty" (succeeds with no
+    images). `cold` reports a cold start while the job is queued.
+    """
+
+    def __init__(self, outcome: str = "run", *, cold: bool = False, delay: float = 0.05) -> None:
+        super().__init__(LocalBackendConfig(delay=delay))
+        self.outcome = outcome
+        self.cold = cold
+        self.cancelled: list[str] = []
+
+    async def statuses(self, targets: Sequence[Any]) -> dict[str, Any]:
+        from bot.model import BackendStatus, JobState
+
+        real = await super().statuses(targets)
+        scripted = {}
+        for backend_id, status in real.items():
+            state = status.state
+            if self.outcome == "stuck":
+                state = JobState.CREATED
+            elif self.outcome == "hang" and state.terminal:
+                state = JobState.INPROGRESS
+            elif self.outcome.startswith("fail") and state is JobState.SUCCEED:
+                reason = "CUDA out of memory" if self.outcome == "fail" else None
+                scripted[backend_id] = BackendStatus(backend_id, JobState.FAILED, reason)
+                continue
+            cold = self.cold and state is JobState.CREATED
+            scripted[backend_id] = BackendStatus(backend_id, state, status.reason, cold)
+        return scripted
+
+    async def results(self, backend_id: str) -> Any:
+        from bot.model import JobOutput
+
+        if self.outcome == "empty":
+            return JobOutput()
+        return await super().results(backend_id)
+
+    async def cancel(self, backend_id: str) -> None:
+        self.cancelled.append(backend_id)
+        await super().cancel(backend_id)
