@@ -1,4 +1,4 @@
-"""Configuration: TOML + environment, validation that names the setting, secrets kept out of reprs."""
+"""Configuration: TOML + environment, validation naming the setting, secrets out of reprs."""
 
 from __future__ import annotations
 
