@@ -36,7 +36,11 @@ def make_backend(config: Config) -> Backend:
     """The backend the configuration names."""
     if config.backend == "local":
         return LocalBackend(
-            LocalBackendConfig(delay=config.local_delay, models_dir=config.local_models_dir)
+            LocalBackendConfig(
+                delay=config.local_delay,
+                models_dir=config.local_models_dir,
+                state_dir=config.data_dir / "local-backend",
+            )
         )
     raise ConfigError(
         "SDBOT_BACKEND=esd is not available in this build yet; use SDBOT_BACKEND=local"

@@ -126,15 +126,31 @@ class ConsoleAdapter:
         self.emit(line)
 
     async def post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
-        posted = []
-        for image in result.images:
-            path = await asyncio.to_thread(self.save, image)
-            self.emit(f"saved {path}")
-            posted.append(str(path))
+        paths = await asyncio.to_thread(self._save_result, result)
+        for path in paths:
+            if path.suffix == ".png":
+                self.emit(f"saved {path}")
         if result.caption is not None:
             self.emit(f"caption {result.job_id}: {' '.join(result.caption.split())}")
-            posted.append(f"caption-{result.job_id}")
-        return posted
+        return [str(p) for p in paths]
+
+    def _save_result(self, result: ResultView) -> list[Path]:
+        """Write a result's files all at once: into a scratch folder renamed into place, so a
+        crash leaves either the whole result (found by `find_marker`) or nothing."""
+        final = self._output_dir / result.job_id
+        scratch = self._output_dir / f".{result.job_id}.partial"
+        scratch.mkdir(parents=True, exist_ok=True)
+        names = [image.name for image in result.images]
+        for image in result.images:
+            (scratch / image.name).write_bytes(image.data)
+        if result.caption is not None:
+            names.append("caption.txt")
+            (scratch / "caption.txt").write_text(result.caption + "\n")
+        final.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (scratch / name).replace(final / name)
+        scratch.rmdir()
+        return [final / name for name in names]
 
     async def post_text(self, thread: Conversation, text: str) -> str:
         self.emit(text)
@@ -143,11 +159,15 @@ class ConsoleAdapter:
     async def find_marker(self, thread: Conversation, marker: str) -> Sequence[str]:
         # Images saved by an earlier run are the console's "messages" of that job.
         folder = self._output_dir / marker
-        return await asyncio.to_thread(lambda: sorted(str(p) for p in folder.glob("*.png")))
+        return await asyncio.to_thread(
+            lambda: sorted(str(p) for p in folder.glob("*") if p.suffix in (".png", ".txt"))
+        )
 
     async def delete_messages(self, thread: Conversation, messages: Sequence[str]) -> None:
         paths = [Path(m) for m in messages]
-        doomed = [p for p in paths if p.suffix == ".png" and p.is_relative_to(self._output_dir)]
+        doomed = [
+            p for p in paths if p.suffix in (".png", ".txt") and p.is_relative_to(self._output_dir)
+        ]
         await asyncio.to_thread(lambda: [p.unlink(missing_ok=True) for p in doomed])
 
     # -- input -----------------------------------------------------------------------------

@@ -6,16 +6,25 @@ plus the files of an optional local folder laid out by ESD type, and the asyncio
 jobs. Rendering and captioning happen in worker threads (`cloud.local.preview`), so the event loop
 never blocks. Every job's end is decided in one method, `_outcome`, which is where latency and
 failures can be injected.
+
+With a `state_dir`, every job's request and result are also written to disk (one folder per
+backend id), so a bot restarted with jobs in flight finds them again: a finished job's result is
+read back, an unfinished one is run again — the engine is deterministic, so the images are the
+same ones the lost run would have made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import math
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
@@ -34,7 +43,6 @@ from cloud.local.preview import caption, render, render_infotext
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from pathlib import Path
 
     from bot.ports import PollTarget
 
@@ -59,6 +67,8 @@ class LocalBackendConfig:
     # Optional folder of model files: <dir>/<ESD type>/<file>, e.g. models/Lora/style.safetensors.
     models_dir: Path | None = None
     endpoint_name: str = "local-preview"
+    # Optional folder where jobs are kept so they survive a restart of the bot.
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.delay) and self.delay >= 0):
@@ -99,6 +109,8 @@ class LocalBackend:
         models_dir = self._config.models_dir
         if models_dir is not None and not await asyncio.to_thread(models_dir.is_dir):
             raise ConfigError(f"local backend models folder is not a directory: {models_dir}")
+        if self._config.state_dir is not None:
+            await asyncio.to_thread(self._config.state_dir.mkdir, parents=True, exist_ok=True)
         self._closed = False
 
     async def aclose(self) -> None:
@@ -157,16 +169,12 @@ class LocalBackend:
         self._check_open()
         self._check_endpoint(params.endpoint)
         await self._check_models(params)
-        masked = mask_png is not None
-
-        def work() -> JobOutput:
-            images = render(init_png, mask_png, params)
-            # ESD's WebUI shows `infotexts[0]`; the other images differ only by seed + i.
-            return JobOutput(
-                images=tuple(images), infotext=render_infotext(params, 0, masked=masked)
-            )
-
-        record = self._launch(job_id, "img2img", params.model, work)
+        request: dict[str, object] = {"task_type": "img2img", "params": dataclasses.asdict(params)}
+        files = {"init.png": init_png} | ({"mask.png": mask_png} if mask_png else {})
+        backend_id = await self._persist(request | {"model": params.model}, files)
+        record = self._launch(
+            job_id, "img2img", params.model, _img2img_work(params, files), backend_id=backend_id
+        )
         return Submitted(backend_id=record.backend_id, endpoint=record.endpoint)
 
     async def interrogate(
@@ -182,16 +190,18 @@ class LocalBackend:
                 user_message=f"unknown interrogate method: {method} (use clip or deepbooru)",
             )
 
-        def work() -> JobOutput:
-            return JobOutput(caption=caption(image_png, method))
-
-        record = self._launch(job_id, f"interrogate_{method}", None, work)
+        task_type = f"interrogate_{method}"
+        files = {"init.png": image_png}
+        backend_id = await self._persist({"task_type": task_type, "model": None}, files)
+        record = self._launch(
+            job_id, task_type, None, _interrogate_work(method, files), backend_id=backend_id
+        )
         return Submitted(backend_id=record.backend_id, endpoint=record.endpoint)
 
     async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, BackendStatus]:
         answer: dict[str, BackendStatus] = {}
         for target in targets:
-            record = self._jobs.get(target.backend_id)
+            record = self._jobs.get(target.backend_id) or await self._revive(target.backend_id)
             if record is not None:
                 answer[record.backend_id] = BackendStatus(
                     backend_id=record.backend_id, state=record.state, reason=record.reason
@@ -199,7 +209,7 @@ class LocalBackend:
         return answer
 
     async def results(self, backend_id: str) -> JobOutput:
-        record = self._jobs.get(backend_id)
+        record = self._jobs.get(backend_id) or await self._revive(backend_id)
         if record is None:
             raise BackendError(f"inference with id {backend_id} not found", status=404)
         if record.state is JobState.FAILED:
@@ -214,6 +224,9 @@ class LocalBackend:
     async def cancel(self, backend_id: str) -> None:
         """Stop the job and drop it from the table, as ESD's `DELETE /inferences` does."""
         record = self._jobs.pop(backend_id, None)
+        folder = self._folder(backend_id)
+        if folder is not None:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
         if record is None or record.task is None:
             return  # unknown ids are skipped, as on ESD
         record.task.cancel()
@@ -236,14 +249,21 @@ class LocalBackend:
     # -- Running jobs -------------------------------------------------------------------------
 
     def _launch(
-        self, job_id: str, task_type: str, model: str | None, work: Callable[[], JobOutput]
+        self,
+        job_id: str,
+        task_type: str,
+        model: str | None,
+        work: Callable[[], JobOutput],
+        *,
+        backend_id: str | None = None,
+        created_at: datetime | None = None,
     ) -> _LocalJob:
         record = _LocalJob(
-            backend_id=str(uuid.uuid4()),
+            backend_id=backend_id or str(uuid.uuid4()),
             task_type=task_type,
             endpoint=self._config.endpoint_name,
             model=model,
-            created_at=datetime.now(UTC),
+            created_at=created_at or datetime.now(UTC),
         )
         task = asyncio.create_task(
             self._run(record, work), name=f"local-backend-job-{record.backend_id}"
@@ -268,6 +288,7 @@ class LocalBackend:
             record.state = JobState.FAILED
         else:
             record.output = output
+            await self._persist_output(record.backend_id, output)
             record.state = JobState.SUCCEED
 
     async def _outcome(self, record: _LocalJob, work: Callable[[], JobOutput]) -> JobOutput:
@@ -276,6 +297,90 @@ class LocalBackend:
         The one seam for fault injection (added latency, forced failures).
         """
         return await asyncio.to_thread(work)
+
+    # -- Surviving restarts -------------------------------------------------------------------
+
+    def _folder(self, backend_id: str) -> Path | None:
+        if self._config.state_dir is None:
+            return None
+        # Only ids this backend made (uuid4) name folders: nothing else reaches the file system.
+        try:
+            uuid.UUID(backend_id)
+        except ValueError:
+            return None
+        return self._config.state_dir / backend_id
+
+    async def _persist(self, request: dict[str, object], files: dict[str, bytes]) -> str:
+        """Pick the new job's backend id and, with a state dir, write its request down first."""
+        backend_id = str(uuid.uuid4())
+        folder = self._folder(backend_id)
+        if folder is None:
+            return backend_id
+        request = request | {"created_at": datetime.now(UTC).isoformat()}
+
+        def write() -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+            (folder / "request.json").write_text(json.dumps(request))
+
+        await asyncio.to_thread(write)
+        return backend_id
+
+    async def _persist_output(self, backend_id: str, output: JobOutput) -> None:
+        folder = self._folder(backend_id)
+        if folder is None:
+            return
+
+        def write() -> None:
+            if not folder.is_dir():
+                return  # cancelled meanwhile
+            for n, image in enumerate(output.images):
+                (folder / f"result-{n}.png").write_bytes(image)
+            meta = {"infotext": output.infotext, "caption": output.caption, "count": n_images}
+            (folder / "output.json").write_text(json.dumps(meta))
+
+        n_images = len(output.images)
+        await asyncio.to_thread(write)
+
+    async def _revive(self, backend_id: str) -> _LocalJob | None:
+        """A job an earlier process started: its stored result, or the job run again."""
+        folder = self._folder(backend_id)
+        if folder is None or self._closed:
+            return None
+        stored = await asyncio.to_thread(_read_folder, folder)
+        if stored is None:
+            return None
+        request, files, output = stored
+        task_type = str(request["task_type"])
+        created = datetime.fromisoformat(str(request["created_at"]))
+        model = request.get("model")
+        if output is not None:
+            record = _LocalJob(
+                backend_id,
+                task_type,
+                self._config.endpoint_name,
+                model if isinstance(model, str) else None,
+                created,
+                JobState.SUCCEED,
+                output=output,
+            )
+            self._jobs[backend_id] = record
+            return record
+        if task_type == "img2img":
+            params = GenerationParams(**request["params"])  # type: ignore[arg-type]
+            work = _img2img_work(params, files)
+        else:
+            work = _interrogate_work(task_type.removeprefix("interrogate_"), files)
+        log.info("local job %s resumed after a restart", backend_id)
+        return self._launch(
+            "(resumed)",
+            task_type,
+            model if isinstance(model, str) else None,
+            work,
+            backend_id=backend_id,
+            created_at=created,
+        )
 
     # -- Checks -------------------------------------------------------------------------------
 
@@ -308,3 +413,46 @@ class LocalBackend:
                 status=400,
                 user_message=f"VAE not found: {params.vae}",
             )
+
+
+def _img2img_work(params: GenerationParams, files: dict[str, bytes]) -> Callable[[], JobOutput]:
+    def work() -> JobOutput:
+        images = render(files["init.png"], files.get("mask.png"), params)
+        # ESD's WebUI shows `infotexts[0]`; the other images differ only by seed + i.
+        masked = "mask.png" in files
+        return JobOutput(images=tuple(images), infotext=render_infotext(params, 0, masked=masked))
+
+    return work
+
+
+def _interrogate_work(method: str, files: dict[str, bytes]) -> Callable[[], JobOutput]:
+    def work() -> JobOutput:
+        return JobOutput(caption=caption(files["init.png"], method))
+
+    return work
+
+
+def _read_folder(
+    folder: Path,
+) -> tuple[dict[str, object], dict[str, bytes], JobOutput | None] | None:
+    """A stored job's request, input files and (when it finished) output; None if absent."""
+    try:
+        request = json.loads((folder / "request.json").read_text())
+        files = {
+            name: (folder / name).read_bytes()
+            for name in ("init.png", "mask.png")
+            if (folder / name).exists()
+        }
+        output = None
+        if (folder / "output.json").exists():
+            meta = json.loads((folder / "output.json").read_text())
+            images = tuple(
+                (folder / f"result-{n}.png").read_bytes() for n in range(int(meta["count"]))
+            )
+            output = JobOutput(images=images, infotext=meta["infotext"], caption=meta["caption"])
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("local job folder %s is unreadable: %s", folder, exc)
+        return None
+    if not isinstance(request, dict):
+        return None
+    return request, files, output

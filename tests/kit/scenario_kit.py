@@ -99,7 +99,10 @@ def make_app(config: Config, backend: Any = None) -> BotApp:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return BotApp(
         config,
-        backend=backend or LocalBackend(LocalBackendConfig(delay=config.local_delay)),
+        backend=backend
+        or LocalBackend(
+            LocalBackendConfig(delay=config.local_delay, state_dir=config.data_dir / "local")
+        ),
         store=SqliteJobStore(config.data_dir / "sdbot.sqlite3"),
     )
 

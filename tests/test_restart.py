@@ -1,0 +1,194 @@
+"""Restart safety (SPEC §3 step 8): a bot that dies at any step resumes and delivers once.
+
+In-process scenarios stop the core at exact points (the store commits every step, so what a
+crash leaves behind is what these leave behind); the console scenarios SIGKILL a real `sdbot`
+process and start it again on the same data folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scenario_kit import (
+    RecordingAdapter,
+    RecordingResponder,
+    chat_caller,
+    fast_config,
+    make_app,
+    png,
+)
+
+from bot.config import Config
+from bot.model import Delivery, JobState
+from bot.views import ResultView
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.01)
+
+
+async def _crash_at(config: Config, adapter: RecordingAdapter, step: str) -> str:
+    """Start a job and stop the bot abruptly once it reaches `step`; return the job id."""
+    app = make_app(config)
+    app.add_adapter(adapter)
+    await app.start()
+    job = await app.dispatcher.handle_text(
+        chat_caller(),
+        "img2img a cat count=2",
+        [adapter.attach("a.png", png())],
+        RecordingResponder(),
+    )
+    assert job is not None
+
+    async def reached() -> bool:
+        stored = await app.store.get(job.id)
+        assert stored is not None
+        if step == "accepted":
+            return True
+        if step == "submitted":
+            return stored.backend_id is not None
+        if step == "polling":
+            return stored.state is JobState.INPROGRESS
+        if step == "posting":
+            return stored.delivery is Delivery.POSTING and adapter.posted_while_hanging
+        raise AssertionError(step)
+
+    await _until(reached)
+    await app.runner.aclose()  # every driver stops where it is, mid-step
+    await app.aclose()
+    return job.id
+
+
+class HangingAdapter(RecordingAdapter):
+    """Posts the result, then never returns: the bot dies before it records the post."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = True
+        self.posted_while_hanging = False
+
+    async def post_result(self, thread, result: ResultView):  # type: ignore[no-untyped-def]
+        posted = await super().post_result(thread, result)
+        if self.hang:
+            self.posted_while_hanging = True
+            await asyncio.Event().wait()
+        return posted
+
+
+@pytest.mark.parametrize("step", ["accepted", "submitted", "polling", "posting"])
+async def test_restart_after_each_step_delivers_exactly_once(tmp_path: Path, step: str) -> None:
+    config = fast_config(tmp_path, local_delay=0.6 if step == "polling" else 0.05)
+    adapter = HangingAdapter()
+    job_id = await _crash_at(config, adapter, step)
+    adapter.hang = False
+
+    app = make_app(config)
+    app.add_adapter(adapter)
+    async with app:
+        await app.runner.wait_idle()
+        job = await app.store.get(job_id)
+    assert job is not None
+    assert job.state is JobState.SUCCEED
+    assert job.delivery is Delivery.DONE
+    results = [r for r in adapter.results() if r.job_id == job_id]
+    assert len(results) == 1
+    assert len(results[0].images) == 2
+    # Still one status message: the restarted bot edits the one it posted before.
+    assert len([p for p in adapter.posts if p.kind == "status"]) == 1
+
+
+async def test_a_result_that_cannot_be_posted_stays_pending_and_is_posted_after_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.jobs
+
+    monkeypatch.setattr(bot.jobs, "_POST_RETRIES", (0.01, 0.01))
+    config = fast_config(tmp_path)
+    adapter = RecordingAdapter()
+    adapter.fail_posts = 3
+    app = make_app(config)
+    app.add_adapter(adapter)
+    async with app:
+        job = await app.dispatcher.handle_text(
+            chat_caller(), "img2img x", [adapter.attach("a.png", png())], RecordingResponder()
+        )
+        await app.runner.wait_idle()
+        assert job is not None
+        stored = await app.store.get(job.id)
+        assert stored is not None and stored.delivery is Delivery.POSTING
+    assert adapter.results() == []
+    app = make_app(config)
+    app.add_adapter(adapter)
+    async with app:
+        await app.runner.wait_idle()
+    assert [r.job_id for r in adapter.results()] == [job.id]
+
+
+# -- SIGKILL of a real console process ------------------------------------------------------
+
+
+def _console(tmp_path: Path, *, delay: float) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "SDBOT_LOCAL_DELAY": str(delay),
+        "SDBOT_POLL_INTERVAL": "0.05",
+        "SDBOT_POLL_MAX_INTERVAL": "0.2",
+        "SDBOT_DATA_DIR": str(tmp_path / "data"),
+        "SDBOT_OUTPUT_DIR": str(tmp_path / "out"),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "console"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kill_after", "delay"),
+    # after the ack, after the status message (before the backend picks it up), while polling
+    [(" accepted", 1.0), (" created", 1.0), (" inprogress", 1.5)],
+)
+def test_sigkill_then_restart_delivers_once(tmp_path: Path, kill_after: str, delay: float) -> None:
+    (tmp_path / "in.png").write_bytes(png())
+    seen = []
+    with _console(tmp_path, delay=delay) as first:
+        assert first.stdin is not None and first.stdout is not None
+        first.stdin.write("img2img a cat image=in.png count=2\n")
+        first.stdin.flush()
+        for line in first.stdout:
+            seen.append(line.rstrip("\n"))
+            if line.rstrip("\n").split(" — ")[0].endswith(kill_after):
+                break
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    job_id = seen[0].split()[1]
+    assert not any(line.startswith("saved ") for line in seen)
+
+    second = _console(tmp_path, delay=delay)
+    out, _ = second.communicate("", timeout=60)
+    assert second.returncode == 0
+    saved = [line for line in out.splitlines() if line.startswith("saved ")]
+    assert len(saved) == 2
+    assert f"job {job_id} succeed" in out
+    assert sorted(p.name for p in (tmp_path / "out" / job_id).iterdir()) == [
+        f"{job_id}-1.png",
+        f"{job_id}-2.png",
+    ]
+    # A third start finds nothing left to do and posts nothing again.
+    third = _console(tmp_path, delay=delay)
+    out, _ = third.communicate("", timeout=60)
+    assert "saved " not in out
