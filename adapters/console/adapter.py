@@ -168,7 +168,8 @@ class ConsoleAdapter:
         doomed = [
             p for p in paths if p.suffix in (".png", ".txt") and p.is_relative_to(self._output_dir)
         ]
-        await asyncio.to_thread(lambda: [p.unlink(missing_ok=True) for p in doomed])
+        for path in doomed:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
 
     # -- input -----------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
@@ -43,6 +42,7 @@ from cloud.local.preview import caption, render, render_infotext
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from bot.ports import PollTarget
 
