@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Protocol
 from bot.clock import SystemClock
 from bot.dispatcher import Dispatcher
 from bot.jobs import JobRunner
+from bot.policy import Policy
 from bot.poller import Poller
 from bot.resolve import Catalog, Resolver
+from bot.retention import Retention
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -46,6 +48,8 @@ class BotApp:
             backend, interval=config.poll_interval, max_interval=config.poll_max_interval
         )
         self.catalog = Catalog(backend, self.clock)
+        self.policy = Policy(config, store, self.clock, self.catalog)
+        self.retention = Retention(store, self.clock, days=config.retention_days)
         self.runner = JobRunner(
             config=config,
             store=store,
@@ -53,6 +57,7 @@ class BotApp:
             adapters=self._adapters,
             poller=self.poller,
             resolver=Resolver(config, self.catalog),
+            policy=self.policy,
             clock=self.clock,
         )
         self.dispatcher = Dispatcher(
@@ -60,6 +65,7 @@ class BotApp:
             store=store,
             backend=backend,
             catalog=self.catalog,
+            policy=self.policy,
             clock=self.clock,
         )
         self._started = False
@@ -84,6 +90,8 @@ class BotApp:
             started.append(self.backend)
             await self.poller.start()
             started.append(self.poller)
+            await self.retention.start()
+            started.append(self.retention)
             resumed = await self.runner.resume()
             if resumed:
                 _LOGGER.info("resumed %d unfinished job(s)", resumed)
@@ -96,7 +104,7 @@ class BotApp:
         if self._closed:
             return
         await self.runner.aclose()
-        await self._close([self.store, self.backend, self.poller])
+        await self._close([self.store, self.backend, self.poller, self.retention])
 
     async def _close(self, started: list[_Closable]) -> None:
         self._closed = True

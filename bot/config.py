@@ -75,6 +75,11 @@ class Config:
     # Permissions: Slack admin user ids (Discord admins are members with Manage Server) and
     # optional allow-lists (empty = everyone).
     admins: tuple[str, ...] = ()
+    # Limits (channel / server `settings` override the per-user ones).
+    user_concurrency: int = 4  # jobs one user may have in flight
+    daily_quota: int = 0  # jobs one user may start per UTC day; 0 = no limit
+    max_in_flight: int = 200  # jobs in flight across the whole bot
+    retention_days: float = 30.0  # stored inputs and results are deleted after this
     allowed_servers: tuple[str, ...] = ()
     allowed_channels: tuple[str, ...] = ()
     allowed_roles: tuple[str, ...] = ()
@@ -110,6 +115,13 @@ class Config:
             raise ConfigError("SDBOT_LOCAL_DELAY must be zero or more seconds")
         if not 0 < self.http_port < 65536:
             raise ConfigError("SDBOT_HTTP_PORT must be a port number (1-65535)")
+        for name in ("user_concurrency", "max_in_flight"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.daily_quota < 0:
+            raise ConfigError("daily_quota must be 0 (no limit) or more")
+        if self.retention_days <= 0:
+            raise ConfigError("retention_days must be a positive number of days")
         if self.realtime_max_in_flight < 1:
             raise ConfigError("realtime_max_in_flight must be at least 1")
         if self.poll_max_interval < self.poll_interval:

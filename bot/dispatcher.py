@@ -38,6 +38,8 @@ from commands import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from bot.model import Conversation
+    from bot.policy import Policy
     from bot.resolve import Catalog
 
 _LOGGER = logging.getLogger(__name__)
@@ -116,9 +118,11 @@ class Dispatcher:
         store: JobStore,
         backend: Backend,
         catalog: Catalog,
+        policy: Policy,
         clock: Clock,
     ) -> None:
         self._runner = runner
+        self._policy = policy
         self._store = store
         self._backend = backend
         self._catalog = catalog
@@ -150,6 +154,7 @@ class Dispatcher:
     ) -> Job | None:
         """A parsed command (Discord builds these from typed options)."""
         try:
+            self._policy.check_access(caller)
             return await self._command(caller, parsed, attachments, responder)
         except UserInputError as exc:
             await responder.refuse(str(exc))
@@ -183,6 +188,7 @@ class Dispatcher:
                 return None
             if base.caller.user != caller.user and not caller.is_admin:
                 return None
+            self._policy.check_access(caller)
             reply = parse_reply(
                 text,
                 base.command,
@@ -231,6 +237,7 @@ class Dispatcher:
             await responder.refuse("that button is not one of this bot's")
             return None
         try:
+            self._policy.check_access(caller)
             job = await self._visible_job(caller, action.job_id)
             return await self._action(caller, action, job, responder, fields or {})
         except UserInputError as exc:
@@ -273,7 +280,7 @@ class Dispatcher:
                     raise RefusedError(
                         _missing_image_message(spec, attachment.slot.value, caller.platform)
                     )
-            return await self._runner.accept(caller, spec.name, options, refs, responder)
+            return await self._accept(caller, spec.name, options, refs, responder)
         handler = {
             "job": self._job,
             "jobs": self._jobs,
@@ -285,6 +292,31 @@ class Dispatcher:
         }[spec.name]
         await handler(caller, parsed, responder)
         return None
+
+    async def _accept(
+        self,
+        caller: Caller,
+        command: str,
+        options: dict[str, str],
+        refs: Sequence[AttachmentRef],
+        responder: Responder,
+        *,
+        parent: Job | None = None,
+        inherited: Sequence[StoredImage] = (),
+        thread: Conversation | None = None,
+    ) -> Job:
+        """Every new job passes the limits here, then is committed and acknowledged."""
+        await self._policy.check_limits(caller, self._runner.in_flight)
+        return await self._runner.accept(
+            caller,
+            command,
+            options,
+            refs,
+            responder,
+            parent=parent,
+            inherited=inherited,
+            thread=thread,
+        )
 
     @staticmethod
     def _path_refs(options: dict[str, str]) -> list[AttachmentRef]:
@@ -428,10 +460,10 @@ class Dispatcher:
         await r.reply(help_text(str(command) if command else None), private=True)
 
     async def _settings(self, caller: Caller, parsed: ParsedCommand, r: Responder) -> None:
-        raise RefusedError(
-            "per-channel and per-server settings are not available yet; "
-            "defaults come from the bot's configuration (sdbot.toml)"
-        )
+        if not parsed.options:
+            await r.reply(await self._policy.describe(caller), private=True)
+            return
+        await r.reply(await self._policy.update(caller, parsed.options), private=True)
 
     # -- replies and actions ---------------------------------------------------------------
 

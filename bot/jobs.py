@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from bot.config import Config
+    from bot.policy import Policy
     from bot.poller import Poller
     from bot.resolve import Resolver
 
@@ -65,6 +66,7 @@ class JobRunner:
         adapters: Mapping[Platform, ChatAdapter],
         poller: Poller,
         resolver: Resolver,
+        policy: Policy,
         clock: Clock,
     ) -> None:
         self._config = config
@@ -73,6 +75,7 @@ class JobRunner:
         self._adapters = adapters
         self._poller = poller
         self._resolver = resolver
+        self._policy = policy
         self._clock = clock
         self._limits = imaging.ImageLimits(config.max_bytes, config.max_pixels)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -244,9 +247,12 @@ class JobRunner:
         if image is None:
             raise UserInputError(f"{job.command} needs an image")
         first = imaging.InputFile(image.name, image.data)
+        defaults = await self._policy.defaults(job.caller)
         if spec.family is Family.INTERROGATE:
             prepared = await asyncio.to_thread(imaging.prepare_interrogate, first, self._limits)
-            endpoint = await self._resolver.endpoint(job.options.get("endpoint"), async_only=True)
+            endpoint = await self._resolver.endpoint(
+                job.options.get("endpoint"), default=defaults.endpoint, async_only=True
+            )
             iparams = InterrogateParams(str(job.options.get("method", "clip")), endpoint.name)
             job = replace(job, interrogate=iparams, endpoint=endpoint.name, notes=prepared.notes)
             await self._store.save(job)
@@ -263,7 +269,9 @@ class JobRunner:
                 mask_blur=mask_blur,
                 limits=self._limits,
             )
-            params = await self._resolver.generation(job.options, prepared.width, prepared.height)
+            params = await self._resolver.generation(
+                job.options, prepared.width, prepared.height, defaults
+            )
             job = replace(
                 job,
                 params=params,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from datetime import datetime
 
     from bot.model import (
@@ -244,6 +244,26 @@ class JobStore(Protocol):
 
     async def recent_durations(self, endpoint: str, limit: int = 20) -> Sequence[float]:
         """Run times (seconds) of the latest succeeded jobs on an endpoint, for estimates."""
+        ...
+
+    async def count_user_jobs(
+        self, platform: Platform, server: str, user: str, *, since: datetime | None = None
+    ) -> int:
+        """A user's jobs created since `since`, or (without it) those not yet terminal."""
+        ...
+
+    async def expire_images(self, before: datetime, limit: int = 500) -> Sequence[str]:
+        """Retention: drop the images of jobs created before `before`; return their ids."""
+        ...
+
+    async def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
+        """Stored settings of a server (`scope` "") or of one of its channels."""
+        ...
+
+    async def put_settings(
+        self, platform: Platform, server: str, scope: str, values: Mapping[str, str | None]
+    ) -> None:
+        """Set (or, with None, remove) settings in one transaction."""
         ...
 
 

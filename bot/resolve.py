@@ -1,6 +1,7 @@
 """Turning a job's options into concrete backend parameters (SPEC §2.2 "Defaults, in order").
 
-Order: the command's options, then the configuration, then the backend (model = the first
+Order: the command's options, then the channel's and server's settings over the configuration
+(`bot.policy.Defaults`), then the backend (model = the first
 Active `Stable-diffusion` checkpoint by name; endpoint = an `InService` endpoint of the
 configured inference type). The backend's catalogue is cached briefly so a burst of jobs does
 not list endpoints and models once per job.
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from bot.config import Config
+    from bot.policy import Defaults
     from bot.ports import Backend, Clock
 
 MAX_SEED = 2**32 - 1
@@ -89,16 +91,18 @@ def _listing(names: Sequence[str], limit: int = 10) -> str:
 
 
 class Resolver:
-    """Resolves endpoints, models and generation parameters against config and backend."""
+    """Resolves endpoints, models and generation parameters against defaults and backend."""
 
     def __init__(self, config: Config, catalog: Catalog) -> None:
         self._config = config
         self._catalog = catalog
 
-    async def endpoint(self, requested: str | None, *, async_only: bool = False) -> Endpoint:
+    async def endpoint(
+        self, requested: str | None, *, default: str | None = None, async_only: bool = False
+    ) -> Endpoint:
         """The endpoint a job runs on; refuses unknown or not-InService endpoints."""
         endpoints = await self._catalog.endpoints()
-        name = requested or self._config.endpoint
+        name = requested or default
         states = ", ".join(f"`{e.name}` ({e.status}, {e.type})" for e in endpoints) or "none"
         if name is not None:
             found = next((e for e in endpoints if e.name == name), None)
@@ -119,9 +123,9 @@ class Resolver:
                 return endpoint
         raise RefusedError(f"no {wanted} endpoint is InService; endpoints: {states}")
 
-    async def model(self, requested: str | None) -> str:
+    async def model(self, requested: str | None, default: str | None = None) -> str:
         checkpoints = sorted(m.name for m in await self._catalog.models("Stable-diffusion"))
-        name = requested or self._config.model
+        name = requested or default
         if name is None:
             if not checkpoints:
                 raise RefusedError("the backend has no Active Stable-diffusion checkpoint")
@@ -133,8 +137,8 @@ class Resolver:
             )
         return name
 
-    async def vae(self, requested: str | None) -> str:
-        name = requested or self._config.vae
+    async def vae(self, requested: str | None, default: str = "Automatic") -> str:
+        name = requested or default
         if name in ("Automatic", "None"):
             return name
         vaes = sorted(m.name for m in await self._catalog.models("VAE"))
@@ -146,10 +150,10 @@ class Resolver:
         return name
 
     async def generation(
-        self, options: Mapping[str, str], input_width: int, input_height: int
+        self, options: Mapping[str, str], input_width: int, input_height: int, defaults: Defaults
     ) -> GenerationParams:
         """Every img2img parameter, concrete: defaults applied, size fitted, seed drawn."""
-        cap = self._config.max_side
+        cap = defaults.max_size
         size = _typed(options, "size")
         width = _typed(options, "width")
         height = _typed(options, "height")
@@ -169,7 +173,7 @@ class Resolver:
         seed = _int(options, "seed")
         if seed < 0:
             seed = random.randint(0, MAX_SEED)
-        endpoint = await self.endpoint(options.get("endpoint"))
+        endpoint = await self.endpoint(options.get("endpoint"), default=defaults.endpoint)
         return GenerationParams(
             prompt=str(options.get("prompt", "")),
             negative=str(options.get("negative", "")),
@@ -182,8 +186,8 @@ class Resolver:
             height=height,
             count=_int(options, "count"),
             resize=str(_typed(options, "resize")),
-            model=await self.model(options.get("model")),
-            vae=await self.vae(options.get("vae")),
+            model=await self.model(options.get("model"), defaults.model),
+            vae=await self.vae(options.get("vae"), defaults.vae),
             endpoint=endpoint.name,
             mask_blur=_int(options, "mask_blur"),
             fill=str(_typed(options, "fill")),

@@ -42,7 +42,7 @@ from bot.model import (
 from bot.ports import JobQuery, StoredImage
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from types import TracebackType
 
     from bot.ports import JobStore
@@ -146,6 +146,20 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX messages_by_job ON messages (job_id)",
     ),
+    # 2: channel / server settings (`settings` command), and an index for retention.
+    (
+        """
+        CREATE TABLE settings (
+            platform TEXT NOT NULL,
+            server TEXT NOT NULL,
+            scope TEXT NOT NULL,        -- '' = the whole server, else a channel id
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (platform, server, scope, key)
+        ) STRICT, WITHOUT ROWID
+        """,
+        "CREATE INDEX jobs_by_age ON jobs (created_at)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -233,6 +247,20 @@ SQL_RECENT_DURATIONS: Final = (
     " WHERE endpoint = ? AND state = 'succeed'"
     " AND started_at IS NOT NULL AND finished_at IS NOT NULL"
     " ORDER BY finished_at DESC LIMIT ?"
+)
+SQL_COUNT_USER_SINCE: Final = (
+    "SELECT COUNT(*) FROM jobs WHERE platform = ? AND server = ? AND user_id = ?"
+    " AND created_at >= ?"
+)
+SQL_COUNT_USER_RUNNING: Final = (
+    "SELECT COUNT(*) FROM jobs WHERE platform = ? AND server = ? AND user_id = ?"
+    " AND state IN ('created', 'inprogress')"
+)
+# Jobs old enough for retention that still hold images: the age index bounds the scan to old
+# jobs, and the images key (job_id first) answers EXISTS without reading blobs.
+SQL_EXPIRABLE: Final = (
+    "SELECT id FROM jobs WHERE created_at < ?"
+    " AND EXISTS (SELECT 1 FROM images WHERE images.job_id = jobs.id) LIMIT ?"
 )
 SQL_IMAGES: Final = "SELECT slot, name, data FROM images WHERE job_id = ? ORDER BY slot, idx"
 SQL_IMAGES_OF_SLOT: Final = (
@@ -581,6 +609,55 @@ class _Database:
             for row in self.conn.execute(SQL_RECENT_DURATIONS, (endpoint, limit))
         ]
 
+    def count_user_jobs(
+        self, platform: Platform, server: str, user: str, since: datetime | None
+    ) -> int:
+        if since is None:
+            row = self.conn.execute(SQL_COUNT_USER_RUNNING, (platform.value, server, user))
+        else:
+            row = self.conn.execute(
+                SQL_COUNT_USER_SINCE, (platform.value, server, user, encode_time(since))
+            )
+        return int(row.fetchone()[0])
+
+    def expire_images(self, before: datetime, limit: int) -> list[str]:
+        with _transaction(self.conn):
+            ids = [
+                row["id"] for row in self.conn.execute(SQL_EXPIRABLE, (encode_time(before), limit))
+            ]
+            for job_id in ids:
+                self.conn.execute("DELETE FROM images WHERE job_id = ?", (job_id,))
+                self.conn.execute(
+                    "UPDATE jobs SET results_expired = 1 WHERE id = ? AND result_count > 0",
+                    (job_id,),
+                )
+        return ids
+
+    def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
+        rows = self.conn.execute(
+            "SELECT key, value FROM settings WHERE platform = ? AND server = ? AND scope = ?",
+            (platform.value, server, scope),
+        )
+        return {row["key"]: row["value"] for row in rows}
+
+    def put_settings(
+        self, platform: Platform, server: str, scope: str, values: Mapping[str, str | None]
+    ) -> None:
+        with _transaction(self.conn):
+            for key, value in values.items():
+                if value is None:
+                    self.conn.execute(
+                        "DELETE FROM settings WHERE platform = ? AND server = ? AND scope = ?"
+                        " AND key = ?",
+                        (platform.value, server, scope, key),
+                    )
+                else:
+                    self.conn.execute(
+                        "INSERT INTO settings (platform, server, scope, key, value)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
+                        (platform.value, server, scope, key, value),
+                    )
+
 
 # -- The store -----------------------------------------------------------------------------
 
@@ -727,6 +804,30 @@ class SqliteJobStore:
     async def recent_durations(self, endpoint: str, limit: int = 20) -> Sequence[float]:
         """Run times (finished − started, seconds) of the latest succeeded jobs, newest first."""
         return await self._call(lambda db: db.recent_durations(endpoint, limit))
+
+    async def count_user_jobs(
+        self, platform: Platform, server: str, user: str, *, since: datetime | None = None
+    ) -> int:
+        """A user's jobs created since `since`, or (without it) not yet terminal."""
+        return await self._call(lambda db: db.count_user_jobs(platform, server, user, since))
+
+    async def expire_images(self, before: datetime, limit: int = 500) -> Sequence[str]:
+        """Delete the images of up to `limit` jobs created before `before`; return their ids.
+
+        Job rows stay, marked `results_expired` when they had results.
+        """
+        return await self._call(lambda db: db.expire_images(before, limit))
+
+    async def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
+        """Stored settings of a server (`scope` "") or one of its channels."""
+        return await self._call(lambda db: db.settings(platform, server, scope))
+
+    async def put_settings(
+        self, platform: Platform, server: str, scope: str, values: Mapping[str, str | None]
+    ) -> None:
+        """Set settings (a None value removes the key) in one transaction."""
+        values = dict(values)
+        await self._call(lambda db: db.put_settings(platform, server, scope, values))
 
 
 if TYPE_CHECKING:

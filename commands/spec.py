@@ -242,6 +242,11 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("max_size", Kind.INT, "cap on the longest output side", None, 64, 2048),
         OptionSpec("concurrency", Kind.INT, "jobs one user may have in flight", None, 1, 100),
         OptionSpec(
+            "reset",
+            Kind.TEXT,
+            "settings to remove, comma-separated (`model,vae`), or `all`",
+        ),
+        OptionSpec(
             "daily_quota",
             Kind.INT,
             "jobs one user may start per day (0 = no limit)",
@@ -378,8 +383,21 @@ COMMANDS: dict[str, CommandSpec] = {
             "settings",
             Family.ADMIN,
             "channel / server defaults (admins); no options shows them",
-            ("scope", "endpoint", "model", "vae", "max_size", "concurrency", "daily_quota"),
-            examples=("settings scope=server model=sd_xl_base_1.0.safetensors",),
+            (
+                "scope",
+                "endpoint",
+                "model",
+                "vae",
+                "max_size",
+                "concurrency",
+                "daily_quota",
+                "reset",
+            ),
+            examples=(
+                "settings scope=server model=sd_xl_base_1.0.safetensors",
+                "settings concurrency=2 daily_quota=50",
+                "settings reset=model,vae",
+            ),
         ),
         CommandSpec(
             "help",

@@ -1,0 +1,216 @@
+"""Who may use the bot, how much, and with which defaults (SPEC §2.1 `settings`, §7).
+
+`Policy` answers three questions for a caller: may they use the bot here (allow-lists of
+servers, channels and roles from the configuration), may they start another job now (per-user
+concurrency, per-user daily quota, the global cap on jobs in flight), and what are the defaults
+in their channel (the channel's settings over the server's over the configuration). Settings are
+stored durably and changed by admins with the `settings` command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import TYPE_CHECKING
+
+from bot.errors import ParseError, RefusedError
+from bot.model import Caller, Platform
+from bot.render import duration
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from bot.config import Config
+    from bot.ports import Clock, JobStore
+    from bot.resolve import Catalog
+
+SETTING_KEYS: tuple[str, ...] = (
+    "endpoint",
+    "model",
+    "vae",
+    "max_size",
+    "concurrency",
+    "daily_quota",
+)
+SERVER_SCOPE = ""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The settings in force for one channel, and where each came from."""
+
+    endpoint: str | None
+    model: str | None
+    vae: str
+    max_size: int
+    concurrency: int
+    daily_quota: int
+    sources: Mapping[str, str]  # key → "channel" | "server" | "config"
+
+
+class Policy:
+    """Access, limits and channel / server defaults."""
+
+    def __init__(self, config: Config, store: JobStore, clock: Clock, catalog: Catalog) -> None:
+        self._config = config
+        self._store = store
+        self._clock = clock
+        self._catalog = catalog
+
+    # -- access ----------------------------------------------------------------------------
+
+    def check_access(self, caller: Caller) -> None:
+        """Refuse callers outside the configured allow-lists (the console is always allowed)."""
+        if caller.platform is Platform.CONSOLE:
+            return
+        config = self._config
+        if config.allowed_servers and caller.server not in config.allowed_servers:
+            raise RefusedError("this bot is not enabled in this server / workspace")
+        if (
+            config.allowed_channels
+            and caller.conversation.channel not in config.allowed_channels
+            and not caller.is_admin
+        ):
+            raise RefusedError("this bot is not enabled in this channel")
+        if (
+            config.allowed_roles
+            and not caller.is_admin
+            and not set(caller.roles) & set(config.allowed_roles)
+        ):
+            raise RefusedError("you need one of the roles this bot is enabled for")
+
+    async def check_limits(self, caller: Caller, in_flight: int) -> None:
+        """Refuse a new job over the global cap, the user's concurrency or daily quota.
+
+        The console's operator is bound by the global cap only.
+        """
+        if in_flight >= self._config.max_in_flight:
+            raise RefusedError(
+                f"the bot is busy: {in_flight} jobs are running (the maximum); "
+                "please try again in a minute"
+            )
+        if caller.platform is Platform.CONSOLE:
+            return  # the local operator's own machine: only the global cap applies
+        defaults = await self.defaults(caller)
+        running = await self._store.count_user_jobs(caller.platform, caller.server, caller.user)
+        if running >= defaults.concurrency:
+            raise RefusedError(
+                f"you already have {running} job(s) running (the limit here is "
+                f"{defaults.concurrency}); try again when one finishes, or `cancel` one"
+            )
+        if defaults.daily_quota:
+            now = self._clock.now()
+            midnight = datetime.combine(now.date(), time(0), now.tzinfo)
+            today = await self._store.count_user_jobs(
+                caller.platform, caller.server, caller.user, since=midnight
+            )
+            if today >= defaults.daily_quota:
+                reset = midnight + timedelta(days=1)
+                raise RefusedError(
+                    f"you have used your {defaults.daily_quota} jobs for today; the quota "
+                    f"resets at 00:00 UTC (in {duration((reset - now).total_seconds())})"
+                )
+
+    # -- settings --------------------------------------------------------------------------
+
+    async def defaults(self, caller: Caller) -> Defaults:
+        """The settings in force in the caller's channel."""
+        server = await self._store.settings(caller.platform, caller.server, SERVER_SCOPE)
+        channel = await self._store.settings(
+            caller.platform, caller.server, caller.conversation.channel
+        )
+        config = self._config
+        base: dict[str, str | None] = {
+            "endpoint": config.endpoint,
+            "model": config.model,
+            "vae": config.vae,
+            "max_size": str(config.max_side),
+            "concurrency": str(config.user_concurrency),
+            "daily_quota": str(config.daily_quota),
+        }
+        sources = dict.fromkeys(SETTING_KEYS, "config")
+        for scope_name, scope in (("server", server), ("channel", channel)):
+            for key, value in scope.items():
+                if key in base:
+                    base[key] = value
+                    sources[key] = scope_name
+        return Defaults(
+            endpoint=base["endpoint"],
+            model=base["model"],
+            vae=base["vae"] or "Automatic",
+            # Never above the operator's cap, whatever a server admin set.
+            max_size=min(int(base["max_size"] or config.max_side), config.max_side),
+            concurrency=int(base["concurrency"] or config.user_concurrency),
+            daily_quota=int(base["daily_quota"] or 0),
+            sources=sources,
+        )
+
+    async def describe(self, caller: Caller) -> str:
+        """What `settings` without options shows."""
+        defaults = await self.defaults(caller)
+        lines = ["settings in force in this channel (and where each comes from):"]
+        for key in SETTING_KEYS:
+            value = getattr(defaults, key)
+            shown = "(backend default)" if value is None else value
+            if key == "daily_quota" and value == 0:
+                shown = "0 (no limit)"
+            lines.append(f"{key} = {shown} · {defaults.sources[key]}")
+        lines.append(
+            "change with `settings key=value` (this channel) or `settings scope=server key=value`;"
+            " remove with `settings reset=key`"
+        )
+        return "\n".join(lines)
+
+    async def update(self, caller: Caller, options: Mapping[str, object]) -> str:
+        """Apply a `settings` command from an admin; validate names against the backend."""
+        if not caller.is_admin:
+            raise RefusedError("only admins can change settings")
+        scope_name = str(options.get("scope", "channel"))
+        scope = SERVER_SCOPE if scope_name == "server" else caller.conversation.channel
+        changes: dict[str, str | None] = {}
+        for key in SETTING_KEYS:
+            if key in options:
+                changes[key] = await self._validated(key, options[key])
+        reset = options.get("reset")
+        if isinstance(reset, str):
+            keys = (
+                SETTING_KEYS
+                if reset.strip().lower() == "all"
+                else tuple(k.strip().lower() for k in reset.split(",") if k.strip())
+            )
+            unknown = [k for k in keys if k not in SETTING_KEYS]
+            if unknown:
+                raise ParseError(
+                    f"unknown setting `{unknown[0]}`; settings: {', '.join(SETTING_KEYS)}"
+                )
+            for key in keys:
+                if key in changes:
+                    raise ParseError(f"`{key}` is both set and reset; do one or the other")
+                changes[key] = None
+        await self._store.put_settings(caller.platform, caller.server, scope, changes)
+        where = "this server" if scope == SERVER_SCOPE else "this channel"
+        done = ", ".join(f"{k} reset" if v is None else f"{k} = {v}" for k, v in changes.items())
+        return f"settings for {where}: {done}"
+
+    async def _validated(self, key: str, value: object) -> str:
+        text = str(value)
+        if key == "endpoint":
+            endpoints = sorted(e.name for e in await self._catalog.endpoints())
+            if text not in endpoints:
+                raise RefusedError(
+                    f"unknown endpoint `{text}`; endpoints: "
+                    + (", ".join(f"`{n}`" for n in endpoints) or "none")
+                )
+        elif key in ("model", "vae"):
+            if key == "vae" and text in ("Automatic", "None"):
+                return text
+            kind = "Stable-diffusion" if key == "model" else "VAE"
+            models = sorted(m.name for m in await self._catalog.models(kind))
+            if text not in models:
+                raise RefusedError(
+                    f"unknown {key} `{text}`; available: "
+                    + (", ".join(f"`{n}`" for n in models[:10]) or "none")
+                )
+        elif key == "max_size" and isinstance(value, int) and value % 8:
+            raise ParseError(f"`max_size` must be a multiple of 8, got {value}")
+        return text

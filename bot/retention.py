@@ -1,0 +1,65 @@
+"""Retention (SPEC §3 "Retention"): a background task that deletes old inputs and results.
+
+Every `interval` it removes the stored images of jobs older than the retention period, a batch
+at a time so the store's one writer is never held for long. Job rows stay, and say their
+images have expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.ports import Clock, JobStore
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Retention:
+    """Deletes images older than `days`, now and then every `interval` seconds."""
+
+    def __init__(
+        self, store: JobStore, clock: Clock, *, days: float, interval: float = 3600.0
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._age = timedelta(days=days)
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self, batch: int = 500) -> int:
+        """Expire every job past the period, in batches; return how many jobs were swept."""
+        cutoff = self._clock.now() - self._age
+        total = 0
+        while True:
+            swept = await self._store.expire_images(cutoff, batch)
+            total += len(swept)
+            if len(swept) < batch:
+                break
+        if total:
+            _LOGGER.info("retention: removed the stored images of %d job(s)", total)
+        return total
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="sdbot-retention")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                # A failed sweep is retried at the next interval; the bot keeps serving.
+                _LOGGER.exception("retention sweep failed")
+            await self._clock.sleep(self._interval)
