@@ -38,6 +38,13 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def byte_size(count: int) -> str:
+    """`512 kB`, `20 MB` — for limits in messages."""
+    if count >= 1_000_000:
+        return f"{count / 1_000_000:.3g} MB"
+    return f"{count / 1000:.3g} kB"
+
+
 def estimate(elapsed: float, recent: Sequence[float]) -> float | None:
     """Estimated progress 0..0.95 from recent run times on the endpoint, or None without data."""
     if not recent:

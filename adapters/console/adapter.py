@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TextIO
 from bot.errors import ImageInputError
 from bot.model import AttachmentRef, Caller, Conversation, JobState, Platform
 from bot.ports import PostedStatus
+from bot.render import byte_size
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -103,7 +104,7 @@ class ConsoleAdapter:
         size = path.stat().st_size
         if size > max_bytes:
             raise ImageInputError(
-                f"{ref.name} is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB"
+                f"{ref.name} is {byte_size(size)}; the limit is {byte_size(max_bytes)}"
             )
         with path.open("rb") as fh:
             return fh.read(max_bytes + 1)
