@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sdbot: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, config.secrets.values())
+    setup_logging(config.log_level, config.secrets.values(), json_lines=config.log_format == "json")
     command = args.command or "run"
     try:
         if command in ("run", "console"):

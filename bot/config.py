@@ -84,6 +84,7 @@ class Config:
     allowed_channels: tuple[str, ...] = ()
     allowed_roles: tuple[str, ...] = ()
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" | "json" (one JSON object per line)
     secrets: Secrets = field(default_factory=Secrets, repr=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +93,8 @@ class Config:
             raise ConfigError(f"SDBOT_BACKEND must be `local` or `esd`, got {self.backend!r}")
         if self.backend == "esd" and not self.esd_api_url:
             raise ConfigError("SDBOT_BACKEND is `esd` but ESD_API_URL is not set")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be `text` or `json`, got {self.log_format!r}")
         if self.inference_type not in ("Async", "Real-time"):
             raise ConfigError(
                 f"inference_type must be `Async` or `Real-time`, got {self.inference_type!r}"

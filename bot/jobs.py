@@ -25,6 +25,7 @@ from bot.errors import (
     UserInputError,
 )
 from bot.ids import new_job_id
+from bot.logs import redact
 from bot.model import (
     AttachmentRef,
     BackendStatus,
@@ -342,6 +343,8 @@ class JobRunner:
         return await self._fail(job, message)
 
     async def _fail(self, job: Job, message: str) -> Job:
+        # Failure messages are shown to users and stored: never with a secret or signature.
+        message = redact(message, self._config.secrets.values())
         job = replace(
             job,
             state=JobState.FAILED,

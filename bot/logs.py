@@ -6,6 +6,7 @@ Tokens and keys the configuration holds, presigned-URL query strings and token p
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -13,13 +14,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import TextIO
 
 # Query strings of URLs (presigned S3 signatures, tokens in query parameters).
 _QUERY = re.compile(r"(https?://[^\s?\"'<>]+)\?[^\s\"'<>]*")
 # Discord webhook / interaction token path segments: /webhooks/<id>/<token>, /interactions/<id>/<t>.
 _TOKEN_PATH = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9._-]{20,}")
-# Slack and Discord token shapes, in case one arrives from somewhere the config does not know.
-_TOKEN_SHAPES = re.compile(r"\b(xox[abposr]-[A-Za-z0-9-]{10,}|xapp-[A-Za-z0-9-]{10,})\b")
+# Slack, Discord and AWS credential shapes, in case one arrives from somewhere the config does
+# not know (a token pasted into a prompt, a library's error message).
+_TOKEN_SHAPES = re.compile(
+    r"\b(xox[abposr]-[A-Za-z0-9-]{10,}|xapp-[A-Za-z0-9-]{10,}"
+    r"|[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,}"
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16})\b"
+)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -51,12 +58,41 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
-    """Send logs to stderr (stdout belongs to the console adapter), redacted."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (already redacted)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            },
+            ensure_ascii=False,
+        )
+
+
+def setup_logging(
+    level: str = "INFO",
+    secrets: Iterable[str] = (),
+    *,
+    json_lines: bool = False,
+    stream: TextIO | None = None,
+) -> None:
+    """Send logs to stderr (stdout belongs to the console adapter), redacted.
+
+    `json_lines` writes one JSON object per record, for log collectors.
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+            )
+        )
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

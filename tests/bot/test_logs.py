@@ -1,0 +1,113 @@
+"""Nothing secret reaches logs, stored errors or chat: redaction, and a full scenario grepped."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from scenario_kit import (
+    RecordingAdapter,
+    RecordingResponder,
+    ScriptedBackend,
+    chat_caller,
+    fast_config,
+    make_app,
+    png,
+)
+
+from bot.config import Secrets
+from bot.errors import BackendError
+from bot.logs import redact, setup_logging
+
+ESD_KEY = "Zq8vT3kW9pL2mN5xR7yB"
+DISCORD = "MTA5ODc2NTQzMjEwOTg3NjU0.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789AB"
+SLACK = "xoxb-1111111111-2222222222-abcdefABCDEF1234567890ab"
+SIGNATURE = "X-Amz-Signature=9f2c0d7e6b5a4f3e2d1c0b9a8f7e6d5c"
+PRESIGNED = (
+    f"https://bucket.s3.amazonaws.com/out/j/result/image_0.png?X-Amz-Expires=3600&{SIGNATURE}"
+)
+WEBHOOK = "https://discord.com/api/v10/webhooks/123456789012345678/aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDEyMzQ1Njc4OkFCQw"
+
+
+def test_redact_each_kind() -> None:
+    text = f"key {ESD_KEY} url {PRESIGNED} hook {WEBHOOK} {DISCORD} {SLACK} AKIAABCDEFGHIJKLMNOP"
+    out = redact(text, [ESD_KEY])
+    for secret in (ESD_KEY, SIGNATURE, "aW50ZXJhY3Rpb24", DISCORD, SLACK, "AKIAABCDEFGHIJKLMNOP"):
+        assert secret not in out
+    assert "https://bucket.s3.amazonaws.com/out/j/result/image_0.png?[redacted]" in out
+    assert "/webhooks/123456789012345678/[redacted]" in out
+
+
+def test_the_filter_covers_arguments_and_tracebacks() -> None:
+    stream = io.StringIO()
+    setup_logging("DEBUG", [ESD_KEY], stream=stream)
+    log = logging.getLogger("sdbot.test")
+    log.info("calling with key %s", ESD_KEY)
+    try:
+        raise RuntimeError(f"GET {PRESIGNED} failed")
+    except RuntimeError:
+        log.exception("download failed")
+    text = stream.getvalue()
+    assert ESD_KEY not in text and SIGNATURE not in text
+    assert "RuntimeError" in text and "download failed" in text
+
+
+def test_json_lines() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", [ESD_KEY], json_lines=True, stream=stream)
+    logging.getLogger("sdbot.test").warning("key=%s", ESD_KEY)
+    record = json.loads(stream.getvalue().splitlines()[-1])
+    assert record["level"] == "WARNING" and record["message"] == "key=[redacted]"
+
+
+class LeakyBackend(ScriptedBackend):
+    """A backend whose errors carry every kind of secret, as real libraries' errors can."""
+
+    async def submit(self, job_id, params, init_png, mask_png):  # type: ignore[no-untyped-def]
+        if params.prompt == "leak":
+            raise BackendError(
+                f"PUT {PRESIGNED} with x-api-key {ESD_KEY} failed via {WEBHOOK}",
+                user_message=f"upload to {PRESIGNED} refused for key {ESD_KEY}",
+            )
+        return await super().submit(job_id, params, init_png, mask_png)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():  # type: ignore[no-untyped-def]
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+async def test_a_full_scenario_leaks_no_secret(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    secrets = Secrets(discord_token=DISCORD, slack_bot_token=SLACK, esd_api_key=ESD_KEY)
+    config = fast_config(tmp_path, secrets=secrets)
+    setup_logging("DEBUG", secrets.values(), stream=stream)
+    app = make_app(config, LeakyBackend())
+    adapter = RecordingAdapter()
+    app.add_adapter(adapter)
+    async with app:
+        for prompt in ("leak", "fine"):
+            await app.dispatcher.handle_text(
+                chat_caller(),
+                f"img2img {prompt}",
+                [adapter.attach("a.png", png())],
+                RecordingResponder(),
+            )
+        await app.runner.wait_idle()
+        jobs = [await app.store.get(v.job_id) for v in adapter.results()]
+    logs = stream.getvalue()
+    shown = "\n".join(
+        [str(p.payload) for p in adapter.posts] + [repr(j) for j in jobs] + [repr(config)]
+    )
+    assert "refused for key" in shown  # the leaky error did reach the user, redacted
+    for secret in (ESD_KEY, DISCORD, SLACK, SIGNATURE, "aW50ZXJhY3Rpb24"):
+        assert secret not in logs
+        assert secret not in shown
+    assert "job" in logs  # the run did log
