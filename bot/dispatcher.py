@@ -19,7 +19,7 @@ from bot.errors import OperationalError, ParseError, RefusedError, UserInputErro
 from bot.ids import display_name
 from bot.jobs import RESULT_SLOT, JobRunner
 from bot.model import AttachmentRef, Caller, Job, JobState, Platform
-from bot.ports import Backend, Clock, JobQuery, JobStore, Responder, StoredImage
+from bot.ports import AdmissionRefused, Backend, Clock, JobQuery, JobStore, Responder, StoredImage
 from bot.views import EDIT_FIELDS, Action, ActionKind, ResultImage
 from commands import (
     COMMANDS,
@@ -306,17 +306,22 @@ class Dispatcher:
         thread: Conversation | None = None,
     ) -> Job:
         """Every new job passes the limits here, then is committed and acknowledged."""
-        await self._policy.check_limits(caller, self._runner.in_flight)
-        return await self._runner.accept(
-            caller,
-            command,
-            options,
-            refs,
-            responder,
-            parent=parent,
-            inherited=inherited,
-            thread=thread,
-        )
+        admission = await self._policy.admission(caller, self._runner.in_flight)
+        try:
+            return await self._runner.accept(
+                caller,
+                command,
+                options,
+                refs,
+                responder,
+                parent=parent,
+                inherited=inherited,
+                thread=thread,
+                admission=admission,
+            )
+        except AdmissionRefused as refused:
+            assert admission is not None
+            raise self._policy.refusal(refused, admission) from None
 
     @staticmethod
     def _path_refs(options: dict[str, str]) -> list[AttachmentRef]:

@@ -37,7 +37,16 @@ from bot.model import (
     JobState,
     Platform,
 )
-from bot.ports import Backend, ChatAdapter, Clock, JobStore, PollTarget, Responder, StoredImage
+from bot.ports import (
+    Admission,
+    Backend,
+    ChatAdapter,
+    Clock,
+    JobStore,
+    PollTarget,
+    Responder,
+    StoredImage,
+)
 from bot.views import ResultImage, StatusView
 from commands import COMMANDS, Family
 
@@ -96,8 +105,9 @@ class JobRunner:
         parent: Job | None = None,
         inherited: Sequence[StoredImage] = (),
         thread: Conversation | None = None,
+        admission: Admission | None = None,
     ) -> Job:
-        """Commit a new job, acknowledge it, and start driving it."""
+        """Commit a new job (within `admission`'s limits), acknowledge it, start driving it."""
         while True:
             job = Job(
                 id=new_job_id(),
@@ -111,19 +121,19 @@ class JobRunner:
                 parent_id=parent.id if parent else None,
             )
             try:
-                await self._store.insert(job, [replace(i, name=i.name) for i in inherited])
+                await self._store.insert(job, inherited, admission)
             except KeyError:
                 continue  # 50 random bits collided; draw again
             break
         await responder.accepted(job.id)
-        self.spawn(job.id)
+        self.spawn(job.id, job)
         return job
 
-    def spawn(self, job_id: str) -> None:
-        """Start (or restart) the driver of a stored job."""
+    def spawn(self, job_id: str, job: Job | None = None) -> None:
+        """Start (or restart) the driver of a stored job (`job`: its row, if at hand)."""
         if job_id in self._tasks:
             return
-        task = asyncio.create_task(self._drive(job_id), name=f"sdbot-job-{job_id}")
+        task = asyncio.create_task(self._drive(job_id, job), name=f"sdbot-job-{job_id}")
         self._tasks[job_id] = task
         self._idle.clear()
         task.add_done_callback(lambda t: self._done(job_id, t))
@@ -141,7 +151,7 @@ class JobRunner:
         jobs = await self._store.unfinished()
         for job in jobs:
             if job.caller.platform in self._adapters:
-                self.spawn(job.id)
+                self.spawn(job.id, job)
         return len(jobs)
 
     async def wait_idle(self) -> None:
@@ -193,8 +203,8 @@ class JobRunner:
 
     # -- driving ---------------------------------------------------------------------------
 
-    async def _drive(self, job_id: str) -> None:
-        job = await self._store.get(job_id)
+    async def _drive(self, job_id: str, known: Job | None) -> None:
+        job = known or await self._store.get(job_id)
         if job is None:
             return
         try:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from bot.errors import ParseError, RefusedError
 from bot.model import Caller, Platform
+from bot.ports import Admission, AdmissionRefused
 from bot.render import duration
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class Policy:
         self._store = store
         self._clock = clock
         self._catalog = catalog
+        # Settings change rarely and are read for every job: cached, and dropped on update.
+        self._cache: dict[tuple[Platform, str, str], dict[str, str]] = {}
 
     # -- access ----------------------------------------------------------------------------
 
@@ -79,9 +82,10 @@ class Policy:
         ):
             raise RefusedError("you need one of the roles this bot is enabled for")
 
-    async def check_limits(self, caller: Caller, in_flight: int) -> None:
-        """Refuse a new job over the global cap, the user's concurrency or daily quota.
+    async def admission(self, caller: Caller, in_flight: int) -> Admission | None:
+        """The per-user limits a new job must fit in; refuses at once over the global cap.
 
+        The store checks the per-user limits in the same transaction that commits the job.
         The console's operator is bound by the global cap only.
         """
         if in_flight >= self._config.max_in_flight:
@@ -90,35 +94,36 @@ class Policy:
                 "please try again in a minute"
             )
         if caller.platform is Platform.CONSOLE:
-            return  # the local operator's own machine: only the global cap applies
+            return None
         defaults = await self.defaults(caller)
-        running = await self._store.count_user_jobs(caller.platform, caller.server, caller.user)
-        if running >= defaults.concurrency:
-            raise RefusedError(
-                f"you already have {running} job(s) running (the limit here is "
-                f"{defaults.concurrency}); try again when one finishes, or `cancel` one"
+        now = self._clock.now()
+        midnight = datetime.combine(now.date(), time(0), now.tzinfo)
+        return Admission(
+            max_running=defaults.concurrency,
+            max_today=defaults.daily_quota or None,
+            day_start=midnight,
+        )
+
+    def refusal(self, refused: AdmissionRefused, admission: Admission) -> RefusedError:
+        """The message for a job the store refused under `admission`."""
+        if refused.limit == "running":
+            return RefusedError(
+                f"you already have {refused.count} job(s) running (the limit here is "
+                f"{admission.max_running}); try again when one finishes, or `cancel` one"
             )
-        if defaults.daily_quota:
-            now = self._clock.now()
-            midnight = datetime.combine(now.date(), time(0), now.tzinfo)
-            today = await self._store.count_user_jobs(
-                caller.platform, caller.server, caller.user, since=midnight
-            )
-            if today >= defaults.daily_quota:
-                reset = midnight + timedelta(days=1)
-                raise RefusedError(
-                    f"you have used your {defaults.daily_quota} jobs for today; the quota "
-                    f"resets at 00:00 UTC (in {duration((reset - now).total_seconds())})"
-                )
+        reset = (admission.day_start or self._clock.now()) + timedelta(days=1)
+        left = (reset - self._clock.now()).total_seconds()
+        return RefusedError(
+            f"you have used your {admission.max_today} jobs for today; the quota resets at "
+            f"00:00 UTC (in {duration(left)})"
+        )
 
     # -- settings --------------------------------------------------------------------------
 
     async def defaults(self, caller: Caller) -> Defaults:
         """The settings in force in the caller's channel."""
-        server = await self._store.settings(caller.platform, caller.server, SERVER_SCOPE)
-        channel = await self._store.settings(
-            caller.platform, caller.server, caller.conversation.channel
-        )
+        server = await self._settings(caller.platform, caller.server, SERVER_SCOPE)
+        channel = await self._settings(caller.platform, caller.server, caller.conversation.channel)
         config = self._config
         base: dict[str, str | None] = {
             "endpoint": config.endpoint,
@@ -144,6 +149,12 @@ class Policy:
             daily_quota=int(base["daily_quota"] or 0),
             sources=sources,
         )
+
+    async def _settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
+        key = (platform, server, scope)
+        if key not in self._cache:
+            self._cache[key] = await self._store.settings(platform, server, scope)
+        return self._cache[key]
 
     async def describe(self, caller: Caller) -> str:
         """What `settings` without options shows."""
@@ -188,6 +199,7 @@ class Policy:
                     raise ParseError(f"`{key}` is both set and reset; do one or the other")
                 changes[key] = None
         await self._store.put_settings(caller.platform, caller.server, scope, changes)
+        self._cache.pop((caller.platform, caller.server, scope), None)
         where = "this server" if scope == SERVER_SCOPE else "this channel"
         done = ", ".join(f"{k} reset" if v is None else f"{k} = {v}" for k, v in changes.items())
         return f"settings for {where}: {done}"

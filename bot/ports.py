@@ -180,6 +180,24 @@ class StoredImage:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """Per-user limits a new job must fit in (`JobStore.insert`)."""
+
+    max_running: int  # jobs of the user not yet terminal
+    max_today: int | None = None  # jobs of the user created since `day_start`; None = no limit
+    day_start: datetime | None = None
+
+
+class AdmissionRefused(Exception):
+    """The job would exceed a limit: `limit` is "running" or "daily", `count` the current use."""
+
+    def __init__(self, limit: str, count: int) -> None:
+        super().__init__(f"{limit} limit reached ({count})")
+        self.limit = limit
+        self.count = count
+
+
+@dataclass(frozen=True)
 class JobQuery:
     """A `jobs` query, always inside one (platform, server)."""
 
@@ -203,10 +221,14 @@ class JobStore(Protocol):
 
     async def aclose(self) -> None: ...
 
-    async def insert(self, job: Job, inputs: Sequence[StoredImage] = ()) -> None:
+    async def insert(
+        self, job: Job, inputs: Sequence[StoredImage] = (), admission: Admission | None = None
+    ) -> None:
         """Commit a new job row (and any inputs already at hand) in one transaction.
 
-        Raises `KeyError` when the id is taken.
+        With `admission`, the row is only written if the job's user is within its limits,
+        checked in the same transaction (so two simultaneous requests cannot both slip under
+        a limit); otherwise `AdmissionRefused` is raised. Raises `KeyError` when the id is taken.
         """
         ...
 

@@ -20,9 +20,11 @@ import contextlib
 import dataclasses
 import json
 import logging
+import queue
 import sqlite3
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Self, TypeVar
@@ -39,7 +41,7 @@ from bot.model import (
     JobState,
     Platform,
 )
-from bot.ports import JobQuery, StoredImage
+from bot.ports import Admission, AdmissionRefused, JobQuery, StoredImage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -536,14 +538,30 @@ class _Database:
             "INSERT INTO images (job_id, slot, idx, name, data) VALUES (?, ?, ?, ?, ?)", rows
         )
 
-    def insert(self, job: Job, inputs: Sequence[StoredImage]) -> None:
+    def insert(
+        self, job: Job, inputs: Sequence[StoredImage], admission: Admission | None = None
+    ) -> None:
         row = _job_row(job)
         with _transaction(self.conn):
             if self._exists(job.id):
                 raise KeyError(job.id)
+            if admission is not None:
+                self._admit(job, admission)
             self.conn.execute(_INSERT_JOB, row)
             self._write_messages(job)
             self._write_images(job.id, inputs)
+
+    def _admit(self, job: Job, admission: Admission) -> None:
+        caller = job.caller
+        running = self.count_user_jobs(caller.platform, caller.server, caller.user, None)
+        if running >= admission.max_running:
+            raise AdmissionRefused("running", running)
+        if admission.max_today is not None and admission.day_start is not None:
+            today = self.count_user_jobs(
+                caller.platform, caller.server, caller.user, admission.day_start
+            )
+            if today >= admission.max_today:
+                raise AdmissionRefused("daily", today)
 
     def save(self, job: Job) -> None:
         row = _job_row(job)
@@ -659,9 +677,94 @@ class _Database:
                     )
 
 
+# -- The worker thread -----------------------------------------------------------------------
+
+
+class _Worker:
+    """The one thread that talks to SQLite.
+
+    It takes every call queued since it last looked, runs new-job inserts first (they gate an
+    acknowledgement the user is waiting for; no queued call can depend on another caller's
+    insert), then the rest in order, and hands all the results back to the event loop in one
+    wake-up. Under a burst this costs one loop wake-up per batch instead of one per call.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sdbot-store", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Callable[[], object], *, urgent: bool = False) -> asyncio.Future[object]:
+        loop = asyncio.get_running_loop()
+        call = _Call(loop, loop.create_future(), work, urgent)
+        self._queue.put(call)
+        return call.future
+
+    def stop(self) -> None:
+        """Let the thread end after the calls already queued (it is a daemon either way)."""
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = None in batch
+            calls = [c for c in batch if c is not None]
+            calls.sort(key=lambda c: not c.urgent)  # stable: order kept within each kind
+            done: list[tuple[_Call, object, BaseException | None]] = []
+            handed = time.monotonic()
+            for call in calls:
+                if call.future.cancelled():  # cancelled while queued: never runs
+                    continue
+                try:
+                    done.append((call, call.work(), None))
+                except BaseException as exc:  # handed to the awaiting task, which re-raises
+                    done.append((call, None, exc))
+                # Hand results back every few milliseconds, so the first callers of a long
+                # batch do not wait for its last.
+                if time.monotonic() - handed > _HANDOFF_SECONDS:
+                    _hand_back(done)
+                    done, handed = [], time.monotonic()
+            _hand_back(done)
+
+
+def _hand_back(results: list[tuple[_Call, object, BaseException | None]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Call, object, BaseException | None]]] = {}
+    for result in results:
+        by_loop.setdefault(result[0].loop, []).append(result)
+    for loop, settled in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, settled)
+
+
+@dataclasses.dataclass(eq=False)
+class _Call:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[object]
+    work: Callable[[], object]
+    urgent: bool
+
+
+def _settle(results: list[tuple[_Call, object, BaseException | None]]) -> None:
+    for call, value, error in results:
+        if call.future.cancelled():
+            continue
+        if error is None:
+            call.future.set_result(value)
+        else:
+            call.future.set_exception(error)
+
+
 # -- The store -----------------------------------------------------------------------------
 
 _CLOSED: Final = "job store is closed"
+_HANDOFF_SECONDS: Final = 0.005
 
 
 class SqliteJobStore:
@@ -676,7 +779,7 @@ class SqliteJobStore:
 
     def __init__(self, path: Path | str) -> None:
         self._path = str(path)
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker: _Worker | None = None
         self._db: _Database | None = None  # used only on the executor's thread
         self._state: Literal["new", "open", "closed"] = "new"
 
@@ -688,9 +791,9 @@ class SqliteJobStore:
         if self._state != "new":
             raise RuntimeError("a job store starts once" if self._state == "open" else _CLOSED)
         self._state = "open"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdbot-store")
+        self._worker = _Worker()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._open_db)
+            await self._worker.submit(self._open_db)
         except sqlite3.Error as exc:
             await self.aclose()
             raise ConfigError(f"cannot open the job database {self._path}: {exc}") from exc
@@ -703,17 +806,13 @@ class SqliteJobStore:
         if self._state == "closed":
             return
         self._state = "closed"
-        executor, self._executor = self._executor, None
-        if executor is None:
+        worker, self._worker = self._worker, None
+        if worker is None:
             return
-        closing = asyncio.get_running_loop().run_in_executor(executor, self._close_db)
-        try:
-            # Shielded: the close must run even when this await is cancelled.
-            await asyncio.shield(closing)
-        finally:
-            # Once the close has run the worker is idle and joins at once; if it has not run yet
-            # (cancelled), leave it queued rather than wait on disk in the event loop.
-            executor.shutdown(wait=closing.done())
+        closing = worker.submit(self._close_db)
+        worker.stop()
+        # Shielded: the close must run even when this await is cancelled.
+        await asyncio.shield(closing)
 
     # `_db` is set and cleared on the worker only, so a close queued behind the open sees it.
     def _open_db(self) -> None:
@@ -736,9 +835,9 @@ class SqliteJobStore:
     ) -> None:
         await self.aclose()
 
-    async def _call(self, work: Callable[[_Database], _T]) -> _T:
-        """Run `work` on the worker thread, in call order."""
-        if self._state != "open" or self._executor is None:
+    async def _call(self, work: Callable[[_Database], _T], *, urgent: bool = False) -> _T:
+        """Run `work` on the worker thread (in call order; `urgent` calls go first)."""
+        if self._state != "open" or self._worker is None:
             raise RuntimeError(_CLOSED if self._state == "closed" else "job store not started")
 
         def on_worker() -> _T:
@@ -746,12 +845,18 @@ class SqliteJobStore:
                 raise RuntimeError(_CLOSED)
             return work(self._db)
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, on_worker)
+        return await self._worker.submit(on_worker, urgent=urgent)  # type: ignore[return-value]
 
-    async def insert(self, job: Job, inputs: Sequence[StoredImage] = ()) -> None:
-        """Commit a new job row and its inputs in one transaction; `KeyError` if the id is taken."""
+    async def insert(
+        self, job: Job, inputs: Sequence[StoredImage] = (), admission: Admission | None = None
+    ) -> None:
+        """Commit a new job row and its inputs in one transaction; `KeyError` if the id is taken.
+
+        With `admission`, refuse (`AdmissionRefused`) a job over its user's limits, checked in
+        the same transaction.
+        """
         inputs = tuple(inputs)
-        await self._call(lambda db: db.insert(job, inputs))
+        await self._call(lambda db: db.insert(job, inputs, admission), urgent=True)
 
     async def save(self, job: Job) -> None:
         """Write every field of an existing job; `KeyError` if there is no such job."""
