@@ -36,7 +36,7 @@ from commands import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from bot.model import Conversation
     from bot.policy import Policy
@@ -153,15 +153,12 @@ class Dispatcher:
         responder: Responder,
     ) -> Job | None:
         """A parsed command (Discord builds these from typed options)."""
-        try:
+
+        async def work() -> Job | None:
             self._policy.check_access(caller)
             return await self._command(caller, parsed, attachments, responder)
-        except UserInputError as exc:
-            await responder.refuse(str(exc))
-        except OperationalError as exc:
-            _LOGGER.warning("%s failed: %r", parsed.name, exc)
-            await responder.refuse(f"{parsed.name}: {exc.short}; please try again later")
-        return None
+
+        return await self._answering(responder, parsed.name, work)
 
     async def handle_reply(
         self,
@@ -182,7 +179,8 @@ class Dispatcher:
         """
         if text.lstrip().startswith("//"):
             return None
-        try:
+
+        async def work() -> Job | None:
             base = await self._reply_base(caller, base_job, reply_to)
             if base is None:
                 return None
@@ -217,12 +215,8 @@ class Dispatcher:
                 responder,
                 result_index=result_index if isinstance(result_index, int) else None,
             )
-        except UserInputError as exc:
-            await responder.refuse(str(exc))
-        except OperationalError as exc:
-            _LOGGER.warning("reply failed: %r", exc)
-            await responder.refuse(f"{exc.short}; please try again later")
-        return None
+
+        return await self._answering(responder, "reply", work)
 
     async def handle_action(
         self,
@@ -236,15 +230,26 @@ class Dispatcher:
         if action is None:
             await responder.refuse("that button is not one of this bot's")
             return None
-        try:
+
+        async def work() -> Job | None:
             self._policy.check_access(caller)
             job = await self._visible_job(caller, action.job_id)
             return await self._action(caller, action, job, responder, fields or {})
+
+        return await self._answering(responder, action.kind.value, work)
+
+    @staticmethod
+    async def _answering(
+        responder: Responder, what: str, work: Callable[[], Awaitable[Job | None]]
+    ) -> Job | None:
+        """Run a request; refusals go back privately, operational failures as one short line."""
+        try:
+            return await work()
         except UserInputError as exc:
             await responder.refuse(str(exc))
         except OperationalError as exc:
-            _LOGGER.warning("action %s failed: %r", action_id, exc)
-            await responder.refuse(f"{exc.short}; please try again later")
+            _LOGGER.warning("%s failed: %r", what, exc)
+            await responder.refuse(f"{what}: {exc.short}; please try again later")
         return None
 
     async def edit_defaults(self, caller: Caller, job_id: str) -> dict[str, str]:

@@ -47,6 +47,7 @@ from bot.ports import (
     Responder,
     StoredImage,
 )
+from bot.tasks import stop
 from bot.views import ResultImage, StatusView
 from commands import COMMANDS, Family
 
@@ -171,11 +172,7 @@ class JobRunner:
 
     async def cancel(self, job: Job) -> Job:
         """Stop tracking a job, never post its result, and delete it on the backend."""
-        task = self._tasks.get(job.id)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(self._tasks.get(job.id))
         job = await self._store.get(job.id) or job
         if job.state.terminal:
             return job

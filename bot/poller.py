@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bot.errors import BackendError
+from bot.tasks import stop
 
 if TYPE_CHECKING:
     from bot.model import BackendStatus
@@ -57,11 +58,8 @@ class Poller:
         self._task = asyncio.create_task(self._run(), name="sdbot-poller")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop(self._task)
+        self._task = None
         for watch in self._watches.values():
             watch.future.cancel()
         self._watches.clear()

@@ -8,10 +8,11 @@ images have expired.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
+
+from bot.tasks import stop
 
 if TYPE_CHECKING:
     from bot.ports import Clock, JobStore
@@ -49,11 +50,8 @@ class Retention:
             self._task = asyncio.create_task(self._run(), name="sdbot-retention")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
