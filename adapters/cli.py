@@ -4,17 +4,21 @@ It reads the configuration, picks the backend and the adapters whose credentials
 runs the core. This is the one place that knows every concrete class, so the core (`bot/`)
 stays free of platform and cloud libraries.
 
-    sdbot run        every adapter whose credentials are set; the console when none are
-    sdbot console    the console adapter, whatever else is configured
+    sdbot run                 every adapter whose credentials are set; the console when none are
+    sdbot console             the console adapter, whatever else is configured
+    sdbot check               validate the configuration and reach the backend
+    sdbot local-backend …     serve the local preview backend as an ESD-compatible REST API
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from adapters.console import ConsoleAdapter, run_console
 from bot.app import BotApp
@@ -27,23 +31,31 @@ from cloud.local import LocalBackend, LocalBackendConfig
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from bot.ports import Backend
+    from bot.ports import Backend, ChatAdapter
 
 _LOGGER = logging.getLogger("sdbot")
 
 
+class _Connected(Protocol):
+    """A chat adapter that holds a connection of its own (Discord, Slack)."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 def make_backend(config: Config) -> Backend:
     """The backend the configuration names."""
-    if config.backend == "local":
-        return LocalBackend(
-            LocalBackendConfig(
-                delay=config.local_delay,
-                models_dir=config.local_models_dir,
-                state_dir=config.data_dir / "local-backend",
-            )
+    if config.backend == "esd":
+        from cloud.esd import EsdBackend, EsdConfig
+
+        return EsdBackend(EsdConfig.from_config(config))
+    return LocalBackend(
+        LocalBackendConfig(
+            delay=config.local_delay,
+            models_dir=config.local_models_dir,
+            state_dir=config.data_dir / "local-backend",
         )
-    raise ConfigError(
-        "SDBOT_BACKEND=esd is not available in this build yet; use SDBOT_BACKEND=local"
     )
 
 
@@ -51,6 +63,28 @@ def make_app(config: Config) -> BotApp:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteJobStore(config.data_dir / "sdbot.sqlite3")
     return BotApp(config, backend=make_backend(config), store=store)
+
+
+def chat_adapters(app: BotApp, config: Config) -> list[tuple[ChatAdapter, _Connected]]:
+    """The chat adapters whose credentials are set."""
+    found: list[tuple[ChatAdapter, _Connected]] = []
+    secrets = config.secrets
+    if secrets.discord_token:
+        from adapters.discord import DiscordAdapter
+
+        discord_adapter = DiscordAdapter(app, config)
+        found.append((discord_adapter, discord_adapter))
+    if secrets.slack_bot_token and (secrets.slack_app_token or secrets.slack_signing_secret):
+        from adapters.slack import SlackAdapter
+
+        slack_adapter = SlackAdapter(app, config)
+        found.append((slack_adapter, slack_adapter))
+    elif secrets.slack_bot_token:
+        raise ConfigError(
+            "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) nor "
+            "SLACK_SIGNING_SECRET (HTTP mode) is"
+        )
+    return found
 
 
 async def _console(config: Config) -> int:
@@ -64,7 +98,59 @@ async def _console(config: Config) -> int:
     return 0
 
 
+async def _run(config: Config) -> int:
+    app = make_app(config)
+    adapters = chat_adapters(app, config)
+    if not adapters:
+        _LOGGER.info("no chat credentials set: starting the console")
+        return await _console(config)
+    for adapter, _ in adapters:
+        app.add_adapter(adapter)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    async with app:
+        started: list[_Connected] = []
+        try:
+            for _, connection in adapters:
+                await connection.start()
+                started.append(connection)
+            _LOGGER.info("sdbot is running on %s", ", ".join(a.platform for a, _ in adapters))
+            await stopping.wait()
+        finally:
+            for connection in reversed(started):
+                await connection.aclose()
+    return 0
+
+
+async def _check(config: Config) -> int:
+    if config.backend == "esd":
+        from cloud.esd import check_backend
+
+        return await check_backend(config, sys.stdout)
+    backend = make_backend(config)
+    await backend.start()
+    try:
+        endpoints = await backend.endpoints()
+        models = await backend.models()
+    finally:
+        await backend.aclose()
+    print("configuration: OK (local backend, no account needed)")
+    for endpoint in endpoints:
+        print(f"endpoint {endpoint.name}: {endpoint.status} ({endpoint.type})")
+    print(f"models: {len(models)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["local-backend"]:
+        # The server has its own flags (latency, faults, …); it parses them itself.
+        from cloud.esd_server import main as serve_local_backend
+
+        return serve_local_backend(args_list[1:])
     parser = argparse.ArgumentParser(
         prog="sdbot",
         description="Stable Diffusion img2img, inpaint and interrogate for Discord, Slack and "
@@ -73,24 +159,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run every adapter whose credentials are set (console if none)")
     sub.add_parser("console", help="run the console adapter")
-    args = parser.parse_args(argv)
+    sub.add_parser("check", help="validate the configuration and reach the backend")
+    sub.add_parser(
+        "local-backend", help="serve the local backend as an ESD-compatible REST API (--help)"
+    )
+    args = parser.parse_args(args_list)
     try:
         config = load_config()
     except ConfigError as exc:
         print(f"sdbot: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.secrets.values(), json_lines=config.log_format == "json")
-    command = args.command or "run"
+    command = {"run": _run, "console": _console, "check": _check}[args.command or "run"]
     try:
-        if command in ("run", "console"):
-            return asyncio.run(_console(config))
+        return asyncio.run(command(config))
     except ConfigError as exc:
         print(f"sdbot: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    parser.error(f"unknown command {command}")
-    return 2  # pragma: no cover - parser.error exits
 
 
 if __name__ == "__main__":

@@ -499,10 +499,9 @@ class Dispatcher:
         responder: Responder,
         *,
         result_index: int | None = None,
-        command: str | None = None,
     ) -> Job:
         """A new job in the base job's thread, inheriting its inputs unless replaced."""
-        spec = COMMANDS[command or base.command]
+        spec = COMMANDS[base.command]
         refs = assign_slots(spec, attachments) if attachments else []
         replaced = {r.slot for r in refs}
         inherited = [i for i in await self._store.images(base.id) if i.slot != RESULT_SLOT]

@@ -1,0 +1,66 @@
+"""The `sdbot` command line: console by default, `check`, configuration errors, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from scenario_kit import png
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sdbot(
+    tmp_path: Path, *args: str, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SDBOT_", "ESD_", "SLACK_", "DISCORD_"))
+    }
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "adapters.cli", *args],
+        cwd=tmp_path,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean,
+    )
+
+
+def test_run_without_credentials_is_the_console(tmp_path: Path) -> None:
+    (tmp_path / "in.png").write_bytes(png())
+    result = sdbot(tmp_path, "run", stdin="img2img a cat image=in.png\n", SDBOT_LOCAL_DELAY="0.05")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    job = lines[0].split()[1]
+    assert lines[0] == f"job {job} accepted"
+    assert f"saved sdbot-output/{job}/{job}-1.png" in lines
+    assert (tmp_path / "sdbot-output" / job / f"{job}-1.png").is_file()
+    assert (tmp_path / "sdbot-data" / "sdbot.sqlite3").is_file()
+
+
+def test_check_on_the_local_backend(tmp_path: Path) -> None:
+    result = sdbot(tmp_path, "check")
+    assert result.returncode == 0
+    assert "local-preview: InService" in result.stdout
+
+
+def test_bad_configuration_exits_2_naming_the_setting(tmp_path: Path) -> None:
+    result = sdbot(tmp_path, "run", SDBOT_MAX_SIDE="huge")
+    assert result.returncode == 2
+    assert "SDBOT_MAX_SIDE" in result.stderr
+    result = sdbot(tmp_path, "run", SLACK_BOT_TOKEN="xoxb-1-2-abc")
+    assert result.returncode == 2
+    assert "SLACK_APP_TOKEN" in result.stderr
+
+
+def test_logs_go_to_stderr_and_stdout_stays_line_oriented(tmp_path: Path) -> None:
+    result = sdbot(tmp_path, "console", stdin="help\nimgtoimg\n", SDBOT_LOG_LEVEL="DEBUG")
+    assert result.returncode == 0
+    assert "error: unknown command `imgtoimg`" in result.stdout
+    assert "INFO" not in result.stdout and "DEBUG" not in result.stdout
