@@ -1,0 +1,634 @@
+"""The Bolt `AsyncApp` listeners: every way a Slack user reaches sdbot (SPEC §2.3, §3, §3.2).
+
+- `/sd <command> …` — parsed at once, so a grammar error is the (ephemeral) ack itself; the
+  rest of the work runs in a tracked task while the listener waits a short budget for the
+  core's first answer to put into the ack, and acks empty when the budget runs out (always
+  inside Slack's 3 seconds). Later answers go through the command's `response_url`.
+- Mentions with image files — from `message` events (which carry `files`) and `app_mention`
+  (which may not); both arrive for one message, so each message is claimed once by
+  (team, channel, ts), which also drops Slack's retries (`X-Slack-Retry-Num`). An
+  `app_mention` without files waits briefly for its `message` twin before it acts alone.
+- Thread replies (`thread_ts` ≠ `ts`) are re-generation requests (SPEC §3.2); the core
+  decides whose replies count. Direct messages need no mention.
+- Message shortcuts "Interrogate image" and "img2img from this image" (a modal).
+- Buttons `sdbot:<kind>:<job>[:n]` and the Edit / img2img modals.
+
+Bolt runs with `process_before_response=True`: each listener only reads the payload, acks and
+hands the work to a task the adapter tracks, so the ack leaves at once and nothing Bolt
+starts on its own outlives `aclose()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
+
+from adapters.slack.blocks import (
+    EDIT_CALLBACK,
+    IMG2IMG_CALLBACK,
+    ModalContext,
+    edit_modal,
+    img2img_modal,
+    submitted_values,
+)
+from adapters.slack.convert import (
+    SlackMessage,
+    SlackTarget,
+    attachment_refs,
+    escape,
+    mentions,
+    message_from_event,
+    normalize_text,
+    starts_with_command,
+    target_from_interaction,
+    team_of,
+)
+from bot.errors import ChatDeliveryError, ParseError, UserInputError
+from bot.model import AttachmentRef, Caller, Conversation, Platform
+from bot.views import EDIT_FIELDS, Action, ActionKind
+from commands import build, parse, tokenize
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Mapping, Sequence
+
+    from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+
+    from adapters.slack.adapter import SlackAdapter
+    from adapters.slack.convert import FilePayload, MessagePayload
+    from bot.config import Config
+    from bot.dispatcher import Dispatcher
+    from bot.views import ResultImage
+
+_LOGGER = logging.getLogger(__name__)
+
+SLASH_COMMAND = "/sd"
+INTERROGATE_SHORTCUT = "sdbot_interrogate"
+IMG2IMG_SHORTCUT = "sdbot_img2img"
+ACTION_PATTERN = re.compile(r"^sdbot:")
+_IMAGE_TYPES = ("image/",)
+
+
+class RecentKeys:
+    """Keys seen in the last `ttl` seconds (at most `size` of them): Slack retries an event
+    for up to a few minutes, and one message arrives as `message` and `app_mention`."""
+
+    def __init__(self, ttl: float = 900.0, size: int = 20_000) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def claim(self, key: str) -> bool:
+        """True the first time `key` is seen (within the window), False afterwards."""
+        now = time.monotonic()
+        while self._seen and (
+            len(self._seen) >= self._size or next(iter(self._seen.values())) < now - self._ttl
+        ):
+            self._seen.popitem(last=False)
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True
+
+    def __contains__(self, key: str) -> bool:
+        seen = self._seen.get(key)
+        return seen is not None and seen >= time.monotonic() - self._ttl
+
+
+class SlackResponder:
+    """`bot.ports.Responder` for one Slack request.
+
+    With `ack` (slash commands) the first answer rides in the ack — ephemeral or in the
+    channel — and later ones go through `respond` (the command's `response_url`, which works
+    where the bot is not a member). Otherwise public answers are bot messages in `thread`
+    and private ones `chat.postEphemeral`, falling back to `respond` when the bot may not
+    post there (a shortcut in a channel the bot has not joined).
+    """
+
+    def __init__(
+        self,
+        adapter: SlackAdapter,
+        *,
+        channel: str,
+        user: str,
+        thread: str | None,
+        ack: AsyncAck | None = None,
+        respond: AsyncRespond | None = None,
+    ) -> None:
+        self._adapter = adapter
+        self._channel = channel
+        self._user = user
+        self._thread = thread
+        self._ack = ack
+        self._respond = respond
+        self._acked = ack is None
+        self._answered = asyncio.Event()
+
+    async def ack_within(self, work: asyncio.Task[Any], budget: float) -> None:
+        """Wait up to `budget` seconds for the first answer (or the end of `work`), then ack."""
+        work.add_done_callback(lambda _task: self._answered.set())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._answered.wait(), budget)
+        await self._ack_once()
+
+    async def _ack_once(self, **payload: Any) -> bool:
+        if self._acked or self._ack is None:
+            return False
+        self._acked = True
+        await self._ack(**payload)
+        self._answered.set()
+        return True
+
+    async def accepted(self, job_id: str) -> None:
+        # The job's status message in the channel is the visible acknowledgement.
+        await self._ack_once()
+
+    async def reply(
+        self, text: str, *, private: bool = False, images: Sequence[ResultImage] = ()
+    ) -> None:
+        kind = "ephemeral" if private else "in_channel"
+        if images:
+            await self._ack_once()
+            try:
+                await self._adapter.upload_reply(self._channel, self._thread, text, images)
+                return
+            except ChatDeliveryError as exc:
+                _LOGGER.warning("posting images in %s failed: %s", self._channel, exc)
+                text += "\n(the images could not be posted here; invite the bot to this channel)"
+        if await self._ack_once(text=escape(text), response_type=kind):
+            return
+        if self._ack is not None and self._respond is not None:
+            await self._via_respond(text, kind)
+        elif private:
+            await self._ephemeral(text)
+        else:
+            await self._public(text)
+
+    async def refuse(self, message: str) -> None:
+        if await self._ack_once(text=escape(message), response_type="ephemeral"):
+            return
+        if self._ack is not None and self._respond is not None:
+            await self._via_respond(message, "ephemeral")
+        else:
+            await self._ephemeral(message)
+
+    async def _ephemeral(self, text: str) -> None:
+        try:
+            await self._adapter.post_ephemeral(self._channel, self._user, self._thread, text)
+        except ChatDeliveryError as exc:
+            if self._respond is None:
+                _LOGGER.warning("ephemeral answer in %s failed: %s", self._channel, exc)
+                return
+            await self._via_respond(text, "ephemeral")
+
+    async def _public(self, text: str) -> None:
+        try:
+            await self._adapter.post_message(self._channel, self._thread, text)
+        except ChatDeliveryError as exc:
+            _LOGGER.warning("answer in %s failed: %s", self._channel, exc)
+
+    async def _via_respond(self, text: str, kind: str) -> None:
+        assert self._respond is not None
+        try:
+            await self._respond(text=escape(text), response_type=kind, replace_original=False)
+        except Exception as exc:  # slack_sdk's webhook client raises several unrelated types
+            _LOGGER.warning("answer through response_url failed: %s", type(exc).__name__)
+
+
+class SlackListeners:
+    """Registers sdbot's listeners on a Bolt `AsyncApp` and turns payloads into core calls."""
+
+    def __init__(
+        self,
+        adapter: SlackAdapter,
+        dispatcher: Dispatcher,
+        config: Config,
+        *,
+        ack_budget: float = 2.0,
+        mention_grace: float = 2.0,
+    ) -> None:
+        self._adapter = adapter
+        self._dispatcher = dispatcher
+        self._config = config
+        self._ack_budget = ack_budget
+        self._mention_grace = mention_grace
+        self._claimed = RecentKeys()
+        # `app_mention`s waiting for their `message` twin, by message key.
+        self._twins: dict[str, asyncio.Event] = {}
+
+    def register(self, bolt: AsyncApp) -> None:
+        bolt.command(SLASH_COMMAND)(self.on_command)
+        bolt.event("message")(self.on_message)
+        bolt.event("app_mention")(self.on_app_mention)
+        bolt.event("file_shared")(self.on_file_shared)
+        bolt.shortcut(INTERROGATE_SHORTCUT)(self.on_interrogate_shortcut)
+        bolt.shortcut(IMG2IMG_SHORTCUT)(self.on_img2img_shortcut)
+        bolt.view(IMG2IMG_CALLBACK)(self.on_img2img_submit)
+        bolt.view(EDIT_CALLBACK)(self.on_edit_submit)
+        bolt.action(ACTION_PATTERN)(self.on_action)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @property
+    def _bot(self) -> str:
+        return self._adapter.bot_user_id
+
+    def _caller(
+        self, team: str, user: str, channel: str, thread: str | None, name: str = ""
+    ) -> Caller:
+        return Caller(
+            Platform.SLACK,
+            server=team,
+            user=user,
+            conversation=Conversation(channel, thread),
+            is_admin=user in self._config.admins,
+            user_name=name or user,
+        )
+
+    def _spawn(self, work: Awaitable[object], name: str) -> asyncio.Task[None]:
+        return self._adapter.spawn(work, name)
+
+    # -- slash command ---------------------------------------------------------------------
+
+    async def on_command(
+        self,
+        ack: AsyncAck,
+        body: dict[str, Any],
+        respond: AsyncRespond,
+        context: AsyncBoltContext,
+    ) -> None:
+        team = team_of(body, context.team_id)
+        channel, user = str(body.get("channel_id", "")), str(body.get("user_id", ""))
+        text = normalize_text(str(body.get("text") or ""), self._bot) or "help"
+        try:
+            parse(text)  # pure: a grammar error is answered in the ack itself
+        except ParseError as exc:
+            await ack(text=escape(str(exc)), response_type="ephemeral")
+            return
+        caller = self._caller(team, user, channel, None, str(body.get("user_name") or ""))
+        responder = SlackResponder(
+            self._adapter, channel=channel, user=user, thread=None, ack=ack, respond=respond
+        )
+        work = self._spawn(
+            self._dispatcher.handle_text(caller, text, [], responder),
+            f"sdbot-slack-command-{channel}",
+        )
+        await responder.ack_within(work, self._ack_budget)
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def on_file_shared(self) -> None:
+        """Every upload also fires `file_shared`; answering it keeps Slack from retrying."""
+
+    async def on_message(
+        self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        message = message_from_event(cast("MessagePayload", event), team_of(body, context.team_id))
+        if message is None:
+            return
+        mentioned = mentions(message.text, self._bot)
+        if not (mentioned or message.is_direct or message.is_thread_reply):
+            return  # channel chatter
+        if self._claim(message):
+            self._spawn(self._route(message), f"sdbot-slack-message-{message.ts}")
+
+    async def on_app_mention(
+        self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        message = message_from_event(cast("MessagePayload", event), team_of(body, context.team_id))
+        if message is None:
+            return
+        if message.has_files:
+            if self._claim(message):
+                self._spawn(self._route(message), f"sdbot-slack-mention-{message.ts}")
+            return
+        # `app_mention` may lack the message's files; its `message` twin has them. Give the
+        # twin a moment to claim the message, and act alone only when it does not come.
+        self._spawn(self._mention_fallback(message), f"sdbot-slack-mention-{message.ts}")
+
+    @staticmethod
+    def _key(message: SlackMessage) -> str:
+        return f"{message.team}:{message.channel}:{message.ts}"
+
+    def _claim(self, message: SlackMessage) -> bool:
+        key = self._key(message)
+        waiting = self._twins.get(key)
+        if waiting is not None:
+            waiting.set()
+        return self._claimed.claim(key)
+
+    async def _mention_fallback(self, message: SlackMessage) -> None:
+        key = self._key(message)
+        if key in self._claimed or key in self._twins:
+            return  # the twin was first, or this is a retry of a waiting mention
+        twin = self._twins[key] = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(twin.wait(), self._mention_grace)
+        finally:
+            del self._twins[key]
+        if twin.is_set() or not self._claimed.claim(key):
+            return
+        files = await self._adapter.fetch_message_files(
+            message.channel, message.ts, message.thread_ts
+        )
+        if files:
+            message = replace(message, files=files, has_files=True)
+        await self._route(message)
+
+    async def _route(self, message: SlackMessage) -> None:
+        """A claimed message: a command, or a reply in a job's thread."""
+        text = normalize_text(message.text, self._bot)
+        mentioned = mentions(message.text, self._bot)
+        caller = self._caller(message.team, message.user, message.channel, message.thread_ts)
+        # A reply in a thread re-generates; a mention there that is not a command counts as a
+        # reply only in a job's thread, and elsewhere is a (bad) command that gets help.
+        reply = message.is_thread_reply and not (mentioned and starts_with_command(text))
+        if reply and (not mentioned or await self._adapter.thread_has_job(caller)):
+            responder = SlackResponder(
+                self._adapter, channel=message.channel, user=message.user, thread=message.thread_ts
+            )
+            await self._dispatcher.handle_reply(caller, text, message.files, responder)
+            return
+        responder = SlackResponder(
+            self._adapter, channel=message.channel, user=message.user, thread=message.thread_root
+        )
+        await self._dispatcher.handle_text(caller, text, message.files, responder)
+
+    # -- shortcuts -------------------------------------------------------------------------
+
+    def _shortcut_target(
+        self, body: Mapping[str, Any], context: AsyncBoltContext
+    ) -> tuple[SlackTarget, Mapping[str, Any]] | None:
+        target = target_from_interaction(body, team_of(body, context.team_id))
+        message = body.get("message")
+        if not isinstance(message, dict):
+            return None
+        return target, message
+
+    async def _shortcut_image(
+        self, target: SlackTarget, message: Mapping[str, Any]
+    ) -> AttachmentRef | None:
+        """The first image of a shortcut's message (fetched again when the payload lacks
+        its files)."""
+        files = message.get("files")
+        if isinstance(files, list):
+            refs: Sequence[AttachmentRef] = attachment_refs(cast("list[FilePayload]", files))
+        else:
+            refs = await self._adapter.fetch_message_files(
+                target.channel, str(message.get("ts", "")), message.get("thread_ts")
+            )
+        images = [r for r in refs if (r.content_type or "").startswith(_IMAGE_TYPES)]
+        candidates = images or list(refs)
+        return candidates[0] if candidates else None
+
+    async def on_interrogate_shortcut(
+        self,
+        ack: AsyncAck,
+        body: dict[str, Any],
+        respond: AsyncRespond,
+        context: AsyncBoltContext,
+    ) -> None:
+        await ack()
+        found = self._shortcut_target(body, context)
+        if found is not None:
+            self._spawn(self._interrogate(*found, respond), "sdbot-slack-interrogate")
+
+    async def _interrogate(
+        self, target: SlackTarget, message: Mapping[str, Any], respond: AsyncRespond
+    ) -> None:
+        responder = SlackResponder(
+            self._adapter,
+            channel=target.channel,
+            user=target.user,
+            thread=target.thread,
+            respond=respond,
+        )
+        image = await self._shortcut_image(target, message)
+        if image is None:
+            await responder.refuse("that message has no image file to interrogate")
+            return
+        caller = self._caller(
+            target.team, target.user, target.channel, target.thread, target.user_name
+        )
+        await self._dispatcher.handle_text(caller, "interrogate", [image], responder)
+
+    async def on_img2img_shortcut(
+        self,
+        ack: AsyncAck,
+        body: dict[str, Any],
+        respond: AsyncRespond,
+        context: AsyncBoltContext,
+    ) -> None:
+        await ack()
+        found = self._shortcut_target(body, context)
+        if found is not None:
+            trigger = str(body.get("trigger_id", ""))
+            self._spawn(self._open_img2img(*found, trigger, respond), "sdbot-slack-img2img-modal")
+
+    async def _open_img2img(
+        self,
+        target: SlackTarget,
+        message: Mapping[str, Any],
+        trigger: str,
+        respond: AsyncRespond,
+    ) -> None:
+        image = await self._shortcut_image(target, message)
+        if image is None:
+            responder = SlackResponder(
+                self._adapter,
+                channel=target.channel,
+                user=target.user,
+                thread=target.thread,
+                respond=respond,
+            )
+            await responder.refuse("that message has no image file to start from")
+            return
+        meta = ModalContext(
+            target.channel,
+            target.thread,
+            files=((image.name, image.url, image.size, image.content_type),),
+            message=str(message.get("ts", "")),
+        )
+        try:
+            view = img2img_modal(meta)
+        except ValueError:  # the file reference did not fit; fetch it again on submission
+            view = img2img_modal(ModalContext(target.channel, target.thread, message=meta.message))
+        await self._adapter.open_modal(trigger, view)
+
+    async def on_img2img_submit(
+        self,
+        ack: AsyncAck,
+        body: dict[str, Any],
+        view: dict[str, Any],
+        context: AsyncBoltContext,
+    ) -> None:
+        meta = ModalContext.load(str(view.get("private_metadata", "")))
+        values = submitted_values(view)
+        errors, parsed_values = _check_img2img(values)
+        if errors:
+            await ack(response_action="errors", errors=errors)
+            return
+        await ack()
+        if meta is None:
+            return
+        user = body.get("user") or {}
+        caller = self._caller(
+            team_of(body, context.team_id),
+            str(user.get("id", "")),
+            meta.channel,
+            meta.thread,
+            str(user.get("username") or user.get("name") or ""),
+        )
+        self._spawn(self._img2img(caller, meta, parsed_values), "sdbot-slack-img2img")
+
+    async def _img2img(self, caller: Caller, meta: ModalContext, values: dict[str, str]) -> None:
+        responder = SlackResponder(
+            self._adapter,
+            channel=meta.channel,
+            user=caller.user,
+            thread=meta.thread,
+        )
+        refs: Sequence[AttachmentRef] = [
+            AttachmentRef(name, url, size, mimetype) for name, url, size, mimetype in meta.files
+        ]
+        if not refs and meta.message:
+            refs = (
+                await self._adapter.fetch_message_files(meta.channel, meta.message, meta.thread)
+            )[:1]
+        if not refs:
+            await responder.refuse("the image of that message could not be found any more")
+            return
+        await self._dispatcher.handle_command(caller, build("img2img", values), refs, responder)
+
+    # -- buttons and the Edit modal --------------------------------------------------------
+
+    async def on_action(
+        self,
+        ack: AsyncAck,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        respond: AsyncRespond,
+        context: AsyncBoltContext,
+    ) -> None:
+        await ack()
+        target = target_from_interaction(body, team_of(body, context.team_id))
+        action_id = str(action.get("action_id", ""))
+        caller = self._caller(
+            target.team, target.user, target.channel, target.thread, target.user_name
+        )
+        responder = SlackResponder(
+            self._adapter,
+            channel=target.channel,
+            user=target.user,
+            thread=target.thread,
+            respond=respond,
+        )
+        parsed = Action.parse(action_id)
+        if parsed is not None and parsed.kind is ActionKind.EDIT:
+            trigger = str(body.get("trigger_id", ""))
+            self._spawn(
+                self._open_edit(caller, parsed, trigger, responder),
+                f"sdbot-slack-edit-{parsed.job_id}",
+            )
+            return
+        self._spawn(
+            self._dispatcher.handle_action(caller, action_id, responder),
+            f"sdbot-slack-action-{action_id}",
+        )
+
+    async def _open_edit(
+        self, caller: Caller, action: Action, trigger: str, responder: SlackResponder
+    ) -> None:
+        try:
+            defaults = await self._dispatcher.edit_defaults(caller, action.job_id)
+        except UserInputError as exc:
+            await responder.refuse(str(exc))
+            return
+        meta = ModalContext(
+            caller.conversation.channel, caller.conversation.thread, action=action.id
+        )
+        await self._adapter.open_modal(trigger, edit_modal(defaults, meta))
+
+    async def on_edit_submit(
+        self,
+        ack: AsyncAck,
+        body: dict[str, Any],
+        view: dict[str, Any],
+        context: AsyncBoltContext,
+    ) -> None:
+        meta = ModalContext.load(str(view.get("private_metadata", "")))
+        values = {k: v for k, v in submitted_values(view).items() if k in EDIT_FIELDS}
+        errors = _field_errors({k: v for k, v in values.items() if v.strip()})
+        if errors:
+            await ack(response_action="errors", errors=errors)
+            return
+        await ack()
+        if meta is None or not meta.action:
+            return
+        user = body.get("user") or {}
+        caller = self._caller(
+            team_of(body, context.team_id),
+            str(user.get("id", "")),
+            meta.channel,
+            meta.thread,
+            str(user.get("username") or user.get("name") or ""),
+        )
+        responder = SlackResponder(
+            self._adapter, channel=meta.channel, user=caller.user, thread=meta.thread
+        )
+        self._spawn(
+            self._dispatcher.handle_action(caller, meta.action, responder, fields=values),
+            "sdbot-slack-edit-submit",
+        )
+
+
+# -- modal validation (pure) ------------------------------------------------------------------
+
+
+def _field_errors(fields: Mapping[str, str]) -> dict[str, str]:
+    """Per-field grammar errors, keyed by the modal's block ids (generation options are the
+    same for every img2img-family command, so `img2img` checks them all)."""
+    errors: dict[str, str] = {}
+    for name, value in fields.items():
+        try:
+            build("img2img", {name: value.strip()})
+        except ParseError as exc:
+            errors[name] = str(exc)[:2000]
+    return errors
+
+
+def _check_img2img(values: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The img2img modal's fields as option values, or errors by block id."""
+    fields = {
+        k: values[k].strip()
+        for k in ("prompt", "negative", "strength")
+        if values.get(k, "").strip()
+    }
+    errors = _field_errors(fields)
+    extra: dict[str, str] = {}
+    try:
+        for word in tokenize(values.get("options", "")):
+            name, sep, value = word.partition("=")
+            if not sep or not name:
+                raise ParseError(f"options are `key=value` words; `{word}` is not one")
+            key = name.strip().lower().replace("-", "_")
+            if key in fields or key in extra:
+                raise ParseError(f"`{key}` is given twice — keep one")
+            extra[key] = value
+        build("img2img", extra)
+    except ParseError as exc:
+        errors["options"] = str(exc)[:2000]
+    if errors:
+        return errors, {}
+    combined = {**extra, **fields}
+    try:
+        build("img2img", combined)
+    except ParseError as exc:
+        return {"options": str(exc)[:2000]}, {}
+    return {}, combined

@@ -1,0 +1,103 @@
+"""`sdbot check`: is the ESD configuration right, and does the deployment answer as it should?
+
+Like the WebUI's "Test Connection", plus what a chat bot needs: the settings are validated,
+`GET ping` shows reachability and ESD's version (v1.5 or later; `/ping` checks neither user nor
+permissions), `GET endpoints` proves the key and the user, and the endpoints and the number of
+Active models per type are printed. Any failure ends with one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from bot.errors import BackendError, ConfigError
+from cloud.esd.backend import (
+    ALL_MODEL_TYPES,
+    MIN_VERSION,
+    list_endpoints,
+    list_models,
+    unsupported_version,
+)
+from cloud.esd.client import EsdClient
+from cloud.esd.config import EsdConfig
+from cloud.esd.interrogate import NEEDS_SAGEMAKER
+from cloud.esd.payloads import parse_version
+
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from bot.config import Config
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the deployment is unreachable or refused us
+EXIT_CONFIG = 2  # the settings themselves are wrong
+
+
+def run_check(config: Config, out: TextIO) -> int:
+    """`sdbot check` from synchronous code (the CLI): the exit status."""
+    return asyncio.run(check_backend(config, out))
+
+
+async def check_backend(config: Config, out: TextIO) -> int:
+    """Check the configured backend, writing a short report to `out`; the exit status."""
+
+    def say(line: str) -> None:
+        print(line, file=out)
+
+    if config.backend != "esd" and not config.esd_api_url:
+        say("backend: local (the embedded preview backend), nothing to check")
+        say("set ESD_API_URL and ESD_API_KEY to use an ESD deployment")
+        return EXIT_OK
+    try:
+        # One retry: a check should answer promptly, and a person is waiting for it.
+        esd = replace(EsdConfig.from_config(config), retries=1)
+    except ConfigError as exc:
+        say(f"error: {exc}")
+        return EXIT_CONFIG
+    say(f"ESD API: {esd.api_url} (user `{esd.username}`)")
+    async with EsdClient(esd) as client:
+        try:
+            ping = await client.ping()
+        except BackendError as exc:
+            say(f"error: ping failed: {exc.user_message or exc}")
+            return EXIT_FAILED
+        version = parse_version(ping.version)
+        if version is None:
+            say(
+                "warning: ESD sent no x-api-version header, so its version is unknown "
+                "(this bot needs v1.5 or later)"
+            )
+            say("ping: ok")
+        elif version[:2] < MIN_VERSION:
+            say(f"error: {unsupported_version(version)}")
+            return EXIT_FAILED
+        else:
+            say(f"ping: ok, ESD v{ping.version}")
+        try:
+            endpoints = await list_endpoints(client)
+        except BackendError as exc:
+            say(f"error: listing endpoints failed: {exc.user_message or exc}")
+            return EXIT_FAILED
+        say(f"endpoints ({len(endpoints)}):")
+        for e in endpoints:
+            count = "?" if e.instance_count is None else str(e.instance_count)
+            say(f"  {e.name}: {e.status}, {e.type}, {e.instance_type or '?'} × {count}")
+        if not any(e.in_service for e in endpoints):
+            say("warning: no endpoint is InService, so jobs cannot run yet")
+        counts = []
+        for model_type in ALL_MODEL_TYPES:
+            try:
+                counts.append(f"{model_type} {len(await list_models(client, (model_type,)))}")
+            except BackendError as exc:
+                say(f"error: listing {model_type} models failed: {exc.user_message or exc}")
+                return EXIT_FAILED
+        say("models: " + ", ".join(counts))
+        say(
+            "interrogate: over REST (advertised by the server)"
+            if ping.interrogate
+            else f"interrogate: not available, {NEEDS_SAGEMAKER}"
+        )
+    say("check passed")
+    return EXIT_OK

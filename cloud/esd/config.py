@@ -1,0 +1,119 @@
+"""`EsdConfig`: every setting of the ESD REST backend, validated once.
+
+Built from the bot's `Config` (`EsdConfig.from_config`) or directly by tests and benchmarks that
+want tiny retry delays. The API key is the only secret and is kept out of the repr; the base URL
+is normalised to end in `/` because ESD routes are joined to it without a leading slash
+(`reference/esd-api.md` §1.2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bot.config import Config
+
+INFERENCE_TYPES: tuple[str, ...] = ("Async", "Real-time")
+
+
+def check_api_url(url: str | None) -> str:
+    """The ESD base URL with a trailing `/`, or a `ConfigError` naming `ESD_API_URL`."""
+    if not url or not url.strip():
+        raise ConfigError("ESD_API_URL is not set (the ApiGatewayUrl output of the ESD stack)")
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            "ESD_API_URL must be an http(s) URL such as "
+            "https://<api id>.execute-api.<region>.amazonaws.com/prod/"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError("ESD_API_URL must not carry a query string or fragment")
+    return url if url.endswith("/") else url + "/"
+
+
+@dataclass(frozen=True)
+class EsdConfig:
+    """Settings of `EsdBackend`; `from_config` fills them from `bot.config.Config`."""
+
+    api_url: str
+    api_key: str = field(repr=False)
+    username: str = "api"
+    inference_type: str = "Async"  # the type used when the endpoint's own type is unknown
+    timeout: float = 30.0  # per request, total; API Gateway itself gives up at 29 s
+    connect_timeout: float = 10.0
+    realtime_max_in_flight: int = 5  # per Real-time endpoint (the container queues ~10)
+    # Retries of transient failures inside the client (5xx, timeouts, 429, network).
+    retries: int = 4
+    retry_base: float = 0.5  # first back-off in seconds; doubles per attempt, full jitter
+    retry_cap: float = 8.0
+    retry_after_cap: float = 30.0  # the longest Retry-After the client honours
+    # Batched polling (SPEC §4.1): list pages of this size, at most `status_pages` per task
+    # type and scan; task types with `direct_threshold` jobs in flight or fewer are read one by
+    # one instead, and at most `max_direct_per_round` jobs are read one by one per poll.
+    # A list scan is reused by every poll for `list_interval` seconds, so the request rate is
+    # about pages / list_interval however many jobs are due. 250 items of ~1 KB stay far below
+    # DynamoDB's 1 MB page.
+    page_size: int = 250
+    status_pages: int = 4
+    list_interval: float = 1.0
+    direct_threshold: int = 2
+    max_direct_per_round: int = 20
+    # While a job waits for a scaled-to-zero endpoint, its instance count is re-read this often.
+    cold_check_interval: float = 5.0
+    # Downloads from presigned URLs.
+    max_result_bytes: int = 50_000_000
+    # How long the backend's own endpoint / network-model lookups are reused during submits.
+    catalog_ttl: float = 30.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "api_url", check_api_url(self.api_url))
+        if not self.api_key:
+            raise ConfigError("ESD_API_KEY is not set (the ApiGatewayUrlToken output of ESD)")
+        if not self.username.strip():
+            raise ConfigError("ESD_USERNAME must not be empty (ESD's built-in user is `api`)")
+        if self.inference_type not in INFERENCE_TYPES:
+            raise ConfigError(
+                f"inference_type must be `Async` or `Real-time`, got {self.inference_type!r}"
+            )
+        for name in ("timeout", "connect_timeout", "retry_cap", "catalog_ttl"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"ESD setting {name} must be a positive number of seconds")
+        for name in ("retry_base", "retry_after_cap", "list_interval", "cold_check_interval"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"ESD setting {name} must be zero or more seconds")
+        for name in ("realtime_max_in_flight", "page_size", "status_pages", "max_result_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ESD setting {name} must be at least 1")
+        for name in ("retries", "direct_threshold", "max_direct_per_round"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ESD setting {name} must not be negative")
+
+    @property
+    def host(self) -> str:
+        """The API host (and port), for messages: never the path, never a secret."""
+        return urlsplit(self.api_url).netloc
+
+    @classmethod
+    def from_config(cls, config: Config) -> EsdConfig:
+        """The ESD settings of the bot's configuration; `ConfigError` names what is missing."""
+        url = check_api_url(config.esd_api_url)
+        key = config.secrets.esd_api_key
+        if not key:
+            raise ConfigError("ESD_API_KEY is not set (the ApiGatewayUrlToken output of ESD)")
+        return cls(
+            api_url=url,
+            api_key=key,
+            username=config.esd_username,
+            inference_type=config.inference_type,
+            timeout=config.esd_timeout,
+            realtime_max_in_flight=config.realtime_max_in_flight,
+            max_result_bytes=max(config.max_bytes, 50_000_000),
+        )

@@ -1,0 +1,83 @@
+"""How an ESD deployment captions images: the `Interrogator` seam of `EsdBackend`.
+
+Real ESD (v1.4+) has no interrogate route (`reference/esd-api.md` §7.3); the container still
+captions on Async endpoints when invoked directly through SageMaker (§8.4), which is a later
+issue's `Interrogator`. Until then there are two: `RestInterrogator` for ESD-compatible servers
+whose `/ping` advertises `interrogate` (the bot's own `sdbot local-backend`), and
+`UnsupportedInterrogator`, which says what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Protocol
+
+from bot.errors import BackendError
+from bot.model import Submitted
+from cloud.esd.a1111 import INTERROGATE_TASKS, interrogate_payload
+from cloud.esd.launch import launch
+
+if TYPE_CHECKING:
+    from bot.model import InterrogateParams
+    from cloud.esd.client import EsdClient
+
+NEEDS_SAGEMAKER = (
+    "interrogate on this ESD deployment needs the SageMaker path (ESD_BUCKET and AWS "
+    "credentials), which this build does not have yet"
+)
+
+
+class Interrogator(Protocol):
+    """Starts a caption job whose row `GET inferences/{id}` can read (status, `caption`)."""
+
+    async def interrogate(
+        self, job_id: str, params: InterrogateParams, image_png: bytes
+    ) -> Submitted: ...
+
+
+def task_type(method: str) -> str:
+    """The ESD task type of an interrogate method, or a `BackendError` users can read."""
+    try:
+        return INTERROGATE_TASKS[method]
+    except KeyError:
+        raise BackendError(
+            f"unknown interrogate method {method!r}",
+            user_message=f"unknown interrogate method: {method} (use clip or deepbooru)",
+        ) from None
+
+
+class RestInterrogator:
+    """Interrogate through `POST inferences` on servers that accept `interrogate_*` types."""
+
+    def __init__(self, client: EsdClient) -> None:
+        self._client = client
+
+    async def interrogate(
+        self, job_id: str, params: InterrogateParams, image_png: bytes
+    ) -> Submitted:
+        task = task_type(params.method)
+        body = {
+            "task_type": task,
+            # The container captions on Async endpoints only (§7.3).
+            "inference_type": "Async",
+            "models": {},
+            "sagemaker_endpoint_name": params.endpoint,
+        }
+        payload = await asyncio.to_thread(
+            lambda: json.dumps(interrogate_payload(image_png, params.method))
+        )
+        launched = await launch(self._client, body, payload, realtime=False, label=job_id)
+        return Submitted(launched.job_id, launched.endpoint or params.endpoint)
+
+
+class UnsupportedInterrogator:
+    """For deployments where interrogate has no route: a clear refusal."""
+
+    async def interrogate(
+        self, job_id: str, params: InterrogateParams, image_png: bytes
+    ) -> Submitted:
+        task_type(params.method)
+        raise BackendError(
+            "the ESD server does not advertise interrogate over REST", user_message=NEEDS_SAGEMAKER
+        )

@@ -1,0 +1,405 @@
+"""ESD's wire formats, both ways: request bodies in, envelopes, error bodies and items out.
+
+Request bodies are checked the way API Gateway's body validator does (its messages are those of
+the JSON-schema validator it runs) and become frozen dataclasses; answers are built here only: the
+Lambda envelope `{"statusCode", "debug", "data"?, "message"?}` with `x-api-version`, API Gateway's
+own `{"message", "requestId"}` errors, S3's XML errors, and the job / endpoint / checkpoint items
+of esd-api.md §4. Nothing else in the package writes JSON keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+from cloud.esd_server.state import INTERROGATE_TASKS, LambdaError
+
+if TYPE_CHECKING:
+    from cloud.esd_server.state import Checkpoint, EndpointRecord, JobRecord
+    from cloud.esd_server.storage import PresignedStorage
+
+INFERENCE_TYPES: tuple[str, ...] = ("Async", "Real-time")
+_STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+}
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "*",
+    "Access-Control-Allow-Methods": "*",
+}
+
+
+# -- Requests --------------------------------------------------------------------------------
+
+
+class CreateInferenceBody(TypedDict, total=False):
+    """`POST /inferences` as sent (esd-api.md §4.1)."""
+
+    task_type: str
+    inference_type: str
+    models: dict[str, list[str]]
+    sagemaker_endpoint_name: str
+    payload_string: str
+    workflow: str
+
+
+@dataclass(frozen=True)
+class CreateInference:
+    task_type: str
+    inference_type: str
+    models: dict[str, tuple[str, ...]]
+    endpoint_name: str | None
+    payload_string: str | None
+    workflow: str | None
+
+
+class BodyInvalidError(Exception):
+    """The body fails API Gateway's validator; answered 400 with the validator's message."""
+
+
+def parse_json_body(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BodyInvalidError("[Invalid request body]") from None
+
+
+def parse_create(raw: bytes) -> CreateInference:
+    value = parse_json_body(raw)
+    if not isinstance(value, dict):
+        raise BodyInvalidError(_type_message(value, "object"))
+    body = cast("CreateInferenceBody", value)  # checked key by key below
+    missing = [key for key in ("task_type", "inference_type", "models") if key not in body]
+    if missing:
+        listed = ",".join(f'"{key}"' for key in missing)
+        raise BodyInvalidError(f"[object has missing required properties ([{listed}])]")
+    task_type = body["task_type"]
+    if not isinstance(task_type, str):
+        raise BodyInvalidError(_type_message(task_type, "string"))
+    inference_type = body["inference_type"]
+    if inference_type not in INFERENCE_TYPES:
+        raise BodyInvalidError(
+            f"[instance value ({json.dumps(inference_type)}) not found in enum "
+            f'(possible values: ["Async","Real-time"])]'
+        )
+    models = body["models"]
+    if not isinstance(models, dict):
+        raise BodyInvalidError(_type_message(models, "object"))
+    checked: dict[str, tuple[str, ...]] = {}
+    for model_type, names in models.items():
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            # Past the validator, ESD's Lambda fails on this with a 400 of its own.
+            raise LambdaError(400, f"models[{model_type!r}] must be a list of file names")
+        checked[model_type] = tuple(names)
+    optional: dict[str, str | None] = {}
+    for key in ("sagemaker_endpoint_name", "payload_string", "workflow"):
+        item = body.get(key)
+        if item is not None and not isinstance(item, str):
+            raise BodyInvalidError(_type_message(item, "string"))
+        optional[key] = item or None
+    return CreateInference(
+        task_type=task_type,
+        inference_type=str(inference_type),
+        models=checked,
+        endpoint_name=optional["sagemaker_endpoint_name"],
+        payload_string=optional["payload_string"],
+        workflow=optional["workflow"],
+    )
+
+
+def parse_delete(raw: bytes) -> list[str]:
+    """`DELETE /inferences` body: `{"inference_id_list": [1..100 ids]}`."""
+    value = parse_json_body(raw)
+    if not isinstance(value, dict):
+        raise BodyInvalidError(_type_message(value, "object"))
+    if "inference_id_list" not in value:
+        raise BodyInvalidError('[object has missing required properties (["inference_id_list"])]')
+    ids = value["inference_id_list"]
+    if not isinstance(ids, list):
+        raise BodyInvalidError(_type_message(ids, "array"))
+    if not ids:
+        raise BodyInvalidError(
+            "[array is too short: must have at least 1 elements but instance has 0 elements]"
+        )
+    if len(ids) > 100:
+        raise BodyInvalidError(
+            "[array is too long: must have at most 100 elements but instance has "
+            f"{len(ids)} elements]"
+        )
+    for item in ids:
+        if not isinstance(item, str):
+            raise BodyInvalidError(_type_message(item, "string"))
+    return [str(item) for item in ids]
+
+
+def _type_message(value: object, expected: str) -> str:
+    found = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+        type(None): "null",
+    }.get(type(value), "unknown")
+    return (
+        f"[instance type ({found}) does not match any allowed primitive type "
+        f'(allowed: ["{expected}"])]'
+    )
+
+
+def decode_start_key(text: str) -> dict[str, Any]:
+    """The DynamoDB key inside an `exclusive_start_key` (base64 of JSON), or 400."""
+    try:
+        value = json.loads(base64.b64decode(text.encode(), validate=True).decode())
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise LambdaError(400, f"exclusive_start_key is not valid: {exc}") from None
+    if not isinstance(value, dict):
+        raise LambdaError(400, "exclusive_start_key is not valid: not a key object")
+    return value
+
+
+def encode_start_key(key: dict[str, Any]) -> str:
+    return base64.b64encode(json.dumps(key).encode()).decode()
+
+
+def query_int(value: str | None, default: int) -> int:
+    """A numeric query parameter the way ESD's `int(get_query_param(...))` reads it."""
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise LambdaError(400, f"invalid literal for int() with base 10: {value!r}") from None
+
+
+# -- Answers ---------------------------------------------------------------------------------
+
+
+def envelope(
+    status: int,
+    route: str,
+    version: str,
+    *,
+    data: dict[str, Any] | None = None,
+    message: str | None = None,
+) -> web.Response:
+    """A Lambda answer: ESD's envelope, HTTP status = `statusCode`, with `x-api-version`."""
+    headers = {"x-api-version": version, **_CORS}
+    if status == 204:
+        # HTTP forbids a body here; ESD's envelope is lost on the way in any case.
+        return web.Response(status=204, headers=headers)
+    body: dict[str, Any] = {"statusCode": status, "debug": _debug(route)}
+    if data:
+        body["data"] = data
+    text = message if message is not None else _STATUS_TEXT.get(status, "")
+    if text:
+        body["message"] = text
+    return web.json_response(body, status=status, headers=headers)
+
+
+def gateway_error(
+    status: int,
+    message: str,
+    error_type: str,
+    headers: dict[str, str] | None = None,
+    *,
+    validation: bool = False,
+) -> web.Response:
+    """API Gateway's own answer (`DEFAULT_4XX` / `DEFAULT_5XX`, or `BAD_REQUEST_BODY`)."""
+    request_id = str(uuid.uuid4())
+    body: dict[str, Any] = {"message": message, "requestId": request_id}
+    if validation:
+        body = {"statusCode": status, **body}
+    return web.json_response(
+        body,
+        status=status,
+        headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": error_type, **(headers or {})},
+    )
+
+
+def s3_error(status: int, code: str, message: str) -> web.Response:
+    request_id = uuid.uuid4().hex[:16].upper()
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
+        f"<RequestId>{request_id}</RequestId></Error>"
+    )
+    return web.Response(status=status, text=xml, content_type="application/xml")
+
+
+def _debug(route: str) -> dict[str, str | None]:
+    # ESD points at the Lambda's console pages; there is no console here, so say what ran.
+    return {
+        "function_url": f"local://sdbot-local-backend/{route}",
+        "log_url": "local://sdbot-local-backend/stderr",
+        "trace_url": None,
+    }
+
+
+def esd_time(moment: datetime | None) -> str | None:
+    """ESD's `datetime.now().isoformat()` in a UTC Lambda: ISO, no timezone."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+# -- Items -----------------------------------------------------------------------------------
+
+
+def job_params(job: JobRecord) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "input_body_s3": job.input_s3,
+        "input_body_presign_url": job.upload_url,
+        "sagemaker_inference_endpoint_id": job.endpoint.id,
+        "sagemaker_inference_instance_type": job.endpoint.instance_type,
+        "sagemaker_inference_endpoint_name": job.endpoint.name,
+    }
+    if job.task_type not in INTERROGATE_TASKS:
+        params["used_models"] = job.used_models
+    if job.output_path is not None:
+        params["output_path"] = job.output_path
+    return params
+
+
+def job_detail(job: JobRecord, storage: PresignedStorage, origin: str) -> dict[str, Any]:
+    """`GET /inferences/{id}` data: the whole row plus fresh presigned GET URLs."""
+    item: dict[str, Any] = {
+        "img_presigned_urls": [
+            storage.url(origin, "GET", f"{job.result_prefix}{name}") for name in job.image_names
+        ],
+        # Always one URL, even before the file exists, as ESD does.
+        "output_presigned_urls": [storage.url(origin, "GET", job.param_key)],
+        "InferenceJobId": job.id,
+        "status": job.status.value,
+        "taskType": job.task_type,
+        "inference_type": job.inference_type,
+        "createTime": esd_time(job.created),
+        "owner_group_or_role": [job.owner],
+        "params": job_params(job),
+        "image_names": list(job.image_names),
+        "completeTime": esd_time(job.completed),
+    }
+    if job.started is not None:
+        item["startTime"] = esd_time(job.started)
+    if job.caption is not None:
+        item["caption"] = job.caption
+    if job.sagemaker_raw is not None:
+        item["sagemakerRaw"] = job.sagemaker_raw
+    if job.payload_string is not None:
+        item["payload_string"] = job.payload_string
+    if job.workflow is not None:
+        item["workflow"] = job.workflow
+    return item
+
+
+def job_list_item(job: JobRecord, *, full: bool) -> dict[str, Any]:
+    """A `GET /inferences` row: no URLs; without `username` the reduced set of fields."""
+    item: dict[str, Any] = {
+        "InferenceJobId": job.id,
+        "status": job.status.value,
+        "taskType": job.task_type,
+        "owner_group_or_role": [job.owner],
+        "startTime": esd_time(job.started) or "",
+        "createTime": esd_time(job.created),
+        "image_names": list(job.image_names),
+        "sagemakerRaw": job.sagemaker_raw if job.sagemaker_raw is not None else {},
+        "completeTime": esd_time(job.completed),
+        "params": job_params(job),
+        "inference_type": job.inference_type,
+        "payload_string": job.payload_string or "{}",
+    }
+    if full:
+        item["inference_info_name"] = ""
+        item["workflow"] = job.workflow
+        if job.caption is not None:
+            item["caption"] = job.caption
+    return item
+
+
+def job_key(job: JobRecord) -> dict[str, Any]:
+    """The `LastEvaluatedKey` of a row on `taskType-createTime-index`."""
+    return {
+        "InferenceJobId": job.id,
+        "taskType": job.task_type,
+        "createTime": esd_time(job.created),
+    }
+
+
+def endpoint_item(endpoint: EndpointRecord) -> dict[str, Any]:
+    """A `GET /endpoints` row (ESD's `Endpoint` dataclass; counts are strings)."""
+    return {
+        "EndpointDeploymentJobId": endpoint.id,
+        "autoscaling": True,
+        "max_instance_number": str(endpoint.max_instances),
+        "startTime": esd_time(endpoint.start_time),
+        "status": None,
+        "instance_type": endpoint.instance_type,
+        "current_instance_count": str(endpoint.instance_count),
+        "endTime": esd_time(endpoint.end_time),
+        "endpoint_status": endpoint.status,
+        "endpoint_name": endpoint.name,
+        "error": endpoint.error,
+        "endpoint_type": endpoint.type,
+        "owner_group_or_role": ["IT Operator"],
+        "min_instance_number": str(endpoint.min_instances),
+        "custom_extensions": "",
+        "service_type": endpoint.service_type,
+    }
+
+
+def checkpoint_item(checkpoint: Checkpoint, creator: str) -> dict[str, Any]:
+    """A `GET /checkpoints` row (§4.8): `name` is a list whose first entry is the file name."""
+    return {
+        "id": checkpoint.id,
+        "s3Location": checkpoint.s3_location,
+        "type": checkpoint.type,
+        "status": "Active",
+        "name": [checkpoint.name],
+        "created": checkpoint.created,
+        "params": {
+            "creator": creator,
+            "message": "placed on the local backend",
+            "created": esd_time(datetime.fromtimestamp(checkpoint.created, UTC)),
+        },
+        "allowed_roles_or_users": ["IT Operator"],
+        "source_path": None,
+        "target_path": None,
+    }
+
+
+def start_answer(job: JobRecord) -> dict[str, Any]:
+    """The 202 data of an Async start (the `inference` copy is ESD's, kept for old clients)."""
+    return {
+        "InferenceJobId": job.id,
+        "status": job.status.value,
+        "inference": {
+            "inference_id": job.id,
+            "status": job.status.value,
+            "endpoint_name": job.endpoint.name,
+            "output_path": job.output_path,
+        },
+    }
+
+
+def failed_realtime_message(job: JobRecord) -> str:
+    """What ESD's start Lambda answers when a Real-time job fails."""
+    if job.sagemaker_raw is not None:
+        return job.sagemaker_raw
+    # A container that swallowed its exception returns `null`; ESD then trips over it.
+    return "argument of type 'NoneType' is not iterable"

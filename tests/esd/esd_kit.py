@@ -1,0 +1,94 @@
+"""Helpers of the ESD backend tests: settings for the loopback server and the client, values.
+
+Jobs on the server take a minute by default (`job_seconds`), so a test decides when each one
+ends with `state.finish(job_id)` instead of waiting on the clock. Retry back-off is a few
+milliseconds so fault tests stay fast. Imported as `tests.esd.esd_kit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.model import BackendStatus, GenerationParams
+from bot.ports import PollTarget
+from cloud.esd import EsdBackend, EsdConfig
+from cloud.esd_server import ServerConfig, ServerState
+
+KEY = "local-backend-key"
+CHECKPOINT = "sdbot-preview.safetensors"
+ASYNC = "sd-async-local"
+REALTIME = "sd-real-time-local"
+
+
+def esd_config(url: str, **overrides: Any) -> EsdConfig:
+    values: dict[str, Any] = {
+        "api_url": url,
+        "api_key": KEY,
+        "timeout": 5.0,
+        "retries": 3,
+        "retry_base": 0.005,
+        "retry_cap": 0.02,
+        "retry_after_cap": 0.5,
+        "list_interval": 0.0,
+        "cold_check_interval": 0.0,
+    }
+    values.update(overrides)
+    return EsdConfig(**values)
+
+
+def server_config(**overrides: Any) -> ServerConfig:
+    values: dict[str, Any] = {"job_seconds": (60.0, 60.0), "realtime_gateway_timeout": 0.2}
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+def state_of(url: str) -> ServerState:
+    state = getattr(url, "state", None)
+    assert isinstance(state, ServerState)
+    return state
+
+
+def params(**overrides: Any) -> GenerationParams:
+    values: dict[str, Any] = {
+        "prompt": "a red fox",
+        "negative": "blurry",
+        "strength": 0.6,
+        "steps": 12,
+        "cfg": 6.5,
+        "sampler": "Euler a",
+        "seed": 1234,
+        "width": 96,
+        "height": 64,
+        "count": 1,
+        "resize": "just-resize",
+        "model": CHECKPOINT,
+        "vae": "Automatic",
+        "endpoint": ASYNC,
+    }
+    values.update(overrides)
+    return GenerationParams(**values)
+
+
+def target(backend_id: str, *, interrogate: bool = False) -> PollTarget:
+    return PollTarget(backend_id, interrogate, datetime.now(UTC))
+
+
+async def settle(
+    backend: EsdBackend, backend_id: str, *, interrogate: bool = False
+) -> BackendStatus:
+    """Poll until the job is terminal (the server job must already be finished or finishing)."""
+    for _ in range(500):
+        answer = await backend.statuses([target(backend_id, interrogate=interrogate)])
+        status = answer.get(backend_id)
+        if status is not None and status.state.terminal:
+            return status
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {backend_id} never became terminal")
+
+
+def with_faults(url: str, **faults: Any) -> None:
+    state = state_of(url)
+    state.faults = replace(state.faults, **faults)

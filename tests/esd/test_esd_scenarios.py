@@ -1,0 +1,178 @@
+"""End to end: console → real core → `EsdBackend` → the ESD-compatible server on loopback."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from scenario_kit import (
+    fast_config,
+    job_ids,
+    make_app,
+    mask_png,
+    png,
+    size_of,
+    sketch_of,
+    transparent_png,
+)
+
+from adapters.console import ConsoleAdapter, run_console
+from bot.config import Secrets
+from cloud.esd import EsdBackend, EsdConfig
+from cloud.esd_server import running_server
+from tests.esd.esd_kit import KEY, server_config, state_of, with_faults
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+
+async def _lines(lines: Sequence[str]) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
+class EsdConsole:
+    """A console session over the real core, wired to ESD the way `sdbot` wires it."""
+
+    def __init__(self, tmp_path: Path, url: str, **overrides: Any) -> None:
+        self.tmp_path = tmp_path
+        self.url = url
+        self.config = fast_config(
+            tmp_path, backend="esd", esd_api_url=url, secrets=Secrets(esd_api_key=KEY), **overrides
+        )
+        # As the composition root builds it, with list scans never reused (polls are 10 ms).
+        esd = replace(EsdConfig.from_config(self.config), list_interval=0.0, retry_base=0.01)
+        self.out = io.StringIO()
+        self.app = make_app(self.config, EsdBackend(esd))
+        self.adapter = ConsoleAdapter(self.config.output_dir, self.out)
+        self.app.add_adapter(self.adapter)
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    async def run(self, *lines: str) -> list[str]:
+        start = len(self.out.getvalue().splitlines())
+        await run_console(self.app, self.adapter, _lines(lines))
+        return self.out.getvalue().splitlines()[start:]
+
+
+@pytest.fixture
+async def console(tmp_path: Path) -> AsyncIterator[EsdConsole]:
+    async with running_server(server_config(job_seconds=(0.02, 0.05))) as url:
+        run = EsdConsole(tmp_path, url)
+        async with run.app:
+            yield run
+
+
+def saved(lines: list[str], job_id: str) -> list[Path]:
+    return [
+        Path(line.split(" ", 1)[1])
+        for line in lines
+        if line.startswith("saved ") and job_id in line
+    ]
+
+
+def states(lines: list[str], job_id: str) -> list[str]:
+    return [
+        line.split()[2]
+        for line in lines
+        if line.startswith(f"job {job_id} ") and not line.endswith("accepted")
+    ]
+
+
+async def test_img2img_runs_on_esd(console: EsdConsole) -> None:
+    image = console.write("cat.png", png(200, 150))
+    lines = await console.run(f"img2img a watercolor cat image={image} count=2 seed=7")
+    [job] = job_ids(lines)
+    assert states(lines, job)[-1] == "succeed", lines
+    files = saved(lines, job)
+    assert len(files) == 2
+    assert {size_of(f.read_bytes()) for f in files} == {(200, 152)}
+    [row] = state_of(console.url).jobs.values()
+    assert (row.task_type, row.inference_type, row.endpoint.name) == (
+        "img2img",
+        "Async",
+        "sd-async-local",
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [
+        ("sketch", ""),
+        ("inpaint", "mask={mask}"),
+        ("inpaint", "image={alpha}"),
+        ("inpaint-upload", "mask={mask} invert=true area=masked padding=8 fill=latent-noise"),
+        ("inpaint-sketch", "sketch={sketch} mask_blur=0"),
+    ],
+)
+async def test_every_image_mode_runs_on_esd(console: EsdConsole, command: str, extra: str) -> None:
+    original = png(96, 64)
+    paths = {
+        "image": console.write("in.png", original),
+        "mask": console.write("mask.png", mask_png(96, 64)),
+        "alpha": console.write("alpha.png", transparent_png(96, 64)),
+        "sketch": console.write("sketch.png", sketch_of(original)),
+    }
+    extra = extra.format(**paths)
+    image_opt = "" if "image=" in extra else f"image={paths['image']}"
+    lines = await console.run(f"{command} a hat {image_opt} {extra} size=96x64")
+    [job] = job_ids(lines)
+    assert states(lines, job)[-1] == "succeed", lines
+    [out] = saved(lines, job)
+    assert size_of(out.read_bytes()) == (96, 64)
+
+
+async def test_interrogate_runs_on_esd(console: EsdConsole) -> None:
+    image = console.write("in.png", png(64, 64))
+    lines = await console.run(
+        f"interrogate image={image}", f"interrogate image={image} method=deepbooru"
+    )
+    clip, booru = job_ids(lines)
+    captions = {
+        line.split(":", 1)[0]: line.split(": ", 1)[1]
+        for line in lines
+        if line.startswith("caption ")
+    }
+    assert captions[f"caption {clip}"].startswith("a ")
+    assert "," in captions[f"caption {booru}"]
+    assert sorted(j.task_type for j in state_of(console.url).jobs.values()) == [
+        "interrogate_clip",
+        "interrogate_deepbooru",
+    ]
+
+
+async def test_jobs_source_cloud_lists_the_backends_history(console: EsdConsole) -> None:
+    image = console.write("in.png", png(64, 64))
+    first = await console.run(f"img2img one image={image}", f"img2img two image={image}")
+    assert len(job_ids(first)) == 2
+    lines = await console.run("jobs source=cloud")
+    backend_ids = [j.id for j in state_of(console.url).jobs.values()]
+    listed = [line for line in lines if " → img2img → succeed → " in line]
+    assert sorted(line.rsplit(" → ", 1)[1] for line in listed) == sorted(backend_ids)
+    assert await console.run("jobs source=cloud type=interrogate_clip") == ["no backend jobs match"]
+
+
+async def test_backend_failures_reach_the_user(console: EsdConsole) -> None:
+    image = console.write("in.png", png(64, 64))
+    with_faults(console.url, fail_rate=1.0)
+    lines = await console.run(f"img2img x image={image}")
+    [job] = job_ids(lines)
+    [failure] = [line for line in lines if line.startswith(f"job {job} failed")]
+    assert "injected failure" in failure
+    with_faults(console.url, fail_rate=0.0, fail_silent_rate=1.0)
+    lines = await console.run(f"img2img y image={image}")
+    [job] = job_ids(lines)
+    [failure] = [line for line in lines if line.startswith(f"job {job} failed")]
+    assert "the backend gave no reason" in failure
+    state_of(console.url).set_endpoint_status("sd-async-local", "Updating")
+    lines = await console.run("endpoints", f"img2img z image={image}")
+    assert any("sd-async-local" in line and "Updating" in line for line in lines), lines
+    [job] = job_ids(lines)
+    [failure] = [line for line in lines if line.startswith(f"job {job} failed")]
+    assert "InService" in failure

@@ -1,0 +1,114 @@
+"""Starting and stopping the Slack adapter: credentials checked at start-up with errors that
+name the setting, both connection modes, and a clean close."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from scenario_kit import fast_config, make_app
+
+from adapters.slack import SlackAdapter, slack_configured
+from bot.config import Secrets
+from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from conftest import SlackRig
+
+
+def test_configured_means_a_bot_token_and_one_way_in(tmp_path: Path) -> None:
+    assert not slack_configured(_config(tmp_path))
+    assert not slack_configured(_config(tmp_path, slack_bot_token="xoxb-1"))
+    assert slack_configured(_config(tmp_path, slack_bot_token="xoxb-1", slack_app_token="xapp-1"))
+    assert slack_configured(_config(tmp_path, slack_bot_token="xoxb-1", slack_signing_secret="s"))
+
+
+def _config(tmp_path: Path, api_url: str | None = None, **secrets: Any) -> Any:
+    return fast_config(tmp_path, slack_api_url=api_url, secrets=Secrets(**secrets))
+
+
+@pytest.mark.parametrize(
+    ("secrets", "message"),
+    [
+        ({}, "SLACK_BOT_TOKEN is not set"),
+        ({"slack_bot_token": "xoxb-1"}, "set SLACK_APP_TOKEN for Socket Mode, or SLACK_SIGNING"),
+        ({"slack_bot_token": "xoxb-1", "slack_app_token": "xoxb-2"}, "SLACK_APP_TOKEN must be"),
+    ],
+)
+def test_missing_or_wrong_kinds_of_credentials_are_named(
+    tmp_path: Path, secrets: dict[str, str], message: str
+) -> None:
+    config = _config(tmp_path, **secrets)
+    with pytest.raises(ConfigError, match=message):
+        SlackAdapter(make_app(config), config)
+
+
+async def test_a_refused_bot_token_fails_start_with_its_name(rig: SlackRig, tmp_path: Path) -> None:
+    config = _config(
+        tmp_path / "other",
+        rig.fake.api_url,
+        slack_bot_token="xoxb-wrong",
+        slack_signing_secret="s",
+    )
+    assert slack_configured(config)
+    adapter = SlackAdapter(make_app(config), config, http_host="127.0.0.1", http_port=0)
+    with pytest.raises(ConfigError, match="Slack refused SLACK_BOT_TOKEN: invalid_auth") as err:
+        await adapter.start()
+    assert "xoxb-wrong" not in str(err.value)
+    await adapter.aclose()  # idempotent after a failed start
+
+
+async def test_a_refused_app_token_fails_start_with_its_name(rig: SlackRig, tmp_path: Path) -> None:
+    config = _config(
+        tmp_path / "other",
+        rig.fake.api_url,
+        slack_bot_token="xoxb-test-bot-token",
+        slack_app_token="xapp-wrong",
+    )
+    adapter = SlackAdapter(make_app(config), config)
+    with pytest.raises(ConfigError, match="Slack refused SLACK_APP_TOKEN: invalid_auth"):
+        await adapter.start()
+    assert rig.fake.socket_connections == 0
+
+
+async def test_socket_mode_connects_over_the_websocket_slack_names(any_rig: SlackRig) -> None:
+    rig = any_rig
+    if rig.mode == "socket":
+        assert rig.fake.socket_connections == 1 and rig.adapter.port is None
+        assert rig.adapter.socket_mode
+    else:
+        assert rig.fake.socket_connections == 0 and rig.adapter.port
+        assert not rig.adapter.socket_mode
+    assert rig.adapter.bot_user_id == "UBOT"
+    # The bot token, never the app token, goes to the Web API methods.
+    assert (
+        all(name != "apps.connections.open" for name, _ in rig.fake.calls[1:])
+        or rig.mode == "socket"
+    )
+
+
+async def test_start_twice_is_refused_and_close_is_idempotent(rig: SlackRig) -> None:
+    with pytest.raises(RuntimeError):
+        await rig.adapter.start()
+    await rig.adapter.aclose()
+    await rig.adapter.aclose()
+
+
+async def test_stop_ends_intake_but_running_jobs_still_deliver(make_rig) -> None:  # type: ignore[no-untyped-def]
+    import aiohttp
+    from scenario_kit import png
+
+    from bot.model import JobState
+
+    async with make_rig("http", local_delay=0.3) as rig:
+        await rig.post("<@UBOT> img2img a cat", files=[rig.fake.add_file("a.png", png())])
+        await rig.adapter.wait_idle()
+        await rig.adapter.stop()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await rig.slash("help")
+        await rig.app.runner.wait_idle()
+        [job] = await rig.jobs()
+        assert job.state is JobState.SUCCEED and job.delivery.value == "done"
+        assert rig.results_in("C1", rig.status_of(job.id).ts)
