@@ -54,7 +54,7 @@ class Config:
     inference_type: str = "Async"  # "Async" | "Real-time"
     # Polling and status (SPEC §3 step 4, §4.1).
     poll_interval: float = 1.0
-    poll_max_interval: float = 10.0
+    poll_max_interval: float = 2.0  # cheap: ESD answers a whole batch from list pages
     status_interval: float = 10.0
     job_timeout: float = 1200.0
     created_timeout: float = 300.0
