@@ -37,9 +37,18 @@ _LOGGER = logging.getLogger("sdbot")
 
 
 class _Connected(Protocol):
-    """A chat adapter that holds a connection of its own (Discord, Slack)."""
+    """A chat adapter that holds a connection of its own (Discord, Slack).
+
+    `start` connects; `wait_closed` returns when the connection has ended for good (raising
+    `ConfigError` when the platform refused it); `stop` stops taking new requests but keeps the
+    platform client usable; `aclose` releases everything.
+    """
 
     async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -111,17 +120,35 @@ async def _run(config: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopping.set)
-    async with app:
-        started: list[_Connected] = []
-        try:
-            for _, connection in adapters:
-                await connection.start()
-                started.append(connection)
-            _LOGGER.info("sdbot is running on %s", ", ".join(a.platform for a, _ in adapters))
-            await stopping.wait()
-        finally:
-            for connection in reversed(started):
-                await connection.aclose()
+    started: list[_Connected] = []
+    try:
+        async with app:
+            try:
+                for _, connection in adapters:
+                    await connection.start()
+                    started.append(connection)
+                platforms = ", ".join(a.platform for a, _ in adapters)
+                _LOGGER.info("sdbot is running on %s", platforms)
+                waits = [asyncio.create_task(stopping.wait(), name="sdbot-signal")] + [
+                    asyncio.create_task(c.wait_closed(), name="sdbot-adapter-closed")
+                    for c in started
+                ]
+                try:
+                    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
+                    await asyncio.gather(*waits, return_exceptions=True)
+                for finished in done:
+                    finished.result()  # a refused connection ends the run with its error
+            finally:
+                # Stop taking new requests first; the adapters' clients stay usable while the
+                # core stops its jobs (they resume on the next start).
+                for connection in reversed(started):
+                    await connection.stop()
+    finally:
+        for connection in reversed(started):
+            await connection.aclose()
     return 0
 
 

@@ -70,6 +70,9 @@ class Config:
     esd_job_table: str = "SDInferenceJobTable"
     # Chat platforms.
     discord_guilds: tuple[str, ...] = ()  # sync commands to these guilds (fast); else globally
+    # With the privileged message-content intent, any reply in a job thread re-generates;
+    # without it, replies must mention the bot (docs/discord.md).
+    discord_message_content: bool = False
     slack_api_url: str | None = None  # Web API base URL override (GovSlack, proxies, tests)
     http_port: int = 3000  # Slack HTTP mode listens here at /slack/events
     # Permissions: Slack admin user ids (Discord admins are members with Manage Server) and
@@ -160,6 +163,15 @@ def _convert(name: str, kind: Any, raw: object) -> object:
             raise TypeError
         if "Path" in text:
             return None if raw in ("", None) else Path(str(raw))
+        if text.startswith("bool"):
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
         if text.startswith("int"):
             if isinstance(raw, bool):
                 raise TypeError

@@ -124,6 +124,7 @@ class SlackAdapter:
         self._uploaded: dict[str, list[str]] = {}
         self._started = False
         self._stopped = False
+        self._stopped_event = asyncio.Event()
         self._closed = False
         self.bot_user_id = ""
         self.bot_id = ""
@@ -225,6 +226,7 @@ class SlackAdapter:
         if self._stopped:
             return
         self._stopped = True
+        self._stopped_event.set()
         if self._socket is not None:
             client = self._socket.client
             await self._socket.close_async()  # type: ignore[no-untyped-call]
@@ -244,6 +246,11 @@ class SlackAdapter:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_closed(self) -> None:
+        """Return once the adapter has stopped receiving. Socket Mode reconnects by itself and
+        the HTTP server does not end on its own, so only `stop()` ends the wait."""
+        await self._stopped_event.wait()
 
     async def aclose(self) -> None:
         """`stop()`, then close the connection to Slack's Web API and file hosts."""

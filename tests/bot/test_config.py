@@ -77,3 +77,15 @@ def test_secrets_never_in_repr() -> None:
     assert "discord-secret-123" not in repr(config)
     assert "esdkey12345" not in repr(config.secrets)
     assert set(config.secrets.values()) == {"discord-secret-123", "esdkey12345"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("false", False), ("no", False), ("1", True), ("on", True)]
+)
+def test_booleans_read_as_booleans(raw: str, expected: bool) -> None:
+    assert load_config({"SDBOT_DISCORD_MESSAGE_CONTENT": raw}).discord_message_content is expected
+
+
+def test_a_bad_boolean_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match="SDBOT_DISCORD_MESSAGE_CONTENT"):
+        load_config({"SDBOT_DISCORD_MESSAGE_CONTENT": "maybe"})

@@ -1,0 +1,989 @@
+"""Offline harness for the Discord adapter: a loopback fake of Discord's REST API and CDN, and a
+gateway-less discord.py client fed events through its own state parser.
+
+`discord.http.Route.BASE` points at the fake (REST, webhooks and interaction callbacks all use
+it); interactions and messages go through `ConnectionState.parse_interaction_create` /
+`parse_message_create`, as the gateway would deliver them (reference/chat-platforms.md
+Appendix A). Those are private discord.py APIs: this module is pinned to discord.py 2.7.
+
+`FakeDiscord` keeps every request, stores posted messages per channel, creates threads, serves
+attachments, and can inject faults (429 with `Via`, 5xx) and expire interaction tokens.
+`DiscordHarness` runs the real core (SQLite store, local backend) with the real adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+import pytest
+import yarl
+from aiohttp import BodyPartReader, WSMsgType, web
+from PIL import Image
+from scenario_kit import fast_config, make_app
+
+from adapters.discord import DiscordAdapter, DiscordLimits
+from bot.config import Secrets
+from bot.model import Platform
+from bot.ports import JobQuery
+from cloud.local import LocalBackend, LocalBackendConfig
+from commands import OPTIONS, Kind
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from pathlib import Path
+
+    from bot.app import BotApp
+    from bot.ports import PollTarget
+
+TOKEN = "fake-bot-token"
+APP_ID = 2000
+BOT_ID = 1000
+GUILD = 9000
+CHANNEL = 7000
+OTHER_GUILD = 9900
+OTHER_CHANNEL = 7900
+ADMIN_ROLE = 9100
+ARTIST_ROLE = 9200
+MANAGE_GUILD = 1 << 5
+BASIC_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16)  # view, send, files, history
+TIMESTAMP = "2026-01-01T00:00:00+00:00"
+EPHEMERAL = 64
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    admin: bool = False
+    roles: tuple[int, ...] = ()
+
+    def payload(self) -> dict[str, Any]:
+        return {"id": str(self.id), "username": self.name, "discriminator": "0", "avatar": None}
+
+    def member(self) -> dict[str, Any]:
+        permissions = BASIC_PERMISSIONS | (MANAGE_GUILD if self.admin else 0)
+        return {
+            "user": self.payload(),
+            "roles": [str(r) for r in ((ADMIN_ROLE,) if self.admin else ()) + self.roles],
+            "joined_at": TIMESTAMP,
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "permissions": str(permissions),
+        }
+
+
+ALICE = User(42, "alice")
+BOB = User(43, "bob")
+BOSS = User(44, "boss", admin=True)
+CAROL = User(45, "carol", roles=(ARTIST_ROLE,))
+BOT_USER = {
+    "id": str(BOT_ID),
+    "username": "sdbot",
+    "discriminator": "0",
+    "avatar": None,
+    "bot": True,
+}
+
+
+@dataclass
+class Request:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    bot_auth: bool  # sent with the bot token (not an interaction / webhook token)
+    json: Any = None
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    status: int = 200
+
+
+@dataclass
+class Fault:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    times: int
+    with_files: bool = False  # only requests that upload files
+    skip: int = 0  # let this many matching requests through first
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    # discord.py compares the content type for equality (no charset suffix).
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+class FakeDiscord:
+    """A loopback fake of the parts of Discord's REST API and CDN that sdbot uses."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.messages: dict[str, dict[str, Any]] = {}  # bot-token messages by id
+        # Interaction responses and followups by id (each with its interaction's "token").
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.interaction_channels: dict[str, str] = {}  # token → channel id
+        self.channels: dict[str, dict[str, Any]] = {}  # threads created through the API
+        self.cdn: dict[str, bytes] = {}
+        self.faults: list[Fault] = []
+        self.expired_tokens: set[str] = set()
+        self.expire_all = False
+        self.synced: list[tuple[str, list[dict[str, Any]]]] = []
+        self.app_flags = 0
+        self.originals: dict[str, str] = {}  # interaction token → original response message id
+        self._ids = itertools.count(1)
+        self._changed = asyncio.Condition()
+        # The gateway: frames the client sent, and events waiting to be sent to it.
+        self.gateway_frames: list[dict[str, Any]] = []
+        self.gateway_guilds: list[dict[str, Any]] = []
+        self.gateway_close_code: int | None = None  # close the socket after IDENTIFY
+        self._outbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._sequence = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway-ws", self._gateway)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        return f"{self.origin}/api/v10"
+
+    # -- helpers for tests -----------------------------------------------------------------
+
+    def snowflake(self) -> int:
+        return discord.utils.time_snowflake(discord.utils.utcnow()) + next(self._ids)
+
+    def upload(self, name: str, data: bytes) -> dict[str, Any]:
+        """An attachment as Discord's payloads describe it, served from the fake CDN."""
+        attachment_id = str(self.snowflake())
+        path = f"/cdn/attachments/{attachment_id}/{name}"
+        self.cdn[path] = data
+        url = f"{self.origin}{path}?ex=1&is=2&hm=signature"
+        return {
+            "id": attachment_id,
+            "filename": name,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": "image/png",
+        }
+
+    def fail(
+        self,
+        method: str,
+        pattern: str,
+        status: int,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+        with_files: bool = False,
+        skip: int = 0,
+    ) -> None:
+        self.faults.append(
+            Fault(
+                method,
+                re.compile(pattern),
+                status,
+                body or {"message": "fault"},
+                headers or {},
+                times,
+                with_files,
+                skip,
+            )
+        )
+
+    def rate_limit(
+        self, method: str, pattern: str, retry_after: float = 0.01, *, with_files: bool = False
+    ) -> None:
+        """A 429 as Discord sends it (discord.py retries only with the `Via` header)."""
+        self.fail(
+            method,
+            pattern,
+            429,
+            {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
+            {"Via": "1.1 google", "Retry-After": "1", "X-RateLimit-Scope": "user"},
+            with_files=with_files,
+        )
+
+    def calls(self, method: str | None = None, pattern: str = "") -> list[Request]:
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method) and re.search(pattern, r.path)
+        ]
+
+    def callbacks(self, token: str) -> list[Request]:
+        return [r for r in self.requests if r.path.endswith(f"/{token}/callback")]
+
+    def in_channel(self, channel: str | int) -> list[dict[str, Any]]:
+        return [m for m in self.messages.values() if m["channel_id"] == str(channel)]
+
+    def thread_of(self, message_id: str) -> dict[str, Any] | None:
+        return self.channels.get(message_id)
+
+    def answers_to(self, token: str) -> list[dict[str, Any]]:
+        """What an interaction was answered (original response and followups), in order."""
+        return sorted(
+            (m for m in self.answers.values() if m["token"] == token), key=lambda m: int(m["id"])
+        )
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(predicate)
+
+        await asyncio.wait_for(wait(), timeout)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway-ws"
+
+    def push(self, event: str, data: dict[str, Any]) -> None:
+        """Send a gateway dispatch (MESSAGE_CREATE, INTERACTION_CREATE …) to the client."""
+        self._outbox.put_nowait((event, data))
+
+    # -- the gateway -----------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.send_json({"op": 10, "d": {"heartbeat_interval": 45000}, "s": None, "t": None})
+        sender = asyncio.create_task(self._send_events(socket), name="fake-gateway-sender")
+        try:
+            async for message in socket:
+                if message.type is not WSMsgType.TEXT:
+                    continue
+                frame = json.loads(message.data)
+                self.gateway_frames.append(frame)
+                if frame["op"] == 2 and self.gateway_close_code is not None:
+                    await socket.close(code=self.gateway_close_code)
+                elif frame["op"] == 2:  # IDENTIFY
+                    self.push(
+                        "READY",
+                        {
+                            "v": 10,
+                            "user": BOT_USER,
+                            "guilds": [],
+                            "session_id": "fake-session",
+                            "resume_gateway_url": self.gateway_url,
+                            "application": {"id": str(APP_ID), "flags": self.app_flags},
+                        },
+                    )
+                    for guild in self.gateway_guilds:
+                        self.push("GUILD_CREATE", guild)
+                elif frame["op"] == 1:  # heartbeat
+                    await socket.send_json({"op": 11, "d": None, "s": None, "t": None})
+                async with self._changed:
+                    self._changed.notify_all()
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        return socket
+
+    async def _send_events(self, socket: web.WebSocketResponse) -> None:
+        while True:
+            event, data = await self._outbox.get()
+            self._sequence += 1
+            await socket.send_json({"op": 0, "t": event, "s": self._sequence, "d": data})
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body_json: Any = None
+        files: list[tuple[str, bytes]] = []
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            async for part in reader:
+                if not isinstance(part, BodyPartReader):  # pragma: no cover
+                    continue
+                data = await part.read()
+                if part.name == "payload_json":
+                    body_json = json.loads(data)
+                else:
+                    files.append((part.filename or "file", bytes(data)))
+        elif request.can_read_body:
+            raw = await request.read()
+            body_json = json.loads(raw) if raw else None
+        auth = request.headers.get("Authorization", "")
+        record = Request(
+            request.method,
+            request.path,
+            dict(request.query),
+            auth == f"Bot {TOKEN}",
+            body_json,
+            files,
+        )
+        self.requests.append(record)
+        try:
+            response = self._fault(record) or self._route(request, record)
+        except KeyError:
+            response = _json({"message": "Unknown Message", "code": 10008}, 404)
+        record.status = response.status
+        async with self._changed:
+            self._changed.notify_all()
+        return response
+
+    def _fault(self, record: Request) -> web.Response | None:
+        for fault in self.faults:
+            if not fault.times or fault.method != record.method:
+                continue
+            if not fault.pattern.search(record.path) or (fault.with_files and not record.files):
+                continue
+            if fault.skip:
+                fault.skip -= 1
+                continue
+            fault.times -= 1
+            return _json(fault.body, fault.status, fault.headers)
+        return None
+
+    def _expired(self, token: str) -> bool:
+        return self.expire_all or token in self.expired_tokens
+
+    def _route(self, request: web.Request, record: Request) -> web.Response:
+        path = request.path.removeprefix("/api/v10")
+        method = request.method
+        if path.startswith("/cdn/"):
+            data = self.cdn.get(path)
+            if data is None:
+                return web.Response(status=404)
+            return web.Response(body=data, content_type="image/png")
+        if path == "/users/@me":
+            if request.headers.get("Authorization") != f"Bot {TOKEN}":
+                return _json({"message": "401: Unauthorized", "code": 0}, 401)
+            return _json(BOT_USER)
+        if path == "/oauth2/applications/@me":
+            return _json(
+                {
+                    "id": str(APP_ID),
+                    "name": "sdbot",
+                    "icon": None,
+                    "description": "",
+                    "bot_public": True,
+                    "bot_require_code_grant": False,
+                    "verify_key": "x",
+                    "flags": self.app_flags,
+                    "owner": {"id": "3000", "username": "o", "discriminator": "0", "avatar": None},
+                }
+            )
+        if match := re.fullmatch(r"/applications/\d+(?:/guilds/(\d+))?/commands", path):
+            scope = f"guild {match[1]}" if match[1] else "global"
+            commands = record.json or []
+            self.synced.append((scope, commands))
+            return _json(
+                [
+                    {
+                        "description": "",
+                        **c,
+                        "id": str(self.snowflake()),
+                        "application_id": str(APP_ID),
+                        "version": "1",
+                    }
+                    for c in commands
+                ]
+            )
+        if match := re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", path):
+            return self._callback(match[1], match[2], record)
+        if match := re.fullmatch(r"/webhooks/\d+/([^/]+)(?:/messages/([^/]+))?", path):
+            return self._webhook(method, match[1], match[2], record)
+        if match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)/threads", path):
+            return self._thread(match[1], match[2], record)
+        if match := re.fullmatch(r"/channels/(\d+)/messages(?:/(\d+))?", path):
+            return self._channel_messages(method, match[1], match[2], request, record)
+        if match := re.fullmatch(r"/channels/(\d+)", path):
+            channel = self.channels.get(match[1])
+            if channel is None:
+                return _json(_text_channel(match[1]))
+            return _json(channel)
+        return _json({"message": f"fake: no route {method} {path}"}, 404)
+
+    def _new_message(
+        self,
+        channel_id: str,
+        body: Mapping[str, Any] | None,
+        files: Sequence[tuple[str, bytes]],
+        *,
+        flags: int = 0,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        body = body or {}
+        message_id = str(self.snowflake())
+        attachments = [self.upload(name, data) for name, data in files]
+        message = {
+            "id": message_id,
+            "channel_id": channel_id,
+            "author": BOT_USER,
+            "content": body.get("content") or "",
+            "embeds": body.get("embeds") or [],
+            "components": body.get("components") or [],
+            "attachments": attachments,
+            "mentions": [],
+            "mention_roles": [],
+            "pinned": False,
+            "tts": False,
+            "mention_everyone": False,
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "type": 0,
+            "flags": flags | int(body.get("flags") or 0),
+        }
+        if token is None:
+            self.messages[message_id] = message
+        else:
+            message["token"] = token
+            self.answers[message_id] = message
+        return message
+
+    def _edit(
+        self,
+        message: dict[str, Any],
+        body: Mapping[str, Any] | None,
+        files: Sequence[tuple[str, bytes]],
+    ) -> None:
+        body = body or {}
+        for key in ("content", "embeds", "components"):
+            if key in body:
+                message[key] = (
+                    body[key] if body[key] is not None else ([] if key != "content" else "")
+                )
+        if files:
+            message["attachments"] = [self.upload(name, data) for name, data in files]
+        message["edited_timestamp"] = TIMESTAMP
+
+    def _callback(self, interaction_id: str, token: str, record: Request) -> web.Response:
+        if self._expired(token):
+            return _json({"message": "Unknown interaction", "code": 10062}, 404)
+        body = record.json or {}
+        kind = body.get("type")
+        data = body.get("data") or {}
+        resource: dict[str, Any] | None = None
+        if kind in (4, 5):
+            message = self._new_message(
+                self.interaction_channels.get(token, "0"),
+                data,
+                record.files,
+                flags=int(data.get("flags") or 0),
+                token=token,
+            )
+            self.originals[token] = message["id"]
+            resource = {"type": kind, "message": message}
+        answer: dict[str, Any] = {
+            "interaction": {
+                "id": interaction_id,
+                "type": 2,
+                "response_message_loading": kind == 5,
+                "response_message_ephemeral": bool(int(data.get("flags") or 0) & EPHEMERAL),
+            }
+        }
+        if resource is not None:
+            answer["interaction"]["response_message_id"] = resource["message"]["id"]
+            answer["resource"] = resource
+        return _json(answer)
+
+    def _webhook(
+        self, method: str, token: str, message: str | None, record: Request
+    ) -> web.Response:
+        if self._expired(token):
+            return _json({"message": "Invalid Webhook Token", "code": 50027}, 401)
+        if message is None and method == "POST":
+            flags = int((record.json or {}).get("flags") or 0)
+            channel = self.interaction_channels.get(token, "0")
+            return _json(
+                self._new_message(channel, record.json, record.files, flags=flags, token=token)
+            )
+        message_id = self.originals[token] if message == "@original" else str(message)
+        stored = self.answers[message_id]
+        if method == "PATCH":
+            self._edit(stored, record.json, record.files)
+        elif method == "DELETE":
+            del self.answers[message_id]
+            return web.Response(status=204)
+        return _json(stored)
+
+    def _thread(self, channel_id: str, message_id: str, record: Request) -> web.Response:
+        if message_id in self.channels:
+            return _json(
+                {"message": "A thread has already been created for this message", "code": 160004},
+                400,
+            )
+        body = record.json or {}
+        thread = _thread_channel(
+            message_id, channel_id, BOT_ID, body.get("name", ""), body.get("auto_archive_duration")
+        )
+        self.channels[message_id] = thread
+        return _json(thread, 201)
+
+    def _channel_messages(
+        self,
+        method: str,
+        channel_id: str,
+        message_id: str | None,
+        request: web.Request,
+        record: Request,
+    ) -> web.Response:
+        if message_id is None:
+            if method == "POST":
+                return _json(self._new_message(channel_id, record.json, record.files))
+            limit = int(request.query.get("limit", "50"))
+            found = sorted(self.in_channel(channel_id), key=lambda m: int(m["id"]), reverse=True)
+            return _json(found[:limit])
+        stored = self.messages[message_id]
+        if method == "PATCH":
+            self._edit(stored, record.json, record.files)
+            return _json(stored)
+        if method == "DELETE":
+            del self.messages[message_id]
+            return web.Response(status=204)
+        return _json(stored)
+
+
+def _text_channel(channel_id: str, guild_id: int = GUILD) -> dict[str, Any]:
+    return {
+        "id": channel_id,
+        "type": 0,
+        "guild_id": str(guild_id),
+        "name": "gen",
+        "position": 0,
+        "permission_overwrites": [],
+        "nsfw": False,
+        "parent_id": None,
+    }
+
+
+def _thread_channel(
+    thread_id: str, parent_id: str, owner: int, name: str, archive: int | None = None
+) -> dict[str, Any]:
+    return {
+        "id": thread_id,
+        "type": 11,
+        "guild_id": str(GUILD),
+        "parent_id": parent_id,
+        "name": name,
+        "owner_id": str(owner),
+        "message_count": 0,
+        "member_count": 1,
+        "rate_limit_per_user": 0,
+        "flags": 0,
+        "thread_metadata": {
+            "archived": False,
+            "auto_archive_duration": archive or 1440,
+            "archive_timestamp": TIMESTAMP,
+            "locked": False,
+        },
+    }
+
+
+def _guild(guild_id: int, channel_id: int) -> dict[str, Any]:
+    return {
+        "id": str(guild_id),
+        "name": f"guild {guild_id}",
+        "owner_id": "1",
+        "roles": [
+            {
+                "id": str(guild_id),
+                "name": "@everyone",
+                "permissions": str(BASIC_PERMISSIONS),
+                "position": 0,
+                "color": 0,
+                "hoist": False,
+                "managed": False,
+                "mentionable": False,
+            },
+            {
+                "id": str(ARTIST_ROLE),
+                "name": "artists",
+                "permissions": str(BASIC_PERMISSIONS),
+                "position": 1,
+                "color": 0,
+                "hoist": False,
+                "managed": False,
+                "mentionable": False,
+            },
+            {
+                "id": str(ADMIN_ROLE),
+                "name": "admins",
+                "permissions": str(MANAGE_GUILD | BASIC_PERMISSIONS),
+                "position": 1,
+                "color": 0,
+                "hoist": False,
+                "managed": False,
+                "mentionable": False,
+            },
+        ],
+        "emojis": [],
+        "stickers": [],
+        "features": [],
+        "channels": [_text_channel(str(channel_id), guild_id)],
+        "threads": [],
+        "members": [],
+        "member_count": 3,
+        "premium_tier": 0,
+    }
+
+
+def png(width: int = 96, height: int = 64, seed: int = 1) -> bytes:
+    """A picture with some structure (the local backend's preview transforms it)."""
+    image = Image.new("RGB", (width, height), (40 + seed * 20 % 200, 90, 200))
+    for x in range(0, width, 6):
+        for y in range(0, height, 6):
+            image.putpixel((x, y), ((x * 7 + seed) % 256, (y * 5) % 256, 120))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class GatedBackend(LocalBackend):
+    """The local backend whose status answers wait for `gate` (to hold a job in flight)."""
+
+    def __init__(self, config: LocalBackendConfig) -> None:
+        super().__init__(config)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, Any]:
+        await self.gate.wait()
+        return dict(await super().statuses(targets))
+
+
+class DiscordHarness:
+    """The real core and the real adapter, with a REST-only client against `FakeDiscord`.
+
+    Test modules cannot import this conftest, so the people and places they need are here.
+    """
+
+    alice, bob, boss, carol = ALICE, BOB, BOSS, CAROL
+    artist_role = ARTIST_ROLE
+    guild, channel, other_guild, other_channel = GUILD, CHANNEL, OTHER_GUILD, OTHER_CHANNEL
+    bot_id, app_id = BOT_ID, APP_ID
+    ephemeral = EPHEMERAL
+
+    def __init__(self, tmp_path: Path, fake: FakeDiscord) -> None:
+        self.tmp_path = tmp_path
+        self.fake = fake
+        self.overrides: dict[str, Any] = {}
+        self.limits: DiscordLimits | None = None
+        self.message_content = True
+        # True: the adapter builds its own client and connects to the fake gateway, and events
+        # arrive over the websocket; False: a REST-only client fed through its state parser.
+        self.gateway = False
+        self.backend: GatedBackend | None = None
+        self.app: BotApp
+        self.client: discord.Client
+        self.adapter: DiscordAdapter
+        self._running = False
+
+    async def start(self, **overrides: Any) -> DiscordHarness:
+        self.overrides.update(overrides)
+        config = fast_config(
+            self.tmp_path, secrets=Secrets(discord_token=TOKEN), local_delay=0.02, **self.overrides
+        )
+        self.backend = GatedBackend(LocalBackendConfig(delay=config.local_delay))
+        self.app = make_app(config, self.backend)
+        client: discord.Client | None = None
+        if not self.gateway:
+            intents = discord.Intents.default()
+            intents.message_content = self.message_content
+            client = discord.Client(intents=intents)
+        self.adapter = DiscordAdapter(
+            self.app,
+            config,
+            client=client,
+            gateway=self.gateway,
+            message_content=self.message_content if self.gateway else None,
+            cdn_origins=[self.fake.origin],
+            limits=self.limits,
+        )
+        self.client = self.adapter.client
+        self.app.add_adapter(self.adapter)
+        guilds = [_guild(GUILD, CHANNEL), _guild(OTHER_GUILD, OTHER_CHANNEL)]
+        self.fake.gateway_guilds = guilds
+        await self.app.start()
+        await self.adapter.start()
+        self._running = True
+        if not self.gateway:
+            for guild in guilds:
+                self.client._connection._add_guild_from_data(guild)  # type: ignore[arg-type]
+            return self
+        # The guilds arrive over the gateway, as in production.
+        for _ in range(1000):
+            if all(self.client.get_guild(int(g["id"])) for g in guilds):
+                return self
+            await asyncio.sleep(0.01)
+        raise AssertionError("the fake gateway's guilds never reached the client")
+
+    async def stop(self, *, settle: bool = True) -> None:
+        """Stop the adapter and the core; without `settle`, jobs in flight are left to resume."""
+        if not self._running:
+            return
+        self._running = False
+        if settle:
+            if self.backend is not None:
+                self.backend.gate.set()
+            await self.settle()
+        await self.adapter.aclose()
+        await self.app.aclose()
+
+    async def restart(self, *, settle: bool = True) -> None:
+        await self.stop(settle=settle)
+        await self.start()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    async def settle(self) -> None:
+        """Wait until the adapter handles no event and the core drives no job."""
+        for _ in range(3):
+            for _ in range(20):
+                await asyncio.sleep(0)
+            await asyncio.wait_for(self.adapter.wait_idle(), 10)
+            await asyncio.wait_for(self.app.runner.wait_idle(), 10)
+
+    async def answered(self, token: str) -> Request:
+        """Wait for an interaction's first response, then for everything to settle."""
+        await self.fake.wait_for(lambda: bool(self.fake.callbacks(token)))
+        await self.settle()
+        return self.fake.callbacks(token)[0]
+
+    # -- events ----------------------------------------------------------------------------
+
+    def interaction(
+        self,
+        kind: int,
+        data: dict[str, Any] | None,
+        *,
+        user: User = ALICE,
+        guild: int | None = GUILD,
+        channel: str | int = CHANNEL,
+        thread: str | None = None,
+        message: dict[str, Any] | None = None,
+        size_limit: int = 10 * 1024 * 1024,
+    ) -> str:
+        """Deliver an INTERACTION_CREATE of `kind` (2 command, 3 component, 4 autocomplete,
+        5 modal submit) from `user` in `channel` / `thread`; returns its token."""
+        interaction_id = self.fake.snowflake()
+        token = f"itok{interaction_id}"
+        payload: dict[str, Any] = {
+            "id": str(interaction_id),
+            "application_id": str(APP_ID),
+            "token": token,
+            "version": 1,
+            "type": kind,
+            "attachment_size_limit": size_limit,
+            "app_permissions": "0",
+            "locale": "en-US",
+        }
+        if data is not None:
+            payload["data"] = data
+        channel_id = str(thread or channel)
+        if guild is None:
+            payload["channel_id"] = channel_id
+            payload["channel"] = {"id": channel_id, "type": 1, "recipients": [user.payload()]}
+            payload["user"] = user.payload()
+        else:
+            payload["guild_id"] = str(guild)
+            payload["channel_id"] = channel_id
+            if thread is not None:
+                payload["channel"] = _thread_channel(str(thread), str(channel), user.id, "t")
+            else:
+                payload["channel"] = _text_channel(channel_id, guild)
+            payload["member"] = user.member()
+        if message is not None:
+            payload["message"] = message
+        self.fake.interaction_channels[token] = channel_id
+        if self.gateway:
+            self.fake.push("INTERACTION_CREATE", payload)
+        else:
+            self.client._connection.parse_interaction_create(payload)  # type: ignore[arg-type]
+        return token
+
+    def slash(
+        self,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        files: Mapping[str, bytes] | None = None,
+        **where: Any,
+    ) -> str:
+        """Run a slash command; `files` maps attachment options to image bytes."""
+        wire: list[dict[str, Any]] = []
+        resolved: dict[str, Any] = {}
+        for option, value in (options or {}).items():
+            kind = OPTIONS[option].kind
+            code = {Kind.INT: 4, Kind.FLOAT: 10, Kind.BOOL: 5}.get(kind, 3)
+            wire.append({"name": option, "type": code, "value": value})
+        for slot, data in (files or {}).items():
+            attachment = self.fake.upload(f"{slot}.png", data)
+            resolved[attachment["id"]] = attachment
+            wire.append({"name": slot, "type": 11, "value": attachment["id"]})
+        data: dict[str, Any] = {"id": "123", "name": name, "type": 1, "options": wire}
+        guild = where.get("guild", GUILD)
+        if guild is not None and str(guild) in self.overrides.get("discord_guilds", ()):
+            data["guild_id"] = str(guild)  # Discord names the guild of a guild command
+        if resolved:
+            data["resolved"] = {"attachments": resolved}
+        return self.interaction(2, data, **where)
+
+    def autocomplete(self, name: str, option: str, value: str, **where: Any) -> str:
+        data = {
+            "id": "123",
+            "name": name,
+            "type": 1,
+            "options": [{"name": option, "type": 3, "value": value, "focused": True}],
+        }
+        return self.interaction(4, data, **where)
+
+    def menu(self, name: str, target: dict[str, Any], **where: Any) -> str:
+        data = {
+            "id": "124",
+            "name": name,
+            "type": 3,
+            "target_id": target["id"],
+            "resolved": {"messages": {target["id"]: target}},
+        }
+        return self.interaction(2, data, **where)
+
+    def click(self, message: dict[str, Any], custom_id: str, **where: Any) -> str:
+        """Press a button of a message the bot posted (the payload carries its components)."""
+        channel = message["channel_id"]
+        thread = self.fake.channels.get(channel)
+        if thread is not None and "thread" not in where:
+            where = {"channel": thread["parent_id"], "thread": channel, **where}
+        data = {"custom_id": custom_id, "component_type": 2}
+        return self.interaction(3, data, message=message, **where)
+
+    def submit(self, custom_id: str, values: Mapping[str, str], **where: Any) -> str:
+        components = [
+            {
+                "type": 18,
+                "id": n + 1,
+                "component": {"type": 4, "id": n + 10, "custom_id": k, "value": v},
+            }
+            for n, (k, v) in enumerate(values.items())
+        ]
+        return self.interaction(5, {"custom_id": custom_id, "components": components}, **where)
+
+    def say(
+        self,
+        text: str,
+        *,
+        user: User = ALICE,
+        channel: str | int = CHANNEL,
+        guild: int | None = GUILD,
+        files: Mapping[str, bytes] | None = None,
+        reply_to: dict[str, Any] | None = None,
+        mention: bool = False,
+    ) -> dict[str, Any]:
+        """A user's message, as the gateway's MESSAGE_CREATE would deliver it."""
+        content = f"<@{BOT_ID}> {text}" if mention else text
+        payload: dict[str, Any] = {
+            "id": str(self.fake.snowflake()),
+            "channel_id": str(channel),
+            "author": user.payload(),
+            "content": content if (self.message_content or mention or guild is None) else "",
+            "attachments": [self.fake.upload(n, d) for n, d in (files or {}).items()],
+            "embeds": [],
+            "mentions": [BOT_USER] if mention else [],
+            "mention_roles": [],
+            "pinned": False,
+            "tts": False,
+            "mention_everyone": False,
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "type": 0,
+            "flags": 0,
+        }
+        if guild is not None:
+            payload["guild_id"] = str(guild)
+            member = user.member()
+            member.pop("user")
+            member.pop("permissions")
+            payload["member"] = member
+        if reply_to is not None:
+            payload["type"] = 19
+            payload["message_reference"] = {
+                "message_id": reply_to["id"],
+                "channel_id": reply_to["channel_id"],
+                **({"guild_id": str(guild)} if guild is not None else {}),
+            }
+            payload["referenced_message"] = reply_to
+        if self.gateway:
+            self.fake.push("MESSAGE_CREATE", payload)
+        else:
+            self.client._connection.parse_message_create(payload)  # type: ignore[arg-type]
+        return payload
+
+    # -- looking at what happened ----------------------------------------------------------
+
+    async def jobs(self) -> list[Any]:
+        found = []
+        for server in (str(GUILD), str(OTHER_GUILD), f"dm:{ALICE.id}"):
+            found += await self.app.store.query(JobQuery(Platform.DISCORD, server, limit=100))
+        return sorted(found, key=lambda j: j.created_at)
+
+    def results(self, thread: str) -> list[dict[str, Any]]:
+        """The bot's result messages in a thread, oldest first."""
+        return [
+            m
+            for m in sorted(self.fake.in_channel(thread), key=lambda m: int(m["id"]))
+            if m["content"].startswith("job `")
+        ]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    server = FakeDiscord()
+    await server.start()
+    yield server
+    await server.aclose()
+
+
+@pytest.fixture
+async def discord_api(fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> FakeDiscord:
+    monkeypatch.setattr(discord.http.Route, "BASE", fake.api)
+    monkeypatch.setattr(
+        discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url)
+    )
+    return fake
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, discord_api: FakeDiscord) -> AsyncIterator[DiscordHarness]:
+    h = DiscordHarness(tmp_path, discord_api)
+    yield h
+    await h.stop()
+
+
+@pytest.fixture
+async def bot(harness: DiscordHarness) -> DiscordHarness:
+    """A started harness with default settings."""
+    return await harness.start()
