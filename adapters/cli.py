@@ -56,9 +56,9 @@ class _Connected(Protocol):
 def make_backend(config: Config) -> Backend:
     """The backend the configuration names."""
     if config.backend == "esd":
-        from cloud.esd import EsdBackend, EsdConfig
+        from cloud.esd import EsdBackend
 
-        return EsdBackend(EsdConfig.from_config(config))
+        return EsdBackend.from_config(config)
     return LocalBackend(
         LocalBackendConfig(
             delay=config.local_delay,

@@ -4,8 +4,9 @@ It owns the `EsdClient` (one aiohttp session), the `StatusBook` that answers the
 list pages, the per-endpoint cap on Real-time jobs in flight, short-lived lookups of endpoints
 and network models made while submitting, and the results of jobs already read (a Real-time
 start answers with the finished job). Interrogate goes through an `Interrogator`: over REST
-where the server's `/ping` advertises it, otherwise a clear refusal until the SageMaker path
-exists. Every failure arrives as a `bot.errors.BackendError` whose `user_message` reads well in
+where the server's `/ping` advertises it, else directly through SageMaker when `ESD_BUCKET` is
+set (`cloud.esd.sagemaker`, whose jobs it reads itself), else a refusal that says what is
+missing. Every failure arrives as a `bot.errors.BackendError` whose `user_message` reads well in
 chat.
 """
 
@@ -37,19 +38,25 @@ from cloud.esd.a1111 import (
     resolve_file,
 )
 from cloud.esd.client import EsdClient
-from cloud.esd.config import INFERENCE_TYPES
-from cloud.esd.interrogate import RestInterrogator, UnsupportedInterrogator, task_type
+from cloud.esd.config import INFERENCE_TYPES, EsdConfig
+from cloud.esd.interrogate import (
+    JobReader,
+    RestInterrogator,
+    UnsupportedInterrogator,
+    task_type,
+)
 from cloud.esd.launch import launch
 from cloud.esd.payloads import NO_REASON, parse_version
 from cloud.esd.polling import StatusBook
+from cloud.esd.sagemaker import SageMakerConfig, SageMakerInterrogator
 from commands.spec import MODEL_TYPES
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from bot.config import Config
     from bot.model import BackendStatus, CloudJob, GenerationParams, InterrogateParams, Model
     from bot.ports import PollTarget
-    from cloud.esd.config import EsdConfig
     from cloud.esd.interrogate import Interrogator
     from cloud.esd.payloads import EsdJob
 
@@ -64,6 +71,8 @@ _MAX_PAGES = 200
 _MAX_PARAM_BYTES = 2_000_000
 # Succeeded jobs whose rows (with result URLs) were already read, kept for `results`.
 _MAX_KEPT = 1000
+# Ids of interrogate jobs the `JobReader` follows, so `results` knows whom to ask.
+_MAX_OWN = 10_000
 
 
 class RealtimeSlots:
@@ -115,10 +124,17 @@ class EsdBackend:
         config: EsdConfig,
         *,
         interrogator: Interrogator | None = None,
+        sagemaker: SageMakerConfig | None = None,
     ) -> None:
+        """`interrogator` overrides the choice `start()` makes; `sagemaker` enables the
+        SageMaker path for deployments whose `/ping` does not advertise REST interrogate."""
         self._config = config
         self._client = EsdClient(config)
         self._interrogator = interrogator
+        self._sagemaker = sagemaker
+        self._owned: SageMakerInterrogator | None = None  # made here, so closed here
+        self._reader: JobReader | None = None
+        self._own: OrderedDict[str, None] = OrderedDict()
         self._slots = RealtimeSlots(config.realtime_max_in_flight)
         self._book = StatusBook(
             self._client,
@@ -133,10 +149,23 @@ class EsdBackend:
         self._network_cache: tuple[float, dict[str, tuple[str, ...]]] | None = None
         self._lookup_lock = asyncio.Lock()
         self.version: str | None = None  # ESD's `x-api-version`, once `/ping` answered
+        if isinstance(interrogator, JobReader):
+            self._use_reader(interrogator)
+
+    @classmethod
+    def from_config(cls, config: Config) -> EsdBackend:
+        """The backend of the bot's configuration: the REST API and, with `ESD_BUCKET`, the
+        SageMaker path for interrogate."""
+        return cls(EsdConfig.from_config(config), sagemaker=SageMakerConfig.from_config(config))
 
     @property
     def config(self) -> EsdConfig:
         return self._config
+
+    @property
+    def interrogator(self) -> Interrogator | None:
+        """The interrogator in use; None until `/ping` has answered."""
+        return self._interrogator
 
     @property
     def slots(self) -> RealtimeSlots:
@@ -172,9 +201,7 @@ class EsdBackend:
         elif version[:2] < MIN_VERSION:
             raise ConfigError(unsupported_version(version))
         if self._interrogator is None:
-            self._interrogator = (
-                RestInterrogator(self._client) if ping.interrogate else UnsupportedInterrogator()
-            )
+            self._choose_interrogator(advertised=ping.interrogate)
         try:
             await self._client.list_endpoints(limit=1)
         except BackendUnavailableError as exc:
@@ -182,8 +209,37 @@ class EsdBackend:
         except BackendError as exc:
             raise ConfigError(exc.user_message or str(exc)) from None
 
+    def _choose_interrogator(self, *, advertised: bool) -> Interrogator:
+        """REST where the server advertises it, else SageMaker when a bucket is set."""
+        interrogator: Interrogator
+        if advertised:
+            interrogator = RestInterrogator(self._client)
+        elif self._sagemaker is not None and self._sagemaker.bucket is not None:
+            self._owned = SageMakerInterrogator(self._sagemaker, endpoint=self._endpoint)
+            self._use_reader(self._owned)
+            interrogator = self._owned
+        else:
+            interrogator = UnsupportedInterrogator()
+        self._interrogator = interrogator
+        return interrogator
+
+    def _use_reader(self, reader: JobReader) -> None:
+        self._reader = reader
+        self._book.read_interrogations_with(reader)
+
+    def _mark_own(self, backend_id: str) -> None:
+        self._own[backend_id] = None
+        self._own.move_to_end(backend_id)
+        while len(self._own) > _MAX_OWN:
+            self._own.popitem(last=False)
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        owned, self._owned = self._owned, None
+        try:
+            if owned is not None:
+                await owned.aclose()
+        finally:
+            await self._client.aclose()
 
     async def __aenter__(self) -> EsdBackend:
         await self.start()
@@ -317,20 +373,40 @@ class EsdBackend:
         self, job_id: str, params: InterrogateParams, image_png: bytes
     ) -> Submitted:
         task = task_type(params.method)
-        if self._interrogator is None:
+        interrogator = self._interrogator
+        if interrogator is None:
             # `/ping` did not answer at start-up: ask now whether the server captions over REST.
             ping = await self._client.ping()
-            self._interrogator = (
-                RestInterrogator(self._client) if ping.interrogate else UnsupportedInterrogator()
-            )
+            interrogator = self._choose_interrogator(advertised=ping.interrogate)
         submitted_at = datetime.now(UTC)
-        submitted = await self._interrogator.interrogate(job_id, params, image_png)
+        submitted = await interrogator.interrogate(job_id, params, image_png)
+        # Every interrogator that reads its own jobs was made the book's reader when chosen.
+        own = isinstance(interrogator, JobReader)
+        if own:
+            self._mark_own(submitted.backend_id)
         self._book.track(
-            submitted.backend_id, task, submitted_at=submitted_at, endpoint=params.endpoint
+            submitted.backend_id,
+            task,
+            submitted_at=submitted_at,
+            endpoint=submitted.endpoint,
+            cold=submitted.cold_start,
+            own=own,
         )
         return submitted
 
     async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, BackendStatus]:
+        if self._interrogator is None and any(t.interrogate for t in targets):
+            # Jobs resumed after a restart while ESD was unreachable: decide who reads them.
+            try:
+                ping = await self._client.ping()
+            except BackendError as exc:
+                _LOGGER.info("interrogate jobs are read over REST for now: %s", exc)
+            else:
+                self._choose_interrogator(advertised=ping.interrogate)
+        if self._reader is not None:
+            for target in targets:
+                if target.interrogate:
+                    self._mark_own(target.backend_id)
         return await self._book.statuses(targets)
 
     def _terminal(self, job: EsdJob) -> None:
@@ -346,7 +422,7 @@ class EsdBackend:
             self._kept.popitem(last=False)
 
     async def results(self, backend_id: str) -> JobOutput:
-        job = self._kept.pop(backend_id, None) or await self._client.get_inference(backend_id)
+        job = self._kept.pop(backend_id, None) or await self._read_job(backend_id)
         if job.state is JobState.FAILED:
             raise JobFailedError(
                 f"ESD job {backend_id} failed: {job.reason or NO_REASON}",
@@ -418,15 +494,27 @@ class EsdBackend:
             return None
         return first
 
+    async def _read_job(self, backend_id: str) -> EsdJob:
+        """The job's row: from the interrogator's reader for its own jobs, else over REST."""
+        if self._reader is not None and backend_id in self._own:
+            found = await self._reader.read([backend_id])
+            if backend_id in found:
+                return found[backend_id]
+        return await self._client.get_inference(backend_id)
+
     async def refresh(self, backend_id: str) -> None:
         """Read the job again; its fresh result URLs serve the next `results`."""
         self._kept.pop(backend_id, None)
-        self._keep(await self._client.get_inference(backend_id))
+        self._keep(await self._read_job(backend_id))
 
     async def cancel(self, backend_id: str) -> None:
         self._slots.release(backend_id)
         self._book.forget(backend_id)
         self._kept.pop(backend_id, None)
+        if self._reader is not None:
+            self._reader.forget(backend_id)
+        # Rows the SageMaker path wrote live in ESD's table, so ESD's own delete removes them
+        # with their input and output objects.
         await self._client.delete_inferences([backend_id])
 
     async def history(self, task_type: str, limit: int) -> Sequence[CloudJob]:

@@ -22,8 +22,8 @@ from cloud.esd.backend import (
 )
 from cloud.esd.client import EsdClient
 from cloud.esd.config import EsdConfig
-from cloud.esd.interrogate import NEEDS_SAGEMAKER
 from cloud.esd.payloads import parse_version
+from cloud.esd.sagemaker import SageMakerConfig, check_interrogate
 
 if TYPE_CHECKING:
     from typing import TextIO
@@ -94,10 +94,12 @@ async def check_backend(config: Config, out: TextIO) -> int:
                 say(f"error: listing {model_type} models failed: {exc.user_message or exc}")
                 return EXIT_FAILED
         say("models: " + ", ".join(counts))
-        say(
-            "interrogate: over REST (advertised by the server)"
-            if ping.interrogate
-            else f"interrogate: not available, {NEEDS_SAGEMAKER}"
-        )
+        if ping.interrogate:
+            say("interrogate: over REST (advertised by the server)")
+        else:
+            usable, line = await check_interrogate(SageMakerConfig.from_config(config))
+            say(line)
+            if not usable:
+                return EXIT_FAILED
     say("check passed")
     return EXIT_OK

@@ -1,17 +1,19 @@
 """How an ESD deployment captions images: the `Interrogator` seam of `EsdBackend`.
 
 Real ESD (v1.4+) has no interrogate route (`reference/esd-api.md` §7.3); the container still
-captions on Async endpoints when invoked directly through SageMaker (§8.4), which is a later
-issue's `Interrogator`. Until then there are two: `RestInterrogator` for ESD-compatible servers
-whose `/ping` advertises `interrogate` (the bot's own `sdbot local-backend`), and
-`UnsupportedInterrogator`, which says what is missing.
+captions on Async endpoints when invoked directly through SageMaker (§8.4). So there are three
+interrogators: `RestInterrogator` for ESD-compatible servers whose `/ping` advertises
+`interrogate` (the bot's own `sdbot local-backend`), `cloud.esd.sagemaker.SageMakerInterrogator`
+for real deployments when `ESD_BUCKET` is set, and `UnsupportedInterrogator`, which says what is
+missing. An interrogator that follows its jobs itself (not through ESD's REST rows) is also a
+`JobReader`; the backend then asks it, not the REST API, about its jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bot.errors import BackendError
 from bot.model import Submitted
@@ -19,12 +21,15 @@ from cloud.esd.a1111 import INTERROGATE_TASKS, interrogate_payload
 from cloud.esd.launch import launch
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from bot.model import InterrogateParams
     from cloud.esd.client import EsdClient
+    from cloud.esd.payloads import EsdJob
 
 NEEDS_SAGEMAKER = (
-    "interrogate on this ESD deployment needs the SageMaker path (ESD_BUCKET and AWS "
-    "credentials), which this build does not have yet"
+    "interrogate on this ESD deployment runs through SageMaker directly: set ESD_BUCKET (the "
+    "S3BucketName output of the ESD stack) and give the bot AWS credentials (docs/esd.md)"
 )
 
 
@@ -34,6 +39,21 @@ class Interrogator(Protocol):
     async def interrogate(
         self, job_id: str, params: InterrogateParams, image_png: bytes
     ) -> Submitted: ...
+
+
+@runtime_checkable
+class JobReader(Protocol):
+    """An interrogator that reads its own jobs, which ESD's REST rows may not describe."""
+
+    async def read(self, backend_ids: Sequence[str]) -> dict[str, EsdJob]:
+        """The jobs it could read; a `BackendUnavailableError` when it could read none."""
+        ...
+
+    def forget(self, backend_id: str) -> None:
+        """The job was cancelled: drop what is kept about it."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 def task_type(method: str) -> str:

@@ -8,10 +8,12 @@ that type, is reused by every poll within `list_interval`, and goes only as deep
 job in flight (at most `status_pages` pages). `GET inferences/{id}` is kept for the few cases a
 list cannot answer: a failed job's reason when the list item lacks it, jobs that fell off the
 pages, interrogate jobs resumed after a restart (their task type is unknown), and task types
-with so few jobs in flight that one read per job is cheaper than a page. A job sent to an
-endpoint at zero instances is reported as a cold start until that endpoint lists an instance
-(re-read at most every `cold_check_interval`). So the requests per round grow with the pages
-and the changes, not with the number of jobs in flight.
+with so few jobs in flight that one read per job is cheaper than a page. Jobs an interrogator
+launched itself (`JobReader`, the SageMaker path) are read by that reader instead, because
+ESD's REST API may not know them. A job sent to an endpoint at zero instances is reported as a
+cold start until that endpoint lists an instance (re-read at most every `cold_check_interval`).
+So the requests per round grow with the pages and the changes, not with the number of jobs in
+flight.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
     from bot.ports import PollTarget
     from cloud.esd.client import EsdClient
+    from cloud.esd.interrogate import JobReader
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class Tracked:
     finished: EsdJob | None = None  # known terminal without asking (Real-time 200)
     checked: float = 0.0  # monotonic time of the last direct read, for fair rotation
     asked: float = 0.0  # monotonic time the poller last asked (or the job was submitted)
+    own: bool = False  # read by the interrogator's `JobReader`, never from REST rows or pages
 
 
 @dataclass
@@ -94,6 +98,11 @@ class StatusBook:
         self._clock = clock
         self._tracked: dict[str, Tracked] = {}
         self._snapshots: dict[str, _Snapshot] = {}
+        self._reader: JobReader | None = None
+
+    def read_interrogations_with(self, reader: JobReader) -> None:
+        """Interrogate jobs, submitted or resumed from now on, are read by `reader`."""
+        self._reader = reader
 
     # -- What the backend tells the book -------------------------------------------------------
 
@@ -106,6 +115,7 @@ class StatusBook:
         endpoint: str | None = None,
         cold: bool = False,
         finished: EsdJob | None = None,
+        own: bool = False,
     ) -> None:
         self._tracked[job_id] = Tracked(
             task_type,
@@ -114,6 +124,7 @@ class StatusBook:
             cold=cold,
             finished=finished,
             asked=self._clock(),
+            own=own,
         )
 
     def forget(self, job_id: str) -> None:
@@ -122,7 +133,7 @@ class StatusBook:
             snapshot.jobs.pop(job_id, None)
 
     def in_flight(self, task_type: str) -> int:
-        return sum(1 for t in self._tracked.values() if t.task_type == task_type)
+        return sum(1 for t in self._tracked.values() if t.task_type == task_type and not t.own)
 
     # -- The batch -----------------------------------------------------------------------------
 
@@ -131,6 +142,7 @@ class StatusBook:
         errors: list[BackendError] = []
         groups: dict[str, list[str]] = {}
         direct: list[str] = []
+        own: list[str] = []
         now = self._clock()
         for job_id in [i for i, t in self._tracked.items() if now - t.asked > _STALE_SECONDS]:
             self.forget(job_id)
@@ -140,12 +152,16 @@ class StatusBook:
             if tracked is None:
                 # A job from an earlier run: img2img unless the core says it is an interrogate.
                 tracked = Tracked(
-                    None if target.interrogate else "img2img", _aware(target.submitted_at)
+                    None if target.interrogate else "img2img",
+                    _aware(target.submitted_at),
+                    own=target.interrogate and self._reader is not None,
                 )
                 self._tracked[target.backend_id] = tracked
             tracked.asked = now
             if tracked.finished is not None:
                 learnt[target.backend_id] = tracked.finished
+            elif tracked.own:
+                own.append(target.backend_id)
             elif tracked.task_type is None:
                 direct.append(target.backend_id)
             else:
@@ -167,6 +183,7 @@ class StatusBook:
                     learnt[job_id] = job
         learnt.update(await self._read(wanted_reasons, errors, rotate=False))
         learnt.update(await self._read(direct, errors, rotate=True))
+        learnt.update(await self._read_own(own, errors))
         warm = await self._warm_endpoints(learnt)
         answer = {
             job_id: self._report(job_id, job, warm)
@@ -228,11 +245,9 @@ class StatusBook:
 
     async def _scan(self, task_type: str) -> _Snapshot:
         """Pages of `task_type`, newest first, until every job in flight of it was seen."""
-        pending = {i for i, t in self._tracked.items() if t.task_type == task_type}
-        oldest = min(
-            (t.submitted_at for t in self._tracked.values() if t.task_type == task_type),
-            default=datetime.now(UTC),
-        )
+        mine = {i: t for i, t in self._tracked.items() if t.task_type == task_type and not t.own}
+        pending = set(mine)
+        oldest = min((t.submitted_at for t in mine.values()), default=datetime.now(UTC))
         snapshot = _Snapshot(self._clock(), covered=set(pending))
         key: str | None = None
         for _ in range(self._config.status_pages):
@@ -256,6 +271,17 @@ class StatusBook:
         return snapshot
 
     # -- Direct reads --------------------------------------------------------------------------
+
+    async def _read_own(self, ids: list[str], errors: list[BackendError]) -> dict[str, EsdJob]:
+        """The reader's own jobs. A failure joins `errors` like a transient REST one, so
+        it never hides the statuses of other jobs from the poller."""
+        if not ids or self._reader is None:
+            return {}
+        try:
+            return await self._reader.read(ids)
+        except BackendError as exc:
+            errors.append(exc)
+            return {}
 
     async def _read(
         self, ids: list[str], errors: list[BackendError], *, rotate: bool
