@@ -240,3 +240,47 @@ async def test_reply_rows_through_the_console(console: ConsoleRun) -> None:
     assert await console.run(f"reply {base} // just a note") == []
     out_of_range = await console.run(f"reply {base} input=result:3")
     assert "has 1 result image" in out_of_range[0]
+
+
+async def test_every_option_reaches_the_backend_parameters(console: ConsoleRun) -> None:
+    image = console.write("in.png", png(96, 64))
+    mask = console.write("mask.png", mask_png(96, 64))
+    lines = await console.run(
+        f'inpaint-upload "a cat" negative="blurry, dark" image={image} mask={mask} strength=0.3'
+        ' steps=12 cfg=5.5 sampler="euler a" seed=3 size=72x64 count=2 resize=crop'
+        " model=sdbot-preview.safetensors vae=Automatic endpoint=local-preview mask_blur=0"
+        " fill=latent-noise area=masked padding=8 invert=yes",
+        f"img2img x image={image} width=192",
+    )
+    first, second = job_ids(lines)
+    job = await console.app.store.get(first)
+    assert job is not None and job.params is not None
+    p = job.params
+    assert (p.prompt, p.negative, p.strength, p.steps, p.cfg, p.sampler, p.seed) == (
+        "a cat",
+        "blurry, dark",
+        0.3,
+        12,
+        5.5,
+        "Euler a",
+        3,
+    )
+    assert (p.width, p.height, p.count, p.resize) == (72, 64, 2, "crop")
+    assert (p.model, p.vae, p.endpoint) == (
+        "sdbot-preview.safetensors",
+        "Automatic",
+        "local-preview",
+    )
+    assert (p.mask_blur, p.fill, p.area, p.padding, p.invert) == (
+        0,
+        "latent-noise",
+        "masked",
+        8,
+        True,
+    )
+    assert len(saved(lines, first)) == 2
+    assert {size_of(f.read_bytes()) for f in saved(lines, first)} == {(72, 64)}
+    other = await console.app.store.get(second)
+    assert other is not None and other.params is not None
+    # Only the width given: the height keeps the input aspect ratio (96x64 → 192x128).
+    assert (other.params.width, other.params.height) == (192, 128)
