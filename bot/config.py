@@ -53,8 +53,10 @@ class Config:
     endpoint: str | None = None
     inference_type: str = "Async"  # "Async" | "Real-time"
     # Polling and status (SPEC §3 step 4, §4.1).
-    poll_interval: float = 1.0
-    poll_max_interval: float = 2.0  # cheap: ESD answers a whole batch from list pages
+    # The core asks often; backends decide how often they really call out (ESD answers from a
+    # list scan it reuses for 2 s), so asking costs little and results arrive promptly.
+    poll_interval: float = 0.5
+    poll_max_interval: float = 1.0
     status_interval: float = 10.0
     job_timeout: float = 1200.0
     created_timeout: float = 300.0

@@ -57,11 +57,13 @@ class EsdConfig:
     # type and scan; task types with `direct_threshold` jobs in flight or fewer are read one by
     # one instead, and at most `max_direct_per_round` jobs are read one by one per poll.
     # A list scan is reused by every poll for `list_interval` seconds, so the request rate is
-    # about pages / list_interval however many jobs are due. 250 items of ~1 KB stay far below
-    # DynamoDB's 1 MB page.
-    page_size: int = 250
+    # about pages / list_interval however many jobs are due. 500 items of ~1 KB stay below
+    # DynamoDB's 1 MB page (a page ESD cuts short is followed by its `last_evaluated_key`), so
+    # one request per scan covers 500 jobs in flight; the 1.5 s reuse keeps a result's delay at
+    # about a second on average (docs/benchmarks.md).
+    page_size: int = 500
     status_pages: int = 4
-    list_interval: float = 1.0
+    list_interval: float = 1.5
     direct_threshold: int = 2
     max_direct_per_round: int = 20
     # While a job waits for a scaled-to-zero endpoint, its instance count is re-read this often.

@@ -288,6 +288,16 @@ class StatusBook:
     ) -> dict[str, EsdJob]:
         """`GET inferences/{id}` for some jobs; with `rotate`, at most `max_direct_per_round`,
         the least recently read first."""
+        if rotate:
+            # A job read a moment ago is not read again before `list_interval`: the core may
+            # poll often, the backend decides how often ESD is asked (as the list scan does).
+            now = self._clock()
+            ids = [
+                i
+                for i in ids
+                if i not in self._tracked
+                or now - self._tracked[i].checked >= self._list_interval
+            ]
         if rotate and len(ids) > self._config.max_direct_per_round:
             ids = sorted(ids, key=lambda i: self._tracked[i].checked if i in self._tracked else 0)
             ids = ids[: self._config.max_direct_per_round]
