@@ -35,7 +35,7 @@ from scenario_kit import (
 )
 
 from bot import imaging
-from bot.model import Caller, Conversation, Job, JobState, Platform
+from bot.model import Caller, Conversation, Delivery, Job, JobState, Platform
 from bot.store import _INSERT_JOB, _job_row
 from commands import parse
 
@@ -68,6 +68,7 @@ def _fill_store(path: Path, count: int) -> None:
             model=rng.choice(["a.safetensors", "b.safetensors", "c.safetensors"]),
             started_at=created,
             finished_at=created + timedelta(seconds=30),
+            delivery=Delivery.DONE,
         )
         rows.append(_job_row(job))
     with conn:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -90,6 +91,10 @@ class JobRunner:
         self._clock = clock
         self._limits = imaging.ImageLimits(config.max_bytes, config.max_pixels)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Image decoding is CPU work in threads: as many at once as there are cores, so a burst
+        # of jobs neither starves the event loop (acks, heartbeats) nor holds 200 decoded
+        # pictures in memory at once.
+        self._decoding = asyncio.Semaphore(max(1, os.cpu_count() or 1))
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -257,7 +262,8 @@ class JobRunner:
         first = imaging.InputFile(image.name, image.data)
         defaults = await self._policy.defaults(job.caller)
         if spec.family is Family.INTERROGATE:
-            prepared = await asyncio.to_thread(imaging.prepare_interrogate, first, self._limits)
+            async with self._decoding:
+                prepared = await asyncio.to_thread(imaging.prepare_interrogate, first, self._limits)
             endpoint = await self._resolver.endpoint(
                 job.options.get("endpoint"), default=defaults.endpoint, async_only=True
             )
@@ -269,14 +275,15 @@ class JobRunner:
             second_slot = "sketch" if job.command == "inpaint-sketch" else "mask"
             second = inputs.get(second_slot)
             mask_blur = int(job.options.get("mask_blur", 4))
-            prepared = await asyncio.to_thread(
-                imaging.prepare,
-                job.command,
-                first,
-                imaging.InputFile(second.name, second.data) if second else None,
-                mask_blur=mask_blur,
-                limits=self._limits,
-            )
+            async with self._decoding:
+                prepared = await asyncio.to_thread(
+                    imaging.prepare,
+                    job.command,
+                    first,
+                    imaging.InputFile(second.name, second.data) if second else None,
+                    mask_blur=mask_blur,
+                    limits=self._limits,
+                )
             params = await self._resolver.generation(
                 job.options, prepared.width, prepared.height, defaults
             )
@@ -389,7 +396,8 @@ class JobRunner:
     # -- delivering ------------------------------------------------------------------------
 
     async def _fetch_results(self, job: Job) -> Job:
-        assert job.backend_id is not None
+        if job.backend_id is None:  # a damaged row: never crash the driver over it
+            return await self._fail(job, "the bot lost track of this job on the backend")
         try:
             output = await self._backend.results(job.backend_id)
         except ResultsExpiredError:

@@ -278,6 +278,14 @@ class JobStore(Protocol):
         """Retention: drop the images of jobs created before `before`; return their ids."""
         ...
 
+    async def claim(self, key: str) -> bool:
+        """Record a platform event as acted on; False when it already was (a retry)."""
+        ...
+
+    async def expire_claims(self, before: datetime) -> int:
+        """Forget event claims made before `before`."""
+        ...
+
     async def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
         """Stored settings of a server (`scope` "") or of one of its channels."""
         ...

@@ -43,6 +43,8 @@ class Retention:
                 break
         if total:
             _LOGGER.info("retention: removed the stored images of %d job(s)", total)
+        # Platforms retry an event for minutes; a day of claims is plenty.
+        await self._store.expire_claims(self._clock.now() - timedelta(days=1))
         return total
 
     async def start(self) -> None:

@@ -162,6 +162,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX jobs_by_age ON jobs (created_at)",
     ),
+    # 3: platform events already acted on (Slack retries an event for minutes; one that comes
+    # back after a restart must not make a second job).
+    (
+        """
+        CREATE TABLE claims (
+            key TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL
+        ) STRICT, WITHOUT ROWID
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -434,7 +444,21 @@ def _prefix_end(prefix: str) -> str | None:
 
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction; IMMEDIATE takes the write lock up front so it cannot deadlock."""
+    """One write transaction; IMMEDIATE takes the write lock up front so it cannot deadlock.
+
+    Inside a group commit (`_Worker`) it is a savepoint: its work is undone alone on failure
+    and made durable with the group.
+    """
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT one")
+        try:
+            yield
+            conn.execute("RELEASE one")
+        except BaseException:
+            conn.execute("ROLLBACK TO one")
+            conn.execute("RELEASE one")
+            raise
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -651,6 +675,21 @@ class _Database:
                 )
         return ids
 
+    def claim(self, key: str, now: datetime) -> bool:
+        with _transaction(self.conn):
+            cursor = self.conn.execute(
+                "INSERT OR IGNORE INTO claims (key, created_at) VALUES (?, ?)",
+                (key, encode_time(now)),
+            )
+        return cursor.rowcount == 1
+
+    def expire_claims(self, before: datetime) -> int:
+        with _transaction(self.conn):
+            cursor = self.conn.execute(
+                "DELETE FROM claims WHERE created_at < ?", (encode_time(before),)
+            )
+        return cursor.rowcount
+
     def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
         rows = self.conn.execute(
             "SELECT key, value FROM settings WHERE platform = ? AND server = ? AND scope = ?",
@@ -685,11 +724,13 @@ class _Worker:
 
     It takes every call queued since it last looked, runs new-job inserts first (they gate an
     acknowledgement the user is waiting for; no queued call can depend on another caller's
-    insert), then the rest in order, and hands all the results back to the event loop in one
-    wake-up. Under a burst this costs one loop wake-up per batch instead of one per call.
+    insert) in one group commit, then the rest in order, and hands the results back to the
+    event loop a few milliseconds' worth at a time. Under a burst this costs one commit and a
+    few loop wake-ups per batch instead of one of each per call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, group: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        self._group = group
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sdbot-store", daemon=True)
         self._thread.start()
@@ -704,6 +745,15 @@ class _Worker:
         """Let the thread end after the calls already queued (it is a daemon either way)."""
         self._queue.put(None)
 
+    def _grouped(self, calls: list[_Call]) -> list[tuple[_Call, object, BaseException | None]]:
+        """Run calls in one transaction (each its own savepoint); nothing is handed back before
+        the commit, so an acknowledged job is always a committed one."""
+        try:
+            with self._group():
+                return [_outcome(call) for call in calls]
+        except BaseException as exc:  # the commit itself failed: none of them happened
+            return [(call, None, exc) for call in calls]
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
@@ -714,23 +764,32 @@ class _Worker:
                 except queue.Empty:
                     break
             stopping = None in batch
-            calls = [c for c in batch if c is not None]
-            calls.sort(key=lambda c: not c.urgent)  # stable: order kept within each kind
+            calls = [c for c in batch if c is not None and not c.future.cancelled()]
+            urgent = [c for c in calls if c.urgent]
+            if len(urgent) > 1:
+                _hand_back(self._grouped(urgent))
+                calls = [c for c in calls if not c.urgent]
+            else:
+                calls.sort(key=lambda c: not c.urgent)  # stable: order kept within each kind
             done: list[tuple[_Call, object, BaseException | None]] = []
             handed = time.monotonic()
             for call in calls:
                 if call.future.cancelled():  # cancelled while queued: never runs
                     continue
-                try:
-                    done.append((call, call.work(), None))
-                except BaseException as exc:  # handed to the awaiting task, which re-raises
-                    done.append((call, None, exc))
+                done.append(_outcome(call))
                 # Hand results back every few milliseconds, so the first callers of a long
                 # batch do not wait for its last.
                 if time.monotonic() - handed > _HANDOFF_SECONDS:
                     _hand_back(done)
                     done, handed = [], time.monotonic()
             _hand_back(done)
+
+
+def _outcome(call: _Call) -> tuple[_Call, object, BaseException | None]:
+    try:
+        return (call, call.work(), None)
+    except BaseException as exc:  # handed to the awaiting task, which re-raises
+        return (call, None, exc)
 
 
 def _hand_back(results: list[tuple[_Call, object, BaseException | None]]) -> None:
@@ -791,7 +850,7 @@ class SqliteJobStore:
         if self._state != "new":
             raise RuntimeError("a job store starts once" if self._state == "open" else _CLOSED)
         self._state = "open"
-        self._worker = _Worker()
+        self._worker = _Worker(self._group)
         try:
             await self._worker.submit(self._open_db)
         except sqlite3.Error as exc:
@@ -813,6 +872,14 @@ class SqliteJobStore:
         worker.stop()
         # Shielded: the close must run even when this await is cancelled.
         await asyncio.shield(closing)
+
+    @contextlib.contextmanager
+    def _group(self) -> Iterator[None]:
+        """A group commit on the worker thread (see `_Worker`)."""
+        if self._db is None:
+            raise RuntimeError(_CLOSED)
+        with _transaction(self._db.conn):
+            yield
 
     # `_db` is set and cleared on the worker only, so a close queued behind the open sees it.
     def _open_db(self) -> None:
@@ -922,6 +989,15 @@ class SqliteJobStore:
         Job rows stay, marked `results_expired` when they had results.
         """
         return await self._call(lambda db: db.expire_images(before, limit))
+
+    async def claim(self, key: str) -> bool:
+        """Record a platform event as acted on: True the first time `key` is claimed."""
+        now = datetime.now(UTC)
+        return await self._call(lambda db: db.claim(key, now), urgent=True)
+
+    async def expire_claims(self, before: datetime) -> int:
+        """Forget claims made before `before` (platforms stop retrying long before)."""
+        return await self._call(lambda db: db.expire_claims(before))
 
     async def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
         """Stored settings of a server (`scope` "") or one of its channels."""

@@ -173,6 +173,7 @@ class SlackAdapter:
         SlackListeners(
             self,
             self._app.dispatcher,
+            self._app.store,
             config,
             ack_budget=self._ack_budget,
             mention_grace=self._mention_grace,

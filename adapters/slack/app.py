@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from adapters.slack.convert import FilePayload, MessagePayload
     from bot.config import Config
     from bot.dispatcher import Dispatcher
+    from bot.ports import JobStore
     from bot.views import ResultImage
 
 _LOGGER = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ class SlackListeners:
         self,
         adapter: SlackAdapter,
         dispatcher: Dispatcher,
+        store: JobStore,
         config: Config,
         *,
         ack_budget: float = 2.0,
@@ -214,6 +216,7 @@ class SlackListeners:
     ) -> None:
         self._adapter = adapter
         self._dispatcher = dispatcher
+        self._store = store
         self._config = config
         self._ack_budget = ack_budget
         self._mention_grace = mention_grace
@@ -343,6 +346,10 @@ class SlackListeners:
 
     async def _route(self, message: SlackMessage) -> None:
         """A claimed message: a command, or a reply in a job's thread."""
+        # The in-memory claim catches twins and quick retries; the store's survives a restart,
+        # so an event Slack retries after one does not make a second job either.
+        if not await self._store.claim(f"slack:{self._key(message)}"):
+            return
         text = normalize_text(message.text, self._bot)
         mentioned = mentions(message.text, self._bot)
         caller = self._caller(message.team, message.user, message.channel, message.thread_ts)

@@ -169,12 +169,14 @@ class StatusBook:
         wanted_reasons: list[str] = []
         for task_type, ids in groups.items():
             try:
-                found = await self._from_pages(task_type, ids)
+                found, waiting = await self._from_pages(task_type, ids)
             except BackendUnavailableError as exc:
                 errors.append(exc)
                 continue
             for job_id in ids:
                 job = found.get(job_id)
+                if job_id in waiting:
+                    continue  # submitted after a fresh scan: the next scan covers it
                 if job is None:
                     direct.append(job_id)
                 elif job.state is JobState.FAILED and job.reason is None:
@@ -228,20 +230,24 @@ class StatusBook:
 
     # -- List pages ----------------------------------------------------------------------------
 
-    async def _from_pages(self, task_type: str, ids: list[str]) -> dict[str, EsdJob]:
-        """The due jobs of one task type found in a fresh snapshot (scanning when needed)."""
+    async def _from_pages(
+        self, task_type: str, ids: list[str]
+    ) -> tuple[dict[str, EsdJob], set[str]]:
+        """The due jobs of one task type found in a fresh snapshot (scanning when needed), and
+        the few submitted since that snapshot, which wait for the next scan unread."""
         snapshot = self._snapshots.get(task_type)
         fresh = snapshot is not None and self._clock() - snapshot.taken < self._list_interval
         if snapshot is not None and fresh:
             found = {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}
-            newcomers = [i for i in ids if i not in found and i not in snapshot.covered]
+            newcomers = {i for i in ids if i not in found and i not in snapshot.covered}
             if len(newcomers) <= self._config.direct_threshold:
-                return found  # jobs that fell off, and a few newcomers, are read directly
+                # Jobs that fell off are read directly; a just-submitted job's state is known.
+                return found, newcomers
         elif self.in_flight(task_type) <= self._config.direct_threshold:
-            return {}  # so few jobs that one read each is cheaper than a page
+            return {}, set()  # so few jobs that one read each is cheaper than a page
         snapshot = await self._scan(task_type)
         self._snapshots[task_type] = snapshot
-        return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}
+        return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}, set()
 
     async def _scan(self, task_type: str) -> _Snapshot:
         """Pages of `task_type`, newest first, until every job in flight of it was seen."""
@@ -295,8 +301,7 @@ class StatusBook:
             ids = [
                 i
                 for i in ids
-                if i not in self._tracked
-                or now - self._tracked[i].checked >= self._list_interval
+                if i not in self._tracked or now - self._tracked[i].checked >= self._list_interval
             ]
         if rotate and len(ids) > self._config.max_direct_per_round:
             ids = sorted(ids, key=lambda i: self._tracked[i].checked if i in self._tracked else 0)

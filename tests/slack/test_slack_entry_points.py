@@ -414,3 +414,33 @@ async def test_admins_are_the_configured_user_ids(rig: SlackRig) -> None:
     [job] = await rig.jobs()
     assert job.id in as_admin.body["text"]
     assert as_other.body["text"] == "no jobs match"
+
+
+async def test_a_retry_that_arrives_after_a_restart_makes_no_second_job(make_rig) -> None:  # type: ignore[no-untyped-def]
+    async with make_rig("http") as rig:
+        image = rig.fake.add_file("cat.png", png())
+        message = await rig.post("<@UBOT> img2img a cat", files=[image])
+        await rig.settle()
+        assert len(await rig.jobs()) == 1
+        # The adapter restarts (its in-memory memory of events is gone) and Slack retries.
+        await rig.adapter.aclose()
+        from adapters.slack import SlackAdapter
+
+        fresh = SlackAdapter(rig.app, rig.app.config, http_host="127.0.0.1", http_port=0)
+        rig.app._adapters[fresh.platform] = fresh
+        rig.adapter = fresh
+        await fresh.start()
+        event = {
+            "type": "message",
+            "subtype": "file_share",
+            "channel": "C1",
+            "channel_type": "channel",
+            "user": "U1",
+            "text": message.text,
+            "ts": message.ts,
+            "files": [image],
+        }
+        answer = await rig.send_event(event, retry=2, event_id="EvLate")
+        assert answer.status == 200
+        await rig.settle()
+        assert len(await rig.jobs()) == 1

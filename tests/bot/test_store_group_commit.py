@@ -1,0 +1,50 @@
+"""Inserts arriving together are committed as one group; each still succeeds or fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bot.model import Caller, Conversation, Job, JobState, Platform
+from bot.ports import Admission, AdmissionRefused
+from bot.store import SqliteJobStore
+
+
+def job(job_id: str, user: str = "u1") -> Job:
+    return Job(
+        id=job_id,
+        command="img2img",
+        caller=Caller(Platform.DISCORD, "g1", user, Conversation("c1")),
+        state=JobState.CREATED,
+        created_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+        options={"prompt": "x"},
+    )
+
+
+async def test_a_burst_commits_together_and_failures_stay_alone(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    async with SqliteJobStore(path) as store:
+        await store.insert(job("taken"))
+        burst = [job(f"j{n:03d}", user=f"u{n}") for n in range(50)]
+        burst.insert(20, job("taken"))  # a duplicate in the middle of the group
+        # One user over their limit in the middle of the group.
+        admission = Admission(max_running=1)
+        await store.insert(job("first", user="busy"), admission=admission)
+        results = await asyncio.gather(
+            *(store.insert(j) for j in burst),
+            store.insert(job("second", user="busy"), admission=admission),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert len(errors) == 2
+        assert any(isinstance(e, KeyError) for e in errors)
+        assert any(isinstance(e, AdmissionRefused) for e in errors)
+    # Everything acknowledged is durable: reopen and find each job.
+    async with SqliteJobStore(path) as store:
+        for n in range(50):
+            assert await store.get(f"j{n:03d}") is not None
+        assert await store.get("second") is None
+        stored = await store.get("taken")
+        assert stored is not None and stored == replace(job("taken"))
