@@ -14,7 +14,7 @@ RUN useradd --create-home --uid 10001 sdbot \
     && chown sdbot:sdbot /data
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER sdbot
+USER 10001:10001
 WORKDIR /data
 # The job store and console output live on the volume, so jobs survive container restarts.
 ENV SDBOT_DATA_DIR=/data/state \
