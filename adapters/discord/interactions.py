@@ -492,19 +492,28 @@ class InteractionRouter:
         responder: InteractionResponder,
         message: discord.Message,
     ) -> None:
-        image = next((a for a in message.attachments if is_image_attachment(a)), None)
+        image = await self._message_image(responder, message, "to interrogate")
         if image is None:
-            await responder.refuse("that message has no image attachment to interrogate")
-            return
-        refusal = self._too_big(image)
-        if refusal:
-            await responder.refuse(refusal)
             return
         parsed = build("interrogate", {})
         caller = interaction_caller(interaction)
         await self._dispatcher.handle_command(
             caller, parsed, [attachment_ref(image, "image")], responder
         )
+
+    async def _message_image(
+        self, responder: InteractionResponder, message: discord.Message, purpose: str
+    ) -> discord.Attachment | None:
+        """The message's first image, or None after telling the user why there is none."""
+        image = next((a for a in message.attachments if is_image_attachment(a)), None)
+        if image is None:
+            await responder.refuse(f"that message has no image attachment {purpose}")
+            return None
+        refusal = self._too_big(image)
+        if refusal:
+            await responder.refuse(refusal)
+            return None
+        return image
 
     async def img2img_from_message(
         self, interaction: discord.Interaction[Any], message: discord.Message
@@ -521,13 +530,8 @@ class InteractionRouter:
         responder: InteractionResponder,
         message: discord.Message,
     ) -> None:
-        image = next((a for a in message.attachments if is_image_attachment(a)), None)
+        image = await self._message_image(responder, message, "to start from")
         if image is None:
-            await responder.refuse("that message has no image attachment to start from")
-            return
-        refusal = self._too_big(image)
-        if refusal:
-            await responder.refuse(refusal)
             return
         nonce = self._forms.put(attachment_ref(image, "image"))
         # A modal must be the first response; the watchdog's defer would make it impossible.
