@@ -6,11 +6,13 @@ SOURCES = bot adapters cloud commands
 
 .PHONY: install run console check lint typecheck test bench clean
 
+# Quiet, and on stderr: stdout belongs to the console adapter's line protocol.
 $(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
+	@echo "setting up $(VENV) (first run only) …" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/pip install --quiet --upgrade pip >&2
+	@$(BIN)/pip install --quiet -e '.[dev]' >&2
+	@touch $@
 
 install: $(BIN)/.installed
 
