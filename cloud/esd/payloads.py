@@ -155,6 +155,23 @@ class EsdJob:
     param_urls: tuple[str, ...] = ()
     caption: str | None = None
 
+    @classmethod
+    def failed(cls, job_id: str, reason: str, task_type: str = "") -> EsdJob:
+        """A job the bot knows has failed without a row to read (deleted, unreadable)."""
+        return cls(
+            id=job_id,
+            task_type=task_type,
+            status="failed",
+            state=JobState.FAILED,
+            inference_type=None,
+            created_at=None,
+            started_at=None,
+            endpoint=None,
+            model=None,
+            owner=None,
+            reason=reason,
+        )
+
     def cloud_job(self) -> CloudJob:
         return CloudJob(
             backend_id=self.id,

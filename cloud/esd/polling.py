@@ -333,16 +333,4 @@ class StatusBook:
 
 def _gone(job_id: str, task_type: str | None) -> EsdJob:
     """A job ESD answers 404 for: failed, with that as the reason, so nobody waits forever."""
-    return EsdJob(
-        id=job_id,
-        task_type=task_type or "",
-        status="failed",
-        state=JobState.FAILED,
-        inference_type=None,
-        created_at=None,
-        started_at=None,
-        endpoint=None,
-        model=None,
-        owner=None,
-        reason=_GONE,
-    )
+    return EsdJob.failed(job_id, _GONE, task_type or "")

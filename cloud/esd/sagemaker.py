@@ -850,26 +850,10 @@ def _locations_of(row: object) -> _Locations:
     )
 
 
-def _failed(job_id: str, reason: str) -> EsdJob:
-    return EsdJob(
-        id=job_id,
-        task_type="",
-        status="failed",
-        state=JobState.FAILED,
-        inference_type=None,
-        created_at=None,
-        started_at=None,
-        endpoint=None,
-        model=None,
-        owner=None,
-        reason=reason,
-    )
-
-
 def _gone(job_id: str) -> EsdJob:
-    return _failed(job_id, "ESD no longer has this job (its row was deleted on the backend)")
+    return EsdJob.failed(job_id, "ESD no longer has this job (its row was deleted on the backend)")
 
 
 def _unreadable(job_id: str, exc: BackendError) -> EsdJob:
     _LOGGER.warning("ESD job %s cannot be read: %s", job_id, exc)
-    return _failed(job_id, exc.user_message or str(exc))
+    return EsdJob.failed(job_id, exc.user_message or str(exc))
