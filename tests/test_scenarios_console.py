@@ -6,29 +6,23 @@ import re
 from pathlib import Path
 
 import pytest
-from scenario_kit import ConsoleRun, job_ids, mask_png, png, size_of, sketch_of, transparent_png
+from scenario_kit import (
+    IMAGE_MODES,
+    ConsoleRun,
+    job_ids,
+    mask_png,
+    png,
+    run_image_mode,
+    saved,
+    size_of,
+    states,
+)
 
 
 @pytest.fixture
 async def console(tmp_path: Path):  # type: ignore[no-untyped-def]
     async with ConsoleRun(tmp_path) as run:
         yield run
-
-
-def saved(lines: list[str], job_id: str) -> list[Path]:
-    return [
-        Path(line.split(" ", 1)[1])
-        for line in lines
-        if line.startswith("saved ") and job_id in line
-    ]
-
-
-def states(lines: list[str], job_id: str) -> list[str]:
-    return [
-        line.split()[2]
-        for line in lines
-        if line.startswith(f"job {job_id} ") and not line.endswith("accepted")
-    ]
 
 
 async def test_img2img_runs_to_saved_images(console: ConsoleRun) -> None:
@@ -44,31 +38,9 @@ async def test_img2img_runs_to_saved_images(console: ConsoleRun) -> None:
     assert {size_of(f.read_bytes()) for f in files} == {(200, 152)}
 
 
-@pytest.mark.parametrize(
-    ("command", "extra"),
-    [
-        ("sketch", ""),
-        ("inpaint", "mask={mask}"),
-        ("inpaint", "image={alpha}"),
-        ("inpaint-upload", "mask={mask} invert=true area=masked padding=8 fill=latent-noise"),
-        ("inpaint-sketch", "sketch={sketch} mask_blur=0"),
-    ],
-)
+@pytest.mark.parametrize(("command", "extra"), IMAGE_MODES)
 async def test_every_image_mode_delivers(console: ConsoleRun, command: str, extra: str) -> None:
-    original = png(96, 64)
-    paths = {
-        "image": console.write("in.png", original),
-        "mask": console.write("mask.png", mask_png(96, 64)),
-        "alpha": console.write("alpha.png", transparent_png(96, 64)),
-        "sketch": console.write("sketch.png", sketch_of(original)),
-    }
-    extra = extra.format(**paths)
-    image_opt = "" if "image=" in extra else f"image={paths['image']}"
-    lines = await console.run(f"{command} a hat {image_opt} {extra} size=96x64")
-    [job] = job_ids(lines)
-    assert states(lines, job)[-1] == "succeed", lines
-    [out] = saved(lines, job)
-    assert size_of(out.read_bytes()) == (96, 64)
+    await run_image_mode(console, command, extra)
 
 
 async def test_interrogate_both_methods(console: ConsoleRun) -> None:

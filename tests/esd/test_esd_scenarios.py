@@ -2,63 +2,50 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from scenario_kit import (
-    fast_config,
+    IMAGE_MODES,
+    ConsoleRun,
     job_ids,
-    make_app,
-    mask_png,
     png,
+    run_image_mode,
+    saved,
     size_of,
-    sketch_of,
-    transparent_png,
+    states,
 )
 
-from adapters.console import ConsoleAdapter, run_console
-from bot.config import Secrets
+from bot.config import Config, Secrets
 from cloud.esd import EsdBackend, EsdConfig
 from cloud.esd_server import running_server
 from tests.esd.esd_kit import KEY, server_config, state_of, with_faults
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator
 
 
-async def _lines(lines: Sequence[str]) -> AsyncIterator[str]:
-    for line in lines:
-        yield line
-
-
-class EsdConsole:
+class EsdConsole(ConsoleRun):
     """A console session over the real core, wired to ESD the way `sdbot` wires it."""
 
     def __init__(self, tmp_path: Path, url: str, **overrides: Any) -> None:
-        self.tmp_path = tmp_path
         self.url = url
-        self.config = fast_config(
-            tmp_path, backend="esd", esd_api_url=url, secrets=Secrets(esd_api_key=KEY), **overrides
+
+        def backend_for(config: Config) -> EsdBackend:
+            # As the composition root builds it, with list scans never reused (polls are 10 ms).
+            esd = replace(EsdConfig.from_config(config), list_interval=0.0, retry_base=0.01)
+            return EsdBackend(esd)
+
+        super().__init__(
+            tmp_path,
+            backend_for=backend_for,
+            backend="esd",
+            esd_api_url=url,
+            secrets=Secrets(esd_api_key=KEY),
+            **overrides,
         )
-        # As the composition root builds it, with list scans never reused (polls are 10 ms).
-        esd = replace(EsdConfig.from_config(self.config), list_interval=0.0, retry_base=0.01)
-        self.out = io.StringIO()
-        self.app = make_app(self.config, EsdBackend(esd))
-        self.adapter = ConsoleAdapter(self.config.output_dir, self.out)
-        self.app.add_adapter(self.adapter)
-
-    def write(self, name: str, data: bytes) -> Path:
-        path = self.tmp_path / name
-        path.write_bytes(data)
-        return path
-
-    async def run(self, *lines: str) -> list[str]:
-        start = len(self.out.getvalue().splitlines())
-        await run_console(self.app, self.adapter, _lines(lines))
-        return self.out.getvalue().splitlines()[start:]
 
 
 @pytest.fixture
@@ -67,22 +54,6 @@ async def console(tmp_path: Path) -> AsyncIterator[EsdConsole]:
         run = EsdConsole(tmp_path, url)
         async with run.app:
             yield run
-
-
-def saved(lines: list[str], job_id: str) -> list[Path]:
-    return [
-        Path(line.split(" ", 1)[1])
-        for line in lines
-        if line.startswith("saved ") and job_id in line
-    ]
-
-
-def states(lines: list[str], job_id: str) -> list[str]:
-    return [
-        line.split()[2]
-        for line in lines
-        if line.startswith(f"job {job_id} ") and not line.endswith("accepted")
-    ]
 
 
 async def test_img2img_runs_on_esd(console: EsdConsole) -> None:
@@ -101,31 +72,9 @@ async def test_img2img_runs_on_esd(console: EsdConsole) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("command", "extra"),
-    [
-        ("sketch", ""),
-        ("inpaint", "mask={mask}"),
-        ("inpaint", "image={alpha}"),
-        ("inpaint-upload", "mask={mask} invert=true area=masked padding=8 fill=latent-noise"),
-        ("inpaint-sketch", "sketch={sketch} mask_blur=0"),
-    ],
-)
+@pytest.mark.parametrize(("command", "extra"), IMAGE_MODES)
 async def test_every_image_mode_runs_on_esd(console: EsdConsole, command: str, extra: str) -> None:
-    original = png(96, 64)
-    paths = {
-        "image": console.write("in.png", original),
-        "mask": console.write("mask.png", mask_png(96, 64)),
-        "alpha": console.write("alpha.png", transparent_png(96, 64)),
-        "sketch": console.write("sketch.png", sketch_of(original)),
-    }
-    extra = extra.format(**paths)
-    image_opt = "" if "image=" in extra else f"image={paths['image']}"
-    lines = await console.run(f"{command} a hat {image_opt} {extra} size=96x64")
-    [job] = job_ids(lines)
-    assert states(lines, job)[-1] == "succeed", lines
-    [out] = saved(lines, job)
-    assert size_of(out.read_bytes()) == (96, 64)
+    await run_image_mode(console, command, extra)
 
 
 async def test_interrogate_runs_on_esd(console: EsdConsole) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
@@ -23,8 +24,7 @@ from bot.store import SqliteJobStore
 from cloud.local import LocalBackend, LocalBackendConfig
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
-    from pathlib import Path
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from bot.views import ResultImage, ResultView, StatusView
 
@@ -113,13 +113,22 @@ async def _lines(lines: Sequence[str]) -> AsyncIterator[str]:
 
 
 class ConsoleRun:
-    """A console session over a real core; `run` feeds lines and returns what was printed."""
+    """A console session over a real core; `run` feeds lines and returns what was printed.
 
-    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
+    `backend_for` builds the backend from the session's config (default: the local backend).
+    """
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        backend_for: Callable[[Config], Any] | None = None,
+        **overrides: Any,
+    ) -> None:
         self.tmp_path = tmp_path
         self.config = fast_config(tmp_path, **overrides)
         self.out = io.StringIO()
-        self.app = make_app(self.config)
+        self.app = make_app(self.config, backend_for(self.config) if backend_for else None)
         self.adapter = ConsoleAdapter(self.config.output_dir, self.out)
         self.app.add_adapter(self.adapter)
 
@@ -139,6 +148,54 @@ class ConsoleRun:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.app.aclose()
+
+
+def saved(lines: Sequence[str], job_id: str) -> list[Path]:
+    """The result files a console run saved for one job."""
+    return [
+        Path(line.split(" ", 1)[1])
+        for line in lines
+        if line.startswith("saved ") and job_id in line
+    ]
+
+
+def states(lines: Sequence[str], job_id: str) -> list[str]:
+    """The state lines a console run printed for one job, in order."""
+    return [
+        line.split()[2]
+        for line in lines
+        if line.startswith(f"job {job_id} ") and not line.endswith("accepted")
+    ]
+
+
+# Every image mode with the inputs it takes: (command, extra options with {image}/{mask}/
+# {alpha}/{sketch} path placeholders).
+IMAGE_MODES: list[tuple[str, str]] = [
+    ("sketch", ""),
+    ("inpaint", "mask={mask}"),
+    ("inpaint", "image={alpha}"),
+    ("inpaint-upload", "mask={mask} invert=true area=masked padding=8 fill=latent-noise"),
+    ("inpaint-sketch", "sketch={sketch} mask_blur=0"),
+]
+
+
+async def run_image_mode(console: ConsoleRun, command: str, extra: str) -> Path:
+    """Run one image mode through the console; the job must succeed. Returns its result file."""
+    original = png(96, 64)
+    paths = {
+        "image": console.write("in.png", original),
+        "mask": console.write("mask.png", mask_png(96, 64)),
+        "alpha": console.write("alpha.png", transparent_png(96, 64)),
+        "sketch": console.write("sketch.png", sketch_of(original)),
+    }
+    extra = extra.format(**paths)
+    image_opt = "" if "image=" in extra else f"image={paths['image']}"
+    lines = await console.run(f"{command} a hat {image_opt} {extra} size=96x64")
+    [job] = job_ids(lines)
+    assert states(lines, job)[-1] == "succeed", lines
+    [out] = saved(lines, job)
+    assert size_of(out.read_bytes()) == (96, 64)
+    return out
 
 
 def job_ids(lines: Sequence[str]) -> list[str]:
