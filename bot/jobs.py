@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from bot import imaging, render
 from bot.errors import (
     BackendError,
+    BackendUnavailableError,
     ChatDeliveryError,
     OperationalError,
     ResultsExpiredError,
@@ -212,6 +213,8 @@ class JobRunner:
         try:
             if job.status_message is None:
                 job = await self._open_thread(job)
+            if not job.state.terminal and job.backend_id and job.started_at is None:
+                job = await self._confirm_start(job)
             if not job.state.terminal and job.backend_id is None:
                 job = await self._submit(job)
             if not job.state.terminal:
@@ -255,6 +258,13 @@ class JobRunner:
 
     async def _submit(self, job: Job) -> Job:
         inputs = await self._inputs(job)
+
+        async def created(backend_id: str) -> None:
+            # The backend hands over the new job's id before starting it (`Backend.submit`).
+            nonlocal job
+            job = replace(job, backend_id=backend_id)
+            await self._store.save(job)
+
         spec = COMMANDS[job.command]
         image = inputs.get("image")
         if image is None:
@@ -270,7 +280,9 @@ class JobRunner:
             iparams = InterrogateParams(str(job.options.get("method", "clip")), endpoint.name)
             job = replace(job, interrogate=iparams, endpoint=endpoint.name, notes=prepared.notes)
             await self._store.save(job)
-            submitted = await self._backend.interrogate(job.id, iparams, prepared.init_png)
+            submitted = await self._backend.interrogate(
+                job.id, iparams, prepared.init_png, created=created
+            )
         else:
             second_slot = "sketch" if job.command == "inpaint-sketch" else "mask"
             second = inputs.get(second_slot)
@@ -296,7 +308,7 @@ class JobRunner:
             )
             await self._store.save(job)
             submitted = await self._backend.submit(
-                job.id, params, prepared.init_png, prepared.mask_png
+                job.id, params, prepared.init_png, prepared.mask_png, created=created
             )
         job = replace(
             job,
@@ -306,6 +318,29 @@ class JobRunner:
         )
         await self._store.save(job)
         await self._show_status(job, cold_start=submitted.cold_start)
+        return job
+
+    async def _confirm_start(self, job: Job) -> Job:
+        """The bot stopped between recording the backend id and confirming the start: ask the
+        backend before starting anything again (`Backend.submit`)."""
+        backend_id = job.backend_id
+        assert backend_id is not None
+        target = PollTarget(backend_id, job.interrogate is not None, job.created_at)
+        status = await self._poller.wait(target, None, self._config.created_timeout)
+        if status is None:
+            raise BackendUnavailableError("the backend did not say whether the job had started")
+        if status.state is not JobState.CREATED:
+            job = replace(job, started_at=self._clock.now())
+            await self._store.save(job)
+            return job  # `_follow` takes it from here
+        _LOGGER.info(
+            "job %s: backend job %s was never started; submitting again", job.id, job.backend_id
+        )
+        self._poller.forget(backend_id)
+        with contextlib.suppress(BackendError):
+            await self._backend.cancel(backend_id)
+        job = replace(job, backend_id=None)
+        await self._store.save(job)
         return job
 
     async def _follow(self, job: Job) -> Job:
@@ -396,13 +431,14 @@ class JobRunner:
     # -- delivering ------------------------------------------------------------------------
 
     async def _fetch_results(self, job: Job) -> Job:
-        if job.backend_id is None:  # a damaged row: never crash the driver over it
+        backend_id = job.backend_id
+        if backend_id is None:  # a damaged row: never crash the driver over it
             return await self._fail(job, "the bot lost track of this job on the backend")
         try:
-            output = await self._backend.results(job.backend_id)
+            output = await self._backend.results(backend_id)
         except ResultsExpiredError:
-            await self._backend.refresh(job.backend_id)
-            output = await self._backend.results(job.backend_id)
+            await self._backend.refresh(backend_id)
+            output = await self._backend.results(backend_id)
         if not output.images and output.caption is None:
             return await self._fail(job, "the backend reported success but returned no images")
         await self._store.put_images(
@@ -416,6 +452,11 @@ class JobRunner:
             job, result_count=len(output.images), infotext=output.infotext, caption=output.caption
         )
         await self._store.save(job)
+        # The results are in the store now; the backend need not keep them.
+        try:
+            await self._backend.release(backend_id)
+        except BackendError as exc:
+            _LOGGER.warning("job %s: the backend could not drop its results: %s", job.id, exc)
         return job
 
     async def _deliver(self, job: Job) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from datetime import datetime
 
     from bot.model import (
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from bot.views import ResultImage, ResultView, StatusView
 
 
+LOST_JOB = "the backend lost this job (it has no record of it; it may have restarted)"
+
+
 @dataclass(frozen=True)
 class PollTarget:
     """A job the poller asks the backend about."""
@@ -46,7 +49,15 @@ class PollTarget:
 
 
 class Backend(Protocol):
-    """Runs img2img-family and interrogate jobs (SPEC §4)."""
+    """Runs img2img-family and interrogate jobs (SPEC §4).
+
+    Creating a job and starting it are two steps with the bot's record in between: `submit` and
+    `interrogate` create the job, `await created(backend_id)` (the core writes the id down), and
+    only then start it. If `created` raises, the job is not started (and is removed, best
+    effort). So a bot killed at any point knows every job that may run: on resume it asks
+    `statuses` about a recorded id whose start was never confirmed, follows it if the backend
+    says it moved past `created`, and only otherwise removes it and submits again.
+    """
 
     name: str
 
@@ -63,19 +74,39 @@ class Backend(Protocol):
         ...
 
     async def submit(
-        self, job_id: str, params: GenerationParams, init_png: bytes, mask_png: bytes | None
+        self,
+        job_id: str,
+        params: GenerationParams,
+        init_png: bytes,
+        mask_png: bytes | None,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
-        """Create and start an img2img job on `params.endpoint`."""
+        """Create an img2img job on `params.endpoint`, `await created(id)`, then start it."""
         ...
 
     async def interrogate(
-        self, job_id: str, params: InterrogateParams, image_png: bytes
+        self,
+        job_id: str,
+        params: InterrogateParams,
+        image_png: bytes,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
-        """Start a caption job (CLIP sentence or DeepBooru tags)."""
+        """Create a caption job (CLIP sentence or DeepBooru tags), `await created(id)`, start it."""
         ...
 
     async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, BackendStatus]:
-        """Batched status of many jobs; a job missing from the answer is unknown this round."""
+        """Batched status of many jobs; a job missing from the answer is unknown this round.
+
+        A job the backend has no record of (deleted, or lost when the backend restarted) is
+        reported `failed` with `LOST_JOB` as the reason.
+        """
+        ...
+
+    async def release(self, backend_id: str) -> None:
+        """The bot has stored the job's results: drop whatever the backend keeps of it
+        locally (result bytes, state files). The job stays in the backend's history."""
         ...
 
     async def results(self, backend_id: str) -> JobOutput:

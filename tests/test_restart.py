@@ -27,6 +27,7 @@ from scenario_kit import (
 from bot.config import Config
 from bot.model import Delivery, JobState
 from bot.views import ResultView
+from cloud.local import LocalBackend, LocalBackendConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,3 +194,67 @@ def test_sigkill_then_restart_delivers_once(tmp_path: Path, kill_after: str, del
     third = _console(tmp_path, delay=delay)
     out, _ = third.communicate("", timeout=60)
     assert "saved " not in out
+
+
+class CountingBackend(LocalBackend):
+    """The local backend that remembers every job it started and can stop dead at one point:
+    `hang_at` "created" (the id was handed to the bot, not yet started) or "started" (started,
+    the bot not yet told), as if the process were killed there."""
+
+    def __init__(self, config: Config, started: set[str], hang_at: str | None = None) -> None:
+        super().__init__(
+            LocalBackendConfig(delay=config.local_delay, state_dir=config.data_dir / "local")
+        )
+        self.started = started
+        self.hang_at = hang_at
+        self.hanging = asyncio.Event()
+
+    async def _hang(self, where: str) -> None:
+        if self.hang_at == where:
+            self.hanging.set()
+            await asyncio.Event().wait()
+
+    async def _created(self, backend_id, created):  # type: ignore[no-untyped-def]
+        await super()._created(backend_id, created)
+        await self._hang("created")
+
+    def _launch(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        record = super()._launch(*args, **kwargs)
+        self.started.add(record.backend_id)
+        return record
+
+    async def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        submitted = await super().submit(*args, **kwargs)
+        await self._hang("started")
+        return submitted
+
+
+@pytest.mark.parametrize("hang_at", ["created", "started"])
+async def test_a_kill_around_the_backend_start_never_runs_the_job_twice(
+    tmp_path: Path, hang_at: str
+) -> None:
+    config = fast_config(tmp_path)
+    adapter = RecordingAdapter()
+    started: set[str] = set()
+    first = CountingBackend(config, started, hang_at)
+    app = make_app(config, first)
+    app.add_adapter(adapter)
+    await app.start()
+    job = await app.dispatcher.handle_text(
+        chat_caller(), "img2img a cat", [adapter.attach("a.png", png())], RecordingResponder()
+    )
+    assert job is not None
+    await asyncio.wait_for(first.hanging.wait(), 10)
+    await app.runner.aclose()  # the bot dies right there
+    await app.aclose()
+
+    app = make_app(config, CountingBackend(config, started))
+    app.add_adapter(adapter)
+    async with app:
+        await app.runner.wait_idle()
+        stored = await app.store.get(job.id)
+    assert stored is not None
+    assert stored.state is JobState.SUCCEED
+    assert len(started) == 1  # one backend job ever started for this bot job
+    assert stored.backend_id in started
+    assert len([r for r in adapter.results() if r.job_id == job.id]) == 1

@@ -52,7 +52,7 @@ from cloud.esd.sagemaker import SageMakerConfig, SageMakerInterrogator
 from commands.spec import MODEL_TYPES
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from bot.config import Config
     from bot.model import BackendStatus, CloudJob, GenerationParams, InterrogateParams, Model
@@ -318,7 +318,13 @@ class EsdBackend:
     # -- Jobs ----------------------------------------------------------------------------------
 
     async def submit(
-        self, job_id: str, params: GenerationParams, init_png: bytes, mask_png: bytes | None
+        self,
+        job_id: str,
+        params: GenerationParams,
+        init_png: bytes,
+        mask_png: bytes | None,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         endpoint = await self._endpoint(params.endpoint)
         inference_type = self._config.inference_type
@@ -341,7 +347,9 @@ class EsdBackend:
         if realtime:
             await self._slots.acquire(params.endpoint)
         try:
-            launched = await launch(self._client, body, payload, realtime=realtime, label=job_id)
+            launched = await launch(
+                self._client, body, payload, realtime=realtime, label=job_id, on_created=created
+            )
         except BaseException:
             if realtime:
                 self._slots.hand_back(params.endpoint)
@@ -370,7 +378,12 @@ class EsdBackend:
         return Submitted(launched.job_id, launched.endpoint or params.endpoint, cold_start=cold)
 
     async def interrogate(
-        self, job_id: str, params: InterrogateParams, image_png: bytes
+        self,
+        job_id: str,
+        params: InterrogateParams,
+        image_png: bytes,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         task = task_type(params.method)
         interrogator = self._interrogator
@@ -379,7 +392,7 @@ class EsdBackend:
             ping = await self._client.ping()
             interrogator = self._choose_interrogator(advertised=ping.interrogate)
         submitted_at = datetime.now(UTC)
-        submitted = await interrogator.interrogate(job_id, params, image_png)
+        submitted = await interrogator.interrogate(job_id, params, image_png, created=created)
         # Every interrogator that reads its own jobs was made the book's reader when chosen.
         own = isinstance(interrogator, JobReader)
         if own:
@@ -501,6 +514,13 @@ class EsdBackend:
             if backend_id in found:
                 return found[backend_id]
         return await self._client.get_inference(backend_id)
+
+    async def release(self, backend_id: str) -> None:
+        """The bot stored the results: forget the job's kept row (ESD keeps the job)."""
+        self._kept.pop(backend_id, None)
+        self._book.forget(backend_id)
+        if self._reader is not None:
+            self._reader.forget(backend_id)
 
     async def refresh(self, backend_id: str) -> None:
         """Read the job again; its fresh result URLs serve the next `results`."""

@@ -21,7 +21,7 @@ from cloud.esd.a1111 import INTERROGATE_TASKS, interrogate_payload
 from cloud.esd.launch import launch
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from bot.model import InterrogateParams
     from cloud.esd.client import EsdClient
@@ -37,7 +37,12 @@ class Interrogator(Protocol):
     """Starts a caption job whose row `GET inferences/{id}` can read (status, `caption`)."""
 
     async def interrogate(
-        self, job_id: str, params: InterrogateParams, image_png: bytes
+        self,
+        job_id: str,
+        params: InterrogateParams,
+        image_png: bytes,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted: ...
 
 
@@ -74,7 +79,12 @@ class RestInterrogator:
         self._client = client
 
     async def interrogate(
-        self, job_id: str, params: InterrogateParams, image_png: bytes
+        self,
+        job_id: str,
+        params: InterrogateParams,
+        image_png: bytes,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         task = task_type(params.method)
         body = {
@@ -87,7 +97,9 @@ class RestInterrogator:
         payload = await asyncio.to_thread(
             lambda: json.dumps(interrogate_payload(image_png, params.method))
         )
-        launched = await launch(self._client, body, payload, realtime=False, label=job_id)
+        launched = await launch(
+            self._client, body, payload, realtime=False, label=job_id, on_created=created
+        )
         return Submitted(launched.job_id, launched.endpoint or params.endpoint)
 
 
@@ -95,7 +107,12 @@ class UnsupportedInterrogator:
     """For deployments where interrogate has no route: a clear refusal."""
 
     async def interrogate(
-        self, job_id: str, params: InterrogateParams, image_png: bytes
+        self,
+        job_id: str,
+        params: InterrogateParams,
+        image_png: bytes,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         task_type(params.method)
         raise BackendError(

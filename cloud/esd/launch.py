@@ -24,6 +24,8 @@ from cloud.esd.client import OutcomeUnknownError
 from cloud.esd.payloads import EsdJob, parse_job
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from cloud.esd.client import EsdClient
 
 _LOGGER = logging.getLogger(__name__)
@@ -50,14 +52,26 @@ def _endpoint_of(data: object) -> str | None:
 
 
 async def launch(
-    client: EsdClient, body: dict[str, Any], payload_text: str, *, realtime: bool, label: str
+    client: EsdClient,
+    body: dict[str, Any],
+    payload_text: str,
+    *,
+    realtime: bool,
+    label: str,
+    on_created: Callable[[str], Awaitable[None]] | None = None,
 ) -> Launched:
-    """Create, upload and start one job. `label` names the bot job in logs."""
+    """Create, upload and start one job. `label` names the bot job in logs.
+
+    `on_created(id)` runs between the upload and the start (the bot records the id), so a bot
+    killed at any point knows every job that may run (`bot.ports.Backend.submit`).
+    """
     created = await client.create_inference(body)
     _LOGGER.info("ESD job %s created for %s", created.id, label)
     try:
         await client.upload(created.upload_url, payload_text)
-    except BackendError:
+        if on_created is not None:
+            await on_created(created.id)
+    except Exception:
         # Never started, so nothing runs: remove the orphan row, best effort.
         with contextlib.suppress(BackendError):
             await client.delete_inferences([created.id])

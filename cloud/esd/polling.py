@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from bot.errors import BackendError, BackendUnavailableError
 from bot.model import BackendStatus, JobState
+from bot.ports import LOST_JOB
 from cloud.esd.payloads import EsdJob
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ _DIRECT_CONCURRENCY = 8
 # without telling the backend); forgetting it keeps scans from digging for it.
 _STALE_SECONDS = 3600.0
 _WAITING = (JobState.CREATED, JobState.INPROGRESS)
-_GONE = "ESD no longer has this job (it was deleted on the backend)"
+# ESD answers 404: deleted on ESD, or lost (the ESD-compatible server restarted without it).
+_GONE = LOST_JOB
 
 
 def _aware(moment: datetime) -> datetime:

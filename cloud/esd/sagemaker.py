@@ -47,6 +47,7 @@ from botocore.exceptions import (
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError
 from bot.model import JobState, Submitted
+from bot.ports import LOST_JOB
 from cloud.esd.a1111 import INTERROGATE_MODELS
 from cloud.esd.interrogate import NEEDS_SAGEMAKER, task_type
 from cloud.esd.payloads import EsdJob, parse_job, readable_reason
@@ -497,21 +498,29 @@ class SageMakerInterrogator:
     # -- Launching -----------------------------------------------------------------------------
 
     async def interrogate(
-        self, job_id: str, params: InterrogateParams, image_png: bytes
+        self,
+        job_id: str,
+        params: InterrogateParams,
+        image_png: bytes,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         task = task_type(params.method)
         endpoint = await self._async_endpoint(params.endpoint)
         clients = await self._clients()
         backend_id = str(uuid.uuid4())  # ESD's ids are UUIDs (the Lambda request id)
-        locations = await asyncio.to_thread(
-            self._launch,
-            clients,
-            backend_id,
-            task,
-            params.method,
-            endpoint,
-            image_png,
+        input_uri = await asyncio.to_thread(
+            self._create, clients, backend_id, task, params.method, endpoint, image_png
         )
+        try:
+            if created is not None:
+                await created(backend_id)
+        except Exception as exc:
+            # Never invoked, so nothing runs: say so on the row.
+            failure = BackendError(f"the bot could not record the job: {exc}")
+            await asyncio.to_thread(self._mark_failed, clients, backend_id, failure)
+            raise
+        locations = await asyncio.to_thread(self._start, clients, backend_id, endpoint, input_uri)
         self._remember(backend_id, locations)
         cold = endpoint.instance_count == 0
         _LOGGER.info(
@@ -545,7 +554,7 @@ class SageMakerInterrogator:
             )
         return endpoint
 
-    def _launch(
+    def _create(
         self,
         clients: _Clients,
         job_id: str,
@@ -553,8 +562,8 @@ class SageMakerInterrogator:
         method: str,
         endpoint: Endpoint,
         image_png: bytes,
-    ) -> _Locations:
-        """Row, input object, invocation, locations on the row. Runs in a worker thread."""
+    ) -> str:
+        """The `created` row and the input object; returns the input's URI. In a worker thread."""
         config = self._config
         key = input_key(task, job_id)
         input_uri = f"s3://{self._bucket}/{key}"
@@ -580,6 +589,18 @@ class SageMakerInterrogator:
                 )
             except (BotoCoreError, ClientError) as exc:
                 raise aws_error(exc, put, config) from None
+        except BackendError as exc:
+            # Nothing will run: say so on the row, so ESD's history does not show it waiting.
+            self._mark_failed(clients, job_id, exc)
+            raise
+        return input_uri
+
+    def _start(
+        self, clients: _Clients, job_id: str, endpoint: Endpoint, input_uri: str
+    ) -> _Locations:
+        """The invocation, then its locations on the row. Runs in a worker thread."""
+        config = self._config
+        try:
             invoke = AwsAction("sagemaker:InvokeEndpointAsync", f"endpoint {endpoint.name}")
             try:
                 answer = clients.runtime.invoke_endpoint_async(
@@ -851,7 +872,7 @@ def _locations_of(row: object) -> _Locations:
 
 
 def _gone(job_id: str) -> EsdJob:
-    return EsdJob.failed(job_id, "ESD no longer has this job (its row was deleted on the backend)")
+    return EsdJob.failed(job_id, LOST_JOB)
 
 
 def _unreadable(job_id: str, exc: BackendError) -> EsdJob:

@@ -16,6 +16,7 @@ same ones the lost run would have made.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -38,10 +39,11 @@ from bot.model import (
     Model,
     Submitted,
 )
+from bot.ports import LOST_JOB
 from cloud.local.preview import caption, render, render_infotext
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
     from bot.ports import PollTarget
@@ -57,6 +59,8 @@ INTERROGATE_METHODS: tuple[str, ...] = ("clip", "deepbooru")
 _VAE_NOT_LOOKED_UP = ("", "Automatic", "None")
 # How long a job sits in `created` at most, so pollers see the same states as on ESD.
 _PICKUP_SECONDS = 0.05
+# Delivered jobs kept (without their results) for `history`.
+_HISTORY = 1000
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class _LocalJob:
     reason: str | None = None
     output: JobOutput | None = None
     task: asyncio.Task[None] | None = None
+    released: bool = False  # delivered: output dropped, kept only for `history`
 
 
 class LocalBackend:
@@ -101,6 +106,7 @@ class LocalBackend:
         self._config = config
         self._jobs: dict[str, _LocalJob] = {}  # insertion order = submission order
         self._tasks: set[asyncio.Task[None]] = set()
+        self._released: collections.deque[str] = collections.deque()
         self._closed = False
 
     # -- Lifecycle ----------------------------------------------------------------------------
@@ -164,7 +170,13 @@ class LocalBackend:
     # -- Jobs ---------------------------------------------------------------------------------
 
     async def submit(
-        self, job_id: str, params: GenerationParams, init_png: bytes, mask_png: bytes | None
+        self,
+        job_id: str,
+        params: GenerationParams,
+        init_png: bytes,
+        mask_png: bytes | None,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         self._check_open()
         self._check_endpoint(params.endpoint)
@@ -172,13 +184,20 @@ class LocalBackend:
         request: dict[str, object] = {"task_type": "img2img", "params": dataclasses.asdict(params)}
         files = {"init.png": init_png} | ({"mask.png": mask_png} if mask_png else {})
         backend_id = await self._persist(request | {"model": params.model}, files)
+        await self._created(backend_id, created)
+        await self._mark_started(backend_id)
         record = self._launch(
             job_id, "img2img", params.model, _img2img_work(params, files), backend_id=backend_id
         )
         return Submitted(backend_id=record.backend_id, endpoint=record.endpoint)
 
     async def interrogate(
-        self, job_id: str, params: InterrogateParams, image_png: bytes
+        self,
+        job_id: str,
+        params: InterrogateParams,
+        image_png: bytes,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         self._check_open()
         self._check_endpoint(params.endpoint)
@@ -193,6 +212,8 @@ class LocalBackend:
         task_type = f"interrogate_{method}"
         files = {"init.png": image_png}
         backend_id = await self._persist({"task_type": task_type, "model": None}, files)
+        await self._created(backend_id, created)
+        await self._mark_started(backend_id)
         record = self._launch(
             job_id, task_type, None, _interrogate_work(method, files), backend_id=backend_id
         )
@@ -202,10 +223,15 @@ class LocalBackend:
         answer: dict[str, BackendStatus] = {}
         for target in targets:
             record = self._jobs.get(target.backend_id) or await self._revive(target.backend_id)
-            if record is not None:
-                answer[record.backend_id] = BackendStatus(
-                    backend_id=record.backend_id, state=record.state, reason=record.reason
+            if record is None:
+                # Not in the table nor on disk: a restart without a state folder lost it.
+                answer[target.backend_id] = BackendStatus(
+                    target.backend_id, JobState.FAILED, reason=LOST_JOB
                 )
+                continue
+            answer[record.backend_id] = BackendStatus(
+                backend_id=record.backend_id, state=record.state, reason=record.reason
+            )
         return answer
 
     async def results(self, backend_id: str) -> JobOutput:
@@ -217,6 +243,20 @@ class LocalBackend:
         if record.state is not JobState.SUCCEED or record.output is None:
             raise BackendError(f"job {backend_id} has no results yet: it is {record.state}")
         return record.output
+
+    async def release(self, backend_id: str) -> None:
+        """Drop a delivered job's result bytes and its state folder; a short row stays for
+        `history` (the newest `_HISTORY` finished jobs)."""
+        record = self._jobs.get(backend_id)
+        if record is not None and not record.released:
+            record.output = None
+            record.released = True
+            self._released.append(backend_id)
+        folder = self._folder(backend_id)
+        if folder is not None:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        while len(self._released) > _HISTORY:
+            self._jobs.pop(self._released.popleft(), None)
 
     async def refresh(self, backend_id: str) -> None:
         """Nothing to do: results are held in memory, there are no URLs to expire."""
@@ -248,6 +288,20 @@ class LocalBackend:
 
     # -- Running jobs -------------------------------------------------------------------------
 
+    async def _created(
+        self, backend_id: str, created: Callable[[str], Awaitable[None]] | None
+    ) -> None:
+        """Tell the bot the job's id before it runs; if that fails, the job never runs."""
+        if created is None:
+            return
+        try:
+            await created(backend_id)
+        except BaseException:
+            folder = self._folder(backend_id)
+            if folder is not None:
+                await asyncio.to_thread(shutil.rmtree, folder, True)
+            raise
+
     def _launch(
         self,
         job_id: str,
@@ -257,6 +311,7 @@ class LocalBackend:
         *,
         backend_id: str | None = None,
         created_at: datetime | None = None,
+        state: JobState = JobState.CREATED,
     ) -> _LocalJob:
         record = _LocalJob(
             backend_id=backend_id or str(uuid.uuid4()),
@@ -264,6 +319,7 @@ class LocalBackend:
             endpoint=self._config.endpoint_name,
             model=model,
             created_at=created_at or datetime.now(UTC),
+            state=state,
         )
         task = asyncio.create_task(
             self._run(record, work), name=f"local-backend-job-{record.backend_id}"
@@ -327,6 +383,13 @@ class LocalBackend:
         await asyncio.to_thread(write)
         return backend_id
 
+    async def _mark_started(self, backend_id: str) -> None:
+        """Write down that the job was started: a restarted backend runs only started jobs
+        again, and leaves the others `created` (as ESD does), for the bot to decide."""
+        folder = self._folder(backend_id)
+        if folder is not None:
+            await asyncio.to_thread((folder / "started").touch)
+
     async def _persist_output(self, backend_id: str, output: JobOutput) -> None:
         folder = self._folder(backend_id)
         if folder is None:
@@ -367,6 +430,17 @@ class LocalBackend:
             )
             self._jobs[backend_id] = record
             return record
+        if not request.get("started"):
+            # Created but never started: it stays `created` until it is cancelled.
+            record = _LocalJob(
+                backend_id,
+                task_type,
+                self._config.endpoint_name,
+                model if isinstance(model, str) else None,
+                created,
+            )
+            self._jobs[backend_id] = record
+            return record
         if task_type == "img2img":
             params = GenerationParams(**request["params"])  # type: ignore[arg-type]
             work = _img2img_work(params, files)
@@ -380,6 +454,7 @@ class LocalBackend:
             work,
             backend_id=backend_id,
             created_at=created,
+            state=JobState.INPROGRESS,  # it had been started: it never goes back to `created`
         )
 
     # -- Checks -------------------------------------------------------------------------------
@@ -438,6 +513,8 @@ def _read_folder(
     """A stored job's request, input files and (when it finished) output; None if absent."""
     try:
         request = json.loads((folder / "request.json").read_text())
+        if isinstance(request, dict):
+            request["started"] = (folder / "started").exists()
         files = {
             name: (folder / name).read_bytes()
             for name in ("init.png", "mask.png")

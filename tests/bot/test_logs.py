@@ -66,13 +66,13 @@ def test_json_lines() -> None:
 class LeakyBackend(ScriptedBackend):
     """A backend whose errors carry every kind of secret, as real libraries' errors can."""
 
-    async def submit(self, job_id, params, init_png, mask_png):  # type: ignore[no-untyped-def]
+    async def submit(self, job_id, params, init_png, mask_png, **kw):  # type: ignore[no-untyped-def]
         if params.prompt == "leak":
             raise BackendError(
                 f"PUT {PRESIGNED} with x-api-key {ESD_KEY} failed via {WEBHOOK}",
                 user_message=f"upload to {PRESIGNED} refused for key {ESD_KEY}",
             )
-        return await super().submit(job_id, params, init_png, mask_png)
+        return await super().submit(job_id, params, init_png, mask_png, **kw)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
 from bot.model import Endpoint, GenerationParams, InterrogateParams, JobState, Model
-from bot.ports import Backend, PollTarget
+from bot.ports import LOST_JOB, Backend, PollTarget
 from cloud.local import LocalBackend, LocalBackendConfig
 from cloud.local.preview import caption
 
@@ -174,11 +174,40 @@ async def test_results_of_an_unfinished_or_unknown_job_are_refused(
         await slow_backend.results("nope")
 
 
-async def test_statuses_answer_only_for_known_jobs(backend: LocalBackend) -> None:
+async def test_statuses_report_a_job_the_backend_does_not_have_as_lost(
+    backend: LocalBackend,
+) -> None:
     submitted = await backend.submit("job1", make_params(), png(), None)
     answer = await backend.statuses([target(submitted.backend_id), target("unknown")])
-    assert set(answer) == {submitted.backend_id}
     assert answer[submitted.backend_id].state is JobState.CREATED
+    assert answer["unknown"].state is JobState.FAILED
+    assert answer["unknown"].reason == LOST_JOB
+
+
+async def test_a_released_job_drops_its_results_and_its_folder(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    backend = LocalBackend(LocalBackendConfig(delay=0.0, state_dir=state))
+    await backend.start()
+    try:
+        submitted = await backend.submit("job1", make_params(), png(), None)
+        for _ in range(500):
+            if (await backend.statuses([target(submitted.backend_id)]))[
+                submitted.backend_id
+            ].state.terminal:
+                break
+            await asyncio.sleep(0.01)
+        assert (await backend.results(submitted.backend_id)).images
+        assert (state / submitted.backend_id).is_dir()
+        await backend.release(submitted.backend_id)
+        assert not (state / submitted.backend_id).exists()
+        with pytest.raises(BackendError, match="no results"):
+            await backend.results(submitted.backend_id)
+        # The row stays in the history.
+        assert [j.backend_id for j in await backend.history("img2img", 10)] == [
+            submitted.backend_id
+        ]
+    finally:
+        await backend.aclose()
 
 
 # -- Checks on submission -------------------------------------------------------------------
@@ -283,7 +312,8 @@ async def test_cancel_stops_the_job_and_forgets_it(slow_backend: LocalBackend) -
     cancelled = await slow_backend.submit("job2", make_params(), png(), None)
     await slow_backend.cancel(cancelled.backend_id)
     answer = await slow_backend.statuses([target(kept.backend_id), target(cancelled.backend_id)])
-    assert set(answer) == {kept.backend_id}
+    assert answer[kept.backend_id].state is JobState.CREATED
+    assert answer[cancelled.backend_id].reason == LOST_JOB  # as ESD's 404 after a DELETE
     assert [row.backend_id for row in await slow_backend.history("img2img", 10)] == [
         kept.backend_id
     ]

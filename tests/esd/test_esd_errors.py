@@ -21,6 +21,7 @@ from scenario_kit import png
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError
 from bot.model import JobState
+from bot.ports import LOST_JOB
 from cloud.esd import EsdBackend
 from cloud.esd.client import EsdClient, OutcomeUnknownError
 from cloud.esd_server import running_server
@@ -112,7 +113,7 @@ async def test_a_job_deleted_on_the_backend_fails_with_that_reason(
     await state_of(server).delete_jobs([submitted.backend_id])
     status = (await backend.statuses([target(submitted.backend_id)]))[submitted.backend_id]
     assert status.state is JobState.FAILED
-    assert status.reason == "ESD no longer has this job (it was deleted on the backend)"
+    assert status.reason == LOST_JOB
 
 
 async def test_5xx_is_retried_then_unavailable(server: str, backend: EsdBackend) -> None:

@@ -40,6 +40,7 @@ from adapters.console import ConsoleAdapter, run_console
 from bot.config import Config, Secrets
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
 from bot.model import Endpoint, InterrogateParams, JobState
+from bot.ports import LOST_JOB
 from bot.views import ActionKind
 from cloud.esd import EsdBackend
 from cloud.esd import sagemaker as sm
@@ -338,7 +339,7 @@ async def test_failures_are_failed_jobs_with_a_reason(
     # A row ESD no longer has (deleted from the WebUI) is a failure too, not a wait forever.
     aws.dynamodb.delete_item(TableName=TABLE, Key={"InferenceJobId": {"S": failed}})
     gone = (await interrogator.read([failed]))[failed]
-    assert gone.state is JobState.FAILED and "deleted" in (gone.reason or "")
+    assert gone.state is JobState.FAILED and gone.reason == LOST_JOB
 
 
 def test_output_documents() -> None:
