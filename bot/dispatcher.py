@@ -18,7 +18,7 @@ from bot import render
 from bot.errors import OperationalError, ParseError, RefusedError, UserInputError
 from bot.ids import display_name
 from bot.jobs import RESULT_SLOT, JobRunner
-from bot.model import AttachmentRef, Caller, Job, JobState, Platform
+from bot.model import AttachmentRef, Caller, GenerationParams, Job, JobState, Platform
 from bot.ports import AdmissionRefused, Backend, Clock, JobQuery, JobStore, Responder, StoredImage
 from bot.views import EDIT_FIELDS, Action, ActionKind, ResultImage
 from commands import (
@@ -46,6 +46,16 @@ _LOGGER = logging.getLogger(__name__)
 
 _PAGE = 50  # lines per message when `jobs all=true` pages through everything
 _SLOT_OPTIONS = tuple(s.value for s in Slot)
+# The ways to give the output size; a reply that uses one replaces the base job's others.
+_SIZE_OPTIONS = ("size", "width", "height", "scale")
+
+
+def _pinned_seeds(params: GenerationParams) -> dict[str, str]:
+    """The seeds a re-generation keeps: the seed, and the variation seed when it is in use."""
+    pinned = {"seed": str(params.seed)}
+    if params.subseed_strength > 0:
+        pinned["subseed"] = str(params.subseed)
+    return pinned
 
 
 def text_value(value: object) -> str:
@@ -194,14 +204,18 @@ class Dispatcher:
                 now=self._clock.now(),
             )
             options = dict(base.options)
+            if any(name in reply.options for name in _SIZE_OPTIONS):
+                for name in _SIZE_OPTIONS:
+                    options.pop(name, None)
             options.update((k, text_value(v)) for k, v in reply.options.items())
             if reply.prompt is not None:
                 options["prompt"] = reply.prompt
             elif reply.append:
                 current = options.get("prompt", "")
                 options["prompt"] = f"{current}, {reply.append}" if current else reply.append
-            if "seed" not in reply.options and base.params is not None:
-                options["seed"] = str(base.params.seed)
+            if base.params is not None:
+                pinned = _pinned_seeds(base.params).items()
+                options.update((k, v) for k, v in pinned if k not in reply.options)
             if reply.again:
                 options["seed"] = "-1"
             result_index = reply.options.get("input")
@@ -580,7 +594,7 @@ class Dispatcher:
             return await self._regenerate(caller, job, options, [], responder)
         if action.kind is ActionKind.USE_AS_INPUT:
             if job.params is not None:
-                options["seed"] = str(job.params.seed)
+                options.update(_pinned_seeds(job.params))
             return await self._regenerate(
                 caller, job, options, [], responder, result_index=action.index or 1
             )
@@ -591,7 +605,7 @@ class Dispatcher:
         given = {k: v.strip() for k, v in fields.items() if k in EDIT_FIELDS and k not in blank}
         checked = build(job.command, given)
         if job.params is not None:
-            options["seed"] = str(job.params.seed)
+            options.update(_pinned_seeds(job.params))
         options.update((k, text_value(v)) for k, v in checked.options.items())
         for name in blank:
             if name in ("prompt", "negative"):

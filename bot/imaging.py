@@ -21,7 +21,15 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from PIL import Image, ImageChops, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import (
+    Image,
+    ImageChops,
+    ImageEnhance,
+    ImageFile,
+    ImageFilter,
+    ImageOps,
+    UnidentifiedImageError,
+)
 
 from bot.errors import ImageInputError
 
@@ -136,17 +144,21 @@ def prepare(
     *,
     mask_blur: int,
     limits: ImageLimits,
+    mask_alpha: int = 0,
 ) -> PreparedInputs:
     """Build A1111's init image and mask for one of the five img2img commands.
 
     `second` is the mask for inpaint and inpaint-upload, the sketch for inpaint-sketch, and
-    ignored (with a note) by img2img and sketch. `mask_blur` only matters for inpaint-sketch,
-    whose init image blends the sketch in through the blurred mask as A1111 does.
+    ignored (with a note) by img2img and sketch. `mask_blur` and `mask_alpha` (the WebUI's
+    "Mask transparency", percent) only matter for inpaint-sketch, whose init image blends the
+    sketch in through the blurred, dimmed mask as A1111 does.
     """
     if command not in COMMANDS:
         raise ValueError(f"unknown img2img command {command!r}; expected one of {sorted(COMMANDS)}")
     if mask_blur < 0:
         raise ValueError(f"mask_blur must be >= 0, got {mask_blur}")
+    if not 0 <= mask_alpha <= 100:
+        raise ValueError(f"mask_alpha must be 0-100, got {mask_alpha}")
     if command in ("img2img", "sketch"):
         return _prepare_single(command, image, second, limits)
     if command == "inpaint":
@@ -163,7 +175,7 @@ def prepare(
             "inpaint-sketch needs two images: the original and the sketch "
             "(the same picture with the area to change painted over)"
         )
-    return _prepare_inpaint_sketch(image, second, mask_blur, limits)
+    return _prepare_inpaint_sketch(image, second, mask_blur, mask_alpha, limits)
 
 
 def prepare_interrogate(image: InputFile, limits: ImageLimits) -> PreparedInputs:
@@ -258,7 +270,7 @@ def _prepare_inpaint_upload(
 
 
 def _prepare_inpaint_sketch(
-    image: InputFile, sketch_file: InputFile, mask_blur: int, limits: ImageLimits
+    image: InputFile, sketch_file: InputFile, mask_blur: int, mask_alpha: int, limits: ImageLimits
 ) -> PreparedInputs:
     """inpaint-sketch (A1111 tab 3): mask where the sketch differs; init blends the sketch in."""
     decoded, notes = _decode(image, limits)
@@ -282,6 +294,10 @@ def _prepare_inpaint_sketch(
             f"{sketch_file.name} with clearly different colours (strokes at least 3 pixels wide)"
         )
 
+    if mask_alpha:
+        # A1111 (`modules/img2img.py`, tab 3): the mask's brightness × (1 − mask_alpha / 100), so
+        # the sketch's colours go in fainter and the mask it sends is grey, not white.
+        mask = ImageEnhance.Brightness(mask).enhance(1 - mask_alpha / 100)
     if mask_blur > 0:
         blur = ImageFilter.GaussianBlur(mask_blur)
         init = Image.composite(sketch.filter(blur), original, mask.filter(blur))

@@ -287,6 +287,7 @@ class JobRunner:
             second_slot = "sketch" if job.command == "inpaint-sketch" else "mask"
             second = inputs.get(second_slot)
             mask_blur = int(job.options.get("mask_blur", 4))
+            mask_alpha = int(job.options.get("mask_alpha", 0))
             async with self._decoding:
                 prepared = await asyncio.to_thread(
                     imaging.prepare,
@@ -295,6 +296,7 @@ class JobRunner:
                     imaging.InputFile(second.name, second.data) if second else None,
                     mask_blur=mask_blur,
                     limits=self._limits,
+                    mask_alpha=mask_alpha,
                 )
             params = await self._resolver.generation(
                 job.options, prepared.width, prepared.height, defaults

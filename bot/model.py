@@ -113,6 +113,32 @@ class GenerationParams:
     area: str = "whole"
     padding: int = 32
     invert: bool = False
+    # The rest of A1111's img2img panel (defaults = the WebUI's; older stored rows lack them).
+    batch_count: int = 1  # A1111 `n_iter`: batches of `count` images, one after another
+    subseed: int = -1  # concrete whenever subseed_strength > 0
+    subseed_strength: float = 0.0
+    restore_faces: bool = False
+    tiling: bool = False
+    clip_skip: int = 1
+    image_cfg: float = 1.5
+    noise_multiplier: float = 1.0
+    scheduler: str = "Automatic"
+    mask_alpha: int = 0  # inpaint-sketch only; applied to the mask and init image by the core
+
+    @property
+    def images(self) -> int:
+        """How many images the job makes: batch size × batch count."""
+        return self.count * self.batch_count
+
+    def seeds(self, index: int) -> tuple[int, int]:
+        """The seed and variation seed of image `index` (0-based), as A1111 numbers them.
+
+        Without variation every image takes the next seed; with it, every image keeps the seed
+        and takes the next variation seed (`processing.process_images_inner`).
+        """
+        if self.subseed_strength == 0:
+            return self.seed + index, self.subseed
+        return self.seed, self.subseed + index
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import statistics
 from typing import TYPE_CHECKING
 
 from bot.ids import display_name, format_time
-from bot.model import Endpoint, Job, JobState, Model
+from bot.model import Endpoint, GenerationParams, Job, JobState, Model
 from bot.views import Action, ActionKind, ResultImage, ResultView, StatusView
 
 if TYPE_CHECKING:
@@ -172,10 +172,14 @@ def job_details(job: Job) -> str:
             f"cfg {p.cfg:g} · strength {p.strength:g} · seed {p.seed} · size {p.width}x{p.height}"
             f" · count {p.count} · resize {p.resize}"
         )
+        panel = _panel_details(p)
+        if panel:
+            lines.append(panel)
         if job.command.startswith("inpaint"):
             lines.append(
                 f"mask blur {p.mask_blur} · fill {p.fill} · area {p.area} · padding {p.padding}"
                 f" · invert {'yes' if p.invert else 'no'}"
+                + (f" · mask transparency {p.mask_alpha}%" if p.mask_alpha else "")
             )
     if job.interrogate is not None:
         lines.append(f"method {job.interrogate.method}")
@@ -189,6 +193,28 @@ def job_details(job: Job) -> str:
         lines.append(f"{job.result_count} result image(s)")
     lines.extend(job.notes)
     return "\n".join(lines)
+
+
+def _panel_details(p: GenerationParams) -> str:
+    """The rest of the img2img panel, where it differs from the WebUI's defaults."""
+    parts = []
+    if p.batch_count != 1:
+        parts.append(f"batch count {p.batch_count} ({p.images} images)")
+    if p.subseed_strength:
+        parts.append(f"variation seed {p.subseed} (strength {p.subseed_strength:g})")
+    if p.scheduler != "Automatic":
+        parts.append(f"schedule type {p.scheduler}")
+    if p.clip_skip != 1:
+        parts.append(f"clip skip {p.clip_skip}")
+    if p.image_cfg != 1.5:
+        parts.append(f"image CFG {p.image_cfg:g}")
+    if p.noise_multiplier != 1.0:
+        parts.append(f"noise multiplier {p.noise_multiplier:g}")
+    if p.restore_faces:
+        parts.append("restore faces")
+    if p.tiling:
+        parts.append("tiling")
+    return " · ".join(parts)
 
 
 def endpoint_lines(endpoints: Sequence[Endpoint]) -> str:

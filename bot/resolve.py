@@ -17,7 +17,7 @@ from bot.errors import RefusedError
 from bot.imaging import default_size
 from bot.model import Endpoint, GenerationParams, Model
 from commands import OPTIONS, Size, convert_option
-from commands.spec import DEFAULT_SAMPLER
+from commands.spec import DEFAULT_SAMPLER, DEFAULT_SCHEDULER, image_count_error, split_sampler
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -157,7 +157,15 @@ class Resolver:
         size = _typed(options, "size")
         width = _typed(options, "width")
         height = _typed(options, "height")
-        if isinstance(size, Size):
+        scale = _typed(options, "scale")
+        if isinstance(scale, float):
+            # A1111's "Resize by" tab: int(side × scale) of the init image, here floored to the
+            # multiple of 8 that the latent space keeps anyway. The grammar and the reply merge
+            # keep `scale` apart from size / width / height.
+            width, height = (
+                max(64, int(side * scale) // 8 * 8) for side in (input_width, input_height)
+            )
+        elif isinstance(size, Size):
             width, height = size.width, size.height
         elif isinstance(width, int) and not isinstance(height, int):
             height = max(64, round(width * input_height / input_width / 8) * 8)
@@ -165,14 +173,35 @@ class Resolver:
             width = max(64, round(height * input_width / input_height / 8) * 8)
         if isinstance(width, int) and isinstance(height, int):
             if max(width, height) > cap:
+                scaled = (
+                    f" ({input_width}x{input_height} × {scale:g})"
+                    if isinstance(scale, float)
+                    else ""
+                )
                 raise RefusedError(
-                    f"size {width}x{height} is over the cap of {cap} pixels on the longest side"
+                    f"size {width}x{height}{scaled} is over the cap of {cap} pixels on the "
+                    "longest side"
                 )
         else:
             width, height = default_size(input_width, input_height, cap)
         seed = _int(options, "seed")
         if seed < 0:
             seed = random.randint(0, MAX_SEED)
+        count, batch_count = _int(options, "count"), _int(options, "batch_count")
+        too_many = image_count_error(count, batch_count)
+        if too_many is not None:
+            raise RefusedError(too_many)
+        subseed_strength = _float(options, "subseed_strength")
+        subseed = _int(options, "subseed")
+        if subseed < 0 and subseed_strength > 0:
+            # Drawn here, like the seed, so the job's details and a re-generation can repeat it.
+            subseed = random.randint(0, MAX_SEED)
+        sampler = str(_typed(options, "sampler") or DEFAULT_SAMPLER)
+        scheduler = str(_typed(options, "scheduler") or DEFAULT_SCHEDULER)
+        if scheduler != DEFAULT_SCHEDULER:
+            # A schedule named in the sampler would win in A1111 1.9+ (`DPM++ 2M Karras`); the
+            # one the user chose here wins instead, so the sampler is sent without it.
+            sampler = split_sampler(sampler)[0]
         endpoint = await self.endpoint(options.get("endpoint"), default=defaults.endpoint)
         return GenerationParams(
             prompt=str(options.get("prompt", "")),
@@ -180,11 +209,11 @@ class Resolver:
             strength=_float(options, "strength"),
             steps=_int(options, "steps"),
             cfg=_float(options, "cfg"),
-            sampler=str(_typed(options, "sampler") or DEFAULT_SAMPLER),
+            sampler=sampler,
             seed=seed,
             width=width,
             height=height,
-            count=_int(options, "count"),
+            count=count,
             resize=str(_typed(options, "resize")),
             model=await self.model(options.get("model"), defaults.model),
             vae=await self.vae(options.get("vae"), defaults.vae),
@@ -194,4 +223,14 @@ class Resolver:
             area=str(_typed(options, "area")),
             padding=_int(options, "padding"),
             invert=bool(_typed(options, "invert")),
+            batch_count=batch_count,
+            subseed=subseed,
+            subseed_strength=subseed_strength,
+            restore_faces=bool(_typed(options, "restore_faces")),
+            tiling=bool(_typed(options, "tiling")),
+            clip_skip=_int(options, "clip_skip"),
+            image_cfg=_float(options, "image_cfg"),
+            noise_multiplier=_float(options, "noise_multiplier"),
+            scheduler=scheduler,
+            mask_alpha=_int(options, "mask_alpha"),
         )

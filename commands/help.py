@@ -18,6 +18,7 @@ from commands.parse import (
     find_command,
 )
 from commands.spec import (
+    ADVANCED,
     COMMANDS,
     OPTIONS,
     OUT_OF_SCOPE,
@@ -170,10 +171,20 @@ def _command_help(spec: CommandSpec) -> str:
         for attachment in spec.attachments:
             needed = "required" if attachment.required else "optional"
             lines.append(f"• {attachment.slot.value} ({needed}) — {attachment.help}")
-    if spec.options:
+    common = [OPTIONS[name] for name in spec.options if not OPTIONS[name].advanced]
+    advanced = [OPTIONS[name] for name in spec.options if OPTIONS[name].advanced]
+    if common:
         lines += ["", "*Options*"]
-        for name in spec.options:
-            lines += _option_lines(OPTIONS[name])
+        for option in common:
+            lines += _option_lines(option)
+    if advanced:
+        lines += [
+            "",
+            f"*More options* (the rest of the WebUI's panel; on Discord write them in "
+            f"`{ADVANCED}`, e.g. `{ADVANCED}: clip_skip=2 tiling=on`)",
+        ]
+        for option in advanced:
+            lines += _option_lines(option)
     if spec.family in (Family.GENERATE, Family.INTERROGATE):
         lines += ["", _reply_sentence()]
     if spec.examples:

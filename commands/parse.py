@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING
 
 from bot.errors import ParseError
 from commands.spec import (
+    ADVANCED,
     COMMANDS,
+    MAX_IMAGES,
     OPTIONS,
     CommandSpec,
     Family,
@@ -39,6 +41,7 @@ from commands.spec import (
     OptionSpec,
     OptionValue,
     Size,
+    image_count_error,
 )
 
 if TYPE_CHECKING:
@@ -544,8 +547,7 @@ def _read_job_id(spec: OptionSpec, value: str) -> str:
 
 
 def _max_results() -> int:
-    count = OPTIONS["count"].max
-    return int(count) if count is not None else 1
+    return MAX_IMAGES
 
 
 def _read_result(spec: OptionSpec, value: str) -> int:
@@ -577,6 +579,15 @@ def _check_together(options: Mapping[str, OptionValue]) -> None:
     """Checks that involve more than one option."""
     if "size" in options and ("width" in options or "height" in options):
         raise ParseError("give either `size=WxH` or `width=` / `height=`, not both")
+    if "scale" in options and any(name in options for name in ("size", "width", "height")):
+        raise ParseError(
+            "give either `scale=` (resize by) or a size (`size=`, `width=`, `height=`)"
+        )
+    count, batch_count = options.get("count", 1), options.get("batch_count", 1)
+    if isinstance(count, int) and isinstance(batch_count, int):
+        too_many = image_count_error(count, batch_count)
+        if too_many is not None:
+            raise ParseError(too_many)
     for name in ("width", "height"):
         side = options.get(name)
         if isinstance(side, int) and side % SIDE_MULTIPLE:
@@ -692,6 +703,22 @@ def parse_reply(
     return ParsedReply(MappingProxyType(options), prompt, append, reading.again)
 
 
+def _read_advanced(
+    spec: CommandSpec, text: str, options: dict[str, OptionValue], now: datetime | None
+) -> None:
+    """Discord's `advanced` option: `key=value` words read as in a message, into `options`."""
+    reading = _read_words(spec, _Lexer(text).words(), console=False, reply=False, now=now)
+    if reading.free_words:
+        raise ParseError(
+            f"`{ADVANCED}` takes only `key=value` options, such as `clip_skip=2 tiling=on`; "
+            f"remove `{_shown(' '.join(reading.free_words))}`"
+        )
+    for name, value in reading.options.items():
+        if name in options:
+            raise ParseError(f"`{name}` is given twice — keep one")
+        options[name] = value
+
+
 def build(
     command: str,
     values: Mapping[str, object],
@@ -708,6 +735,9 @@ def build(
     options: dict[str, OptionValue] = {}
     for given, value in values.items():
         if value is None:
+            continue
+        if given == ADVANCED and isinstance(value, str):
+            _read_advanced(spec, value, options, now)
             continue
         option = _option_for(spec, given, console=console, reply=False)
         if option.name in options:

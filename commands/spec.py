@@ -45,6 +45,51 @@ SAMPLERS: tuple[str, ...] = (
 )
 DEFAULT_SAMPLER = "DPM++ 2M Karras"
 
+# A1111 1.9+ schedule types (`modules/sd_schedulers.py`, labels as the WebUI shows and the API
+# takes them; 1.10 list). "Automatic" lets the sampler pick, as A1111 does by default.
+SCHEDULERS: tuple[str, ...] = (
+    "Automatic",
+    "Uniform",
+    "Karras",
+    "Exponential",
+    "Polyexponential",
+    "SGM Uniform",
+    "KL Optimal",
+    "Align Your Steps",
+    "Simple",
+    "Normal",
+    "DDIM",
+    "Beta",
+)
+DEFAULT_SCHEDULER = "Automatic"
+
+# Images one job may make: batch size (`count`) × batch count (`batch_count`). A chat message
+# shows them all with a "Use as input N" button each, so the cap is small.
+MAX_IMAGES = 8
+
+
+def split_sampler(sampler: str) -> tuple[str, str | None]:
+    """A legacy sampler name's sampler and the schedule named at its end, as A1111 1.9+ reads it.
+
+    `DPM++ 2M Karras` → (`DPM++ 2M`, `Karras`); `Euler a` → (`Euler a`, None)
+    (`sd_samplers.get_sampler_and_scheduler`: a label after a space ends the name).
+    """
+    for label in SCHEDULERS[1:]:
+        if sampler.endswith(" " + label):
+            return sampler[: -len(label) - 1], label
+    return sampler, None
+
+
+def image_count_error(count: int, batch_count: int) -> str | None:
+    """Why `count` × `batch_count` images are too many for one job, or None."""
+    if count * batch_count <= MAX_IMAGES:
+        return None
+    return (
+        f"count × batch_count is {count} × {batch_count} = {count * batch_count} images; "
+        f"one job makes at most {MAX_IMAGES}"
+    )
+
+
 # A1111 `resize_mode`, `inpainting_fill` and `inpaint_full_res` values (reference/esd-api.md §7.1).
 RESIZE_MODES: dict[str, int] = {"just-resize": 0, "crop": 1, "fill": 2, "latent": 3}
 FILL_MODES: dict[str, int] = {"fill": 0, "original": 1, "latent-noise": 2, "latent-nothing": 3}
@@ -109,6 +154,10 @@ class OptionSpec:
     console_only: bool = False
     # Only valid in a reply that re-generates a job (SPEC §3.2), e.g. `input=result:2`.
     reply_only: bool = False
+    # A rarely used option: on Discord it is written inside the one `advanced` text option
+    # (`advanced: clip_skip=2 tiling=on`, read by the same grammar), because Discord allows 25
+    # options per command. Text platforms take it like any other option.
+    advanced: bool = False
 
 
 class Slot(enum.Enum):
@@ -156,6 +205,10 @@ def _gen(*extra: OptionSpec) -> tuple[OptionSpec, ...]:
     return extra
 
 
+# The Discord option that carries a command's `advanced` options as `key=value` words.
+ADVANCED = "advanced"
+
+
 OPTIONS: dict[str, OptionSpec] = {
     o.name: o
     for o in _gen(
@@ -174,7 +227,23 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("size", Kind.SIZE, "output size WxH, multiples of 8 (not with width/height)"),
         OptionSpec("width", Kind.INT, "output width, a multiple of 8", None, 64, 2048),
         OptionSpec("height", Kind.INT, "output height, a multiple of 8", None, 64, 2048),
-        OptionSpec("count", Kind.INT, "images per job (batch size)", 1, 1, 4),
+        OptionSpec("count", Kind.INT, "images per batch (batch size)", 1, 1, 4),
+        OptionSpec(
+            "batch_count",
+            Kind.INT,
+            f"batches, run one after another (count × batch_count ≤ {MAX_IMAGES})",
+            1,
+            1,
+            100,
+        ),
+        OptionSpec(
+            "scale",
+            Kind.FLOAT,
+            "resize by: output = input size × scale (not with size/width/height)",
+            None,
+            0.05,
+            4.0,
+        ),
         OptionSpec(
             "resize",
             Kind.CHOICE,
@@ -185,6 +254,68 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("model", Kind.TEXT, "checkpoint on the backend", autocomplete=True),
         OptionSpec("vae", Kind.TEXT, "VAE on the backend (Automatic = the checkpoint's own)"),
         OptionSpec("endpoint", Kind.TEXT, "SageMaker endpoint to run on", autocomplete=True),
+        # The rest of A1111's img2img panel, on Discord inside `advanced`.
+        OptionSpec(
+            "subseed",
+            Kind.INT,
+            "variation seed; -1 picks a random one",
+            -1,
+            -1,
+            2**32 - 1,
+            advanced=True,
+        ),
+        OptionSpec(
+            "subseed_strength",
+            Kind.FLOAT,
+            "variation strength: how far to move from seed toward subseed",
+            0.0,
+            0.0,
+            1.0,
+            advanced=True,
+        ),
+        OptionSpec(
+            "restore_faces",
+            Kind.BOOL,
+            "restore faces (the endpoint's face restoration model)",
+            False,
+            advanced=True,
+        ),
+        OptionSpec("tiling", Kind.BOOL, "make a seamlessly tiling image", False, advanced=True),
+        OptionSpec(
+            "clip_skip",
+            Kind.INT,
+            "CLIP layers to stop before the end (1 = none skipped)",
+            1,
+            1,
+            12,
+            advanced=True,
+        ),
+        OptionSpec(
+            "image_cfg",
+            Kind.FLOAT,
+            "image CFG scale (instruct-pix2pix models only)",
+            1.5,
+            0.0,
+            3.0,
+            advanced=True,
+        ),
+        OptionSpec(
+            "noise_multiplier",
+            Kind.FLOAT,
+            "initial noise multiplier for img2img",
+            1.0,
+            0.0,
+            1.5,
+            advanced=True,
+        ),
+        OptionSpec(
+            "scheduler",
+            Kind.CHOICE,
+            "schedule type (A1111 1.9+); replaces one named in the sampler",
+            DEFAULT_SCHEDULER,
+            choices=SCHEDULERS,
+            advanced=True,
+        ),
         # Inpaint.
         OptionSpec("mask_blur", Kind.INT, "mask blur in pixels", 4, 0, 64),
         OptionSpec(
@@ -203,6 +334,15 @@ OPTIONS: dict[str, OptionSpec] = {
         ),
         OptionSpec("padding", Kind.INT, "padding around the masked area, pixels", 32, 0, 256),
         OptionSpec("invert", Kind.BOOL, "repaint what is NOT masked", False),
+        OptionSpec(
+            "mask_alpha",
+            Kind.INT,
+            "mask transparency, percent: how faintly the sketch's colours go in",
+            0,
+            0,
+            100,
+            advanced=True,
+        ),
         # Console-only image paths.
         OptionSpec("image", Kind.PATH, "path of the image (console only)", console_only=True),
         OptionSpec("mask", Kind.PATH, "path of the mask (console only)", console_only=True),
@@ -269,12 +409,24 @@ GENERATION_OPTIONS: tuple[str, ...] = (
     "width",
     "height",
     "count",
+    "batch_count",
+    "scale",
     "resize",
     "model",
     "vae",
     "endpoint",
+    "subseed",
+    "subseed_strength",
+    "restore_faces",
+    "tiling",
+    "clip_skip",
+    "image_cfg",
+    "noise_multiplier",
+    "scheduler",
 )
 INPAINT_OPTIONS: tuple[str, ...] = ("mask_blur", "fill", "area", "padding", "invert")
+# Only inpaint-sketch has a mask transparency (A1111's `mask_alpha`, shown on that tab alone).
+SKETCH_OPTIONS: tuple[str, ...] = ("mask_alpha",)
 
 _IMAGE = AttachmentSpec(Slot.IMAGE, True, "the picture to start from")
 
@@ -285,9 +437,11 @@ def _generate(
     attachments: tuple[AttachmentSpec, ...],
     inpaint: bool,
     example: str,
+    extra: tuple[str, ...] = (),
 ) -> CommandSpec:
     paths = tuple(a.slot.value for a in attachments)
-    options = GENERATION_OPTIONS + (INPAINT_OPTIONS if inpaint else ()) + paths + ("input",)
+    inpainting = INPAINT_OPTIONS if inpaint else ()
+    options = GENERATION_OPTIONS + inpainting + extra + paths + ("input",)
     return CommandSpec(
         name,
         Family.GENERATE,
@@ -331,7 +485,8 @@ COMMANDS: dict[str, CommandSpec] = {
                 AttachmentSpec(Slot.SKETCH, True, "the same picture painted over"),
             ),
             True,
-            "inpaint-sketch a blue scarf",
+            "inpaint-sketch a blue scarf mask_alpha=40",
+            SKETCH_OPTIONS,
         ),
         _generate(
             "inpaint-upload",

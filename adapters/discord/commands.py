@@ -10,7 +10,10 @@ rules of the translation:
   autocompleted;
 - the console-only path options (`image=PATH` …) become `discord.Attachment` options named by
   the command's attachment slots, required as the slot is; `reply_only` options are left out;
-- a command's free-text option of Kind.JOB_ID (`/job id`, `/cancel id`) is required.
+- a command's free-text option of Kind.JOB_ID (`/job id`, `/cancel id`) is required;
+- options declared `advanced` (the rarely used rest of A1111's img2img panel) share one string
+  option, `advanced`, written as `key=value` words (`clip_skip=2 tiling=on`): Discord allows 25
+  options per command, and the grammar reads those words as it reads a message.
 
 Values arrive as Python objects and go through `commands.build`, the same validation as text.
 `CommandSync` pushes the commands to Discord only when their payload changed since the last
@@ -33,6 +36,7 @@ from discord import app_commands
 from adapters.discord.convert import clip
 from commands import COMMANDS, OPTIONS, CommandSpec, Kind, OptionSpec
 from commands.parse import LONG_TEXT_OPTIONS, NAME_CAP, PROMPT_CAP
+from commands.spec import ADVANCED
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -144,11 +148,28 @@ def slash_options(spec: CommandSpec) -> list[SlashOption]:
         )
         for attachment in spec.attachments
     ]
+    advanced: list[str] = []
     for name in spec.options:
         option = OPTIONS[name]
         if option.console_only or option.reply_only or option.kind is Kind.PATH:
             continue
+        if option.advanced:
+            advanced.append(name)
+            continue
         result.append(_slash_option(spec, option))
+    if advanced:
+        description = (
+            f"more options as key=value words, e.g. clip_skip=2 tiling=on; "
+            f"/help {spec.name} lists them"
+        )
+        result.append(
+            SlashOption(
+                ADVANCED,
+                _ranged(str, 1, NAME_CAP),
+                clip(description, DESCRIPTION_CHARS),
+                required=False,
+            )
+        )
     if len(result) > MAX_OPTIONS:
         raise ValueError(f"/{spec.name} would have {len(result)} options; Discord allows 25")
     return result

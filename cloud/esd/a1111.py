@@ -5,6 +5,13 @@
 (§7.2); `interrogate_payload` is the container's `InterrogateRequest` (§7.3). The checkpoint and
 VAE never go into `override_settings`: ESD picks them from the `models` of `POST /inferences`,
 which `network_names` helps fill from the prompt's `<lora:…>` / `<hypernet:…>` tags.
+
+The rest of the WebUI's img2img panel travels in the fields its API names: batch count as
+`n_iter`, the variation seed as `subseed` / `subseed_strength`, `restore_faces`, `tiling`,
+`image_cfg_scale`, `initial_noise_multiplier`, `scheduler` (A1111 1.9+; older versions drop the
+unknown field) and clip skip as the `CLIP_stop_at_last_layers` setting in `override_settings`.
+"Resize by" and the inpaint-sketch mask transparency never reach the API: the WebUI turns them
+into `width` / `height` and into the mask and init image before it sends, and so does the core.
 """
 
 from __future__ import annotations
@@ -64,15 +71,16 @@ def img2img_payload(
         "negative_prompt": params.negative,
         "styles": [],
         "seed": params.seed,
-        "subseed": -1,
-        "subseed_strength": 0.0,
+        "subseed": params.subseed,
+        "subseed_strength": params.subseed_strength,
         "seed_resize_from_h": -1,
         "seed_resize_from_w": -1,
         "sampler_name": params.sampler,
         # A1111 reads the sampler from either field; the WebUI extension sets both (§7.1).
         "sampler_index": params.sampler,
+        "scheduler": params.scheduler,
         "batch_size": params.count,
-        "n_iter": 1,
+        "n_iter": params.batch_count,
         "steps": params.steps,
         "cfg_scale": params.cfg,
         "width": params.width,
@@ -80,8 +88,8 @@ def img2img_payload(
         "resize_mode": RESIZE_MODES[params.resize],
         "init_images": [data_uri(init_png)],
         "denoising_strength": params.strength,
-        "image_cfg_scale": 1.5,
-        "initial_noise_multiplier": 1.0,
+        "image_cfg_scale": params.image_cfg,
+        "initial_noise_multiplier": params.noise_multiplier,
         "include_init_images": False,
         "mask": data_uri(mask_png) if mask_png is not None else None,
         # `mask_blur` sets both axes in A1111; the per-axis fields are sent to match.
@@ -92,7 +100,10 @@ def img2img_payload(
         "inpaint_full_res": AREAS[params.area],
         "inpaint_full_res_padding": params.padding,
         "inpainting_mask_invert": 1 if params.invert else 0,
-        "override_settings": {},
+        "restore_faces": params.restore_faces,
+        "tiling": params.tiling,
+        # Always sent, so the endpoint's own default cannot differ from what the job shows.
+        "override_settings": {"CLIP_stop_at_last_layers": params.clip_skip},
         "override_settings_restore_afterwards": True,
         "disable_extra_networks": False,
         "do_not_save_samples": False,

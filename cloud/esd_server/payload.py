@@ -93,9 +93,17 @@ def parse_img2img(
     height = _integer(payload, "height", 512, low=1, high=MAX_SIDE)
     if width * height > MAX_OUTPUT_PIXELS:
         raise PayloadError(f"size {width}x{height} is above {MAX_OUTPUT_PIXELS} pixels")
-    count = _integer(payload, "batch_size", 1, low=1) * _integer(payload, "n_iter", 1, low=1)
-    if count > MAX_BATCH:
-        raise PayloadError(f"batch_size × n_iter = {count} is above {MAX_BATCH}")
+    batch_size = _integer(payload, "batch_size", 1, low=1)
+    n_iter = _integer(payload, "n_iter", 1, low=1)
+    if batch_size * n_iter > MAX_BATCH:
+        raise PayloadError(f"batch_size × n_iter = {batch_size * n_iter} is above {MAX_BATCH}")
+    subseed_strength = _real(payload, "subseed_strength", 0.0, low=0.0, high=1.0)
+    subseed = _integer(payload, "subseed", -1)
+    if subseed == -1 and subseed_strength > 0:
+        subseed = random.Random(f"{job_id}:subseed").randrange(_SEED_SPACE)
+    overrides = payload.get("override_settings") or {}
+    if not isinstance(overrides, dict):
+        raise PayloadError("override_settings must be an object")
     mask_blur = payload.get("mask_blur")
     blur_key = "mask_blur" if mask_blur is not None else "mask_blur_x"
     sampler = payload.get("sampler_name") or payload.get("sampler_index") or _DEFAULT_SAMPLER
@@ -110,7 +118,7 @@ def parse_img2img(
         seed=seed,
         width=width,
         height=height,
-        count=count,
+        count=batch_size,
         resize=RESIZE_MODES[_integer(payload, "resize_mode", 0, low=0, high=3)],
         model=model,
         vae=vae,
@@ -120,6 +128,16 @@ def parse_img2img(
         area="masked" if _flag(payload, "inpaint_full_res") else "whole",
         padding=_integer(payload, "inpaint_full_res_padding", 32, low=0, high=MAX_SIDE),
         invert=_flag(payload, "inpainting_mask_invert"),
+        batch_count=n_iter,
+        subseed=subseed,
+        subseed_strength=subseed_strength,
+        # A1111 takes null as "the setting's default" (off) for these two.
+        restore_faces=_flag(payload, "restore_faces"),
+        tiling=_flag(payload, "tiling"),
+        clip_skip=_integer(overrides, "CLIP_stop_at_last_layers", 1, low=1, high=12),
+        image_cfg=_real(payload, "image_cfg_scale", 1.5, low=0.0, high=100.0),
+        noise_multiplier=_real(payload, "initial_noise_multiplier", 1.0, low=0.0, high=100.0),
+        scheduler=_text(payload, "scheduler") or "Automatic",
     )
     echoed = {**payload, "init_images": None, "mask": None, "seed": seed}
     return Img2ImgRequest(params=params, init_image=init_image, mask=mask, echoed=echoed)

@@ -572,16 +572,16 @@ class ServerState:
         params = img2img.params
         images = render(img2img.init_image, img2img.mask, params)
         masked = img2img.mask is not None
-        seeds = [params.seed + index for index in range(params.count)]
+        seeds, subseeds = zip(*(params.seeds(index) for index in range(params.images)), strict=True)
         info: dict[str, Any] = {
             "prompt": params.prompt,
-            "all_prompts": [params.prompt] * params.count,
+            "all_prompts": [params.prompt] * params.images,
             "negative_prompt": params.negative,
-            "all_negative_prompts": [params.negative] * params.count,
+            "all_negative_prompts": [params.negative] * params.images,
             "seed": params.seed,
-            "all_seeds": seeds,
-            "subseed": -1,
-            "all_subseeds": [-1] * params.count,
+            "all_seeds": list(seeds),
+            "subseed": params.subseed,
+            "all_subseeds": list(subseeds),
             "width": params.width,
             "height": params.height,
             "sampler_name": params.sampler,
@@ -592,7 +592,7 @@ class ServerState:
             "sd_vae_name": params.vae,
             "denoising_strength": params.strength,
             "infotexts": [
-                render_infotext(params, index, masked=masked) for index in range(params.count)
+                render_infotext(params, index, masked=masked) for index in range(params.images)
             ],
             "engine": ENGINE_NAME,
         }

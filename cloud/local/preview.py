@@ -11,6 +11,7 @@ here is synchronous and pure: the same bytes and parameters always give the same
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -20,10 +21,27 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageChops, ImageFilter, ImageOps, ImageStat
 from PIL.PngImagePlugin import PngInfo
 
+from commands.spec import split_sampler
+
 if TYPE_CHECKING:
     from bot.model import GenerationParams
 
 ENGINE_NAME = "sdbot preview (not Stable Diffusion)"
+
+# What the preview honours of A1111's img2img panel: size, resize, count × batch_count images,
+# seed and variation seed (strength blends two seeds' looks), strength and the inpaint fields.
+# These it cannot do honestly and ignores — the infotext still says what was asked, as A1111
+# would, and its `Preview ignored` field names them whenever one is not at its default.
+IGNORED: dict[str, str] = {
+    "restore_faces": "face restoration",
+    "tiling": "tiling",
+    "clip_skip": "clip skip",
+    "image_cfg": "image CFG scale",
+    "noise_multiplier": "noise multiplier",
+    "scheduler": "schedule type",
+}
+# A1111's default `face_restoration_model` setting, which its infotext names.
+_FACE_RESTORATION_MODEL = "CodeFormer"
 
 # Speed over size: results are shown once in chat and re-encoded by the platforms anyway.
 _PNG_COMPRESS_LEVEL = 1
@@ -55,10 +73,10 @@ class _RepaintMask:
 
 
 def render(init_png: bytes, mask_png: bytes | None, params: GenerationParams) -> list[bytes]:
-    """Return `params.count` PNGs of exactly `params.width` × `params.height`.
+    """Return `params.images` (count × batch count) PNGs of `params.width` × `params.height`.
 
-    Image `i` uses seed `params.seed + i`, as A1111 does for a batch. Each PNG carries its infotext
-    in the `parameters` text chunk, where A1111 puts it.
+    Image `i` takes its seeds as A1111 numbers them (`GenerationParams.seeds`). Each PNG carries
+    its infotext in the `parameters` text chunk, where A1111 puts it.
     """
     if params.width < 1 or params.height < 1:
         raise ValueError(f"size must be positive, got {params.width}x{params.height}")
@@ -67,23 +85,23 @@ def render(init_png: bytes, mask_png: bytes | None, params: GenerationParams) ->
     mask = None if mask_png is None else _repaint_mask(mask_png, size, params)
     return [
         _encode(
-            _render_one(base, mask, params, params.seed + index),
+            _render_one(base, mask, params, index),
             render_infotext(params, index, masked=mask is not None),
         )
-        for index in range(params.count)
+        for index in range(params.images)
     ]
 
 
 def _render_one(
-    base: Image.Image, mask: _RepaintMask | None, params: GenerationParams, seed: int
+    base: Image.Image, mask: _RepaintMask | None, params: GenerationParams, index: int
 ) -> Image.Image:
     strength = min(max(params.strength, 0.0), 1.0)
     if strength == 0.0:
         # Exactly the input: no blend or composite rounding can creep in.
         return base
-    rng = random.Random(seed)
+    seed, subseed = params.seeds(index)
     if mask is None:
-        return Image.blend(base, _transform(base, rng), strength)
+        return Image.blend(base, _varied(base, params, seed, subseed), strength)
     source = _prefill(base, mask.sharp, params.fill, seed)
     if params.area == "masked":
         box = mask.soft.getbbox()
@@ -91,14 +109,26 @@ def _render_one(
             return base  # nothing to repaint
         box = _pad_box(box, params.padding, base.size)
         repainted = base.copy()
-        region = Image.blend(base.crop(box), _transform(source.crop(box), rng), strength)
-        repainted.paste(region, box[:2])
+        changed = _varied(source.crop(box), params, seed, subseed)
+        repainted.paste(Image.blend(base.crop(box), changed, strength), box[:2])
     elif params.area == "whole":
-        repainted = Image.blend(base, _transform(source, rng), strength)
+        repainted = Image.blend(base, _varied(source, params, seed, subseed), strength)
     else:
         raise ValueError(f"unknown inpaint area: {params.area}")
     # The blurred mask is the alpha, so pixels it does not touch are the input's, byte for byte.
     return Image.composite(repainted, base, mask.soft)
+
+
+def _varied(image: Image.Image, params: GenerationParams, seed: int, subseed: int) -> Image.Image:
+    """The seed's transform, moved toward the variation seed's by `subseed_strength`.
+
+    A1111 blends the two seeds' noise; the preview blends the two seeds' looks.
+    """
+    changed = _transform(image, random.Random(seed))
+    if params.subseed_strength <= 0:
+        return changed
+    variation = _transform(image, random.Random(subseed))
+    return Image.blend(changed, variation, min(params.subseed_strength, 1.0))
 
 
 def _transform(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -238,22 +268,42 @@ def _encode(picture: Image.Image, infotext: str) -> bytes:
 
 
 def render_infotext(params: GenerationParams, index: int, *, masked: bool = False) -> str:
-    """A1111-style infotext of image `index` (0-based) of a batch.
+    """A1111-style infotext (1.9+) of image `index` (0-based) of the job's images.
 
-    `masked` adds the inpaint fields, as A1111 does only when a mask was used. The last field
-    names the engine, so nobody mistakes a preview for a Stable Diffusion result.
+    Fields come in A1111's order (`processing.create_infotext`) and only when A1111 writes them:
+    `masked` adds the inpaint fields, as A1111 does only when a mask was used; `Image CFG scale`
+    only for an instruct-pix2pix checkpoint (A1111 checks the model's config; the preview goes by
+    `pix2pix` in the name). The last fields name what the preview ignored and the engine, so
+    nobody mistakes a preview for a Stable Diffusion result.
     """
+    seed, subseed = params.seeds(index)
+    sampler, named_schedule = split_sampler(params.sampler)
     fields: list[tuple[str, object]] = [
         ("Steps", params.steps),
-        ("Sampler", params.sampler),
+        ("Sampler", sampler),
+        # A1111 1.9+: a schedule named in the sampler wins (`get_sampler_and_scheduler`).
+        ("Schedule type", named_schedule or params.scheduler),
         ("CFG scale", _number(params.cfg)),
-        ("Seed", params.seed + index),
+    ]
+    if "pix2pix" in params.model.lower():
+        fields.append(("Image CFG scale", _number(params.image_cfg)))
+    fields.append(("Seed", seed))
+    if params.restore_faces:
+        fields.append(("Face restoration", _FACE_RESTORATION_MODEL))
+    fields += [
         ("Size", f"{params.width}x{params.height}"),
         ("Model", _checkpoint_stem(params.model)),
     ]
     if params.vae not in _VAE_NOT_SET:
         fields.append(("VAE", params.vae))
+    if params.subseed_strength != 0:
+        fields.append(("Variation seed", subseed))
+        fields.append(("Variation seed strength", _number(params.subseed_strength)))
     fields.append(("Denoising strength", _number(params.strength)))
+    if params.clip_skip > 1:
+        fields.append(("Clip skip", params.clip_skip))
+    if params.tiling:
+        fields.append(("Tiling", "True"))
     if masked:
         fields.append(("Mask blur", params.mask_blur))
         if params.invert:
@@ -262,11 +312,23 @@ def render_infotext(params: GenerationParams, index: int, *, masked: bool = Fals
         if params.area == "masked":
             fields.append(("Inpaint area", "Only masked"))
             fields.append(("Masked area padding", params.padding))
+    if params.noise_multiplier != 1.0:
+        # Set by A1111 when it samples, after the inpaint fields.
+        fields.append(("Noise multiplier", _number(params.noise_multiplier)))
+    ignored = ignored_options(params)
+    if ignored:
+        fields.append(("Preview ignored", ", ".join(ignored)))
     fields.append(("Engine", ENGINE_NAME))
     settings = ", ".join(f"{key}: {_quote(str(value))}" for key, value in fields)
     negative = f"\nNegative prompt: {params.negative}" if params.negative else ""
     # A1111 strips the whole text, so an empty prompt does not leave a blank first line.
     return f"{params.prompt}{negative}\n{settings}".strip()
+
+
+def ignored_options(params: GenerationParams) -> list[str]:
+    """What the job asked for that the preview engine cannot do (see `IGNORED`)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(params)}
+    return [words for name, words in IGNORED.items() if getattr(params, name) != defaults[name]]
 
 
 def _quote(value: str) -> str:

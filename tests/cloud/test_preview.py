@@ -320,7 +320,8 @@ def test_infotext_reads_like_a1111_and_names_the_engine() -> None:
     assert render_infotext(params, 2) == (
         "a lighthouse at dusk\n"
         "Negative prompt: blurry\n"
-        "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 9, Size: 512x768, "
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 9, "
+        "Size: 512x768, "
         "Model: sdbot-preview, Denoising strength: 0.75, "
         "Engine: sdbot preview (not Stable Diffusion)"
     )

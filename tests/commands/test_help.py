@@ -124,14 +124,14 @@ def test_describe_value(option: str, expected: str) -> None:
 
 
 def test_a_new_declaration_shows_in_help_and_parses(monkeypatch: pytest.MonkeyPatch) -> None:
-    tiling = OptionSpec("tiling", Kind.BOOL, "make the picture tile seamlessly", False)
-    monkeypatch.setitem(OPTIONS, "tiling", tiling)
+    flip = OptionSpec("flip", Kind.BOOL, "mirror the picture first", False)
+    monkeypatch.setitem(OPTIONS, "flip", flip)
     img2img = COMMANDS["img2img"]
-    monkeypatch.setitem(COMMANDS, "img2img", replace(img2img, options=(*img2img.options, "tiling")))
+    monkeypatch.setitem(COMMANDS, "img2img", replace(img2img, options=(*img2img.options, "flip")))
     text = help_text("img2img")
-    assert "`tiling` — make the picture tile seamlessly — true/false" in text
-    assert "`tiling`" not in help_text("sketch")
-    assert parse("img2img a cat tiling=on").options["tiling"] is True
+    assert "`flip` — mirror the picture first — true/false" in text
+    assert "`flip`" not in help_text("sketch")
+    assert parse("img2img a cat flip=on").options["flip"] is True
 
 
 def test_a_new_command_shows_in_the_overview(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -545,13 +545,13 @@ def test_job_id_values_refused(raw: str) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("result", 1), ("result:1", 1), ("Result:2", 2), ("RESULT:4", 4), ("3", 3)],
+    [("result", 1), ("result:1", 1), ("Result:2", 2), ("RESULT:8", 8), ("3", 3)],
 )
 def test_result_values(raw: str, expected: int) -> None:
     assert value("input", raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["result:0", "result:5", "res", "result:", "result:x", "0", "5"])
+@pytest.mark.parametrize("raw", ["result:0", "result:9", "res", "result:", "result:x", "0", "9"])
 def test_result_values_refused(raw: str) -> None:
     assert "`result` or `result:N`" in value_error("input", raw)
 

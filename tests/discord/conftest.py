@@ -838,7 +838,7 @@ class DiscordHarness:
         wire: list[dict[str, Any]] = []
         resolved: dict[str, Any] = {}
         for option, value in (options or {}).items():
-            kind = OPTIONS[option].kind
+            kind = OPTIONS[option].kind if option in OPTIONS else Kind.TEXT  # `advanced`
             code = {Kind.INT: 4, Kind.FLOAT: 10, Kind.BOOL: 5}.get(kind, 3)
             wire.append({"name": option, "type": code, "value": value})
         for slot, data in (files or {}).items():

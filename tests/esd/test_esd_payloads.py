@@ -196,8 +196,9 @@ def test_img2img_payload_follows_a1111() -> None:
         6.5,
     )
     assert (payload["prompt"], payload["negative_prompt"]) == ("a red fox", "blurry")
-    # The checkpoint travels in `models` of POST /inferences, never in override_settings.
-    assert payload["override_settings"] == {}
+    # The checkpoint travels in `models` of POST /inferences, never in override_settings;
+    # clip skip is the one setting sent there, always, as A1111's API takes it.
+    assert payload["override_settings"] == {"CLIP_stop_at_last_layers": 1}
     assert p.model not in json.dumps(payload)
 
 

@@ -61,7 +61,8 @@ def test_an_a1111_body_maps_onto_generation_params() -> None:
     assert (params.prompt, params.negative) == ("a red boat", "blurry")
     assert (params.strength, params.steps, params.cfg) == (0.6, 12, 6.5)
     assert (params.sampler, params.seed) == ("Euler a", 1234)
-    assert (params.width, params.height, params.count) == (48, 32, 4)
+    assert (params.width, params.height, params.count, params.batch_count) == (48, 32, 2, 2)
+    assert params.images == 4
     assert (params.resize, params.fill, params.area) == ("fill", "latent-nothing", "masked")
     assert (params.padding, params.invert, params.mask_blur) == (16, True, 7)
     assert (params.model, params.vae, params.endpoint) == (
