@@ -187,7 +187,6 @@ class JobRunner:
         )
         await self._store.save(job)
         if job.backend_id:
-            self._poller.forget(job.backend_id)
             try:
                 await self._backend.cancel(job.backend_id)
             except BackendError as exc:
@@ -346,42 +345,54 @@ class JobRunner:
         return job
 
     async def _follow(self, job: Job) -> Job:
-        """Wait for the backend until the job is terminal, editing the status as it goes."""
+        """Wait for the backend until the job is terminal, editing the status as it goes.
+
+        Deadlines count from what the backend said: `created_timeout` from submission while
+        every read said `created`, `job_timeout` from the first read that said otherwise (from
+        submission for a job an earlier run saw start). Only a read made after its deadline
+        declares a job dead; while its status cannot be read, a job waits."""
         assert job.backend_id is not None
+        loop = asyncio.get_running_loop()
         started = job.started_at or job.created_at
         target = PollTarget(job.backend_id, job.interrogate is not None, started)
-        known: BackendStatus | None = BackendStatus(job.backend_id, job.state)
+        # Submission on the loop's clock, which the poller's read times are on too.
+        submitted = loop.time() - max(0.0, (self._clock.now() - started).total_seconds())
         last_edit = self._clock.monotonic()
         cold = False
-        while not job.state.terminal:
-            elapsed = (self._clock.now() - started).total_seconds()
-            limit = self._config.job_timeout
-            if job.state is JobState.CREATED:
-                limit = min(limit, self._config.created_timeout)
-            if elapsed >= limit:
-                return await self._time_out(job, elapsed)
-            wait = min(self._config.status_interval, limit - elapsed)
-            status = await self._poller.wait(target, known, wait)
-            if status is None:
-                if self._clock.monotonic() - last_edit >= self._config.status_interval:
-                    await self._show_status(job, cold_start=cold)
-                    last_edit = self._clock.monotonic()
-                continue
-            known, cold = status, status.cold_start
-            if status.state is not job.state:
-                job = replace(job, state=status.state)
-                if status.state.terminal:
-                    job = replace(job, finished_at=self._clock.now())
-                if status.state is JobState.FAILED:
-                    job = replace(job, error=status.reason or "the backend gave no reason")
-                await self._store.save(job)
-            await self._show_status(job, cold_start=cold)
-            last_edit = self._clock.monotonic()
-        self._poller.forget(target.backend_id)
+        with self._poller.watch(target, BackendStatus(job.backend_id, job.state)) as watch:
+            while not job.state.terminal:
+                never_started = job.state is JobState.CREATED and watch.started_at is None
+                if never_started:
+                    limit = min(self._config.job_timeout, self._config.created_timeout)
+                    deadline = submitted + limit
+                else:
+                    deadline = (watch.started_at or submitted) + self._config.job_timeout
+                if watch.read_at is not None and watch.read_at >= deadline:
+                    elapsed = watch.read_at - submitted
+                    return await self._time_out(job, elapsed, never_started=never_started)
+                wait = min(self._config.status_interval, max(0.0, deadline - loop.time()))
+                status = await watch.next(
+                    wait or self._config.status_interval, wake_on_read_after=deadline
+                )
+                if status is None:
+                    if self._clock.monotonic() - last_edit >= self._config.status_interval:
+                        await self._show_status(job, cold_start=cold)
+                        last_edit = self._clock.monotonic()
+                    continue
+                cold = status.cold_start
+                if status.state is not job.state:
+                    job = replace(job, state=status.state)
+                    if status.state.terminal:
+                        job = replace(job, finished_at=self._clock.now())
+                    if status.state is JobState.FAILED:
+                        job = replace(job, error=status.reason or "the backend gave no reason")
+                    await self._store.save(job)
+                await self._show_status(job, cold_start=cold)
+                last_edit = self._clock.monotonic()
         return job
 
-    async def _time_out(self, job: Job, elapsed: float) -> Job:
-        if job.state is JobState.CREATED:
+    async def _time_out(self, job: Job, elapsed: float, *, never_started: bool) -> Job:
+        if never_started:
             message = (
                 f"the backend never started the job within {render.duration(elapsed)} "
                 "(it stayed `created`; Real-time endpoints leave failed jobs there)"
