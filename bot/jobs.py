@@ -327,7 +327,8 @@ class JobRunner:
         backend_id = job.backend_id
         assert backend_id is not None
         target = PollTarget(backend_id, job.interrogate is not None, job.created_at)
-        status = await self._poller.wait(target, None, self._config.created_timeout)
+        with self._poller.watch(target, None) as watch:
+            status = await watch.next(self._config.created_timeout)
         if status is None:
             raise BackendUnavailableError("the backend did not say whether the job had started")
         if status.state is not JobState.CREATED:
@@ -337,7 +338,6 @@ class JobRunner:
         _LOGGER.info(
             "job %s: backend job %s was never started; submitting again", job.id, job.backend_id
         )
-        self._poller.forget(backend_id)
         with contextlib.suppress(BackendError):
             await self._backend.cancel(backend_id)
         job = replace(job, backend_id=None)
