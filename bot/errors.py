@@ -14,6 +14,8 @@
         │   └── JobFailedError  the backend ran the job and it failed
         ├── ResultsExpiredError stored result URLs expired; refresh them and try again
         ├── ChatDeliveryError   the chat platform refused or failed a post
+        │   └── ConversationClosedError  the bot may not post where the job lives (not a
+        │                       member, channel gone): the job ends with this message
         └── ConfigError         bad configuration, found at start-up
 """
 
@@ -81,6 +83,15 @@ class ChatDeliveryError(OperationalError):
     """The chat platform refused or failed a post."""
 
     short = "the chat platform did not accept the message"
+
+
+class ConversationClosedError(ChatDeliveryError):
+    """The platform will not let the bot post in the job's conversation (the bot is not a
+    member, the channel is archived or gone). Retrying cannot help: the job ends with this
+    message (fit for users) and nothing more is posted there; the adapter has told the user
+    privately where the platform allows."""
+
+    short = "the bot cannot post in this conversation"
 
 
 class ConfigError(OperationalError):

@@ -22,6 +22,7 @@ from bot.errors import (
     BackendError,
     BackendUnavailableError,
     ChatDeliveryError,
+    ConversationClosedError,
     OperationalError,
     ResultsExpiredError,
     UserInputError,
@@ -220,6 +221,9 @@ class JobRunner:
                 job = await self._follow(job)
         except asyncio.CancelledError:
             raise
+        except ConversationClosedError as exc:
+            await self._closed(job, exc)
+            return
         except UserInputError as exc:
             job = await self._fail(job, str(exc))
         except OperationalError as exc:
@@ -228,7 +232,19 @@ class JobRunner:
         except Exception:
             _LOGGER.exception("job %s: unexpected error", job.id)
             job = await self._fail(job, "an unexpected error occurred in the bot")
-        await self._deliver(job)
+        try:
+            await self._deliver(job)
+        except ConversationClosedError as exc:
+            await self._closed(job, exc)
+
+    async def _closed(self, job: Job, exc: ConversationClosedError) -> None:
+        """The platform will not let the bot post in the job's conversation: end the job
+        with the adapter's message and post nothing more there (the user was told privately)."""
+        _LOGGER.warning("job %s: %s", job.id, exc)
+        job = await self._store.get(job.id) or job
+        if not job.state.terminal:
+            job = await self._fail(job, str(exc))
+        await self._store.save(replace(job, delivery=Delivery.DONE))
 
     def _adapter(self, job: Job) -> ChatAdapter:
         return self._adapters[job.caller.platform]
@@ -503,6 +519,8 @@ class JobRunner:
         for pause in (*_POST_RETRIES, None):
             try:
                 posted = await adapter.post_result(thread, view)
+            except ConversationClosedError:
+                raise
             except ChatDeliveryError as exc:
                 if pause is None:
                     # Left as POSTING: the next start checks the thread and posts again.

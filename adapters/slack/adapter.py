@@ -6,15 +6,22 @@ the Web client with sdbot's retry handlers, the Bolt `AsyncApp` with sdbot's lis
 public URL needed) or an HTTP server on `SDBOT_HTTP_PORT` at `/slack/events` whose every
 request is signature-verified with `SLACK_SIGNING_SECRET`. For the core it posts a job's
 status message (its ts is the thread parent when the command was not in a thread), edits it
-with `chat.update`, uploads all result images of a job in one `files_upload_v2` into the
-thread and posts the summary with the Block Kit buttons as a separate message. Message ids
-given to the core are `<channel>:<ts>` (uploaded files `<channel>:file:<id>`).
+with `chat.update`, uploads all result images of a job in one upload into the thread and
+posts the summary with the Block Kit buttons as a separate message. Message ids given to the
+core are `<channel>:<ts>` (uploaded files `<channel>:file:<id>`).
+
+Posting is exactly-once: every bot message carries a key in its `metadata`, and a post or
+upload Slack answered with 5xx is looked for before it is sent again. A channel that refuses
+the bot (`not_in_channel`, …) raises `ConversationClosedError`, after the job's requester was
+told privately (their request's `response_url`, else a direct message) how to invite the bot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
@@ -31,22 +38,29 @@ from adapters.slack.blocks import (
     status_message,
     upload_comment,
 )
-from adapters.slack.client import make_web_client
+from adapters.slack.client import (
+    SERVER_ERRORS,
+    RetryPolicy,
+    make_web_client,
+    parse_retry_after,
+)
 from adapters.slack.convert import (
+    CHECK_FILE_INFO,
     attachment_refs,
     escape,
     file_message_id,
     message_id,
     parse_message_id,
+    safe_cut,
     truncate,
 )
 from adapters.slack.files import SlackFileFetcher
-from bot.errors import ChatDeliveryError, ConfigError
+from bot.errors import ChatDeliveryError, ConfigError, ConversationClosedError, ImageInputError
 from bot.model import Conversation, Platform
 from bot.ports import PostedStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from slack_sdk.web.async_client import AsyncWebClient
 
@@ -61,15 +75,25 @@ _LOGGER = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 _GONE = frozenset({"message_not_found", "file_not_found", "file_deleted", "cant_delete_file"})
 _REPLIES_PAGES = 5
+POST_EVENT = "sdbot_post"  # the metadata event type of every bot message
+# Errors that mean the bot may not post in the channel at all (chat.postMessage's errors,
+# https://docs.slack.dev/reference/methods/chat.postMessage#errors): no retry helps.
+CLOSED_CODES = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
+DIRECT_LIMIT = 39_000  # characters per direct message (Slack cuts text at 40,000)
+
+if TYPE_CHECKING:
+    Notify = Callable[[str], Awaitable[None]]
 
 
 class SlackCallError(ChatDeliveryError):
     """A Web API call failed; `code` is Slack's error code (`not_in_channel`, …) or the
-    exception's name when Slack did not answer."""
+    exception's name when Slack did not answer. `unsure`: Slack may have done the work
+    anyway (5xx, or no answer)."""
 
-    def __init__(self, what: str, code: str) -> None:
+    def __init__(self, what: str, code: str, *, unsure: bool = False) -> None:
         super().__init__(f"Slack {what}: {code}")
         self.code = code
+        self.unsure = unsure
 
 
 def slack_configured(config: Config) -> bool:
@@ -93,6 +117,7 @@ class SlackAdapter:
         ack_budget: float = 2.0,
         mention_grace: float = 2.0,
         socket_ping_interval: float = 10.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         secrets = config.secrets
         if not secrets.slack_bot_token:
@@ -111,6 +136,11 @@ class SlackAdapter:
         self._ack_budget = ack_budget
         self._mention_grace = mention_grace
         self._ping_interval = socket_ping_interval
+        self._retry = retry or RetryPolicy()
+        # Posts whose outcome is unknown (5xx / no answer), by metadata key: look first.
+        self._unsure: dict[str, None] = {}
+        # How to reach each recent job's requester privately (bounded).
+        self._requesters: dict[str, Notify] = {}
         self._session: aiohttp.ClientSession | None = None
         self._client: AsyncWebClient | None = None
         self._files: SlackFileFetcher | None = None
@@ -128,6 +158,7 @@ class SlackAdapter:
         self._closed = False
         self.bot_user_id = ""
         self.bot_id = ""
+        self.bot_name = ""
         self.port: int | None = None  # the bound HTTP port once started in HTTP mode
 
     @property
@@ -157,12 +188,17 @@ class SlackAdapter:
     async def _start(self) -> None:
         config = self._config
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        client = make_web_client(self._token, config.slack_api_url, self._session)
+        client = make_web_client(
+            self._token, config.slack_api_url, self._session, policy=self._retry
+        )
         self._client = client
         auth = await self._checked(client.auth_test(), "SLACK_BOT_TOKEN")
         self.bot_user_id = str(auth.get("user_id") or "")
         self.bot_id = str(auth.get("bot_id") or "")
-        self._files = SlackFileFetcher(self._session, self._token, config.slack_api_url)
+        self.bot_name = str(auth.get("user") or "")
+        self._files = SlackFileFetcher(
+            self._session, self._token, config.slack_api_url, self._retry
+        )
         bolt = AsyncApp(
             client=client,
             signing_secret=config.secrets.slack_signing_secret or "",
@@ -305,16 +341,35 @@ class SlackAdapter:
         return self._client
 
     async def _call(self, what: str, call: Awaitable[Any]) -> Mapping[str, Any]:
-        """One Web API call; failures become `ChatDeliveryError` with Slack's error code."""
+        """One Web API call; failures become `SlackCallError` with Slack's error code."""
         try:
             response = await call
         except SlackApiError as exc:
-            code = exc.response.get("error") if exc.response is not None else None
-            raise SlackCallError(what, str(code or "error")) from None
+            answer = exc.response
+            code = answer.get("error") if answer is not None else None
+            status = getattr(answer, "status_code", None)
+            if not code and isinstance(status, int) and status != 200:
+                code = f"http_{status}"
+            raise SlackCallError(
+                what, str(code or "error"), unsure=isinstance(status, int) and status >= 500
+            ) from None
         except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
-            raise SlackCallError(what, type(exc).__name__) from None
+            raise SlackCallError(what, type(exc).__name__, unsure=True) from None
         data = getattr(response, "data", None)
         return data if isinstance(data, dict) else {}
+
+    def _closed_error(self, code: str) -> ConversationClosedError:
+        name = f"@{self.bot_name}" if self.bot_name else "the bot"
+        if code == "is_archived":
+            return ConversationClosedError(
+                "this channel is archived, so the bot cannot post there; "
+                "run the command in another channel"
+            )
+        return ConversationClosedError(
+            "the bot is not a member of this channel, so it cannot post there. "
+            f"Invite it with `/invite {name}` in the channel (or mention it and choose "
+            "Invite), then run the command again"
+        )
 
     async def post_message(
         self,
@@ -322,20 +377,100 @@ class SlackAdapter:
         thread: str | None,
         text: str,
         blocks: Sequence[Block] | None = None,
+        *,
+        key: str | None = None,
+        escaped: bool = False,
     ) -> str:
-        """Post a bot message (text from the core, escaped here); return its ts."""
-        data = await self._call(
-            "chat.postMessage",
-            self._api().chat_postMessage(
-                channel=channel,
-                thread_ts=thread,
-                text=text if blocks is not None else truncate(escape(text), 39_000),
-                blocks=list(blocks) if blocks is not None else None,
-                unfurl_links=False,
-                unfurl_media=False,
-            ),
+        """Post a bot message (text from the core, escaped here) exactly once; return its ts.
+
+        Every post carries `key` in its `metadata`. When Slack answers 5xx or the connection
+        breaks, the post may have happened anyway (Slack does the work and then fails), so
+        the thread (or channel) is searched for the key before posting again.
+        """
+        key = key or f"post:{uuid.uuid4().hex}"
+        for attempt in range(self._retry.attempts + 1):
+            if key in self._unsure:
+                try:
+                    found = await self._find_post(channel, thread, key)
+                except ChatDeliveryError as exc:
+                    _LOGGER.info("looking for an earlier post failed: %s", exc)
+                    await self._retry.pause(attempt)
+                    continue
+                if found is not None:
+                    self._unsure.pop(key, None)
+                    return found
+            try:
+                data = await self._call(
+                    "chat.postMessage",
+                    self._api().chat_postMessage(
+                        channel=channel,
+                        thread_ts=thread,
+                        text=text
+                        if blocks is not None or escaped
+                        else truncate(escape(text), 39_000),
+                        blocks=list(blocks) if blocks is not None else None,
+                        metadata={"event_type": POST_EVENT, "event_payload": {"key": key}},
+                        unfurl_links=False,
+                        unfurl_media=False,
+                    ),
+                )
+            except SlackCallError as exc:
+                if exc.code in CLOSED_CODES:
+                    raise self._closed_error(exc.code) from None
+                if not exc.unsure:
+                    raise
+                self._remember_unsure(key)
+                _LOGGER.info("chat.postMessage: %s; checking before posting again", exc.code)
+                await self._retry.pause(attempt)
+                continue
+            self._unsure.pop(key, None)
+            return str(data.get("ts", ""))
+        raise SlackCallError("chat.postMessage", "no answer after retries")
+
+    def _remember_unsure(self, key: str) -> None:
+        self._unsure[key] = None
+        while len(self._unsure) > 10_000:
+            self._unsure.pop(next(iter(self._unsure)))
+
+    async def _find_post(self, channel: str, thread: str | None, key: str) -> str | None:
+        """The ts of the bot's message carrying `key` in its metadata, if Slack has it.
+
+        Metadata is only returned with `include_all_metadata`
+        (https://docs.slack.dev/reference/methods/conversations.replies).
+        """
+        cursor: str | None = None
+        for _ in range(_REPLIES_PAGES):
+            if thread:
+                data = await self._call(
+                    "conversations.replies",
+                    self._api().conversations_replies(
+                        channel=channel,
+                        ts=thread,
+                        limit=200,
+                        cursor=cursor,
+                        include_all_metadata=True,
+                    ),
+                )
+            else:  # a new top-level post is among the channel's newest messages
+                data = await self._call(
+                    "conversations.history",
+                    self._api().conversations_history(
+                        channel=channel, limit=100, include_all_metadata=True
+                    ),
+                )
+            for message in data.get("messages") or []:
+                payload = (message.get("metadata") or {}).get("event_payload") or {}
+                if self._mine(message) and payload.get("key") == key:
+                    return str(message["ts"])
+            cursor = (data.get("response_metadata") or {}).get("next_cursor") or None
+            if not thread or cursor is None:
+                return None
+        return None
+
+    def _mine(self, message: Mapping[str, Any]) -> bool:
+        return message.get("user") == self.bot_user_id or bool(
+            self.bot_id and message.get("bot_id") == self.bot_id
         )
-        return str(data.get("ts", ""))
 
     async def post_ephemeral(self, channel: str, user: str, thread: str | None, text: str) -> None:
         await self._call(
@@ -344,6 +479,38 @@ class SlackAdapter:
                 channel=channel, user=user, thread_ts=thread, text=truncate(escape(text), 39_000)
             ),
         )
+
+    async def post_direct(self, user: str, text: str) -> None:
+        """A message to `user` in the app's direct messages (posting to a user id does that,
+        https://docs.slack.dev/reference/methods/chat.postMessage#app_home); long text is
+        split into several messages."""
+        rest = escape(text)
+        while rest:
+            cut = len(rest)
+            if cut > DIRECT_LIMIT:
+                cut = rest.rfind("\n", 0, DIRECT_LIMIT)
+                cut = cut if cut > 0 else safe_cut(rest, DIRECT_LIMIT) or DIRECT_LIMIT
+            await self.post_message(user, None, rest[:cut], escaped=True)
+            rest = rest[cut:].lstrip("\n")
+
+    # -- private notices for a job's requester ---------------------------------------------
+
+    def remember_requester(self, job_id: str, notify: Notify) -> None:
+        """How to reach the user who started `job_id` privately (their request's
+        `response_url`, else a direct message), should the job's channel refuse the bot."""
+        self._requesters[job_id] = notify
+        while len(self._requesters) > 10_000:
+            self._requesters.pop(next(iter(self._requesters)))
+
+    async def _tell_requester(self, job_id: str, text: str) -> None:
+        notify = self._requesters.pop(job_id, None)
+        if notify is None:
+            _LOGGER.warning("job %s: cannot tell its requester: %s", job_id, text)
+            return
+        try:
+            await notify(f"Job `{job_id}`: {text}.")
+        except ChatDeliveryError as exc:
+            _LOGGER.warning("job %s: telling the requester failed: %s", job_id, exc)
 
     async def open_modal(self, trigger_id: str, view: Block) -> None:
         try:
@@ -354,7 +521,7 @@ class SlackAdapter:
     async def upload_reply(
         self, channel: str, thread: str | None, text: str, images: Sequence[ResultImage]
     ) -> list[str]:
-        """Upload images with `text` as their message, in one `files_upload_v2`."""
+        """Upload images with `text` as their message."""
         return await self._upload(channel, thread, escape(text), images, "")
 
     async def _upload(
@@ -365,33 +532,110 @@ class SlackAdapter:
         images: Sequence[ResultImage],
         alt: str,
     ) -> list[str]:
-        uploads = [
-            {
-                "file": image.data,
-                "filename": image.name,
-                "title": image.name,
-                **({"alt_txt": truncate(alt, 1000)} if alt else {}),
-            }
-            for image in images
-        ]
-        try:
-            response = await self._api().files_upload_v2(
-                channel=channel,
-                thread_ts=thread,
-                initial_comment=comment,
-                file_uploads=uploads,
+        """Slack's upload flow (https://docs.slack.dev/messaging/working-with-files#upload):
+        `files.getUploadURLExternal` and a POST of the bytes per file (both safe to repeat),
+        then one `files.completeUploadExternal` sharing them all in the thread. That last
+        call may have worked when Slack answers 5xx: `files.info` on the uploaded ids tells,
+        before it is sent again."""
+        file_ids: list[str] = []
+        for image in images:
+            extra = {"alt_txt": truncate(alt, 1000)} if alt else {}
+            target = await self._call(
+                "files.getUploadURLExternal",
+                self._api().files_getUploadURLExternal(
+                    filename=image.name, length=len(image.data), **extra
+                ),
             )
-        except SlackApiError as exc:
-            code = exc.response.get("error") if exc.response is not None else None
-            raise SlackCallError("file upload", str(code or "error")) from None
-        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
-            raise SlackCallError("file upload", type(exc).__name__) from None
-        files = response.get("files") or []
-        ids = [file_message_id(channel, str(f["id"])) for f in files if f.get("id")]
-        share = _share_ts(files, channel)
+            await self._send_bytes(str(target["upload_url"]), image.data)
+            file_ids.append(str(target["file_id"]))
+        files = [
+            {"id": file_id, "title": image.name}
+            for file_id, image in zip(file_ids, images, strict=True)
+        ]
+        answer: Mapping[str, Any] = {}
+        for attempt in range(self._retry.attempts + 1):
+            try:
+                answer = await self._call(
+                    "files.completeUploadExternal",
+                    self._api().files_completeUploadExternal(
+                        files=files,  # type: ignore[arg-type]
+                        channel_id=channel,
+                        thread_ts=thread,
+                        initial_comment=comment,
+                    ),
+                )
+                break
+            except SlackCallError as exc:
+                if exc.code in CLOSED_CODES:
+                    raise self._closed_error(exc.code) from None
+                if not exc.unsure or attempt == self._retry.attempts:
+                    raise
+                await self._retry.pause(attempt)
+                if await self._completed(file_ids):
+                    break
+        ids = [file_message_id(channel, file_id) for file_id in file_ids]
+        share = _share_ts(answer.get("files") or [], channel)
         if share:
             ids.insert(0, message_id(channel, share))
         return ids
+
+    async def _completed(self, file_ids: Sequence[str]) -> bool:
+        """Whether an upload was completed after all: `files.info` knows a file only once
+        `files.completeUploadExternal` has run for it."""
+        for file_id in file_ids:
+            try:
+                await self._call("files.info", self._api().files_info(file=file_id))
+            except SlackCallError as exc:
+                if exc.code in ("file_not_found", "file_deleted"):
+                    return False
+                raise
+        return True
+
+    async def _send_bytes(self, url: str, data: bytes) -> None:
+        """POST a file's bytes to its upload URL (the URL is the credential: no token, and
+        never logged), retrying 429 / 5xx / broken connections."""
+        session = self._session
+        if session is None or self._closed:
+            raise ChatDeliveryError("the Slack adapter is not running")
+        for attempt in range(self._retry.attempts + 1):
+            wait: float | None = None
+            try:
+                async with session.post(url, data=data) as response:
+                    await response.read()
+                    if response.status == 200:
+                        return
+                    if response.status != 429 and response.status not in SERVER_ERRORS:
+                        raise SlackCallError("file upload", f"http_{response.status}")
+                    wait = parse_retry_after(dict(response.headers))
+                    problem = f"http_{response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = type(exc).__name__
+            if attempt == self._retry.attempts:
+                raise SlackCallError("file upload", problem)
+            await self._retry.pause(attempt, wait)
+
+    async def resolve_files(self, refs: Sequence[AttachmentRef]) -> tuple[AttachmentRef, ...]:
+        """References with Slack Connect stubs replaced by what `files.info` says (those it
+        cannot resolve are left out)."""
+        resolved: list[AttachmentRef] = []
+        for ref in refs:
+            if not ref.url.startswith(CHECK_FILE_INFO):
+                resolved.append(ref)
+                continue
+            found = await self._file_info(ref)
+            if found is not None:
+                resolved.append(found)
+        return tuple(resolved)
+
+    async def _file_info(self, ref: AttachmentRef) -> AttachmentRef | None:
+        file_id = ref.url.removeprefix(CHECK_FILE_INFO)
+        try:
+            data = await self._call("files.info", self._api().files_info(file=file_id))
+        except ChatDeliveryError as exc:
+            _LOGGER.warning("files.info for a shared file failed: %s", exc)
+            return None
+        refs = attachment_refs([cast("FilePayload", data.get("file") or {})])
+        return replace(refs[0], slot=ref.slot) if refs else None
 
     async def fetch_message_files(
         self, channel: str, ts: str, thread_ts: str | None
@@ -432,11 +676,25 @@ class SlackAdapter:
     async def download(self, ref: AttachmentRef, max_bytes: int) -> bytes:
         if self._files is None or self._closed:
             raise ChatDeliveryError("the Slack adapter is not running")
+        if ref.url.startswith(CHECK_FILE_INFO):
+            found = await self._file_info(ref)
+            if found is None:
+                raise ImageInputError(
+                    f"{ref.name} was shared from another organisation and Slack does not "
+                    "let the bot read it; download it and attach it again"
+                )
+            ref = found
         return await self._files.fetch(ref, max_bytes)
 
     async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
         text, blocks = status_message(status)
-        ts = await self.post_message(where.channel, where.thread, text, blocks)
+        try:
+            ts = await self.post_message(
+                where.channel, where.thread, text, blocks, key=f"status:{status.job_id}"
+            )
+        except ConversationClosedError as exc:
+            await self._tell_requester(status.job_id, str(exc))
+            raise
         thread = where if where.thread else Conversation(where.channel, ts)
         return PostedStatus(thread, message_id(where.channel, ts))
 
@@ -451,6 +709,13 @@ class SlackAdapter:
         )
 
     async def post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
+        try:
+            return await self._post_result(thread, result)
+        except ConversationClosedError as exc:
+            await self._tell_requester(result.job_id, str(exc))
+            raise
+
+    async def _post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
         posted: list[str] = []
         if result.images:
             uploaded = self._uploaded.get(result.job_id)
@@ -465,7 +730,9 @@ class SlackAdapter:
                 self._uploaded[result.job_id] = uploaded
             posted.extend(uploaded)
         text, blocks = result_message(result)
-        ts = await self.post_message(thread.channel, thread.thread, text, blocks)
+        ts = await self.post_message(
+            thread.channel, thread.thread, text, blocks, key=f"result:{result.job_id}"
+        )
         self._uploaded.pop(result.job_id, None)
         return [message_id(thread.channel, ts), *posted]
 
@@ -496,10 +763,7 @@ class SlackAdapter:
                 _LOGGER.warning("cannot read thread %s to check for a result: %s", thread, exc)
                 return []
             for message in data.get("messages") or []:
-                mine = message.get("user") == self.bot_user_id or (
-                    self.bot_id and message.get("bot_id") == self.bot_id
-                )
-                if not mine:
+                if not self._mine(message):
                     continue
                 if is_result_message(message, marker):
                     results.append(message_id(thread.channel, str(message["ts"])))

@@ -2,8 +2,11 @@
 
 - `/sd <command> …` — parsed at once, so a grammar error is the (ephemeral) ack itself; the
   rest of the work runs in a tracked task while the listener waits a short budget for the
-  core's first answer to put into the ack, and acks empty when the budget runs out (always
-  inside Slack's 3 seconds). Later answers go through the command's `response_url`.
+  core's answer to put into the ack, and acks empty when the budget runs out (always inside
+  Slack's 3 seconds). The core's answers are gathered into one message; later ones go
+  through the command's `response_url`, which Slack accepts 5 times in 30 minutes
+  (`ResponseUrl` counts); an answer too long for one message goes to the user's direct
+  messages, with a note where it went.
 - Mentions with image files — from `message` events (which carry `files`) and `app_mention`
   (which may not); both arrive for one message, so each message is claimed once by
   (team, channel, ts), which also drops Slack's retries (`X-Slack-Retry-Num`). An
@@ -28,6 +31,8 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
+
+from slack_bolt.context.respond.async_respond import AsyncRespond
 
 from adapters.slack.blocks import (
     EDIT_CALLBACK,
@@ -57,7 +62,7 @@ from commands import build, parse, tokenize
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping, Sequence
 
-    from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+    from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
     from adapters.slack.adapter import SlackAdapter
     from adapters.slack.convert import FilePayload, MessagePayload
@@ -73,6 +78,7 @@ INTERROGATE_SHORTCUT = "sdbot_interrogate"
 IMG2IMG_SHORTCUT = "sdbot_img2img"
 ACTION_PATTERN = re.compile(r"^sdbot:")
 _IMAGE_TYPES = ("image/",)
+ONE_ANSWER = 12_000  # characters of one gathered answer; longer goes to a direct message
 
 
 class RecentKeys:
@@ -101,14 +107,52 @@ class RecentKeys:
         return seen is not None and seen >= time.monotonic() - self._ttl
 
 
+class ResponseUrl:
+    """A request's `response_url` and its budget: Slack accepts at most 5 uses within 30
+    minutes (https://docs.slack.dev/interactivity/handling-user-interaction#message_responses);
+    past that the answer is lost, so `send` says False and the caller goes another way."""
+
+    USES = 5
+    LIFETIME = 30 * 60.0
+
+    def __init__(self, respond: AsyncRespond) -> None:
+        self._respond = respond
+        self._born = time.monotonic()
+        self.used = 0
+
+    @property
+    def left(self) -> int:
+        if time.monotonic() - self._born >= self.LIFETIME:
+            return 0
+        return self.USES - self.used
+
+    async def send(self, text: str, kind: str) -> bool:
+        """Post `text` (mrkdwn, escaped) to the URL; False when the budget is gone or Slack
+        did not take it."""
+        if self.left <= 0:
+            return False
+        self.used += 1
+        try:
+            answer = await self._respond(text=text, response_type=kind, replace_original=False)
+        except Exception as exc:  # slack_sdk's webhook client raises several unrelated types
+            _LOGGER.warning("answer through response_url failed: %s", type(exc).__name__)
+            return False
+        if answer.status_code != 200:
+            _LOGGER.warning("response_url refused an answer: %s", answer.status_code)
+            return False
+        return True
+
+
 class SlackResponder:
     """`bot.ports.Responder` for one Slack request.
 
-    With `ack` (slash commands) the first answer rides in the ack — ephemeral or in the
-    channel — and later ones go through `respond` (the command's `response_url`, which works
-    where the bot is not a member). Otherwise public answers are bot messages in `thread`
-    and private ones `chat.postEphemeral`, falling back to `respond` when the bot may not
-    post there (a shortcut in a channel the bot has not joined).
+    With `ack` (slash commands) answers are gathered until the work ends (`flush`) and sent
+    as one: in the ack when it is still open, else through `respond` (the command's
+    `response_url`, which works where the bot is not a member, 5 times at most). Otherwise
+    public answers are bot messages in `thread` and private ones `chat.postEphemeral`,
+    falling back to `respond` when the bot may not post there (a shortcut in a channel the
+    bot has not joined). Whatever does not fit — an answer over `ONE_ANSWER` characters, a
+    spent `response_url` — goes to the user's direct messages.
     """
 
     def __init__(
@@ -126,9 +170,10 @@ class SlackResponder:
         self._user = user
         self._thread = thread
         self._ack = ack
-        self._respond = respond
+        self._url = ResponseUrl(respond) if respond is not None else None
         self._acked = ack is None
         self._answered = asyncio.Event()
+        self._gathered: list[tuple[str, str]] = []  # (text, response type) until `flush`
 
     async def ack_within(self, work: asyncio.Task[Any], budget: float) -> None:
         """Wait up to `budget` seconds for the first answer (or the end of `work`), then ack."""
@@ -147,7 +192,15 @@ class SlackResponder:
 
     async def accepted(self, job_id: str) -> None:
         # The job's status message in the channel is the visible acknowledgement.
+        self._adapter.remember_requester(job_id, self.notify)
         await self._ack_once()
+
+    async def notify(self, text: str) -> None:
+        """Tell the requester privately (`text` is mrkdwn): `response_url` while it lasts,
+        else a direct message."""
+        if self._url is not None and await self._url.send(text, "ephemeral"):
+            return
+        await self._adapter.post_direct(self._user, text)
 
     async def reply(
         self, text: str, *, private: bool = False, images: Sequence[ResultImage] = ()
@@ -161,44 +214,62 @@ class SlackResponder:
             except ChatDeliveryError as exc:
                 _LOGGER.warning("posting images in %s failed: %s", self._channel, exc)
                 text += "\n(the images could not be posted here; invite the bot to this channel)"
-        if await self._ack_once(text=escape(text), response_type=kind):
-            return
-        if self._ack is not None and self._respond is not None:
-            await self._via_respond(text, kind)
+        if self._ack is not None:
+            self._gathered.append((text, kind))
         elif private:
             await self._ephemeral(text)
         else:
             await self._public(text)
 
     async def refuse(self, message: str) -> None:
-        if await self._ack_once(text=escape(message), response_type="ephemeral"):
-            return
-        if self._ack is not None and self._respond is not None:
-            await self._via_respond(message, "ephemeral")
+        if self._ack is not None:
+            self._gathered.append((message, "ephemeral"))
         else:
             await self._ephemeral(message)
+
+    async def flush(self) -> None:
+        """Send the gathered answers: one message per run of the same visibility."""
+        runs: list[tuple[str, str]] = []
+        for text, kind in self._gathered:
+            if runs and runs[-1][1] == kind:
+                runs[-1] = (runs[-1][0] + "\n" + text, kind)
+            else:
+                runs.append((text, kind))
+        self._gathered.clear()
+        for text, kind in runs:
+            await self._answer(text, kind)
+        self._answered.set()
+
+    async def _answer(self, text: str, kind: str) -> None:
+        if len(text) > ONE_ANSWER:
+            lines = text.count("\n") + 1
+            await self._adapter.post_direct(self._user, text)
+            text = (
+                f"The answer is long ({lines} lines), so it went to your direct messages "
+                "with the bot."
+            )
+            kind = "ephemeral"
+        if await self._ack_once(text=escape(text), response_type=kind):
+            return
+        if self._url is not None and await self._url.send(escape(text), kind):
+            return
+        await self._adapter.post_direct(self._user, text)
 
     async def _ephemeral(self, text: str) -> None:
         try:
             await self._adapter.post_ephemeral(self._channel, self._user, self._thread, text)
         except ChatDeliveryError as exc:
-            if self._respond is None:
+            if self._url is None:
                 _LOGGER.warning("ephemeral answer in %s failed: %s", self._channel, exc)
                 return
-            await self._via_respond(text, "ephemeral")
+            if not await self._url.send(escape(text), "ephemeral"):
+                await self._adapter.post_direct(self._user, text)
 
     async def _public(self, text: str) -> None:
         try:
             await self._adapter.post_message(self._channel, self._thread, text)
         except ChatDeliveryError as exc:
             _LOGGER.warning("answer in %s failed: %s", self._channel, exc)
-
-    async def _via_respond(self, text: str, kind: str) -> None:
-        assert self._respond is not None
-        try:
-            await self._respond(text=escape(text), response_type=kind, replace_original=False)
-        except Exception as exc:  # slack_sdk's webhook client raises several unrelated types
-            _LOGGER.warning("answer through response_url failed: %s", type(exc).__name__)
 
 
 class SlackListeners:
@@ -277,11 +348,14 @@ class SlackListeners:
         responder = SlackResponder(
             self._adapter, channel=channel, user=user, thread=None, ack=ack, respond=respond
         )
-        work = self._spawn(
-            self._dispatcher.handle_text(caller, text, [], responder),
-            f"sdbot-slack-command-{channel}",
-        )
+        work = self._spawn(self._command(caller, text, responder), f"sdbot-slack-command-{channel}")
         await responder.ack_within(work, self._ack_budget)
+
+    async def _command(self, caller: Caller, text: str, responder: SlackResponder) -> None:
+        try:
+            await self._dispatcher.handle_text(caller, text, [], responder)
+        finally:
+            await responder.flush()
 
     # -- messages --------------------------------------------------------------------------
 
@@ -350,6 +424,8 @@ class SlackListeners:
         # so an event Slack retries after one does not make a second job either.
         if not await self._store.claim(f"slack:{self._key(message)}"):
             return
+        if message.files:
+            message = replace(message, files=await self._adapter.resolve_files(message.files))
         text = normalize_text(message.text, self._bot)
         mentioned = mentions(message.text, self._bot)
         caller = self._caller(message.team, message.user, message.channel, message.thread_ts)
@@ -390,6 +466,7 @@ class SlackListeners:
             refs = await self._adapter.fetch_message_files(
                 target.channel, str(message.get("ts", "")), message.get("thread_ts")
             )
+        refs = await self._adapter.resolve_files(refs)
         images = [r for r in refs if (r.content_type or "").startswith(_IMAGE_TYPES)]
         candidates = images or list(refs)
         return candidates[0] if candidates else None
@@ -461,11 +538,12 @@ class SlackListeners:
             target.thread,
             files=((image.name, image.url, image.size, image.content_type),),
             message=str(message.get("ts", "")),
+            respond=respond.response_url or "",
         )
         try:
             view = img2img_modal(meta)
         except ValueError:  # the file reference did not fit; fetch it again on submission
-            view = img2img_modal(ModalContext(target.channel, target.thread, message=meta.message))
+            view = img2img_modal(replace(meta, files=()))
         await self._adapter.open_modal(trigger, view)
 
     async def on_img2img_submit(
@@ -500,6 +578,7 @@ class SlackListeners:
             channel=meta.channel,
             user=caller.user,
             thread=meta.thread,
+            respond=AsyncRespond(response_url=meta.respond) if meta.respond else None,
         )
         refs: Sequence[AttachmentRef] = [
             AttachmentRef(name, url, size, mimetype) for name, url, size, mimetype in meta.files

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapters.slack.convert import escape, truncate
+from adapters.slack.convert import escape, safe_cut, truncate
 from bot.views import EDIT_FIELDS, Action, ActionKind
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def sections(text: str) -> list[Block]:
         cut = len(rest)
         if cut > SECTION_LIMIT:
             cut = rest.rfind("\n", 0, SECTION_LIMIT)
-            cut = cut if cut > 0 else SECTION_LIMIT
+            cut = cut if cut > 0 else safe_cut(rest, SECTION_LIMIT) or SECTION_LIMIT
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": rest[:cut]}})
         rest = rest[cut:].lstrip("\n")
     return blocks
@@ -224,7 +224,8 @@ class ModalContext:
 
     `action` is the Edit button's action id; `files` the shortcut's image references as
     (name, url, size, mimetype); `message` the shortcut's message ts (to fetch its files again
-    when they did not fit).
+    when they did not fit); `respond` the shortcut's `response_url` (to reach the user
+    privately should the channel refuse the bot).
     """
 
     channel: str
@@ -232,6 +233,7 @@ class ModalContext:
     action: str = ""
     files: tuple[tuple[str, str, int | None, str | None], ...] = ()
     message: str = ""
+    respond: str = ""
 
     def dump(self) -> str:
         data: dict[str, Any] = {"c": self.channel, "t": self.thread}
@@ -241,6 +243,8 @@ class ModalContext:
             data["f"] = [list(f) for f in self.files]
         if self.message:
             data["m"] = self.message
+        if self.respond:
+            data["r"] = self.respond
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -257,6 +261,7 @@ class ModalContext:
                 action=str(data.get("a", "")),
                 files=files,
                 message=str(data.get("m", "")),
+                respond=str(data.get("r", "")),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None

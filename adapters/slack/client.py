@@ -1,10 +1,18 @@
 """The Slack Web API client sdbot uses, with the retries Slack's limits call for (SPEC §5).
 
-slack_sdk retries only connection errors by default. `make_web_client` adds: HTTP 429 waits
-exactly what `Retry-After` says (capped) and tries again; 500/502/503/504 back off
-exponentially; connection errors are retried twice. slack_sdk 3.48 runs the same handlers for
-the file POST inside `files_upload_v2`, so the upload step is retried too. `SLACK_API_URL`
-(config `slack_api_url`) replaces the base URL, for GovSlack, proxies and the tests' fake.
+slack_sdk retries only connection errors by default. `make_web_client` adds, all paced by one
+`RetryPolicy`:
+
+- rate limits: HTTP 429 *and* HTTP 200 with `ok: false, error: "ratelimited"` (which Slack
+  also sends, https://docs.slack.dev/apis/web-api/rate-limits) wait what `Retry-After` says
+  (capped; a back-off when absent) and try again;
+- 500/502/503/504 and connection errors back off exponentially — but only for calls that are
+  safe to repeat. `chat.postMessage`, `chat.postEphemeral` and `files.completeUploadExternal`
+  may have done their work before Slack answered 5xx, so they are never retried blindly here;
+  the adapter looks for what they made before trying again (`SlackAdapter.post_message`).
+
+`SLACK_API_URL` (config `slack_api_url`) replaces the base URL, for GovSlack, proxies and the
+tests' fake.
 """
 
 from __future__ import annotations
@@ -12,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import ClientOSError, ServerConnectionError, ServerDisconnectedError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
-from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
-from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import aiohttp
     from slack_sdk.http_retry.request import HttpRequest
     from slack_sdk.http_retry.response import HttpResponse
@@ -29,7 +38,37 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
-_SERVER_ERRORS = frozenset({500, 502, 503, 504})
+SERVER_ERRORS = frozenset({500, 502, 503, 504})
+# Calls that may have posted before Slack answered 5xx or the connection broke: repeating
+# them blindly posts twice (https://docs.slack.dev/apis/web-api/#errors: a 5xx does not say
+# the work was not done).
+UNSAFE_METHODS = frozenset(
+    {"chat.postMessage", "chat.postEphemeral", "files.completeUploadExternal"}
+)
+_CONNECTION_ERRORS = (ServerConnectionError, ServerDisconnectedError, ClientOSError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long sdbot waits on Slack's rate limits and server errors.
+
+    `scale` multiplies every wait (tests make it tiny so fault runs take seconds, production
+    keeps 1.0 and honours Slack's `Retry-After` exactly).
+    """
+
+    attempts: int = 8  # retries after the first try, per call
+    backoff: float = 0.5  # first server-error / missing-Retry-After wait, doubled each time
+    max_wait: float = 120.0  # longest single wait; a longer Retry-After is not waited for
+    scale: float = 1.0
+
+    def wait(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry `attempt` (0-based), with up to 10 % jitter."""
+        base = retry_after if retry_after is not None else self.backoff * 2**attempt
+        base = min(base, self.max_wait)
+        return (base + random.uniform(0, base / 10)) * self.scale
+
+    async def pause(self, attempt: int, retry_after: float | None = None) -> None:
+        await asyncio.sleep(self.wait(attempt, retry_after))
 
 
 def api_base_url(configured: str | None) -> str:
@@ -38,30 +77,52 @@ def api_base_url(configured: str | None) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def parse_retry_after(headers: Mapping[str, object]) -> float | None:
+    """Seconds a `Retry-After` header asks for, or None when absent or unreadable."""
+    for name, values in headers.items():
+        if name.lower() == "retry-after":
+            raw = values[0] if isinstance(values, list) and values else values
+            try:
+                return max(0.0, float(str(raw)))
+            except ValueError:
+                return None
+    return None
+
+
 def retry_after(response: HttpResponse | None, default: float = 1.0) -> float:
     """Seconds the `Retry-After` header of a 429 asks for (`default` when absent or bad)."""
     if response is None:
         return default
-    for name, values in response.headers.items():
-        if name.lower() == "retry-after":
-            raw = values[0] if isinstance(values, list) else values
-            try:
-                return max(0.0, float(raw))
-            except ValueError:
-                return default
-    return default
+    found = parse_retry_after(response.headers)
+    return default if found is None else found
 
 
-class RetryAfterHandler(AsyncRetryHandler):
-    """Retries an HTTP 429 after the time Slack asks for (Slack's per-method rate tiers).
+def is_rate_limited(response: HttpResponse | None) -> bool:
+    """HTTP 429, or HTTP 200 with `{"ok": false, "error": "ratelimited"}`: both mean "slow
+    down", not "refused" (https://docs.slack.dev/apis/web-api/rate-limits)."""
+    if response is None:
+        return False
+    if response.status_code == 429:
+        return True
+    body = response.body
+    return isinstance(body, dict) and body.get("ok") is False and body.get("error") == "ratelimited"
 
-    slack_sdk's own handler adds up to a second of jitter to every wait; this one adds at
-    most a tenth of the wait, and refuses to sleep longer than `max_wait`.
-    """
 
-    def __init__(self, max_retry_count: int = 3, max_wait: float = 120.0) -> None:
-        super().__init__(max_retry_count=max_retry_count)
-        self.max_wait = max_wait
+def method_of(url: str) -> str:
+    """The Web API method of a request URL (`chat.postMessage`), or "" for other hosts."""
+    if "/api/" not in url:
+        return ""
+    return url.split("?", 1)[0].rsplit("/", 1)[-1]
+
+
+class PolicyRetryHandler(AsyncRetryHandler):
+    """slack_sdk's retry hook, paced by `RetryPolicy`: rate limits for every call (a
+    rate-limited call did nothing); 5xx and broken connections only for calls safe to
+    repeat."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        super().__init__(max_retry_count=policy.attempts)
+        self.policy = policy
 
     async def _can_retry_async(
         self,
@@ -71,11 +132,15 @@ class RetryAfterHandler(AsyncRetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> bool:
-        return (
-            response is not None
-            and response.status_code == 429
-            and retry_after(response) <= self.max_wait
-        )
+        if is_rate_limited(response):
+            assert response is not None
+            wanted = parse_retry_after(response.headers)
+            return wanted is None or wanted <= self.policy.max_wait
+        if method_of(request.url) in UNSAFE_METHODS:
+            return False
+        if error is not None:
+            return isinstance(error, _CONNECTION_ERRORS)
+        return response is not None and response.status_code in SERVER_ERRORS
 
     async def prepare_for_next_attempt_async(
         self,
@@ -85,37 +150,11 @@ class RetryAfterHandler(AsyncRetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> None:
-        wait = retry_after(response)
-        wait += random.uniform(0, wait / 10)
-        _LOGGER.info("Slack rate limit on %s; retrying in %.1f s", _path(request.url), wait)
+        wanted = parse_retry_after(response.headers) if response is not None else None
+        _LOGGER.info("Slack: retrying %s", method_of(request.url) or "a file upload")
         state.next_attempt_requested = True
-        await asyncio.sleep(wait)
+        await self.policy.pause(state.current_attempt, wanted)
         state.increment_current_attempt()
-
-
-class ServerErrorHandler(AsyncRetryHandler):
-    """Retries 5xx answers with exponential back-off and jitter."""
-
-    def __init__(self, max_retry_count: int = 2, backoff: float = 0.5) -> None:
-        super().__init__(
-            max_retry_count=max_retry_count,
-            interval_calculator=BackoffRetryIntervalCalculator(backoff_factor=backoff),
-        )
-
-    async def _can_retry_async(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        return response is not None and response.status_code in _SERVER_ERRORS
-
-
-def _path(url: str) -> str:
-    # Upload URLs carry credentials in their path and query; log only the method name.
-    return url.split("?", 1)[0].rsplit("/", 1)[-1] if "/api/" in url else "file upload"
 
 
 def make_web_client(
@@ -124,21 +163,15 @@ def make_web_client(
     session: aiohttp.ClientSession | None = None,
     *,
     timeout: int = 30,
-    server_backoff: float = 0.5,
+    policy: RetryPolicy | None = None,
 ) -> AsyncWebClient:
     """An `AsyncWebClient` for the bot token with sdbot's retry handlers."""
+    policy = policy or RetryPolicy()
     return AsyncWebClient(
         token=token,
         base_url=api_base_url(api_url),
         session=session,
         timeout=timeout,
         logger=logging.getLogger("adapters.slack.web"),
-        retry_handlers=[
-            AsyncConnectionErrorRetryHandler(
-                max_retry_count=2,
-                error_types=[ServerConnectionError, ServerDisconnectedError, ClientOSError],
-            ),
-            RetryAfterHandler(),
-            ServerErrorHandler(backoff=server_backoff),
-        ],
+        retry_handlers=[PolicyRetryHandler(policy)],
     )

@@ -31,6 +31,12 @@ _USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 # `<@U123>`, `<@U123|name>`, `<#C123|general>`, `<!here>`, `<https://x|label>` …
 _TOKEN = re.compile(r"<([^<>\n]*)>")
 _FILE_PART = ":file:"
+# Files shared from another organisation (Slack Connect) arrive as a stub with
+# `file_access: "check_file_info"` and no URLs; `files.info` tells the rest
+# (https://docs.slack.dev/reference/events/message/file_share#slack-connect-files). Until
+# then the reference carries this scheme and the file id.
+CHECK_FILE_INFO = "slack-file-info:"
+_ENTITY = re.compile(r"&(?:[A-Za-z]{2,8}|#[0-9]{1,6});")
 
 
 # -- Wire shapes ------------------------------------------------------------------------------
@@ -48,6 +54,7 @@ class FilePayload(TypedDict, total=False):
     mode: str  # "hosted", "external", "tombstone" (deleted), "hidden_by_limit", …
     url_private: str
     url_private_download: str
+    file_access: str  # "check_file_info" for Slack Connect stubs
 
 
 class MessagePayload(TypedDict, total=False):
@@ -142,10 +149,16 @@ def attachment_refs(files: Iterable[FilePayload]) -> tuple[AttachmentRef, ...]:
     """Slack file objects as attachment references, in the order the user attached them.
 
     Files without a private URL (deleted, external, hidden by the plan's limit) are left out;
-    the slot stays "" so the core assigns image / mask / sketch by name, then order.
+    Slack Connect stubs (`file_access: "check_file_info"`) are kept as `CHECK_FILE_INFO`
+    references for the adapter to resolve with `files.info`. The slot stays "" so the core
+    assigns image / mask / sketch by name, then order.
     """
     refs = []
     for f in files:
+        if f.get("file_access") == "check_file_info" and f.get("id"):
+            file_id = str(f["id"])
+            refs.append(AttachmentRef(name=file_id, url=CHECK_FILE_INFO + file_id))
+            continue
         url = f.get("url_private_download") or f.get("url_private")
         if not isinstance(url, str) or not url or f.get("mode") in ("tombstone", "external"):
             continue
@@ -239,9 +252,27 @@ def starts_with_command(text: str) -> bool:
     return bool(words) and words[0].lower().replace("_", "-") in COMMANDS
 
 
+def safe_cut(text: str, limit: int) -> int:
+    """The longest prefix length ≤ `limit` that does not end inside an HTML entity (`&lt;`)
+    or a mrkdwn token (`<@U123>`, `<https://x|label>`): Slack would show half of one as
+    garbage, or swallow the rest of the message into a broken link."""
+    cut = min(limit, len(text))
+    amp = text.rfind("&", max(0, cut - 9), cut)
+    if amp != -1:
+        entity = _ENTITY.match(text, amp)
+        if entity is not None and entity.end() > cut:
+            cut = amp
+    opening = text.rfind("<", 0, cut)
+    if opening != -1 and text.rfind(">", opening, cut) == -1:
+        closing = text.find(">", opening)
+        if closing != -1 and "\n" not in text[opening:closing]:
+            cut = opening
+    return cut
+
+
 def truncate(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, marking the cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """`text` cut to `limit` characters, marking the cut; never inside an entity or token."""
+    return text if len(text) <= limit else text[: safe_cut(text, limit - 1)] + "…"
 
 
 # -- Ids and hosts ----------------------------------------------------------------------------

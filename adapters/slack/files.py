@@ -4,7 +4,9 @@
 `SLACK_API_URL` when that is overridden), follows redirects only to those hosts, checks the
 size Slack declared before it asks and the bytes as they arrive, and recognises the HTML
 sign-in page Slack serves with status 200 when the token is wrong or lacks `files:read`.
-Every refusal is an `ImageInputError` naming the file; the token never appears in one.
+A 429 (after its `Retry-After`), a 5xx or a broken connection is retried with the adapter's
+`RetryPolicy` back-off before the download counts as failed. Every refusal is an
+`ImageInputError` naming the file; the token never appears in one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from adapters.slack.client import SERVER_ERRORS, RetryPolicy, parse_retry_after
 from adapters.slack.convert import file_url_allowed, looks_like_html
 from bot.errors import ImageInputError
 
@@ -40,13 +43,29 @@ def _size(size: int) -> str:
     return f"{max(1, round(size / 1e3))} kB"
 
 
+class _Transient(Exception):
+    """A download failure worth another try (429, 5xx, a broken connection)."""
+
+    def __init__(self, what: str, retry_after: float | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.retry_after = retry_after
+
+
 class SlackFileFetcher:
     """Downloads private files with the bot token, over one `aiohttp` session."""
 
-    def __init__(self, session: aiohttp.ClientSession, token: str, api_url: str | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        token: str,
+        api_url: str | None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self._session = session
         self._token = token
         self._api_url = api_url
+        self._policy = policy or RetryPolicy()
 
     def allowed(self, url: str) -> bool:
         return file_url_allowed(url, self._api_url)
@@ -56,6 +75,22 @@ class SlackFileFetcher:
         name = ref.name
         if ref.size is not None and ref.size > max_bytes:
             raise ImageInputError(f"{name} is {_size(ref.size)}; the limit is {_size(max_bytes)}")
+        attempt = 0
+        while True:
+            try:
+                return await self._fetch_once(ref, max_bytes)
+            except _Transient as exc:
+                if attempt >= self._policy.attempts:
+                    raise ImageInputError(
+                        f"{name} could not be downloaded from Slack ({exc.what}); "
+                        "try again, or attach it once more"
+                    ) from None
+                _LOGGER.info("downloading %s: %s; retrying", name, exc.what)
+                await self._policy.pause(attempt, exc.retry_after)
+                attempt += 1
+
+    async def _fetch_once(self, ref: AttachmentRef, max_bytes: int) -> bytes:
+        name = ref.name
         url = ref.url
         try:
             for _ in range(_MAX_REDIRECTS + 1):
@@ -74,14 +109,18 @@ class SlackFileFetcher:
                     if response.status in _REDIRECTS and "Location" in response.headers:
                         url = urljoin(url, response.headers["Location"])
                         continue
+                    if response.status == 429 or response.status in SERVER_ERRORS:
+                        # Slack's file hosts rate-limit and fail like the Web API does
+                        # (https://docs.slack.dev/apis/web-api/rate-limits): try again later.
+                        raise _Transient(
+                            f"Slack answered {response.status}",
+                            parse_retry_after(dict(response.headers)),
+                        )
                     return await self._read(name, response, max_bytes)
             raise ImageInputError(f"{name} could not be downloaded: too many redirects")
         except (TimeoutError, aiohttp.ClientError) as exc:
             _LOGGER.warning("downloading %s failed: %s", name, type(exc).__name__)
-            raise ImageInputError(
-                f"{name} could not be downloaded from Slack ({type(exc).__name__}); "
-                "try again, or attach it once more"
-            ) from None
+            raise _Transient(type(exc).__name__) from None
 
     async def _read(self, name: str, response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
         if response.status != 200:

@@ -5,7 +5,8 @@ the adapter talks to: the Web API (`/api/<method>`, token-checked, parameters re
 query, JSON and form bodies alike), private files (`/files-pri/…`, which answer Slack's HTML
 sign-in page without the bot token), the upload URLs `files.getUploadURLExternal` hands out
 (`/upload/v1/…`), `response_url`s (`/respond/…`), and the Socket Mode WebSocket that
-`apps.connections.open` points at. Faults are injected per route with `fail_next`.
+`apps.connections.open` points at. Faults are injected per route with `fail_next` (before
+or after the work is done, as Slack does), or at random with a seeded `Chaos`.
 
 `SlackRig` runs the real core (SQLite store, local backend) with the real `SlackAdapter` in
 HTTP mode (requests signed like Slack's) or Socket Mode (envelopes over the fake WebSocket),
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ from scenario_kit import fast_config, make_app
 from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack import SlackAdapter
+from adapters.slack.client import RetryPolicy
 from bot.config import Secrets
 from bot.model import Job, Platform
 from bot.ports import JobQuery
@@ -64,9 +67,14 @@ class Message:
     files: list[dict[str, Any]] = field(default_factory=list)
     bot_id: str | None = None
     updates: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None
 
-    def as_payload(self) -> dict[str, Any]:
+    def as_payload(self, *, metadata: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
+        # Message metadata comes back only with `include_all_metadata`
+        # (https://docs.slack.dev/reference/methods/conversations.history#arguments).
+        if metadata and self.metadata:
+            data["metadata"] = self.metadata
         data["user"] = self.user
         if self.bot_id:
             data["bot_id"] = self.bot_id
@@ -89,6 +97,53 @@ class Fault:
     headers: dict[str, str]
     body: bytes
     when: Callable[[dict[str, Any]], bool] | None = None
+    after: bool = False  # do the work, then answer the fault (Slack's 5xx after success)
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, headers=self.headers, body=self.body)
+
+
+# What Slack answers when it is overloaded, each as documented:
+# - HTTP 429 with Retry-After (https://docs.slack.dev/apis/web-api/rate-limits);
+# - HTTP 200 with `{"ok": false, "error": "ratelimited"}` (listed among chat.postMessage's
+#   errors, https://docs.slack.dev/reference/methods/chat.postMessage#errors);
+# - HTTP 500 before the work, and HTTP 500 *after* it (a 5xx does not say nothing happened;
+#   https://docs.slack.dev/apis/web-api/#errors — the issue's 9 duplicated results of 20).
+OVERLOADS = ("429", "ratelimited", "500-before", "500-after")
+
+
+def overload(kind: str, when: Callable[[dict[str, Any]], bool] | None = None) -> Fault:
+    """One of the `OVERLOADS` answers."""
+    if kind == "429":
+        body = b'{"ok": false, "error": "ratelimited"}'
+        return Fault(429, {"Retry-After": "1"}, body, when)
+    if kind == "ratelimited":
+        body = b'{"ok": false, "error": "ratelimited"}'
+        return Fault(200, {"Content-Type": "application/json"}, body, when)
+    return Fault(500, {}, b"", when, after=kind == "500-after")
+
+
+@dataclass
+class Chaos:
+    """Seeded random faults: each request to one of `routes` fails with probability `rate`,
+    as one of the four overload answers above."""
+
+    seed: int
+    rate: float
+    routes: frozenset[str]
+    injected: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def pick(self, route: str) -> Fault | None:
+        if route not in self.routes or self._rng.random() >= self.rate:
+            return None
+        # `ok: false` bodies are the Web API's; the file and upload hosts answer HTTP codes.
+        kinds = OVERLOADS if route not in ("file", "upload") else ("429", "500-before", "500-after")
+        kind = self._rng.choice(kinds)
+        self.injected[kind] = self.injected.get(kind, 0) + 1
+        return overload(kind)
 
 
 class FakeSlack:
@@ -116,6 +171,13 @@ class FakeSlack:
         self.redirects: dict[str, str] = {}
         self._pending_uploads: dict[str, dict[str, Any]] = {}
         self._faults: dict[str, list[Fault]] = {}
+        self.chaos: Chaos | None = None
+        # Channels the bot is not a member of: posting there answers `not_in_channel`
+        # (https://docs.slack.dev/reference/methods/chat.postMessage#errors).
+        self.outside: set[str] = set()
+        self.completed: dict[str, dict[str, Any]] = {}  # uploaded files, for files.info
+        self.connect_files: dict[str, dict[str, Any]] = {}  # Slack Connect files by id
+        self.respond_uses: dict[str, int] = {}
         self._counter = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._ws: web.WebSocketResponse | None = None
@@ -156,10 +218,39 @@ class FakeSlack:
         body: bytes = b"",
         *,
         when: Callable[[dict[str, Any]], bool] | None = None,
+        after: bool = False,
     ) -> None:
-        """Answer the next request to `route` (an API method, or `upload`) whose parameters
-        satisfy `when` with a fault."""
-        self._faults.setdefault(route, []).append(Fault(status, headers or {}, body, when))
+        """Answer the next request to `route` (an API method, `upload` or `file`) whose
+        parameters satisfy `when` with a fault (`after`: once the work is done)."""
+        self._faults.setdefault(route, []).append(Fault(status, headers or {}, body, when, after))
+
+    def overload_next(
+        self, route: str, kind: str, *, when: Callable[[dict[str, Any]], bool] | None = None
+    ) -> None:
+        """Answer the next request to `route` matching `when` with one of `OVERLOADS`."""
+        self._faults.setdefault(route, []).append(overload(kind, when))
+
+    def start_chaos(self, seed: int, rate: float, routes: Iterable[str]) -> Chaos:
+        """From now on fail `rate` of the requests to `routes` at random (seeded)."""
+        self.chaos = Chaos(seed, rate, frozenset(routes))
+        return self.chaos
+
+    def add_connect_file(
+        self, name: str, data: bytes, mimetype: str = "image/png"
+    ) -> dict[str, Any]:
+        """A file shared from another organisation over Slack Connect: events carry only a
+        stub without URLs; `files.info` returns the whole file object
+        (https://docs.slack.dev/reference/events/message/file_share#slack-connect-files)."""
+        full = self.add_file(name, data, mimetype=mimetype)
+        self.connect_files[full["id"]] = full
+        return {
+            "id": full["id"],
+            "mode": "file_access",
+            "file_access": "check_file_info",
+            "created": 0,
+            "timestamp": 0,
+            "user": "",
+        }
 
     def add_file(
         self,
@@ -248,28 +339,33 @@ class FakeSlack:
                     params[key] = json.loads(params[key])
         return params
 
-    def _fault(self, route: str, params: dict[str, Any] | None = None) -> web.Response | None:
+    def _fault(self, route: str, params: dict[str, Any] | None = None) -> Fault | None:
         queue = self._faults.get(route) or []
         for fault in queue:
             if fault.when is None or fault.when(params or {}):
                 queue.remove(fault)
-                return web.Response(status=fault.status, headers=fault.headers, body=fault.body)
-        return None
+                return fault
+        return self.chaos.pick(route) if self.chaos is not None else None
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         params = await self._params(request)
         self.calls.append((method, params))
         fault = self._fault(method, params)
-        if fault is not None:
-            return fault
+        if fault is not None and not fault.after:
+            return fault.response()
         expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
         if request.headers.get("Authorization") != f"Bearer {expected}":
             return web.json_response({"ok": False, "error": "invalid_auth"})
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
+        channel = params.get("channel") or params.get("channel_id")
+        if channel in self.outside and method != "conversations.join":
+            return web.json_response({"ok": False, "error": "not_in_channel"})
         result: dict[str, Any] = await handler(params)
+        if fault is not None:
+            return fault.response()
         return web.json_response({"ok": "error" not in result, **result})
 
     async def _m_auth_test(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -287,6 +383,7 @@ class FakeSlack:
             p.get("thread_ts"),
             blocks=p.get("blocks") or [],
             bot_id=BOT_ID,
+            metadata=_json(p.get("metadata")),
         )
         self.messages.append(message)
         return {"channel": message.channel, "ts": message.ts, "message": message.as_payload()}
@@ -320,13 +417,17 @@ class FakeSlack:
         found.sort(key=lambda m: m.ts)
         if "oldest" in p:
             found = [m for m in found if p["oldest"] <= m.ts <= p.get("latest", m.ts)]
-        return {"messages": [m.as_payload() for m in found], "has_more": False}
+        meta = _flag(p.get("include_all_metadata"))
+        return {"messages": [m.as_payload(metadata=meta) for m in found], "has_more": False}
 
     async def _m_conversations_history(self, p: dict[str, Any]) -> dict[str, Any]:
+        # Newest first, at most `limit` (https://docs.slack.dev/reference/methods/conversations.history).
         found = [m for m in self.messages if m.channel == p["channel"] and not m.thread_ts]
         if "latest" in p:
             found = [m for m in found if p.get("oldest", m.ts) <= m.ts <= p["latest"]]
-        return {"messages": [m.as_payload() for m in found]}
+        found = sorted(found, key=lambda m: m.ts, reverse=True)[: int(p.get("limit", 100))]
+        meta = _flag(p.get("include_all_metadata"))
+        return {"messages": [m.as_payload(metadata=meta) for m in found]}
 
     async def _m_files_getUploadURLExternal(self, p: dict[str, Any]) -> dict[str, Any]:
         file_id = f"F{next(self._counter)}"
@@ -340,6 +441,8 @@ class FakeSlack:
             if pending is None or entry["id"] not in self.uploaded:
                 return {"error": "file_upload_not_found"}
             files.append({"id": entry["id"], "name": pending["filename"], "title": entry["title"]})
+        for file in files:
+            self.completed[file["id"]] = file
         message = Message(
             p["channel_id"],
             self.next_ts(),
@@ -351,6 +454,12 @@ class FakeSlack:
         )
         self.messages.append(message)
         return {"files": files}
+
+    async def _m_files_info(self, p: dict[str, Any]) -> dict[str, Any]:
+        # Known once completeUploadExternal ran for it; an upload never completed is not a file
+        # yet (https://docs.slack.dev/reference/methods/files.completeUploadExternal).
+        file = self.connect_files.get(p["file"]) or self.completed.get(p["file"])
+        return {"file": file} if file is not None else {"error": "file_not_found"}
 
     async def _m_files_delete(self, p: dict[str, Any]) -> dict[str, Any]:
         for message in self.messages:
@@ -364,14 +473,19 @@ class FakeSlack:
         # No token goes to upload URLs: the URL itself is the credential.
         assert "Authorization" not in request.headers
         fault = self._fault("upload")
-        if fault is not None:
-            return fault
+        if fault is not None and not fault.after:
+            return fault.response()
         file_id = request.match_info["file_id"]
         self.uploaded[file_id] = await request.read()
+        if fault is not None:
+            return fault.response()
         return web.Response(text=f"OK - {len(self.uploaded[file_id])}", content_type="text/plain")
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         self.file_requests.append((request.path, request.headers.get("Authorization")))
+        fault = self._fault("file")
+        if fault is not None:  # reading has no side effect: before and after are alike
+            return fault.response()
         if request.path in self.redirects:
             raise web.HTTPFound(self.redirects[request.path])
         found = self._files.get(request.path)
@@ -392,6 +506,13 @@ class FakeSlack:
         return response
 
     async def _respond(self, request: web.Request) -> web.StreamResponse:
+        # A response_url takes at most 5 posts within 30 minutes
+        # (https://docs.slack.dev/interactivity/handling-user-interaction#message_responses);
+        # later ones are refused and never shown.
+        url = request.path
+        self.respond_uses[url] = self.respond_uses.get(url, 0) + 1
+        if self.respond_uses[url] > 5:
+            return web.Response(status=404, text="used_url")
         self.responses.append(await request.json())
         return web.Response(text="ok")
 
@@ -429,6 +550,17 @@ class FakeSlack:
             }
         )
         return await asyncio.wait_for(waiter, 5)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    return value
+
+
+def _flag(value: Any) -> bool:
+    return value in (True, "true", "1", 1)
 
 
 @dataclass
@@ -718,7 +850,15 @@ async def _running_rig(
     values.update(overrides)
     config = fast_config(tmp_path, secrets=secrets, **values)
     app = make_app(config)
-    options: dict[str, Any] = {"http_host": "127.0.0.1", "http_port": 0, "mention_grace": 0.05}
+    options: dict[str, Any] = {
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "mention_grace": 0.05,
+        # Real back-off shapes, a thousandth of the waits: fault runs take seconds. More
+        # attempts than production's 8, so a seeded run whose order the event loop shuffles
+        # never meets 13 failures in a row (0.35^13 ≈ 1e-6 per call).
+        "retry": RetryPolicy(attempts=12, scale=0.001),
+    }
     options.update(adapter_options or {})
     adapter = SlackAdapter(app, config, **options)
     app.add_adapter(adapter)
