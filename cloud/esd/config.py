@@ -53,19 +53,21 @@ class EsdConfig:
     retry_base: float = 0.5  # first back-off in seconds; doubles per attempt, full jitter
     retry_cap: float = 8.0
     retry_after_cap: float = 30.0  # the longest Retry-After the client honours
-    # Batched polling (SPEC §4.1): list pages of this size, at most `status_pages` per task
-    # type and scan; task types with `direct_threshold` jobs in flight or fewer are read one by
-    # one instead, and at most `max_direct_per_round` jobs are read one by one per poll.
-    # A list scan is reused by every poll for `list_interval` seconds, so the request rate is
-    # about pages / list_interval however many jobs are due. 500 items of ~1 KB stay below
-    # DynamoDB's 1 MB page (a page ESD cuts short is followed by its `last_evaluated_key`), so
-    # one request per scan covers 500 jobs in flight; the 1.5 s reuse keeps a result's delay at
-    # about a second on average (docs/benchmarks.md).
+    # Batched polling (SPEC §4.1, cloud/esd/polling.py): a scan reads list pages of
+    # `page_size` until it has seen every job in flight of its task type, at most
+    # `status_pages`; it is reused by every poll for `list_interval` seconds, and after a scan
+    # of p pages the next waits p / `list_pages_per_second` seconds, so list traffic stays at
+    # that rate on average however many jobs are in flight. Task types with `direct_threshold`
+    # jobs in flight or fewer, and jobs beyond the pages, are read one by one, at most
+    # `direct_per_second` on average. 500 items of ~1 KB stay below DynamoDB's 1 MB page (a
+    # page ESD cuts short is followed by its `last_evaluated_key`), so one request per scan
+    # covers 500 jobs in flight (docs/benchmarks.md).
     page_size: int = 500
-    status_pages: int = 4
+    status_pages: int = 20
     list_interval: float = 1.5
+    list_pages_per_second: float = 1.0
     direct_threshold: int = 2
-    max_direct_per_round: int = 20
+    direct_per_second: float = 5.0
     # While a job waits for a scaled-to-zero endpoint, its instance count is re-read this often.
     cold_check_interval: float = 5.0
     # Downloads from presigned URLs.
@@ -91,10 +93,14 @@ class EsdConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"ESD setting {name} must be zero or more seconds")
+        for name in ("list_pages_per_second", "direct_per_second"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"ESD setting {name} must be a positive rate per second")
         for name in ("realtime_max_in_flight", "page_size", "status_pages", "max_result_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ESD setting {name} must be at least 1")
-        for name in ("retries", "direct_threshold", "max_direct_per_round"):
+        for name in ("retries", "direct_threshold"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ESD setting {name} must not be negative")
 

@@ -2,27 +2,39 @@
 
 ESD has no batch status route, but `GET inferences?type=…` lists one task type's jobs newest
 first with their status (`reference/esd-api.md` §4.5). `StatusBook` keeps what it knows about
-every job in flight (task type, submission time, cold start) and answers the core's poller
-from *snapshots* of those list pages: one scan per task type covers every job in flight of
-that type, is reused by every poll within `list_interval`, and goes only as deep as the oldest
-job in flight (at most `status_pages` pages). `GET inferences/{id}` is kept for the few cases a
-list cannot answer: a failed job's reason when the list item lacks it, jobs that fell off the
-pages, interrogate jobs resumed after a restart (their task type is unknown), and task types
-with so few jobs in flight that one read per job is cheaper than a page. Jobs an interrogator
-launched itself (`JobReader`, the SageMaker path) are read by that reader instead, because
-ESD's REST API may not know them. A job sent to an endpoint at zero instances is reported as a
-cold start until that endpoint lists an instance (re-read at most every `cold_check_interval`).
-So the requests per round grow with the pages and the changes, not with the number of jobs in
-flight.
+every job in flight (task type, cold start) and answers the core's poller from *snapshots* of
+those list pages: one scan per task type covers every job in flight of that type and is reused
+by every poll until the next scan is due. A scan walks pages until it has seen every job in
+flight of its type, or at most `status_pages` pages; it never compares ESD's clock with the
+bot's. After a scan of `p` pages the next one waits `p / list_pages_per_second` seconds (and at
+least `list_interval`), so list traffic stays at `list_pages_per_second` on average whatever the
+number of jobs in flight.
+
+`GET inferences/{id}` is kept for what a list cannot answer: a failed job's reason when the list
+item lacks it, jobs the pages did not reach, interrogate jobs resumed after a restart (their
+task type is unknown), and task types with so few jobs in flight that one read per job is
+cheaper than a page. Those reads (but the failure reasons, one per failed job) share a budget
+of `direct_per_second`, least recently read first; a call waits for them at most
+`_READ_WAIT` seconds and a slower read finishes in the background for the next call, so one slow
+read never holds up the answer about the other jobs. Jobs an interrogator launched itself
+(`JobReader`, the SageMaker path) are read by that reader instead, because ESD's REST API may
+not know them. A job sent to an endpoint at zero instances is reported as a cold start until that
+endpoint lists an instance (re-read at most every `cold_check_interval`).
+
+Bookkeeping per call is proportional to the jobs asked about: jobs are kept in the order they
+were last asked about (so forgetting stale ones looks only at stale ones) and counted per task
+type.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot.errors import BackendError, BackendUnavailableError
@@ -39,10 +51,10 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
-# Bot and ESD clocks differ; a page older than the oldest job minus this ends a scan.
-_CLOCK_SLACK = timedelta(minutes=10)
-# Direct reads run this many at a time.
+# Direct reads run this many at a time; a call waits this long for them (the rest finish in
+# the background and answer the next call).
 _DIRECT_CONCURRENCY = 8
+_READ_WAIT = 2.0
 # A job the poller has not asked about for this long is no longer followed (its driver ended
 # without telling the backend); forgetting it keeps scans from digging for it.
 _STALE_SECONDS = 3600.0
@@ -55,7 +67,7 @@ def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-@dataclass
+@dataclass(slots=True)
 class Tracked:
     """What the backend remembers about one job in flight."""
 
@@ -64,7 +76,7 @@ class Tracked:
     endpoint: str | None = None
     cold: bool = False  # sent to an Async endpoint at zero instances that has not scaled out
     finished: EsdJob | None = None  # known terminal without asking (Real-time 200)
-    checked: float = 0.0  # monotonic time of the last direct read, for fair rotation
+    checked: float = -math.inf  # monotonic time of the last direct read, for fair rotation
     asked: float = 0.0  # monotonic time the poller last asked (or the job was submitted)
     own: bool = False  # read by the interrogator's `JobReader`, never from REST rows or pages
 
@@ -72,10 +84,29 @@ class Tracked:
 @dataclass
 class _Snapshot:
     taken: float
+    next_scan: float  # monotonic time from which the next scan of this type may run
     jobs: dict[str, EsdJob] = field(default_factory=dict)
-    # The jobs in flight when it was taken: one of them missing from `jobs` fell off the
+    # The jobs in flight when it was taken: one of them missing from `jobs` was beyond the
     # pages, and scanning again would not find it either.
     covered: set[str] = field(default_factory=set)
+
+
+class _Budget:
+    """A token bucket: `rate` per second on average, at most one second's worth at once."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._tokens = max(1.0, rate)
+        self._at = clock()
+
+    def take(self, wanted: int) -> int:
+        now = self._clock()
+        self._tokens = min(max(1.0, self._rate), self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        granted = max(0, min(wanted, int(self._tokens)))
+        self._tokens -= granted
+        return granted
 
 
 class StatusBook:
@@ -98,8 +129,13 @@ class StatusBook:
         self._instances = instances  # current instance count of an endpoint (cached upstream)
         self._list_interval = list_interval
         self._clock = clock
-        self._tracked: dict[str, Tracked] = {}
+        # Least recently asked first, so stale jobs are found at the front.
+        self._tracked: OrderedDict[str, Tracked] = OrderedDict()
+        self._by_type: dict[str, set[str]] = {}  # task type → ids read from its pages
         self._snapshots: dict[str, _Snapshot] = {}
+        self._reading: dict[str, asyncio.Task[EsdJob]] = {}  # direct reads still running
+        self._gate = asyncio.Semaphore(_DIRECT_CONCURRENCY)
+        self._direct = _Budget(self._config.direct_per_second, clock)
         self._reader: JobReader | None = None
 
     def read_interrogations_with(self, reader: JobReader) -> None:
@@ -119,23 +155,45 @@ class StatusBook:
         finished: EsdJob | None = None,
         own: bool = False,
     ) -> None:
-        self._tracked[job_id] = Tracked(
-            task_type,
-            _aware(submitted_at),
-            endpoint=endpoint,
-            cold=cold,
-            finished=finished,
-            asked=self._clock(),
-            own=own,
+        self.forget(job_id)
+        self._add(
+            job_id,
+            Tracked(
+                task_type,
+                _aware(submitted_at),
+                endpoint=endpoint,
+                cold=cold,
+                finished=finished,
+                asked=self._clock(),
+                own=own,
+            ),
         )
 
+    def _add(self, job_id: str, tracked: Tracked) -> None:
+        self._tracked[job_id] = tracked
+        if tracked.task_type is not None and not tracked.own:
+            self._by_type.setdefault(tracked.task_type, set()).add(job_id)
+
     def forget(self, job_id: str) -> None:
-        self._tracked.pop(job_id, None)
+        tracked = self._tracked.pop(job_id, None)
+        if tracked is not None and tracked.task_type is not None:
+            self._by_type.get(tracked.task_type, set()).discard(job_id)
         for snapshot in self._snapshots.values():
             snapshot.jobs.pop(job_id, None)
+        reading = self._reading.pop(job_id, None)
+        if reading is not None:
+            reading.cancel()
 
     def in_flight(self, task_type: str) -> int:
-        return sum(1 for t in self._tracked.values() if t.task_type == task_type and not t.own)
+        return len(self._by_type.get(task_type, ()))
+
+    def _drop_stale(self, now: float) -> None:
+        while self._tracked:
+            job_id, tracked = next(iter(self._tracked.items()))
+            if now - tracked.asked <= _STALE_SECONDS:
+                break
+            self.forget(job_id)
+            self._on_dropped(job_id)
 
     # -- The batch -----------------------------------------------------------------------------
 
@@ -146,9 +204,7 @@ class StatusBook:
         direct: list[str] = []
         own: list[str] = []
         now = self._clock()
-        for job_id in [i for i, t in self._tracked.items() if now - t.asked > _STALE_SECONDS]:
-            self.forget(job_id)
-            self._on_dropped(job_id)
+        self._drop_stale(now)
         for target in targets:
             tracked = self._tracked.get(target.backend_id)
             if tracked is None:
@@ -158,8 +214,9 @@ class StatusBook:
                     _aware(target.submitted_at),
                     own=target.interrogate and self._reader is not None,
                 )
-                self._tracked[target.backend_id] = tracked
+                self._add(target.backend_id, tracked)
             tracked.asked = now
+            self._tracked.move_to_end(target.backend_id)
             if tracked.finished is not None:
                 learnt[target.backend_id] = tracked.finished
             elif tracked.own:
@@ -178,7 +235,7 @@ class StatusBook:
             for job_id in ids:
                 job = found.get(job_id)
                 if job_id in waiting:
-                    continue  # submitted after a fresh scan: the next scan covers it
+                    continue  # submitted after the snapshot: the next scan covers it
                 if job is None:
                     direct.append(job_id)
                 elif job.state is JobState.FAILED and job.reason is None:
@@ -222,6 +279,8 @@ class StatusBook:
         tracked = self._tracked[job_id]
         if tracked.task_type is None and job.task_type:
             tracked.task_type = job.task_type
+            if not tracked.own:
+                self._by_type.setdefault(job.task_type, set()).add(job_id)
         # A cold job waits for its endpoint to scale out from zero instances; neither ESD's
         # job row nor `startTime` (set at creation in v1.5) says so, the endpoint's count does.
         tracked.cold = tracked.cold and state in _WAITING and tracked.endpoint not in warm
@@ -235,47 +294,47 @@ class StatusBook:
     async def _from_pages(
         self, task_type: str, ids: list[str]
     ) -> tuple[dict[str, EsdJob], set[str]]:
-        """The due jobs of one task type found in a fresh snapshot (scanning when needed), and
-        the few submitted since that snapshot, which wait for the next scan unread."""
+        """The due jobs of one task type found in the snapshot (scanning when one is due), and
+        those submitted since that snapshot, which wait for the next scan unread."""
         snapshot = self._snapshots.get(task_type)
-        fresh = snapshot is not None and self._clock() - snapshot.taken < self._list_interval
-        if snapshot is not None and fresh:
-            found = {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}
-            newcomers = {i for i in ids if i not in found and i not in snapshot.covered}
-            if len(newcomers) <= self._config.direct_threshold:
-                # Jobs that fell off are read directly; a just-submitted job's state is known.
-                return found, newcomers
-        elif self.in_flight(task_type) <= self._config.direct_threshold:
-            return {}, set()  # so few jobs that one read each is cheaper than a page
-        snapshot = await self._scan(task_type)
-        self._snapshots[task_type] = snapshot
-        return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}, set()
+        if snapshot is None or self._clock() >= snapshot.next_scan:
+            if snapshot is None and self.in_flight(task_type) <= self._config.direct_threshold:
+                return {}, set()  # so few jobs that one read each is cheaper than a page
+            snapshot = await self._scan(task_type)
+            self._snapshots[task_type] = snapshot
+            return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}, set()
+        found = {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}
+        newcomers = {i for i in ids if i not in found and i not in snapshot.covered}
+        return found, newcomers
 
     async def _scan(self, task_type: str) -> _Snapshot:
-        """Pages of `task_type`, newest first, until every job in flight of it was seen."""
-        mine = {i: t for i, t in self._tracked.items() if t.task_type == task_type and not t.own}
-        pending = set(mine)
-        oldest = min((t.submitted_at for t in mine.values()), default=datetime.now(UTC))
-        snapshot = _Snapshot(self._clock(), covered=set(pending))
+        """Pages of `task_type`, newest first, until every job in flight of it was seen or
+        `status_pages` pages were read; the next scan waits in proportion to the pages."""
+        pending = set(self._by_type.get(task_type, ()))
+        taken = self._clock()
+        snapshot = _Snapshot(taken, taken, covered=set(pending))
         key: str | None = None
-        for _ in range(self._config.status_pages):
-            page = await self._client.list_inferences(
-                task_type,
-                limit=self._config.page_size,
-                start_key=key,
-                # With the user named, ESD returns full items (with `sagemakerRaw`,
-                # `startTime`) and only the bot user's jobs (§4.5).
-                username=self._config.username,
-            )
-            for job in page.jobs:
-                snapshot.jobs[job.id] = job
-                pending.discard(job.id)
-            if not pending or page.next_key is None or page.next_key == key:
-                break
-            last = page.jobs[-1].created_at if page.jobs else None
-            if last is not None and last < oldest - _CLOCK_SLACK:
-                break  # newest first: the rest is older than every job in flight
-            key = page.next_key
+        pages = 0
+        try:
+            while pages < self._config.status_pages:
+                pages += 1
+                page = await self._client.list_inferences(
+                    task_type,
+                    limit=self._config.page_size,
+                    start_key=key,
+                    # With the user named, ESD returns full items (with `sagemakerRaw`,
+                    # `startTime`) and only the bot user's jobs (§4.5).
+                    username=self._config.username,
+                )
+                for job in page.jobs:
+                    snapshot.jobs[job.id] = job
+                    pending.discard(job.id)
+                if not pending or page.next_key is None or page.next_key == key:
+                    break
+                key = page.next_key
+        finally:
+            rest = max(self._list_interval, pages / self._config.list_pages_per_second)
+            snapshot.next_scan = taken + rest
         return snapshot
 
     # -- Direct reads --------------------------------------------------------------------------
@@ -294,43 +353,62 @@ class StatusBook:
     async def _read(
         self, ids: list[str], errors: list[BackendError], *, rotate: bool
     ) -> dict[str, EsdJob]:
-        """`GET inferences/{id}` for some jobs; with `rotate`, at most `max_direct_per_round`,
-        the least recently read first."""
+        """`GET inferences/{id}` for some jobs; with `rotate`, within the per-second budget,
+        the least recently read first. Waits at most `_READ_WAIT`; a read still running then
+        answers a later call."""
         if rotate:
             # A job read a moment ago is not read again before `list_interval`: the core may
             # poll often, the backend decides how often ESD is asked (as the list scan does).
             now = self._clock()
-            ids = [
+            running = [i for i in ids if i in self._reading]
+            fresh = [
                 i
                 for i in ids
-                if i not in self._tracked or now - self._tracked[i].checked >= self._list_interval
+                if i not in self._reading and now - self._checked(i) >= self._list_interval
             ]
-        if rotate and len(ids) > self._config.max_direct_per_round:
-            ids = sorted(ids, key=lambda i: self._tracked[i].checked if i in self._tracked else 0)
-            ids = ids[: self._config.max_direct_per_round]
+            fresh.sort(key=self._checked)
+            ids = running + fresh[: self._direct.take(len(fresh))]
         if not ids:
             return {}
-        gate = asyncio.Semaphore(_DIRECT_CONCURRENCY)
-
-        async def one(job_id: str) -> EsdJob:
-            async with gate:
-                if job_id in self._tracked:
-                    self._tracked[job_id].checked = self._clock()
-                return await self._client.get_inference(job_id)
-
-        results = await asyncio.gather(*(one(i) for i in ids), return_exceptions=True)
+        tasks = [self._reading.get(i) or self._start_read(i) for i in ids]
+        await asyncio.wait(tasks, timeout=_READ_WAIT)
         found: dict[str, EsdJob] = {}
-        for job_id, result in zip(ids, results, strict=True):
+        for job_id, task in zip(ids, tasks, strict=True):
+            if not task.done():
+                continue  # still reading: the next call collects it
+            if self._reading.get(job_id) is task:
+                del self._reading[job_id]
+            if task.cancelled():
+                continue
+            result = task.exception()
             if isinstance(result, BackendError) and result.status == 404:
                 tracked = self._tracked.get(job_id)
                 found[job_id] = _gone(job_id, tracked.task_type if tracked else None)
             elif isinstance(result, BackendUnavailableError):
                 errors.append(result)
-            elif isinstance(result, BaseException):
+            elif result is not None:
                 raise result
             else:
-                found[job_id] = result
+                found[job_id] = task.result()
         return found
+
+    def _checked(self, job_id: str) -> float:
+        tracked = self._tracked.get(job_id)
+        return tracked.checked if tracked is not None else -math.inf
+
+    def _start_read(self, job_id: str) -> asyncio.Task[EsdJob]:
+        async def read() -> EsdJob:
+            async with self._gate:
+                tracked = self._tracked.get(job_id)
+                if tracked is not None:
+                    tracked.checked = self._clock()
+                return await self._client.get_inference(job_id)
+
+        task = asyncio.create_task(read(), name=f"esd-read-{job_id}")
+        # A read nobody collects (its job was forgotten) must not warn about its exception.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._reading[job_id] = task
+        return task
 
 
 def _gone(job_id: str, task_type: str | None) -> EsdJob:

@@ -33,6 +33,9 @@ def esd_config(url: str, **overrides: Any) -> EsdConfig:
         "retry_cap": 0.02,
         "retry_after_cap": 0.5,
         "list_interval": 0.0,
+        # No rate limits unless a test sets them: each poll may scan and read at once.
+        "list_pages_per_second": 1e9,
+        "direct_per_second": 1e9,
         "cold_check_interval": 0.0,
     }
     values.update(overrides)

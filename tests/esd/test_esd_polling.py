@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from scenario_kit import png
@@ -99,20 +100,155 @@ async def test_a_fresh_scan_answers_every_batch_of_due_jobs(server: str) -> None
         assert spent["list_inferences"] == 3 and spent["get_inference"] == 0
 
 
-async def test_jobs_that_fell_off_the_pages_are_read_directly_in_turn(server: str) -> None:
-    config = esd_config(server, page_size=10, status_pages=1, max_direct_per_round=8)
-    async with EsdBackend(config) as esd:
-        ids = await _submit_many(esd, 30)
-        targets = [target(i) for i in ids]
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _book(client: Any, clock: _FakeClock) -> StatusBook:
+    async def instances(name: str) -> int | None:
+        return 1
+
+    return StatusBook(
+        client,
+        on_terminal=lambda job: None,
+        on_dropped=lambda job_id: None,
+        instances=instances,
+        list_interval=client.config.list_interval,
+        clock=clock,
+    )
+
+
+async def _tracked_book(
+    server: str, count: int, clock: _FakeClock, **config: Any
+) -> tuple[EsdClient, StatusBook, list[str]]:
+    """`count` jobs submitted on the server, followed by a fresh book on `clock`."""
+    async with EsdBackend(esd_config(server)) as esd:
+        ids = await _submit_many(esd, count)
+    client = EsdClient(esd_config(server, **config))
+    await client.start()
+    book = _book(client, clock)
+    for job_id in ids:
+        book.track(job_id, "img2img", submitted_at=datetime.now(UTC))
+    return client, book, ids
+
+
+async def test_jobs_beyond_the_page_budget_are_read_within_a_per_second_budget(
+    server: str,
+) -> None:
+    clock = _FakeClock()
+    client, book, ids = await _tracked_book(
+        server,
+        30,
+        clock,
+        page_size=10,
+        status_pages=1,
+        list_interval=1.0,
+        list_pages_per_second=1.0,
+        direct_per_second=4.0,
+    )
+    targets = [target(i) for i in ids]
+    try:
+        answered: set[str] = set()
         before = _status_requests(server)
-        first = await esd.statuses(targets)
+        for tick in range(24):  # the poller asks about every job 4 times a second, for 6 s
+            clock.now = tick * 0.25
+            answered |= set(await book.statuses(targets))
         spent = _status_requests(server) - before
-        assert (spent["list_inferences"], spent["get_inference"]) == (1, 8)
-        assert len(first) == 18
-        answered = set(first)
-        for _ in range(3):
-            answered |= set(await esd.statuses(targets))
-        assert answered == set(ids)  # rotation reaches every job
+        # One page a second; four reads a second however often the poller asks.
+        assert spent["list_inferences"] <= 6
+        assert spent["get_inference"] <= 4 + 4 * 6
+        assert answered == set(ids)  # rotation reaches every job beyond the page
+    finally:
+        await client.aclose()
+
+
+async def test_list_traffic_stays_at_a_page_a_second_whatever_the_jobs_in_flight(
+    server: str,
+) -> None:
+    clock = _FakeClock()
+    client, book, ids = await _tracked_book(
+        server, 200, clock, page_size=50, list_interval=1.0, list_pages_per_second=1.0
+    )
+    targets = [target(i) for i in ids]
+    try:
+        before = _status_requests(server)
+        for tick in range(40):  # 20 s of polls every 0.5 s
+            clock.now = tick * 0.5
+            answer = await book.statuses(targets)
+            assert len(answer) == 200
+        spent = _status_requests(server) - before
+        # A scan of 200 jobs reads 4 pages of 50; scans wait 4 s for each other.
+        assert spent["list_inferences"] <= 4 + 20
+        assert spent["get_inference"] == 0
+    finally:
+        await client.aclose()
+
+
+class _SkewedClock:
+    def __init__(self, skew: timedelta) -> None:
+        self.skew = skew
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.skew
+
+
+@pytest.mark.parametrize("minutes", [-20, -5, 5, 20])
+async def test_a_scan_does_not_depend_on_esd_clock(server: str, minutes: int) -> None:
+    # ESD stamps `createTime` with its own clock: far behind the bot's, the old scan stopped at
+    # page 1 and read every other job one by one.
+    state_of(server).clock = _SkewedClock(timedelta(minutes=minutes))
+    clock = _FakeClock()
+    client, book, ids = await _tracked_book(server, 60, clock, page_size=20)
+    try:
+        before = _status_requests(server)
+        answer = await book.statuses([target(i) for i in ids])
+        spent = _status_requests(server) - before
+        assert len(answer) == 60
+        assert (spent["list_inferences"], spent["get_inference"]) == (3, 0)
+    finally:
+        await client.aclose()
+
+
+class _SlowReads:
+    """An `EsdClient` whose direct reads of some jobs hang until released."""
+
+    def __init__(self, client: EsdClient, slow: set[str]) -> None:
+        self._client = client
+        self.config = client.config
+        self.slow = slow
+        self.release = asyncio.Event()
+
+    async def list_inferences(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._client.list_inferences(*args, **kwargs)
+
+    async def get_inference(self, job_id: str) -> Any:
+        if job_id in self.slow:
+            await self.release.wait()
+        return await self._client.get_inference(job_id)
+
+
+async def test_a_slow_direct_read_does_not_hold_up_the_answer(server: str) -> None:
+    clock = _FakeClock()
+    client, _, ids = await _tracked_book(server, 2, clock)
+    slow = _SlowReads(client, {ids[0]})
+    book = _book(slow, clock)  # two jobs: read one by one, not from a page
+    for job_id in ids:
+        book.track(job_id, "img2img", submitted_at=datetime.now(UTC))
+    targets = [target(i) for i in ids]
+    try:
+        first = await book.statuses(targets)
+        assert set(first) == set(ids[1:])  # answered without waiting for the slow read
+        slow.release.set()
+        await asyncio.sleep(0)
+        clock.now = 10.0
+        second = await book.statuses(targets)
+        assert ids[0] in second  # the read finished in the background and answers now
+    finally:
+        await client.aclose()
 
 
 async def test_a_few_jobs_are_read_directly(server: str, backend: EsdBackend) -> None:
