@@ -9,6 +9,8 @@ stored durably and changed by admins with the `settings` command.
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -34,6 +36,8 @@ SETTING_KEYS: tuple[str, ...] = (
     "daily_quota",
 )
 SERVER_SCOPE = ""
+# Settings of this many (server or channel) scopes are kept, the least recently used dropped.
+_MAX_CACHED_SCOPES = 10_000
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,11 @@ class Policy:
         self._clock = clock
         self._catalog = catalog
         # Settings change rarely and are read for every job: cached, and dropped on update.
-        self._cache: dict[tuple[Platform, str, str], dict[str, str]] = {}
+        # The cache holds the read itself, so a burst of commands in a new channel shares one
+        # read instead of each starting its own before the first has answered.
+        self._cache: OrderedDict[tuple[Platform, str, str], asyncio.Future[dict[str, str]]] = (
+            OrderedDict()
+        )
 
     # -- access ----------------------------------------------------------------------------
 
@@ -152,9 +160,22 @@ class Policy:
 
     async def _settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
         key = (platform, server, scope)
-        if key not in self._cache:
-            self._cache[key] = await self._store.settings(platform, server, scope)
-        return self._cache[key]
+        read = self._cache.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self._store.settings(platform, server, scope))
+            self._cache[key] = read
+            while len(self._cache) > _MAX_CACHED_SCOPES:
+                self._cache.popitem(last=False)
+
+            def forget_failure(done: asyncio.Future[dict[str, str]]) -> None:
+                if (done.cancelled() or done.exception()) and self._cache.get(key) is done:
+                    del self._cache[key]  # the next command reads again
+
+            read.add_done_callback(forget_failure)
+        else:
+            self._cache.move_to_end(key)
+        # Shielded: one caller giving up does not cancel the read the others wait for.
+        return await asyncio.shield(read)
 
     async def describe(self, caller: Caller) -> str:
         """What `settings` without options shows."""
