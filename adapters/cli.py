@@ -59,6 +59,10 @@ def make_backend(config: Config) -> Backend:
         from cloud.esd import EsdBackend
 
         return EsdBackend.from_config(config)
+    if config.backend == "a1111":
+        from cloud.a1111 import A1111Backend
+
+        return A1111Backend.from_config(config)
     return LocalBackend(
         LocalBackendConfig(
             delay=config.local_delay,
@@ -157,6 +161,10 @@ async def _check(config: Config) -> int:
         from cloud.esd import check_backend
 
         return await check_backend(config, sys.stdout)
+    if config.backend == "a1111":
+        from cloud.a1111 import check_webui
+
+        return await check_webui(config, sys.stdout)
     backend = make_backend(config)
     await backend.start()
     try:

@@ -1,9 +1,10 @@
 """Configuration: frozen dataclasses from an optional TOML file plus environment overrides.
 
 Secrets come only from the environment (`DISCORD_TOKEN`, `SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN`,
-`SLACK_SIGNING_SECRET`, `ESD_API_KEY`) and never appear in reprs. Every other setting may be set
-in `sdbot.toml` (or the file `SDBOT_CONFIG` names) and overridden by `SDBOT_<NAME>` in the
-environment. Bad values fail at start-up with a `ConfigError` naming the setting.
+`SLACK_SIGNING_SECRET`, `ESD_API_KEY`, `A1111_API_AUTH`) and never appear in reprs. Every other
+setting may be set in `sdbot.toml` (or the file `SDBOT_CONFIG` names) and overridden by
+`SDBOT_<NAME>` in the environment. Bad values fail at start-up with a `ConfigError` naming the
+setting.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Secrets:
     slack_app_token: str | None = field(default=None, repr=False)
     slack_signing_secret: str | None = field(default=None, repr=False)
     esd_api_key: str | None = field(default=None, repr=False)
+    a1111_api_auth: str | None = field(default=None, repr=False)  # `user:password`
 
     def values(self) -> tuple[str, ...]:
         """Every secret that is set, for log redaction."""
@@ -40,7 +42,7 @@ class Secrets:
 class Config:
     """Every non-secret setting, with its default."""
 
-    backend: str = "local"  # "local" | "esd"
+    backend: str = "local"  # "local" | "esd" | "a1111"
     data_dir: Path = Path("sdbot-data")
     output_dir: Path = Path("sdbot-output")  # console: result images go to <output_dir>/<job-id>/
     # Images (SPEC §3.1, §2.2).
@@ -70,6 +72,10 @@ class Config:
     realtime_max_in_flight: int = 5  # per Real-time endpoint (the container queues ~10)
     esd_bucket: str | None = None
     esd_job_table: str = "SDInferenceJobTable"
+    # AUTOMATIC1111 / Forge WebUI started with `--api` (README "Run on your own GPU").
+    a1111_api_url: str | None = None
+    a1111_concurrency: int = 1  # jobs sent to the WebUI at once; it runs one at a time
+    a1111_reconnect: float = 120.0  # seconds a job waits for a WebUI that is restarting
     # Chat platforms.
     discord_guilds: tuple[str, ...] = ()  # sync commands to these guilds (fast); else globally
     # With the privileged message-content intent, any reply in a job thread re-generates;
@@ -94,10 +100,20 @@ class Config:
 
     def __post_init__(self) -> None:
         # Validate now, so a bad value fails at start-up rather than on the first job.
-        if self.backend not in ("local", "esd"):
-            raise ConfigError(f"SDBOT_BACKEND must be `local` or `esd`, got {self.backend!r}")
+        if self.backend not in ("local", "esd", "a1111"):
+            raise ConfigError(
+                f"SDBOT_BACKEND must be `local`, `esd` or `a1111`, got {self.backend!r}"
+            )
         if self.backend == "esd" and not self.esd_api_url:
             raise ConfigError("SDBOT_BACKEND is `esd` but ESD_API_URL is not set")
+        if self.backend == "a1111" and not self.a1111_api_url:
+            raise ConfigError("SDBOT_BACKEND is `a1111` but A1111_API_URL is not set")
+        if self.secrets.a1111_api_auth is not None and ":" not in self.secrets.a1111_api_auth:
+            raise ConfigError("A1111_API_AUTH must be `user:password` (the WebUI's --api-auth)")
+        if self.a1111_concurrency < 1:
+            raise ConfigError("a1111_concurrency must be at least 1")
+        if self.a1111_reconnect < 0:
+            raise ConfigError("a1111_reconnect must be zero or more seconds")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be `text` or `json`, got {self.log_format!r}")
         if self.inference_type not in ("Async", "Real-time"):
@@ -143,6 +159,7 @@ _ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "esd_bucket": ("ESD_BUCKET",),
     "esd_job_table": ("ESD_JOB_TABLE",),
     "slack_api_url": ("SLACK_API_URL",),
+    "a1111_api_url": ("A1111_API_URL",),
 }
 _SECRET_ENV: dict[str, str] = {
     "discord_token": "DISCORD_TOKEN",
@@ -150,6 +167,7 @@ _SECRET_ENV: dict[str, str] = {
     "slack_app_token": "SLACK_APP_TOKEN",
     "slack_signing_secret": "SLACK_SIGNING_SECRET",
     "esd_api_key": "ESD_API_KEY",
+    "a1111_api_auth": "A1111_API_AUTH",
 }
 
 

@@ -378,7 +378,9 @@ class JobRunner:
         with self._poller.watch(target, BackendStatus(job.backend_id, job.state)) as watch:
             while not job.state.terminal:
                 never_started = job.state is JobState.CREATED and watch.started_at is None
-                if never_started:
+                # A job the backend says waits in its own queue is not stuck (A1111).
+                queued = watch.latest is not None and watch.latest.queue_position is not None
+                if never_started and not queued:
                     limit = min(self._config.job_timeout, self._config.created_timeout)
                     deadline = submitted + limit
                 else:
@@ -392,18 +394,22 @@ class JobRunner:
                 )
                 if status is None:
                     if self._clock.monotonic() - last_edit >= self._config.status_interval:
-                        await self._show_status(job, cold_start=cold)
+                        await self._show_status(job, cold_start=cold, live=watch.latest)
                         last_edit = self._clock.monotonic()
                     continue
                 cold = status.cold_start
+                changed = job
+                if status.note and status.note not in job.notes:
+                    job = replace(job, notes=(*job.notes, status.note))
                 if status.state is not job.state:
                     job = replace(job, state=status.state)
                     if status.state.terminal:
                         job = replace(job, finished_at=self._clock.now())
                     if status.state is JobState.FAILED:
                         job = replace(job, error=status.reason or "the backend gave no reason")
+                if job is not changed:
                     await self._store.save(job)
-                await self._show_status(job, cold_start=cold)
+                await self._show_status(job, cold_start=cold, live=status)
                 last_edit = self._clock.monotonic()
         return job
 
@@ -435,22 +441,32 @@ class JobRunner:
         return job
 
     def _status(
-        self, job: Job, *, cold_start: bool = False, progress: float | None = None
+        self,
+        job: Job,
+        *,
+        cold_start: bool = False,
+        progress: float | None = None,
+        live: BackendStatus | None = None,
     ) -> StatusView:
         elapsed = None
         if job.started_at is not None:
             elapsed = (self._clock.now() - job.started_at).total_seconds()
-        return render.status_view(job, elapsed=elapsed, progress=progress, cold_start=cold_start)
+        return render.status_view(
+            job, elapsed=elapsed, progress=progress, cold_start=cold_start, live=live
+        )
 
-    async def _show_status(self, job: Job, *, cold_start: bool = False) -> None:
+    async def _show_status(
+        self, job: Job, *, cold_start: bool = False, live: BackendStatus | None = None
+    ) -> None:
         if job.status_message is None or job.thread is None:
             return
         progress = None
-        if job.state is JobState.INPROGRESS and job.endpoint and job.started_at:
+        measured = live is not None and live.progress is not None
+        if job.state is JobState.INPROGRESS and job.endpoint and job.started_at and not measured:
             recent = await self._store.recent_durations(job.endpoint)
             elapsed = (self._clock.now() - job.started_at).total_seconds()
             progress = render.estimate(elapsed, recent)
-        view = self._status(job, cold_start=cold_start, progress=progress)
+        view = self._status(job, cold_start=cold_start, progress=progress, live=live)
         try:
             await self._adapter(job).edit_status(job.thread, job.status_message, view)
         except ChatDeliveryError as exc:

@@ -227,6 +227,11 @@ class BackendStatus:
     state: JobState
     reason: str | None = None  # failure reason when the backend gave one
     cold_start: bool = False  # waiting for the endpoint to scale out from zero
+    # What a backend that runs jobs itself can say while a job is on its way (A1111):
+    queue_position: int | None = None  # 1 = next to run, in the backend's own queue
+    progress: float | None = None  # 0..1, measured by the backend (not estimated)
+    preview: bytes | None = None  # a live preview image of the running job
+    note: str | None = None  # something to tell the user; kept in the job's notes
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class Watch:
         "change",
         "closed",
         "interval",
+        "latest",
         "read_at",
         "reported",
         "started_at",
@@ -66,6 +67,9 @@ class Watch:
         self.target = target
         self.reported = known  # the status the driver has been given
         self.change: BackendStatus | None = None  # a change not yet handed to the driver
+        # The last answer, changed or not: a queue position or progress that moved while the
+        # state stayed, for the driver's periodic status edits.
+        self.latest: BackendStatus | None = None
         self.interval = poller.interval
         self.read_at: float | None = None  # loop time of the last call answered about the job
         self.started_at: float | None = None  # ... of the first that said it left `created`
@@ -124,10 +128,16 @@ class Watch:
     def _read(self, status: BackendStatus, asked_at: float) -> None:
         """The backend answered about the job in a call made at `asked_at`."""
         self.read_at = asked_at
+        self.latest = status
         if self.started_at is None and status.state is not JobState.CREATED:
             self.started_at = asked_at
         last = self.change or self.reported
-        if last is None or status.state is not last.state or status.cold_start != last.cold_start:
+        if (
+            last is None
+            or status.state is not last.state
+            or status.cold_start != last.cold_start
+            or status.note != last.note
+        ):
             self.change = status
             self.interval = self._poller.interval
             self._wake()

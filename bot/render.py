@@ -10,7 +10,7 @@ import statistics
 from typing import TYPE_CHECKING
 
 from bot.ids import display_name, format_time
-from bot.model import Endpoint, GenerationParams, Job, JobState, Model
+from bot.model import BackendStatus, Endpoint, GenerationParams, Job, JobState, Model
 from bot.views import Action, ActionKind, ResultImage, ResultView, StatusView
 
 if TYPE_CHECKING:
@@ -56,18 +56,34 @@ def estimate(elapsed: float, recent: Sequence[float]) -> float | None:
 
 
 def status_view(
-    job: Job, *, elapsed: float | None, progress: float | None, cold_start: bool
+    job: Job,
+    *,
+    elapsed: float | None,
+    progress: float | None,
+    cold_start: bool,
+    live: BackendStatus | None = None,
 ) -> StatusView:
-    """The status message of a job in any state."""
+    """The status message of a job in any state.
+
+    `progress` is an estimate from recent run times; `live` is what the backend last said
+    (its own queue position, measured progress and a preview), which wins when it has them.
+    """
     lines = [f"{job.command} `{job.id}` — {job.state.value} ({_STATE_WORDS[job.state]})"]
     detail = ""
     if job.endpoint:
         detail = f"on {job.endpoint}"
+    running = live is not None and not job.state.terminal and live.state is job.state
+    if running and live is not None and live.queue_position is not None:
+        lines.append(f"position {live.queue_position} in the queue")
+        detail = (detail + " " if detail else "") + f"(queue position {live.queue_position})"
     if elapsed is not None and not job.state.terminal:
         line = f"{duration(elapsed)} elapsed"
-        if progress is not None:
-            filled = round(progress * _BAR)
-            line += f" · {'▰' * filled}{'▱' * (_BAR - filled)} ~{progress:.0%} (estimate)"
+        measured = live.progress if running and live is not None else None
+        shown = measured if measured is not None else progress
+        if shown is not None:
+            filled = round(shown * _BAR)
+            line += f" · {'▰' * filled}{'▱' * (_BAR - filled)} ~{shown:.0%}"
+            line += "" if measured is not None else " (estimate)"
         lines.append(line)
     if cold_start and not job.state.terminal:
         lines.append(
@@ -85,7 +101,8 @@ def status_view(
             f"endpoint `{job.endpoint}`" + (f" · model `{job.model}`" if job.model else "")
         )
     actions = () if job.state.terminal else (Action(ActionKind.CANCEL, job.id),)
-    return StatusView(job.id, job.command, job.state, "\n".join(lines), detail, actions)
+    preview = live.preview if running and live is not None else None
+    return StatusView(job.id, job.command, job.state, "\n".join(lines), detail, actions, preview)
 
 
 def run_time(job: Job) -> float | None:

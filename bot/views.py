@@ -86,6 +86,7 @@ class StatusView:
     text: str  # the whole message, rendered by the core
     detail: str = ""  # one line: endpoint, cold start, failure reason … (console state lines)
     actions: tuple[Action, ...] = ()
+    preview: bytes | None = None  # a live preview of the running job, when the backend has one
 
 
 @dataclass(frozen=True)
