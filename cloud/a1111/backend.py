@@ -371,18 +371,18 @@ class A1111Backend:
             output = await self._send(job)
         except BackendError as exc:
             _LOGGER.warning("WebUI job %s failed: %s", job.backend_id, exc)
+            self._running.pop(job.backend_id, None)
             job.reason = exc.user_message or str(exc)
-            job.state = JobState.FAILED
-            await self._write_state(job)
+            job.state, job.progress, job.preview = JobState.FAILED, None, None
         else:
             await self._write_output(job, output)
+            self._running.pop(job.backend_id, None)
             job.output = output
-            job.state = JobState.SUCCEED
-            await self._write_state(job)
+            job.state, job.progress, job.preview = JobState.SUCCEED, None, None
         finally:
             self._running.pop(job.backend_id, None)
-            job.progress = job.preview = None
             self._pump()
+        await self._write_state(job)
 
     async def _send(self, job: _Job) -> JobOutput:
         """Send the job's request until the WebUI answers; a cut request is sent once more."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,22 +101,23 @@ class WebUiClient:
             raise ConfigError("A1111_API_URL must not hold credentials; use A1111_API_AUTH")
         self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.host = parts.netloc
-        self._auth: aiohttp.BasicAuth | None = None
+        self._headers: dict[str, str] = {}
         self._secrets: tuple[str, ...] = ()
         if auth:
-            user, _, password = auth.partition(":")
-            self._auth = aiohttp.BasicAuth(user, password)
-            self._secrets = (password, auth)
+            # RFC 7617 basic credentials, as FastAPI's HTTPBasic reads them (latin-1 decoded).
+            token = base64.b64encode(auth.encode("latin-1", "replace")).decode("ascii")
+            self._headers = {"Authorization": f"Basic {token}"}
+            self._secrets = (auth.partition(":")[2], auth, token)
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
-        return f"WebUiClient({self.base!r}, auth={'set' if self._auth else 'none'})"
+        return f"WebUiClient({self.base!r}, auth={'set' if self._headers else 'none'})"
 
     async def start(self) -> None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                auth=self._auth, cookie_jar=aiohttp.DummyCookieJar()
+                headers=self._headers, cookie_jar=aiohttp.DummyCookieJar()
             )
 
     async def aclose(self) -> None:
@@ -171,7 +173,7 @@ class WebUiClient:
                 raw = await _read_capped(response)
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
-            reason = self.redact(str(exc.os_error.strerror or exc.os_error))
+            reason = _connect_reason(exc.os_error)
             raise WebUiUnreachableError(
                 f"the WebUI at {self.host} is not reachable ({name}): {reason}",
                 user_message=f"the WebUI at {self.host} is not reachable ({reason.lower()})",
@@ -276,6 +278,15 @@ class WebUiClient:
 
 
 _NOT_JSON = object()
+
+
+def _connect_reason(error: OSError) -> str:
+    """Why a connection failed, in words ("connection refused", "name not known", …)."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    return " ".join(str(error).split()).lower()[:100] or "connection failed"
 
 
 def _json(raw: bytes) -> Any:
