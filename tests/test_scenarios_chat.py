@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from bot.app import BotApp
 
 
+# Backend-neutral: each scenario runs on the local backend and on the WebUI backend.
+pytestmark = pytest.mark.usefixtures("scenario_backend")
+
+
 @pytest.fixture
 async def chat(tmp_path: Path):  # type: ignore[no-untyped-def]
     app = make_app(fast_config(tmp_path))

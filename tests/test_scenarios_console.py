@@ -18,6 +18,9 @@ from scenario_kit import (
     states,
 )
 
+# Backend-neutral: each scenario runs on the local backend and on the WebUI backend.
+pytestmark = pytest.mark.usefixtures("scenario_backend")
+
 
 @pytest.fixture
 async def console(tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -20,6 +20,9 @@ from bot.app import BotApp
 from bot.model import JobState
 from commands import parse
 
+# Backend-neutral: each scenario runs on the local backend and on the WebUI backend.
+pytestmark = pytest.mark.usefixtures("scenario_backend")
+
 
 @pytest.fixture
 async def chat(tmp_path: Path):  # type: ignore[no-untyped-def]

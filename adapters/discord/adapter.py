@@ -562,11 +562,18 @@ class DiscordAdapter:
     async def edit_status(self, thread: Conversation, message: str, status: StatusView) -> None:
         await self._ready.wait()
         channel = self._client.get_partial_messageable(int(status_channel(thread, message)))
+        # A backend's live preview replaces the last one; a finished job's status drops it.
+        files: dict[str, Any] = {}
+        if status.preview is not None:
+            files["attachments"] = [discord.File(io.BytesIO(status.preview), "preview.png")]
+        elif status.state.terminal:
+            files["attachments"] = []
         try:
             await channel.get_partial_message(int(message)).edit(
                 content=status_content(status),
                 view=self._view(status.actions),
                 allowed_mentions=NO_MENTIONS,
+                **files,
             )
         except (discord.DiscordException, aiohttp.ClientError, TimeoutError) as exc:
             raise ChatDeliveryError(f"editing status message {message} failed: {exc}") from exc

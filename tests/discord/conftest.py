@@ -478,8 +478,17 @@ class FakeDiscord:
                 message[key] = (
                     body[key] if body[key] is not None else ([] if key != "content" else "")
                 )
+        if isinstance(body.get("attachments"), list):
+            # An edit's `attachments` lists what stays: kept ones by id, new ones by file index;
+            # any other attachment of the message is removed (docs: Edit Message, "attachments").
+            kept = {str(a.get("id")) for a in body["attachments"] if isinstance(a, dict)}
+            message["attachments"] = [a for a in message["attachments"] if a["id"] in kept]
         if files:
-            message["attachments"] = [self.upload(name, data) for name, data in files]
+            uploaded = [self.upload(name, data) for name, data in files]
+            if isinstance(body.get("attachments"), list):
+                message["attachments"] = message["attachments"] + uploaded
+            else:
+                message["attachments"] = uploaded
         message["edited_timestamp"] = TIMESTAMP
 
     def _callback(self, interaction_id: str, token: str, record: Request) -> web.Response:

@@ -442,3 +442,21 @@ async def test_after_stop_new_requests_are_turned_away_but_posting_works(bot: An
     assert len(await bot.jobs()) == 1
     notice = await bot.adapter.post_text(job.thread, "still able to post")
     assert bot.fake.messages[notice]["content"] == "still able to post"
+
+
+async def test_a_status_preview_is_attached_replaced_and_dropped_at_the_end(bot) -> None:  # type: ignore[no-untyped-def]
+    from bot.views import StatusView
+
+    where = Conversation(str(bot.channel))
+    first = StatusView("job1", "img2img", JobState.CREATED, "queued")
+    posted = await bot.adapter.open_job_thread(where, first)
+    status = bot.fake.messages[posted.message]
+    running = replace(first, state=JobState.INPROGRESS, text="running", preview=png(32, 32))
+    await bot.adapter.edit_status(posted.thread, posted.message, running)
+    assert _files(status) == ["preview.png"]
+    await bot.adapter.edit_status(posted.thread, posted.message, replace(running, preview=png()))
+    [preview] = status["attachments"]
+    assert preview["filename"] == "preview.png" and preview["size"] == len(png())
+    done = replace(first, state=JobState.SUCCEED, text="done")
+    await bot.adapter.edit_status(posted.thread, posted.message, done)
+    assert _files(status) == []

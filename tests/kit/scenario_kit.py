@@ -95,14 +95,29 @@ def fast_config(tmp_path: Path, **overrides: Any) -> Config:
     return Config(**values)
 
 
+# The backend scenarios run on when they bring none: the local one, or what the
+# `scenario_backend` fixture (tests/conftest.py) installs for the backend-neutral scenarios.
+_backend_for: Callable[[Config], Any] | None = None
+
+
+def use_backend(factory: Callable[[Config], Any] | None) -> None:
+    global _backend_for
+    _backend_for = factory
+
+
+def default_backend(config: Config) -> Any:
+    if _backend_for is not None:
+        return _backend_for(config)
+    return LocalBackend(
+        LocalBackendConfig(delay=config.local_delay, state_dir=config.data_dir / "local")
+    )
+
+
 def make_app(config: Config, backend: Any = None) -> BotApp:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return BotApp(
         config,
-        backend=backend
-        or LocalBackend(
-            LocalBackendConfig(delay=config.local_delay, state_dir=config.data_dir / "local")
-        ),
+        backend=backend or default_backend(config),
         store=SqliteJobStore(config.data_dir / "sdbot.sqlite3"),
     )
 
