@@ -86,6 +86,7 @@ class HangingAdapter(RecordingAdapter):
         return posted
 
 
+@pytest.mark.usefixtures("scenario_backend")  # on the local and the WebUI backend
 @pytest.mark.parametrize("step", ["accepted", "submitted", "polling", "posting"])
 async def test_restart_after_each_step_delivers_exactly_once(tmp_path: Path, step: str) -> None:
     config = fast_config(tmp_path, local_delay=0.6 if step == "polling" else 0.05)
@@ -109,6 +110,7 @@ async def test_restart_after_each_step_delivers_exactly_once(tmp_path: Path, ste
     assert len([p for p in adapter.posts if p.kind == "status"]) in (1, 2)
 
 
+@pytest.mark.usefixtures("scenario_backend")
 async def test_a_result_that_cannot_be_posted_stays_pending_and_is_posted_after_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,6 +44,7 @@ from bot.model import (
     Model,
     Submitted,
 )
+from bot.ports import LOST_JOB
 from cloud.a1111.client import (
     RequestCutError,
     WebUiClient,
@@ -54,7 +55,7 @@ from cloud.a1111.client import (
 from cloud.esd.a1111 import INTERROGATE_MODELS, img2img_payload, interrogate_payload
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
     from bot.config import Config
@@ -84,6 +85,7 @@ CATALOGUE: dict[str, str] = {
 # `title` is "<name> [<short hash>]" once the WebUI has hashed the file (sd_models.py).
 _TITLE_HASH = re.compile(r"\s\[[0-9a-fA-F]{8,10}\]$")
 _PREVIEW_MAX = 4_000_000
+_HISTORY = 1000  # finished jobs kept (without their results) for `history`
 _RETRY_PAUSE = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -130,6 +132,7 @@ class _Job:
     created_at: datetime
     state: JobState = JobState.CREATED
     attempts: int = 0  # times the request was sent to the WebUI
+    queued: bool = False  # handed to the queue (the port's "started"), after `created`
     reason: str | None = None
     note: str | None = None
     output: JobOutput | None = None
@@ -228,7 +231,13 @@ class A1111Backend:
     # -- Jobs ---------------------------------------------------------------------------------
 
     async def submit(
-        self, job_id: str, params: GenerationParams, init_png: bytes, mask_png: bytes | None
+        self,
+        job_id: str,
+        params: GenerationParams,
+        init_png: bytes,
+        mask_png: bytes | None,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         self._check_open()
         self._check_endpoint(params.endpoint)
@@ -245,10 +254,15 @@ class A1111Backend:
         # 1.7+: the id `current_task` of /sdapi/v1/progress reports (older WebUIs ignore it).
         body["force_task_id"] = backend_id
         job = _Job(backend_id, "img2img", body, params.model, datetime.now(UTC))
-        return await self._accept(job_id, job)
+        return await self._accept(job_id, job, created)
 
     async def interrogate(
-        self, job_id: str, params: InterrogateParams, image_png: bytes
+        self,
+        job_id: str,
+        params: InterrogateParams,
+        image_png: bytes,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         self._check_open()
         self._check_endpoint(params.endpoint)
@@ -260,10 +274,21 @@ class A1111Backend:
             )
         body = interrogate_payload(image_png, params.method)
         job = _Job(str(uuid.uuid4()), f"interrogate_{params.method}", body, None, datetime.now(UTC))
-        return await self._accept(job_id, job)
+        return await self._accept(job_id, job, created)
 
-    async def _accept(self, job_id: str, job: _Job) -> Submitted:
+    async def _accept(
+        self, job_id: str, job: _Job, created: Callable[[str], Awaitable[None]] | None
+    ) -> Submitted:
+        """Write the job down, let the core record its id (`Backend.submit`), then queue it."""
         await self._write_request(job)
+        if created is not None:
+            try:
+                await created(job.backend_id)
+            except BaseException:
+                await self._forget(job.backend_id)
+                raise
+        job.queued = True
+        await self._write_state(job)
         self._jobs[job.backend_id] = job
         self._queue.append(job)
         _LOGGER.info(
@@ -282,6 +307,9 @@ class A1111Backend:
         for target in targets:
             job = self._jobs.get(target.backend_id) or await self._revive(target.backend_id)
             if job is None:
+                answer[target.backend_id] = BackendStatus(
+                    target.backend_id, JobState.FAILED, reason=LOST_JOB
+                )
                 continue
             answer[job.backend_id] = BackendStatus(
                 backend_id=job.backend_id,
@@ -311,9 +339,7 @@ class A1111Backend:
         """A queued job leaves the queue; a running one is interrupted (`/sdapi/v1/interrupt`)
         when the WebUI says it is the one it is working on."""
         job = self._jobs.pop(backend_id, None)
-        folder = self._folder(backend_id)
-        if folder is not None:
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+        await self._forget(backend_id)
         if job is None:
             return
         with contextlib.suppress(ValueError):
@@ -326,6 +352,21 @@ class A1111Backend:
                     _LOGGER.warning("WebUI interrupt of %s failed: %s", backend_id, exc)
             job.task.cancel()
             await asyncio.wait([job.task])
+
+    async def release(self, backend_id: str) -> None:
+        """The core stored the results: drop them here and on disk; history keeps the row."""
+        job = self._jobs.get(backend_id)
+        if job is not None and job.state.terminal:
+            job.output, job.body = None, {}
+        await self._forget(backend_id)
+        done = [j.backend_id for j in self._jobs.values() if j.state.terminal and not j.body]
+        for old in done[: max(0, len(done) - _HISTORY)]:
+            del self._jobs[old]
+
+    async def _forget(self, backend_id: str) -> None:
+        folder = self._folder(backend_id)
+        if folder is not None:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
 
     async def _is_current(self, job: _Job) -> bool:
         """Whether the WebUI is working on `job` (rather than on a request before it)."""
@@ -374,6 +415,7 @@ class A1111Backend:
             self._running.pop(job.backend_id, None)
             job.reason = exc.user_message or str(exc)
             job.state, job.progress, job.preview = JobState.FAILED, None, None
+            job.body = {}  # nothing more to send; the failure is all that is kept
         else:
             await self._write_output(job, output)
             self._running.pop(job.backend_id, None)
@@ -472,7 +514,7 @@ class A1111Backend:
         def write() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             _replace(folder / "request.json", json.dumps(request))
-            _replace(folder / "state.json", json.dumps({"attempts": 0, "state": "created"}))
+            _replace(folder / "state.json", json.dumps({"attempts": 0, "queued": False}))
 
         await asyncio.to_thread(write)
 
@@ -480,7 +522,12 @@ class A1111Backend:
         folder = self._folder(job.backend_id)
         if folder is None:
             return
-        state = {"attempts": job.attempts, "state": job.state.value, "reason": job.reason}
+        state = {
+            "attempts": job.attempts,
+            "state": job.state.value,
+            "reason": job.reason,
+            "queued": job.queued,
+        }
 
         def write() -> None:
             if folder.is_dir():  # not when cancelled meanwhile
@@ -521,9 +568,12 @@ class A1111Backend:
             model=model if isinstance(model, str) else None,
             created_at=datetime.fromisoformat(str(request["created_at"])),
             attempts=int(state.get("attempts", 0)),
+            queued=bool(state.get("queued")),
         )
         self._jobs[backend_id] = job
-        if output is not None:
+        if not state.get("queued"):
+            pass  # created, never queued: it stays `created` until the core cancels it
+        elif output is not None:
             job.state, job.output = JobState.SUCCEED, output
         elif state.get("state") == JobState.FAILED.value:
             job.state, job.reason = JobState.FAILED, str(state.get("reason") or CUT_TWICE)
@@ -550,6 +600,8 @@ def _read_folder(
     folder: Path,
 ) -> tuple[dict[str, Any], dict[str, Any], JobOutput | None] | None:
     """A stored job's request, state and (when it succeeded) output; None if absent."""
+    if not folder.is_dir():
+        return None  # cancelled, released, or never this backend's
     try:
         request = json.loads((folder / "request.json").read_text())
         state = json.loads((folder / "state.json").read_text())

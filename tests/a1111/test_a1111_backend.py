@@ -14,7 +14,7 @@ from scenario_kit import mask_png, png
 
 from bot.errors import BackendError, BackendUnavailableError
 from bot.model import BackendStatus, GenerationParams, InterrogateParams, JobState
-from bot.ports import PollTarget
+from bot.ports import LOST_JOB, PollTarget
 from cloud.a1111 import A1111Backend
 from cloud.a1111.backend import CUT_TWICE, RESUBMITTED
 from cloud.esd.a1111 import img2img_payload
@@ -201,7 +201,8 @@ async def test_cancel_interrupts_the_running_job_and_drops_a_queued_one(
     assert webui.interrupts == 0
     await backend.cancel(running.backend_id)
     assert webui.interrupts == 1
-    assert await backend.statuses([target(running.backend_id), target(queued.backend_id)]) == {}
+    gone = await backend.statuses([target(running.backend_id), target(queued.backend_id)])
+    assert {status.reason for status in gone.values()} == {LOST_JOB}
     await webui.wait_for("waiting", 0)
     assert len(webui.received) == 1  # the queued job never reached the WebUI
     assert webui.received[0].interrupted
@@ -430,3 +431,42 @@ async def test_a_webui_without_api_says_so(tmp_path: Path) -> None:
             )
         finally:
             await backend.aclose()
+
+
+# -- The port: create, record, then start; lost jobs; release ------------------------------------
+
+
+async def test_the_core_records_the_id_before_anything_is_sent(
+    backend: A1111Backend, webui: FakeWebUI, tmp_path: Path
+) -> None:
+    recorded: list[tuple[str, int]] = []
+
+    async def created(backend_id: str) -> None:
+        recorded.append((backend_id, len(webui.received)))
+
+    submitted = await backend.submit("job1", PARAMS, png(), None, created=created)
+    assert recorded == [(submitted.backend_id, 0)]
+    await until(backend, submitted.backend_id, JobState.SUCCEED)
+
+    async def refused(backend_id: str) -> None:
+        raise RuntimeError("the store is down")
+
+    with pytest.raises(RuntimeError):
+        await backend.submit("job2", PARAMS, png(), None, created=refused)
+    assert len(webui.received) == 1  # the second job never reached the WebUI
+    folders = sorted(p.name for p in (tmp_path / "a1111").iterdir())
+    assert folders == [submitted.backend_id]
+
+
+async def test_an_unknown_job_is_reported_lost_and_released_results_are_dropped(
+    backend: A1111Backend, tmp_path: Path
+) -> None:
+    lost = await status_of(backend, "8d3c7f7e-0000-4000-8000-000000000000")
+    assert (lost.state, lost.reason) == (JobState.FAILED, LOST_JOB)
+    submitted = await backend.submit("job1", PARAMS, png(), None)
+    await until(backend, submitted.backend_id, JobState.SUCCEED)
+    await backend.release(submitted.backend_id)
+    assert not (tmp_path / "a1111" / submitted.backend_id).exists()
+    with pytest.raises(BackendError):
+        await backend.results(submitted.backend_id)
+    assert [row.backend_id for row in await backend.history("img2img", 5)] == [submitted.backend_id]
