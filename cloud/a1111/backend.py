@@ -146,8 +146,12 @@ class _Job:
 
     @property
     def image_count(self) -> int:
-        count = self.body.get("batch_size", 1)
-        return count if isinstance(count, int) and count > 0 else 1
+        """Images the job makes: `batch_size` per batch, `n_iter` batches."""
+        count = 1
+        for key in ("batch_size", "n_iter"):
+            value = self.body.get(key, 1)
+            count *= value if isinstance(value, int) and value > 0 else 1
+        return count
 
 
 class A1111Backend:

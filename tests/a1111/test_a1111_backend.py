@@ -77,6 +77,7 @@ async def test_img2img_sends_the_esd_payload_with_model_and_vae_overrides(
         if key != "override_settings":
             assert received.body[key] == value, key
     assert received.body["override_settings"] == {
+        **expected["override_settings"],  # the panel's settings (clip skip) stay
         "sd_model_checkpoint": "dreamshaper_8.safetensors",
         "sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors",
     }
@@ -470,3 +471,10 @@ async def test_an_unknown_job_is_reported_lost_and_released_results_are_dropped(
     with pytest.raises(BackendError):
         await backend.results(submitted.backend_id)
     assert [row.backend_id for row in await backend.history("img2img", 5)] == [submitted.backend_id]
+
+
+async def test_batch_count_times_batch_size_images_come_back(backend: A1111Backend) -> None:
+    params = replace(PARAMS, count=2, batch_count=2)
+    submitted = await backend.submit("job1", params, png(96, 64), None)
+    await until(backend, submitted.backend_id, JobState.SUCCEED)
+    assert len((await backend.results(submitted.backend_id)).images) == 4
