@@ -400,7 +400,9 @@ class EsdClient:
     async def list_endpoints(
         self, *, limit: int = 50, start_key: str | None = None
     ) -> EndpointPage:
-        params = [("limit", str(limit))]
+        # ESD shows a user holding only `sagemaker_endpoint:list` the endpoints of the
+        # `username` query user's roles, and nothing without it (endpoints/list_endpoints.py).
+        params = [("limit", str(limit)), ("username", self._config.username)]
         if start_key is not None:
             params.append(("exclusive_start_key", start_key))
         answer = await self.call("GET", "endpoints", params=params)
@@ -411,6 +413,9 @@ class EsdClient:
     ) -> CheckpointPage:
         params = [("types", t) for t in types]
         params += [("status", "Active"), ("page", str(page)), ("per_page", str(per_page))]
+        # Likewise `checkpoint:list` sees only what the query user's roles may use
+        # (checkpoints/list_checkpoints.py).
+        params.append(("username", self._config.username))
         answer = await self.call("GET", "checkpoints", params=params)
         return parse_checkpoint_page(answer.data)
 

@@ -1,27 +1,26 @@
 """Launching one ESD job: `POST inferences` → `PUT` the payload → `PUT inferences/{id}/start`.
 
-The start is the one call that must not simply be repeated: an Async start that already
-happened would run the job twice. So a start is retried as such only where ESD cannot have
-acted (no connection, 429, 503); after an ambiguous failure (timeout, 500/502/504) the job is
-read back, and only a job still `created` is started again. Real-time starts hold the request
-open while the endpoint works: 200 carries the finished job, and a 504 from API Gateway
-(29 s) or our own timeout means "still running", so the job is polled like an Async one
-(`reference/esd-api.md` §4.3).
+The start is the one call that is never repeated once it may have reached ESD: ESD has no guard
+against a second start, which would run the job twice on the GPU
+(inferences/start_inference_job.py). So a start is retried only where ESD cannot have acted
+(no connection, 429, 503). After an ambiguous failure (timeout, 500, 502, 504) the job is
+followed as started: polling shows what ESD does with it, and a job that never ran stays
+`created` until the core's `created_timeout` says so. Real-time starts hold the request open
+while the endpoint works: 200 carries the finished job, 400 carries the failure (ESD leaves the
+row `created` with `sagemakerRaw`), and a 504 from API Gateway (29 s) or our own timeout means
+"still running" (`reference/esd-api.md` §4.3).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.errors import BackendError
-from bot.model import JobState
+from bot.errors import BackendError, JobFailedError
 from cloud.esd.client import OutcomeUnknownError
-from cloud.esd.payloads import EsdJob, parse_job
+from cloud.esd.payloads import NO_IMAGES, EsdJob, parse_job, readable_reason
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -29,6 +28,11 @@ if TYPE_CHECKING:
     from cloud.esd.client import EsdClient
 
 _LOGGER = logging.getLogger(__name__)
+
+# ESD's create Lambda indexes the first row of its endpoint scan before its own "is not found"
+# check, so an unknown endpoint name is answered with Python's IndexError text
+# (inferences/create_inference_job.py, `_schedule_inference_endpoint`).
+_UNKNOWN_ENDPOINT = "list index out of range"
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,17 @@ async def launch(
     `on_created(id)` runs between the upload and the start (the bot records the id), so a bot
     killed at any point knows every job that may run (`bot.ports.Backend.submit`).
     """
-    created = await client.create_inference(body)
+    try:
+        created = await client.create_inference(body)
+    except BackendError as exc:
+        if exc.status == 400 and exc.user_message == _UNKNOWN_ENDPOINT:
+            name = body.get("sagemaker_endpoint_name")
+            raise BackendError(
+                f"{exc} (endpoint {name!r} is not in ESD's table)",
+                status=400,
+                user_message=f"endpoint `{name}` is not on ESD (see `endpoints`)",
+            ) from None
+        raise
     _LOGGER.info("ESD job %s created for %s", created.id, label)
     try:
         await client.upload(created.upload_url, payload_text)
@@ -80,32 +94,21 @@ async def launch(
 
 
 async def _start(client: EsdClient, job_id: str, *, realtime: bool) -> Launched:
-    config = client.config
-    attempt = 0
-    while True:
-        try:
-            answer = await client.start_inference(job_id)
-        except OutcomeUnknownError as exc:
-            if realtime and exc.status in (504, None):
-                _LOGGER.info("ESD job %s: Real-time start still running (%s); polling", job_id, exc)
-                return Launched(job_id, None)
-            job = await client.get_inference(job_id)
-            if job.state is not JobState.CREATED:
-                _LOGGER.info("ESD job %s started despite %s", job_id, exc)
-                terminal = job.state is not None and job.state.terminal
-                return Launched(job_id, job.endpoint, job if terminal else None)
-            if attempt >= config.retries:
-                raise
-            attempt += 1
-            delay = min(config.retry_cap, config.retry_base * 2.0**attempt)
-            _LOGGER.info("ESD job %s is still `created` after %s; starting again", job_id, exc)
-            await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
-            continue
-        if (
-            answer.status == 200
-            and isinstance(answer.data, dict)
-            and "InferenceJobId" in answer.data
-        ):
-            finished = parse_job(answer.data)
-            return Launched(job_id, finished.endpoint, finished)
-        return Launched(job_id, _endpoint_of(answer.data))
+    try:
+        answer = await client.start_inference(job_id)
+    except OutcomeUnknownError as exc:
+        _LOGGER.info("ESD job %s: the start may have run (%s); following it", job_id, exc)
+        return Launched(job_id, None)
+    except BackendError as exc:
+        if realtime and exc.status == 400:
+            # The endpoint ran the job and failed it; the answer is the reason, often a Python
+            # repr of the container's error body.
+            reason = readable_reason(exc.user_message or str(exc)) or NO_IMAGES
+            raise JobFailedError(
+                f"ESD job {job_id} failed: {reason}", user_message=reason
+            ) from None
+        raise
+    if answer.status == 200 and isinstance(answer.data, dict) and "InferenceJobId" in answer.data:
+        finished = parse_job(answer.data)
+        return Launched(job_id, finished.endpoint, finished)
+    return Launched(job_id, _endpoint_of(answer.data))

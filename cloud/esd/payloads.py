@@ -8,6 +8,7 @@ what the client hands to the backend.
 
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -132,8 +133,27 @@ _STATES: dict[str, JobState] = {
     "failure": JobState.FAILED,
 }
 NO_REASON = "the backend gave no reason"
-_REASON_KEYS = ("failureReason", "FailureReason", "error", "errorMessage", "message", "reason")
+# ESD fails a job without any `sagemakerRaw` when the container's output has no images (an
+# A1111 error body, or `null` after the container swallowed an exception): its result parser
+# trips over the missing `images` (inferences/inference_libs.py, inference_async_events.py).
+NO_IMAGES = "the endpoint returned no images"
+NO_CAPTION = "the endpoint returned no caption"
+# What ESD's Real-time start answers (400) when the container gave nothing to parse: `'error'
+# in None` for a `null` output, the KeyError of a missing `images` (start_inference_job.py).
+_EMPTY_OUTPUT_MESSAGES = ("argument of type 'NoneType' is not iterable", "'images'", "'caption'")
+_REASON_KEYS = (
+    "failureReason",
+    "FailureReason",
+    "errors",
+    "detail",
+    "error",
+    "errorMessage",
+    "message",
+    "reason",
+)
 _REASON_MAX = 300
+# `sagemakerRaw` is parsed as a Python literal only up to this size (`ast` is not free).
+_LITERAL_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -290,20 +310,39 @@ def parse_count(value: object) -> int | None:
     return None
 
 
+def _structured(text: str) -> object:
+    """`text` as JSON or, failing that, as a Python literal: ESD stores `str(dict)` in
+    `sagemakerRaw` (inference_async_events.py, start_inference_job.py), never JSON. Only
+    `ast.literal_eval`, which builds literals and runs nothing."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    if len(text) > _LITERAL_MAX or not text.startswith(("{", "[")):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
 def readable_reason(raw: object) -> str | None:
-    """`sagemakerRaw` (a string, JSON text or an object) as one short line, or None."""
+    """`sagemakerRaw` (a Python repr, JSON text or an object) as one short line, or None."""
     if raw is None or raw in ("", {}, []):
         return None
     if isinstance(raw, str):
         text = raw.strip()
-        try:
-            decoded = json.loads(text)
-        except ValueError:
-            decoded = None
+        if text in _EMPTY_OUTPUT_MESSAGES:
+            return NO_IMAGES
+        decoded = _structured(text)
         if isinstance(decoded, dict | list):
             return readable_reason(decoded)
         return _short(text) if text else None
     if isinstance(raw, dict):
+        error, errors = raw.get("error"), raw.get("errors") or raw.get("detail")
+        if isinstance(error, str) and isinstance(errors, str) and error and errors.strip():
+            # A1111's error body, as the container passes it on: the type and the text.
+            return _short(f"{error}: {errors}")
         for key in _REASON_KEYS:
             value = raw.get(key)
             if isinstance(value, str) and value.strip():
@@ -345,19 +384,32 @@ def parse_job(value: object) -> EsdJob:
         owners[0] if isinstance(owners, list) and owners and isinstance(owners[0], str) else None
     )
     state = _STATES.get(status)
+    inference_type = _opt_str(item, "inference_type")
+    reason = readable_reason(item.get("sagemakerRaw"))
+    if state is JobState.CREATED and inference_type == "Real-time":
+        # ESD never moves a Real-time row on from `created`: its start Lambda sets
+        # `startTime`, waits for the endpoint, and on an error stores `sagemakerRaw` and answers
+        # 400 (inferences/start_inference_job.py).
+        if reason is not None:
+            state = JobState.FAILED
+        elif item.get("startTime"):
+            state = JobState.INPROGRESS
+    task = _opt_str(item, "taskType") or ""
+    if state is JobState.FAILED and reason is None:
+        reason = NO_CAPTION if task.startswith("interrogate") else NO_IMAGES
     caption = item.get("caption")
     return EsdJob(
         id=job_id,
-        task_type=_opt_str(item, "taskType") or "",
+        task_type=task,
         status=status,
         state=state,
-        inference_type=_opt_str(item, "inference_type"),
+        inference_type=inference_type,
         created_at=parse_time(_opt_str(item, "createTime")),
         started_at=parse_time(_opt_str(item, "startTime")),
         endpoint=endpoint if isinstance(endpoint, str) and endpoint else None,
         model=_first_model(params),
         owner=owner,
-        reason=readable_reason(item.get("sagemakerRaw")) if state is JobState.FAILED else None,
+        reason=reason if state is JobState.FAILED else None,
         image_urls=_str_list(item, "img_presigned_urls"),
         param_urls=_str_list(item, "output_presigned_urls"),
         caption=caption if isinstance(caption, str) and caption.strip() else None,

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bot.model import JobState
+from cloud.esd_server.oas import openapi_document
 from cloud.esd_server.state import (
+    ESD_TASK_TYPES,
     IMG2IMG,
-    TASK_TYPES,
+    INTERROGATE_TASKS,
     ApiFault,
     Checkpoint,
     GatewayError,
@@ -38,7 +40,6 @@ from cloud.esd_server.wire import (
     encode_start_key,
     endpoint_item,
     envelope,
-    failed_realtime_message,
     gateway_error,
     job_detail,
     job_key,
@@ -60,8 +61,18 @@ API_PREFIX = "/prod/"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_API_BODY_BYTES = 10 * 1024 * 1024
 _SHUTDOWN_SECONDS = 5.0
-# What `/ping` advertises beyond real ESD: the container's interrogate task types are accepted.
-_ADVERTISEMENT = {"sdbot_local_backend": True, "interrogate": True, "task_types": list(TASK_TYPES)}
+# What `/ping` advertises with `rest_interrogate` only; real ESD's ping says just "pong"
+# (middleware_api/service/ping.py).
+_ADVERTISEMENT = {
+    "sdbot_local_backend": True,
+    "interrogate": True,
+    "task_types": [IMG2IMG, *INTERROGATE_TASKS],
+}
+# ESD's permission strings (middleware_api/common/const.py), as each Lambda asks for them.
+_CREATE = ["inference:all", "inference:create"]
+_START = ["inference:all"]
+_LIST_ENDPOINTS = ["sagemaker_endpoint:all", "sagemaker_endpoint:list"]
+_LIST_CHECKPOINTS = ["checkpoint:all", "checkpoint:list"]
 _GATEWAY_5XX = {
     500: ("Internal server error", "InternalServerErrorException"),
     502: ("Internal server error", "BadGatewayException"),
@@ -89,6 +100,7 @@ def make_app(config: ServerConfig) -> web.Application:
     app.on_shutdown.append(stop)
     router = app.router
     router.add_get("/prod/ping", _ping, name="ping")
+    router.add_get("/prod/api", _api_document, name="api")
     router.add_post("/prod/inferences", _create_inference, name="create_inference")
     router.add_get("/prod/inferences", _list_inferences, name="list_inferences")
     router.add_delete("/prod/inferences", _delete_inferences, name="delete_inferences")
@@ -201,8 +213,9 @@ async def _api_body(request: web.Request) -> bytes:
     return raw
 
 
-def _user(request: web.Request) -> str:
-    """ESD's `permissions_check`: the `username` header, spelt in lower case, of a known user."""
+def _user(request: web.Request, needed: list[str]) -> str:
+    """ESD's `permissions_check`: the `username` header, spelt in lower case, of a known user
+    holding one of the `needed` permissions (401 / 403 otherwise)."""
     state = server_state(request.app)
     user = None
     for name, value in request.raw_headers:
@@ -212,16 +225,15 @@ def _user(request: web.Request) -> str:
             break
     if not user:
         raise LambdaError(401, "Unauthorized")
-    if not state.known_user(user):
-        raise LambdaError(401, "Unauthorized")
+    state.check_permissions(user, needed)
     return user
 
 
 def _query_user(request: web.Request) -> str | None:
     """The optional `username` query parameter; unknown users are a 400, as in ESD."""
     username = request.query.get("username") or None
-    if username is not None and not server_state(request.app).known_user(username):
-        raise LambdaError(400, f'user: "{username}" not exist')
+    if username is not None:
+        server_state(request.app).user_roles(username)
     return username
 
 
@@ -246,7 +258,15 @@ def _ok(
 
 
 async def _ping(request: web.Request) -> web.Response:
-    return _ok(request, 200, message="pong", data=dict(_ADVERTISEMENT))
+    state = server_state(request.app)
+    data = dict(_ADVERTISEMENT) if state.config.rest_interrogate else None
+    return _ok(request, 200, message="pong", data=data)
+
+
+async def _api_document(request: web.Request) -> web.Response:
+    # ESD's `GetApiOAS` answers the document itself, not in an envelope (service/oas.py).
+    state = server_state(request.app)
+    return web.json_response(openapi_document(state.config.version, _origin(request)))
 
 
 async def _create_inference(request: web.Request) -> web.Response:
@@ -257,9 +277,8 @@ async def _create_inference(request: web.Request) -> web.Response:
             json.loads(body.payload_string)
         except json.JSONDecodeError:
             raise LambdaError(400, "payload_string must be valid json string") from None
-    user = _user(request)
-    if body.task_type not in TASK_TYPES:
-        raise LambdaError(400, f"task type {body.task_type} should be in {list(TASK_TYPES)}")
+    user = _user(request, _CREATE)
+    _check_task_type(state, body.task_type)
     endpoint = state.pick_endpoint(body.endpoint_name, body.inference_type, user)
     used_models: dict[str, list[dict[str, str]]] = {}
     checkpoints: list[Checkpoint] = []
@@ -291,9 +310,20 @@ async def _create_inference(request: web.Request) -> web.Response:
     return _ok(request, 201, data={"inference": inference})
 
 
+def _check_task_type(state: ServerState, task_type: str) -> None:
+    if task_type in INTERROGATE_TASKS and state.config.rest_interrogate:
+        return
+    extra, simple = ESD_TASK_TYPES
+    if task_type not in extra and task_type not in simple:
+        # ESD's own refusal, which is also what every `interrogate_*` type gets there.
+        raise LambdaError(400, f"task type {task_type} should be in {extra} or {simple}")
+    if task_type != IMG2IMG:
+        raise LambdaError(400, f"task type {task_type}: sdbot local-backend runs img2img only")
+
+
 async def _start_inference(request: web.Request) -> web.Response:
     state = server_state(request.app)
-    _user(request)
+    _user(request, _START)
     job_id = request.match_info["id"]
     job = state.jobs.get(job_id)
     if job is None:
@@ -313,8 +343,8 @@ async def _start(request: web.Request, job: JobRecord) -> web.Response:
         raise GatewayError(504, "Endpoint request timed out", "IntegrationTimeout")
     if state.jobs.get(job.id) is not job:
         raise LambdaError(400, f"InferenceJobId {job.id} not found")
-    if job.status is JobState.FAILED:
-        raise LambdaError(400, failed_realtime_message(job))
+    if job.realtime_error is not None:
+        raise LambdaError(400, job.realtime_error)
     if job.status is not JobState.SUCCEED:
         raise LambdaError(400, f"inference {job.id} was stopped before it finished")
     return _ok(request, 200, data=job_detail(job, state.storage, _origin(request)))
@@ -346,11 +376,11 @@ async def _list_inferences(request: web.Request) -> web.Response:
     # DynamoDB hands back a key whenever it stopped at the limit, even if nothing is left.
     last_key = encode_start_key(job_key(page[-1])) if len(page) == limit else None
     username = _query_user(request)
-    if username is not None:
-        # The filter runs after the limit, as a DynamoDB filter does: pages may come back short.
-        items = [job_list_item(row, full=True) for row in page if row.owner == username]
-    else:
-        items = [job_list_item(row, full=False) for row in page]
+    # ESD builds every row of the page before it filters (a captioned row fails them all); the
+    # filter runs after the limit, as a DynamoDB filter does: pages may come back short.
+    built = {row.id: job_list_item(row, full=username is not None) for row in page}
+    shown = state.visible_jobs(page, username) if username is not None else page
+    items = [built[row.id] for row in shown]
     return _ok(request, 200, data={"inferences": items, "last_evaluated_key": last_key})
 
 
@@ -363,7 +393,7 @@ async def _delete_inferences(request: web.Request) -> web.Response:
 
 async def _list_endpoints(request: web.Request) -> web.Response:
     state = server_state(request.app)
-    _user(request)
+    requestor = _user(request, _LIST_ENDPOINTS)
     limit = _limit(request.query.get("limit"), "Scan")
     rows = state.endpoint_rows()
     start_key = request.query.get("exclusive_start_key")
@@ -376,16 +406,16 @@ async def _list_endpoints(request: web.Request) -> web.Response:
     last_key = (
         encode_start_key({"EndpointDeploymentJobId": page[-1].id}) if len(page) == limit else None
     )
-    _query_user(request)
-    # Every known user holds `sagemaker_endpoint:all`, so every row of the page is visible.
-    page.sort(key=lambda row: row.start_time, reverse=True)
-    items = [endpoint_item(row) for row in page]
+    username = _query_user(request)
+    visible = state.visible_endpoints(page, requestor, username)
+    visible.sort(key=lambda row: row.start_time, reverse=True)
+    items = [endpoint_item(row) for row in visible]
     return _ok(request, 200, data={"endpoints": items, "last_evaluated_key": last_key})
 
 
 async def _list_checkpoints(request: web.Request) -> web.Response:
     state = server_state(request.app)
-    user = _user(request)
+    requestor = _user(request, _LIST_CHECKPOINTS)
     query = request.query
     page = query_int(query.get("page"), 1)
     per_page = query_int(query.get("per_page"), 10)
@@ -393,22 +423,24 @@ async def _list_checkpoints(request: web.Request) -> web.Response:
         raise LambdaError(400, f"page and per_page must be >= 1, got {page} and {per_page}")
     types = query.getall("types", [])
     statuses = query.getall("status", [])
-    _query_user(request)
-    rows = [
+    username = _query_user(request)
+    scanned = [
         checkpoint
         for checkpoint in await state.checkpoints()
         if (not types or checkpoint.type in types) and (not statuses or "Active" in statuses)
     ]
+    rows = state.visible_checkpoints(scanned, requestor, username, query.getall("roles", []))
     rows.sort(key=lambda checkpoint: checkpoint.created, reverse=True)  # stable: type, name
-    # ESD's arithmetic, quirk included: 20 rows at 10 per page make 3 pages, the last empty.
-    pages = len(rows) // per_page + 1 if rows else 0
+    # ESD's arithmetic, quirks included: 20 rows at 10 per page make 3 pages, the last empty;
+    # an empty scan makes 0 pages, a scan whose rows are all hidden 1.
+    pages = len(rows) // per_page + 1 if scanned else 0
     chosen = rows[(page - 1) * per_page : page * per_page]
     data = {
         "page": page,
         "per_page": per_page,
         "pages": pages,
         "total": len(rows),
-        "checkpoints": [checkpoint_item(checkpoint, user) for checkpoint in chosen],
+        "checkpoints": [checkpoint_item(checkpoint, requestor) for checkpoint in chosen],
     }
     return _ok(request, 200, data=data)
 

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from bot.errors import ConfigError
 from bot.logs import setup_logging
 from cloud.esd_server.app import running_server
-from cloud.esd_server.config import DEFAULT_ENDPOINTS, EndpointSpec, Faults, ServerConfig
+from cloud.esd_server.config import (
+    DEFAULT_ENDPOINTS,
+    DEFAULT_USERS,
+    EndpointSpec,
+    Faults,
+    ServerConfig,
+    UserSpec,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -68,7 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     add("--host", help="address to listen on (default 127.0.0.1)")
     add("--port", type=int, help=f"port, 0 = any free one (default {DEFAULT_PORT})")
     add("--api-key", help="the x-api-key clients must send (default: $ESD_API_KEY or a fixed key)")
-    add("--user", action="append", dest="users", metavar="USER", help="known user (repeatable)")
+    add(
+        "--user",
+        action="append",
+        dest="users",
+        metavar="NAME[=ROLE,…]",
+        help="ESD user (repeatable; default: api, an administrator, and lister, which holds "
+        "only the list permissions); roles: IT Operator, byoc, lister",
+    )
+    add(
+        "--rest-interrogate",
+        action="store_true",
+        default=None,
+        help="sdbot-only convenience: accept interrogate_* jobs over REST and advertise them on "
+        "/ping (real ESD does neither)",
+    )
     add("--job-seconds", metavar="MIN[:MAX]", help="how long each job runs (default 1)")
     add("--cold-start", type=float, metavar="S", help="scale-from-zero wait of Async endpoints")
     add("--url-ttl", type=float, metavar="S", help="presigned URL lifetime (default 3600)")
@@ -126,6 +147,7 @@ def load_settings(
         "models_dir": args.models_dir,
         "realtime_gateway_timeout": args.realtime_timeout,
         "version": args.api_version,
+        "rest_interrogate": args.rest_interrogate,
         "log_level": args.log_level,
     }
     if "cold_start" in server:
@@ -142,7 +164,9 @@ def load_settings(
     try:
         config = ServerConfig(
             api_key=str(server.get("api_key", _DEFAULT_KEY)),
-            users=_users(server.get("users", ("api",))),
+            users=_users(server.get("users")),
+            owner_roles=tuple(server.get("owner_roles", ServerConfig().owner_roles)),
+            rest_interrogate=_flag(server.get("rest_interrogate", False), "rest_interrogate"),
             version=str(server.get("version", "1.7.0")),
             job_seconds=_job_seconds(server.get("job_seconds", 1.0)),
             cold_start_seconds=_seconds(server.get("cold_start_seconds", 0.0), "cold_start"),
@@ -209,7 +233,10 @@ def _describe(config: ServerConfig) -> str:
     # The built-in key is public anyway; a chosen one is only hinted at.
     shown = key if key == _DEFAULT_KEY else f"{key[:3]}… (as configured)"
     endpoints = ", ".join(f"{spec.name} {spec.type} {spec.status}" for spec in config.endpoints)
-    parts = [f"API key {shown}", f"users {', '.join(config.users)}", f"endpoints {endpoints}"]
+    users = ", ".join(f"{user.name} ({', '.join(user.roles)})" for user in config.users)
+    parts = [f"API key {shown}", f"users {users}", f"endpoints {endpoints}"]
+    if config.rest_interrogate:
+        parts.append("interrogate over REST (sdbot only)")
     active = [
         f"{name}={getattr(config.faults, name)}"
         for name in _FAULT_FLAGS
@@ -331,9 +358,18 @@ def _seconds(value: object, name: str) -> float:
     return float(value)
 
 
-def _users(value: object) -> tuple[str, ...]:
+def _users(value: object) -> tuple[UserSpec, ...]:
+    """`NAME` (an administrator) or `NAME=ROLE[,ROLE…]` entries; None: the default users."""
+    if value is None:
+        return DEFAULT_USERS
     if isinstance(value, str):
-        return (value,)
+        value = [value]
     if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
-        return tuple(value)
-    raise ConfigError(f"users must be a list of names, got {value!r}")
+        return tuple(UserSpec.parse(item) for item in value)
+    raise ConfigError(f"users must be a list of NAME[=ROLE,…] entries, got {value!r}")
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value

@@ -73,6 +73,60 @@ class EndpointSpec:
             )
 
 
+# ESD's permission strings (middleware_api/common/const.py) and the roles the server knows. ESD
+# seeds `IT Operator` (and `byoc`) with every `:all` permission for its built-in user `api`
+# (infrastructure/src/shared/resource-provider-on-event.ts); `lister` holds only the two list
+# permissions, so a client that forgets ESD's `username` query parameter sees nothing with it.
+ALL_PERMISSIONS: tuple[str, ...] = (
+    "train:all",
+    "checkpoint:all",
+    "inference:all",
+    "sagemaker_endpoint:all",
+    "user:all",
+    "role:all",
+)
+ROLES: dict[str, tuple[str, ...]] = {
+    "IT Operator": ALL_PERMISSIONS,
+    "byoc": ALL_PERMISSIONS,
+    "lister": ("sagemaker_endpoint:list", "checkpoint:list"),
+}
+ADMIN_ROLE = "IT Operator"
+
+
+@dataclass(frozen=True)
+class UserSpec:
+    """One row of ESD's user table: a name and its roles (names from `ROLES`)."""
+
+    name: str
+    roles: tuple[str, ...] = (ADMIN_ROLE,)
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("user names must not be empty")
+        if not self.roles:
+            raise ConfigError(f"user {self.name}: give at least one role")
+        unknown = [role for role in self.roles if role not in ROLES]
+        if unknown:
+            raise ConfigError(
+                f"user {self.name}: unknown role(s) {', '.join(unknown)} "
+                f"(known: {', '.join(ROLES)})"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> UserSpec:
+        """`NAME` (an administrator) or `NAME=ROLE[,ROLE…]`."""
+        name, _, roles = text.partition("=")
+        if not roles:
+            return cls(name.strip())
+        return cls(name.strip(), tuple(role.strip() for role in roles.split(",")))
+
+    def permissions(self) -> set[str]:
+        return {permission for role in self.roles for permission in ROLES[role]}
+
+
+DEFAULT_USERS: tuple[UserSpec, ...] = (UserSpec("api"), UserSpec("lister", ("lister",)))
+
+
 @dataclass(frozen=True)
 class Faults:
     """What goes wrong, and how often. Shares are probabilities drawn from a seeded generator.
@@ -127,7 +181,13 @@ class ServerConfig:
     """Everything `make_app` needs. The API key is a secret and stays out of the repr."""
 
     api_key: str = field(default="local-backend-key", repr=False)  # x-api-key must equal this
-    users: tuple[str, ...] = ("api",)  # known `username` header values (else 401)
+    users: tuple[UserSpec, ...] = DEFAULT_USERS  # ESD's user table: `username` values (else 401)
+    # Roles that own every endpoint and checkpoint (`owner_group_or_role`,
+    # `allowed_roles_or_users`); listings filtered by `username` show them to these roles only.
+    owner_roles: tuple[str, ...] = (ADMIN_ROLE,)
+    # The sdbot-only convenience: accept `interrogate_*` task types over REST and advertise them
+    # on `/ping`. Real ESD does neither (esd-api.md §7.3), so it is off by default.
+    rest_interrogate: bool = False
     version: str = "1.7.0"  # x-api-version on every Lambda answer
     job_seconds: tuple[float, float] = (1.0, 1.0)  # each job takes uniform(min, max) seconds
     cold_start_seconds: float = 0.0  # extra wait when an Async endpoint has instance_count 0
@@ -140,8 +200,13 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not self.api_key:
             raise ConfigError("api_key must not be empty")
-        if not self.users or any(not user.strip() for user in self.users):
-            raise ConfigError("users must name at least one user, and no empty names")
+        if not self.users:
+            raise ConfigError("users must name at least one user")
+        user_names = [user.name for user in self.users]
+        if len(set(user_names)) != len(user_names):
+            raise ConfigError("user names must be unique")
+        if not self.owner_roles or any(role not in ROLES for role in self.owner_roles):
+            raise ConfigError(f"owner_roles must name known roles ({', '.join(ROLES)})")
         if not self.version.strip():
             raise ConfigError("version must not be empty")
         low, high = self.job_seconds

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bot.clock import SystemClock
 from bot.errors import ConfigError
 from bot.model import JobState
-from cloud.esd_server.config import EndpointSpec, Faults, ServerConfig
+from cloud.esd_server.config import ROLES, EndpointSpec, Faults, ServerConfig, UserSpec
 from cloud.esd_server.payload import PayloadError, loads, parse_img2img, parse_interrogate
 from cloud.esd_server.storage import PresignedStorage
 from cloud.local.backend import LocalBackend, LocalBackendConfig
@@ -40,21 +40,42 @@ _LOGGER = logging.getLogger(__name__)
 # Bounds: the job table is memory, and so is every payload and image in the bucket.
 MAX_JOBS = 10_000
 MAX_STORED_BYTES = 1024**3
-# Every known user holds ESD's built-in administrator role (`api` is seeded with it).
-USER_ROLE = "IT Operator"
 # ComfyUI endpoints share ESD's endpoint table; clients must keep only `service_type` sd.
 COMFY_ENDPOINT = EndpointSpec("comfy-async-local", "Async")
 IMG2IMG = "img2img"
 INTERROGATE_TASKS: tuple[str, ...] = ("interrogate_clip", "interrogate_deepbooru")
-TASK_TYPES: tuple[str, ...] = (IMG2IMG, *INTERROGATE_TASKS)
+# What ESD's create Lambda accepts (middleware_api/inferences/create_inference_job.py); the
+# preview engine runs img2img only, and interrogate only with `rest_interrogate`.
+ESD_TASK_TYPES: tuple[list[str], list[str]] = (
+    ["extra-single-image", "extra-batch-images", "rembg"],
+    ["txt2img", "img2img"],
+)
 # ESD does not look these VAE names up (`_get_checkpoint_by_name`).
 _VAE_NOT_LOOKED_UP = ("Automatic", "None")
 _ID_NAMESPACE = uuid.UUID("5b0f3a53-6c2e-4d0b-9a57-2f6f3c1e9d41")
 _FAULT_REASON = (
-    "Received server error (500) from primary with message "
-    '"{{"error": "injected failure: this job was picked by the server\'s fail_rate"}}". '
+    "ClientError: Received server error (500) from primary with message "
+    '"injected failure: this job was picked by the server\'s fail_rate". '
     "See CloudWatch logs for the endpoint {endpoint}."
 )
+# What ESD's start Lambda answers when the container returned `null` (it swallowed its own
+# exception, scripts/api.py): `'error' in None` (inferences/start_inference_job.py).
+NULL_OUTPUT = "argument of type 'NoneType' is not iterable"
+
+
+def esd_time(moment: datetime | None) -> str | None:
+    """ESD's `datetime.now().isoformat()` in a UTC Lambda: ISO, no timezone."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def owned_by(owners: Sequence[str], roles: Sequence[str], username: str | None) -> bool:
+    """ESD's `check_user_permissions` (middleware_api/libs/utils.py): no owners, `*`, the user
+    itself or one of `roles` among the owners."""
+    if not owners or "*" in owners or (username is not None and username in owners):
+        return True
+    return any(role in owners for role in roles)
 
 
 class WallClock(Protocol):
@@ -114,6 +135,7 @@ class Checkpoint:
     type: str
     s3_location: str
     created: float
+    allowed: tuple[str, ...] = ()  # `allowed_roles_or_users`
 
 
 @dataclass(eq=False)
@@ -131,6 +153,7 @@ class EndpointRecord:
     service_type: str
     start_time: datetime
     end_time: datetime | None
+    owners: tuple[str, ...] = ()  # `owner_group_or_role`
     error: str | None = None
     warm_at: float | None = None  # loop time when a scale-out from zero completes
 
@@ -158,6 +181,9 @@ class JobRecord:
     caption: str | None = None
     sagemaker_raw: str | None = None
     output_path: str | None = None
+    # What the Real-time start Lambda answers 400 with when the job did not succeed.
+    realtime_error: str | None = None
+    starts: int = 0  # `PUT …/start` calls that ran the job: ESD has no guard against a second
     task: asyncio.Task[None] | None = None
     # Set by `ServerState.finish`: every remaining wait of the job ends at once.
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
@@ -176,6 +202,11 @@ class _Result:
     images: tuple[bytes, ...] = ()
     param_json: bytes | None = None
     caption: str | None = None
+
+
+# The container's answer: a result, A1111's error body (`{"error", "detail", "body", "errors"}`
+# plus `start_time`, `endpoint_name`, `endpoint_instance_id`), or `null` (scripts/api.py).
+_ContainerOut = _Result | dict[str, Any] | None
 
 
 class ServerState:
@@ -266,8 +297,35 @@ class ServerState:
 
     # -- Users, endpoints, models -------------------------------------------------------------
 
+    def user(self, name: str) -> UserSpec | None:
+        return next((user for user in self.config.users if user.name == name), None)
+
     def known_user(self, name: str) -> bool:
-        return name in self.config.users
+        return self.user(name) is not None
+
+    def user_roles(self, name: str) -> list[str]:
+        """ESD's `get_user_roles`: 400 `user: "x" not exist` for an unknown user."""
+        user = self.user(name)
+        if user is None:
+            raise LambdaError(400, f'user: "{name}" not exist')
+        return list(user.roles)
+
+    def permissions(self, name: str) -> dict[str, set[str]]:
+        """ESD's `get_permissions_by_username`: resource → actions of the user's roles."""
+        answer: dict[str, set[str]] = {}
+        for role in self.user_roles(name):
+            for permission in ROLES[role]:
+                resource, _, action = permission.partition(":")
+                answer.setdefault(resource, set()).add(action)
+        return answer
+
+    def check_permissions(self, name: str, needed: Sequence[str]) -> None:
+        """ESD's `permissions_check` after the user is known: 403 without any of `needed`."""
+        user = self.user(name)
+        if user is None:
+            raise LambdaError(401, "Unauthorized")
+        if not user.permissions() & set(needed):
+            raise LambdaError(403, f"User {name} has no permissions: {list(needed)}")
 
     def set_endpoint_status(self, name: str, status: str) -> None:
         """Move an endpoint to `status` (InService, Creating, Updating, Failed, …)."""
@@ -292,12 +350,15 @@ class ServerState:
         if name:
             endpoint = self.endpoints.get(name)
             if endpoint is None:
-                raise LambdaError(400, f"sagemaker endpoint with name {name} is not found")
+                # ESD indexes the scan's first row (`ddb_service.scan(...)[0]`) before its own
+                # "is not found" check, so an unknown name fails with Python's IndexError.
+                raise LambdaError(400, "list index out of range")
             if endpoint.status != "InService":
                 raise LambdaError(
                     400, f"sagemaker endpoint is not ready with status: {endpoint.status}"
                 )
             return endpoint
+        roles = self.user_roles(user)
         usable = [
             endpoint
             for endpoint in self.endpoints.values()
@@ -305,6 +366,7 @@ class ServerState:
             # ESD takes Updating endpoints too; that is why the bot always names one.
             and endpoint.status in ("InService", "Updating")
             and endpoint.type == inference_type
+            and owned_by(endpoint.owners, roles, user)
         ]
         if not usable:
             raise LambdaError(400, f'no available {inference_type} endpoints for user "{user}"')
@@ -325,6 +387,7 @@ class ServerState:
                         f"{model.type}/checkpoint/custom/{checkpoint_id}"
                     ),
                     created=self._booted.timestamp(),
+                    allowed=self.config.owner_roles,
                 )
             )
         return answer
@@ -410,14 +473,10 @@ class ServerState:
         """ESD's `inference_start`: draw the job's fate, mark it and run it in the background."""
         if self.closing:
             raise GatewayError(503, "Service Unavailable", "ServiceUnavailableException")
-        if job.task is not None:
-            raise LambdaError(400, f"inference {job.id} has already been started")
-        if job.payload_string is None and job.input_key not in self.storage.objects:
-            raise LambdaError(
-                400,
-                f"the payload of inference {job.id} has not been uploaded to "
-                "api_params_s3_upload_url",
-            )
+        # ESD checks neither that the payload was uploaded nor that the job was started before
+        # (inferences/start_inference_job.py): a second start runs the job a second time.
+        job.starts += 1
+        job.realtime_error = None
         outcome, seconds = self._plan()
         job.started = self.clock.now()  # the start Lambda writes startTime, then the container
         if job.inference_type == "Async":
@@ -466,6 +525,48 @@ class ServerState:
         if stopping:
             await asyncio.wait(stopping)
 
+    def visible_jobs(self, rows: Sequence[JobRecord], username: str) -> list[JobRecord]:
+        """ESD's `GET /inferences?username=`: rows owned by the user or one of its roles."""
+        roles = self.user_roles(username)
+        return [row for row in rows if owned_by((row.owner,), roles, username)]
+
+    def visible_endpoints(
+        self, rows: Sequence[EndpointRecord], requestor: str, username: str | None
+    ) -> list[EndpointRecord]:
+        """ESD's `list_endpoints.py`: with `sagemaker_endpoint:all` every row; with `:list`
+        only rows owned by a role of the `username` query user, and nothing without one."""
+        roles = self.user_roles(username) if username else []
+        actions = self.permissions(requestor).get("sagemaker_endpoint", set())
+        return [
+            row
+            for row in rows
+            if (
+                "list" in actions
+                and row.owners
+                and username
+                and owned_by(row.owners, roles, username)
+            )
+            or "all" in actions
+        ]
+
+    def visible_checkpoints(
+        self,
+        rows: Sequence[Checkpoint],
+        requestor: str,
+        username: str | None,
+        roles_filter: Sequence[str],
+    ) -> list[Checkpoint]:
+        """ESD's `list_checkpoints.py`: rows allowed to the `username` query user's roles (to
+        `*` without one), or every row for a requestor holding `user:all`."""
+        roles = self.user_roles(username) if username else ["*"]
+        user_all = "all" in self.permissions(requestor).get("user", set())
+        return [
+            row
+            for row in rows
+            if not (roles_filter and set(roles_filter).isdisjoint(row.allowed))
+            and (owned_by(row.allowed, roles, username) or user_all)
+        ]
+
     def jobs_of_type(self, task_type: str) -> list[JobRecord]:
         """The jobs of one task type, newest first (ESD's `taskType-createTime-index`)."""
         rows = [job for job in self.jobs.values() if job.task_type == task_type]
@@ -493,14 +594,92 @@ class ServerState:
         await self._cold_start(job)
         job.started = self.clock.now()  # the container writes startTime when it picks the job up
         await self._pause(job, seconds)
-        if outcome is JobOutcome.FAIL:
-            self._fail(job, _FAULT_REASON.format(endpoint=job.endpoint.name))
-        elif outcome is JobOutcome.FAIL_SILENT:
-            # Like a container that swallowed its exception: `failed`, and no reason anywhere.
-            self._fail(job, None)
+        if outcome is JobOutcome.FAIL and job.inference_type == "Async":
+            # SageMaker's own failure (a crashed container): ESD's error-topic Lambda stores
+            # `str(message)` of the notification, a Python repr (inference_async_events.py).
+            self._fail(job, str(self._notification(job, "Failed")))
         else:
-            await self._execute(job)
+            out = None if outcome is JobOutcome.FAIL_SILENT else await self._container(job)
+            if outcome is JobOutcome.FAIL:
+                out = self._a1111_error(job, "OutOfMemoryError", "injected failure: fail_rate")
+            if self.jobs.get(job.id) is not job:
+                return  # deleted while running: store nothing
+            if job.inference_type == "Async":
+                self._async_result(job, out)
+            else:
+                self._realtime_result(job, out)
         _LOGGER.info("job %s ended %s", job.id, job.status.value)
+
+    def _async_result(self, job: JobRecord, out: _ContainerOut) -> None:
+        """ESD's `inference_async_events.py` + `parse_sagemaker_result`: a `null` output or
+        one without images (A1111's error body) fails the job with no `sagemakerRaw`."""
+        if isinstance(out, _Result):
+            self._succeed(job, out)
+        else:
+            self._fail(job, None)
+
+    def _realtime_result(self, job: JobRecord, out: _ContainerOut) -> None:
+        """ESD's `real_time_inference`: an error body is stored as `str(out)` in `sagemakerRaw`
+        and the row stays `created`; `null` leaves it `created` with nothing stored. Either way
+        the start call answers 400 with the Lambda's exception text."""
+        if isinstance(out, _Result):
+            self._succeed(job, out)
+        elif out is None:
+            job.realtime_error = NULL_OUTPUT
+        else:
+            job.sagemaker_raw = str(out)
+            job.realtime_error = str(out)
+
+    async def _container(self, job: JobRecord) -> _ContainerOut:
+        """The inference container: a result, A1111's error body, or `null` when it fails
+        before A1111 answers (a payload it cannot read from S3, scripts/api.py)."""
+        raw = (
+            job.payload_string.encode()
+            if job.payload_string is not None
+            else self.storage.objects.get(job.input_key)
+        )
+        if raw is None:
+            _LOGGER.info("job %s: no payload at %s", job.id, self.storage.s3_uri(job.input_key))
+            return None
+        try:
+            return await asyncio.to_thread(self._work, job, raw)
+        except PayloadError as exc:
+            # A1111 refuses the request (422) and the container passes its body on.
+            return self._a1111_error(job, "PayloadError", str(exc))
+        except Exception as exc:  # CancelledError is not an Exception: it still propagates
+            _LOGGER.warning("job %s: the preview engine failed", job.id, exc_info=True)
+            return self._a1111_error(job, type(exc).__name__, f"preview engine error: {exc}")
+
+    def _a1111_error(self, job: JobRecord, error: str, errors: str) -> dict[str, Any]:
+        """A1111's error body (`modules/api/api.py` `api_error_handler`) as the container wraps
+        it (`wrap_response` in scripts/api.py)."""
+        return {
+            "error": error,
+            "detail": "",
+            "body": "",
+            "errors": errors,
+            "start_time": esd_time(job.started),
+            "endpoint_name": job.endpoint.name,
+            "endpoint_instance_id": f"{job.endpoint.name}-instance-0",
+        }
+
+    def _notification(self, job: JobRecord, status: str) -> dict[str, Any]:
+        """SageMaker's asynchronous inference notification for the job."""
+        return {
+            "awsRegion": "local",
+            "eventTime": esd_time(self.clock.now()),
+            "receivedTime": esd_time(job.created),
+            "invocationStatus": status,
+            "failureReason": _FAULT_REASON.format(endpoint=job.endpoint.name),
+            "requestParameters": {
+                "endpointName": job.endpoint.name,
+                "inputLocation": self.storage.s3_uri(f"async-inputs/{job.id}"),
+            },
+            "inferenceId": job.id,
+            "eventVersion": "1.0",
+            "eventSource": "aws:sagemaker",
+            "eventName": "InferenceResult",
+        }
 
     async def _cold_start(self, job: JobRecord) -> None:
         endpoint = job.endpoint
@@ -520,26 +699,7 @@ class ServerState:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(job.hurry.wait(), seconds)
 
-    async def _execute(self, job: JobRecord) -> None:
-        raw = (
-            job.payload_string.encode()
-            if job.payload_string is not None
-            else self.storage.objects.get(job.input_key)
-        )
-        if raw is None:
-            self._fail(job, f"{self.storage.s3_uri(job.input_key)} does not exist")
-            return
-        try:
-            result = await asyncio.to_thread(self._work, job, raw)
-        except PayloadError as exc:
-            self._fail(job, f"the inference container could not run the payload: {exc}")
-            return
-        except Exception as exc:  # CancelledError is not an Exception: it still propagates
-            _LOGGER.warning("job %s: the preview engine failed", job.id, exc_info=True)
-            self._fail(job, f"preview engine error: {exc}")
-            return
-        if self.jobs.get(job.id) is not job:
-            return  # deleted while rendering: store nothing
+    def _succeed(self, job: JobRecord, result: _Result) -> None:
         for index, image in enumerate(result.images):
             name = f"image_{index}.png"
             self.store(f"{job.result_prefix}{name}", image, job)
@@ -660,5 +820,6 @@ class ServerState:
             service_type="comfy" if spec is COMFY_ENDPOINT else "sd",
             start_time=started,
             end_time=started if spec.status == "InService" else None,
+            owners=self.config.owner_roles,
             error="injected failure: configured as Failed" if spec.status == "Failed" else None,
         )

@@ -20,7 +20,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from cloud.esd_server.state import INTERROGATE_TASKS, LambdaError
+from cloud.esd_server.state import INTERROGATE_TASKS, LambdaError, esd_time
 
 if TYPE_CHECKING:
     from cloud.esd_server.state import Checkpoint, EndpointRecord, JobRecord
@@ -252,13 +252,6 @@ def _debug(route: str) -> dict[str, str | None]:
     }
 
 
-def esd_time(moment: datetime | None) -> str | None:
-    """ESD's `datetime.now().isoformat()` in a UTC Lambda: ISO, no timezone."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
-
-
 # -- Items -----------------------------------------------------------------------------------
 
 
@@ -324,11 +317,16 @@ def job_list_item(job: JobRecord, *, full: bool) -> dict[str, Any]:
         "inference_type": job.inference_type,
         "payload_string": job.payload_string or "{}",
     }
+    if job.caption is not None:
+        # ESD builds every listed row as its `InferenceJob` dataclass, which has no `caption`
+        # field (middleware_api/libs/data_types.py, inferences/list_inferences.py): a page
+        # with a captioned interrogate row fails as a whole.
+        raise LambdaError(
+            400, "InferenceJob.__init__() got an unexpected keyword argument 'caption'"
+        )
     if full:
         item["inference_info_name"] = ""
         item["workflow"] = job.workflow
-        if job.caption is not None:
-            item["caption"] = job.caption
     return item
 
 
@@ -356,7 +354,7 @@ def endpoint_item(endpoint: EndpointRecord) -> dict[str, Any]:
         "endpoint_name": endpoint.name,
         "error": endpoint.error,
         "endpoint_type": endpoint.type,
-        "owner_group_or_role": ["IT Operator"],
+        "owner_group_or_role": list(endpoint.owners),
         "min_instance_number": str(endpoint.min_instances),
         "custom_extensions": "",
         "service_type": endpoint.service_type,
@@ -371,13 +369,14 @@ def checkpoint_item(checkpoint: Checkpoint, creator: str) -> dict[str, Any]:
         "type": checkpoint.type,
         "status": "Active",
         "name": [checkpoint.name],
-        "created": checkpoint.created,
+        # A DynamoDB number, which ESD's `DecimalEncoder` writes as a string.
+        "created": str(checkpoint.created),
         "params": {
             "creator": creator,
             "message": "placed on the local backend",
             "created": esd_time(datetime.fromtimestamp(checkpoint.created, UTC)),
         },
-        "allowed_roles_or_users": ["IT Operator"],
+        "allowed_roles_or_users": list(checkpoint.allowed),
         "source_path": None,
         "target_path": None,
     }

@@ -43,7 +43,13 @@ def esd_config(url: str, **overrides: Any) -> EsdConfig:
 
 
 def server_config(**overrides: Any) -> ServerConfig:
-    values: dict[str, Any] = {"job_seconds": (60.0, 60.0), "realtime_gateway_timeout": 0.2}
+    """The server these tests run against: with the sdbot-only REST interrogate turned on
+    (real ESD has none; tests of the default say `rest_interrogate=False`)."""
+    values: dict[str, Any] = {
+        "job_seconds": (60.0, 60.0),
+        "realtime_gateway_timeout": 0.2,
+        "rest_interrogate": True,
+    }
     values.update(overrides)
     return ServerConfig(**values)
 

@@ -101,6 +101,53 @@ def test_sagemaker_raw_becomes_one_readable_line(raw: object, reason: str | None
     assert readable_reason(raw) == reason
 
 
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # `str(message)` of SageMaker's async failure notification (inference_async_events.py).
+        (
+            "{'awsRegion': 'us-east-1', 'eventTime': '2024-07-30T07:30:40.123Z', "
+            "'invocationStatus': 'Failed', 'failureReason': 'ClientError: Received server error "
+            "(500) from primary', 'requestParameters': {'endpointName': 'sd-async-x'}, "
+            "'inferenceId': 'abc'}",
+            "ClientError: Received server error (500) from primary",
+        ),
+        # `str(sagemaker_out)` of a Real-time A1111 error body (start_inference_job.py).
+        (
+            "{'error': 'OutOfMemoryError', 'detail': '', 'body': '', 'errors': 'CUDA out of "
+            "memory', 'start_time': '2024-07-30T07:30:40', 'endpoint_name': 'sd-real-time-x'}",
+            "OutOfMemoryError: CUDA out of memory",
+        ),
+        # What the Real-time start answers for an output with nothing to parse.
+        ("argument of type 'NoneType' is not iterable", "the endpoint returned no images"),
+        ("'images'", "the endpoint returned no images"),
+        # Not a literal: shown as text, never evaluated.
+        ("{'a': __import__('os').getcwd()}", "{'a': __import__('os').getcwd()}"),
+    ],
+)
+def test_sagemaker_raw_is_a_python_repr_parsed_safely(raw: str, reason: str) -> None:
+    assert readable_reason(raw) == reason
+
+
+def test_a_failed_row_without_a_reason_says_the_endpoint_returned_no_output() -> None:
+    row = {"InferenceJobId": "j", "status": "failed", "taskType": "img2img", "sagemakerRaw": {}}
+    assert parse_job(row).reason == "the endpoint returned no images"
+    row = {**row, "taskType": "interrogate_clip"}
+    assert parse_job(row).reason == "the endpoint returned no caption"
+
+
+def test_a_real_time_row_left_created_is_running_or_failed() -> None:
+    row = {"InferenceJobId": "j", "status": "created", "inference_type": "Real-time"}
+    assert parse_job(row).state is JobState.CREATED
+    started = {**row, "startTime": "2024-07-30T07:30:40.123456"}
+    assert parse_job(started).state is JobState.INPROGRESS
+    failed = {**started, "sagemakerRaw": "{'error': 'RuntimeError', 'errors': 'boom'}"}
+    job = parse_job(failed)
+    assert (job.state, job.reason) == (JobState.FAILED, "RuntimeError: boom")
+    # An Async row at `created` is simply not started yet.
+    assert parse_job({**started, "inference_type": "Async"}).state is JobState.CREATED
+
+
 def test_long_reasons_are_cut() -> None:
     reason = readable_reason("x " * 500)
     assert reason is not None and len(reason) == 300 and reason.endswith("…")

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from scenario_kit import png
 
-from bot.errors import BackendError
+from bot.errors import BackendError, JobFailedError
 from bot.model import JobState
 from cloud.esd import EsdBackend
 from cloud.esd_server import running_server
@@ -35,7 +35,8 @@ async def test_a_long_job_answers_504_and_is_polled(server: str, backend: EsdBac
     submitted = await backend.submit("bot1", params(endpoint=REALTIME), png(), None)
     assert state.requests["start_inference"] == 1  # a 504 is not a reason to start again
     status = (await backend.statuses([target(submitted.backend_id)]))[submitted.backend_id]
-    assert status.state is JobState.CREATED  # Real-time jobs never pass through inprogress
+    # ESD's row stays `created` with a `startTime` while the endpoint works: shown as running.
+    assert status.state is JobState.INPROGRESS
     assert backend.slots.in_flight(REALTIME) == 1
     await state.finish(submitted.backend_id)
     assert (await settle(backend, submitted.backend_id)).state is JobState.SUCCEED
@@ -47,9 +48,42 @@ async def test_a_failing_job_is_refused_with_its_reason_and_frees_its_slot() -> 
     faults = server_config().faults.__class__(fail_rate=1.0)
     config = server_config(job_seconds=(0.0, 0.0), realtime_gateway_timeout=30.0, faults=faults)
     async with running_server(config) as url, EsdBackend(esd_config(url)) as esd:
-        with pytest.raises(BackendError) as caught:
+        with pytest.raises(JobFailedError) as caught:
             await esd.submit("bot1", params(endpoint=REALTIME), png(), None)
-        assert "injected failure" in (caught.value.user_message or "")
+        # The 400 carries `str(container output)`, a Python repr: the bot shows its reason.
+        assert caught.value.user_message == "OutOfMemoryError: injected failure: fail_rate"
+        assert esd.slots.in_flight(REALTIME) == 0
+        assert [job.starts for job in state_of(url).jobs.values()] == [1]
+
+
+async def test_a_job_with_a_null_output_says_the_endpoint_returned_no_images() -> None:
+    faults = server_config().faults.__class__(fail_silent_rate=1.0)
+    config = server_config(job_seconds=(0.0, 0.0), realtime_gateway_timeout=30.0, faults=faults)
+    async with running_server(config) as url, EsdBackend(esd_config(url)) as esd:
+        with pytest.raises(JobFailedError) as caught:
+            await esd.submit("bot1", params(endpoint=REALTIME), png(), None)
+        assert caught.value.user_message == "the endpoint returned no images"
+
+
+async def test_a_job_that_fails_after_a_504_is_read_failed_from_sagemaker_raw() -> None:
+    # ESD leaves the row `created` and stores `sagemakerRaw` (start_inference_job.py).
+    faults = server_config().faults.__class__(fail_rate=1.0)
+    async with (
+        running_server(server_config(faults=faults)) as url,
+        EsdBackend(esd_config(url)) as esd,
+    ):
+        state = state_of(url)
+        submitted = await esd.submit("bot1", params(endpoint=REALTIME), png(), None)
+        status = (await esd.statuses([target(submitted.backend_id)]))[submitted.backend_id]
+        assert status.state is JobState.INPROGRESS
+        await state.finish(submitted.backend_id)
+        status = await settle(esd, submitted.backend_id)
+        assert (status.state, status.reason) == (
+            JobState.FAILED,
+            "OutOfMemoryError: injected failure: fail_rate",
+        )
+        assert state.jobs[submitted.backend_id].status is JobState.CREATED
+        assert state.jobs[submitted.backend_id].starts == 1
         assert esd.slots.in_flight(REALTIME) == 0
 
 

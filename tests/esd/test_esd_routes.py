@@ -17,6 +17,7 @@ from cloud.esd import EsdBackend
 from cloud.esd.interrogate import NEEDS_SAGEMAKER, UnsupportedInterrogator
 from cloud.esd_server import EndpointSpec, running_server
 from cloud.esd_server import app as server_app
+from cloud.esd_server.config import UserSpec
 from tests.esd.esd_kit import (
     ASYNC,
     CHECKPOINT,
@@ -220,3 +221,20 @@ async def test_every_inpaint_payload_reaches_the_container(
         status = await settle(backend, submitted.backend_id)
         assert status.state is JobState.SUCCEED, status
         assert len((await backend.results(submitted.backend_id)).images) == 1
+
+
+async def test_listings_name_the_user_so_a_list_only_user_sees_its_roles_resources() -> None:
+    # ESD shows a user holding only `sagemaker_endpoint:list` / `checkpoint:list` the rows of
+    # the `username` query user's roles, and nothing without the parameter
+    # (endpoints/list_endpoints.py, checkpoints/list_checkpoints.py).
+    config = server_config(
+        users=(UserSpec("api"), UserSpec("bot", ("lister",))), owner_roles=("lister",)
+    )
+    async with running_server(config) as url, EsdBackend(esd_config(url, username="bot")) as esd:
+        assert {e.name for e in await esd.endpoints()} == {
+            "sd-async-local",
+            "sd-real-time-local",
+        }
+        assert [m.name for m in await esd.models("Stable-diffusion")] == [
+            "sdbot-preview.safetensors"
+        ]

@@ -118,7 +118,7 @@ async def test_backend_failures_reach_the_user(console: EsdConsole) -> None:
     lines = await console.run(f"img2img y image={image}")
     [job] = job_ids(lines)
     [failure] = [line for line in lines if line.startswith(f"job {job} failed")]
-    assert "the backend gave no reason" in failure
+    assert "the endpoint returned no images" in failure
     state_of(console.url).set_endpoint_status("sd-async-local", "Updating")
     lines = await console.run("endpoints", f"img2img z image={image}")
     assert any("sd-async-local" in line and "Updating" in line for line in lines), lines

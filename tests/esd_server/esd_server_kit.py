@@ -8,6 +8,7 @@ parsed body and headers. Imported as `tests.esd_server.esd_server_kit`.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ KEY = "local-backend-key"
 CHECKPOINT = "sdbot-preview.safetensors"
 # Jobs that would run for a minute: tests end them with `state.finish`, so nothing is timed.
 SLOW = ServerConfig(job_seconds=(60.0, 60.0))
+# The same with the sdbot-only REST interrogate turned on.
+INTERROGATING = dataclasses.replace(SLOW, rest_interrogate=True)
 
 
 def png(

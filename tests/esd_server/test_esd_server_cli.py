@@ -14,6 +14,7 @@ import pytest
 from bot.errors import ConfigError
 from cloud.esd_server import EndpointSpec, Faults, main
 from cloud.esd_server.cli import DEFAULT_PORT, load_settings
+from cloud.esd_server.config import UserSpec
 
 NO_ENV: dict[str, str] = {}
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +25,8 @@ def test_defaults() -> None:
     assert (settings.host, settings.port, settings.log_level) == ("127.0.0.1", DEFAULT_PORT, "INFO")
     config = settings.config
     assert config.api_key == "local-backend-key"
-    assert config.users == ("api",)
+    assert config.users == (UserSpec("api", ("IT Operator",)), UserSpec("lister", ("lister",)))
+    assert not config.rest_interrogate
     assert config.job_seconds == (1.0, 1.0)
     assert config.faults == Faults()
     assert [spec.name for spec in config.endpoints] == ["sd-async-local", "sd-real-time-local"]
@@ -34,7 +36,7 @@ def test_every_flag() -> None:
     settings = load_settings(
         [
             "--host", "0.0.0.0", "--port", "0", "--api-key", "k" * 20,
-            "--user", "api", "--user", "bot",
+            "--user", "api", "--user", "bot=lister,byoc", "--rest-interrogate",
             "--job-seconds", "1:5", "--latency", "0.1", "--error-rate", "0.1",
             "--timeout-rate", "0.2", "--hang-seconds", "9", "--throttle-rate", "0.05",
             "--fail-rate", "0.1", "--fail-silent-rate", "0.1", "--stuck-rate", "0.05",
@@ -46,7 +48,8 @@ def test_every_flag() -> None:
     config = settings.config
     assert (settings.host, settings.port, settings.log_level) == ("0.0.0.0", 0, "DEBUG")
     assert config.api_key == "k" * 20
-    assert config.users == ("api", "bot")
+    assert config.users == (UserSpec("api"), UserSpec("bot", ("lister", "byoc")))
+    assert config.rest_interrogate
     assert config.job_seconds == (1.0, 5.0)
     assert config.url_ttl == 60.0
     assert config.models_dir == Path("/tmp/models")
@@ -120,7 +123,7 @@ def test_a_toml_file_with_flags_on_top(tmp_path: Path) -> None:
     settings = load_settings(["--config", str(path), "--port", "9001", "--seed", "10"], NO_ENV)
     config = settings.config
     assert settings.port == 9001
-    assert config.users == ("api", "ops")
+    assert config.users == (UserSpec("api"), UserSpec("ops"))
     assert config.job_seconds == (2.0, 4.0)
     assert config.cold_start_seconds == 5.0
     assert config.faults == Faults(error_rate=0.25, seed=10)

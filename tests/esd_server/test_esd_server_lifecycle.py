@@ -17,6 +17,7 @@ from cloud.esd_server import (
     server_state,
 )
 from cloud.esd_server import state as state_module
+from cloud.esd_server.config import UserSpec
 from tests.esd_server.esd_server_kit import KEY, Api, img2img_payload
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def test_make_app_exposes_its_state() -> None:
-    config = ServerConfig(users=("api", "bob"))
+    config = ServerConfig(users=(UserSpec("api"), UserSpec("bob")))
     state = server_state(make_app(config))
     assert isinstance(state, ServerState)
     assert state.config is config

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from cloud.esd_server import ServerConfig
-from tests.esd_server.esd_server_kit import CHECKPOINT, Api
+from cloud.esd_server.config import UserSpec
+from tests.esd_server.esd_server_kit import CHECKPOINT, INTERROGATING, Api, data_url, png
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,7 +38,10 @@ async def all_pages(
 # -- Inferences ------------------------------------------------------------------------------
 
 
-async def test_inferences_are_listed_newest_first_one_task_type_per_call(api: Api) -> None:
+async def test_inferences_are_listed_newest_first_one_task_type_per_call(
+    make_api: MakeApi,
+) -> None:
+    api = await make_api(INTERROGATING)
     created = [(await api.create())["id"] for _ in range(5)]
     api.models = {}
     interrogate = (await api.create("interrogate_clip"))["id"]
@@ -94,7 +98,7 @@ async def test_list_rows_without_username_are_reduced_and_carry_no_urls(api: Api
 
 
 async def test_the_username_filter_runs_after_the_limit(make_api: MakeApi) -> None:
-    api = await make_api(ServerConfig(users=("api", "bob")))
+    api = await make_api(ServerConfig(users=(UserSpec("api"), UserSpec("bob"))))
     mine = [(await api.create())["id"] for _ in range(2)]
     api.user = "bob"
     theirs = [(await api.create())["id"] for _ in range(2)]
@@ -104,6 +108,24 @@ async def test_the_username_filter_runs_after_the_limit(make_api: MakeApi) -> No
     assert [len(page) for page in pages] == [0, 2, 0]
     assert [row["InferenceJobId"] for row in pages[1]] == mine[::-1]
     assert theirs
+
+
+async def test_a_page_with_a_captioned_interrogate_row_is_a_400_like_esd(
+    make_api: MakeApi,
+) -> None:
+    # ESD's list Lambda builds each row as `InferenceJob(**row)`, which has no `caption` field
+    # (middleware_api/inferences/list_inferences.py, libs/data_types.py).
+    api = await make_api(INTERROGATING)
+    api.models = {}
+    payload = {"image": data_url(png()), "model": "clip"}
+    job_id = await api.submit(payload, task_type="interrogate_clip")
+    await api.state.finish(job_id)
+    for params in ({"type": "interrogate_clip"}, {"type": "interrogate_clip", "username": "api"}):
+        reply = await api.call("GET", "inferences", params=params)
+        assert reply.status == 400
+        assert "unexpected keyword argument 'caption'" in reply.body["message"]
+    reply = await api.call("GET", f"inferences/{job_id}")
+    assert reply.data["caption"]
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from cloud.esd_server import EndpointSpec, ServerConfig
 from cloud.local.preview import caption
 from tests.esd_server.esd_server_kit import (
     CHECKPOINT,
+    INTERROGATING,
     SLOW,
     Api,
     Reply,
@@ -51,7 +52,15 @@ def assert_gateway(reply: Reply, status: int, message: str) -> None:
 # -- Ping, keys and users --------------------------------------------------------------------
 
 
-async def test_ping_answers_pong_and_advertises_interrogate(api: Api) -> None:
+async def test_ping_answers_pong_and_advertises_nothing_like_esd(api: Api) -> None:
+    # ESD's ping Lambda is `ok(message='pong')` (middleware_api/service/ping.py): no data.
+    reply = await api.call("GET", "ping", headers=api.headers(user=False))
+    assert_envelope(reply, 200, "pong")
+    assert "data" not in reply.body
+
+
+async def test_ping_advertises_interrogate_only_with_the_flag(make_api: MakeApi) -> None:
+    api = await make_api(INTERROGATING)
     reply = await api.call("GET", "ping", headers=api.headers(user=False))
     assert_envelope(reply, 200, "pong")
     assert reply.data["sdbot_local_backend"] is True
@@ -189,16 +198,22 @@ async def test_an_inpaint_payload_runs_with_its_mask(api: Api) -> None:
     assert "Inpaint area: Only masked" in info["infotexts"][0]
 
 
-async def test_start_refuses_unknown_jobs_jobs_without_upload_and_second_starts(api: Api) -> None:
+async def test_start_has_no_guards_esd_lacks(api: Api) -> None:
+    # ESD's start Lambda checks only that the row exists (inferences/start_inference_job.py):
+    # no upload check, no second-start check. A job without its payload runs and fails the
+    # way the container fails (a `null` output: failed, no reason); a second start runs again.
     assert_envelope(await api.start("no-such-id"), 400, "InferenceJobId no-such-id not found")
     inference = await api.create()
-    reply = await api.start(inference["id"])
-    assert_envelope(reply, 400)
-    assert "has not been uploaded" in reply.body["message"]
+    assert (await api.start(inference["id"])).status == 202
+    await api.state.finish(inference["id"])
+    job = await api.job(inference["id"])
+    assert job["status"] == "failed"
+    assert "sagemakerRaw" not in job
     await api.upload(inference, img2img_payload())
     assert (await api.start(inference["id"])).status == 202
-    again = await api.start(inference["id"])
-    assert_envelope(again, 400, f"inference {inference['id']} has already been started")
+    await api.state.finish(inference["id"])
+    assert (await api.job(inference["id"]))["status"] == "succeed"
+    assert api.state.jobs[inference["id"]].starts == 2
 
 
 async def test_an_unknown_job_is_404_with_esds_message(api: Api) -> None:
@@ -207,16 +222,35 @@ async def test_an_unknown_job_is_404_with_esds_message(api: Api) -> None:
     assert "data" not in reply.body
 
 
-async def test_a_payload_that_does_not_parse_fails_the_job_with_a_reason(api: Api) -> None:
+async def test_a_payload_a1111_refuses_fails_async_jobs_without_a_reason(api: Api) -> None:
+    # The container passes A1111's error body on; ESD's result parser then looks for `images`,
+    # fails with a KeyError and stores no `sagemakerRaw` (inferences/inference_libs.py).
     job_id = await api.submit(img2img_payload(steps="many"))
     await api.state.finish(job_id)
     job = await api.job(job_id)
     assert job["status"] == "failed"
-    assert "steps must be an integer" in job["sagemakerRaw"]
+    assert "sagemakerRaw" not in job
     assert job["img_presigned_urls"] == []
 
 
+async def test_a_payload_a1111_refuses_is_a_real_time_400_with_a_python_repr(
+    make_api: MakeApi,
+) -> None:
+    # `real_time_inference` stores `str(sagemaker_out)` and raises it: the row stays `created`.
+    api = await make_api(ServerConfig(job_seconds=(0.0, 0.0)))
+    inference = await api.create(inference_type="Real-time")
+    await api.upload(inference, img2img_payload(steps="many"))
+    reply = await api.start(inference["id"])
+    assert_envelope(reply, 400)
+    job = await api.job(inference["id"])
+    assert job["status"] == "created"
+    assert reply.body["message"] == job["sagemakerRaw"]
+    assert job["sagemakerRaw"].startswith("{'error': 'PayloadError'")
+    assert "steps must be an integer" in job["sagemakerRaw"]
+
+
 async def test_invalid_json_uploaded_fails_the_job(api: Api) -> None:
+    # The container's `json.loads` raises inside its own `except`: a `null` output.
     inference = await api.create()
     assert (
         await api.raw("PUT", inference["api_params_s3_upload_url"], data=b"{nope")
@@ -225,7 +259,7 @@ async def test_invalid_json_uploaded_fails_the_job(api: Api) -> None:
     await api.state.finish(inference["id"])
     job = await api.job(inference["id"])
     assert job["status"] == "failed"
-    assert "not valid JSON" in job["sagemakerRaw"]
+    assert "sagemakerRaw" not in job
 
 
 # -- Create: validation and choices ----------------------------------------------------------
@@ -263,11 +297,21 @@ async def test_a_body_that_is_not_json_is_refused_by_the_gateway(api: Api) -> No
 
 
 async def test_txt2img_and_other_task_types_are_refused(api: Api) -> None:
-    for task_type in ("txt2img", "rembg", "whatever"):
+    for task_type in ("whatever", "interrogate_clip", "interrogate_deepbooru"):
         body: dict[str, object] = {"task_type": task_type, "inference_type": "Async", "models": {}}
         reply = await api.call("POST", "inferences", json=body)
+        # ESD's own message (inferences/create_inference_job.py).
+        assert_envelope(
+            reply,
+            400,
+            f"task type {task_type} should be in ['extra-single-image', 'extra-batch-images', "
+            "'rembg'] or ['txt2img', 'img2img']",
+        )
+    for task_type in ("txt2img", "rembg"):
+        body = {"task_type": task_type, "inference_type": "Async", "models": {}}
+        reply = await api.call("POST", "inferences", json=body)
         assert_envelope(reply, 400)
-        assert reply.body["message"].startswith(f"task type {task_type} should be in ['img2img'")
+        assert "runs img2img only" in reply.body["message"]
 
 
 async def test_unknown_models_are_named_in_one_400(api: Api) -> None:
@@ -302,7 +346,7 @@ async def test_a_job_without_a_checkpoint_fails_like_the_container(api: Api) -> 
     await api.state.finish(job_id)
     job = await api.job(job_id)
     assert job["status"] == "failed"
-    assert "Stable-diffusion" in job["sagemakerRaw"]
+    assert "sagemakerRaw" not in job
 
 
 async def test_a_named_endpoint_must_exist_and_be_in_service(api: Api) -> None:
@@ -317,7 +361,8 @@ async def test_a_named_endpoint_must_exist_and_be_in_service(api: Api) -> None:
     assert_envelope(reply, 400, "sagemaker endpoint is not ready with status: Creating")
     body["sagemaker_endpoint_name"] = "nope"
     reply = await api.call("POST", "inferences", json=body)
-    assert_envelope(reply, 400, "sagemaker endpoint with name nope is not found")
+    # ESD indexes an empty scan before its own check (create_inference_job.py).
+    assert_envelope(reply, 400, "list index out of range")
     api.state.set_endpoint_status("sd-async-local", "InService")
     body["sagemaker_endpoint_name"] = "sd-async-local"
     assert (await api.call("POST", "inferences", json=body)).status == 201
@@ -400,8 +445,41 @@ async def test_a_failed_real_time_job_is_a_400_with_the_reason(make_api: MakeApi
     reply = await api.start(inference["id"])
     assert_envelope(reply, 400)
     job = await api.job(inference["id"])
-    assert job["status"] == "failed"
+    # ESD never marks a failed Real-time job `failed` (inferences/start_inference_job.py).
+    assert job["status"] == "created"
     assert reply.body["message"] == job["sagemakerRaw"]
+    assert job["sagemakerRaw"].startswith("{'error': ")
+
+
+async def test_a_real_time_job_with_a_null_output_is_a_400_and_stays_created(
+    make_api: MakeApi,
+) -> None:
+    from cloud.esd_server import Faults
+
+    config = ServerConfig(job_seconds=(0.0, 0.0), faults=Faults(fail_silent_rate=1.0))
+    api = await make_api(config)
+    inference = await api.create(inference_type="Real-time")
+    await api.upload(inference, img2img_payload())
+    reply = await api.start(inference["id"])
+    assert_envelope(reply, 400, "argument of type 'NoneType' is not iterable")
+    job = await api.job(inference["id"])
+    assert job["status"] == "created"
+    assert "sagemakerRaw" not in job
+
+
+async def test_a_failed_async_job_carries_the_notification_as_a_python_repr(
+    make_api: MakeApi,
+) -> None:
+    # inference_async_events.py: `str(message)` of SageMaker's failure notification.
+    from cloud.esd_server import Faults
+
+    api = await make_api(ServerConfig(job_seconds=(0.0, 0.0), faults=Faults(fail_rate=1.0)))
+    job_id = await api.submit()
+    await api.state.finish(job_id)
+    job = await api.job(job_id)
+    assert job["status"] == "failed"
+    assert job["sagemakerRaw"].startswith("{'awsRegion': ")
+    assert "'failureReason': 'ClientError: " in job["sagemakerRaw"]
 
 
 # -- Interrogate -----------------------------------------------------------------------------
@@ -411,7 +489,10 @@ async def test_a_failed_real_time_job_is_a_400_with_the_reason(make_api: MakeApi
     ("task_type", "model", "method"),
     [("interrogate_clip", "clip", "clip"), ("interrogate_deepbooru", "deepdanbooru", "deepbooru")],
 )
-async def test_interrogate_both_methods(api: Api, task_type: str, model: str, method: str) -> None:
+async def test_interrogate_both_methods(
+    make_api: MakeApi, task_type: str, model: str, method: str
+) -> None:
+    api = await make_api(INTERROGATING)
     picture = png((30, 90, 200), (64, 32))
     api.models = {}
     inference = await api.create(task_type)
@@ -426,13 +507,14 @@ async def test_interrogate_both_methods(api: Api, task_type: str, model: str, me
     assert job["img_presigned_urls"] == []
 
 
-async def test_an_interrogate_payload_without_an_image_fails(api: Api) -> None:
+async def test_an_interrogate_payload_without_an_image_fails(make_api: MakeApi) -> None:
+    api = await make_api(INTERROGATING)
     api.models = {}
     job_id = await api.submit({"model": "clip"}, task_type="interrogate_clip")
     await api.state.finish(job_id)
     job = await api.job(job_id)
     assert job["status"] == "failed"
-    assert "image must be a base64 image string" in job["sagemakerRaw"]
+    assert "sagemakerRaw" not in job
 
 
 # -- Delete ----------------------------------------------------------------------------------
