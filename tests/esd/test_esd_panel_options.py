@@ -200,6 +200,8 @@ async def test_an_options_only_reply_overrides_panel_options(console: EsdConsole
     assert (before["n_iter"], after["n_iter"]) == (2, 1)
     # The reply's scale replaces the base job's size.
     assert (after["width"], after["height"]) == (144, 96)
+    details = "\n".join(await console.run(f"job {second}"))
+    assert "variation seed 5 (strength 0.5) · schedule type Uniform · clip skip 3" in details
     # What the reply did not name is kept: the seeds and the variation.
     assert (after["seed"], after["subseed"], after["subseed_strength"]) == (
         before["seed"],
