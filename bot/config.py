@@ -231,9 +231,22 @@ def load_config(environ: Mapping[str, str] | None = None, path: Path | str | Non
         for env_name in (f"SDBOT_{name.upper()}", *_ENV_ALIASES.get(name, ())):
             if env.get(env_name) not in (None, ""):
                 values[name] = _convert(env_name, f.type, env[env_name])
-    if "backend" not in values:
-        values["backend"] = "esd" if values.get("esd_api_url") else "local"
     secrets = Secrets(**{k: env.get(v) or None for k, v in _SECRET_ENV.items()})
+    if "backend" not in values:
+        if values.get("esd_api_url"):
+            values["backend"] = "esd"
+        elif secrets.discord_token or secrets.slack_bot_token:
+            # The preview engine posts pictures that are not Stable Diffusion: it never reaches
+            # real people unless someone chose it.
+            raise ConfigError(
+                "chat credentials are set (DISCORD_TOKEN / SLACK_BOT_TOKEN) but no backend is "
+                'chosen: set ESD_API_URL (and ESD_API_KEY) to run on ESD, `backend = "a1111"` '
+                'with A1111_API_URL for your own WebUI, or `backend = "local"` '
+                "(SDBOT_BACKEND=local) to post the preview engine's pictures, which are not "
+                "Stable Diffusion, on purpose"
+            )
+        else:
+            values["backend"] = "local"
     try:
         return Config(**values, secrets=secrets)  # type: ignore[arg-type]
     except TypeError as exc:  # pragma: no cover - _convert guarantees the types

@@ -19,7 +19,7 @@ from bot.errors import OperationalError, ParseError, RefusedError, UserInputErro
 from bot.ids import display_name
 from bot.jobs import RESULT_SLOT, JobRunner
 from bot.model import AttachmentRef, Caller, GenerationParams, Job, JobState, Platform
-from bot.ports import AdmissionRefused, Backend, Clock, JobQuery, JobStore, Responder, StoredImage
+from bot.ports import Backend, Clock, JobQuery, JobStore, Responder, StoredImage
 from bot.views import EDIT_FIELDS, Action, ActionKind, ResultImage
 from commands import (
     COMMANDS,
@@ -38,13 +38,13 @@ from commands import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from bot.model import Conversation
     from bot.policy import Policy
     from bot.resolve import Catalog
 
 _LOGGER = logging.getLogger(__name__)
 
-_PAGE = 50  # lines per message when `jobs all=true` pages through everything
+_PAGE = 50  # lines per message when `jobs all=true` lists many
+_ALL_CAP = 200  # `jobs all=true` lists at most this many; the rest page with `until=`
 _SLOT_OPTIONS = tuple(s.value for s in Slot)
 # The ways to give the output size; a reply that uses one replaces the base job's others.
 _SIZE_OPTIONS = ("size", "width", "height", "scale")
@@ -203,6 +203,12 @@ class Dispatcher:
                 console=caller.platform is Platform.CONSOLE,
                 now=self._clock.now(),
             )
+            if not (reply.options or reply.prompt or reply.append or reply.again or attachments):
+                raise RefusedError(
+                    "this reply asks for nothing new, so no job was started: write a new "
+                    "prompt, `+ words` to add to it, options such as `steps=30`, or `again` "
+                    "for a new seed"
+                )
             options = dict(base.options)
             if any(name in reply.options for name in _SIZE_OPTIONS):
                 for name in _SIZE_OPTIONS:
@@ -220,13 +226,14 @@ class Dispatcher:
                 options["seed"] = "-1"
             result_index = reply.options.get("input")
             options.pop("input", None)
-            new_refs = self._path_refs(options) + list(attachments)
+            local = self._path_refs(options)
             return await self._regenerate(
                 caller,
                 base,
                 options,
-                new_refs,
+                local + list(attachments),
                 responder,
+                local=local,
                 result_index=result_index if isinstance(result_index, int) else None,
             )
 
@@ -291,15 +298,19 @@ class Dispatcher:
         spec = parsed.spec
         if spec.family in (Family.GENERATE, Family.INTERROGATE):
             options = {k: text_value(v) for k, v in parsed.options.items()}
-            refs = self._path_refs(options) + list(attachments)
-            refs = assign_slots(spec, refs)
+            local = self._path_refs(options)
+            refs = assign_slots(spec, local + list(attachments))
             have = {r.slot for r in refs}
             for attachment in spec.attachments:
                 if attachment.required and attachment.slot.value not in have:
                     raise RefusedError(
                         _missing_image_message(spec, attachment.slot.value, caller.platform)
                     )
-            return await self._accept(caller, spec.name, options, refs, responder)
+            inputs = await self._read_local(caller, spec.name, options, refs, local)
+            remote = [r for r in refs if r.slot not in {i.slot for i in inputs}]
+            return await self._runner.accept(
+                caller, spec.name, options, remote, responder, inputs=inputs
+            )
         handler = {
             "job": self._job,
             "jobs": self._jobs,
@@ -312,35 +323,25 @@ class Dispatcher:
         await handler(caller, parsed, responder)
         return None
 
-    async def _accept(
+    async def _read_local(
         self,
         caller: Caller,
         command: str,
-        options: dict[str, str],
+        options: Mapping[str, str],
         refs: Sequence[AttachmentRef],
-        responder: Responder,
-        *,
-        parent: Job | None = None,
+        local: Sequence[AttachmentRef],
         inherited: Sequence[StoredImage] = (),
-        thread: Conversation | None = None,
-    ) -> Job:
-        """Every new job passes the limits here, then is committed and acknowledged."""
-        admission = await self._policy.admission(caller, self._runner.in_flight)
-        try:
-            return await self._runner.accept(
-                caller,
-                command,
-                options,
-                refs,
-                responder,
-                parent=parent,
-                inherited=inherited,
-                thread=thread,
-                admission=admission,
-            )
-        except AdmissionRefused as refused:
-            assert admission is not None
-            raise self._policy.refusal(refused, admission) from None
+    ) -> list[StoredImage]:
+        """The images at hand before the ack: `inherited` plus the local files among `refs`
+        (console paths), read and decoded now, so that a bad file is refused, not a failure."""
+        reading = [r for r in refs if r in local]
+        if not reading:
+            return list(inherited)
+        read = await self._runner.read_now(caller, reading)
+        slots = {i.slot for i in read}
+        inputs = [i for i in inherited if i.slot not in slots] + read
+        await self._runner.check_inputs(command, options, inputs)
+        return inputs
 
     @staticmethod
     def _path_refs(options: dict[str, str]) -> list[AttachmentRef]:
@@ -401,18 +402,20 @@ class Dispatcher:
             model=_opt_str(opts, "model"),
             since=_opt_time(opts, "since"),
             until=_opt_time(opts, "until"),
-            limit=_PAGE if opts.get("all") is True else 10,
+            limit=_ALL_CAP + 1 if opts.get("all") is True else 10,
         )
-        lines: list[str] = []
-        while True:
-            page = await self._store.query(query)
-            lines.extend(display_name(j) for j in page)
-            if opts.get("all") is not True or len(page) < query.limit:
-                break
-            query = JobQuery(**{**query.__dict__, "offset": query.offset + query.limit})
-        if not lines:
+        jobs = list(await self._store.query(query))
+        if not jobs:
             await responder.reply("no jobs match", private=True)
             return
+        lines = [display_name(j) for j in jobs[:_ALL_CAP]]
+        if len(jobs) > _ALL_CAP:
+            # Paging by time: the next page is everything created before the last one shown.
+            older = jobs[_ALL_CAP - 1].created_at.isoformat(timespec="microseconds")
+            lines.append(
+                f"… showing the newest {_ALL_CAP}; for older ones, send the same command "
+                f"with `until={older}`"
+            )
         for start in range(0, len(lines), _PAGE):
             await responder.reply("\n".join(lines[start : start + _PAGE]), private=True)
 
@@ -469,7 +472,9 @@ class Dispatcher:
 
     async def _cancel_job(self, job: Job, r: Responder) -> None:
         if job.state.terminal:
-            raise RefusedError(f"job `{job.id}` is already {job.state.value}")
+            if job.state is JobState.CANCELLED:
+                raise RefusedError(f"job `{job.id}` was already cancelled")
+            raise RefusedError(f"job `{job.id}` has already finished ({job.state.value})")
         was_started = job.backend_id is not None
         await self._runner.cancel(job)
         note = (
@@ -504,6 +509,15 @@ class Dispatcher:
             caller.platform, caller.server, caller.conversation
         )
 
+    async def _base_inputs(self, base: Job) -> tuple[list[StoredImage], list[AttachmentRef]]:
+        """A base job's inputs from the moment it was accepted: the images stored with it, and
+        the attachments it has not downloaded yet (a reply may come before it has)."""
+        stored = [i for i in await self._store.images(base.id) if i.slot != RESULT_SLOT]
+        if base.results_expired:  # retention or Delete removed the inputs for good
+            return stored, []
+        slots = {i.slot for i in stored}
+        return stored, [a for a in base.attachments if a.slot not in slots]
+
     async def _regenerate(
         self,
         caller: Caller,
@@ -512,21 +526,23 @@ class Dispatcher:
         attachments: Sequence[AttachmentRef],
         responder: Responder,
         *,
+        local: Sequence[AttachmentRef] = (),
         result_index: int | None = None,
     ) -> Job:
         """A new job in the base job's thread, inheriting its inputs unless replaced."""
         spec = COMMANDS[base.command]
         refs = assign_slots(spec, attachments) if attachments else []
         replaced = {r.slot for r in refs}
-        inherited = [i for i in await self._store.images(base.id) if i.slot != RESULT_SLOT]
-        inherited = [i for i in inherited if i.slot not in replaced]
+        stored, pending = await self._base_inputs(base)
+        inherited = [i for i in stored if i.slot not in replaced]
+        pending = [a for a in pending if a.slot not in replaced]
         if result_index is not None:
             results = await self._store.images(base.id, RESULT_SLOT)
             if not results:
-                raise RefusedError(
-                    f"job `{base.id}` has no stored result images"
-                    + (" (they have expired)" if base.results_expired else "")
-                )
+                why = " (they have expired)" if base.results_expired else ""
+                if not base.state.terminal:
+                    why = f" yet (it is {base.state.value})"
+                raise RefusedError(f"job `{base.id}` has no stored result images{why}")
             if not 1 <= result_index <= len(results):
                 raise RefusedError(
                     f"job `{base.id}` has {len(results)} result image(s); "
@@ -536,19 +552,22 @@ class Dispatcher:
             inherited = [i for i in inherited if i.slot != "image"]
             inherited.append(StoredImage("image", chosen.name, chosen.data))
             refs = [r for r in refs if r.slot != "image"]
-        have = {i.slot for i in inherited} | {r.slot for r in refs}
+            pending = [a for a in pending if a.slot != "image"]
+        have = {i.slot for i in inherited} | {r.slot for r in [*refs, *pending]}
         if "image" not in have:
             raise RefusedError(
                 f"job `{base.id}`'s input images are no longer stored; attach the image again"
             )
+        inputs = await self._read_local(caller, spec.name, options, refs, local, inherited)
+        read = {i.slot for i in inputs}
         return await self._runner.accept(
             caller,
             spec.name,
             options,
-            refs,
+            [r for r in [*refs, *pending] if r.slot not in read],
             responder,
             parent=base,
-            inherited=inherited,
+            inputs=inputs,
             thread=base.thread,
         )
 
@@ -585,7 +604,7 @@ class Dispatcher:
                 [],
                 responder,
                 parent=job,
-                inherited=inputs,
+                inputs=inputs,
                 thread=job.thread,
             )
         options = dict(job.options)

@@ -24,6 +24,7 @@ from bot.errors import (
     ChatDeliveryError,
     ConversationClosedError,
     OperationalError,
+    RefusedError,
     ResultsExpiredError,
     UserInputError,
 )
@@ -41,7 +42,7 @@ from bot.model import (
     Platform,
 )
 from bot.ports import (
-    Admission,
+    AdmissionRefused,
     Backend,
     ChatAdapter,
     Clock,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 RESULT_SLOT = "result"
+READ_DEADLINE = 10.0  # seconds to read a job's local input files before the ack
 _POST_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -99,6 +101,7 @@ class JobRunner:
         self._decoding = asyncio.Semaphore(max(1, os.cpu_count() or 1))
         self._idle = asyncio.Event()
         self._idle.set()
+        self._admitting = 0  # accept calls between the cap check and their driver's start
 
     # -- accepting -------------------------------------------------------------------------
 
@@ -110,32 +113,92 @@ class JobRunner:
         attachments: Sequence[AttachmentRef],
         responder: Responder,
         *,
+        inputs: Sequence[StoredImage] = (),
         parent: Job | None = None,
-        inherited: Sequence[StoredImage] = (),
         thread: Conversation | None = None,
-        admission: Admission | None = None,
     ) -> Job:
-        """Commit a new job (within `admission`'s limits), acknowledge it, start driving it."""
-        while True:
-            job = Job(
-                id=new_job_id(),
-                command=command,
-                caller=caller,
-                state=JobState.CREATED,
-                created_at=self._clock.now(),
-                options=dict(options),
-                attachments=tuple(attachments),
-                thread=thread,
-                parent_id=parent.id if parent else None,
-            )
-            try:
-                await self._store.insert(job, inherited, admission)
-            except KeyError:
-                continue  # 50 random bits collided; draw again
-            break
-        await responder.accepted(job.id)
-        self.spawn(job.id, job)
+        """The one way a job comes to exist, whatever asked for it (command, reply, button,
+        modal, menu): the caller's access, what can be known to fail (names, sizes) and the
+        limits (global cap; per-user concurrency and daily quota, checked in the insert's
+        transaction) are decided here; then the row (with `inputs`, the images at hand) is
+        committed, acknowledged, and driven. `attachments` are downloaded after the ack."""
+        self._policy.check_access(caller)
+        defaults = await self._policy.defaults(caller)
+        options = await self._resolver.check(command, options, defaults)
+        self._admitting += 1
+        try:
+            # Jobs being admitted right now count too, so a burst cannot slip past the cap.
+            admission = await self._policy.admission(caller, self.in_flight + self._admitting - 1)
+            while True:
+                job = Job(
+                    id=new_job_id(),
+                    command=command,
+                    caller=caller,
+                    state=JobState.CREATED,
+                    created_at=self._clock.now(),
+                    options=dict(options),
+                    attachments=tuple(attachments),
+                    thread=thread,
+                    parent_id=parent.id if parent else None,
+                )
+                try:
+                    await self._store.insert(job, inputs, admission)
+                except KeyError:
+                    continue  # 50 random bits collided; draw again
+                except AdmissionRefused as refused:
+                    assert admission is not None
+                    raise self._policy.refusal(refused, admission) from None
+                break
+            await responder.accepted(job.id)
+            self.spawn(job.id, job)
+        finally:
+            self._admitting -= 1
         return job
+
+    async def read_now(self, caller: Caller, refs: Sequence[AttachmentRef]) -> list[StoredImage]:
+        """Read attachments before the ack (console paths: local files), within a deadline, so
+        a file that is missing, not a regular file or unreadable is a refusal, not a failed job."""
+        adapter = self._adapters[caller.platform]
+        images = []
+        for ref in refs:
+            try:
+                async with asyncio.timeout(READ_DEADLINE):
+                    data = await adapter.download(ref, self._config.max_bytes)
+            except TimeoutError:
+                raise RefusedError(
+                    f"reading `{ref.url}` took more than {READ_DEADLINE:g} s; "
+                    "give a file on a local disk"
+                ) from None
+            images.append(StoredImage(ref.slot, ref.name, data))
+        return images
+
+    async def check_inputs(
+        self, command: str, options: Mapping[str, str], inputs: Sequence[StoredImage]
+    ) -> None:
+        """Decode the inputs as the job will, before the ack (for inputs at hand)."""
+        await self._prepare(command, options, {i.slot: i for i in inputs})
+
+    async def _prepare(
+        self, command: str, options: Mapping[str, str], inputs: Mapping[str, StoredImage]
+    ) -> imaging.PreparedInputs:
+        image = inputs.get("image")
+        if image is None:
+            raise UserInputError(f"{command} needs an image")
+        first = imaging.InputFile(image.name, image.data)
+        if COMMANDS[command].family is Family.INTERROGATE:
+            async with self._decoding:
+                return await asyncio.to_thread(imaging.prepare_interrogate, first, self._limits)
+        second = inputs.get("sketch" if command == "inpaint-sketch" else "mask")
+        async with self._decoding:
+            return await asyncio.to_thread(
+                imaging.prepare,
+                command,
+                first,
+                imaging.InputFile(second.name, second.data) if second else None,
+                mask_blur=int(options.get("mask_blur", 4)),
+                limits=self._limits,
+                mask_alpha=int(options.get("mask_alpha", 0)),
+            )
 
     def spawn(self, job_id: str, job: Job | None = None) -> None:
         """Start (or restart) the driver of a stored job (`job`: its row, if at hand)."""
@@ -280,15 +343,9 @@ class JobRunner:
             job = replace(job, backend_id=backend_id)
             await self._store.save(job)
 
-        spec = COMMANDS[job.command]
-        image = inputs.get("image")
-        if image is None:
-            raise UserInputError(f"{job.command} needs an image")
-        first = imaging.InputFile(image.name, image.data)
+        prepared = await self._prepare(job.command, job.options, inputs)
         defaults = await self._policy.defaults(job.caller)
-        if spec.family is Family.INTERROGATE:
-            async with self._decoding:
-                prepared = await asyncio.to_thread(imaging.prepare_interrogate, first, self._limits)
+        if COMMANDS[job.command].family is Family.INTERROGATE:
             endpoint = await self._resolver.endpoint(
                 job.options.get("endpoint"), default=defaults.endpoint, async_only=True
             )
@@ -299,20 +356,6 @@ class JobRunner:
                 job.id, iparams, prepared.init_png, created=created
             )
         else:
-            second_slot = "sketch" if job.command == "inpaint-sketch" else "mask"
-            second = inputs.get(second_slot)
-            mask_blur = int(job.options.get("mask_blur", 4))
-            mask_alpha = int(job.options.get("mask_alpha", 0))
-            async with self._decoding:
-                prepared = await asyncio.to_thread(
-                    imaging.prepare,
-                    job.command,
-                    first,
-                    imaging.InputFile(second.name, second.data) if second else None,
-                    mask_blur=mask_blur,
-                    limits=self._limits,
-                    mask_alpha=mask_alpha,
-                )
             params = await self._resolver.generation(
                 job.options, prepared.width, prepared.height, defaults
             )
@@ -521,7 +564,7 @@ class JobRunner:
         images = [
             ResultImage(i.name, i.data) for i in await self._store.images(job.id, RESULT_SLOT)
         ]
-        view = render.result_view(job, images)
+        view = render.result_view(job, images, preview=self._backend.name == "local")
         if job.delivery is Delivery.POSTING:
             # An earlier run crashed while posting: the thread may already hold the result.
             found = await adapter.find_marker(thread, view.marker)

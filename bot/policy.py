@@ -19,6 +19,7 @@ from bot.errors import ParseError, RefusedError
 from bot.model import Caller, Platform
 from bot.ports import Admission, AdmissionRefused
 from bot.render import duration
+from bot.resolve import vae_keyword
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -98,8 +99,8 @@ class Policy:
         """
         if in_flight >= self._config.max_in_flight:
             raise RefusedError(
-                f"the bot is busy: {in_flight} jobs are running (the maximum); "
-                "please try again in a minute"
+                f"the bot is busy: {in_flight} jobs are running or starting (the maximum is "
+                f"{self._config.max_in_flight}); please try again in a minute"
             )
         if caller.platform is Platform.CONSOLE:
             return None
@@ -115,9 +116,10 @@ class Policy:
     def refusal(self, refused: AdmissionRefused, admission: Admission) -> RefusedError:
         """The message for a job the store refused under `admission`."""
         if refused.limit == "running":
+            jobs = "job" if refused.count == 1 else "jobs"
             return RefusedError(
-                f"you already have {refused.count} job(s) running (the limit here is "
-                f"{admission.max_running}); try again when one finishes, or `cancel` one"
+                f"you have {refused.count} {jobs} running; the limit here is "
+                f"{admission.max_running}. Try again when one finishes, or `cancel` one"
             )
         reset = (admission.day_start or self._clock.now()) + timedelta(days=1)
         left = (reset - self._clock.now()).total_seconds()
@@ -226,24 +228,16 @@ class Policy:
         return f"settings for {where}: {done}"
 
     async def _validated(self, key: str, value: object) -> str:
+        """A setting's value, with names as the backend spells them (any case accepted)."""
         text = str(value)
         if key == "endpoint":
-            endpoints = sorted(e.name for e in await self._catalog.endpoints())
-            if text not in endpoints:
-                raise RefusedError(
-                    f"unknown endpoint `{text}`; endpoints: "
-                    + (", ".join(f"`{n}`" for n in endpoints) or "none")
-                )
-        elif key in ("model", "vae"):
-            if key == "vae" and text in ("Automatic", "None"):
-                return text
-            kind = "Stable-diffusion" if key == "model" else "VAE"
-            models = sorted(m.name for m in await self._catalog.models(kind))
-            if text not in models:
-                raise RefusedError(
-                    f"unknown {key} `{text}`; available: "
-                    + (", ".join(f"`{n}`" for n in models[:10]) or "none")
-                )
-        elif key == "max_size" and isinstance(value, int) and value % 8:
+            return (await self._catalog.endpoint_named(text))[0].name
+        if key == "vae" and (keyword := vae_keyword(text)) is not None:
+            return keyword
+        if key in ("model", "vae"):
+            return await self._catalog.model_named(
+                text, "Stable-diffusion" if key == "model" else "VAE"
+            )
+        if key == "max_size" and isinstance(value, int) and value % 8:
             raise ParseError(f"`max_size` must be a multiple of 8, got {value}")
         return text

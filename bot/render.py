@@ -111,8 +111,12 @@ def run_time(job: Job) -> float | None:
     return (job.finished_at - job.started_at).total_seconds()
 
 
-def result_view(job: Job, images: Sequence[ResultImage]) -> ResultView:
-    """The result (or failure) message of a finished job."""
+PREVIEW_NOTICE = "made by sdbot's preview engine, not Stable Diffusion"
+
+
+def result_view(job: Job, images: Sequence[ResultImage], *, preview: bool = False) -> ResultView:
+    """The result (or failure) message of a finished job; `preview`: made by the local preview
+    engine, which the message says."""
     took = run_time(job)
     head = f"{job.command} `{job.id}` — {job.state.value}"
     if job.endpoint:
@@ -120,6 +124,9 @@ def result_view(job: Job, images: Sequence[ResultImage]) -> ResultView:
     if took is not None:
         head += f" in {duration(took)}"
     lines = [head]
+    notice = PREVIEW_NOTICE if preview and job.state is JobState.SUCCEED else ""
+    if notice:
+        lines.append(f"⚠ {notice}")
     prompt = job.params.prompt if job.params else ""
     negative = job.params.negative if job.params else ""
     if job.state is JobState.FAILED:
@@ -159,6 +166,7 @@ def result_view(job: Job, images: Sequence[ResultImage]) -> ResultView:
         infotext=job.infotext or "",
         endpoint=job.endpoint or "",
         duration=took,
+        notice=notice,
     )
 
 
@@ -203,7 +211,8 @@ def job_details(job: Job) -> str:
     if job.caption is not None:
         lines.append(f"caption: {job.caption}")
     if job.error:
-        lines.append(f"error: {job.error}")
+        # Not `error:`, which means a refused command (the console's line protocol).
+        lines.append(f"failed: {job.error}")
     if job.results_expired:
         lines.append("the result images have expired and are no longer stored")
     elif job.result_count:

@@ -10,13 +10,16 @@ not list endpoints and models once per job.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import TYPE_CHECKING
 
-from bot.errors import RefusedError
+from bot.errors import BackendError, RefusedError
 from bot.imaging import default_size
 from bot.model import Endpoint, GenerationParams, Model
-from commands import OPTIONS, Size, convert_option
+from commands import COMMANDS, OPTIONS, Family, Size, closest, convert_option
+from commands.prompt import NETWORK_KINDS, with_names
+from commands.prompt import networks as prompt_networks
 from commands.spec import DEFAULT_SAMPLER, DEFAULT_SCHEDULER, image_count_error, split_sampler
 
 if TYPE_CHECKING:
@@ -27,32 +30,43 @@ if TYPE_CHECKING:
     from bot.ports import Backend, Clock
 
 MAX_SEED = 2**32 - 1
+_LOGGER = logging.getLogger(__name__)
 
 
 class Catalog:
-    """The backend's endpoints and models, cached for `ttl` seconds."""
+    """The backend's endpoints and models, cached for `ttl` seconds.
 
-    def __init__(self, backend: Backend, clock: Clock, ttl: float = 60.0) -> None:
+    `fresh=True` reloads first unless the cache is younger than `min_age` seconds: a name not
+    found in the cache is looked up again before it is refused, but a user repeating unknown
+    names cannot make the bot list the backend more than once every `min_age` seconds.
+    """
+
+    def __init__(
+        self, backend: Backend, clock: Clock, ttl: float = 60.0, min_age: float = 5.0
+    ) -> None:
         self._backend = backend
         self._clock = clock
         self._ttl = ttl
+        self._min_age = min_age
         self._endpoints: tuple[float, Sequence[Endpoint]] | None = None
         self._models: dict[str | None, tuple[float, Sequence[Model]]] = {}
         self._lock = asyncio.Lock()
 
-    def _fresh(self, stamp: float) -> bool:
-        return self._clock.monotonic() - stamp < self._ttl
+    def _usable(self, stamp: float, fresh: bool) -> bool:
+        return self._clock.monotonic() - stamp < (self._min_age if fresh else self._ttl)
 
-    async def endpoints(self) -> Sequence[Endpoint]:
+    async def endpoints(self, *, fresh: bool = False) -> Sequence[Endpoint]:
         async with self._lock:
-            if self._endpoints is None or not self._fresh(self._endpoints[0]):
+            if self._endpoints is None or not self._usable(self._endpoints[0], fresh):
                 self._endpoints = (self._clock.monotonic(), await self._backend.endpoints())
             return self._endpoints[1]
 
-    async def models(self, model_type: str | None = None) -> Sequence[Model]:
+    async def models(
+        self, model_type: str | None = None, *, fresh: bool = False
+    ) -> Sequence[Model]:
         async with self._lock:
             cached = self._models.get(model_type)
-            if cached is None or not self._fresh(cached[0]):
+            if cached is None or not self._usable(cached[0], fresh):
                 cached = (self._clock.monotonic(), await self._backend.models(model_type))
                 self._models[model_type] = cached
             return cached[1]
@@ -60,6 +74,74 @@ class Catalog:
     def invalidate(self) -> None:
         self._endpoints = None
         self._models.clear()
+
+    async def endpoint_named(self, name: str) -> tuple[Endpoint, Sequence[Endpoint]]:
+        """The endpoint called `name` (any case) and every endpoint; refuses unknown names."""
+        for fresh in (False, True):
+            endpoints = await self.endpoints(fresh=fresh)
+            found = match_name(name, [e.name for e in endpoints], files=False)
+            if found is not None:
+                return next(e for e in endpoints if e.name == found), endpoints
+        raise RefusedError(
+            unknown_name("endpoint", name, [e.name for e in endpoints])
+            + f"; endpoints: {endpoint_states(endpoints)}"
+        )
+
+    async def model_named(self, name: str, model_type: str) -> str:
+        """The backend's name of model `name` (any case, with or without its file extension)."""
+        for fresh in (False, True):
+            names = sorted(m.name for m in await self.models(model_type, fresh=fresh))
+            found = match_name(name, names, files=True)
+            if found is not None:
+                return found
+        label, hint = _MODEL_WORDS.get(model_type, (model_type, "`models`"))
+        raise RefusedError(
+            unknown_name(label, name, names)
+            + f"; available: {_listing(names) or 'none'} (see {hint})"
+        )
+
+
+# How messages name each ESD model type, and the command that lists them.
+_MODEL_WORDS: dict[str, tuple[str, str]] = {
+    "Stable-diffusion": ("model", "`models`"),
+    "VAE": ("VAE", "`models type=vae`"),
+    "Lora": ("LoRA", "`models type=lora`"),
+    "hypernetworks": ("hypernetwork", "`models type=hypernetwork`"),
+}
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def match_name(name: str, names: Sequence[str], *, files: bool) -> str | None:
+    """The one of `names` that `name` means: exact, else the same letters in any case, else
+    (`files`) the same file name without its extension (`style` for `Style.safetensors`)."""
+    if name in names:
+        return name
+    lowered = name.casefold()
+    for candidate in names:
+        if candidate.casefold() == lowered:
+            return candidate
+    if files:
+        for candidate in names:
+            if _stem(candidate).casefold() in (lowered, _stem(name).casefold()):
+                return candidate
+    return None
+
+
+def unknown_name(label: str, name: str, names: Sequence[str]) -> str:
+    """`unknown model `x``, with a "did you mean" when a name is close."""
+    guesses = closest(name, list(names) + [_stem(n) for n in names])
+    shown = list(dict.fromkeys(n for g in guesses for n in names if g in (n, _stem(n))))[:3]
+    message = f"unknown {label} `{name}`"
+    if shown:
+        message += " — did you mean " + " or ".join(f"`{n}`" for n in shown) + "?"
+    return message
+
+
+def endpoint_states(endpoints: Sequence[Endpoint]) -> str:
+    return ", ".join(f"`{e.name}` ({e.status}, {e.type})" for e in endpoints) or "none"
 
 
 def _typed(options: Mapping[str, str], name: str) -> object:
@@ -91,72 +173,112 @@ def _listing(names: Sequence[str], limit: int = 10) -> str:
 
 
 class Resolver:
-    """Resolves endpoints, models and generation parameters against defaults and backend."""
+    """Resolves endpoints, models and generation parameters against defaults and backend.
+
+    The same checks run twice: `check` before a job is acknowledged (so an unknown name is a
+    refusal and nothing is stored), and `generation` / `endpoint` when it is submitted, which
+    catches what changed in between, or what could not be checked because the backend could not
+    be reached, with the same messages.
+    """
 
     def __init__(self, config: Config, catalog: Catalog) -> None:
         self._config = config
         self._catalog = catalog
 
+    async def check(
+        self, command: str, options: Mapping[str, str], defaults: Defaults
+    ) -> dict[str, str]:
+        """Refuse what can be known before the ack; return `options` with the backend's names.
+
+        Sizes are checked against the channel's cap, and the endpoint, model, VAE and the
+        prompt's LoRA / hypernetwork tags against the backend's catalogue (any case; with a
+        "did you mean"). A backend that cannot be reached leaves the names to `generation`.
+        """
+        checked = dict(options)
+        _check_cap(*_requested_size(options), defaults.max_size)
+        too_many = image_count_error(_int(options, "count"), _int(options, "batch_count"))
+        if too_many is not None:
+            raise RefusedError(too_many)
+        async_only = COMMANDS[command].family is Family.INTERROGATE
+        try:
+            endpoint = await self.endpoint(
+                options.get("endpoint"), default=defaults.endpoint, async_only=async_only
+            )
+            if "endpoint" in options:
+                checked["endpoint"] = endpoint.name
+            if async_only:
+                return checked
+            model = await self.model(options.get("model"), defaults.model)
+            vae = await self.vae(options.get("vae"), defaults.vae)
+            if "prompt" in options:
+                checked["prompt"] = await self.networks(options["prompt"])
+        except BackendError as exc:
+            _LOGGER.warning("names are checked after the ack: the backend failed: %r", exc)
+            return dict(options)
+        if "model" in options:
+            checked["model"] = model
+        if "vae" in options:
+            checked["vae"] = vae
+        return checked
+
     async def endpoint(
         self, requested: str | None, *, default: str | None = None, async_only: bool = False
     ) -> Endpoint:
         """The endpoint a job runs on; refuses unknown or not-InService endpoints."""
-        endpoints = await self._catalog.endpoints()
         name = requested or default
-        states = ", ".join(f"`{e.name}` ({e.status}, {e.type})" for e in endpoints) or "none"
         if name is not None:
-            found = next((e for e in endpoints if e.name == name), None)
-            if found is None:
-                raise RefusedError(f"unknown endpoint `{name}`; endpoints: {states}")
+            found, endpoints = await self._catalog.endpoint_named(name)
+            states = endpoint_states(endpoints)
             if not found.in_service:
                 raise RefusedError(
-                    f"endpoint `{name}` is {found.status}, not InService; endpoints: {states}"
+                    f"endpoint `{found.name}` is {found.status}, not InService; endpoints: {states}"
                 )
             if async_only and found.type != "Async":
                 raise RefusedError(
-                    f"endpoint `{name}` is {found.type}; interrogate needs an Async endpoint"
+                    f"endpoint `{found.name}` is {found.type}; interrogate needs an Async endpoint"
                 )
             return found
         wanted = "Async" if async_only else self._config.inference_type
-        for endpoint in sorted(endpoints, key=lambda e: e.name):
-            if endpoint.in_service and endpoint.type == wanted:
-                return endpoint
-        raise RefusedError(f"no {wanted} endpoint is InService; endpoints: {states}")
+        for fresh in (False, True):
+            endpoints = await self._catalog.endpoints(fresh=fresh)
+            for endpoint in sorted(endpoints, key=lambda e: e.name):
+                if endpoint.in_service and endpoint.type == wanted:
+                    return endpoint
+        raise RefusedError(
+            f"no {wanted} endpoint is InService; endpoints: {endpoint_states(endpoints)}"
+        )
 
     async def model(self, requested: str | None, default: str | None = None) -> str:
-        checkpoints = sorted(m.name for m in await self._catalog.models("Stable-diffusion"))
         name = requested or default
-        if name is None:
-            if not checkpoints:
-                raise RefusedError("the backend has no Active Stable-diffusion checkpoint")
-            return checkpoints[0]
-        if name not in checkpoints:
-            raise RefusedError(
-                f"unknown model `{name}`; checkpoints: {_listing(checkpoints) or 'none'}"
-                " (see `models`)"
+        if name is not None:
+            return await self._catalog.model_named(name, "Stable-diffusion")
+        for fresh in (False, True):
+            checkpoints = sorted(
+                m.name for m in await self._catalog.models("Stable-diffusion", fresh=fresh)
             )
-        return name
+            if checkpoints:
+                return checkpoints[0]
+        raise RefusedError("the backend has no Active Stable-diffusion checkpoint")
 
     async def vae(self, requested: str | None, default: str = "Automatic") -> str:
         name = requested or default
-        if name in ("Automatic", "None"):
-            return name
-        vaes = sorted(m.name for m in await self._catalog.models("VAE"))
-        if name not in vaes:
-            raise RefusedError(
-                f"unknown VAE `{name}`; VAEs: {_listing(['Automatic', *vaes])}"
-                " (see `models type=vae`)"
-            )
-        return name
+        return vae_keyword(name) or await self._catalog.model_named(name, "VAE")
+
+    async def networks(self, prompt: str) -> str:
+        """`prompt` with every LoRA / hypernetwork tag naming a model the backend has, in the
+        backend's spelling (A1111 looks them up by exact file name without the extension)."""
+        names = {}
+        for tag in prompt_networks(prompt):
+            found = await self._catalog.model_named(tag.name, NETWORK_KINDS[tag.kind])
+            names[tag.span] = found.rsplit(".", 1)[0] if "." in found else found
+        return with_names(prompt, names) if names else prompt
 
     async def generation(
         self, options: Mapping[str, str], input_width: int, input_height: int, defaults: Defaults
     ) -> GenerationParams:
         """Every img2img parameter, concrete: defaults applied, size fitted, seed drawn."""
         cap = defaults.max_size
-        size = _typed(options, "size")
-        width = _typed(options, "width")
-        height = _typed(options, "height")
+        width, height = _requested_size(options)
         scale = _typed(options, "scale")
         if isinstance(scale, float):
             # A1111's "Resize by" tab: int(side × scale) of the init image, here floored to the
@@ -165,25 +287,18 @@ class Resolver:
             width, height = (
                 max(64, int(side * scale) // 8 * 8) for side in (input_width, input_height)
             )
-        elif isinstance(size, Size):
-            width, height = size.width, size.height
-        elif isinstance(width, int) and not isinstance(height, int):
-            height = max(64, round(width * input_height / input_width / 8) * 8)
-        elif isinstance(height, int) and not isinstance(width, int):
-            width = max(64, round(height * input_width / input_height / 8) * 8)
-        if isinstance(width, int) and isinstance(height, int):
             if max(width, height) > cap:
-                scaled = (
-                    f" ({input_width}x{input_height} × {scale:g})"
-                    if isinstance(scale, float)
-                    else ""
-                )
                 raise RefusedError(
-                    f"size {width}x{height}{scaled} is over the cap of {cap} pixels on the "
-                    "longest side"
+                    f"size {width}x{height} ({input_width}x{input_height} × {scale:g}) is over "
+                    f"the cap of {cap} pixels on the longest side"
                 )
-        else:
+        elif width is not None and height is None:
+            height = max(64, round(width * input_height / input_width / 8) * 8)
+        elif height is not None and width is None:
+            width = max(64, round(height * input_width / input_height / 8) * 8)
+        if width is None or height is None:
             width, height = default_size(input_width, input_height, cap)
+        _check_cap(width, height, cap)
         seed = _int(options, "seed")
         if seed < 0:
             seed = random.randint(0, MAX_SEED)
@@ -204,7 +319,7 @@ class Resolver:
             sampler = split_sampler(sampler)[0]
         endpoint = await self.endpoint(options.get("endpoint"), default=defaults.endpoint)
         return GenerationParams(
-            prompt=str(options.get("prompt", "")),
+            prompt=await self.networks(str(options.get("prompt", ""))),
             negative=str(options.get("negative", "")),
             strength=_float(options, "strength"),
             steps=_int(options, "steps"),
@@ -234,3 +349,32 @@ class Resolver:
             scheduler=scheduler,
             mask_alpha=_int(options, "mask_alpha"),
         )
+
+
+def vae_keyword(name: str) -> str | None:
+    """`Automatic` or `None` (any case): A1111's own VAE choices, not files on the backend."""
+    return next((k for k in ("Automatic", "None") if name.casefold() == k.casefold()), None)
+
+
+def _requested_size(options: Mapping[str, str]) -> tuple[int | None, int | None]:
+    """The output width and height the options ask for (either may be left to the input)."""
+    size = _typed(options, "size")
+    if isinstance(size, Size):
+        return size.width, size.height
+    width, height = _typed(options, "width"), _typed(options, "height")
+    return (
+        width if isinstance(width, int) else None,
+        height if isinstance(height, int) else None,
+    )
+
+
+def _check_cap(width: int | None, height: int | None, cap: int) -> None:
+    if width is not None and height is not None:
+        if max(width, height) > cap:
+            raise RefusedError(
+                f"size {width}x{height} is over the cap of {cap} pixels on the longest side"
+            )
+        return
+    for name, side in (("width", width), ("height", height)):
+        if side is not None and side > cap:
+            raise RefusedError(f"{name} {side} is over the cap of {cap} pixels on the longest side")

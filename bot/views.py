@@ -115,6 +115,9 @@ class ResultView:
     infotext: str = ""
     endpoint: str = ""
     duration: float | None = None
+    # Set when the images are not Stable Diffusion's (the local preview engine): adapters show
+    # it wherever the result is shown, so nobody takes a preview for the real thing.
+    notice: str = ""
 
     @property
     def marker(self) -> str:

@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from bot.errors import ParseError
+from commands.prompt import clean, networks
 from commands.spec import (
     ADVANCED,
     COMMANDS,
@@ -77,6 +78,8 @@ SIDE_MULTIPLE = 8
 _DOUBLE_QUOTES = frozenset('"“”')
 _SINGLE_QUOTES = frozenset("'‘’")
 _OPTION_WORD = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)=(.*)", re.DOTALL)
+# `--steps`, `--steps=30`: command-line habits (and Midjourney's `--ar 16:9`).
+_DASHED = re.compile(r"--([A-Za-z][A-Za-z0-9_-]*)(?:=(.*))?", re.DOTALL)
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _SIZE = re.compile(r"([0-9]{1,6}) *[xX×] *([0-9]{1,6})")
@@ -309,15 +312,62 @@ def find_command(name: str) -> CommandSpec:
     raise ParseError(f"unknown command `{_shown(name)}`{hint} `help` lists every command")
 
 
+# Names users bring from the A1111 WebUI / API, and what sdbot calls the same thing.
+A1111_NAMES: dict[str, str] = {
+    "denoise": "strength",
+    "denoising": "strength",
+    "denoising_strength": "strength",
+    "cfg_scale": "cfg",
+    "sampler_name": "sampler",
+    "sampler_index": "sampler",
+    "negative_prompt": "negative",
+    "batch_size": "count",
+    "n_iter": "count",
+    "resize_mode": "resize",
+    "masked_content": "fill",
+    "inpainting_fill": "fill",
+    "inpaint_full_res": "area",
+    "inpaint_area": "area",
+    "inpaint_full_res_padding": "padding",
+    "only_masked_padding": "padding",
+    "inpainting_mask_invert": "invert",
+    "mask_mode": "invert",
+    "sd_model_checkpoint": "model",
+    "checkpoint": "model",
+    "sd_vae": "vae",
+}
+
+
+def _sdbot_name(spec: CommandSpec, given: str, value: str | None) -> str | None:
+    """A pointer from an A1111 option name to sdbot's, when `spec` takes that option."""
+    name = A1111_NAMES.get(given.lower().replace("-", "_"))
+    if name is None or name not in spec.options:
+        return None
+    option = OPTIONS[name]
+    if value is not None and option.kind in (Kind.INT, Kind.FLOAT):
+        example = f"`{name}={value}`"
+    else:
+        example = f"`{name}=` ({_expected(option)})"
+    return f"`{_shown(given)}` is A1111's name; sdbot calls it `{name}`: write {example}"
+
+
 def _option_for(
-    spec: CommandSpec, given: str, *, console: bool, reply: bool, word: str | None = None
+    spec: CommandSpec,
+    given: str,
+    *,
+    console: bool,
+    reply: bool,
+    word: str | None = None,
+    value: str | None = None,
 ) -> OptionSpec:
     """The declaration of option `given` (as the user spelled it) for the command `spec`.
 
-    `word` is the whole `name=value` word when the option came from text.
+    `word` is the whole `name=value` word when the option came from text, `value` its value.
     """
     name = given.lower().replace("-", "_")
     option = OPTIONS.get(name)
+    if option is None and (pointer := _sdbot_name(spec, given, value)) is not None:
+        raise ParseError(pointer)
     if option is None or name not in spec.options:
         takers = [c.name for c in COMMANDS.values() if name in c.options]
         if option is not None and takers:
@@ -432,8 +482,10 @@ def _out_of_range(spec: OptionSpec, got: str) -> ParseError:
 
 
 def _read_text(spec: OptionSpec, raw: str) -> str:
+    raw = clean(raw)
     if spec.name in LONG_TEXT_OPTIONS:
         cap = PROMPT_CAP
+        networks(raw)  # refuses LoRA weights that are not finite numbers
     else:
         cap = NAME_CAP
         if not raw.strip():
@@ -616,10 +668,16 @@ def _read_words(
     spec: CommandSpec, words: list[_Word], *, console: bool, reply: bool, now: datetime | None
 ) -> _Reading:
     reading = _Reading({}, [], again=False)
-    for word in words:
+    for number, word in enumerate(words):
+        dashed = _DASHED.fullmatch(word.text)
+        if dashed is not None and not word.quoted:
+            following = words[number + 1].text if number + 1 < len(words) else None
+            raise _dashed_option(spec, dashed[1], dashed[2] or following, word.text)
         match = _OPTION_WORD.fullmatch(word.text)
         if match is not None and match.end(1) < word.bare_length:
-            option = _option_for(spec, match[1], console=console, reply=reply, word=word.text)
+            option = _option_for(
+                spec, match[1], console=console, reply=reply, word=word.text, value=match[2]
+            )
             if option.name in reading.options:
                 raise ParseError(f"`{option.name}` is given twice — keep one")
             reading.options[option.name] = convert_option(option, match[2], now=now)
@@ -628,6 +686,25 @@ def _read_words(
         elif word.text:
             reading.free_words.append(word.text)
     return reading
+
+
+def _dashed_option(spec: CommandSpec, name: str, value: str | None, word: str) -> ParseError:
+    """`--steps 30`: command-line style options are pointed to `key=value`, never taken as
+    prompt text (quote the word to put it in the prompt)."""
+    canonical = name.lower().replace("-", "_")
+    canonical = A1111_NAMES.get(canonical, canonical)
+    if value is not None and value.startswith("--"):
+        value = None  # the next word is another option, not this one's value
+    if canonical in spec.options:
+        given = word if "=" in word or value is None else f"{word} {value}"
+        return ParseError(
+            f"options are written `key=value`: `{canonical}={_shown(value or '…')}`, "
+            f"not `{_shown(given)}`"
+        )
+    return ParseError(
+        f"`{_shown(word)}` is not an option of {spec.name}: options are written `key=value` "
+        f"(`help {spec.name}` lists them); to put `{_shown(word)}` in the text, quote it"
+    )
 
 
 def _free_text_option(

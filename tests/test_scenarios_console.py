@@ -82,7 +82,7 @@ async def test_refusals_are_error_lines_and_never_jobs(console: ConsoleRun) -> N
     assert "needs mask" in errors[5]
 
 
-async def test_bad_images_fail_the_job_with_the_file_named(console: ConsoleRun) -> None:
+async def test_bad_images_are_refused_with_the_file_named(console: ConsoleRun) -> None:
     html = console.write("page.png", b"<!doctype html><html>login</html>")
     empty = console.write("empty.png", b"")
     image = console.write("in.png", png())
@@ -92,17 +92,13 @@ async def test_bad_images_fail_the_job_with_the_file_named(console: ConsoleRun) 
         f"img2img x image={console.tmp_path / 'missing.png'}",
         f"inpaint x image={image}",
     )
-    ids = job_ids(lines)
-    reasons = {
-        ids.index(line.split()[1]): line.split(" failed — ", 1)[1]
-        for line in lines
-        if " failed — " in line
-    }
-    assert len(reasons) == 4
-    assert "page.png is not an image" in reasons[0]
-    assert "empty.png is empty" in reasons[1]
-    assert "no such file" in reasons[2] and "missing.png" in reasons[2]
-    assert "attach a mask" in reasons[3]
+    # Console files are read before the ack: a bad one is a refusal, and nothing is stored.
+    assert job_ids(lines) == []
+    assert len(lines) == 4 and all(line.startswith("error: ") for line in lines)
+    assert "page.png is not an image" in lines[0]
+    assert "empty.png is empty" in lines[1]
+    assert "no such file" in lines[2] and "missing.png" in lines[2]
+    assert "attach a mask" in lines[3]
 
 
 async def test_job_jobs_and_filters(console: ConsoleRun) -> None:
@@ -169,16 +165,16 @@ async def test_help_endpoints_models(console: ConsoleRun) -> None:
     assert "unknown model type" in (await console.run("models type=loras2"))[0]
 
 
-async def test_unknown_model_and_endpoint_fail_without_reaching_the_backend(
+async def test_unknown_model_and_endpoint_are_refused_without_reaching_the_backend(
     console: ConsoleRun,
 ) -> None:
     image = console.write("in.png", png())
     lines = await console.run(
         f"img2img x image={image} model=nope.ckpt", f"img2img x image={image} endpoint=gpu-1"
     )
-    failures = " | ".join(line for line in lines if " failed — " in line)
-    assert "unknown model `nope.ckpt`" in failures
-    assert "unknown endpoint `gpu-1`" in failures
+    assert job_ids(lines) == []
+    assert "unknown model `nope.ckpt`" in lines[0]
+    assert "unknown endpoint `gpu-1`" in lines[1]
     history = await console.app.backend.history("img2img", 10)
     assert history == []
 

@@ -17,7 +17,6 @@ from scenario_kit import (
 )
 
 from bot.app import BotApp
-from bot.model import JobState
 from commands import parse
 
 # Backend-neutral: each scenario runs on the local backend and on the WebUI backend.
@@ -53,7 +52,7 @@ async def test_per_user_concurrency_limit(chat) -> None:  # type: ignore[no-unty
     assert (await submit(app, adapter))[0] is not None
     job, r = await submit(app, adapter)
     assert job is None
-    assert "2 job(s) running (the limit here is 2)" in r.refusals[0]
+    assert "you have 2 jobs running; the limit here is 2" in r.refusals[0]
     # Someone else is not affected.
     assert (await submit(app, adapter, chat_caller("u2")))[0] is not None
     await app.runner.wait_idle()
@@ -108,10 +107,8 @@ async def test_settings_are_shown_changed_validated_and_applied(chat) -> None:  
     stored = await app.store.get(job.id)
     assert stored.params is not None
     assert max(stored.params.width, stored.params.height) <= 512
-    too_big, _ = await submit(app, adapter, text="img2img x size=1024x1024")
-    await app.runner.wait_idle()
-    too_big = await app.store.get(too_big.id)
-    assert too_big.state is JobState.FAILED and "cap of 512" in too_big.error
+    too_big, refused = await submit(app, adapter, text="img2img x size=1024x1024")
+    assert too_big is None and "cap of 512" in refused.refusals[0]
     await ask(app, admin, "settings reset=concurrency")
     await ask(app, admin, "settings scope=server reset=all")
     shown = (await ask(app, admin, "settings")).replies[0][0]

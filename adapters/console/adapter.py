@@ -17,6 +17,8 @@ local operator and an admin. Image paths are given as `image=PATH`, `mask=PATH`,
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -101,12 +103,19 @@ class ConsoleAdapter:
     @staticmethod
     def _read(ref: AttachmentRef, max_bytes: int) -> bytes:
         path = Path(ref.url).expanduser()
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageInputError(
-                f"{ref.name} is {byte_size(size)}; the limit is {byte_size(max_bytes)}"
-            )
-        with path.open("rb") as fh:
+        # Opened without blocking and checked on the open file: a FIFO (or a device) named as
+        # an image would otherwise block the read until something writes to it, forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageInputError(f"{ref.url} is not a regular file; give an image file")
+            if info.st_size > max_bytes:
+                raise ImageInputError(
+                    f"{ref.name} is {byte_size(info.st_size)}; the limit is {byte_size(max_bytes)}"
+                )
             return fh.read(max_bytes + 1)
 
     async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:

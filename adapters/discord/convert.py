@@ -187,7 +187,7 @@ def result_embed(view: ResultView) -> discord.Embed:
         embed.add_field(name="Endpoint", value=clip(f"`{view.endpoint}`", EMBED_FIELD_CHARS))
     if view.duration is not None:
         embed.add_field(name="Duration", value=_duration(view.duration))
-    embed.set_footer(text=f"job {view.job_id}")
+    embed.set_footer(text=f"job {view.job_id}" + (f" · {view.notice}" if view.notice else ""))
     return embed
 
 

@@ -26,6 +26,7 @@ from adapters.discord.convert import (
 from adapters.discord.interactions import form_text
 from bot.model import Conversation
 from commands import parse
+from commands.prompt import clean
 
 
 def test_batches_respect_file_count_and_bytes_and_keep_order() -> None:
@@ -85,7 +86,7 @@ def test_only_discord_cdn_urls_are_allowed() -> None:
 @given(st.text(max_size=300))
 def test_quoted_form_fields_read_back_exactly(text: str) -> None:
     parsed = parse(f"img2img prompt={grammar_quote(text)}")
-    assert parsed.options["prompt"] == text
+    assert parsed.options["prompt"] == clean(text)  # hidden control characters are dropped
 
 
 def test_form_text_combines_fields_and_options() -> None:

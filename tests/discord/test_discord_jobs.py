@@ -299,7 +299,7 @@ async def test_queries(bot: Any) -> None:
     assert job.id in content("jobs") and private("jobs")
     assert job.id in content("job") and not private("job")
     assert [name for name, _ in answers["job"].files] == [f"{job.id}-1.png"]
-    assert "already succeed" in content("cancel") and private("cancel")
+    assert "already finished (succeed)" in content("cancel") and private("cancel")
     assert answers["settings"].json["type"] == 4 and content("settings")
 
 

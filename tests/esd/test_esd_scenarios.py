@@ -122,6 +122,7 @@ async def test_backend_failures_reach_the_user(console: EsdConsole) -> None:
     state_of(console.url).set_endpoint_status("sd-async-local", "Updating")
     lines = await console.run("endpoints", f"img2img z image={image}")
     assert any("sd-async-local" in line and "Updating" in line for line in lines), lines
-    [job] = job_ids(lines)
-    [failure] = [line for line in lines if line.startswith(f"job {job} failed")]
-    assert "InService" in failure
+    # Known before the ack: refused, nothing stored.
+    assert job_ids(lines) == []
+    [refusal] = [line for line in lines if line.startswith("error: ")]
+    assert "`sd-async-local` is Updating, not InService" in refusal
