@@ -485,7 +485,10 @@ def _read_text(spec: OptionSpec, raw: str) -> str:
     raw = clean(raw)
     if spec.name in LONG_TEXT_OPTIONS:
         cap = PROMPT_CAP
-        networks(raw)  # refuses LoRA weights that are not finite numbers
+        try:
+            networks(raw)  # LoRA weights must be finite numbers
+        except ValueError as exc:
+            raise ParseError(str(exc)) from None
     else:
         cap = NAME_CAP
         if not raw.strip():

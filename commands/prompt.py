@@ -13,8 +13,6 @@ import math
 import re
 from dataclasses import dataclass
 
-from bot.errors import ParseError
-
 __all__ = ("NETWORK_KINDS", "NetworkTag", "clean", "networks", "with_names")
 
 # Cc except tab and newline; LRE RLE PDF LRO RLO (U+202A–U+202E); LRI RLI FSI PDI (U+2066–U+2069).
@@ -41,8 +39,9 @@ def clean(text: str) -> str:
 
 
 def networks(prompt: str) -> list[NetworkTag]:
-    """The prompt's LoRA / hypernetwork tags, in order; refuses weights that are not finite
-    numbers (`<lora:x:nan>`, `<lora:x:1e999>`, `<lora:x:strong>`)."""
+    """The prompt's LoRA / hypernetwork tags, in order. A weight that is not a finite number
+    (`<lora:x:nan>`, `<lora:x:1e999>`, `<lora:x:strong>`) raises `ValueError` with a message
+    for the user (the parser turns it into its `ParseError`)."""
     found = []
     for match in _TAG.finditer(prompt):
         name = match[2].strip()
@@ -51,7 +50,7 @@ def networks(prompt: str) -> list[NetworkTag]:
             if key and key.strip().lower() not in _NAMED_WEIGHTS:
                 continue  # an extension's own argument: not ours to judge
             if not _finite(value):
-                raise ParseError(
+                raise ValueError(
                     f"the weight in `{match[0]}` must be a number such as 0.8, got "
                     f"`{part.strip() or '(nothing)'}`"
                 )

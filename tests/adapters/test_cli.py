@@ -54,7 +54,7 @@ def test_bad_configuration_exits_2_naming_the_setting(tmp_path: Path) -> None:
     result = sdbot(tmp_path, "run", SDBOT_MAX_SIDE="huge")
     assert result.returncode == 2
     assert "SDBOT_MAX_SIDE" in result.stderr
-    result = sdbot(tmp_path, "run", SLACK_BOT_TOKEN="xoxb-1-2-abc")
+    result = sdbot(tmp_path, "run", SLACK_BOT_TOKEN="xoxb-1-2-abc", SDBOT_BACKEND="local")
     assert result.returncode == 2
     assert "SLACK_APP_TOKEN" in result.stderr
 

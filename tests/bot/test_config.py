@@ -73,7 +73,13 @@ def test_unknown_key_and_bad_toml(tmp_path: Path) -> None:
 
 
 def test_secrets_never_in_repr() -> None:
-    config = load_config({"DISCORD_TOKEN": "discord-secret-123", "ESD_API_KEY": "esdkey12345"})
+    config = load_config(
+        {
+            "DISCORD_TOKEN": "discord-secret-123",
+            "ESD_API_KEY": "esdkey12345",
+            "SDBOT_BACKEND": "local",
+        }
+    )
     assert "discord-secret-123" not in repr(config)
     assert "esdkey12345" not in repr(config.secrets)
     assert set(config.secrets.values()) == {"discord-secret-123", "esdkey12345"}

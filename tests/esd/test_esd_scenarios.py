@@ -125,4 +125,4 @@ async def test_backend_failures_reach_the_user(console: EsdConsole) -> None:
     # Known before the ack: refused, nothing stored.
     assert job_ids(lines) == []
     [refusal] = [line for line in lines if line.startswith("error: ")]
-    assert "`sd-async-local` is Updating, not InService" in refusal
+    assert "no Async endpoint is InService" in refusal and "(Updating, Async)" in refusal
