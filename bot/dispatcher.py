@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 _PAGE = 50  # lines per message when `jobs all=true` lists many
-_ALL_CAP = 200  # `jobs all=true` lists at most this many; the rest page with `until=`
+_ALL_CAP = 500  # `jobs all=true` lists at most this many; the rest page with `until=`
 _SLOT_OPTIONS = tuple(s.value for s in Slot)
 # The ways to give the output size; a reply that uses one replaces the base job's others.
 _SIZE_OPTIONS = ("size", "width", "height", "scale")

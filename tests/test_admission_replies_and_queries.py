@@ -120,7 +120,7 @@ async def test_jobs_all_is_capped_and_pages_by_time(tmp_path: Path) -> None:
     async with app:
         alice = chat_caller("alice")
         start = datetime(2026, 1, 1, tzinfo=UTC)
-        for n in range(450):
+        for n in range(1050):
             job = Job(
                 id=f"j{n:04d}aaaaa",
                 command="img2img",
@@ -137,13 +137,13 @@ async def test_jobs_all_is_capped_and_pages_by_time(tmp_path: Path) -> None:
             await app.dispatcher.handle_command(alice, parse(text), [], r)
             lines = [line for reply, _, _ in r.replies for line in reply.splitlines()]
             listed = [line for line in lines if "→" in line]
-            assert len(listed) <= 200 and len(r.replies) <= 5
+            assert len(listed) <= 500 and len(r.replies) <= 11
             seen += listed
             hint = [line for line in lines if "until=" in line]
             if not hint:
                 break
             text = "jobs all=true " + hint[0].split("`")[1]
-        assert len(seen) == len(set(seen)) == 450
+        assert len(seen) == len(set(seen)) == 1050
 
 
 # -- the preview engine --------------------------------------------------------------------
