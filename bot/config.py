@@ -71,7 +71,6 @@ class Config:
     esd_timeout: float = 30.0  # per request; API Gateway itself gives up at 29 s
     realtime_max_in_flight: int = 5  # per Real-time endpoint (the container queues ~10)
     esd_bucket: str | None = None
-    esd_job_table: str = "SDInferenceJobTable"
     # AUTOMATIC1111 / Forge WebUI started with `--api` (README "Run on your own GPU").
     a1111_api_url: str | None = None
     a1111_concurrency: int = 1  # jobs sent to the WebUI at once; it runs one at a time
@@ -157,7 +156,6 @@ _ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "esd_api_url": ("ESD_API_URL",),
     "esd_username": ("ESD_USERNAME",),
     "esd_bucket": ("ESD_BUCKET",),
-    "esd_job_table": ("ESD_JOB_TABLE",),
     "slack_api_url": ("SLACK_API_URL",),
     "a1111_api_url": ("A1111_API_URL",),
 }
@@ -207,6 +205,13 @@ def _convert(name: str, kind: Any, raw: object) -> object:
     return raw
 
 
+# Settings that went, and why; a file that still has one is told so.
+_REMOVED = {
+    "esd_job_table": "ESD hard-codes its job table SDInferenceJobTable in its container and "
+    "Lambdas, so any other name could only break interrogate; remove the line",
+}
+
+
 def load_config(environ: Mapping[str, str] | None = None, path: Path | str | None = None) -> Config:
     """Read the TOML file (if any), apply environment overrides and validate."""
     env = os.environ if environ is None else environ
@@ -224,6 +229,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: Path | str | Non
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"the config file {file} is not valid TOML: {exc}") from None
         for key, raw in table.items():
+            if key in _REMOVED:
+                raise ConfigError(f"`{key}` in {file} is no longer a setting: {_REMOVED[key]}")
             if key not in fields:
                 raise ConfigError(f"unknown setting `{key}` in {file}")
             values[key] = _convert(key, fields[key].type, raw)

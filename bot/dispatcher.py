@@ -15,13 +15,21 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from bot import render
-from bot.errors import OperationalError, ParseError, RefusedError, UserInputError
+from bot.errors import (
+    BackendError,
+    BackendUnavailableError,
+    OperationalError,
+    ParseError,
+    RefusedError,
+    UserInputError,
+)
 from bot.ids import display_name
 from bot.jobs import RESULT_SLOT, JobRunner
 from bot.model import AttachmentRef, Caller, GenerationParams, Job, JobState, Platform
 from bot.ports import Backend, Clock, JobQuery, JobStore, Responder, StoredImage
 from bot.views import EDIT_FIELDS, Action, ActionKind, ResultImage
 from commands import (
+    BACKEND_JOB_ID,
     COMMANDS,
     MODEL_TYPES,
     CommandSpec,
@@ -356,7 +364,12 @@ class Dispatcher:
     async def _visible_job(self, caller: Caller, prefix: str) -> Job:
         """The one job `prefix` names that the caller may see (own jobs; admins: the server's)."""
         prefix = prefix.lower()
-        found = await self._store.find(caller.platform, caller.server, prefix)
+        if BACKEND_JOB_ID.fullmatch(prefix):
+            # A backend's id from `jobs source=cloud`: the bot job that ran as it.
+            query = JobQuery(caller.platform, caller.server, backend_id=prefix, limit=2)
+            found = list(await self._store.query(query))
+        else:
+            found = list(await self._store.find(caller.platform, caller.server, prefix))
         if not caller.is_admin:
             found = [j for j in found if j.caller.user == caller.user]
         if not found:
@@ -423,7 +436,12 @@ class Dispatcher:
         opts = parsed.options
         task_type = str(opts.get("type") or "img2img")
         limit = 1000 if opts.get("all") is True else 10
-        rows = await self._backend.history(task_type, limit if not _has_filters(opts) else 1000)
+        try:
+            rows = await self._backend.history(task_type, limit if not _has_filters(opts) else 1000)
+        except BackendError as exc:
+            if exc.user_message is None or isinstance(exc, BackendUnavailableError):
+                raise
+            raise RefusedError(exc.user_message) from None  # what the backend cannot list
         since, until = _opt_time(opts, "since"), _opt_time(opts, "until")
         lines = []
         for row in rows:

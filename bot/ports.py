@@ -241,6 +241,7 @@ class JobQuery:
     model: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    backend_id: str | None = None  # the backend's id of the job (`jobs source=cloud` lists it)
     limit: int = 10
     offset: int = 0
 

@@ -297,6 +297,7 @@ def query_sql(query: JobQuery) -> tuple[str, list[object]]:
         ("command", query.command),
         ("endpoint", query.endpoint),
         ("model", query.model),
+        ("backend_id", query.backend_id),
     ):
         if value is not None:
             where.append(f"{column} = ?")

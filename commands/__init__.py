@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from commands.help import describe_value, help_text
 from commands.parse import (
+    BACKEND_JOB_ID,
     ParsedCommand,
     ParsedReply,
     build,
@@ -45,6 +46,7 @@ from commands.spec import (
 
 __all__ = (
     "AREAS",
+    "BACKEND_JOB_ID",
     "COMMANDS",
     "DEFAULT_SAMPLER",
     "FILL_MODES",

@@ -86,9 +86,11 @@ _SIZE = re.compile(r"([0-9]{1,6}) *[xX×] *([0-9]{1,6})")
 _ISO_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[Tt ].*)?", re.DOTALL)
 _RELATIVE = re.compile(r"([0-9]{1,9}) *([mhdw])", re.IGNORECASE)
 _RELATIVE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# A backend's own job id, as `jobs source=cloud` lists it: ESD's are UUIDs.
+BACKEND_JOB_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}")
 # The store's ids are lowercase base32, but the spec's own examples (`job k3x9`) use digits
 # outside that alphabet; any lowercase letter or digit is accepted and the store decides.
-_JOB_ID = re.compile(r"[a-z0-9]{4,10}")
+_JOB_ID = re.compile(r"[a-z0-9]{4,10}|" + BACKEND_JOB_ID.pattern)
 # `result`, `result:N`, and a bare `N` as shorthand (also how stored options write it back).
 _RESULT = re.compile(r"(?:result(?: *: *([0-9]{1,9}))?|([0-9]{1,9}))", re.IGNORECASE)
 _BOOLS = {
@@ -465,7 +467,10 @@ def _expected(spec: OptionSpec) -> str:
             "or a time ago (30m, 2h, 3d, 1w)"
         )
     if kind is Kind.JOB_ID:
-        return "a job id such as k3x9q2m7ab, or its first 4 or more characters"
+        return (
+            "a job id such as k3x9q2m7ab, or its first 4 or more characters, "
+            "or the backend's id of a job (`jobs source=cloud` lists them)"
+        )
     if kind is Kind.RESULT:
         return f"`result` or `result:N` with N from 1 to {_max_results()}"
     if kind is Kind.PATH:

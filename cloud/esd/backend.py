@@ -16,6 +16,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from bot.errors import (
 )
 from bot.model import Endpoint, JobOutput, JobState, Submitted
 from cloud.esd.a1111 import (
+    INTERROGATE_TASKS,
     hypernet_names,
     img2img_payload,
     lora_names,
@@ -46,10 +48,10 @@ from cloud.esd.interrogate import (
     task_type,
 )
 from cloud.esd.launch import launch
-from cloud.esd.payloads import NO_REASON, parse_version
+from cloud.esd.payloads import NO_REASON, is_unlistable, parse_version
 from cloud.esd.polling import StatusBook
 from cloud.esd.sagemaker import SageMakerConfig, SageMakerInterrogator
-from commands.spec import MODEL_TYPES
+from commands.spec import COMMANDS, MODEL_TYPES, Family
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -64,7 +66,7 @@ _LOGGER = logging.getLogger(__name__)
 
 MIN_VERSION = (1, 5)
 ALL_MODEL_TYPES: tuple[str, ...] = tuple(MODEL_TYPES.values())
-# Network models the prompt can name, plus embeddings, which are all sent (SPEC §2.2).
+# Network models the prompt can name: LoRAs and hypernetworks by tag, embeddings by name.
 _NETWORK_TYPES = ("Lora", "hypernetworks", "embeddings")
 # Pages of a listing the client follows at most, so a server that loops cannot hang us.
 _MAX_PAGES = 200
@@ -310,7 +312,9 @@ class EsdBackend:
                 files.append(file)
             if files:
                 models[esd_type] = files
-        embeddings = list(networks.get("embeddings", ()))
+        embeddings = named_embeddings(
+            networks.get("embeddings", ()), params.prompt, params.negative
+        )
         if embeddings:
             models["embeddings"] = embeddings
         return models
@@ -538,20 +542,51 @@ class EsdBackend:
         await self._client.delete_inferences([backend_id])
 
     async def history(self, task_type: str, limit: int) -> Sequence[CloudJob]:
+        """ESD's own list, newest first. `task_type` is a command or an ESD task type: the
+        img2img family is `img2img`, `interrogate` both interrogate task types."""
+        rows: list[CloudJob] = []
+        for esd_type in esd_task_types(task_type):
+            rows.extend(await self._history_of(esd_type, limit))
+        oldest = datetime.min.replace(tzinfo=UTC)
+        rows.sort(key=lambda row: row.created_at or oldest, reverse=True)
+        return rows[: max(limit, 0)]
+
+    async def _history_of(self, task_type: str, limit: int) -> list[CloudJob]:
         rows: list[CloudJob] = []
         key: str | None = None
         for _ in range(_MAX_PAGES):
             if len(rows) >= limit:
                 break
-            # No `username`: admins see every user's jobs, the WebUI's included (§4.5).
-            page = await self._client.list_inferences(
-                task_type, limit=min(self._config.page_size, limit - len(rows)), start_key=key
-            )
+            try:
+                # No `username`: admins see every user's jobs, the WebUI's included (§4.5).
+                page = await self._client.list_inferences(
+                    task_type, limit=min(self._config.page_size, limit - len(rows)), start_key=key
+                )
+            except BackendError as exc:
+                if not is_unlistable(exc):
+                    raise
+                raise BackendError(
+                    f"ESD cannot list its {task_type} jobs: {exc}",
+                    status=400,
+                    user_message=f"ESD cannot list its {task_type} jobs: its list route fails "
+                    "(400) on every page that holds an interrogate job with a caption. Look at "
+                    "one job with `job <id>`.",
+                ) from None
             rows.extend(job.cloud_job() for job in page.jobs if job.task_type in ("", task_type))
             if page.next_key is None or page.next_key == key:
                 break
             key = page.next_key
-        return rows[: max(limit, 0)]
+        return rows
+
+
+def esd_task_types(name: str) -> tuple[str, ...]:
+    """The ESD task types a `jobs type=` value means."""
+    command = COMMANDS.get(name)
+    if command is not None and command.family is Family.GENERATE:
+        return ("img2img",)
+    if command is not None and command.family is Family.INTERROGATE:
+        return tuple(INTERROGATE_TASKS.values())
+    return (name,)
 
 
 async def list_endpoints(client: EsdClient) -> list[Endpoint]:
@@ -577,6 +612,24 @@ async def list_models(client: EsdClient, types: Sequence[str]) -> list[Model]:
         if answer.page >= answer.pages or not answer.models:
             break
         page += 1
+    return found
+
+
+def named_embeddings(files: Sequence[str], *texts: str) -> list[str]:
+    """The embedding files whose name (the file name without its extension) the prompt or the
+    negative prompt uses, as A1111 finds them: a whole word, in any case.
+
+    ESD's create Lambda looks every name in `models` up with one scan of its checkpoint table
+    each, inside API Gateway's 29 s (inferences/create_inference_job.py); sending every Active
+    embedding with every job, as the WebUI does, makes a large library time out.
+    """
+    text = "\n".join(texts)
+    found = []
+    for file in files:
+        stem = file.rsplit(".", 1)[0] if "." in file else file
+        pattern = rf"(?<![a-z0-9]){re.escape(stem)}(?![a-z0-9])"
+        if stem and re.search(pattern, text, re.IGNORECASE):
+            found.append(file)
     return found
 
 

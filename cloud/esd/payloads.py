@@ -355,6 +355,13 @@ def readable_reason(raw: object) -> str | None:
     return _short(json.dumps(raw, separators=(",", ":")) if isinstance(raw, list) else str(raw))
 
 
+def is_unlistable(exc: BackendError) -> bool:
+    """ESD's `GET /inferences` answer when a page holds a row with `caption` (an interrogate
+    job): its list handler builds every row as `InferenceJob(**row)`, which has no such field
+    (inferences/list_inferences.py, libs/data_types.py)."""
+    return exc.status == 400 and "unexpected keyword argument" in (exc.user_message or "")
+
+
 def _short(text: str) -> str:
     line = " ".join(redact(text).split())
     return line if len(line) <= _REASON_MAX else line[: _REASON_MAX - 1] + "…"

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from bot.errors import BackendError, BackendUnavailableError
 from bot.model import BackendStatus, JobState
 from bot.ports import LOST_JOB
-from cloud.esd.payloads import EsdJob
+from cloud.esd.payloads import EsdJob, is_unlistable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -318,14 +318,21 @@ class StatusBook:
         try:
             while pages < self._config.status_pages:
                 pages += 1
-                page = await self._client.list_inferences(
-                    task_type,
-                    limit=self._config.page_size,
-                    start_key=key,
-                    # With the user named, ESD returns full items (with `sagemakerRaw`,
-                    # `startTime`) and only the bot user's jobs (§4.5).
-                    username=self._config.username,
-                )
+                try:
+                    page = await self._client.list_inferences(
+                        task_type,
+                        limit=self._config.page_size,
+                        start_key=key,
+                        # With the user named, ESD returns full items (with `sagemakerRaw`,
+                        # `startTime`) and only the bot user's jobs (§4.5).
+                        username=self._config.username,
+                    )
+                except BackendError as exc:
+                    if not is_unlistable(exc):
+                        raise
+                    # ESD cannot list a page holding a captioned interrogate row: the jobs
+                    # not seen yet are read one by one.
+                    break
                 for job in page.jobs:
                     snapshot.jobs[job.id] = job
                     pending.discard(job.id)

@@ -10,7 +10,7 @@ its jobs back (`read`): the row, where ESD's result Lambda sets `status` and `ca
 usually sooner, the async output object (`{"caption": …}`, or `null` when the container swallowed
 an error) or the failure object. boto3 runs only in worker threads; the three clients are made
 once and reused. Every AWS failure becomes a `bot.errors.BackendError` whose `user_message`
-names what is needed: AWS credentials, `AWS_REGION`, `ESD_BUCKET`, `ESD_JOB_TABLE`, or the IAM
+names what is needed: AWS credentials, `AWS_REGION`, `ESD_BUCKET`, or the IAM
 action that was refused. `SageMakerConfig` holds the settings.
 """
 
@@ -64,7 +64,9 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_TABLE = "SDInferenceJobTable"
+# ESD's job table: its container and Lambdas hard-code the name (scripts/api.py,
+# infrastructure/src/shared/resource-provider-on-event.ts), so it is no setting here either.
+JOB_TABLE = "SDInferenceJobTable"
 NEEDS_CREDENTIALS = (
     "interrogate on ESD needs AWS credentials: give the bot an identity through the standard "
     "AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an IAM role)"
@@ -128,7 +130,6 @@ class SageMakerConfig:
     """Settings of the SageMaker path; `from_config` fills them from `bot.config.Config`."""
 
     bucket: str | None  # ESD_BUCKET; None: interrogate is refused with a message naming it
-    table: str = DEFAULT_TABLE  # ESD_JOB_TABLE
     username: str = "api"  # the ESD user the rows belong to (ESD_USERNAME)
     # None: boto3's own chain (AWS_DEFAULT_REGION, the profile), then `fallback_region`.
     region: str | None = None
@@ -148,8 +149,6 @@ class SageMakerConfig:
                     f"stack), got {self.bucket!r}"
                 )
             object.__setattr__(self, "bucket", bucket)
-        if not self.table.strip():
-            raise ConfigError(f"ESD_JOB_TABLE must not be empty (ESD's is {DEFAULT_TABLE})")
         if not 1 <= self.invocation_timeout <= 3600:
             raise ConfigError("invocation_timeout must be 1-3600 seconds (SageMaker's range)")
         for name in ("max_output_bytes", "max_attempts"):
@@ -163,7 +162,7 @@ class SageMakerConfig:
     def from_config(
         cls, config: Config, environ: Mapping[str, str] | None = None
     ) -> SageMakerConfig:
-        """`esd_bucket`, `esd_job_table` and `esd_username` of the bot's configuration.
+        """`esd_bucket` and `esd_username` of the bot's configuration.
 
         The region is `AWS_REGION` when set (boto3 itself reads only `AWS_DEFAULT_REGION` and
         the profile), else boto3's chain, else the region of the ESD API URL.
@@ -171,7 +170,6 @@ class SageMakerConfig:
         env = os.environ if environ is None else environ
         return cls(
             bucket=config.esd_bucket or None,
-            table=config.esd_job_table,
             username=config.esd_username,
             region=env.get("AWS_REGION") or None,
             fallback_region=region_of_api(config.esd_api_url),
@@ -383,9 +381,8 @@ def aws_error(exc: Exception, action: AwsAction, config: SageMakerConfig) -> Bac
         return BackendError(
             detail,
             status=status,
-            user_message=f"the DynamoDB table {config.table} does not exist in this region: set "
-            f"ESD_JOB_TABLE to ESD's job table (default {DEFAULT_TABLE}) and AWS_REGION to "
-            "the stack's region",
+            user_message=f"ESD's DynamoDB table {JOB_TABLE} does not exist in this region: set "
+            "AWS_REGION to the region of the ESD stack",
         )
     if code == "NoSuchBucket":
         return BackendError(
@@ -479,20 +476,19 @@ class SageMakerInterrogator:
         """
         clients = await self._clients()
         config = self._config
-        action = AwsAction("dynamodb:GetItem", f"table {config.table}")
+        action = AwsAction("dynamodb:GetItem", f"table {JOB_TABLE}")
 
         def read() -> None:
             try:
                 clients.dynamodb.get_item(
-                    TableName=config.table, Key={"InferenceJobId": {"S": "sdbot-check"}}
+                    TableName=JOB_TABLE, Key={"InferenceJobId": {"S": "sdbot-check"}}
                 )
             except (BotoCoreError, ClientError) as exc:
                 raise aws_error(exc, action, config) from None
 
         await asyncio.to_thread(read)
         return (
-            f"through SageMaker (bucket {self._bucket}, table {config.table}, "
-            f"region {clients.region})"
+            f"through SageMaker (bucket {self._bucket}, table {JOB_TABLE}, region {clients.region})"
         )
 
     # -- Launching -----------------------------------------------------------------------------
@@ -568,10 +564,10 @@ class SageMakerInterrogator:
         key = input_key(task, job_id)
         input_uri = f"s3://{self._bucket}/{key}"
         row = job_row(job_id, task, endpoint, input_uri, config.username, datetime.now(UTC))
-        table = AwsAction("dynamodb:PutItem", f"table {config.table}")
+        table = AwsAction("dynamodb:PutItem", f"table {JOB_TABLE}")
         try:
             clients.dynamodb.put_item(
-                TableName=config.table,
+                TableName=JOB_TABLE,
                 Item={k: self._serializer.serialize(v) for k, v in row.items()},
                 ConditionExpression="attribute_not_exists(InferenceJobId)",
             )
@@ -625,7 +621,7 @@ class SageMakerInterrogator:
     def _mark_failed(self, clients: _Clients, job_id: str, exc: BackendError) -> None:
         try:
             clients.dynamodb.update_item(
-                TableName=self._config.table,
+                TableName=JOB_TABLE,
                 Key={"InferenceJobId": {"S": job_id}},
                 UpdateExpression="SET #s = :failed, completeTime = :now, sagemakerRaw = :why",
                 ExpressionAttributeNames={"#s": "status"},
@@ -658,7 +654,7 @@ class SageMakerInterrogator:
         try:
             try:
                 update(
-                    TableName=self._config.table,
+                    TableName=JOB_TABLE,
                     Key=key,
                     UpdateExpression="SET " + ", ".join([*sets, "#s = :inprogress"]),
                     ConditionExpression="#s = :created",
@@ -674,14 +670,14 @@ class SageMakerInterrogator:
                     raise
                 if sets:
                     update(
-                        TableName=self._config.table,
+                        TableName=JOB_TABLE,
                         Key=key,
                         UpdateExpression="SET " + ", ".join(sets),
                         ExpressionAttributeValues=values,
                     )
         except (BotoCoreError, ClientError) as exc:
             error = aws_error(
-                exc, AwsAction("dynamodb:UpdateItem", f"table {self._config.table}"), self._config
+                exc, AwsAction("dynamodb:UpdateItem", f"table {JOB_TABLE}"), self._config
             )
             _LOGGER.warning("ESD job %s: the output location is not on the row: %s", job_id, error)
 
@@ -743,13 +739,13 @@ class SageMakerInterrogator:
         config = self._config
         try:
             answer = clients.dynamodb.get_item(
-                TableName=config.table,
+                TableName=JOB_TABLE,
                 Key={"InferenceJobId": {"S": job_id}},
                 ConsistentRead=True,
             )
         except (BotoCoreError, ClientError) as exc:
             raise aws_error(
-                exc, AwsAction("dynamodb:GetItem", f"table {config.table}"), config
+                exc, AwsAction("dynamodb:GetItem", f"table {JOB_TABLE}"), config
             ) from None
         item = answer.get("Item")
         if not item:

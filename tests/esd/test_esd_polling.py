@@ -348,3 +348,20 @@ async def test_jobs_nobody_asks_about_any_more_are_dropped(server: str) -> None:
         now[0] = 3601.0
         await book.statuses([])
         assert dropped == ["job-a"] and book.in_flight("img2img") == 0
+
+
+async def test_a_page_esd_cannot_list_falls_back_to_reading_the_jobs(server: str) -> None:
+    # ESD answers 400 for a list page holding a captioned interrogate row
+    # (inferences/list_inferences.py builds rows as `InferenceJob`, which has no `caption`).
+    async with EsdBackend(esd_config(server, direct_threshold=0)) as esd:
+        state = state_of(server)
+        ids = [
+            (await esd.interrogate(f"bot-{n}", InterrogateParams("clip", ASYNC), png())).backend_id
+            for n in range(3)
+        ]
+        await state.finish(ids[0])
+        targets = [target(i, interrogate=True) for i in ids]
+        answer = await esd.statuses(targets)
+        assert answer[ids[0]].state is JobState.SUCCEED
+        assert {answer[i].state for i in ids[1:]} == {JobState.INPROGRESS}
+        assert state.requests["list_inferences"] >= 1

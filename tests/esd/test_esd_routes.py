@@ -120,7 +120,7 @@ async def test_img2img_create_upload_start_poll_results(server: str, backend: Es
     assert state.requests["s3_get"] == 3  # two images and the _param.json
 
 
-async def test_prompt_networks_and_all_embeddings_go_in_models(tmp_path: Path) -> None:
+async def test_prompt_networks_and_named_embeddings_go_in_models(tmp_path: Path) -> None:
     config = server_config(models_dir=_models_dir(tmp_path))
     async with running_server(config) as url, EsdBackend(esd_config(url)) as esd:
         p = params(prompt="a fox <lora:style007:0.7> <hypernet:grain:1>", vae="clear.vae.pt")
@@ -128,11 +128,20 @@ async def test_prompt_networks_and_all_embeddings_go_in_models(tmp_path: Path) -
         used = state_of(url).jobs[submitted.backend_id].used_models
         assert [m["model_name"] for m in used["Lora"]] == ["style007.safetensors"]
         assert [m["model_name"] for m in used["hypernetworks"]] == ["grain.pt"]
+        assert [m["model_name"] for m in used["VAE"]] == ["clear.vae.pt"]
+        # Only the embeddings the prompts name: ESD scans its checkpoint table once per name
+        # inside API Gateway's 29 s (inferences/create_inference_job.py).
+        assert "embeddings" not in used
+        p = params(prompt="a fox, Bad-Hands", negative="easy-negative, blurry, bad-handsome")
+        submitted = await esd.submit("bot1b", p, png(), None)
+        used = state_of(url).jobs[submitted.backend_id].used_models
         assert sorted(m["model_name"] for m in used["embeddings"]) == [
             "bad-hands.pt",
             "easy-negative.safetensors",
         ]
-        assert [m["model_name"] for m in used["VAE"]] == ["clear.vae.pt"]
+        p = params(prompt="a fox", negative="bad-handsome, easy-negatives")
+        submitted = await esd.submit("bot1c", p, png(), None)
+        assert "embeddings" not in state_of(url).jobs[submitted.backend_id].used_models
         with pytest.raises(BackendError) as caught:
             await esd.submit("bot2", params(prompt="<lora:nope:1>"), png(), None)
         assert (

@@ -37,7 +37,7 @@ from scenario_kit import (
 )
 
 from adapters.console import ConsoleAdapter, run_console
-from bot.config import Config, Secrets
+from bot.config import Config, Secrets, load_config
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
 from bot.model import Endpoint, InterrogateParams, JobState
 from bot.ports import LOST_JOB
@@ -430,8 +430,9 @@ async def test_sdbot_check_line(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> No
     )
     usable, line = await check_interrogate(SageMakerConfig(None))
     assert usable and "ESD_BUCKET" in line
-    usable, line = await check_interrogate(SageMakerConfig(BUCKET, table="Missing"))
-    assert not usable and "ESD_JOB_TABLE" in line
+    aws.dynamodb.delete_table(TableName=TABLE)
+    usable, line = await check_interrogate(SageMakerConfig(BUCKET))
+    assert not usable and f"table {TABLE} does not exist" in line and "AWS_REGION" in line
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     assert await check_interrogate(SageMakerConfig(BUCKET)) == (
@@ -456,7 +457,7 @@ def test_aws_errors_name_settings_and_actions() -> None:
     assert "dynamodb:GetItem" in (
         error("AccessDeniedException", "dynamodb:GetItem").user_message or ""
     )
-    assert "ESD_JOB_TABLE" in (
+    assert "SDInferenceJobTable does not exist in this region" in (
         error("ResourceNotFoundException", "dynamodb:PutItem").user_message or ""
     )
     assert "ESD_BUCKET" in (error("NoSuchBucket", "s3:PutObject", 404).user_message or "")
@@ -467,13 +468,13 @@ def test_aws_errors_name_settings_and_actions() -> None:
     )
 
 
-async def test_a_missing_table_names_esd_job_table(
+async def test_a_missing_table_names_esds_table_and_the_region(
     aws: Aws, interrogator: SageMakerInterrogator
 ) -> None:
     aws.dynamodb.delete_table(TableName=TABLE)
     with pytest.raises(BackendError) as caught:
         await interrogator.interrogate("b", InterrogateParams("clip", "sd-async-a"), png())
-    assert "ESD_JOB_TABLE" in (caught.value.user_message or "")
+    assert "SDInferenceJobTable does not exist" in (caught.value.user_message or "")
 
 
 async def test_clients_are_made_once_and_closed(
@@ -498,13 +499,11 @@ def test_settings_from_the_bot_configuration(monkeypatch: pytest.MonkeyPatch) ->
         backend="esd",
         esd_api_url="https://abc123.execute-api.ap-northeast-1.amazonaws.com/prod/",
         esd_bucket=" s3://my-bucket/ ",
-        esd_job_table="OtherTable",
         esd_username="ops",
     )
     settings = SageMakerConfig.from_config(config, {"AWS_REGION": "us-west-2"})
-    assert (settings.bucket, settings.table, settings.username, settings.region) == (
+    assert (settings.bucket, settings.username, settings.region) == (
         "my-bucket",
-        "OtherTable",
         "ops",
         "us-west-2",
     )
@@ -513,8 +512,6 @@ def test_settings_from_the_bot_configuration(monkeypatch: pytest.MonkeyPatch) ->
     assert region_of_api("http://127.0.0.1:8765/prod/") is None
     with pytest.raises(ConfigError, match="ESD_BUCKET"):
         SageMakerConfig("Not A Bucket")
-    with pytest.raises(ConfigError, match="ESD_JOB_TABLE"):
-        SageMakerConfig(BUCKET, table=" ")
     with pytest.raises(ConfigError, match="ESD_BUCKET"):
         SageMakerInterrogator(SageMakerConfig(None), endpoint=_lookup)
 
@@ -707,3 +704,12 @@ async def test_chat_delivers_the_caption_with_use_as_prompt(
     [result] = adapter.results()
     assert result.state is JobState.SUCCEED and result.caption == "a lighthouse at dusk"
     assert ActionKind.USE_AS_PROMPT in [a.kind for a in result.actions]
+
+
+def test_the_job_table_is_no_setting(tmp_path: Path) -> None:
+    # ESD hard-codes SDInferenceJobTable (scripts/api.py, its Lambdas' INFERENCE_JOB_TABLE).
+    path = tmp_path / "sdbot.toml"
+    path.write_text('esd_job_table = "OtherTable"\n')
+    with pytest.raises(ConfigError, match="ESD hard-codes its job table SDInferenceJobTable"):
+        load_config({}, path)
+    assert not hasattr(Config(), "esd_job_table")

@@ -105,6 +105,33 @@ async def test_jobs_source_cloud_lists_the_backends_history(console: EsdConsole)
     listed = [line for line in lines if " → img2img → succeed → " in line]
     assert sorted(line.rsplit(" → ", 1)[1] for line in listed) == sorted(backend_ids)
     assert await console.run("jobs source=cloud type=interrogate_clip") == ["no backend jobs match"]
+    # An id from the list names the bot job that ran as it.
+    bot_ids = set(job_ids(first))
+    for backend_id in backend_ids:
+        details = await console.run(f"job {backend_id}")
+        assert any(bot_id in line for line in details for bot_id in bot_ids), details
+        assert any(backend_id in line for line in details), details
+
+
+async def test_jobs_source_cloud_type_interrogate_lists_both_task_types(
+    console: EsdConsole,
+) -> None:
+    image = console.write("in.png", png(64, 64))
+    lines = await console.run(
+        f"interrogate image={image} method=clip", f"interrogate image={image} method=deepbooru"
+    )
+    assert len(job_ids(lines)) == 2
+    # Both finished: their rows carry `caption`, and real ESD cannot list a page holding one.
+    answer = await console.run("jobs source=cloud type=interrogate")
+    assert len(answer) == 1
+    assert "ESD cannot list its interrogate_" in answer[0]
+    assert "`job <id>`" in answer[0]
+    rows = list(state_of(console.url).jobs.values())
+    for row in rows:
+        row.caption = None  # as rows of jobs still running: listable
+    answer = await console.run("jobs source=cloud type=interrogate")
+    listed = sorted(line.split(" → ")[1] for line in answer)
+    assert listed == ["interrogate_clip", "interrogate_deepbooru"]
 
 
 async def test_backend_failures_reach_the_user(console: EsdConsole) -> None:
