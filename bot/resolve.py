@@ -20,7 +20,7 @@ from bot.model import Endpoint, GenerationParams, Model
 from commands import COMMANDS, OPTIONS, Family, Size, closest, convert_option
 from commands.prompt import NETWORK_KINDS, with_names
 from commands.prompt import networks as prompt_networks
-from commands.spec import DEFAULT_SAMPLER, DEFAULT_SCHEDULER, image_count_error, split_sampler
+from commands.spec import DEFAULT_SAMPLER, DEFAULT_SCHEDULER, image_count_error, join_sampler
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -311,12 +311,8 @@ class Resolver:
         if subseed < 0 and subseed_strength > 0:
             # Drawn here, like the seed, so the job's details and a re-generation can repeat it.
             subseed = random.randint(0, MAX_SEED)
-        sampler = str(_typed(options, "sampler") or DEFAULT_SAMPLER)
         scheduler = str(_typed(options, "scheduler") or DEFAULT_SCHEDULER)
-        if scheduler != DEFAULT_SCHEDULER:
-            # A schedule named in the sampler would win in A1111 1.9+ (`DPM++ 2M Karras`); the
-            # one the user chose here wins instead, so the sampler is sent without it.
-            sampler = split_sampler(sampler)[0]
+        sampler = join_sampler(str(_typed(options, "sampler") or DEFAULT_SAMPLER), scheduler)
         endpoint = await self.endpoint(options.get("endpoint"), default=defaults.endpoint)
         return GenerationParams(
             prompt=await self.networks(str(options.get("prompt", ""))),

@@ -68,16 +68,39 @@ DEFAULT_SCHEDULER = "Automatic"
 MAX_IMAGES = 8
 
 
-def split_sampler(sampler: str) -> tuple[str, str | None]:
-    """A legacy sampler name's sampler and the schedule named at its end, as A1111 1.9+ reads it.
+# A1111's other spellings of a schedule in a sampler name (`Scheduler.aliases`).
+_SCHEDULE_ALIASES: dict[str, tuple[str, ...]] = {"SGM Uniform": ("SGMUniform",)}
 
-    `DPM++ 2M Karras` → (`DPM++ 2M`, `Karras`); `Euler a` → (`Euler a`, None)
-    (`sd_samplers.get_sampler_and_scheduler`: a label after a space ends the name).
+
+def split_sampler(sampler: str) -> tuple[str, str | None]:
+    """A sampler name's sampler and the schedule named at its end, as A1111 1.9+ reads it.
+
+    `DPM++ 2M Karras` → (`DPM++ 2M`, `Karras`); `Euler a` → (`Euler a`, None). Each schedule's
+    label and aliases are tried in A1111's order (`sd_samplers.get_sampler_and_scheduler`).
     """
+    found = None
     for label in SCHEDULERS[1:]:
-        if sampler.endswith(" " + label):
-            return sampler[: -len(label) - 1], label
-    return sampler, None
+        for written in (label, *_SCHEDULE_ALIASES.get(label, ())):
+            if sampler.endswith(" " + written):
+                found, sampler = label, sampler[: -len(written) - 1]
+                break
+    return sampler, found
+
+
+def join_sampler(sampler: str, scheduler: str) -> str:
+    """The sampler name that runs `sampler` with `scheduler` on A1111 1.8 as on 1.9+.
+
+    "Automatic" keeps the sampler as given. Otherwise the schedule is written at the end of the
+    sampler, replacing one named there: A1111 1.9+ splits it off again (the name wins over its
+    `scheduler` field, so the user's choice must be in it), and 1.8 — what ESD 1.5–1.7 run, with
+    no `scheduler` field — runs the legacy sampler of that name (`DPM++ 2M SDE Exponential`) or
+    answers "Sampler not found" instead of silently using another schedule. SGM Uniform is
+    written `SGMUniform`, A1111's alias, since 1.9+ would read "… SGM Uniform" as Uniform.
+    """
+    if scheduler == SCHEDULERS[0]:
+        return sampler
+    written = _SCHEDULE_ALIASES.get(scheduler, (scheduler,))[0]
+    return f"{split_sampler(sampler)[0]} {written}"
 
 
 def image_count_error(count: int, batch_count: int) -> str | None:

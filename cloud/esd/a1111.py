@@ -8,8 +8,10 @@ which `network_names` helps fill from the prompt's `<lora:…>` / `<hypernet:…
 
 The rest of the WebUI's img2img panel travels in the fields its API names: batch count as
 `n_iter`, the variation seed as `subseed` / `subseed_strength`, `restore_faces`, `tiling`,
-`image_cfg_scale`, `initial_noise_multiplier`, `scheduler` (A1111 1.9+; older versions drop the
-unknown field) and clip skip as the `CLIP_stop_at_last_layers` setting in `override_settings`.
+`image_cfg_scale`, `initial_noise_multiplier`, `scheduler` (A1111 1.9+; 1.8, which ESD 1.5–1.7
+run, drops the unknown field, so a chosen schedule is also written at the end of the sampler name,
+`commands.spec.join_sampler`) and clip skip as the `CLIP_stop_at_last_layers` setting in
+`override_settings`.
 "Resize by" and the inpaint-sketch mask transparency never reach the API: the WebUI turns them
 into `width` / `height` and into the mask and init image before it sends, and so does the core.
 """

@@ -7,7 +7,7 @@ import pytest
 from adapters.discord.commands import MAX_OPTIONS, slash_options
 from bot.errors import ParseError
 from commands import COMMANDS, OPTIONS, Family, build, help_text, parse, parse_reply
-from commands.spec import ADVANCED, MAX_IMAGES, SCHEDULERS, split_sampler
+from commands.spec import ADVANCED, MAX_IMAGES, SCHEDULERS, join_sampler, split_sampler
 
 GENERATE = [c.name for c in COMMANDS.values() if c.family is Family.GENERATE]
 
@@ -78,7 +78,18 @@ def test_split_sampler_follows_a1111() -> None:
     assert split_sampler("DPM++ 2M SDE Heun Exponential") == ("DPM++ 2M SDE Heun", "Exponential")
     assert split_sampler("Euler a") == ("Euler a", None)
     assert split_sampler("DDIM") == ("DDIM", None)  # a sampler, even though a schedule too
+    assert split_sampler("Euler a SGMUniform") == ("Euler a", "SGM Uniform")  # A1111's alias
     assert SCHEDULERS[0] == "Automatic"
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS[1:])
+def test_a_chosen_schedule_is_named_in_the_sampler_and_read_back(scheduler: str) -> None:
+    for sampler in ("Euler a", "DPM++ 2M Karras", "DPM++ 2M SDE Heun Exponential", "DDIM"):
+        joined = join_sampler(sampler, scheduler)
+        assert split_sampler(joined) == (split_sampler(sampler)[0], scheduler)
+    assert join_sampler("DPM++ 2M Karras", "Automatic") == "DPM++ 2M Karras"
+    # On A1111 1.8 (ESD's), the legacy names of that form are real samplers.
+    assert join_sampler("DPM++ 2M SDE Karras", "Exponential") == "DPM++ 2M SDE Exponential"
 
 
 def test_advanced_is_read_by_the_same_grammar() -> None:

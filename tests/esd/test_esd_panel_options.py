@@ -70,7 +70,8 @@ PANEL: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("clip_skip=2", {"override_settings": {"CLIP_stop_at_last_layers": 2}}, ("Clip skip: 2",)),
     (f"image_cfg=0.8 model={PIX2PIX}", {"image_cfg_scale": 0.8}, ("Image CFG scale: 0.8",)),
     ("noise_multiplier=0.9", {"initial_noise_multiplier": 0.9}, ("Noise multiplier: 0.9",)),
-    ("scheduler=exponential", {"scheduler": "Exponential", "sampler_name": "DPM++ 2M"},
+    ("scheduler=exponential",
+     {"scheduler": "Exponential", "sampler_name": "DPM++ 2M Exponential"},
      ("Sampler: DPM++ 2M, Schedule type: Exponential",)),
 ]  # fmt: skip
 
@@ -197,6 +198,10 @@ async def test_an_options_only_reply_overrides_panel_options(console: EsdConsole
     assert after["override_settings"] == {"CLIP_stop_at_last_layers": 3}
     assert (before["tiling"], after["tiling"]) == (True, False)
     assert (before["scheduler"], after["scheduler"]) == ("Karras", "Uniform")
+    assert (before["sampler_name"], after["sampler_name"]) == (
+        "DPM++ 2M Karras",
+        "DPM++ 2M Uniform",
+    )
     assert (before["n_iter"], after["n_iter"]) == (2, 1)
     # The reply's scale replaces the base job's size.
     assert (after["width"], after["height"]) == (144, 96)
