@@ -159,7 +159,6 @@ class WebUiClient:
         name = f"{method} {route}"
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        sent = False
         try:
             async with self._session.request(
                 method,
@@ -169,7 +168,6 @@ class WebUiClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=limit, connect=10.0),
             ) as response:
-                sent = True
                 raw = await _read_capped(response)
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
@@ -178,10 +176,11 @@ class WebUiClient:
                 f"the WebUI at {self.host} is not reachable ({name}): {reason}",
                 user_message=f"the WebUI at {self.host} is not reachable ({reason.lower()})",
             ) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError):
-            raise RequestCutError(
-                f"the WebUI at {self.host} closed the connection during {name}",
-                user_message=f"the WebUI at {self.host} closed the connection (restarted?)",
+        except aiohttp.ServerTimeoutError:
+            # No read timeout is set, so this is the connect timeout: nothing was sent.
+            raise WebUiUnreachableError(
+                f"the WebUI at {self.host} did not accept a connection ({name})",
+                user_message=f"the WebUI at {self.host} is not reachable (connection timed out)",
             ) from None
         except TimeoutError:
             raise BackendUnavailableError(
@@ -189,10 +188,12 @@ class WebUiClient:
                 user_message=f"the WebUI at {self.host} did not answer in time",
             ) from None
         except aiohttp.ClientError as exc:
-            error = RequestCutError if sent else BackendUnavailableError
-            raise error(
-                f"{name} to the WebUI at {self.host} failed: {self.redact(str(exc))}",
-                user_message=f"the WebUI at {self.host} could not be reached",
+            # Connected, then the connection broke (disconnect, reset, truncated answer): the
+            # WebUI may have been working on the request.
+            raise RequestCutError(
+                f"the WebUI at {self.host} closed the connection during {name}: "
+                f"{self.redact(str(exc))}",
+                user_message=f"the WebUI at {self.host} closed the connection (restarted?)",
             ) from None
         answer = _json(raw)
         if status == 200:

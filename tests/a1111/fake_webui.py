@@ -376,6 +376,8 @@ class FakeWebUI:
         except web.HTTPNotFound:
             # Starlette's 404 for a route that does not exist (no --api): JSON, not text.
             return web.json_response({"detail": "Not Found"}, status=404)
+        except web.HTTPMethodNotAllowed:
+            return web.json_response({"detail": "Method Not Allowed"}, status=405)
         finally:
             self._handlers.discard(task)
             if transport is not None:
@@ -566,9 +568,9 @@ class FakeWebUI:
             "sampling_steps": state.sampling_steps,
         }
         if state.job_count == 0:
-            return web.json_response(
-                {"progress": 0, "eta_relative": 0, "state": snapshot, "textinfo": None}
-            )
+            # ProgressResponse serialised whole: the unset fields are there as null.
+            idle = {"progress": 0, "eta_relative": 0, "state": snapshot, "current_image": None}
+            return web.json_response(idle | {"textinfo": None, "current_task": state.task})
         progress = 0.01 + state.job_no / state.job_count
         if state.sampling_steps > 0:
             progress += state.sampling_step / state.sampling_steps / state.job_count
