@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from bot.config import Config
     from bot.model import Platform
     from bot.ports import Backend, ChatAdapter, Clock, JobStore
+    from bot.tasks import Backoff
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,8 +38,15 @@ class BotApp:
     """The running core: one store, one backend, any number of adapters."""
 
     def __init__(
-        self, config: Config, *, backend: Backend, store: JobStore, clock: Clock | None = None
+        self,
+        config: Config,
+        *,
+        backend: Backend,
+        store: JobStore,
+        clock: Clock | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
+        """`backoff`: pauses of the job drivers' restarts and backend waits (tests shorten it)."""
         self.config = config
         self.backend = backend
         self.store = store
@@ -59,6 +67,7 @@ class BotApp:
             resolver=Resolver(config, self.catalog),
             policy=self.policy,
             clock=self.clock,
+            backoff=backoff,
         )
         self.dispatcher = Dispatcher(
             runner=self.runner,

@@ -494,7 +494,13 @@ class Dispatcher:
                 raise RefusedError(f"job `{job.id}` was already cancelled")
             raise RefusedError(f"job `{job.id}` has already finished ({job.state.value})")
         was_started = job.backend_id is not None
-        await self._runner.cancel(job)
+        job = await self._runner.cancel(job)
+        if job.state is not JobState.CANCELLED:
+            # It ended before the cancel was recorded: say what really happens.
+            outcome = "its result is being posted" if job.state is JobState.SUCCEED else ""
+            raise RefusedError(
+                f"job `{job.id}` had already finished ({job.state.value}); {outcome}".rstrip("; ")
+            )
         note = (
             " It had already been sent to the endpoint, which may still run it."
             if was_started

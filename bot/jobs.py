@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 from dataclasses import replace
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from bot import imaging, render
@@ -46,12 +47,13 @@ from bot.ports import (
     Backend,
     ChatAdapter,
     Clock,
+    JobChanged,
     JobStore,
     PollTarget,
     Responder,
     StoredImage,
 )
-from bot.tasks import stop
+from bot.tasks import Backoff, stop, supervise
 from bot.views import ResultImage, StatusView
 from commands import COMMANDS, Family
 
@@ -68,6 +70,10 @@ _LOGGER = logging.getLogger(__name__)
 RESULT_SLOT = "result"
 READ_DEADLINE = 10.0  # seconds to read a job's local input files before the ack
 _POST_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0)
+# Unexpected failures in a row after which a job's driver waits for the next start.
+_MAX_RESTARTS = 20
+# Writes refused in a row (`JobChanged`) after which the driver backs off as after an error.
+_MAX_CONFLICTS = 10
 
 
 class JobRunner:
@@ -84,6 +90,7 @@ class JobRunner:
         resolver: Resolver,
         policy: Policy,
         clock: Clock,
+        backoff: Backoff | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -102,6 +109,8 @@ class JobRunner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._admitting = 0  # accept calls between the cap check and their driver's start
+        self._backoff = backoff or Backoff()
+        self.restarts = 0  # driver restarts after unexpected errors (supervision)
 
     # -- accepting -------------------------------------------------------------------------
 
@@ -201,10 +210,36 @@ class JobRunner:
             )
 
     def spawn(self, job_id: str, job: Job | None = None) -> None:
-        """Start (or restart) the driver of a stored job (`job`: its row, if at hand)."""
+        """Start (or restart) the driver of a stored job (`job`: its row, if at hand).
+
+        The driver is supervised: an unexpected exception (a store or chat failure the steps
+        do not handle) is logged and the driver starts again from the stored row after a
+        back-off, at most `_MAX_RESTARTS` times in a row; then the job waits for the next start.
+        """
         if job_id in self._tasks:
             return
-        task = asyncio.create_task(self._drive(job_id, job), name=f"sdbot-job-{job_id}")
+        first = [job]
+        restarts = [0]
+
+        async def body() -> None:
+            known, first[0] = first[0], None  # after a restart, the row is read again
+            if restarts[0] > _MAX_RESTARTS:
+                _LOGGER.error("job %s: giving up until the next start", job_id)
+                return
+            await self._drive(job_id, known)
+
+        def restarted(exc: BaseException) -> None:
+            restarts[0] += 1
+            self.restarts += 1
+
+        supervised = supervise(
+            f"sdbot-job-{job_id}",
+            body,
+            backoff=self._backoff,
+            sleep=self._clock.sleep,
+            on_restart=restarted,
+        )
+        task = supervised.task
         self._tasks[job_id] = task
         self._idle.clear()
         task.add_done_callback(lambda t: self._done(job_id, t))
@@ -214,8 +249,6 @@ class JobRunner:
             del self._tasks[job_id]
         if not self._tasks:
             self._idle.set()
-        if not task.cancelled() and task.exception() is not None:
-            _LOGGER.error("job %s driver crashed", job_id, exc_info=task.exception())
 
     async def resume(self) -> int:
         """Restart the drivers of every job left unfinished or undelivered by an earlier run."""
@@ -241,15 +274,29 @@ class JobRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def cancel(self, job: Job) -> Job:
-        """Stop tracking a job, never post its result, and delete it on the backend."""
+        """Cancel a job unless it already ended: returns the job as it now is.
+
+        The store decides the race with the driver: whichever of `cancelled` and the backend's
+        final state is written first wins (compare-and-set), so a job that reached `succeed`
+        first stays succeeded and is delivered, and a cancelled one is never posted.
+        """
+        while True:
+            current = await self._store.get(job.id) or job
+            if current.state.terminal:
+                return current
+            cancelled = replace(
+                current,
+                state=JobState.CANCELLED,
+                finished_at=self._clock.now(),
+                delivery=Delivery.DONE,
+            )
+            try:
+                job = await self._store.save(cancelled)
+            except JobChanged:
+                continue  # the driver wrote meanwhile: look again
+            break
+        # The driver's next write would fail anyway; stop it now so it does no more work.
         await stop(self._tasks.get(job.id))
-        job = await self._store.get(job.id) or job
-        if job.state.terminal:
-            return job
-        job = replace(
-            job, state=JobState.CANCELLED, finished_at=self._clock.now(), delivery=Delivery.DONE
-        )
-        await self._store.save(job)
         if job.backend_id:
             try:
                 await self._backend.cancel(job.backend_id)
@@ -263,38 +310,50 @@ class JobRunner:
         if job.thread is not None and job.result_messages:
             await self._adapter(job).delete_messages(job.thread, job.result_messages)
         await self._store.delete_images(job.id)
-        job = replace(job, result_messages=(), result_count=0, results_expired=True)
-        await self._store.save(job)
-        return job
+        while True:
+            current = await self._store.get(job.id) or job
+            try:
+                return await self._store.save(
+                    replace(current, result_messages=(), result_count=0, results_expired=True)
+                )
+            except JobChanged:
+                continue
 
     # -- driving ---------------------------------------------------------------------------
 
     async def _drive(self, job_id: str, known: Job | None) -> None:
-        job = known or await self._store.get(job_id)
-        if job is None:
+        """Drive the job from its stored row; a write refused because the row changed (a
+        cancel) makes it read the row again and carry on from there."""
+        for _ in range(_MAX_CONFLICTS):
+            job = known or await self._store.get(job_id)
+            known = None
+            if job is None:
+                return
+            try:
+                await self._drive_row(job)
+            except JobChanged:
+                _LOGGER.info("job %s was changed by another writer; reading it again", job_id)
+                continue
+            return
+        raise RuntimeError(f"job {job_id} kept changing under its driver")
+
+    async def _drive_row(self, job: Job) -> None:
+        if job.state is JobState.CANCELLED:
             return
         try:
-            if job.status_message is None:
+            if job.status_message is None and not job.state.terminal:
                 job = await self._open_thread(job)
-            if not job.state.terminal and job.backend_id and job.started_at is None:
-                job = await self._confirm_start(job)
-            if not job.state.terminal and job.backend_id is None:
-                job = await self._submit(job)
+            if not job.state.terminal and (job.backend_id is None or job.started_at is None):
+                job = await self._start_when_available(job)
             if not job.state.terminal:
                 job = await self._follow(job)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, JobChanged):
             raise
         except ConversationClosedError as exc:
             await self._closed(job, exc)
             return
-        except UserInputError as exc:
-            job = await self._fail(job, str(exc))
-        except OperationalError as exc:
-            _LOGGER.warning("job %s failed: %r", job.id, exc)
-            job = await self._fail(job, _operational_message(exc))
-        except Exception:
-            _LOGGER.exception("job %s: unexpected error", job.id)
-            job = await self._fail(job, "an unexpected error occurred in the bot")
+        except Exception as exc:
+            job = await self._fail(await self._latest(job), _failure_message(job, exc))
         try:
             await self._deliver(job)
         except ConversationClosedError as exc:
@@ -304,21 +363,32 @@ class JobRunner:
         """The platform will not let the bot post in the job's conversation: end the job
         with the adapter's message and post nothing more there (the user was told privately)."""
         _LOGGER.warning("job %s: %s", job.id, exc)
-        job = await self._store.get(job.id) or job
+        job = await self._latest(job)
         if not job.state.terminal:
             job = await self._fail(job, str(exc))
         await self._store.save(replace(job, delivery=Delivery.DONE))
+
+    async def _latest(self, job: Job) -> Job:
+        """The job as stored now: a step that raised may have written it meanwhile."""
+        return await self._store.get(job.id) or job
 
     def _adapter(self, job: Job) -> ChatAdapter:
         return self._adapters[job.caller.platform]
 
     async def _open_thread(self, job: Job) -> Job:
-        posted = await self._adapter(job).open_job_thread(
-            job.thread or job.caller.conversation, self._status(job)
-        )
+        """Post the status message (and open the job's thread). A platform that refuses it
+        does not stop the job: it runs, and delivery opens the thread again."""
+        try:
+            posted = await self._adapter(job).open_job_thread(
+                job.thread or job.caller.conversation, self._status(job)
+            )
+        except ConversationClosedError:
+            raise
+        except Exception as exc:
+            _LOGGER.warning("job %s: posting the status message failed: %r", job.id, exc)
+            return job
         job = replace(job, thread=posted.thread, status_message=posted.message)
-        await self._store.save(job)
-        return job
+        return await self._store.save(job)
 
     async def _inputs(self, job: Job) -> dict[str, StoredImage]:
         """The job's input images: stored ones, then any attachment still to download."""
@@ -341,7 +411,7 @@ class JobRunner:
             # The backend hands over the new job's id before starting it (`Backend.submit`).
             nonlocal job
             job = replace(job, backend_id=backend_id)
-            await self._store.save(job)
+            job = await self._store.save(job)
 
         prepared = await self._prepare(job.command, job.options, inputs)
         defaults = await self._policy.defaults(job.caller)
@@ -351,7 +421,7 @@ class JobRunner:
             )
             iparams = InterrogateParams(str(job.options.get("method", "clip")), endpoint.name)
             job = replace(job, interrogate=iparams, endpoint=endpoint.name, notes=prepared.notes)
-            await self._store.save(job)
+            job = await self._store.save(job)
             submitted = await self._backend.interrogate(
                 job.id, iparams, prepared.init_png, created=created
             )
@@ -366,7 +436,7 @@ class JobRunner:
                 model=params.model,
                 notes=prepared.notes,
             )
-            await self._store.save(job)
+            job = await self._store.save(job)
             submitted = await self._backend.submit(
                 job.id, params, prepared.init_png, prepared.mask_png, created=created
             )
@@ -376,9 +446,35 @@ class JobRunner:
             endpoint=submitted.endpoint,
             started_at=self._clock.now(),
         )
-        await self._store.save(job)
+        job = await self._store.save(job)
         await self._show_status(job, cold_start=submitted.cold_start)
         return job
+
+    async def _start_when_available(self, job: Job) -> Job:
+        """Submit the job (or confirm an earlier start). While the backend is unreachable (it
+        restarts, a few seconds' outage) wait and try again, until `created_timeout` after the
+        job was created."""
+        deadline = job.created_at + timedelta(seconds=self._config.created_timeout)
+        failures = 0
+        while True:
+            try:
+                if job.backend_id and job.started_at is None:
+                    job = await self._confirm_start(job)
+                if job.backend_id is None:
+                    job = await self._submit(job)
+                return job
+            except BackendUnavailableError as exc:
+                failures += 1
+                pause = self._backoff.pause(failures)
+                if self._clock.now() + timedelta(seconds=pause) > deadline:
+                    raise
+                _LOGGER.warning(
+                    "job %s: backend unavailable, retrying in %.3g s: %s", job.id, pause, exc
+                )
+                await self._clock.sleep(pause)
+                job = await self._store.get(job.id) or job
+                if job.state.terminal:
+                    return job
 
     async def _confirm_start(self, job: Job) -> Job:
         """The bot stopped between recording the backend id and confirming the start: ask the
@@ -392,16 +488,14 @@ class JobRunner:
             raise BackendUnavailableError("the backend did not say whether the job had started")
         if status.state is not JobState.CREATED:
             job = replace(job, started_at=self._clock.now())
-            await self._store.save(job)
-            return job  # `_follow` takes it from here
+            return await self._store.save(job)
         _LOGGER.info(
             "job %s: backend job %s was never started; submitting again", job.id, job.backend_id
         )
         with contextlib.suppress(BackendError):
             await self._backend.cancel(backend_id)
         job = replace(job, backend_id=None)
-        await self._store.save(job)
-        return job
+        return await self._store.save(job)
 
     async def _follow(self, job: Job) -> Job:
         """Wait for the backend until the job is terminal, editing the status as it goes.
@@ -451,7 +545,7 @@ class JobRunner:
                     if status.state is JobState.FAILED:
                         job = replace(job, error=status.reason or "the backend gave no reason")
                 if job is not changed:
-                    await self._store.save(job)
+                    job = await self._store.save(job)
                 await self._show_status(job, cold_start=cold, live=status)
                 last_edit = self._clock.monotonic()
         return job
@@ -478,9 +572,8 @@ class JobRunner:
             error=message,
             finished_at=job.finished_at or self._clock.now(),
         )
-        await self._store.save(job)
-        with contextlib.suppress(OperationalError):
-            await self._show_status(job)
+        job = await self._store.save(job)
+        await self._show_status(job)
         return job
 
     def _status(
@@ -506,15 +599,19 @@ class JobRunner:
         progress = None
         measured = live is not None and live.progress is not None
         if job.state is JobState.INPROGRESS and job.endpoint and job.started_at and not measured:
-            recent = await self._store.recent_durations(job.endpoint)
+            try:
+                recent = await self._store.recent_durations(job.endpoint)
+            except Exception as exc:  # the estimate is a courtesy
+                _LOGGER.warning("job %s: no run times for the estimate: %r", job.id, exc)
+                recent = []
             elapsed = (self._clock.now() - job.started_at).total_seconds()
             progress = render.estimate(elapsed, recent)
         view = self._status(job, cold_start=cold_start, progress=progress, live=live)
         try:
             await self._adapter(job).edit_status(job.thread, job.status_message, view)
-        except ChatDeliveryError as exc:
+        except Exception as exc:
             # A missed status edit is cosmetic; the next state change edits again.
-            _LOGGER.warning("job %s: status edit failed: %s", job.id, exc)
+            _LOGGER.warning("job %s: status edit failed: %r", job.id, exc)
 
     # -- delivering ------------------------------------------------------------------------
 
@@ -539,7 +636,7 @@ class JobRunner:
         job = replace(
             job, result_count=len(output.images), infotext=output.infotext, caption=output.caption
         )
-        await self._store.save(job)
+        job = await self._store.save(job)
         # The results are in the store now; the backend need not keep them.
         try:
             await self._backend.release(backend_id)
@@ -548,50 +645,86 @@ class JobRunner:
         return job
 
     async def _deliver(self, job: Job) -> None:
+        """Post the outcome exactly once; a step that fails leaves it for the next start.
+
+        Whatever fails (no thread, the store, the platform), the driver ends normally and the
+        row says `pending` or `posting`; a job found `posting` has its thread searched for the
+        result (`find_marker`) before anything is posted again.
+        """
         if job.state is JobState.CANCELLED or job.delivery is Delivery.DONE:
             return
+        try:
+            await self._post_outcome(job)
+        except (asyncio.CancelledError, JobChanged, ConversationClosedError):
+            raise
+        except Exception as exc:
+            _LOGGER.error(
+                "job %s: delivery failed; left %s for the next start: %r",
+                job.id,
+                job.delivery.value,
+                exc,
+            )
+
+    async def _post_outcome(self, job: Job) -> None:
         if job.thread is None:
             job = await self._open_thread(job)
         thread = job.thread
-        assert thread is not None
+        if thread is None:
+            raise ChatDeliveryError(f"job {job.id}: the job's thread could not be opened")
         if job.state is JobState.SUCCEED and job.result_count == 0 and job.caption is None:
             try:
                 job = await self._fetch_results(job)
             except OperationalError as exc:
                 _LOGGER.warning("job %s: fetching results failed: %r", job.id, exc)
-                job = await self._fail(job, _operational_message(exc))
+                job = await self._fail(await self._latest(job), _operational_message(exc))
         adapter = self._adapter(job)
         images = [
             ResultImage(i.name, i.data) for i in await self._store.images(job.id, RESULT_SLOT)
         ]
         view = render.result_view(job, images, preview=self._backend.name == "local")
-        if job.delivery is Delivery.POSTING:
-            # An earlier run crashed while posting: the thread may already hold the result.
-            found = await adapter.find_marker(thread, view.marker)
-            if found:
-                await self._store.save(
-                    replace(job, delivery=Delivery.DONE, result_messages=tuple(found))
-                )
-                return
-        job = replace(job, delivery=Delivery.POSTING)
-        await self._store.save(job)
+        if job.delivery is Delivery.POSTING and await self._posted(job, thread, view.marker):
+            return
+        job = await self._store.save(replace(job, delivery=Delivery.POSTING))
         for pause in (*_POST_RETRIES, None):
             try:
                 posted = await adapter.post_result(thread, view)
             except ConversationClosedError:
                 raise
-            except ChatDeliveryError as exc:
+            except Exception as exc:
+                # The platform may have posted before failing (a 5xx after the work was done).
+                if await self._posted(job, thread, view.marker):
+                    return
                 if pause is None:
                     # Left as POSTING: the next start checks the thread and posts again.
-                    _LOGGER.error("job %s: giving up posting the result for now: %s", job.id, exc)
+                    _LOGGER.error("job %s: giving up posting the result for now: %r", job.id, exc)
                     return
-                _LOGGER.warning("job %s: posting failed, retrying in %s s: %s", job.id, pause, exc)
-                await asyncio.sleep(pause)
+                _LOGGER.warning("job %s: posting failed, retrying in %s s: %r", job.id, pause, exc)
+                await self._clock.sleep(pause)
                 continue
             await self._store.save(
                 replace(job, delivery=Delivery.DONE, result_messages=tuple(posted))
             )
             return
+
+    async def _posted(self, job: Job, thread: Conversation, marker: str) -> bool:
+        """Whether the thread already holds the result (then it is recorded as delivered)."""
+        found = await self._adapter(job).find_marker(thread, marker)
+        if found:
+            await self._store.save(
+                replace(job, delivery=Delivery.DONE, result_messages=tuple(found))
+            )
+        return bool(found)
+
+
+def _failure_message(job: Job, exc: Exception) -> str:
+    """What users read about a step that failed (the full error is logged)."""
+    if isinstance(exc, UserInputError):
+        return str(exc)
+    if isinstance(exc, OperationalError):
+        _LOGGER.warning("job %s failed: %r", job.id, exc)
+        return _operational_message(exc)
+    _LOGGER.error("job %s: unexpected error", job.id, exc_info=exc)
+    return "an unexpected error occurred in the bot"
 
 
 def _operational_message(exc: OperationalError) -> str:

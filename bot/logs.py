@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,13 +59,20 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
+class UtcFormatter(logging.Formatter):
+    """Times in UTC with their offset, to the millisecond: `2026-12-03T21:04:02.123+00:00`."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+class JsonFormatter(UtcFormatter):
     """One JSON object per line: time, level, logger, message (already redacted)."""
 
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps(
             {
-                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+                "time": self.formatTime(record),
                 "level": record.levelname,
                 "logger": record.name,
                 "message": record.getMessage(),
@@ -88,11 +96,7 @@ def setup_logging(
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-            )
-        )
+        handler.setFormatter(UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -180,6 +180,8 @@ class Job:
     result_count: int = 0
     results_expired: bool = False
     result_messages: tuple[str, ...] = field(default=())
+    # Bumped by every store write; `JobStore.save` only writes over the version it read.
+    version: int = 0
 
 
 # -- What backends report -------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.errors import BackendError
 from bot.model import JobState
-from bot.tasks import stop
+from bot.tasks import Supervised, stop, supervise
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -183,7 +183,8 @@ class Poller:
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("poller already started")
-        self._task = asyncio.create_task(self._run(), name="sdbot-poller")
+        self.supervised: Supervised | None = supervise("sdbot-poller", self._run)
+        self._task = self.supervised.task
 
     async def aclose(self) -> None:
         await stop(self._task)

@@ -228,6 +228,14 @@ class AdmissionRefused(Exception):
         self.count = count
 
 
+class JobChanged(Exception):
+    """`JobStore.save` refused: the row was written by someone else since the job was read."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} was changed by another writer")
+        self.job_id = job_id
+
+
 @dataclass(frozen=True)
 class JobQuery:
     """A `jobs` query, always inside one (platform, server)."""
@@ -264,8 +272,12 @@ class JobStore(Protocol):
         """
         ...
 
-    async def save(self, job: Job) -> None:
-        """Write every field of an existing job."""
+    async def save(self, job: Job) -> Job:
+        """Write every field of an existing job, compare-and-set on `job.version`.
+
+        Returns the saved job (with its next version). Raises `JobChanged` when the row was
+        written since `job` was read (nothing is overwritten), `KeyError` when there is none.
+        """
         ...
 
     async def get(self, job_id: str) -> Job | None: ...

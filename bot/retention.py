@@ -7,14 +7,15 @@ images have expired.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from bot.tasks import stop
+from bot.tasks import Supervised, stop, supervise
 
 if TYPE_CHECKING:
+    import asyncio
+
     from bot.ports import Clock, JobStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Retention:
         self._age = timedelta(days=days)
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self.supervised: Supervised | None = None
 
     async def sweep(self, batch: int = 500) -> int:
         """Expire every job past the period, in batches; return how many jobs were swept."""
@@ -49,17 +51,15 @@ class Retention:
 
     async def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="sdbot-retention")
+            self.supervised = supervise("sdbot-retention", self._run, sleep=self._clock.sleep)
+            self._task = self.supervised.task
 
     async def aclose(self) -> None:
         await stop(self._task)
         self._task = None
 
     async def _run(self) -> None:
+        # Supervised: a failed sweep is logged and retried after a back-off.
         while True:
-            try:
-                await self.sweep()
-            except Exception:
-                # A failed sweep is retried at the next interval; the bot keeps serving.
-                _LOGGER.exception("retention sweep failed")
+            await self.sweep()
             await self._clock.sleep(self._interval)

@@ -41,7 +41,7 @@ from bot.model import (
     JobState,
     Platform,
 )
-from bot.ports import Admission, AdmissionRefused, JobQuery, StoredImage
+from bot.ports import Admission, AdmissionRefused, JobChanged, JobQuery, StoredImage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -171,7 +171,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             created_at TEXT NOT NULL
         ) STRICT, WITHOUT ROWID
         """,
-    ),
+    ),  # 4: a version per job row, for compare-and-set writes (`save` never overwrites a change
+    # it has not seen).
+    ("ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -212,6 +214,7 @@ _JOB_COLUMNS: Final = (
     "result_count",
     "results_expired",
     "result_messages",
+    "version",
 )
 _JOB_FIELDS: Final = ", ".join(f"jobs.{name}" for name in _JOB_COLUMNS)
 _SELECT_JOBS: Final = f"SELECT {_JOB_FIELDS} FROM jobs"  # noqa: S608
@@ -219,10 +222,11 @@ _INSERT_JOB: Final = (
     f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join(':' + name for name in _JOB_COLUMNS)})"
 )
+# Compare-and-set: the row is written only if nobody wrote it since `job` was read.
 _UPDATE_JOB: Final = (
     "UPDATE jobs SET "  # noqa: S608
-    + ", ".join(f"{name} = :{name}" for name in _JOB_COLUMNS if name != "id")
-    + " WHERE id = :id"
+    + ", ".join(f"{name} = :{name}" for name in _JOB_COLUMNS if name not in ("id", "version"))
+    + ", version = version + 1 WHERE id = :id AND version = :version"
 )
 _NEWEST_FIRST: Final = " ORDER BY jobs.created_at DESC, jobs.id DESC"
 
@@ -380,6 +384,7 @@ def _job_row(job: Job) -> dict[str, object]:
         "result_count": job.result_count,
         "results_expired": int(job.results_expired),
         "result_messages": _dump(list(job.result_messages)),
+        "version": job.version,
     }
 
 
@@ -423,6 +428,7 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         result_count=row["result_count"],
         results_expired=bool(row["results_expired"]),
         result_messages=tuple(json.loads(row["result_messages"])),
+        version=row["version"],
     )
 
 
@@ -588,12 +594,15 @@ class _Database:
             if today >= admission.max_today:
                 raise AdmissionRefused("daily", today)
 
-    def save(self, job: Job) -> None:
+    def save(self, job: Job) -> Job:
         row = _job_row(job)
         with _transaction(self.conn):
             if self.conn.execute(_UPDATE_JOB, row).rowcount == 0:
+                if self._exists(job.id):
+                    raise JobChanged(job.id)
                 raise KeyError(job.id)
             self._write_messages(job)
+        return dataclasses.replace(job, version=job.version + 1)
 
     def get(self, job_id: str) -> Job | None:
         jobs = self._jobs(SQL_GET, (job_id,))
@@ -671,7 +680,8 @@ class _Database:
             for job_id in ids:
                 self.conn.execute("DELETE FROM images WHERE job_id = ?", (job_id,))
                 self.conn.execute(
-                    "UPDATE jobs SET results_expired = 1 WHERE id = ? AND result_count > 0",
+                    "UPDATE jobs SET results_expired = 1, version = version + 1"
+                    " WHERE id = ? AND result_count > 0",
                     (job_id,),
                 )
         return ids
@@ -926,9 +936,13 @@ class SqliteJobStore:
         inputs = tuple(inputs)
         await self._call(lambda db: db.insert(job, inputs, admission), urgent=True)
 
-    async def save(self, job: Job) -> None:
-        """Write every field of an existing job; `KeyError` if there is no such job."""
-        await self._call(lambda db: db.save(job))
+    async def save(self, job: Job) -> Job:
+        """Write every field of an existing job, if nobody else wrote it since `job` was read.
+
+        Returns the job as saved (its next `version`). `JobChanged` when the row's version is
+        not `job.version` (read it again and decide), `KeyError` if there is no such job.
+        """
+        return await self._call(lambda db: db.save(job))
 
     async def get(self, job_id: str) -> Job | None:
         return await self._call(lambda db: db.get(job_id))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,23 @@ async def test_a_full_scenario_leaks_no_secret(tmp_path: Path) -> None:
         assert secret not in logs
         assert secret not in shown
     assert "job" in logs  # the run did log
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_log_times_are_utc_with_their_offset(
+    json_lines: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")  # a local zone far from UTC
+    time.tzset()
+    try:
+        stream = io.StringIO()
+        setup_logging("INFO", json_lines=json_lines, stream=stream)
+        record = logging.LogRecord("sdbot.test", logging.INFO, __file__, 1, "hello", (), None)
+        record.created = datetime(2026, 12, 3, 21, 4, 2, 123000, tzinfo=UTC).timestamp()
+        logging.getLogger().handlers[0].handle(record)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    line = stream.getvalue().strip()
+    shown = json.loads(line)["time"] if json_lines else line.split(" ", 1)[0]
+    assert shown == "2026-12-03T21:04:02.123+00:00"

@@ -27,7 +27,7 @@ from bot.model import (
     JobState,
     Platform,
 )
-from bot.ports import JobQuery, StoredImage
+from bot.ports import JobChanged, JobQuery, StoredImage
 from bot.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -148,6 +148,7 @@ def full_job(job_id: str = "k3x9q2m7ab") -> Job:
         result_count=3,
         results_expired=True,
         result_messages=("1700000000.000300", "1700000000.000400"),
+        version=3,
     )
 
 
@@ -196,12 +197,31 @@ async def test_insert_then_get_returns_every_field(store: SqliteJobStore) -> Non
 async def test_save_writes_every_field(store: SqliteJobStore) -> None:
     await store.insert(make_job("k3x9q2m7ab"))
     job = full_job("k3x9q2m7ab")
-    await store.save(job)
-    assert await store.get(job.id) == job
+    saved = await store.save(dataclasses.replace(job, version=0))
+    assert saved == dataclasses.replace(job, version=1)
+    assert await store.get(job.id) == saved
     # And back to the defaults: NULLs and empty lists survive too.
     plain = make_job("k3x9q2m7ab")
-    await store.save(plain)
-    assert await store.get(job.id) == plain
+    saved = await store.save(dataclasses.replace(plain, version=1))
+    assert await store.get(job.id) == saved == dataclasses.replace(plain, version=2)
+
+
+async def test_save_never_writes_over_a_change_it_has_not_seen(store: SqliteJobStore) -> None:
+    # Two writers read the same row (the driver and a cancel): the second write is refused
+    # instead of silently undoing the first.
+    await store.insert(make_job("cas0000001"))
+    read = await store.get("cas0000001")
+    assert read is not None
+    cancelled = await store.save(dataclasses.replace(read, state=JobState.CANCELLED))
+    with pytest.raises(JobChanged):
+        await store.save(dataclasses.replace(read, state=JobState.SUCCEED, result_count=2))
+    assert await store.get("cas0000001") == cancelled
+    # Retention's targeted update counts as a write too.
+    await store.put_images("cas0000001", [StoredImage("result", "r.png", b"R")])
+    marked = await store.save(dataclasses.replace(cancelled, result_count=1))
+    await store.expire_images(marked.created_at + timedelta(days=1))
+    with pytest.raises(JobChanged):
+        await store.save(dataclasses.replace(marked, error="late"))
 
 
 async def test_datetime_options_are_stored_as_iso_strings(store: SqliteJobStore) -> None:
@@ -338,7 +358,7 @@ def test_any_job_round_trips(tmp_path: Path) -> None:
                 job = dataclasses.replace(job, id=f"h{next(numbers):09d}")
                 runner.run(store.insert(job))
                 assert runner.run(store.get(job.id)) == job
-                runner.run(store.save(job))
+                job = runner.run(store.save(job))
                 assert runner.run(store.get(job.id)) == job
 
             check()
@@ -648,7 +668,7 @@ async def test_latest_in_thread(store: SqliteJobStore) -> None:
 
     # A job moved into the thread later (its thread set by `save`) is found.
     moved = make_job("l5", thread=t1, minute=4)
-    await store.save(moved)
+    moved = await store.save(moved)
     assert await store.latest_in_thread(D, "g1", t1) == moved
 
 
@@ -664,7 +684,7 @@ async def test_by_message_finds_status_and_result_messages(store: SqliteJobStore
 
     # `save` keeps the message table in step with the job.
     posted = dataclasses.replace(job, status_message="s1b", result_messages=("r3", "r3"))
-    await store.save(posted)
+    posted = await store.save(posted)
     assert await store.by_message(D, "g1", "r1") is None
     assert await store.by_message(D, "g1", "s1") is None
     assert await store.by_message(D, "g1", "s1b") == posted
@@ -758,7 +778,7 @@ async def test_reopening_the_file_keeps_everything(tmp_path: Path) -> None:
     image = StoredImage("image", "in.png", b"in")
     async with SqliteJobStore(path) as first:
         await first.insert(make_job(job.id), [image])
-        await first.save(job)
+        job = await first.save(dataclasses.replace(job, version=0))
         await first.put_images(job.id, [StoredImage("result", "r.png", b"r")])
     async with SqliteJobStore(path) as second:
         assert await second.get(job.id) == job

@@ -1,0 +1,323 @@
+"""Background work survives the unexpected (issue 10): supervised tasks, a cancel that races a
+job's completion, failed status posts and deliveries, backend outages, concurrent writes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scenario_kit import (
+    RecordingAdapter,
+    RecordingResponder,
+    ScriptedBackend,
+    chat_caller,
+    fast_config,
+    png,
+)
+
+from bot.app import BotApp
+from bot.clock import SystemClock
+from bot.errors import BackendUnavailableError, ChatDeliveryError
+from bot.model import Delivery, JobState
+from bot.ports import LOST_JOB
+from bot.store import SqliteJobStore
+from bot.tasks import Backoff, stop, supervise
+from cloud.local import LocalBackend, LocalBackendConfig
+
+FAST = Backoff(first=0.01, cap=0.05)
+
+
+class FastClock(SystemClock):
+    """The system clock whose sleeps last a thousandth of what they say (retention's hour)."""
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / 1000)
+
+
+def fast_app(tmp_path: Path, backend: Any = None, **config: Any) -> BotApp:
+    settings = fast_config(tmp_path, **config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return BotApp(
+        settings,
+        backend=backend or LocalBackend(LocalBackendConfig(delay=settings.local_delay)),
+        store=SqliteJobStore(settings.data_dir / "sdbot.sqlite3"),
+        backoff=FAST,
+    )
+
+
+async def one_job(
+    app: BotApp, adapter: RecordingAdapter, text: str = "img2img a cat", user: str = "u1"
+) -> str:
+    job = await app.dispatcher.handle_text(
+        chat_caller(user), text, [adapter.attach("a.png", png())], RecordingResponder()
+    )
+    assert job is not None
+    return job.id
+
+
+# -- bot.tasks ---------------------------------------------------------------------------------
+
+
+async def test_stop_does_not_swallow_the_callers_own_cancellation() -> None:
+    gate = asyncio.Event()
+
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await gate.wait()  # still cleaning up when the caller is cancelled
+            raise
+
+    target = asyncio.create_task(slow_to_end())
+    after: list[str] = []
+
+    async def caller() -> None:
+        await stop(target)
+        after.append("went on")
+
+    stopping = asyncio.create_task(caller())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    stopping.cancel()
+    gate.set()
+    await asyncio.gather(stopping, return_exceptions=True)
+    assert stopping.cancelled()
+    assert after == []
+    assert target.cancelled()
+
+
+async def test_supervise_restarts_a_failing_body_with_its_traceback_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[int] = []
+    pauses: list[float] = []
+
+    async def body() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise OSError(f"round {len(runs)} broke")
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    supervised = supervise("sdbot-test", body, backoff=Backoff(first=1.0, cap=1.5), sleep=sleep)
+    await supervised.task
+    assert runs == [0, 1, 2]
+    assert supervised.restarts == 2
+    assert pauses == [1.0, 1.5]  # doubling, capped
+    logged = [r for r in caplog.records if r.name == "bot.tasks"]
+    assert len(logged) == 2 and all(r.exc_info for r in logged)
+
+
+class FlakySweeps(SqliteJobStore):
+    """Retention's first sweep hits a store error that is not one the sweep expects."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.sweeps = 0
+
+    async def expire_images(self, before: Any, limit: int = 500) -> Any:
+        self.sweeps += 1
+        if self.sweeps == 1:
+            raise ValueError("a damaged row")
+        return await super().expire_images(before, limit)
+
+
+async def test_retention_keeps_running_after_an_unexpected_error(tmp_path: Path) -> None:
+    config = fast_config(tmp_path)
+    store = FlakySweeps(tmp_path / "jobs.sqlite3")
+    app = BotApp(config, backend=LocalBackend(LocalBackendConfig()), store=store, clock=FastClock())
+    async with app:
+        while store.sweeps < 2:
+            await asyncio.sleep(0.01)
+        supervised = app.retention.supervised
+        assert supervised is not None and supervised.alive
+        assert supervised.restarts == 1
+        poller = app.poller.supervised
+        assert poller is not None and poller.alive
+
+
+# -- Cancel vs completion ----------------------------------------------------------------------
+
+
+class GatedPosts(RecordingAdapter):
+    """Result posts wait for `gate`: the job has succeeded, its result is not out yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def post_result(self, thread: Any, result: Any) -> Any:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().post_result(thread, result)
+
+
+async def test_a_cancel_that_loses_the_race_to_success_leaves_the_job_delivered(
+    tmp_path: Path,
+) -> None:
+    # The canceller read the job while it ran; by the time the cancel is written the job has
+    # succeeded and its result is being posted. The cancel must change nothing and say so.
+    app = fast_app(tmp_path, local_delay=0.2)
+    adapter = GatedPosts()
+    app.add_adapter(adapter)
+    async with app:
+        job_id = await one_job(app, adapter)
+        stale = await app.store.get(job_id)
+        while stale is None or stale.state is not JobState.INPROGRESS:
+            await asyncio.sleep(0.01)
+            stale = await app.store.get(job_id)
+        await asyncio.wait_for(adapter.waiting.wait(), 10)
+        outcome = await app.runner.cancel(stale)
+        adapter.gate.set()
+        await asyncio.wait_for(app.runner.wait_idle(), 10)
+        job = await app.store.get(job_id)
+    assert outcome.state is JobState.SUCCEED
+    assert job is not None and job.state is JobState.SUCCEED
+    assert job.delivery is Delivery.DONE
+    assert len(adapter.results()) == 1
+
+
+async def test_cancel_completion_and_status_edits_race_to_one_consistent_outcome(
+    tmp_path: Path,
+) -> None:
+    # Jobs finish within a few tens of milliseconds while status edits run every 20 ms, and a
+    # cancel arrives at a random moment: whoever is recorded first wins, and users are told so.
+    rng = random.Random(10)
+    app = fast_app(tmp_path, local_delay=0.03, status_interval=0.02)
+    adapter = RecordingAdapter()
+    app.add_adapter(adapter)
+    outcomes: list[tuple[str, str]] = []
+
+    async def race(n: int) -> None:
+        job_id = await one_job(app, adapter, f"img2img cat {n}", user=f"u{n}")
+        await asyncio.sleep(rng.uniform(0, 0.08))
+        responder = RecordingResponder()
+        await app.dispatcher.handle_text(chat_caller(f"u{n}"), f"cancel {job_id}", [], responder)
+        said = " ".join([text for text, _, _ in responder.replies] + responder.refusals)
+        outcomes.append((job_id, said))
+
+    async with app:
+        await asyncio.gather(*(race(n) for n in range(24)))
+        await asyncio.wait_for(app.runner.wait_idle(), 20)
+        jobs = {job_id: await app.store.get(job_id) for job_id, _ in outcomes}
+    posted = [r.job_id for r in adapter.results()]
+    for job_id, said in outcomes:
+        job = jobs[job_id]
+        assert job is not None
+        if "cancelled;" in said:
+            assert job.state is JobState.CANCELLED, (job_id, said, job.state)
+            assert job_id not in posted
+        else:
+            assert "already" in said
+            assert job.state is JobState.SUCCEED
+            assert job.delivery is Delivery.DONE
+            assert posted.count(job_id) == 1
+
+
+# -- Failed status posts and deliveries --------------------------------------------------------
+
+
+class RudeAdapter(RecordingAdapter):
+    """The first status post is refused, every status edit fails, and the first result post
+    fails after the platform has already posted it (a timeout after the work was done)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse_status = 1
+        self.time_out_after_post = 1
+
+    async def open_job_thread(self, where: Any, status: Any) -> Any:
+        if self.refuse_status:
+            self.refuse_status -= 1
+            raise ChatDeliveryError("fake 503 on the status message")
+        return await super().open_job_thread(where, status)
+
+    async def edit_status(self, thread: Any, message: str, status: Any) -> None:
+        raise ValueError("the adapter choked on an edit")
+
+    async def post_result(self, thread: Any, result: Any) -> Any:
+        posted = await super().post_result(thread, result)
+        if self.time_out_after_post:
+            self.time_out_after_post -= 1
+            raise TimeoutError("the platform answered too late")
+        return posted
+
+
+async def test_failed_status_posts_do_not_stop_a_job_and_a_late_post_is_not_repeated(
+    tmp_path: Path,
+) -> None:
+    app = fast_app(tmp_path)
+    adapter = RudeAdapter()
+    app.add_adapter(adapter)
+    async with app:
+        job_id = await one_job(app, adapter)
+        await asyncio.wait_for(app.runner.wait_idle(), 20)
+        job = await app.store.get(job_id)
+    assert job is not None
+    assert job.state is JobState.SUCCEED, job.error
+    assert job.delivery is Delivery.DONE
+    assert [r.job_id for r in adapter.results()] == [job_id]
+
+
+# -- Backend outages ---------------------------------------------------------------------------
+
+
+class Outage(ScriptedBackend):
+    """Unreachable for the first `calls` submissions (a backend restarting)."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls = calls
+
+    async def submit(self, *args: Any, **kwargs: Any) -> Any:
+        if self.calls:
+            self.calls -= 1
+            raise BackendUnavailableError("connection refused")
+        return await super().submit(*args, **kwargs)
+
+
+async def test_a_short_backend_outage_delays_a_job_instead_of_failing_it(tmp_path: Path) -> None:
+    app = fast_app(tmp_path, Outage(calls=3))
+    adapter = RecordingAdapter()
+    app.add_adapter(adapter)
+    async with app:
+        job_id = await one_job(app, adapter)
+        await asyncio.wait_for(app.runner.wait_idle(), 20)
+        job = await app.store.get(job_id)
+    assert job is not None and job.state is JobState.SUCCEED, job
+
+
+async def test_an_outage_longer_than_the_deadline_fails_the_job_clearly(tmp_path: Path) -> None:
+    app = fast_app(tmp_path, Outage(calls=10_000), created_timeout=0.3)
+    adapter = RecordingAdapter()
+    app.add_adapter(adapter)
+    async with app:
+        job_id = await one_job(app, adapter)
+        await asyncio.wait_for(app.runner.wait_idle(), 20)
+        job = await app.store.get(job_id)
+    assert job is not None and job.state is JobState.FAILED
+    assert job.error == "the backend is not reachable right now"
+
+
+async def test_a_job_the_backend_lost_in_a_restart_says_so(tmp_path: Path) -> None:
+    # The local backend without a state folder forgets its jobs when it restarts.
+    config: dict[str, Any] = {"local_delay": 30.0, "created_timeout": 5.0, "job_timeout": 5.0}
+    adapter = RecordingAdapter()
+    app = fast_app(tmp_path, **config)
+    app.add_adapter(adapter)
+    async with app:
+        job_id = await one_job(app, adapter)
+        while (await app.store.get(job_id)).started_at is None:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+    app = fast_app(tmp_path, **config)
+    app.add_adapter(adapter)
+    async with app:
+        await asyncio.wait_for(app.runner.wait_idle(), 20)
+        job = await app.store.get(job_id)
+    assert job is not None and job.state is JobState.FAILED
+    assert job.error == LOST_JOB
