@@ -42,6 +42,7 @@ from commands import (
     parse,
     parse_reply,
 )
+from commands.parse import PROMPT_CAP
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -227,6 +228,12 @@ class Dispatcher:
             elif reply.append:
                 current = options.get("prompt", "")
                 options["prompt"] = f"{current}, {reply.append}" if current else reply.append
+                if len(options["prompt"]) > PROMPT_CAP:
+                    # Each `+ words` is checked alone; the prompt they grow is capped here.
+                    raise ParseError(
+                        f"the prompt would be {len(options['prompt'])} characters long; the "
+                        f"limit is {PROMPT_CAP} — send a shorter prompt instead of adding to it"
+                    )
             if base.params is not None:
                 pinned = _pinned_seeds(base.params).items()
                 options.update((k, v) for k, v in pinned if k not in reply.options)

@@ -27,14 +27,15 @@ from discord import app_commands
 from adapters.discord.commands import CommandSync, install
 from adapters.discord.convert import (
     DISCORD_CDN_ORIGINS,
+    MIB,
     DiscordLimits,
     allowed_url,
     chunk_text,
     is_result_message,
-    jpeg_name,
     plan_batches,
     post_target,
     redact_url,
+    renamed,
     result_embed,
     result_kind,
     result_marker,
@@ -43,7 +44,12 @@ from adapters.discord.convert import (
     status_content,
     thread_name,
 )
-from adapters.discord.interactions import NO_MENTIONS, InteractionRouter, action_view
+from adapters.discord.interactions import (
+    AUTO_DEFER_AFTER,
+    NO_MENTIONS,
+    InteractionRouter,
+    action_view,
+)
 from bot.errors import (
     ChatDeliveryError,
     ConfigError,
@@ -82,6 +88,7 @@ DOWNLOAD_TIMEOUT = 60.0
 THREAD_ARCHIVE_MINUTES: Literal[60, 1440, 4320, 10080] = 1440
 HISTORY_SCAN = 100  # recent messages `find_marker` looks through
 _CACHE_SIZE = 4096
+_SHRINK_TRIES = 3  # times a result is re-fitted after a 413 before giving up
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ class DiscordAdapter:
         message_content: bool | None = None,
         cdn_origins: Collection[str] = DISCORD_CDN_ORIGINS,
         limits: DiscordLimits | None = None,
+        defer_after: float = AUTO_DEFER_AFTER,
     ) -> None:
         self.app = app
         self._config = config
@@ -148,6 +156,7 @@ class DiscordAdapter:
         self._gateway_enabled = gateway
         self._cdn_origins = tuple(cdn_origins)
         self._limits = limits or DiscordLimits()
+        self.defer_after = defer_after  # an unanswered interaction is deferred after this
         self._guilds = _guild_ids(config.discord_guilds)
         self._tree = _Tree(client)
         self.router = InteractionRouter(self)
@@ -164,8 +173,10 @@ class DiscordAdapter:
         self.accepting = True  # False after `stop`: new requests are turned away
         # Interactions whose "thinking…" answer becomes a pointer to the job's thread.
         self._pending: dict[str, discord.Interaction[Any]] = {}
-        # Learned from interactions: the server's per-file limit by channel / thread id.
-        self._file_limits: OrderedDict[str, int] = OrderedDict()
+        # Learned from interactions: the server of each channel / thread id, and each
+        # server's per-file upload limit for bot posts (its premium tier's).
+        self._guild_of: OrderedDict[str, int] = OrderedDict()
+        self._guild_limits: OrderedDict[str, int] = OrderedDict()
         # Channel id → parent channel id when it is a thread, None when it is not.
         self._parents: OrderedDict[str, str | None] = OrderedDict()
         self._dm_channels: OrderedDict[str, None] = OrderedDict()
@@ -350,7 +361,11 @@ class DiscordAdapter:
         await self._idle.wait()
 
     def learn(self, interaction: discord.Interaction[Any]) -> None:
-        """Remember what an interaction tells about its channel: DM or not, file size limit."""
+        """Remember what an interaction tells about its channel: DM or not, its server.
+
+        Not its `attachment_size_limit`: that is what the *invoking user* may upload (their
+        Nitro: up to 500 MiB) for answers to this interaction, while bot-token posts are held
+        to the server's own limit (dapi: developers/reference.mdx "Uploading Files")."""
         channel = interaction.channel
         ids = [str(interaction.channel_id)] if interaction.channel_id is not None else []
         if isinstance(channel, discord.Thread):
@@ -358,8 +373,9 @@ class DiscordAdapter:
             _remember(self._parents, str(channel.id), str(channel.parent_id))
         if interaction.guild_id is None and ids:
             _remember(self._dm_channels, ids[0], None)
-        for channel_id in ids:
-            _remember(self._file_limits, channel_id, interaction.filesize_limit)
+        if interaction.guild_id is not None:
+            for channel_id in ids:
+                _remember(self._guild_of, channel_id, interaction.guild_id)
 
     def remember_interaction(self, job_id: str, interaction: discord.Interaction[Any]) -> None:
         self._pending = {k: v for k, v in self._pending.items() if not v.is_expired()}
@@ -411,33 +427,46 @@ class DiscordAdapter:
 
     # -- files -----------------------------------------------------------------------------
 
-    def _file_limit(self, thread: Conversation) -> int:
-        for channel_id in (thread.thread, thread.channel):
-            if channel_id is not None and channel_id in self._file_limits:
-                return self._file_limits[channel_id]
+    async def _file_limit(self, thread: Conversation) -> int:
+        """The per-file upload limit of bot posts in `thread`: its server's."""
         cached = self._client.get_channel(int(thread.channel))
         guild = getattr(cached, "guild", None)
         if isinstance(guild, discord.Guild):
             return guild.filesize_limit
-        return self._limits.default_file_bytes
+        guild_id = self._guild_of.get(thread.channel)
+        if guild_id is None:  # a DM, or a server the bot has not seen since it started
+            return self._limits.default_file_bytes
+        cached_guild = self._client.get_guild(guild_id)
+        if cached_guild is not None:
+            return cached_guild.filesize_limit
+        key = str(guild_id)
+        if key not in self._guild_limits:
+            try:
+                fetched = await self._client.fetch_guild(guild_id, with_counts=False)
+            except (discord.DiscordException, aiohttp.ClientError, TimeoutError) as exc:
+                _LOGGER.info("could not read server %s's upload limit: %s", guild_id, exc)
+                return self._limits.default_file_bytes
+            _remember(self._guild_limits, key, fetched.filesize_limit)
+        return int(self._guild_limits[key])
 
     async def _fit_images(
         self, images: Sequence[ResultImage], per_file: int
     ) -> tuple[list[tuple[str, bytes]], list[str]]:
-        """Images that fit the per-file limit (re-encoded as JPEG when needed), and notes."""
+        """Images that fit the per-file limit (re-encoded when needed), and notes saying so."""
         fitted: list[tuple[str, bytes]] = []
         notes: list[str] = []
         limit = min(per_file, self._limits.max_message_bytes - self._limits.message_overhead)
+        shown = f"{limit / MIB:.0f} MiB"
         for number, image in enumerate(images, start=1):
             if len(image.data) <= limit:
                 fitted.append((image.name, image.data))
                 continue
             smaller = await asyncio.to_thread(shrink_image, image.data, limit)
             if smaller is None:
-                notes.append(f"image {number} is too large to post on this server")
+                notes.append(f"image {number} cannot be made to fit this server's {shown} limit")
             else:
-                fitted.append((jpeg_name(image.name), smaller))
-                notes.append(f"image {number} was re-encoded as JPEG to fit this server's limit")
+                fitted.append((renamed(image.name, smaller.extension), smaller.data))
+                notes.append(f"image {number} was {smaller.how} to fit this server's {shown} limit")
         return fitted, notes
 
     def _batches(self, files: Sequence[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
@@ -463,20 +492,58 @@ class DiscordAdapter:
 
     async def download(self, ref: AttachmentRef, max_bytes: int) -> bytes:
         await self._ready.wait()
-        too_big = ImageInputError(
-            f"{ref.name} is over the {max_bytes / 1e6:.0f} MB limit; send a smaller image"
-        )
+        too_big = _too_big(ref, max_bytes)
         if ref.size is not None and ref.size > max_bytes:
             raise too_big
         if not allowed_url(ref.url, self._cdn_origins):
             raise ImageInputError(
                 f"{ref.name} is not on Discord's file servers; attach the image itself"
             )
+        try:
+            return await self._fetch(ref, ref.url, max_bytes)
+        except _Expired:
+            fresh = await self._refresh_url(ref.url)
+            if fresh is None:
+                raise ImageInputError(
+                    f"{ref.name}'s link on Discord has expired and could not be renewed; "
+                    "attach it again"
+                ) from None
+            try:
+                return await self._fetch(ref, fresh, max_bytes)
+            except _Expired:
+                raise ImageInputError(
+                    f"{ref.name} is no longer on Discord (deleted?); attach it again"
+                ) from None
+
+    async def _refresh_url(self, url: str) -> str | None:
+        """A fresh signed URL for an attachment whose link expired: Discord's
+        `POST /attachments/refresh-urls` (dapi: developers/reference.mdx "Signed Attachment
+        CDN URLs"); None when Discord does not renew it."""
+        try:
+            data = await self._client.http.request(
+                discord.http.Route("POST", "/attachments/refresh-urls"),
+                json={"attachment_urls": [url]},
+            )
+        except (discord.DiscordException, aiohttp.ClientError, TimeoutError) as exc:
+            _LOGGER.warning("renewing an attachment link failed: %s", type(exc).__name__)
+            return None
+        for entry in (data or {}).get("refreshed_urls") or []:
+            fresh = entry.get("refreshed")
+            if isinstance(fresh, str) and allowed_url(fresh, self._cdn_origins):
+                return fresh
+        return None
+
+    async def _fetch(self, ref: AttachmentRef, url: str, max_bytes: int) -> bytes:
+        too_big = _too_big(ref, max_bytes)
         session = self._session
         if session is None:
             raise ChatDeliveryError("the Discord adapter is closed")
         try:
-            async with session.get(ref.url, allow_redirects=False) as response:
+            async with session.get(url, allow_redirects=False) as response:
+                if response.status in (403, 404) and "hm=" in url:
+                    # A signed link past its `ex` answers 404 "This content is no longer
+                    # available" (dapi: developers/reference.mdx "Signed Attachment CDN URLs").
+                    raise _Expired
                 if response.status != 200:
                     raise ImageInputError(
                         f"{ref.name} could not be downloaded from Discord (HTTP "
@@ -545,8 +612,8 @@ class DiscordAdapter:
             return where
         thread_id = str(data["id"])
         _remember(self._parents, thread_id, where.channel)
-        if where.channel in self._file_limits:
-            _remember(self._file_limits, thread_id, self._file_limits[where.channel])
+        if where.channel in self._guild_of:
+            _remember(self._guild_of, thread_id, self._guild_of[where.channel])
         return Conversation(where.channel, thread_id)
 
     async def _point(self, job_id: str, text: str) -> None:
@@ -580,8 +647,22 @@ class DiscordAdapter:
 
     async def post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
         await self._ready.wait()
+        limit = await self._file_limit(thread)
+        for _ in range(_SHRINK_TRIES):
+            try:
+                return await self._post_result(thread, result, limit)
+            except _TooLarge:
+                # The server's limit is lower than we knew (boosts lost): never lose the
+                # result to a 413 — fit the images to half and post again.
+                limit //= 2
+                _LOGGER.info("job %s: Discord refused the files as too large", result.job_id)
+        return await self._post_result(thread, result, limit)
+
+    async def _post_result(
+        self, thread: Conversation, result: ResultView, limit: int
+    ) -> Sequence[str]:
         target = post_target(thread)
-        files, notes = await self._fit_images(result.images, self._file_limit(thread))
+        files, notes = await self._fit_images(result.images, limit)
         batches = self._batches(files) or [[]]
         kind = result_kind(result)
         posted: list[discord.Message] = []
@@ -663,8 +744,27 @@ class DiscordAdapter:
             kwargs["view"] = view
         try:
             return await channel.send(content, **kwargs)
+        except discord.HTTPException as exc:
+            # 413 / 40005: a file is over the server's upload limit
+            # (dapi: developers/topics/opcodes-and-status-codes.mdx).
+            error = _TooLarge if exc.status == 413 or exc.code == 40005 else ChatDeliveryError
+            raise error(f"posting to Discord channel {target} failed: {exc}") from exc
         except (discord.DiscordException, aiohttp.ClientError, TimeoutError) as exc:
             raise ChatDeliveryError(f"posting to Discord channel {target} failed: {exc}") from exc
+
+
+def _too_big(ref: AttachmentRef, max_bytes: int) -> ImageInputError:
+    return ImageInputError(
+        f"{ref.name} is over the {max_bytes / 1e6:.0f} MB limit; send a smaller image"
+    )
+
+
+class _Expired(Exception):
+    """The CDN refused a signed attachment link (expired)."""
+
+
+class _TooLarge(ChatDeliveryError):
+    """Discord refused a post's files as over the upload limit."""
 
 
 def _files(batch: Sequence[tuple[str, bytes]]) -> list[discord.File]:

@@ -35,6 +35,12 @@ MESSAGE_CHARS = 2000  # content of one message
 EMBED_DESCRIPTION_CHARS = 4096
 EMBED_FIELD_CHARS = 1024
 EMBED_TITLE_CHARS = 256
+# Every embed limit Discord enforces (dapi: developers/resources/message.mdx "Embed Limits"):
+# a message with an embed over any of them is refused (400) and nothing is posted.
+EMBED_TOTAL_CHARS = 6000  # title + description + field names and values + footer + author
+EMBED_FIELDS = 25
+EMBED_FIELD_NAME_CHARS = 256
+EMBED_FOOTER_CHARS = 2048
 THREAD_NAME_CHARS = 100
 MODAL_TITLE_CHARS = 45
 MODAL_LABEL_CHARS = 45
@@ -53,7 +59,8 @@ class DiscordLimits:
 
     max_files: int = 10  # per message
     max_message_bytes: int = 25 * MIB  # a whole message request
-    # Per file when no interaction told us the server's `attachment_size_limit` (tiers 0-1).
+    # Per file for bot posts where the server's own limit is unknown: 10 MiB, every server's
+    # least (premium tiers 0-1; discord.py `Guild.filesize_limit`).
     default_file_bytes: int = 10 * MIB
     # Room kept in each message for the JSON part and multipart framing.
     message_overhead: int = 64 * 1024
@@ -81,28 +88,60 @@ def plan_batches(sizes: Sequence[int], *, max_files: int, max_bytes: int) -> lis
     return batches
 
 
-def shrink_image(data: bytes, limit: int) -> bytes | None:
-    """The image re-encoded as JPEG so that it fits in `limit` bytes, or None when it cannot.
+@dataclass(frozen=True)
+class Shrunk:
+    """An image re-encoded to fit a limit: its bytes, file extension and what was done."""
 
-    Only used when a PNG is over the server's per-file limit: a JPEG of the same picture is
-    several times smaller, and a smaller picture is better than none.
+    data: bytes
+    extension: str
+    how: str
+
+
+def shrink_image(data: bytes, limit: int) -> Shrunk | None:
+    """The image re-encoded to fit in `limit` bytes, losing as little as possible, or None.
+
+    In order: an optimised PNG (lossless), WebP at quality 95 then 90, JPEG at 92 then 85;
+    only then the same picture at three quarters of its size and less. A smaller result is
+    better than none, and the message says what was done.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB")
-    except (OSError, UnidentifiedImageError):
+            image.load()
+            picture = image.copy()
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
         return None
-    for quality in (92, 85, 75, 60):
-        buffer = io.BytesIO()
-        rgb.save(buffer, "JPEG", quality=quality, optimize=True)
-        if buffer.tell() <= limit:
-            return buffer.getvalue()
+    scale = 1.0
+    while scale >= 0.25:
+        sized = picture
+        if scale < 1.0:
+            sized = picture.resize(
+                (max(1, int(picture.width * scale)), max(1, int(picture.height * scale))),
+                Image.Resampling.LANCZOS,
+            )
+        for fmt, options, extension, how in _ENCODINGS:
+            if fmt == "PNG" and scale < 1.0:
+                continue
+            buffer = io.BytesIO()
+            (sized if fmt != "JPEG" else sized.convert("RGB")).save(buffer, fmt, **options)
+            if buffer.tell() <= limit:
+                note = how if scale == 1.0 else f"{how}, at {scale:.0%} of its size"
+                return Shrunk(buffer.getvalue(), extension, note)
+        scale *= 0.75
     return None
 
 
-def jpeg_name(name: str) -> str:
+_ENCODINGS: tuple[tuple[str, dict[str, Any], str, str], ...] = (
+    ("PNG", {"optimize": True, "compress_level": 9}, "png", "re-compressed as PNG (lossless)"),
+    ("WEBP", {"quality": 95, "method": 4}, "webp", "re-encoded as WebP (quality 95)"),
+    ("WEBP", {"quality": 90, "method": 4}, "webp", "re-encoded as WebP (quality 90)"),
+    ("JPEG", {"quality": 92, "optimize": True}, "jpg", "re-encoded as JPEG (quality 92)"),
+    ("JPEG", {"quality": 85, "optimize": True}, "jpg", "re-encoded as JPEG (quality 85)"),
+)
+
+
+def renamed(name: str, extension: str) -> str:
     stem = name.rsplit(".", 1)[0] if "." in name else name
-    return f"{stem}.jpg"
+    return f"{stem}.{extension}"
 
 
 def chunk_text(text: str, limit: int = MESSAGE_CHARS) -> list[str]:
@@ -188,6 +227,37 @@ def result_embed(view: ResultView) -> discord.Embed:
     if view.duration is not None:
         embed.add_field(name="Duration", value=_duration(view.duration))
     embed.set_footer(text=f"job {view.job_id}" + (f" · {view.notice}" if view.notice else ""))
+    return fit_embed(embed)
+
+
+def fit_embed(embed: discord.Embed, total: int = EMBED_TOTAL_CHARS) -> discord.Embed:
+    """`embed` within every embed limit: each piece cut to its own limit, at most 25 fields,
+    and — when the pieces together exceed `total` — the longest texts cut until they fit."""
+    if embed.title:
+        embed.title = clip(embed.title, EMBED_TITLE_CHARS)
+    if embed.description:
+        embed.description = clip(embed.description, EMBED_DESCRIPTION_CHARS)
+    if embed.footer.text:
+        embed.set_footer(text=clip(embed.footer.text, EMBED_FOOTER_CHARS))
+    while len(embed.fields) > EMBED_FIELDS:
+        embed.remove_field(-1)
+    for index, f in enumerate(embed.fields):
+        embed.set_field_at(
+            index,
+            name=clip(f.name or "-", EMBED_FIELD_NAME_CHARS),
+            value=clip(f.value or "-", EMBED_FIELD_CHARS),
+            inline=bool(f.inline),
+        )
+    while (excess := len(embed) - total) > 0:
+        values = [(len(f.value or ""), i) for i, f in enumerate(embed.fields)]
+        longest, index = max(values, default=(0, -1))
+        if len(embed.description or "") >= longest:
+            description = embed.description or ""
+            embed.description = clip(description, max(1, len(description) - excess))
+        else:
+            f = embed.fields[index]
+            value = clip(f.value or "", max(1, longest - excess))
+            embed.set_field_at(index, name=f.name, value=value, inline=bool(f.inline))
     return embed
 
 

@@ -56,6 +56,11 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 AUTO_DEFER_AFTER = 2.0  # seconds; Discord invalidates an interaction not answered within 3
+# Commands the core answers in public (`Dispatcher`: `reply` without `private=True`); the
+# rest, refusals and job pointers are private. A defer fixes the answer's visibility (only the
+# EPHEMERAL flag may be set, at the defer: dapi developers/interactions/
+# receiving-and-responding.mdx), so the watchdog defers these publicly.
+PUBLIC_ANSWERS = frozenset({"job", "endpoints", "models", "cancel"})
 FORM_PREFIX = "sdbotform:img2img:"
 FORM_TTL = 15 * 60.0  # a context-menu form is answered within an interaction's lifetime
 MAX_SUGGESTIONS = 25
@@ -96,11 +101,21 @@ class InteractionResponder:
     Job results never come through here: they are posted with the bot token by the adapter.
     """
 
-    def __init__(self, adapter: DiscordAdapter, interaction: discord.Interaction[Any]) -> None:
+    def __init__(
+        self,
+        adapter: DiscordAdapter,
+        interaction: discord.Interaction[Any],
+        *,
+        public: bool = False,
+    ) -> None:
         self._adapter = adapter
         self._interaction = interaction
+        self._public = public  # the visibility the answer is expected to have
+        # Held only around Discord calls that must not interleave (never while files are
+        # prepared), so the watchdog's defer always gets through in time.
         self._lock = asyncio.Lock()
         self._deferred = False
+        self._deferred_private = True
         self._original_used = False
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -118,15 +133,16 @@ class InteractionResponder:
         return self._interaction.response.is_done()
 
     async def _auto_defer(self) -> None:
-        await asyncio.sleep(AUTO_DEFER_AFTER)
+        await asyncio.sleep(self._adapter.defer_after)
         async with self._lock:
             if not self._interaction.response.is_done():
-                await self._defer()
+                await self._defer(private=not self._public)
 
-    async def _defer(self) -> None:
+    async def _defer(self, *, private: bool) -> None:
         try:
-            await self._interaction.response.defer(ephemeral=True, thinking=True)
+            await self._interaction.response.defer(ephemeral=private, thinking=True)
             self._deferred = True
+            self._deferred_private = private
         except discord.HTTPException as exc:
             _LOGGER.warning("could not acknowledge interaction %s: %s", self._interaction.id, exc)
 
@@ -135,7 +151,7 @@ class InteractionResponder:
         self._adapter.remember_interaction(job_id, self._interaction)
         async with self._lock:
             if not self._interaction.response.is_done():
-                await self._defer()
+                await self._defer(private=True)
 
     async def reply(
         self, text: str, *, private: bool = False, images: Sequence[ResultImage] = ()
@@ -146,11 +162,18 @@ class InteractionResponder:
         await self._answer(message, True, ())
 
     async def _answer(self, text: str, private: bool, images: Sequence[ResultImage]) -> None:
+        batches: list[list[discord.File]] = []
+        if images:
+            # Files take a while (re-encoding, a big upload): defer first, with this answer's
+            # visibility, and prepare them without holding the lock; they follow the defer.
+            async with self._lock:
+                if not self._interaction.response.is_done():
+                    await self._defer(private=private)
+            batches = await self._adapter.file_batches(images, self._interaction.filesize_limit)
         async with self._lock:
             if self._interaction.is_expired():
                 _LOGGER.info("interaction %s expired before its answer", self._interaction.id)
                 return
-            batches = await self._adapter.file_batches(images, self._interaction.filesize_limit)
             chunks = chunk_text(text) if text else []
             count = max(len(chunks), len(batches), 1)
             try:
@@ -169,10 +192,18 @@ class InteractionResponder:
                 content, ephemeral=private, files=files, allowed_mentions=NO_MENTIONS
             )
         elif self._deferred and not self._original_used:
-            # The first answer after a defer replaces the "thinking…" message.
             self._original_used = True
-            await self._interaction.edit_original_response(
-                content=content, attachments=files, allowed_mentions=NO_MENTIONS
+            if private == self._deferred_private:
+                # The first answer after a defer replaces the "thinking…" message.
+                await self._interaction.edit_original_response(
+                    content=content, attachments=files, allowed_mentions=NO_MENTIONS
+                )
+                return
+            # The "thinking…" message has the other visibility, which cannot change: take it
+            # away and answer in a followup of the right one.
+            await self._interaction.delete_original_response()
+            await self._interaction.followup.send(
+                content, ephemeral=private, files=files, allowed_mentions=NO_MENTIONS
             )
         else:
             await self._interaction.followup.send(
@@ -381,9 +412,11 @@ class InteractionRouter:
                 _LOGGER.info("could not answer interaction %s: %s", interaction.id, exc)
         return True
 
-    def _responder(self, interaction: discord.Interaction[Any]) -> InteractionResponder:
+    def _responder(
+        self, interaction: discord.Interaction[Any], *, public: bool = False
+    ) -> InteractionResponder:
         self._adapter.learn(interaction)
-        responder = InteractionResponder(self._adapter, interaction)
+        responder = InteractionResponder(self._adapter, interaction, public=public)
         responder.start_watchdog()
         return responder
 
@@ -410,7 +443,7 @@ class InteractionRouter:
         with self._adapter.activity():
             if await self._turned_away(interaction):
                 return
-            responder = self._responder(interaction)
+            responder = self._responder(interaction, public=command in PUBLIC_ANSWERS)
             await self._guarded(
                 responder, self._run_command(interaction, responder, command, values, attachments)
             )

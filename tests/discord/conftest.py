@@ -18,7 +18,7 @@ import io
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -30,7 +30,7 @@ from scenario_kit import fast_config, make_app
 
 from adapters.discord import DiscordAdapter, DiscordLimits
 from bot.config import Secrets
-from bot.model import Platform
+from bot.model import JobOutput, Platform
 from bot.ports import JobQuery
 from cloud.local import LocalBackend, LocalBackendConfig
 from commands import OPTIONS, Kind
@@ -138,11 +138,20 @@ class FakeDiscord:
         self.interaction_channels: dict[str, str] = {}  # token → channel id
         self.channels: dict[str, dict[str, Any]] = {}  # threads created through the API
         self.cdn: dict[str, bytes] = {}
+        # The valid signature (`hm`) of each CDN path; links with another one have expired.
+        self.signatures: dict[str, str] = {}
+        self.refreshable = True
         self.faults: list[Fault] = []
         self.expired_tokens: set[str] = set()
         self.expire_all = False
         self.synced: list[tuple[str, list[dict[str, Any]]]] = []
         self.app_flags = 0
+        # Upload limits (dapi: developers/reference.mdx "Uploading Files"): bot-token posts are
+        # held to the server's limit — 10 MiB for premium tiers 0 and 1 (discord.py
+        # `Guild._PREMIUM_GUILD_LIMITS`) — and interaction answers to the interaction's
+        # `attachment_size_limit`. Over it: 413, code 40005, nothing posted.
+        self.guild_upload_limit = 10 * 1024 * 1024
+        self.token_upload_limits: dict[str, int] = {}
         self.originals: dict[str, str] = {}  # interaction token → original response message id
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -191,6 +200,7 @@ class FakeDiscord:
         attachment_id = str(self.snowflake())
         path = f"/cdn/attachments/{attachment_id}/{name}"
         self.cdn[path] = data
+        self.signatures[path] = "signature"
         url = f"{self.origin}{path}?ex=1&is=2&hm=signature"
         return {
             "id": attachment_id,
@@ -200,6 +210,12 @@ class FakeDiscord:
             "proxy_url": url,
             "content_type": "image/png",
         }
+
+    def expire(self, url: str) -> None:
+        """Let an attachment link pass its `ex`: the CDN then answers 404 until the link is
+        renewed (dapi: developers/reference.mdx "Signed Attachment CDN URLs")."""
+        path = yarl.URL(url).path
+        self.signatures[path] = f"signature{self.snowflake()}"
 
     def fail(
         self,
@@ -348,7 +364,9 @@ class FakeDiscord:
         )
         self.requests.append(record)
         try:
-            response = self._fault(record) or self._route(request, record)
+            response = (
+                self._fault(record) or _invalid_embeds(record.json) or self._route(request, record)
+            )
         except KeyError:
             response = _json({"message": "Unknown Message", "code": 10008}, 404)
         record.status = response.status
@@ -377,9 +395,23 @@ class FakeDiscord:
         method = request.method
         if path.startswith("/cdn/"):
             data = self.cdn.get(path)
-            if data is None:
-                return web.Response(status=404)
+            if data is None or request.query.get("hm") != self.signatures.get(path):
+                return web.Response(status=404, text="This content is no longer available.")
             return web.Response(body=data, content_type="image/png")
+        if path == "/attachments/refresh-urls" and method == "POST":
+            # dapi: developers/reference.mdx "Signed Attachment CDN URLs": the current link of
+            # each attachment URL given.
+            refreshed = []
+            for url in (record.json or {}).get("attachment_urls") or []:
+                link = yarl.URL(url)
+                if link.path in self.cdn and self.refreshable:
+                    fresh = link.with_query(
+                        {"ex": "3", "is": "4", "hm": self.signatures[link.path]}
+                    )
+                    refreshed.append({"original": url, "refreshed": str(fresh)})
+            return _json({"refreshed_urls": refreshed})
+        if match := re.fullmatch(r"/guilds/(\d+)", path):
+            return _json(_guild(int(match[1]), CHANNEL))
         if path == "/users/@me":
             if request.headers.get("Authorization") != f"Bot {TOKEN}":
                 return _json({"message": "401: Unauthorized", "code": 0}, 401)
@@ -494,6 +526,8 @@ class FakeDiscord:
     def _callback(self, interaction_id: str, token: str, record: Request) -> web.Response:
         if self._expired(token):
             return _json({"message": "Unknown interaction", "code": 10062}, 404)
+        if too_large := _too_large(record.files, self.token_upload_limits.get(token, 0) or 1 << 62):
+            return too_large
         body = record.json or {}
         kind = body.get("type")
         data = body.get("data") or {}
@@ -526,6 +560,8 @@ class FakeDiscord:
     ) -> web.Response:
         if self._expired(token):
             return _json({"message": "Invalid Webhook Token", "code": 50027}, 401)
+        if too_large := _too_large(record.files, self.token_upload_limits.get(token, 0) or 1 << 62):
+            return too_large
         if message is None and method == "POST":
             flags = int((record.json or {}).get("flags") or 0)
             channel = self.interaction_channels.get(token, "0")
@@ -564,6 +600,8 @@ class FakeDiscord:
     ) -> web.Response:
         if message_id is None:
             if method == "POST":
+                if too_large := _too_large(record.files, self.guild_upload_limit):
+                    return too_large
                 return _json(self._new_message(channel_id, record.json, record.files))
             limit = int(request.query.get("limit", "50"))
             found = sorted(self.in_channel(channel_id), key=lambda m: int(m["id"]), reverse=True)
@@ -576,6 +614,46 @@ class FakeDiscord:
             del self.messages[message_id]
             return web.Response(status=204)
         return _json(stored)
+
+
+def _too_large(files: Sequence[tuple[str, bytes]], limit: int) -> web.Response | None:
+    if any(len(data) > limit for _, data in files):
+        return _json({"message": "Request entity too large", "code": 40005}, 413)
+    return None
+
+
+def _invalid_embeds(body: Any) -> web.Response | None:
+    """Discord's embed limits (dapi: developers/resources/message.mdx "Embed Limits"): title
+    256, description 4096, 25 fields, field name 256 / value 1024, footer 2048, author name 256,
+    and 6000 characters over all of those in all embeds of the message. A message breaking any
+    is refused with 400 / 50035 "Invalid Form Body" and not posted."""
+    embeds = body.get("embeds") if isinstance(body, dict) else None
+    if not embeds:
+        return None
+    total = 0
+    problems = []
+    for embed in embeds:
+        pieces = [
+            ("title", embed.get("title") or "", 256),
+            ("description", embed.get("description") or "", 4096),
+            ("footer", (embed.get("footer") or {}).get("text") or "", 2048),
+            ("author", (embed.get("author") or {}).get("name") or "", 256),
+        ]
+        fields = embed.get("fields") or []
+        if len(fields) > 25:
+            problems.append("fields: at most 25")
+        for f in fields:
+            pieces += [("field name", f.get("name") or "", 256)]
+            pieces += [("field value", f.get("value") or "", 1024)]
+        for name, text, limit in pieces:
+            total += len(text)
+            if len(text) > limit:
+                problems.append(f"{name}: at most {limit}")
+    if total > 6000:
+        problems.append("embeds: 6000 characters in total at most")
+    if not problems:
+        return None
+    return _json({"message": "Invalid Form Body", "code": 50035, "errors": problems}, 400)
 
 
 def _text_channel(channel_id: str, guild_id: int = GUILD) -> dict[str, Any]:
@@ -680,10 +758,15 @@ class GatedBackend(LocalBackend):
         super().__init__(config)
         self.gate = asyncio.Event()
         self.gate.set()
+        self.big_results: tuple[bytes, ...] = ()  # results to return instead of the previews
 
     async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, Any]:
         await self.gate.wait()
         return dict(await super().statuses(targets))
+
+    async def results(self, backend_id: str) -> JobOutput:
+        output = await super().results(backend_id)
+        return replace(output, images=self.big_results) if self.big_results else output
 
 
 class DiscordHarness:
@@ -703,6 +786,7 @@ class DiscordHarness:
         self.fake = fake
         self.overrides: dict[str, Any] = {}
         self.limits: DiscordLimits | None = None
+        self.adapter_options: dict[str, Any] = {}
         self.message_content = True
         # True: the adapter builds its own client and connects to the fake gateway, and events
         # arrive over the websocket; False: a REST-only client fed through its state parser.
@@ -733,6 +817,7 @@ class DiscordHarness:
             message_content=self.message_content if self.gateway else None,
             cdn_origins=[self.fake.origin],
             limits=self.limits,
+            **self.adapter_options,
         )
         self.client = self.adapter.client
         self.app.add_adapter(self.adapter)
@@ -830,6 +915,7 @@ class DiscordHarness:
         if message is not None:
             payload["message"] = message
         self.fake.interaction_channels[token] = channel_id
+        self.fake.token_upload_limits[token] = size_limit
         if self.gateway:
             self.fake.push("INTERACTION_CREATE", payload)
         else:

@@ -150,7 +150,7 @@ async def test_refusals_before_the_defer_are_ephemeral(bot: Any) -> None:
     assert await bot.jobs() == []
 
 
-async def test_results_split_by_file_count_and_fit_the_per_file_limit(harness: Any) -> None:
+async def test_results_split_by_file_count(harness: Any) -> None:
     harness.limits = DiscordLimits(max_files=2)
     bot = await harness.start()
     token = bot.slash("img2img", {"prompt": "four", "count": 4}, {"image": png()})
@@ -163,14 +163,7 @@ async def test_results_split_by_file_count_and_fit_the_per_file_limit(harness: A
     assert first["embeds"] and not second["embeds"]
     assert first["components"] == [] and len(_buttons(second)) == 7  # 4 × Use as input
     assert list(job.result_messages) == [first["id"], second["id"]]
-    # A server whose per-file limit is below the PNGs gets JPEGs, and is told so.
-    small = bot.slash("img2img", {"prompt": "small"}, {"image": png()}, size_limit=4000)
-    await bot.answered(small)
-    job2 = (await bot.jobs())[-1]
-    [result] = bot.results(job2.thread.thread)
-    assert _files(result) == [f"{job2.id}-1.jpg"]
-    assert all(a["size"] <= 4000 for a in result["attachments"])
-    assert "re-encoded as JPEG" in result["content"]
+    # Images over the server's per-file limit: test_discord_platform.py.
 
 
 def _noise(width: int, height: int, seed: int) -> bytes:
@@ -275,6 +268,7 @@ async def test_queries(bot: Any) -> None:
     await bot.answered(token)
     [job] = await bot.jobs()
     answers = {}
+    tokens = {}
     for name, options in [
         ("help", {}),
         ("endpoints", {}),
@@ -284,8 +278,8 @@ async def test_queries(bot: Any) -> None:
         ("cancel", {"id": job.id}),
         ("settings", {}),
     ]:
-        first = await bot.answered(bot.slash(name, options))
-        answers[name] = first
+        tokens[name] = bot.slash(name, options)
+        answers[name] = await bot.answered(tokens[name])
 
     def content(name: str) -> str:
         return answers[name].json["data"]["content"]
@@ -297,8 +291,11 @@ async def test_queries(bot: Any) -> None:
     assert "local-preview" in content("endpoints") and "InService" in content("endpoints")
     assert "sdbot-preview" in content("models")
     assert job.id in content("jobs") and private("jobs")
-    assert job.id in content("job") and not private("job")
-    assert [name for name, _ in answers["job"].files] == [f"{job.id}-1.png"]
+    # `/job` has images: deferred (publicly) first, the answer with its files follows.
+    assert answers["job"].json["type"] == 5 and "data" not in answers["job"].json
+    [shown] = bot.fake.answers_to(tokens["job"])
+    assert job.id in shown["content"] and not shown["flags"] & bot.ephemeral
+    assert [a["filename"] for a in shown["attachments"]] == [f"{job.id}-1.png"]
     assert "already finished (succeed)" in content("cancel") and private("cancel")
     assert answers["settings"].json["type"] == 4 and content("settings")
 
