@@ -802,7 +802,12 @@ class DiscordHarness:
         config = fast_config(
             self.tmp_path, secrets=Secrets(discord_token=TOKEN), local_delay=0.02, **self.overrides
         )
+        # A restart keeps a closed gate closed: the resumed job's first status read must not
+        # slip through before the test can close the new backend's gate.
+        held = self.backend is not None and not self.backend.gate.is_set()
         self.backend = GatedBackend(LocalBackendConfig(delay=config.local_delay))
+        if held:
+            self.backend.gate.clear()
         self.app = make_app(config, self.backend)
         client: discord.Client | None = None
         if not self.gateway:
