@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import esd_polling, scenarios
+from bench import a1111_queue, esd_polling, scenarios
 from bench.machine import describe
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "inflight": lambda: asyncio.run(scenarios.in_flight()),
     # 500 ESD jobs of 60–600 s (10+ minutes); SDBOT_BENCH_QUICK=1 runs 15–60 s jobs instead.
     "esd": lambda: asyncio.run(esd_polling.esd_polling()),
+    "webui": lambda: asyncio.run(a1111_queue.webui_queue()),
 }
 
 

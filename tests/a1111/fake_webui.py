@@ -217,6 +217,8 @@ class Received:
     model: str = ""  # the checkpoint the job ran on
     vae: str = ""
     interrupted: bool = False
+    started: float = 0.0  # loop time the job got the queue lock (benchmarks)
+    ended: float = 0.0  # loop time it finished its steps
 
 
 @dataclass
@@ -253,6 +255,7 @@ class FakeWebUI:
     waiting: int = 0  # requests waiting for the lock
     interrupts: int = 0
     restarts: int = 0
+    progress_reads: int = 0
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()  # queue_lock
@@ -538,6 +541,7 @@ class FakeWebUI:
         state.job, state.job_count, state.job_no = "scripts_img2img", 1, 0
         state.sampling_steps, state.sampling_step, state.interrupted = max(1, steps), 0, False
         state.task = task if isinstance(task, str) else None  # start_task(force_task_id)
+        job.started = asyncio.get_running_loop().time()
         pause = self.job_seconds / state.sampling_steps
         for step in range(1, state.sampling_steps + 1):
             if state.interrupted:
@@ -550,10 +554,12 @@ class FakeWebUI:
                 await self._gate.wait()
             await asyncio.sleep(pause)
         state.task = None  # finish_task
+        job.ended = asyncio.get_running_loop().time()
 
     # -- Progress, interrupt, catalogue ----------------------------------------------------------
 
     async def _progress(self, request: web.Request) -> web.Response:
+        self.progress_reads += 1
         skip = request.query.get("skip_current_image", "false").lower() in _TRUE
         state = self._state
         snapshot = {
