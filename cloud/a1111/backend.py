@@ -167,6 +167,7 @@ class A1111Backend:
         self._running: dict[str, _Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._progress: asyncio.Task[None] | None = None
+        self._writing: dict[str, asyncio.Future[None]] = {}  # folder writes still running
         self._closed = False
 
     @classmethod
@@ -343,19 +344,18 @@ class A1111Backend:
         """A queued job leaves the queue; a running one is interrupted (`/sdapi/v1/interrupt`)
         when the WebUI says it is the one it is working on."""
         job = self._jobs.pop(backend_id, None)
+        if job is not None:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(job)
+            if backend_id in self._running and job.task is not None:
+                if await self._is_current(job):
+                    try:
+                        await self._client.interrupt()
+                    except BackendError as exc:
+                        _LOGGER.warning("WebUI interrupt of %s failed: %s", backend_id, exc)
+                job.task.cancel()
+                await asyncio.wait([job.task])
         await self._forget(backend_id)
-        if job is None:
-            return
-        with contextlib.suppress(ValueError):
-            self._queue.remove(job)
-        if backend_id in self._running and job.task is not None:
-            if await self._is_current(job):
-                try:
-                    await self._client.interrupt()
-                except BackendError as exc:
-                    _LOGGER.warning("WebUI interrupt of %s failed: %s", backend_id, exc)
-            job.task.cancel()
-            await asyncio.wait([job.task])
 
     async def release(self, backend_id: str) -> None:
         """The core stored the results: drop them here and on disk; history keeps the row."""
@@ -368,9 +368,26 @@ class A1111Backend:
             del self._jobs[old]
 
     async def _forget(self, backend_id: str) -> None:
+        """Remove the job's folder, after any write to it still running in a thread."""
+        writing = self._writing.get(backend_id)
+        if writing is not None:
+            await asyncio.wait([writing])
         folder = self._folder(backend_id)
         if folder is not None:
             await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    async def _io(self, backend_id: str, work: Callable[[], None]) -> None:
+        """Run a write to the job's folder in a thread; `_forget` waits for it even when the
+        caller was cancelled meanwhile (a thread cannot be)."""
+        task: asyncio.Future[None] = asyncio.ensure_future(asyncio.to_thread(work))
+        self._writing[backend_id] = task
+
+        def done(_: asyncio.Future[None]) -> None:
+            if self._writing.get(backend_id) is task:
+                del self._writing[backend_id]
+
+        task.add_done_callback(done)
+        await asyncio.shield(task)
 
     async def _is_current(self, job: _Job) -> bool:
         """Whether the WebUI is working on `job` (rather than on a request before it)."""
@@ -412,23 +429,25 @@ class A1111Backend:
             self._progress = asyncio.create_task(self._watch_progress(), name="a1111-progress")
 
     async def _run(self, job: _Job) -> None:
+        output: JobOutput | None = None
+        reason: str | None = None
         try:
             output = await self._send(job)
         except BackendError as exc:
             _LOGGER.warning("WebUI job %s failed: %s", job.backend_id, exc)
-            self._running.pop(job.backend_id, None)
-            job.reason = exc.user_message or str(exc)
-            job.state, job.progress, job.preview = JobState.FAILED, None, None
-            job.body = {}  # nothing more to send; the failure is all that is kept
-        else:
-            await self._write_output(job, output)
-            self._running.pop(job.backend_id, None)
-            job.output = output
-            job.state, job.progress, job.preview = JobState.SUCCEED, None, None
+            reason = exc.user_message or str(exc)
         finally:
             self._running.pop(job.backend_id, None)
             self._pump()
-        await self._write_state(job)
+        # The outcome is on disk before anyone can see it (and `release` or `cancel` remove it).
+        state = JobState.FAILED if output is None else JobState.SUCCEED
+        if output is not None:
+            await self._write_output(job, output)
+        await self._write_state(job, state, reason)
+        job.state, job.reason, job.output = state, reason, output
+        job.progress = job.preview = None
+        if output is None:
+            job.body = {}  # nothing more to send; the failure is all that is kept
 
     async def _send(self, job: _Job) -> JobOutput:
         """Send the job's request until the WebUI answers; a cut request is sent once more."""
@@ -520,16 +539,18 @@ class A1111Backend:
             _replace(folder / "request.json", json.dumps(request))
             _replace(folder / "state.json", json.dumps({"attempts": 0, "queued": False}))
 
-        await asyncio.to_thread(write)
+        await self._io(job.backend_id, write)
 
-    async def _write_state(self, job: _Job) -> None:
+    async def _write_state(
+        self, job: _Job, outcome: JobState | None = None, reason: str | None = None
+    ) -> None:
         folder = self._folder(job.backend_id)
         if folder is None:
             return
         state = {
             "attempts": job.attempts,
-            "state": job.state.value,
-            "reason": job.reason,
+            "state": (outcome or job.state).value,
+            "reason": reason if outcome is not None else job.reason,
             "queued": job.queued,
         }
 
@@ -537,7 +558,7 @@ class A1111Backend:
             if folder.is_dir():  # not when cancelled meanwhile
                 _replace(folder / "state.json", json.dumps(state))
 
-        await asyncio.to_thread(write)
+        await self._io(job.backend_id, write)
 
     async def _write_output(self, job: _Job, output: JobOutput) -> None:
         folder = self._folder(job.backend_id)
@@ -553,7 +574,7 @@ class A1111Backend:
             _replace(folder / "output.json", json.dumps(meta))
 
         count = len(output.images)
-        await asyncio.to_thread(write)
+        await self._io(job.backend_id, write)
 
     async def _revive(self, backend_id: str) -> _Job | None:
         """A job an earlier process took: its outcome, or the job queued (and sent) again."""
