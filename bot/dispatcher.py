@@ -379,6 +379,11 @@ class Dispatcher:
             found = list(await self._store.find(caller.platform, caller.server, prefix))
         if not caller.is_admin:
             found = [j for j in found if j.caller.user == caller.user]
+        if not found and BACKEND_JOB_ID.fullmatch(prefix):
+            raise RefusedError(
+                f"no bot job you can see ran as backend job `{prefix}` (jobs the bot did not "
+                "start, such as the WebUI's, are only in `jobs source=cloud`)"
+            )
         if not found:
             raise RefusedError(f"no job `{prefix}` among the jobs you can see")
         exact = [j for j in found if j.id == prefix]

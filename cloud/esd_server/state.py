@@ -212,7 +212,10 @@ _ContainerOut = _Result | dict[str, Any] | None
 class ServerState:
     """Everything one server knows; what tests read and steer while the server runs.
 
-    - `jobs`: job id → `JobRecord` (`.status` is a `JobState`, `.sagemaker_raw`, `.task`, …)
+    - `jobs`: job id → `JobRecord` (`.status` is a `JobState`, `.sagemaker_raw`, `.task`,
+      `.starts`: how many start calls ran it, …)
+    - users and roles: `user`, `user_roles`, `permissions`, `check_permissions` and the
+      `visible_*` filters of ESD's listings
     - `endpoints`: name → `EndpointRecord`; `set_endpoint_status`, `set_instance_count`
     - `faults`: assignable at run time; assigning restarts the fault sequences from its seed
     - `requests`: a `Counter` of requests per route name: ping, create_inference,

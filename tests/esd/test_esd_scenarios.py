@@ -111,6 +111,10 @@ async def test_jobs_source_cloud_lists_the_backends_history(console: EsdConsole)
         details = await console.run(f"job {backend_id}")
         assert any(bot_id in line for line in details for bot_id in bot_ids), details
         assert any(backend_id in line for line in details), details
+    unknown = "0f0f0f0f-0000-4000-8000-000000000000"
+    assert "no bot job you can see ran as backend job" in " ".join(
+        await console.run(f"job {unknown}")
+    )
 
 
 async def test_jobs_source_cloud_type_interrogate_lists_both_task_types(
