@@ -90,7 +90,8 @@ def button(action: Action) -> Block:
 
 
 def actions_block(actions: Sequence[Action], job_id: str) -> list[Block]:
-    """One `actions` block (Slack allows 25 elements; sdbot has at most 8)."""
+    """One `actions` block (Slack allows 25 elements; sdbot has at most 11: 8 "Use as input" with
+    Re-roll, Edit and Delete)."""
     if not actions:
         return []
     return [

@@ -35,3 +35,19 @@ async def test_a_bad_advanced_option_is_answered_ephemerally(bot: Any) -> None:
     assert first.json["type"] == 4 and first.json["data"]["flags"] == bot.ephemeral
     assert "did you mean `clip_skip`" in first.json["data"]["content"]
     assert await bot.jobs() == []
+
+
+async def test_the_largest_job_posts_every_image_with_a_button_each(bot: Any) -> None:
+    token = bot.slash("img2img", {"prompt": "x", "count": 4, "batch_count": 2}, {"image": png()})
+    await bot.answered(token)
+    [job] = await bot.jobs()
+    assert job.state is JobState.SUCCEED and job.result_count == 8
+    messages = bot.results(job.thread.thread)
+    files = [a["filename"] for m in messages for a in m["attachments"]]
+    assert files == [f"{job.id}-{n}.png" for n in range(1, 9)]
+    buttons = [
+        c["custom_id"] for m in messages for row in m["components"] for c in row["components"]
+    ]
+    assert [f"sdbot:input:{job.id}:{n}" for n in range(1, 9)] == [
+        b for b in buttons if b.startswith("sdbot:input:")
+    ]
