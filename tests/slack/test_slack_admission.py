@@ -1,0 +1,112 @@
+"""Issue 10 on Slack: every way to start a job — a mention, a thread reply, each result button,
+the Edit modal and both message shortcuts (the img2img one through its form) — is held to the
+same limits, and the user reads why."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from scenario_kit import png
+
+from bot.model import Caller, Conversation, Job, JobState, Platform
+from bot.render import PREVIEW_NOTICE
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from conftest import SlackRig
+
+RUNNING = "you have 1 job running; the limit here is 1"
+
+
+@pytest.fixture
+async def limited(make_rig: Callable[..., Any]) -> AsyncIterator[Any]:
+    """U1 has a finished img2img and interrogate job, and one job that has not finished."""
+    async with make_rig("http", user_concurrency=1) as rig:
+        for text in ("img2img a cat", "interrogate"):
+            image = rig.fake.add_file("cat.png", png())
+            await rig.post(f"<@UBOT> {text}", files=[image], events=("message", "app_mention"))
+            await rig.settle()
+        rig.base, rig.caption = await rig.jobs()
+        assert rig.base.state is rig.caption.state is JobState.SUCCEED
+        # A job of U1's still running: its row is what the limit counts.
+        held = Job(
+            id="heldjob001",
+            command="img2img",
+            caller=Caller(Platform.SLACK, "T1", "U1", Conversation("C1", None), user_name="u1"),
+            state=JobState.INPROGRESS,
+            created_at=datetime.now(UTC),
+            options={},
+        )
+        await rig.app.store.insert(held)
+        yield rig
+        await rig.app.runner.cancel(held)
+
+
+def _told(rig: SlackRig, answer: Any = None) -> str:
+    """Everything U1 was told: the ack's body, ephemeral messages, response_url posts."""
+    said = [str(answer.body.get("text", ""))] if answer is not None else []
+    said += [str(e.get("text", "")) for e in rig.fake.ephemerals]
+    said += [str(r.get("text", "")) for r in rig.fake.responses]
+    return "\n".join(said)
+
+
+def _result(rig: SlackRig, job: Job) -> Any:
+    assert job.thread is not None and job.thread.thread is not None
+    return rig.results_in("C1", job.thread.thread)[-1]
+
+
+async def _refused(rig: SlackRig, answer: Any = None) -> None:
+    await rig.settle()
+    assert RUNNING in _told(rig, answer)
+    assert len(await rig.jobs()) == 3
+
+
+async def test_mention(limited: SlackRig) -> None:
+    rig = limited
+    image = rig.fake.add_file("dog.png", png())
+    await rig.post("<@UBOT> img2img a dog", files=[image], events=("message", "app_mention"))
+    await _refused(rig)
+
+
+async def test_thread_reply(limited: SlackRig) -> None:
+    rig = limited
+    assert rig.base.thread is not None
+    await rig.post("again", thread_ts=rig.base.thread.thread)
+    await _refused(rig)
+
+
+@pytest.mark.parametrize("kind", ["reroll", "input", "prompt"])
+async def test_result_buttons(limited: SlackRig, kind: str) -> None:
+    rig = limited
+    job = rig.caption if kind == "prompt" else rig.base
+    await _refused(rig, await rig.click(_result(rig, job), f"sdbot:{kind}:{job.id}"))
+
+
+async def test_edit_modal(limited: SlackRig) -> None:
+    rig = limited
+    await rig.click(_result(rig, rig.base), f"sdbot:edit:{rig.base.id}")
+    await rig.settle()
+    [view] = rig.fake.views
+    await _refused(rig, await rig.submit(view, {"prompt": "a lion", "seed": "3"}))
+
+
+async def test_interrogate_shortcut(limited: SlackRig) -> None:
+    rig = limited
+    target = await rig.post("look", files=[rig.fake.add_file("p.png", png())], user="U2")
+    await _refused(rig, await rig.shortcut("sdbot_interrogate", target))
+
+
+async def test_img2img_shortcut_form(limited: SlackRig) -> None:
+    rig = limited
+    target = await rig.post("mine", files=[rig.fake.add_file("p.png", png())], user="U2")
+    await rig.shortcut("sdbot_img2img", target)
+    await rig.settle()
+    [view] = rig.fake.views
+    await _refused(rig, await rig.submit(view, {"prompt": "a watercolor"}))
+
+
+async def test_preview_results_say_so(limited: SlackRig) -> None:
+    assert PREVIEW_NOTICE in _result(limited, limited.base).text
