@@ -15,24 +15,8 @@ RUNNING = "you have 1 job running; the limit here is 1"
 
 
 def _message(bot: Any, files: dict[str, bytes]) -> dict[str, Any]:
-    """Someone's message with attachments, as Discord resolves it for a context menu."""
-    return {
-        "id": str(bot.fake.snowflake()),
-        "channel_id": str(bot.channel),
-        "author": bot.bob.payload(),
-        "content": "",
-        "attachments": [bot.fake.upload(name, data) for name, data in files.items()],
-        "embeds": [],
-        "mentions": [],
-        "mention_roles": [],
-        "pinned": False,
-        "tts": False,
-        "mention_everyone": False,
-        "timestamp": "2026-01-01T00:00:00+00:00",
-        "edited_timestamp": None,
-        "type": 0,
-        "flags": 0,
-    }
+    """Bob's message with attachments (not addressed to the bot), as a context menu's target."""
+    return bot.say("look", user=bot.bob, files=files)
 
 
 async def _answer(bot: Any, token: str) -> dict[str, Any]:
