@@ -1,9 +1,11 @@
-"""Issue 10: a reply right after a job works, an empty reply starts nothing, `job` / `cancel`
-say what they mean, `jobs all=true` is capped with paging, and the preview engine is never
-chosen by accident and always says what it is."""
+"""Issue 10: console files are checked before the ack, a reply right after a job works, an
+empty reply starts nothing, `job` / `cancel` say what they mean, `jobs all=true` is capped with
+paging, and the preview engine is never chosen by accident and always says what it is."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +31,46 @@ from bot.model import Job, JobState, Platform
 from bot.ports import JobQuery
 from bot.render import PREVIEW_NOTICE
 from commands import parse
+
+# -- console files -----------------------------------------------------------------------
+
+
+async def test_console_files_that_are_not_regular_files_are_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    async with ConsoleRun(tmp_path) as console:
+        lines = await console.run(
+            f"img2img x image={fifo}",  # opening it for reading used to wait for a writer
+            f"img2img x image={tmp_path}",
+            "img2img x image=/dev/zero",
+        )
+        assert job_ids(lines) == []
+        assert "pipe.png is not a regular file" in lines[0]
+        assert "is a folder" in lines[1]
+        assert "/dev/zero is not a regular file" in lines[2]
+
+
+async def test_reading_a_console_file_has_a_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.jobs.READ_DEADLINE", 0.05)
+    async with ConsoleRun(tmp_path) as console:
+        stuck = asyncio.Event()
+
+        async def never(ref: object, max_bytes: int) -> bytes:  # a hung network share
+            await stuck.wait()
+            return b""
+
+        monkeypatch.setattr(console.adapter, "download", never)
+        image = console.write("in.png", png())
+        lines = await console.run(f"img2img x image={image}", "jobs")
+        assert lines == [
+            f"error: reading `{image}` took more than 0.05 s; give a file on a local disk",
+            "no jobs match",
+        ]
+
 
 # -- a reply right after a job -------------------------------------------------------------
 
