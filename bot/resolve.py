@@ -110,8 +110,17 @@ _MODEL_WORDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Model file extensions (A1111 lists these; ESD stores the files under their full names).
+_MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+
+
 def _stem(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else name
+    """A model's name without its file extension (`style_v1.5` keeps its dot)."""
+    lowered = name.lower()
+    for extension in _MODEL_EXTENSIONS:
+        if lowered.endswith(extension):
+            return name[: -len(extension)]
+    return name
 
 
 def match_name(name: str, names: Sequence[str], *, files: bool) -> str | None:
@@ -270,7 +279,7 @@ class Resolver:
         names = {}
         for tag in prompt_networks(prompt):
             found = await self._catalog.model_named(tag.name, NETWORK_KINDS[tag.kind])
-            names[tag.span] = found.rsplit(".", 1)[0] if "." in found else found
+            names[tag.span] = _stem(found)
         return with_names(prompt, names) if names else prompt
 
     async def generation(

@@ -293,6 +293,17 @@ async def test_names_match_in_any_case_and_are_stored_as_the_backend_spells_them
     assert job.params.endpoint == "local-preview"
 
 
+async def test_a_lora_whose_name_has_a_dot_keeps_it(
+    shop: tuple[BotApp, RecordingAdapter, Path, StepClock],
+) -> None:
+    app, adapter, models, _ = shop
+    (models / "Lora" / "add_detail_v1.5.safetensors").write_bytes(b"x")
+    r = await _ask(app, adapter, "img2img a cat <lora:ADD_DETAIL_V1.5:0.3>")
+    assert r.refusals == [] and r.accepted_ids
+    job = await app.store.get(r.accepted_ids[0])
+    assert job is not None and job.options["prompt"] == "a cat <lora:add_detail_v1.5:0.3>"
+
+
 async def test_an_unknown_name_looks_at_the_backend_again_before_refusing(
     shop: tuple[BotApp, RecordingAdapter, Path, StepClock],
 ) -> None:
