@@ -365,11 +365,12 @@ async def test_a_reply_is_checked_before_the_ack_too(
     shop: tuple[BotApp, RecordingAdapter, Path, StepClock],
 ) -> None:
     app, adapter, _, _ = shop
-    base = await _finished(app, adapter, "img2img a cat", chat_caller())
+    base = await _finished(app, adapter, "img2img a cat count=4", chat_caller())
     assert base.thread is not None
     here = in_thread(chat_caller(), base.thread)
     for text, message in (
         ("model=nope.ckpt", "unknown model `nope.ckpt`"),
+        ("batch_count=3", "4 × 3 = 12 images"),
         ("size=1024x1024", "over the cap of 768"),
         ("+ <lora:nope:0.5>", "unknown LoRA `nope`"),
     ):
