@@ -75,7 +75,15 @@ def make_backend(config: Config) -> Backend:
 def make_app(config: Config) -> BotApp:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteJobStore(config.data_dir / "sdbot.sqlite3")
-    return BotApp(config, backend=make_backend(config), store=store)
+    backend = make_backend(config)
+    app = BotApp(config, backend=backend, store=store)
+    if config.backend == "esd":
+        from cloud.esd import EsdBackend
+
+        if isinstance(backend, EsdBackend):
+            # Completion events end a job on the spot: its driver hears at once.
+            backend.notify_changes(app.poller.nudge)
+    return app
 
 
 def chat_adapters(app: BotApp, config: Config) -> list[tuple[ChatAdapter, _Connected]]:

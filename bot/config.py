@@ -71,6 +71,10 @@ class Config:
     esd_timeout: float = 30.0  # per request; API Gateway itself gives up at 29 s
     realtime_max_in_flight: int = 5  # per Real-time endpoint (the container queues ~10)
     esd_bucket: str | None = None
+    # Completion events (docs/esd.md "Completion events"): an SQS queue subscribed to ESD's
+    # SageMaker success / error topics; polling then scans only every `esd_events_backstop` s.
+    esd_events_queue_url: str | None = None
+    esd_events_backstop: float = 45.0
     # AUTOMATIC1111 / Forge WebUI started with `--api` (README "Run on your own GPU").
     a1111_api_url: str | None = None
     a1111_concurrency: int = 1  # jobs sent to the WebUI at once; it runs one at a time
@@ -131,6 +135,7 @@ class Config:
             "job_timeout",
             "created_timeout",
             "esd_timeout",
+            "esd_events_backstop",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
@@ -156,6 +161,7 @@ _ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "esd_api_url": ("ESD_API_URL",),
     "esd_username": ("ESD_USERNAME",),
     "esd_bucket": ("ESD_BUCKET",),
+    "esd_events_queue_url": ("ESD_EVENTS_QUEUE_URL",),
     "slack_api_url": ("SLACK_API_URL",),
     "a1111_api_url": ("A1111_API_URL",),
 }

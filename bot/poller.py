@@ -98,6 +98,8 @@ class Watch:
             self._entry[_WATCH] = None
             self._entry = None
         self._poller._watches.discard(self)
+        if self._poller._by_id.get(self.target.backend_id) is self:
+            del self._poller._by_id[self.target.backend_id]
         self._wake()
 
     async def next(
@@ -169,6 +171,7 @@ class Poller:
         self._heap: list[list[Any]] = []
         self._sequence = itertools.count()
         self._watches: set[Watch] = set()
+        self._by_id: dict[str, Watch] = {}  # backend id → watch, for `nudge`
         self._calls: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -201,8 +204,19 @@ class Poller:
         """Follow a job until the returned watch is closed (use it as a context manager)."""
         watch = Watch(self, target, known)
         self._watches.add(watch)
+        self._by_id[target.backend_id] = watch
         self._schedule(watch, watch.interval * 0.5)
         return watch
+
+    def nudge(self, backend_id: str) -> None:
+        """Ask about a job at once: its backend learnt by itself that it changed (ESD's
+        completion events). A job being asked about right now, or not watched, is left as is."""
+        watch = self._by_id.get(backend_id)
+        if watch is None or watch._entry is None:
+            return
+        watch._entry[_WATCH] = None
+        watch.interval = self.interval
+        self._schedule(watch, 0.0)
 
     def _schedule(self, watch: Watch, delay: float) -> None:
         entry = [asyncio.get_running_loop().time() + delay, next(self._sequence), watch]

@@ -41,6 +41,7 @@ from cloud.esd.a1111 import (
 )
 from cloud.esd.client import EsdClient
 from cloud.esd.config import INFERENCE_TYPES, EsdConfig
+from cloud.esd.events import CompletionConsumer, EventQueue
 from cloud.esd.interrogate import (
     JobReader,
     RestInterrogator,
@@ -151,6 +152,20 @@ class EsdBackend:
         self._network_cache: tuple[float, dict[str, tuple[str, ...]]] | None = None
         self._lookup_lock = asyncio.Lock()
         self.version: str | None = None  # ESD's `x-api-version`, once `/ping` answered
+        self.events: CompletionConsumer | None = None
+        if config.events_queue_url:
+            queue = EventQueue(
+                config.events_queue_url,
+                sagemaker or SageMakerConfig(bucket=None),
+                wait_seconds=config.events_wait,
+            )
+            self.events = CompletionConsumer(
+                queue, self._book.complete, on_health=self._book.events_flowing
+            )
+            self._book.follow_events(
+                backstop_interval=config.events_backstop,
+                backstop_pages_per_second=config.events_pages_per_second,
+            )
         if isinstance(interrogator, JobReader):
             self._use_reader(interrogator)
 
@@ -184,9 +199,16 @@ class EsdBackend:
         await self._client.start()
         try:
             await self._probe()
+            if self.events is not None:
+                await self.events.start()
         except BaseException:
             await self._client.aclose()
             raise
+
+    def notify_changes(self, on_change: Callable[[str], None]) -> None:
+        """`on_change(backend_id)` is called when a completion event ends a job, so the
+        core's poller asks about it at once instead of at its next turn."""
+        self._book.on_change = on_change
 
     async def _probe(self) -> None:
         try:
@@ -238,6 +260,8 @@ class EsdBackend:
     async def aclose(self) -> None:
         owned, self._owned = self._owned, None
         try:
+            if self.events is not None:
+                await self.events.aclose()
             if owned is not None:
                 await owned.aclose()
         finally:

@@ -22,10 +22,12 @@ from cloud.esd.backend import (
 )
 from cloud.esd.client import EsdClient
 from cloud.esd.config import EsdConfig
+from cloud.esd.events import EventQueue
 from cloud.esd.payloads import parse_version
 from cloud.esd.sagemaker import SageMakerConfig, check_interrogate
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import TextIO
 
     from bot.config import Config
@@ -101,5 +103,33 @@ async def check_backend(config: Config, out: TextIO) -> int:
             say(line)
             if not usable:
                 return EXIT_FAILED
+    events = esd.events_queue_url
+    if events and not await _check_events(events, SageMakerConfig.from_config(config), say):
+        return EXIT_FAILED
     say("check passed")
     return EXIT_OK
+
+
+async def _check_events(url: str, aws: SageMakerConfig, say: Callable[[str], None]) -> bool:
+    """The completion-events queue: reachable, readable, receivable, and which topics may
+    send to it (when its policy can be read)."""
+    queue = EventQueue(url, aws, wait_seconds=0)
+    try:
+        report = await queue.check()
+    except BackendError as exc:
+        say(f"error: events queue: {exc.user_message or exc}")
+        say("the bot would poll ESD at the normal rate until the queue answers")
+        return False
+    finally:
+        await queue.aclose()
+    say(f"events queue: {report.name} answers ({report.messages} message(s) waiting)")
+    expected = ("ReceiveSageMakerInferenceSuccess", "ReceiveSageMakerInferenceError")
+    if not report.topics:
+        say(
+            "events queue: its policy names no SNS topic (or could not be read); subscribe it "
+            "to ESD's topics as docs/esd.md shows"
+        )
+    for name in expected:
+        if report.topics and not any(arn.endswith(f":{name}") for arn in report.topics):
+            say(f"warning: events queue: the policy does not let the topic {name} send to it")
+    return True

@@ -74,6 +74,13 @@ class EsdConfig:
     max_result_bytes: int = 50_000_000
     # How long the backend's own endpoint / network-model lookups are reused during submits.
     catalog_ttl: float = 30.0
+    # Completion events (cloud/esd/events.py): the SQS queue, and the backstop scan's pace
+    # while it answers (at most one scan per `events_backstop` seconds and
+    # `events_pages_per_second` pages per second on average).
+    events_queue_url: str | None = None
+    events_backstop: float = 45.0
+    events_pages_per_second: float = 0.02
+    events_wait: int = 20  # seconds a receive waits for a message (SQS allows 0-20)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_url", check_api_url(self.api_url))
@@ -85,7 +92,7 @@ class EsdConfig:
             raise ConfigError(
                 f"inference_type must be `Async` or `Real-time`, got {self.inference_type!r}"
             )
-        for name in ("timeout", "connect_timeout", "retry_cap", "catalog_ttl"):
+        for name in ("timeout", "connect_timeout", "retry_cap", "catalog_ttl", "events_backstop"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"ESD setting {name} must be a positive number of seconds")
@@ -93,7 +100,7 @@ class EsdConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"ESD setting {name} must be zero or more seconds")
-        for name in ("list_pages_per_second", "direct_per_second"):
+        for name in ("list_pages_per_second", "direct_per_second", "events_pages_per_second"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"ESD setting {name} must be a positive rate per second")
@@ -124,4 +131,6 @@ class EsdConfig:
             timeout=config.esd_timeout,
             realtime_max_in_flight=config.realtime_max_in_flight,
             max_result_bytes=max(config.max_bytes, 50_000_000),
+            events_queue_url=config.esd_events_queue_url or None,
+            events_backstop=config.esd_events_backstop,
         )

@@ -40,13 +40,15 @@ from typing import TYPE_CHECKING
 from bot.errors import BackendError, BackendUnavailableError
 from bot.model import BackendStatus, JobState
 from bot.ports import LOST_JOB
-from cloud.esd.payloads import EsdJob, is_unlistable
+from cloud.esd.events import settle_delays
+from cloud.esd.payloads import NO_REASON, EsdJob, is_unlistable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from bot.ports import PollTarget
     from cloud.esd.client import EsdClient
+    from cloud.esd.events import Completion
     from cloud.esd.interrogate import JobReader
 
 _LOGGER = logging.getLogger(__name__)
@@ -137,6 +139,15 @@ class StatusBook:
         self._gate = asyncio.Semaphore(_DIRECT_CONCURRENCY)
         self._direct = _Budget(self._config.direct_per_second, clock)
         self._reader: JobReader | None = None
+        # Completion events (`complete`): while they flow, scans and rotating reads are only a
+        # backstop, `backstop_interval` apart; `on_change` asks the poller about a job at once.
+        self._events_on = False
+        self._backstop_interval = list_interval
+        self._backstop_pages_per_second = self._config.list_pages_per_second
+        self._settle_delays = settle_delays(15.0)
+        # Called with a job id when an event ended it, so the core's poller asks at once.
+        self.on_change: Callable[[str], None] = lambda _job_id: None
+        self._handed: dict[str, asyncio.Future[None]] = {}
 
     def read_interrogations_with(self, reader: JobReader) -> None:
         """Interrogate jobs, submitted or resumed from now on, are read by `reader`."""
@@ -183,6 +194,9 @@ class StatusBook:
         reading = self._reading.pop(job_id, None)
         if reading is not None:
             reading.cancel()
+        handed = self._handed.pop(job_id, None)
+        if handed is not None and not handed.done():
+            handed.set_result(None)
 
     def in_flight(self, task_type: str) -> int:
         return len(self._by_type.get(task_type, ()))
@@ -289,6 +303,91 @@ class StatusBook:
             self._on_terminal(job)
         return BackendStatus(job_id, state, reason=job.reason, cold_start=tracked.cold)
 
+    # -- Completion events --------------------------------------------------------------------
+
+    def follow_events(
+        self,
+        *,
+        backstop_interval: float,
+        backstop_pages_per_second: float,
+        settle_delays: Sequence[float] | None = None,
+    ) -> None:
+        """Completion events will come through `complete`; while `events_flowing(True)`,
+        list scans and rotating reads run only every `backstop_interval` seconds (and at most
+        `backstop_pages_per_second` pages on average) to catch lost events."""
+        self._backstop_interval = backstop_interval
+        self._backstop_pages_per_second = backstop_pages_per_second
+        if settle_delays is not None:
+            self._settle_delays = list(settle_delays)
+
+    def events_flowing(self, flowing: bool) -> None:
+        """The events queue answers (True) or stopped answering (False: poll as usual)."""
+        self._events_on = flowing
+        now = self._clock()
+        for snapshot in self._snapshots.values():
+            # Leaving backstop mode: the next scan is due at once, not in a minute.
+            snapshot.next_scan = min(snapshot.next_scan, now + self._interval())
+
+    def _interval(self) -> float:
+        return self._backstop_interval if self._events_on else self._list_interval
+
+    def _pages_per_second(self) -> float:
+        rate = self._config.list_pages_per_second
+        return min(rate, self._backstop_pages_per_second) if self._events_on else rate
+
+    async def complete(self, event: Completion, *, handoff_wait: float = 30.0) -> bool:
+        """Record what a completion event says; True once it is handled (the message may go).
+
+        Unknown ids (other users of the stack, jobs already finished) and duplicates are
+        handled by doing nothing: the first terminal word about a job wins. A success event
+        arrives before ESD's own Lambda has stored the images and set `succeed`, so the job is
+        re-read with a short back-off until ESD says it is over; that read also carries the
+        result URLs. The answer waits (up to `handoff_wait`) until the poller has handed the
+        outcome to the core, which writes the job's row next.
+        """
+        job_id = event.inference_id
+        tracked = self._tracked.get(job_id)
+        if tracked is None or tracked.own or tracked.finished is not None:
+            return True
+        if event.succeeded:
+            job = await self._settle(job_id)
+            if job is None:
+                return False  # ESD has not said it is over: SQS delivers the event again
+        else:
+            job = EsdJob.failed(job_id, event.reason or NO_REASON, tracked.task_type or "")
+        tracked = self._tracked.get(job_id)
+        if tracked is None or tracked.finished is not None:
+            return True  # the poller learnt it meanwhile
+        tracked.finished = job
+        handed = self._handed.get(job_id)
+        if handed is None:
+            handed = self._handed[job_id] = asyncio.get_running_loop().create_future()
+        self.on_change(job_id)
+        try:
+            async with asyncio.timeout(handoff_wait):
+                await asyncio.shield(handed)
+        except TimeoutError:
+            _LOGGER.info("job %s: the poller has not asked about it yet", job_id)
+        return True
+
+    async def _settle(self, job_id: str) -> EsdJob | None:
+        """Read the job until ESD says it is terminal; None when it has not within the
+        back-off. `BackendUnavailableError` propagates (the event stays in the queue)."""
+        for delay in [*self._settle_delays, None]:
+            try:
+                job = await self._client.get_inference(job_id)
+            except BackendError as exc:
+                if exc.status != 404:
+                    raise
+                tracked = self._tracked.get(job_id)
+                return _gone(job_id, tracked.task_type if tracked else None)
+            if job.state is not None and job.state.terminal:
+                return job
+            if delay is None:
+                return None
+            await asyncio.sleep(delay)
+        return None
+
     # -- List pages ----------------------------------------------------------------------------
 
     async def _from_pages(
@@ -340,7 +439,7 @@ class StatusBook:
                     break
                 key = page.next_key
         finally:
-            rest = max(self._list_interval, pages / self._config.list_pages_per_second)
+            rest = max(self._interval(), pages / self._pages_per_second())
             snapshot.next_scan = taken + rest
         return snapshot
 
@@ -371,7 +470,7 @@ class StatusBook:
             fresh = [
                 i
                 for i in ids
-                if i not in self._reading and now - self._checked(i) >= self._list_interval
+                if i not in self._reading and now - self._checked(i) >= self._interval()
             ]
             fresh.sort(key=self._checked)
             ids = running + fresh[: self._direct.take(len(fresh))]

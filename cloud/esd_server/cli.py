@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         "only the list permissions); roles: IT Operator, byoc, lister",
     )
     add(
+        "--events-queue-url",
+        metavar="URL",
+        help="send SageMaker-shaped completion notifications of Async jobs to this SQS queue "
+        "(as ESD's SNS topics do with raw delivery; e.g. moto in server mode)",
+    )
+    add(
         "--rest-interrogate",
         action="store_true",
         default=None,
@@ -148,6 +154,7 @@ def load_settings(
         "realtime_gateway_timeout": args.realtime_timeout,
         "version": args.api_version,
         "rest_interrogate": args.rest_interrogate,
+        "events_queue_url": args.events_queue_url,
         "log_level": args.log_level,
     }
     if "cold_start" in server:
@@ -176,6 +183,8 @@ def load_settings(
             realtime_gateway_timeout=_seconds(
                 server.get("realtime_gateway_timeout", 29.0), "realtime_gateway_timeout"
             ),
+            events_queue_url=server.get("events_queue_url") or None,
+            events_lag=_seconds(server.get("events_lag", 0.05), "events_lag"),
             faults=Faults(**fault_values),
         )
     except TypeError as exc:

@@ -195,6 +195,10 @@ class ServerConfig:
     endpoints: tuple[EndpointSpec, ...] = DEFAULT_ENDPOINTS
     models_dir: Path | None = None  # <dir>/<ESD type>/<file>, like LocalBackendConfig.models_dir
     realtime_gateway_timeout: float = 29.0  # Real-time start answers 504 after this
+    # SageMaker notifications of Async jobs sent to this SQS queue (cloud/esd_server/events.py),
+    # `events_lag` seconds before the job's row says it ended, as on a real stack.
+    events_queue_url: str | None = None
+    events_lag: float = 0.05
     faults: Faults = Faults()
 
     def __post_init__(self) -> None:

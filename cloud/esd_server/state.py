@@ -27,6 +27,7 @@ from bot.clock import SystemClock
 from bot.errors import ConfigError
 from bot.model import JobState
 from cloud.esd_server.config import ROLES, EndpointSpec, Faults, ServerConfig, UserSpec
+from cloud.esd_server.events import Notifier
 from cloud.esd_server.payload import PayloadError, loads, parse_img2img, parse_interrogate
 from cloud.esd_server.storage import PresignedStorage
 from cloud.local.backend import LocalBackend, LocalBackendConfig
@@ -243,6 +244,11 @@ class ServerState:
         self._job_rng = random.Random(f"jobs:{config.faults.seed}")
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
+        self.notifier = (
+            Notifier(config.events_queue_url, lag=config.events_lag)
+            if config.events_queue_url
+            else None
+        )
 
     # -- Lifecycle ----------------------------------------------------------------------------
 
@@ -260,6 +266,8 @@ class ServerState:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        if self.notifier is not None:
+            await self.notifier.aclose()
 
     @property
     def closing(self) -> bool:
@@ -600,7 +608,9 @@ class ServerState:
         if outcome is JobOutcome.FAIL and job.inference_type == "Async":
             # SageMaker's own failure (a crashed container): ESD's error-topic Lambda stores
             # `str(message)` of the notification, a Python repr (inference_async_events.py).
-            self._fail(job, str(self._notification(job, "Failed")))
+            notification = self._notification(job, "Failed")
+            await self._notify(notification)
+            self._fail(job, str(notification))
         else:
             out = None if outcome is JobOutcome.FAIL_SILENT else await self._container(job)
             if outcome is JobOutcome.FAIL:
@@ -608,6 +618,11 @@ class ServerState:
             if self.jobs.get(job.id) is not job:
                 return  # deleted while running: store nothing
             if job.inference_type == "Async":
+                # SageMaker reports the invocation done even when its output holds no images;
+                # ESD's Lambda then fails the job (inference_async_events.py).
+                await self._notify(self._notification(job, "Completed"))
+                if self.jobs.get(job.id) is not job:
+                    return
                 self._async_result(job, out)
             else:
                 self._realtime_result(job, out)
@@ -666,9 +681,14 @@ class ServerState:
             "endpoint_instance_id": f"{job.endpoint.name}-instance-0",
         }
 
+    async def _notify(self, notification: dict[str, Any]) -> None:
+        if self.notifier is not None:
+            await self.notifier.publish(notification)
+
     def _notification(self, job: JobRecord, status: str) -> dict[str, Any]:
-        """SageMaker's asynchronous inference notification for the job."""
-        return {
+        """SageMaker's asynchronous inference notification for the job: `failureReason` only
+        on a failure, `responseParameters.outputLocation` only on success."""
+        message: dict[str, Any] = {
             "awsRegion": "local",
             "eventTime": esd_time(self.clock.now()),
             "receivedTime": esd_time(job.created),
@@ -683,6 +703,13 @@ class ServerState:
             "eventSource": "aws:sagemaker",
             "eventName": "InferenceResult",
         }
+        if status == "Completed":
+            del message["failureReason"]
+            message["responseParameters"] = {
+                "contentType": "application/json",
+                "outputLocation": self.storage.s3_uri(f"async-outputs/{job.id}.out"),
+            }
+        return message
 
     async def _cold_start(self, job: JobRecord) -> None:
         endpoint = job.endpoint

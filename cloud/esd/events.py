@@ -1,0 +1,370 @@
+"""Completion events: ESD's SageMaker notifications through an SQS queue (SPEC §4.1).
+
+ESD creates every Async endpoint with SageMaker's `NotificationConfig` pointing at its SNS
+topics `ReceiveSageMakerInferenceSuccess` and `ReceiveSageMakerInferenceError`
+(`reference/scale-out.md` §4; ESD `middleware_api/endpoints/create_endpoint.py`). An SQS queue
+subscribed to both tells the bot the moment a job ends; the message's `inferenceId` is the ESD
+job id. This module reads that queue; `cloud.esd.polling.StatusBook.complete` decides what an
+event means for a job.
+
+- `parse_notification` reads one message body: SageMaker's JSON as raw delivery puts it in the
+  queue, or wrapped in SNS's `{"Type": "Notification", "Message": …}` envelope.
+- `EventQueue` is boto3's SQS client run in worker threads, like the SageMaker interrogate path
+  (`cloud.esd.sagemaker`): a long poll blocks a thread for up to 20 s, which costs nothing on the
+  event loop, and it needs no second AWS SDK (aiobotocore pins botocore to its own narrow range,
+  which would fight the boto3 the bot already depends on).
+- `CompletionConsumer` long-polls, hands every event to the book, and deletes a message only
+  once the book says it is handled (unknown ids included: the topics carry every job of the ESD
+  stack, WebUI users' too). Delivery is at least once and unordered (standard SNS topics and
+  SQS queues), so handling is idempotent: the first terminal word about a job wins and a second
+  event for it is deleted. A message the book could not handle (ESD unreachable) is left for SQS
+  to deliver again after its visibility timeout, and the slow backstop scan catches it anyway.
+  A queue that stops answering marks the consumer unhealthy: the book goes back to normal
+  polling until the queue answers again, and says so in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from bot.errors import BackendError, ConfigError
+from cloud.esd.sagemaker import AwsAction, SageMakerConfig, aws_error
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import DeleteMessageBatchRequestEntryTypeDef
+
+_LOGGER = logging.getLogger(__name__)
+
+# SQS's limits: a long poll waits at most 20 s, a receive returns at most 10 messages
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html).
+LONG_POLL_SECONDS = 20
+_BATCH = 10
+# Events handled at once; each may wait for ESD to say `succeed` (the SNS success event fires
+# before ESD's own Lambda has written the images, `reference/scale-out.md` §4).
+_CONCURRENCY = 32
+_MAX_BODY = 262_144  # SQS's largest message (256 KiB): anything longer is not ours
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What one SageMaker notification says about one inference."""
+
+    inference_id: str  # the ESD job id (ESD invokes with `InferenceId=InferenceJobId`)
+    succeeded: bool  # `invocationStatus` is `Completed`
+    reason: str | None  # `failureReason` of a failed invocation
+    endpoint: str | None
+
+
+def parse_notification(body: str) -> Completion | None:
+    """The completion a message body describes, or None when it is not a SageMaker async
+    inference notification (anything else on a shared queue is skipped and deleted).
+
+    Raw delivery (`RawMessageDelivery=true`) puts SageMaker's JSON in the body; without it SNS
+    wraps it: `{"Type": "Notification", "Message": "<the JSON as a string>", …}`
+    (https://docs.aws.amazon.com/sns/latest/dg/sns-large-payload-raw-message-delivery.html).
+    SageMaker's shape: `{"invocationStatus": "Completed" | "Failed", "inferenceId": …,
+    "failureReason": …, "requestParameters": {"endpointName": …}, "eventSource":
+    "aws:sagemaker", "eventName": "InferenceResult", …}` (`reference/scale-out.md` §4).
+    """
+    if len(body) > _MAX_BODY:
+        return None
+    message = _json_object(body)
+    if message is not None and message.get("Type") == "Notification":
+        inner = message.get("Message")
+        message = _json_object(inner) if isinstance(inner, str) else None
+    if message is None:
+        return None
+    inference_id = message.get("inferenceId")
+    status = message.get("invocationStatus")
+    if not isinstance(inference_id, str) or not inference_id or not isinstance(status, str):
+        return None
+    reason = message.get("failureReason")
+    request = message.get("requestParameters")
+    endpoint = request.get("endpointName") if isinstance(request, dict) else None
+    return Completion(
+        inference_id=inference_id,
+        succeeded=status == "Completed",
+        reason=reason.strip() or None if isinstance(reason, str) else None,
+        endpoint=endpoint if isinstance(endpoint, str) else None,
+    )
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message taken from the queue: its receipt (for deleting it) and its body."""
+
+    receipt: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueReport:
+    """What `EventQueue.check` found, for `sdbot check`."""
+
+    name: str
+    messages: int  # ApproximateNumberOfMessages
+    topics: tuple[str, ...]  # topic ARNs the queue policy lets SNS send from (when readable)
+
+
+def queue_client_settings(queue_url: str) -> tuple[str | None, str | None]:
+    """(region, endpoint URL) for a queue URL.
+
+    AWS queue URLs are `https://sqs.<region>.amazonaws.com/<account>/<name>`; any other host
+    (moto, ElasticMQ, a VPC endpoint) is used as the endpoint itself.
+    """
+    parts = urlsplit(queue_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.count("/") < 2:
+        raise ConfigError(
+            "ESD_EVENTS_QUEUE_URL must be an SQS queue URL such as "
+            "https://sqs.us-east-1.amazonaws.com/123456789012/sdbot-events"
+        )
+    labels = parts.hostname.split(".")
+    if parts.hostname.endswith(".amazonaws.com") and len(labels) >= 4 and labels[0] == "sqs":
+        return labels[1], None
+    return None, f"{parts.scheme}://{parts.netloc}"
+
+
+class EventQueue:
+    """The SQS queue of completion events, through boto3 in worker threads."""
+
+    def __init__(self, queue_url: str, aws: SageMakerConfig, *, wait_seconds: int = 20) -> None:
+        self.url = queue_url
+        self.name = urlsplit(queue_url).path.rstrip("/").rsplit("/", 1)[-1]
+        self._region, self._endpoint = queue_client_settings(queue_url)
+        self._aws = aws
+        self._wait = max(0, min(wait_seconds, LONG_POLL_SECONDS))
+        self._client: SQSClient | None = None
+
+    def _sqs(self) -> SQSClient:
+        if self._client is None:
+            config = BotoConfig(
+                connect_timeout=self._aws.connect_timeout,
+                # A long poll holds the request open for `wait` seconds.
+                read_timeout=self._wait + self._aws.read_timeout,
+                retries={"max_attempts": self._aws.max_attempts, "mode": "standard"},
+            )
+            self._client = boto3.client(
+                "sqs",
+                region_name=self._region or self._aws.region or self._aws.fallback_region,
+                endpoint_url=self._endpoint,
+                config=config,
+            )
+        return self._client
+
+    def _action(self, iam: str) -> AwsAction:
+        return AwsAction(iam, f"queue {self.name}")
+
+    async def receive(self) -> list[Received]:
+        """Up to 10 messages, waiting up to the long-poll time for the first."""
+
+        def call() -> list[Received]:
+            answer = self._sqs().receive_message(
+                QueueUrl=self.url, MaxNumberOfMessages=_BATCH, WaitTimeSeconds=self._wait
+            )
+            return [
+                Received(m["ReceiptHandle"], m.get("Body", ""))
+                for m in answer.get("Messages", [])
+                if "ReceiptHandle" in m
+            ]
+
+        try:
+            return await asyncio.to_thread(call)
+        except Exception as exc:
+            raise aws_error(exc, self._action("sqs:ReceiveMessage"), self._aws) from exc
+
+    async def delete(self, receipts: Sequence[str]) -> None:
+        """Delete handled messages (`DeleteMessageBatch`, 10 at a time)."""
+
+        def call(chunk: Sequence[str]) -> None:
+            entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
+                {"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(chunk)
+            ]
+            answer = self._sqs().delete_message_batch(QueueUrl=self.url, Entries=entries)
+            for failed in answer.get("Failed", []):
+                _LOGGER.warning(
+                    "events queue %s: a message was not deleted (%s); SQS will deliver it "
+                    "again and it will be recognised as handled",
+                    self.name,
+                    failed.get("Code"),
+                )
+
+        for start in range(0, len(receipts), _BATCH):
+            try:
+                await asyncio.to_thread(call, receipts[start : start + _BATCH])
+            except Exception as exc:
+                raise aws_error(exc, self._action("sqs:DeleteMessage"), self._aws) from exc
+
+    async def check(self) -> QueueReport:
+        """Reachable, readable and receivable, without taking a message from anyone: a receive
+        with `VisibilityTimeout=0` leaves every message visible to the consumers."""
+
+        def call() -> QueueReport:
+            sqs = self._sqs()
+            attributes = sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["All"])
+            values = attributes.get("Attributes", {})
+            sqs.receive_message(
+                QueueUrl=self.url, MaxNumberOfMessages=1, WaitTimeSeconds=0, VisibilityTimeout=0
+            )
+            return QueueReport(
+                self.name,
+                int(values.get("ApproximateNumberOfMessages", "0") or 0),
+                _policy_topics(values.get("Policy")),
+            )
+
+        try:
+            return await asyncio.to_thread(call)
+        except Exception as exc:
+            raise aws_error(exc, self._action("sqs:GetQueueAttributes"), self._aws) from exc
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await asyncio.to_thread(client.close)
+
+
+def _policy_topics(policy: str | None) -> tuple[str, ...]:
+    """Topic ARNs named as `aws:SourceArn` in the queue policy (what SNS may send from)."""
+    document = _json_object(policy) if policy else None
+    statements = document.get("Statement", []) if document else []
+    if isinstance(statements, dict):
+        statements = [statements]
+    topics: list[str] = []
+    for statement in statements if isinstance(statements, list) else []:
+        condition = statement.get("Condition", {}) if isinstance(statement, dict) else {}
+        for test in condition.values() if isinstance(condition, dict) else ():
+            arns = test.get("aws:SourceArn") if isinstance(test, dict) else None
+            for arn in [arns] if isinstance(arns, str) else arns or []:
+                if isinstance(arn, str) and arn.startswith("arn:") and ":sns:" in arn:
+                    topics.append(arn)
+    return tuple(dict.fromkeys(topics))
+
+
+class CompletionConsumer:
+    """Long-polls the queue and hands each completion to `handle` (True: handled, delete it).
+
+    Supervised like every background task: an unexpected exception is logged with its
+    traceback and the loop goes on after a back-off. `healthy` is False from the first failed
+    receive until one succeeds again; `on_health` hears each change.
+    """
+
+    def __init__(
+        self,
+        queue: EventQueue,
+        handle: Callable[[Completion], Awaitable[bool]],
+        *,
+        on_health: Callable[[bool], None],
+        retry_cap: float = 30.0,
+    ) -> None:
+        self._queue = queue
+        self._handle = handle
+        self._on_health = on_health
+        self._retry_cap = retry_cap
+        self._gate = asyncio.Semaphore(_CONCURRENCY)
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self.healthy = False
+        self.last_error: str | None = None
+        self.handled = 0  # events handled (duplicates and unknown ids included)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="esd-events")
+
+    async def aclose(self) -> None:
+        tasks = [t for t in (self._task, *self._pending) if t is not None]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._queue.aclose()
+
+    def _set_health(self, healthy: bool, error: str | None = None) -> None:
+        self.last_error = error
+        if healthy != self.healthy:
+            self.healthy = healthy
+            self._on_health(healthy)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                received = await self._queue.receive()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                error = exc.user_message if isinstance(exc, BackendError) else None
+                if not isinstance(exc, BackendError):
+                    _LOGGER.exception("events queue %s: unexpected failure", self._queue.name)
+                if self.healthy or failures == 1:
+                    _LOGGER.warning(
+                        "events queue %s does not answer (%s): polling ESD at the normal "
+                        "rate until it does",
+                        self._queue.name,
+                        error or exc,
+                    )
+                self._set_health(False, str(error or exc))
+                delay = min(self._retry_cap, 0.5 * 2 ** min(failures, 10))
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                continue
+            if failures or not self.healthy:
+                _LOGGER.info(
+                    "events queue %s answers: polling ESD only as a backstop", self._queue.name
+                )
+            failures = 0
+            self._set_health(True)
+            for message in received:
+                await self._gate.acquire()
+                task = asyncio.create_task(self._one(message), name="esd-event")
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    async def _one(self, message: Received) -> None:
+        try:
+            event = parse_notification(message.body)
+            handled = True if event is None else await self._handle(event)
+            if handled:
+                await self._queue.delete([message.receipt])
+                self.handled += 1
+        except asyncio.CancelledError:
+            raise
+        except BackendError as exc:
+            _LOGGER.warning(
+                "events queue %s: %s (SQS will deliver it again)", self._queue.name, exc
+            )
+        except Exception:
+            _LOGGER.exception("events queue %s: an event could not be handled", self._queue.name)
+        finally:
+            self._gate.release()
+
+
+def settle_delays(total: float, first: float = 0.2) -> list[float]:
+    """Back-off between reads of a job whose success event came before ESD said `succeed`:
+    `first`, doubling, capped at 2 s, adding up to at most `total` seconds."""
+    delays: list[float] = []
+    delay = first
+    while math.fsum(delays) + delay <= total:
+        delays.append(delay)
+        delay = min(delay * 2, 2.0)
+    return delays
