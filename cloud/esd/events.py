@@ -359,9 +359,9 @@ class CompletionConsumer:
             self._gate.release()
 
 
-def settle_delays(total: float, first: float = 0.2) -> list[float]:
-    """Back-off between reads of a job whose success event came before ESD said `succeed`:
-    `first`, doubling, capped at 2 s, adding up to at most `total` seconds."""
+def settle_delays(total: float, first: float) -> list[float]:
+    """Waits before each read of a job whose success event came before ESD said `succeed`:
+    `first`, then doubling, capped at 2 s, adding up to at most `total` seconds."""
     delays: list[float] = []
     delay = first
     while math.fsum(delays) + delay <= total:

@@ -144,7 +144,7 @@ class StatusBook:
         self._events_on = False
         self._backstop_interval = list_interval
         self._backstop_pages_per_second = self._config.list_pages_per_second
-        self._settle_delays = settle_delays(15.0)
+        self._settle_delays = settle_delays(15.0, first=0.15)
         # Called with a job id when an event ended it, so the core's poller asks at once.
         self.on_change: Callable[[str], None] = lambda _job_id: None
         self._handed: dict[str, asyncio.Future[None]] = {}
@@ -339,22 +339,25 @@ class StatusBook:
         """Record what a completion event says; True once it is handled (the message may go).
 
         Unknown ids (other users of the stack, jobs already finished) and duplicates are
-        handled by doing nothing: the first terminal word about a job wins. A success event
-        arrives before ESD's own Lambda has stored the images and set `succeed`, so the job is
-        re-read with a short back-off until ESD says it is over; that read also carries the
-        result URLs. The answer waits (up to `handoff_wait`) until the poller has handed the
+        handled by doing nothing: the first terminal word about a job wins. The event only
+        says when to look: a success event arrives before ESD's own Lambda has stored the
+        images and set `succeed`, so the job is re-read with a short back-off until ESD says
+        it is over (that read also carries the result URLs); a failure event whose row never
+        turns terminal ends the job with the event's reason. The answer waits (up to `handoff_wait`) until the poller has handed the
         outcome to the core, which writes the job's row next.
         """
         job_id = event.inference_id
         tracked = self._tracked.get(job_id)
         if tracked is None or tracked.own or tracked.finished is not None:
             return True
-        if event.succeeded:
-            job = await self._settle(job_id)
-            if job is None:
-                return False  # ESD has not said it is over: SQS delivers the event again
-        else:
-            job = EsdJob.failed(job_id, event.reason or NO_REASON, tracked.task_type or "")
+        # ESD's row is the authority (its Lambda turns the same event into the row, and a
+        # contradicting or stray event must not win); the event says when to look.
+        job = await self._settle(job_id)
+        if job is None and event.succeeded:
+            return False  # ESD has not said it is over: SQS delivers the event again
+        if job is None or (job.state is JobState.FAILED and job.reason is None):
+            failed = EsdJob.failed(job_id, event.reason or NO_REASON, tracked.task_type or "")
+            job = failed if job is None or event.reason else job
         tracked = self._tracked.get(job_id)
         if tracked is None or tracked.finished is not None:
             return True  # the poller learnt it meanwhile
@@ -371,9 +374,12 @@ class StatusBook:
         return True
 
     async def _settle(self, job_id: str) -> EsdJob | None:
-        """Read the job until ESD says it is terminal; None when it has not within the
-        back-off. `BackendUnavailableError` propagates (the event stays in the queue)."""
-        for delay in [*self._settle_delays, None]:
+        """Read the job, after each of the settle delays, until ESD says it is terminal; None
+        when it has not by the last. `BackendUnavailableError` propagates (the event stays in
+        the queue). The first delay gives ESD's Lambda time to store the images, so a job
+        usually costs one read."""
+        for delay in self._settle_delays:
+            await asyncio.sleep(delay)
             try:
                 job = await self._client.get_inference(job_id)
             except BackendError as exc:
@@ -383,9 +389,6 @@ class StatusBook:
                 return _gone(job_id, tracked.task_type if tracked else None)
             if job.state is not None and job.state.terminal:
                 return job
-            if delay is None:
-                return None
-            await asyncio.sleep(delay)
         return None
 
     # -- List pages ----------------------------------------------------------------------------

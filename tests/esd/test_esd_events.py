@@ -1,0 +1,336 @@
+"""Completion events: SageMaker notifications → SNS → SQS (moto in server mode) → the ESD backend.
+
+Topics and subscriptions are set up as docs/esd.md tells operators to: ESD's two standard SNS
+topics, one SQS queue subscribed to both (raw delivery unless a test wants SNS's envelope).
+The ESD-compatible server plays SageMaker: with `events_queue_url` it sends each Async job's
+notification to the queue *before* the job's row says it ended, as a real stack does
+(`reference/scale-out.md` §4). Tests publish to the topics themselves where they need a
+notification the server would not send (duplicates, unknown ids, out-of-order events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from scenario_kit import png
+
+from bot.model import JobState
+from cloud.esd import EsdBackend
+from cloud.esd.events import parse_notification
+from cloud.esd_server import running_server
+from tests.esd.esd_kit import esd_config, params, server_config, state_of, target
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from mypy_boto3_sns import SNSClient
+    from mypy_boto3_sqs import SQSClient
+
+REGION = "us-east-1"
+SUCCESS = "ReceiveSageMakerInferenceSuccess"
+ERROR = "ReceiveSageMakerInferenceError"
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@dataclass
+class Wiring:
+    """One queue subscribed to ESD's two topics, in a fresh moto account namespace."""
+
+    sqs: SQSClient
+    sns: SNSClient
+    queue_url: str
+    topics: dict[str, str] = field(default_factory=dict)
+
+    def publish(self, message: dict[str, Any], topic: str = SUCCESS) -> None:
+        self.sns.publish(TopicArn=self.topics[topic], Message=json.dumps(message))
+
+    def waiting(self) -> int:
+        """Messages in the queue, visible or in flight."""
+        values = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])[
+            "Attributes"
+        ]
+        return int(values["ApproximateNumberOfMessages"]) + int(
+            values["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+
+def wire(moto_url: str, *, raw: bool = True) -> Wiring:
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=moto_url)
+    sns = boto3.client("sns", region_name=REGION, endpoint_url=moto_url)
+    name = f"sdbot-events-{uuid.uuid4().hex[:8]}"
+    queue_url = sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "2"})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    wiring = Wiring(sqs, sns, queue_url)
+    statements = []
+    for topic in (SUCCESS, ERROR):
+        topic_arn = sns.create_topic(Name=topic)["TopicArn"]
+        wiring.topics[topic] = topic_arn
+        sns.subscribe(
+            TopicArn=topic_arn,
+            Protocol="sqs",
+            Endpoint=arn,
+            Attributes={"RawMessageDelivery": "true" if raw else "false"},
+        )
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }
+        )
+    policy = json.dumps({"Version": "2012-10-17", "Statement": statements})
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": policy})
+    return wiring
+
+
+def notification(
+    job_id: str, status: str = "Completed", reason: str | None = None
+) -> dict[str, Any]:
+    """SageMaker's async inference notification (`reference/scale-out.md` §4)."""
+    message: dict[str, Any] = {
+        "awsRegion": REGION,
+        "eventTime": "2026-12-03T12:00:00.000Z",
+        "receivedTime": "2026-12-03T11:59:00.000Z",
+        "invocationStatus": status,
+        "requestParameters": {
+            "contentType": "application/json",
+            "endpointName": "sd-async-local",
+            "inputLocation": f"s3://bucket/async-inputs/{job_id}",
+        },
+        "inferenceId": job_id,
+        "eventVersion": "1.0",
+        "eventSource": "aws:sagemaker",
+        "eventName": "InferenceResult",
+    }
+    if reason is not None:
+        message["failureReason"] = reason
+    else:
+        message["responseParameters"] = {"outputLocation": f"s3://bucket/out/{job_id}.out"}
+    return message
+
+
+@dataclass
+class Setup:
+    wiring: Wiring
+    server: str
+    backend: EsdBackend
+    nudged: list[str]
+
+
+async def until(condition: Any, what: str, rounds: int = 400) -> None:
+    for _ in range(rounds):
+        if condition():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"never: {what}")
+
+
+@pytest.fixture
+async def setup(moto_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
+    options: dict[str, Any] = getattr(request, "param", {})
+    wiring = wire(moto_url, raw=options.get("raw", True))
+    server_options: dict[str, Any] = {"events_lag": options.get("lag", 0.05)}
+    if options.get("notify", True):
+        server_options["events_queue_url"] = wiring.queue_url
+    async with running_server(server_config(**server_options)) as url:
+        config = esd_config(
+            url,
+            events_queue_url=wiring.queue_url,
+            events_wait=1,
+            events_backstop=options.get("backstop", 3600.0),
+            list_interval=0.0,
+        )
+        backend = EsdBackend(config)
+        nudged: list[str] = []
+        backend.notify_changes(nudged.append)
+        # The first read waits longer than the server's lag between notification and row.
+        backend._book._settle_delays = [0.15] + [0.05] * 20
+        async with backend:
+            assert backend.events is not None
+            await until(lambda: backend.events is not None and backend.events.healthy, "healthy")
+            yield Setup(wiring, url, backend, nudged)
+
+
+async def submitted(setup: Setup) -> str:
+    done = await setup.backend.submit("job1", params(), png(), None)
+    return done.backend_id
+
+
+async def status_of(setup: Setup, backend_id: str) -> JobState | None:
+    answer = await setup.backend.statuses([target(backend_id)])
+    found = answer.get(backend_id)
+    return None if found is None else found.state
+
+
+def test_parse_raw_envelope_and_strangers() -> None:
+    raw = notification("abc")
+    assert parse_notification(json.dumps(raw)) == parse_notification(
+        json.dumps({"Type": "Notification", "Message": json.dumps(raw)})
+    )
+    event = parse_notification(json.dumps(raw))
+    assert event is not None and event.succeeded and event.inference_id == "abc"
+    assert event.endpoint == "sd-async-local" and event.reason is None
+    failed = parse_notification(json.dumps(notification("abc", "Failed", "ClientError: boom")))
+    assert failed is not None and not failed.succeeded and failed.reason == "ClientError: boom"
+    for body in ("", "not json", "[]", '{"Type": "Notification", "Message": 3}', '{"a": 1}'):
+        assert parse_notification(body) is None
+    assert parse_notification(json.dumps(raw) + " " * 300_000) is None
+
+
+async def test_success_event_ends_the_job_at_once_and_the_scan_stays_a_backstop(
+    setup: Setup,
+) -> None:
+    job = await submitted(setup)
+    state = state_of(setup.server)
+    assert await status_of(setup, job) in (JobState.CREATED, JobState.INPROGRESS)
+    lists_before = state.requests["list_inferences"]
+    reads_before = state.requests["get_inference"]
+    await state.finish(job)
+    await until(lambda: job in setup.nudged, "the poller was nudged")
+    assert await status_of(setup, job) is JobState.SUCCEED
+    # One read for the outcome and its result URLs; no scan was needed to learn it.
+    assert state.requests["get_inference"] == reads_before + 1
+    assert state.requests["list_inferences"] == lists_before
+    await until(lambda: setup.wiring.waiting() == 0, "the message was deleted")
+    output = await setup.backend.results(job)
+    assert output.images
+
+
+@pytest.mark.parametrize("setup", [{"raw": False, "notify": False}], indirect=True)
+async def test_sns_enveloped_failure_is_read_with_its_reason(setup: Setup) -> None:
+    job = await submitted(setup)
+    await status_of(setup, job)
+    setup.wiring.publish(notification(job, "Failed", "ClientError: model crashed"), ERROR)
+    await until(lambda: job in setup.nudged, "the poller was nudged")
+    answer = await setup.backend.statuses([target(job)])
+    assert answer[job].state is JobState.FAILED
+    assert "model crashed" in (answer[job].reason or "")
+    await until(lambda: setup.wiring.waiting() == 0, "the message was deleted")
+
+
+@pytest.mark.parametrize("setup", [{"notify": False}], indirect=True)
+async def test_duplicates_out_of_order_and_unknown_ids_are_harmless(setup: Setup) -> None:
+    job = await submitted(setup)
+    await status_of(setup, job)
+    state = state_of(setup.server)
+    await state.finish(job)
+    await until(lambda: state.jobs[job].status is JobState.SUCCEED, "the server finished it")
+    setup.wiring.publish(notification("someone-elses-webui-job"))
+    setup.wiring.publish(notification(job))
+    setup.wiring.publish(notification(job))
+    setup.wiring.publish(notification(job, "Failed", "late and wrong"), ERROR)
+    await until(lambda: job in setup.nudged, "the poller was nudged")
+    answer = await setup.backend.statuses([target(job)])
+    assert answer[job].state is JobState.SUCCEED
+    await until(lambda: setup.wiring.waiting() == 0, "every message was deleted")
+    assert setup.nudged.count(job) == 1
+
+
+@pytest.mark.parametrize("setup", [{"lag": 0.5}], indirect=True)
+async def test_success_before_esd_says_succeed_is_read_again_until_it_does(setup: Setup) -> None:
+    job = await submitted(setup)
+    await status_of(setup, job)
+    state = state_of(setup.server)
+    reads_before = state.requests["get_inference"]
+    await state.finish(job)
+    await until(lambda: job in setup.nudged, "the poller was nudged")
+    # The first read found the job still running: the book read again until `succeed`.
+    assert state.requests["get_inference"] >= reads_before + 2
+    assert await status_of(setup, job) is JobState.SUCCEED
+
+
+@pytest.mark.parametrize("setup", [{"notify": False, "backstop": 0.3}], indirect=True)
+async def test_a_lost_event_is_caught_by_the_backstop_scan(setup: Setup) -> None:
+    job = await submitted(setup)
+    await status_of(setup, job)
+    state = state_of(setup.server)
+    await state.finish(job)
+    await until(lambda: state.jobs[job].status is JobState.SUCCEED, "the server finished it")
+    found: list[JobState | None] = []
+
+    async def poll() -> bool:
+        found.append(await status_of(setup, job))
+        return found[-1] is JobState.SUCCEED
+
+    for _ in range(100):
+        if await poll():
+            break
+        await asyncio.sleep(0.05)
+    assert found[-1] is JobState.SUCCEED
+    assert setup.nudged == []  # no event: the scan found it
+
+
+async def test_a_queue_that_goes_away_falls_back_to_polling_and_back(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = setup.backend.events
+    assert events is not None
+    name = setup.wiring.queue_url.rsplit("/", 1)[-1]
+    setup.wiring.sqs.delete_queue(QueueUrl=setup.wiring.queue_url)
+    await until(lambda: not events.healthy, "the consumer noticed")
+    assert "polling ESD at the normal rate" in caplog.text
+    assert not setup.backend._book._events_on
+    setup.wiring.sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "2"})
+    await until(lambda: events.healthy, "the consumer recovered")
+    assert setup.backend._book._events_on
+    job = await submitted(setup)
+    await status_of(setup, job)
+    await state_of(setup.server).finish(job)
+    await until(lambda: job in setup.nudged, "events flow again")
+
+
+async def test_sdbot_check_reports_the_queue_and_its_topics(moto_url: str) -> None:
+    from bot.config import Config, Secrets
+    from cloud.esd.check import check_backend
+
+    wiring = wire(moto_url)
+    async with running_server(server_config()) as url:
+        secrets = Secrets(esd_api_key="local-backend-key")
+        config = Config(
+            backend="esd", esd_api_url=url, esd_events_queue_url=wiring.queue_url, secrets=secrets
+        )
+        out = io.StringIO()
+        assert await check_backend(config, out) == 0
+        text = out.getvalue()
+        assert f"events queue: {wiring.queue_url.rsplit('/', 1)[-1]} answers" in text
+        assert "warning: events queue" not in text
+        missing = Config(
+            backend="esd",
+            esd_api_url=url,
+            esd_events_queue_url=moto_url + "/123456789012/no-such-queue",
+            secrets=secrets,
+        )
+        out = io.StringIO()
+        assert await check_backend(missing, out) == 1
+        assert "error: events queue" in out.getvalue()
