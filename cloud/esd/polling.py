@@ -343,8 +343,9 @@ class StatusBook:
         says when to look: a success event arrives before ESD's own Lambda has stored the
         images and set `succeed`, so the job is re-read with a short back-off until ESD says
         it is over (that read also carries the result URLs); a failure event whose row never
-        turns terminal ends the job with the event's reason. The answer waits (up to `handoff_wait`) until the poller has handed the
-        outcome to the core, which writes the job's row next.
+        turns terminal ends the job with the event's reason. The answer waits (up to
+        `handoff_wait`) until the poller has handed the outcome to the core, which writes the
+        job's row next.
         """
         job_id = event.inference_id
         tracked = self._tracked.get(job_id)
