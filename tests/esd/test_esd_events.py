@@ -30,6 +30,7 @@ from tests.esd.esd_kit import esd_config, params, server_config, state_of, targe
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
@@ -334,3 +335,19 @@ async def test_sdbot_check_reports_the_queue_and_its_topics(moto_url: str) -> No
         out = io.StringIO()
         assert await check_backend(missing, out) == 1
         assert "error: events queue" in out.getvalue()
+
+
+def test_the_composition_root_wakes_the_poller_on_events(moto_url: str, tmp_path: Path) -> None:
+    from adapters.cli import make_app
+    from bot.config import Config, Secrets
+
+    config = Config(
+        backend="esd",
+        esd_api_url="http://127.0.0.1:9/prod/",
+        esd_events_queue_url=moto_url + "/123456789012/sdbot-events",
+        data_dir=tmp_path,
+        secrets=Secrets(esd_api_key="k"),
+    )
+    app = make_app(config)
+    assert isinstance(app.backend, EsdBackend)
+    assert app.backend._book.on_change == app.poller.nudge
