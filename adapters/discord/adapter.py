@@ -50,6 +50,7 @@ from adapters.discord.interactions import (
     InteractionRouter,
     action_view,
 )
+from adapters.retry import RetryPolicy
 from bot.errors import (
     ChatDeliveryError,
     ConfigError,
@@ -142,6 +143,7 @@ class DiscordAdapter:
         cdn_origins: Collection[str] = DISCORD_CDN_ORIGINS,
         limits: DiscordLimits | None = None,
         defer_after: float = AUTO_DEFER_AFTER,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.app = app
         self._config = config
@@ -157,6 +159,7 @@ class DiscordAdapter:
         self._cdn_origins = tuple(cdn_origins)
         self._limits = limits or DiscordLimits()
         self.defer_after = defer_after  # an unanswered interaction is deferred after this
+        self._retry = retry or RetryPolicy()  # CDN downloads (discord.py retries the API)
         self._guilds = _guild_ids(config.discord_guilds)
         self._tree = _Tree(client)
         self.router = InteractionRouter(self)
@@ -500,7 +503,7 @@ class DiscordAdapter:
                 f"{ref.name} is not on Discord's file servers; attach the image itself"
             )
         try:
-            return await self._fetch(ref, ref.url, max_bytes)
+            return await self._fetch_retrying(ref, ref.url, max_bytes)
         except _Expired:
             fresh = await self._refresh_url(ref.url)
             if fresh is None:
@@ -509,7 +512,7 @@ class DiscordAdapter:
                     "attach it again"
                 ) from None
             try:
-                return await self._fetch(ref, fresh, max_bytes)
+                return await self._fetch_retrying(ref, fresh, max_bytes)
             except _Expired:
                 raise ImageInputError(
                     f"{ref.name} is no longer on Discord (deleted?); attach it again"
@@ -533,6 +536,20 @@ class DiscordAdapter:
                 return fresh
         return None
 
+    async def _fetch_retrying(self, ref: AttachmentRef, url: str, max_bytes: int) -> bytes:
+        """`_fetch`, again after a 429 / 5xx / broken connection (the CDN has both)."""
+        for attempt in range(self._retry.attempts + 1):
+            try:
+                return await self._fetch(ref, url, max_bytes)
+            except _Busy as busy:
+                if attempt == self._retry.attempts:
+                    raise ImageInputError(
+                        f"{ref.name} could not be downloaded from Discord ({busy}); "
+                        "try again in a minute"
+                    ) from None
+                await self._retry.pause(attempt, busy.retry_after)
+        raise AssertionError("unreachable")
+
     async def _fetch(self, ref: AttachmentRef, url: str, max_bytes: int) -> bytes:
         too_big = _too_big(ref, max_bytes)
         session = self._session
@@ -544,6 +561,12 @@ class DiscordAdapter:
                     # A signed link past its `ex` answers 404 "This content is no longer
                     # available" (dapi: developers/reference.mdx "Signed Attachment CDN URLs").
                     raise _Expired
+                if response.status == 429 or response.status >= 500:
+                    wait = response.headers.get("Retry-After")
+                    raise _Busy(
+                        f"HTTP {response.status}",
+                        float(wait) if wait and wait.replace(".", "", 1).isdigit() else None,
+                    )
                 if response.status != 200:
                     raise ImageInputError(
                         f"{ref.name} could not be downloaded from Discord (HTTP "
@@ -562,9 +585,7 @@ class DiscordAdapter:
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The exception text may carry the signed URL; log its type and the bare URL only.
             _LOGGER.warning("downloading %s failed: %s", redact_url(ref.url), type(exc).__name__)
-            raise ImageInputError(
-                f"{ref.name} could not be downloaded from Discord; attach it again"
-            ) from None
+            raise _Busy(type(exc).__name__) from None
 
     async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
         await self._ready.wait()
@@ -603,6 +624,13 @@ class DiscordAdapter:
                 rate_limit_per_user=None,
             )
         except discord.HTTPException as exc:
+            if exc.code == 160004:
+                # "A thread has already been created for this message": an earlier try made it
+                # and then failed (5xx after the work). A message's thread has its id
+                # (dapi: developers/resources/channel.mdx "Start Thread from Message").
+                thread_id = str(message.id)
+                _remember(self._parents, thread_id, where.channel)
+                return Conversation(where.channel, thread_id)
             _LOGGER.warning(
                 "job %s: no thread in channel %s (%s); the job stays in the channel",
                 status.job_id,
@@ -735,6 +763,9 @@ class DiscordAdapter:
     ) -> discord.Message:
         """Post with the bot token; Discord's 429s are waited out by discord.py itself."""
         channel = self._client.get_partial_messageable(int(target))
+        # discord.py gives every message a random nonce with `enforce_nonce`, so its own retry
+        # after a 5xx that Discord had already acted on returns the first message instead of
+        # posting a second (dapi: developers/resources/message.mdx "Create Message").
         kwargs: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
         if embed is not None:
             kwargs["embed"] = embed
@@ -757,6 +788,14 @@ def _too_big(ref: AttachmentRef, max_bytes: int) -> ImageInputError:
     return ImageInputError(
         f"{ref.name} is over the {max_bytes / 1e6:.0f} MB limit; send a smaller image"
     )
+
+
+class _Busy(Exception):
+    """The CDN was overloaded or the connection broke: worth another try."""
+
+    def __init__(self, what: str, retry_after: float | None = None) -> None:
+        super().__init__(what)
+        self.retry_after = retry_after
 
 
 class _Expired(Exception):

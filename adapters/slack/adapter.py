@@ -30,6 +30,7 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from adapters.retry import RetryPolicy
 from adapters.slack.app import SlackListeners
 from adapters.slack.blocks import (
     Block,
@@ -40,7 +41,6 @@ from adapters.slack.blocks import (
 )
 from adapters.slack.client import (
     SERVER_ERRORS,
-    RetryPolicy,
     make_web_client,
     parse_retry_after,
 )

@@ -17,15 +17,14 @@ tests' fake.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import ClientOSError, ServerConnectionError, ServerDisconnectedError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -46,29 +45,6 @@ UNSAFE_METHODS = frozenset(
     {"chat.postMessage", "chat.postEphemeral", "files.completeUploadExternal"}
 )
 _CONNECTION_ERRORS = (ServerConnectionError, ServerDisconnectedError, ClientOSError)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long sdbot waits on Slack's rate limits and server errors.
-
-    `scale` multiplies every wait (tests make it tiny so fault runs take seconds, production
-    keeps 1.0 and honours Slack's `Retry-After` exactly).
-    """
-
-    attempts: int = 8  # retries after the first try, per call
-    backoff: float = 0.5  # first server-error / missing-Retry-After wait, doubled each time
-    max_wait: float = 120.0  # longest single wait; a longer Retry-After is not waited for
-    scale: float = 1.0
-
-    def wait(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry `attempt` (0-based), with up to 10 % jitter."""
-        base = retry_after if retry_after is not None else self.backoff * 2**attempt
-        base = min(base, self.max_wait)
-        return (base + random.uniform(0, base / 10)) * self.scale
-
-    async def pause(self, attempt: int, retry_after: float | None = None) -> None:
-        await asyncio.sleep(self.wait(attempt, retry_after))
 
 
 def api_base_url(configured: str | None) -> str:

@@ -17,7 +17,8 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from adapters.slack.client import SERVER_ERRORS, RetryPolicy, parse_retry_after
+from adapters.retry import RetryPolicy
+from adapters.slack.client import SERVER_ERRORS, parse_retry_after
 from adapters.slack.convert import file_url_allowed, looks_like_html
 from bot.errors import ImageInputError
 

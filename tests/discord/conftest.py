@@ -17,6 +17,7 @@ import asyncio
 import io
 import itertools
 import json
+import random
 import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,42 @@ class Fault:
     skip: int = 0  # let this many matching requests through first
 
 
+# The routes the fault run hits: messages (post, edit), threads, attachments on the CDN.
+CHAOS_ROUTES = re.compile(r"^(/api/v10/channels/\d+/messages(/\d+)?(/threads)?|/cdn/.*)$")
+
+
+@dataclass
+class Chaos:
+    """Seeded random overloads: each post or edit of a message, thread start and attachment
+    download fails with probability `rate` — a 429 as Discord sends it, a 500 before the
+    work, or a 500 after it (Discord did it, the answer was lost)."""
+
+    seed: int
+    rate: float
+    injected: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def pick(self, method: str, path: str) -> str | None:
+        if method not in ("GET", "POST", "PATCH") or not CHAOS_ROUTES.match(path):
+            return None
+        if method == "GET" and not path.startswith("/cdn/"):
+            return None
+        if self._rng.random() >= self.rate:
+            return None
+        kind = self._rng.choice(("429", "500-before", "500-after"))
+        self.injected[kind] = self.injected.get(kind, 0) + 1
+        return kind
+
+
+RATE_LIMIT_HEADERS = {"Via": "1.1 google", "Retry-After": "1", "X-RateLimit-Scope": "user"}
+
+
+def _rate_limited(retry_after: float) -> dict[str, Any]:
+    return {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
+
+
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     # discord.py compares the content type for equality (no charset suffix).
     return web.Response(
@@ -142,6 +179,8 @@ class FakeDiscord:
         self.signatures: dict[str, str] = {}
         self.refreshable = True
         self.faults: list[Fault] = []
+        self.chaos: Chaos | None = None
+        self.nonces: dict[tuple[str, str], str] = {}  # (channel, nonce) → message id
         self.expired_tokens: set[str] = set()
         self.expire_all = False
         self.synced: list[tuple[str, list[dict[str, Any]]]] = []
@@ -211,6 +250,10 @@ class FakeDiscord:
             "content_type": "image/png",
         }
 
+    def start_chaos(self, seed: int, rate: float) -> Chaos:
+        self.chaos = Chaos(seed, rate)
+        return self.chaos
+
     def expire(self, url: str) -> None:
         """Let an attachment link pass its `ex`: the CDN then answers 404 until the link is
         renewed (dapi: developers/reference.mdx "Signed Attachment CDN URLs")."""
@@ -249,8 +292,8 @@ class FakeDiscord:
             method,
             pattern,
             429,
-            {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
-            {"Via": "1.1 google", "Retry-After": "1", "X-RateLimit-Scope": "user"},
+            _rate_limited(retry_after),
+            RATE_LIMIT_HEADERS,
             with_files=with_files,
         )
 
@@ -363,10 +406,20 @@ class FakeDiscord:
             files,
         )
         self.requests.append(record)
+        chaos = self.chaos.pick(request.method, request.path) if self.chaos else None
         try:
-            response = (
-                self._fault(record) or _invalid_embeds(record.json) or self._route(request, record)
-            )
+            if chaos == "429":  # as Discord sends it; discord.py retries only with `Via`
+                response = _json(_rate_limited(0.01), 429, RATE_LIMIT_HEADERS)
+            elif chaos == "500-before":
+                response = _json({"message": "500: Internal Server Error", "code": 0}, 500)
+            else:
+                response = (
+                    self._fault(record)
+                    or _invalid_embeds(record.json)
+                    or self._route(request, record)
+                )
+                if chaos == "500-after":
+                    response = _json({"message": "500: Internal Server Error", "code": 0}, 500)
         except KeyError:
             response = _json({"message": "Unknown Message", "code": 10008}, 404)
         record.status = response.status
@@ -471,7 +524,16 @@ class FakeDiscord:
         token: str | None = None,
     ) -> dict[str, Any]:
         body = body or {}
+        nonce = body.get("nonce")
+        if token is None and nonce is not None and body.get("enforce_nonce"):
+            # dapi: developers/resources/message.mdx "Create Message": with `enforce_nonce`, a
+            # nonce seen from the same author in the last few minutes returns that message.
+            known = self.nonces.get((channel_id, str(nonce)))
+            if known is not None and known in self.messages:
+                return self.messages[known]
         message_id = str(self.snowflake())
+        if token is None and nonce is not None:
+            self.nonces[(channel_id, str(nonce))] = message_id
         attachments = [self.upload(name, data) for name, data in files]
         message = {
             "id": message_id,

@@ -9,10 +9,12 @@ import io
 import random
 from typing import Any
 
+import discord
 from PIL import Image
 from scenario_kit import png
 
 from adapters.discord.convert import EMBED_TOTAL_CHARS, result_embed
+from adapters.retry import RetryPolicy
 from bot.model import JobState
 from bot.views import ResultView
 from commands.parse import PROMPT_CAP
@@ -199,3 +201,45 @@ async def test_an_attachment_that_cannot_be_renewed_asks_for_it_again(bot: Any) 
     await bot.answered(token)
     [job] = await bot.jobs()
     assert job.state is JobState.FAILED and "attach it again" in (job.error or "")
+
+
+# -- the fault run ----------------------------------------------------------------------------
+
+
+async def test_fault_run_every_job_is_delivered_exactly_once(
+    harness: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    # discord.py waits 1 + 2·n seconds before retrying a 5xx itself; a thousandth of that here.
+    monkeypatch.setattr(discord.http, "asyncio", _FastAsyncio())
+    harness.adapter_options = {"retry": RetryPolicy(attempts=12, scale=0.001)}
+    harness.overrides["user_concurrency"] = 50
+    bot = await harness.start()
+    chaos = bot.fake.start_chaos(seed=12, rate=0.35)
+    tokens = [
+        bot.slash("img2img", {"prompt": f"job {n}", "seed": n}, {"image": png()}) for n in range(30)
+    ]
+    for token in tokens:
+        await bot.fake.wait_for(lambda t=token: bool(bot.fake.callbacks(t)), 30)
+    await bot.settle()
+    bot.fake.chaos = None
+    jobs = await bot.jobs()
+    assert len(jobs) == 30
+    for job in jobs:
+        assert job.state is JobState.SUCCEED, job.error
+        assert job.thread is not None and job.thread.thread == job.status_message
+        assert len(bot.results(job.thread.thread)) == 1, job.id
+        statuses = [m for m in bot.fake.in_channel(bot.channel) if f"`{job.id}`" in m["content"]]
+        assert len(statuses) == 1, job.id
+    assert set(chaos.injected) == {"429", "500-before", "500-after"}
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]
+
+
+class _FastAsyncio:
+    """`asyncio` as discord.http sees it, with its sleeps shortened."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def sleep(delay: float, result: Any = None) -> Any:
+        return await asyncio.sleep(delay / 1000, result)

@@ -31,8 +31,8 @@ from aiohttp import web
 from scenario_kit import fast_config, make_app
 from slack_sdk.signature import SignatureVerifier
 
+from adapters.retry import RetryPolicy
 from adapters.slack import SlackAdapter
-from adapters.slack.client import RetryPolicy
 from bot.config import Secrets
 from bot.model import Job, Platform
 from bot.ports import JobQuery
