@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import a1111_queue, esd_polling, scenarios
+from bench import a1111_queue, esd_polling, memory, scenarios
 from bench.machine import describe
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -18,6 +18,8 @@ BENCHMARKS = {
     "image": scenarios.image_prep,
     "ack": lambda: asyncio.run(scenarios.ack_latency()),
     "inflight": lambda: asyncio.run(scenarios.in_flight()),
+    "memory": lambda: asyncio.run(memory.long_run()),
+    "webp": lambda: asyncio.run(memory.webp_decodes()),
     # 500 ESD jobs of 60–600 s (10+ minutes); SDBOT_BENCH_QUICK=1 runs 15–60 s jobs instead.
     "esd": lambda: asyncio.run(esd_polling.esd_polling()),
     "webui": lambda: asyncio.run(a1111_queue.webui_queue()),

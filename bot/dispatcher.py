@@ -286,6 +286,10 @@ class Dispatcher:
         except OperationalError as exc:
             _LOGGER.warning("%s failed: %r", what, exc)
             await responder.refuse(f"{what}: {exc.short}; please try again later")
+        except Exception:
+            # A bug or a failure no layer translated: logged in full, answered in one line.
+            _LOGGER.exception("%s failed unexpectedly", what)
+            await responder.refuse(f"{what}: {OperationalError.short}; please try again later")
         return None
 
     async def edit_defaults(self, caller: Caller, job_id: str) -> dict[str, str]:

@@ -94,5 +94,17 @@ class ConversationClosedError(ChatDeliveryError):
     short = "the bot cannot post in this conversation"
 
 
+class StorageError(OperationalError):
+    """The job database cannot be written: the disk is full or failing."""
+
+    short = "the bot cannot store new jobs right now (its disk is full or failing)"
+
+
+class StorageLostError(StorageError):
+    """The job database's file was deleted or replaced under the running bot."""
+
+    short = "the bot's data folder was deleted or replaced; an operator must restart it"
+
+
 class ConfigError(OperationalError):
     """The configuration is invalid; the message names the setting."""

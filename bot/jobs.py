@@ -58,7 +58,7 @@ from bot.views import ResultImage, StatusView
 from commands import COMMANDS, Family
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
     from bot.config import Config
     from bot.policy import Policy
@@ -91,6 +91,7 @@ class JobRunner:
         policy: Policy,
         clock: Clock,
         backoff: Backoff | None = None,
+        decode_budget: int = imaging.DECODE_BUDGET,
     ) -> None:
         self._config = config
         self._store = store
@@ -106,6 +107,7 @@ class JobRunner:
         # of jobs neither starves the event loop (acks, heartbeats) nor holds 200 decoded
         # pictures in memory at once.
         self._decoding = asyncio.Semaphore(max(1, os.cpu_count() or 1))
+        self._memory = imaging.MemoryBudget(decode_budget)
         self._idle = asyncio.Event()
         self._idle.set()
         self._admitting = 0  # accept calls between the cap check and their driver's start
@@ -195,10 +197,11 @@ class JobRunner:
             raise UserInputError(f"{command} needs an image")
         first = imaging.InputFile(image.name, image.data)
         if COMMANDS[command].family is Family.INTERROGATE:
-            async with self._decoding:
+            async with self._decode_slot([first]):
                 return await asyncio.to_thread(imaging.prepare_interrogate, first, self._limits)
         second = inputs.get("sketch" if command == "inpaint-sketch" else "mask")
-        async with self._decoding:
+        files = [first] + ([imaging.InputFile(second.name, second.data)] if second else [])
+        async with self._decode_slot(files):
             return await asyncio.to_thread(
                 imaging.prepare,
                 command,
@@ -208,6 +211,14 @@ class JobRunner:
                 limits=self._limits,
                 mask_alpha=int(options.get("mask_alpha", 0)),
             )
+
+    @contextlib.asynccontextmanager
+    async def _decode_slot(self, files: Sequence[imaging.InputFile]) -> AsyncIterator[None]:
+        """Decoding is admitted by the memory it will take (from the headers), then by a core:
+        a burst of small pictures runs a core each, a few huge ones one after another."""
+        cost = imaging.decode_cost(files, self._limits)
+        async with self._memory.reserve(cost), self._decoding:
+            yield
 
     def spawn(self, job_id: str, job: Job | None = None) -> None:
         """Start (or restart) the driver of a stored job (`job`: its row, if at hand).
@@ -637,12 +648,17 @@ class JobRunner:
             job, result_count=len(output.images), infotext=output.infotext, caption=output.caption
         )
         job = await self._store.save(job)
-        # The results are in the store now; the backend need not keep them.
-        try:
-            await self._backend.release(backend_id)
-        except BackendError as exc:
-            _LOGGER.warning("job %s: the backend could not drop its results: %s", job.id, exc)
+        await self._release(job)  # the results are in the store now
         return job
+
+    async def _release(self, job: Job) -> None:
+        """Let the backend drop what it keeps of a finished job (bounded memory and disk)."""
+        if job.backend_id is None:
+            return
+        try:
+            await self._backend.release(job.backend_id)
+        except Exception as exc:
+            _LOGGER.warning("job %s: the backend could not drop its copy: %r", job.id, exc)
 
     async def _deliver(self, job: Job) -> None:
         """Post the outcome exactly once; a step that fails leaves it for the next start.
@@ -653,6 +669,8 @@ class JobRunner:
         """
         if job.state is JobState.CANCELLED or job.delivery is Delivery.DONE:
             return
+        if job.state is JobState.FAILED:
+            await self._release(job)
         try:
             await self._post_outcome(job)
         except (asyncio.CancelledError, JobChanged, ConversationClosedError):

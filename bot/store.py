@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
+import os
 import queue
 import sqlite3
 import sys
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Self, TypeVar
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StorageError, StorageLostError
 from bot.model import (
     AttachmentRef,
     Caller,
@@ -502,8 +504,19 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGR
 class _Database:
     """The store's synchronous half: one connection, called only on the store's worker thread."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:") -> None:
         self.conn = conn
+        self.path = path
+        self._identity = _identity(path)
+
+    def check_file(self) -> None:
+        """Refuse to write when the database file is no longer the one opened: SQLite would
+        go on writing into a deleted file (lost at the next start) or beside a new one."""
+        if self._identity is not None and _identity(self.path) != self._identity:
+            raise StorageLostError(
+                f"the job database {self.path} was deleted or replaced while the bot was "
+                "running; stop the bot, check its data folder and start it again"
+            )
 
     @classmethod
     def open(cls, path: str) -> _Database:
@@ -526,7 +539,7 @@ class _Database:
             raise
         if old != SCHEMA_VERSION:
             log.info("job database %s: schema version %d -> %d", path, old, SCHEMA_VERSION)
-        return cls(conn)
+        return cls(conn, path)
 
     def close(self) -> None:
         try:
@@ -573,6 +586,7 @@ class _Database:
         self, job: Job, inputs: Sequence[StoredImage], admission: Admission | None = None
     ) -> None:
         row = _job_row(job)
+        self.check_file()
         with _transaction(self.conn):
             if self._exists(job.id):
                 raise KeyError(job.id)
@@ -596,6 +610,7 @@ class _Database:
 
     def save(self, job: Job) -> Job:
         row = _job_row(job)
+        self.check_file()
         with _transaction(self.conn):
             if self.conn.execute(_UPDATE_JOB, row).rowcount == 0:
                 if self._exists(job.id):
@@ -639,6 +654,7 @@ class _Database:
         return jobs[0] if jobs else None
 
     def put_images(self, job_id: str, images: Sequence[StoredImage]) -> None:
+        self.check_file()
         with _transaction(self.conn):
             if not self._exists(job_id):
                 raise KeyError(job_id)
@@ -725,6 +741,28 @@ class _Database:
                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
                         (platform.value, server, scope, key, value),
                     )
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file's device and inode (None for an in-memory database or a missing file)."""
+    if path == ":memory:":
+        return None
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return (-1, -1)
+    return (found.st_dev, found.st_ino)
+
+
+def _storage_failure(exc: BaseException) -> bool:
+    """A full or failing disk (SQLITE_FULL, SQLITE_IOERR*, ENOSPC, EIO), not a bug."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+        text = str(exc)
+        return "disk is full" in text or "disk I/O error" in text
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT)
 
 
 # -- The worker thread -----------------------------------------------------------------------
@@ -923,7 +961,15 @@ class SqliteJobStore:
                 raise RuntimeError(_CLOSED)
             return work(self._db)
 
-        return await self._worker.submit(on_worker, urgent=urgent)  # type: ignore[return-value]
+        try:
+            return await self._worker.submit(on_worker, urgent=urgent)  # type: ignore[return-value]
+        except StorageLostError:
+            log.critical("job database %s was deleted or replaced; refusing writes", self._path)
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            if _storage_failure(exc):
+                raise StorageError(f"job database {self._path}: {exc}") from exc
+            raise
 
     async def insert(
         self, job: Job, inputs: Sequence[StoredImage] = (), admission: Admission | None = None

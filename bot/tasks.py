@@ -30,6 +30,10 @@ class Backoff:
         return float(min(self.cap, self.first * 2.0 ** max(0, failures - 1)))
 
 
+# The back-off of `supervise` when the caller names none (tests shorten it).
+DEFAULT_BACKOFF = Backoff()
+
+
 class Supervised:
     """A body run by `supervise`; `restarts` counts the unexpected exceptions it survived."""
 
@@ -52,17 +56,21 @@ def supervise(
     on_restart: Callable[[BaseException], None] | None = None,
 ) -> Supervised:
     """Run `body()` in a task named `name`, again after every unexpected exception."""
-    pauses = backoff or Backoff()
+    loop = asyncio.get_running_loop()
 
     async def run() -> None:
+        pauses = backoff or DEFAULT_BACKOFF
         failures = 0
         while True:
+            began = loop.time()
             try:
                 await body()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if loop.time() - began > pauses.cap:
+                    failures = 0  # it had been running well: start the back-off over
                 failures += 1
                 supervised.restarts += 1
                 pause = pauses.pause(failures)

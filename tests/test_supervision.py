@@ -4,11 +4,17 @@ job's completion, failed status posts and deliveries, backend outages, concurren
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import os
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from scenario_kit import (
     RecordingAdapter,
     RecordingResponder,
@@ -18,11 +24,12 @@ from scenario_kit import (
     png,
 )
 
+from bot import imaging
 from bot.app import BotApp
 from bot.clock import SystemClock
-from bot.errors import BackendUnavailableError, ChatDeliveryError
+from bot.errors import BackendUnavailableError, ChatDeliveryError, ImageInputError
 from bot.model import Delivery, JobState
-from bot.ports import LOST_JOB
+from bot.ports import LOST_JOB, StoredImage
 from bot.store import SqliteJobStore
 from bot.tasks import Backoff, stop, supervise
 from cloud.local import LocalBackend, LocalBackendConfig
@@ -321,3 +328,96 @@ async def test_a_job_the_backend_lost_in_a_restart_says_so(tmp_path: Path) -> No
         job = await app.store.get(job_id)
     assert job is not None and job.state is JobState.FAILED
     assert job.error == LOST_JOB
+
+
+# -- Storage -----------------------------------------------------------------------------------
+
+
+async def test_a_full_disk_refuses_new_jobs_clearly_and_keeps_serving(tmp_path: Path) -> None:
+    app = fast_app(tmp_path)
+    adapter = RecordingAdapter()
+    app.add_adapter(adapter)
+    async with app:
+        first = await one_job(app, adapter)
+        await asyncio.wait_for(app.runner.wait_idle(), 10)
+
+        def fill(db: Any) -> None:
+            # SQLite's own cap: the file may not grow by a single page (SQLITE_FULL, "database
+            # or disk is full", as on a full disk).
+            pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
+            db.conn.execute(f"PRAGMA max_page_count = {pages}")
+
+        await app.store._call(fill)
+        refusals: list[str] = []
+        for n in range(40):
+            responder = RecordingResponder()
+            await app.dispatcher.handle_text(
+                chat_caller(f"user{n}"),
+                f"img2img a long prompt {'x' * 1900} {n}",
+                [adapter.attach("a.png", png())],
+                responder,
+            )
+            refusals += responder.refusals
+        listed = RecordingResponder()
+        await app.dispatcher.handle_text(chat_caller(), f"job {first}", [], listed)
+    assert any("cannot store new jobs" in text for text in refusals), refusals[:3]
+    assert listed.replies and first in listed.replies[0][0]  # the rest is still served
+
+
+async def test_a_data_folder_replaced_while_running_is_noticed(tmp_path: Path) -> None:
+    app = fast_app(tmp_path)
+    adapter = RecordingAdapter()
+    app.add_adapter(adapter)
+    async with app:
+        await one_job(app, adapter)
+        await asyncio.wait_for(app.runner.wait_idle(), 10)
+        database = app.config.data_dir / "sdbot.sqlite3"
+        database.rename(tmp_path / "elsewhere.sqlite3")  # replaced: another file in its place
+        database.write_bytes(b"")
+        responder = RecordingResponder()
+        job = await app.dispatcher.handle_text(
+            chat_caller(), "img2img a cat", [adapter.attach("a.png", png())], responder
+        )
+    assert job is None and responder.accepted_ids == []
+    assert any("deleted or replaced" in text for text in responder.refusals), responder.refusals
+
+
+# -- Bounded memory ----------------------------------------------------------------------------
+
+
+async def test_image_decoding_is_admitted_by_a_memory_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As many cores as jobs, so only the memory budget can hold decodes back.
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    app = fast_app(tmp_path)
+    app.add_adapter(RecordingAdapter())
+    lock = threading.Lock()
+    running = [0]
+    peak = [0]
+
+    def decoding(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)  # the decode's duration, so that admitted decodes overlap
+        with lock:
+            running[0] -= 1
+        raise ImageInputError("not decoded in this test")
+
+    monkeypatch.setattr(imaging, "prepare", decoding)
+    buffer = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buffer, "PNG")  # 36 MP: about 0.6 GB to prepare
+    big = [StoredImage("image", "big.png", buffer.getvalue())]
+    small = [StoredImage("image", "small.png", png(64, 64))]
+
+    async def check(inputs: list[StoredImage]) -> None:
+        with contextlib.suppress(ImageInputError):
+            await app.runner.check_inputs("img2img", {}, inputs)
+
+    async with app:
+        await asyncio.gather(*(check(big) for _ in range(4)))
+        assert peak[0] == 1  # two would not fit in the budget together
+        peak[0] = 0
+        await asyncio.gather(*(check(small) for _ in range(4)))
+        assert peak[0] == 4  # small ones run a core each
