@@ -867,7 +867,13 @@ class DiscordHarness:
         # A restart keeps a closed gate closed: the resumed job's first status read must not
         # slip through before the test can close the new backend's gate.
         held = self.backend is not None and not self.backend.gate.is_set()
-        self.backend = GatedBackend(LocalBackendConfig(delay=config.local_delay))
+        # Durable like the production local backend (adapters.cli.make_backend): a restart
+        # finds the jobs in flight again instead of reporting them lost.
+        self.backend = GatedBackend(
+            LocalBackendConfig(
+                delay=config.local_delay, state_dir=config.data_dir / "local-backend"
+            )
+        )
         if held:
             self.backend.gate.clear()
         self.app = make_app(config, self.backend)
