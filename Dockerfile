@@ -21,6 +21,9 @@ ENV SDBOT_DATA_DIR=/data/state \
     SDBOT_OUTPUT_DIR=/data/output \
     PYTHONUNBUFFERED=1
 VOLUME ["/data"]
+# /healthz on SDBOT_HTTP_PORT (or SDBOT_METRICS_PORT): `sdbot health` reads the same settings.
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["sdbot", "health"]
 # The bot finishes its current step and closes the store cleanly on SIGINT.
 STOPSIGNAL SIGINT
 ENTRYPOINT ["sdbot"]

@@ -7,6 +7,7 @@ stays free of platform and cloud libraries.
     sdbot run                 every adapter whose credentials are set; the console when none are
     sdbot console             the console adapter, whatever else is configured
     sdbot check               validate the configuration and reach the backend
+    sdbot health [--ready]    ask the running bot's /healthz (or /readyz): Docker HEALTHCHECK
     sdbot local-backend …     serve the local preview backend as an ESD-compatible REST API
 """
 
@@ -18,10 +19,24 @@ import contextlib
 import logging
 import signal
 import sys
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING, Protocol
 
+from yarl import URL
+
 from adapters.console import ConsoleAdapter, run_console
+from adapters.web.metrics import (
+    Metrics,
+    backend_trace,
+    chat_trace,
+    instrument_backend,
+    instrument_chat,
+    instrument_store,
+)
+from adapters.web.server import Readiness, WebServer
 from bot.app import BotApp
+from bot.clock import SystemClock
 from bot.config import Config, load_config
 from bot.errors import ConfigError
 from bot.logs import setup_logging
@@ -29,9 +44,12 @@ from bot.store import SqliteJobStore
 from cloud.local import LocalBackend, LocalBackendConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from bot.ports import Backend, ChatAdapter
+
+# Where discord.py sends its REST requests (discord/http.py `Route.BASE`).
+DISCORD_API = URL("https://discord.com/api/v10")
 
 _LOGGER = logging.getLogger("sdbot")
 
@@ -53,12 +71,13 @@ class _Connected(Protocol):
     async def aclose(self) -> None: ...
 
 
-def make_backend(config: Config) -> Backend:
-    """The backend the configuration names."""
+def make_backend(config: Config, metrics: Metrics | None = None) -> Backend:
+    """The backend the configuration names (its HTTP requests counted in `metrics`)."""
     if config.backend == "esd":
         from cloud.esd import EsdBackend
 
-        return EsdBackend.from_config(config)
+        traces = [backend_trace(metrics, URL(config.esd_api_url or ""))] if metrics else []
+        return EsdBackend.from_config(config, trace_configs=traces)
     if config.backend == "a1111":
         from cloud.a1111 import A1111Backend
 
@@ -72,11 +91,29 @@ def make_backend(config: Config) -> Backend:
     )
 
 
-def make_app(config: Config) -> BotApp:
+def make_store(config: Config) -> SqliteJobStore:
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteJobStore(config.data_dir / "sdbot.sqlite3")
-    backend = make_backend(config)
-    app = BotApp(config, backend=backend, store=store)
+    return SqliteJobStore(config.data_dir / "sdbot.sqlite3")
+
+
+def make_app(
+    config: Config, metrics: Metrics | None = None, store: SqliteJobStore | None = None
+) -> BotApp:
+    """The core on the configured backend; with `metrics`, its ports are measured."""
+    store = store or make_store(config)
+    backend = make_backend(config, metrics)
+    if metrics is None:
+        app = BotApp(config, backend=backend, store=store)
+    else:
+        clock = SystemClock()
+        app = BotApp(
+            config,
+            backend=instrument_backend(backend, metrics),
+            store=instrument_store(store, metrics, clock.now),
+            clock=clock,
+            observer=metrics,
+        )
+        metrics.jobs_in_flight.set_function(lambda: app.runner.in_flight)
     if config.backend == "esd":
         from cloud.esd import EsdBackend
 
@@ -86,19 +123,69 @@ def make_app(config: Config) -> BotApp:
     return app
 
 
-def chat_adapters(app: BotApp, config: Config) -> list[tuple[ChatAdapter, _Connected]]:
-    """The chat adapters whose credentials are set."""
+class _Operations:
+    """The operators' side of a run: metrics, readiness and the web endpoints."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.store = make_store(config)
+        self.app = make_app(config, self.metrics, self.store)
+        self.readiness = Readiness(self.store, self.app.backend, self.metrics)
+        self.web = WebServer(self.metrics, self.readiness)
+        self.connected: dict[str, bool] = {}
+
+    def watch(self, name: str) -> None:
+        self.connected[name] = False
+        self.readiness.watch(name, lambda: self.connected[name])
+
+    def disconnected(self, name: str) -> Callable[[object], None]:
+        """A done-callback marking adapter `name` not connected."""
+
+        def mark(_done: object) -> None:
+            self.connected[name] = False
+
+        return mark
+
+    async def serve(self, *, mounted: bool) -> None:
+        """Serve the endpoints on their own port unless Slack's app carries them."""
+        port = self.config.metrics_port
+        if port is None and not mounted:
+            port = self.config.http_port
+        if port is None:
+            return
+        try:
+            await self.web.serve("0.0.0.0", port)  # noqa: S104 - probes and scrapers come from outside
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on port {port}: {exc.strerror}") from None
+
+
+def chat_adapters(
+    app: BotApp, config: Config, ops: _Operations | None = None
+) -> list[tuple[ChatAdapter, _Connected]]:
+    """The chat adapters whose credentials are set (measured and served with `ops`)."""
     found: list[tuple[ChatAdapter, _Connected]] = []
     secrets = config.secrets
     if secrets.discord_token:
         from adapters.discord import DiscordAdapter
 
-        discord_adapter = DiscordAdapter(app, config)
+        discord_trace = chat_trace(ops.metrics, "discord", DISCORD_API) if ops else None
+        discord_adapter = DiscordAdapter(app, config, http_trace=discord_trace)
         found.append((discord_adapter, discord_adapter))
     if secrets.slack_bot_token and (secrets.slack_app_token or secrets.slack_signing_secret):
         from adapters.slack import SlackAdapter
+        from adapters.slack.client import api_base_url
 
-        slack_adapter = SlackAdapter(app, config)
+        slack_adapter = SlackAdapter(
+            app,
+            config,
+            trace_configs=(
+                [chat_trace(ops.metrics, "slack", URL(api_base_url(config.slack_api_url)))]
+                if ops
+                else []
+            ),
+            web_routes=ops.web.routes() if ops and _slack_http_mode(config) else (),
+        )
         found.append((slack_adapter, slack_adapter))
     elif secrets.slack_bot_token:
         raise ConfigError(
@@ -108,25 +195,38 @@ def chat_adapters(app: BotApp, config: Config) -> list[tuple[ChatAdapter, _Conne
     return found
 
 
+def _slack_http_mode(config: Config) -> bool:
+    return bool(config.secrets.slack_signing_secret and not config.secrets.slack_app_token)
+
+
 async def _console(config: Config) -> int:
-    app = make_app(config)
+    ops = _Operations(config)
+    app = ops.app
     adapter = ConsoleAdapter(config.output_dir)
-    app.add_adapter(adapter)
+    app.add_adapter(instrument_chat(adapter, ops.metrics))
     if sys.stdin.isatty():
         print("sdbot console — type `help`, Ctrl-D to quit", file=sys.stderr)
     async with app:
-        await run_console(app, adapter)
+        # The console serves the operators' endpoints only on an explicit metrics_port.
+        if config.metrics_port is not None:
+            await ops.serve(mounted=True)
+        try:
+            await run_console(app, adapter)
+        finally:
+            await ops.web.aclose()
     return 0
 
 
 async def _run(config: Config) -> int:
-    app = make_app(config)
-    adapters = chat_adapters(app, config)
+    ops = _Operations(config)
+    app = ops.app
+    adapters = chat_adapters(app, config, ops)
     if not adapters:
         _LOGGER.info("no chat credentials set: starting the console")
         return await _console(config)
     for adapter, _ in adapters:
-        app.add_adapter(adapter)
+        app.add_adapter(instrument_chat(adapter, ops.metrics))
+        ops.watch(adapter.platform.value)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -136,15 +236,22 @@ async def _run(config: Config) -> int:
     try:
         async with app:
             try:
-                for _, connection in adapters:
+                await ops.serve(
+                    mounted=_slack_http_mode(config)
+                    and any(a.platform == "slack" for a, _ in adapters)
+                )
+                for adapter, connection in adapters:
                     await connection.start()
                     started.append(connection)
+                    ops.connected[adapter.platform.value] = True
                 platforms = ", ".join(a.platform for a, _ in adapters)
                 _LOGGER.info("sdbot is running on %s", platforms)
                 waits = [asyncio.create_task(stopping.wait(), name="sdbot-signal")] + [
                     asyncio.create_task(c.wait_closed(), name="sdbot-adapter-closed")
                     for c in started
                 ]
+                for (adapter, _), wait in zip(adapters, waits[1:], strict=True):
+                    wait.add_done_callback(ops.disconnected(adapter.platform.value))
                 try:
                     done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -161,6 +268,7 @@ async def _run(config: Config) -> int:
     finally:
         for connection in reversed(started):
             await connection.aclose()
+        await ops.web.aclose()
     return 0
 
 
@@ -187,6 +295,21 @@ async def _check(config: Config) -> int:
     return 0
 
 
+def _health(config: Config, *, ready: bool) -> int:
+    """Exit 0 when the running bot's `/healthz` (`/readyz`) on this machine answers 200."""
+    port = config.metrics_port or config.http_port
+    url = f"http://127.0.0.1:{port}/{'readyz' if ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            print(response.read().decode(errors="replace"))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(errors="replace"))
+    except OSError as exc:
+        print(f"sdbot: nothing answers on port {port}: {exc}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["local-backend"]:
@@ -203,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("run", help="run every adapter whose credentials are set (console if none)")
     sub.add_parser("console", help="run the console adapter")
     sub.add_parser("check", help="validate the configuration and reach the backend")
+    health = sub.add_parser("health", help="exit 0 when the running bot's /healthz answers")
+    health.add_argument("--ready", action="store_true", help="ask /readyz instead")
     sub.add_parser(
         "local-backend", help="serve the local backend as an ESD-compatible REST API (--help)"
     )
@@ -212,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sdbot: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "health":
+        return _health(config, ready=args.ready)
     setup_logging(config.log_level, config.secrets.values(), json_lines=config.log_format == "json")
     command = {"run": _run, "console": _console, "check": _check}[args.command or "run"]
     try:

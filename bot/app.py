@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from bot.config import Config
     from bot.model import Platform
-    from bot.ports import Backend, ChatAdapter, Clock, JobStore
+    from bot.ports import Backend, ChatAdapter, Clock, JobStore, Observer
     from bot.tasks import Backoff
 
 _LOGGER = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class BotApp:
         store: JobStore,
         clock: Clock | None = None,
         backoff: Backoff | None = None,
+        observer: Observer | None = None,
     ) -> None:
         """`backoff`: pauses of the job drivers' restarts and backend waits (tests shorten it)."""
         self.config = config
@@ -68,6 +69,7 @@ class BotApp:
             policy=self.policy,
             clock=self.clock,
             backoff=backoff,
+            observer=observer,
         )
         self.dispatcher = Dispatcher(
             runner=self.runner,
@@ -76,6 +78,7 @@ class BotApp:
             catalog=self.catalog,
             policy=self.policy,
             clock=self.clock,
+            observer=observer,
         )
         self._started = False
         self._closed = False

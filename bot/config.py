@@ -1,10 +1,10 @@
 """Configuration: frozen dataclasses from an optional TOML file plus environment overrides.
 
 Secrets come only from the environment (`DISCORD_TOKEN`, `SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN`,
-`SLACK_SIGNING_SECRET`, `ESD_API_KEY`, `A1111_API_AUTH`) and never appear in reprs. Every other
-setting may be set in `sdbot.toml` (or the file `SDBOT_CONFIG` names) and overridden by
-`SDBOT_<NAME>` in the environment. Bad values fail at start-up with a `ConfigError` naming the
-setting.
+`SLACK_SIGNING_SECRET`, `ESD_API_KEY`, `A1111_API_AUTH`, `SDBOT_ADMIN_TOKEN`) and never appear in
+reprs. Every other setting may be set in `sdbot.toml` (or the file `SDBOT_CONFIG` names) and
+overridden by `SDBOT_<NAME>` in the environment. Bad values fail at start-up with a `ConfigError`
+naming the setting.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Secrets:
     slack_signing_secret: str | None = field(default=None, repr=False)
     esd_api_key: str | None = field(default=None, repr=False)
     a1111_api_auth: str | None = field(default=None, repr=False)  # `user:password`
+    admin_token: str | None = field(default=None, repr=False)  # turns the /admin page on
 
     def values(self) -> tuple[str, ...]:
         """Every secret that is set, for log redaction."""
@@ -86,6 +87,10 @@ class Config:
     discord_message_content: bool = False
     slack_api_url: str | None = None  # Web API base URL override (GovSlack, proxies, tests)
     http_port: int = 3000  # Slack HTTP mode listens here at /slack/events
+    # /metrics, /healthz, /readyz (and /admin) are served on http_port while chat adapters
+    # run (on Slack's HTTP-mode server when it runs); on this port instead, in every mode
+    # (the console too), when it is set.
+    metrics_port: int | None = None
     # Permissions: Slack admin user ids (Discord admins are members with Manage Server) and
     # optional allow-lists (empty = everyone).
     admins: tuple[str, ...] = ()
@@ -143,6 +148,8 @@ class Config:
             raise ConfigError("SDBOT_LOCAL_DELAY must be zero or more seconds")
         if not 0 < self.http_port < 65536:
             raise ConfigError("SDBOT_HTTP_PORT must be a port number (1-65535)")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigError("SDBOT_METRICS_PORT must be a port number (1-65535)")
         for name in ("user_concurrency", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -172,6 +179,7 @@ _SECRET_ENV: dict[str, str] = {
     "slack_signing_secret": "SLACK_SIGNING_SECRET",
     "esd_api_key": "ESD_API_KEY",
     "a1111_api_auth": "A1111_API_AUTH",
+    "admin_token": "SDBOT_ADMIN_TOKEN",
 }
 
 

@@ -26,7 +26,16 @@ from bot.errors import (
 from bot.ids import display_name
 from bot.jobs import RESULT_SLOT, JobRunner
 from bot.model import AttachmentRef, Caller, GenerationParams, Job, JobState, Platform
-from bot.ports import Backend, Clock, JobQuery, JobStore, Responder, StoredImage
+from bot.ports import (
+    Backend,
+    Clock,
+    JobQuery,
+    JobStore,
+    NullObserver,
+    Observer,
+    Responder,
+    StoredImage,
+)
 from bot.views import EDIT_FIELDS, Action, ActionKind, ResultImage
 from commands import (
     BACKEND_JOB_ID,
@@ -139,8 +148,10 @@ class Dispatcher:
         catalog: Catalog,
         policy: Policy,
         clock: Clock,
+        observer: Observer | None = None,
     ) -> None:
         self._runner = runner
+        self._observer = observer or NullObserver()
         self._policy = policy
         self._store = store
         self._backend = backend
@@ -160,6 +171,7 @@ class Dispatcher:
         try:
             parsed = parse(text, console=caller.platform is Platform.CONSOLE, now=self._clock.now())
         except ParseError as exc:
+            self._observer.refused(exc.reason)
             await responder.refuse(str(exc))
             return None
         return await self.handle_command(caller, parsed, attachments, responder)
@@ -274,14 +286,14 @@ class Dispatcher:
 
         return await self._answering(responder, action.kind.value, work)
 
-    @staticmethod
     async def _answering(
-        responder: Responder, what: str, work: Callable[[], Awaitable[Job | None]]
+        self, responder: Responder, what: str, work: Callable[[], Awaitable[Job | None]]
     ) -> Job | None:
         """Run a request; refusals go back privately, operational failures as one short line."""
         try:
             return await work()
         except UserInputError as exc:
+            self._observer.refused(exc.reason)
             await responder.refuse(str(exc))
         except OperationalError as exc:
             _LOGGER.warning("%s failed: %r", what, exc)

@@ -27,19 +27,36 @@ class SdbotError(Exception):
 
 
 class UserInputError(SdbotError):
-    """An error whose message is fit to show in chat and tells the user what to fix."""
+    """An error whose message is fit to show in chat and tells the user what to fix.
+
+    `reason` names the kind of refusal with a word from a small fixed set, for operators'
+    metrics (never the message: it may quote the user's text).
+    """
+
+    reason = "bad input"
+
+    def __init__(self, message: str = "", *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class ParseError(UserInputError):
     """The command text or its options do not parse."""
 
+    reason = "parse"
+
 
 class ImageInputError(UserInputError):
     """An attachment is not an image the bot accepts (SPEC §3.1)."""
 
+    reason = "image"
+
 
 class RefusedError(UserInputError):
     """The request is well-formed but not allowed or refers to something that does not exist."""
+
+    reason = "refused"
 
 
 class OperationalError(SdbotError):

@@ -49,6 +49,8 @@ from bot.ports import (
     Clock,
     JobChanged,
     JobStore,
+    NullObserver,
+    Observer,
     PollTarget,
     Responder,
     StoredImage,
@@ -92,8 +94,10 @@ class JobRunner:
         clock: Clock,
         backoff: Backoff | None = None,
         decode_budget: int = imaging.DECODE_BUDGET,
+        observer: Observer | None = None,
     ) -> None:
         self._config = config
+        self._observer = observer or NullObserver()
         self._store = store
         self._backend = backend
         self._adapters = adapters
@@ -133,6 +137,7 @@ class JobRunner:
         limits (global cap; per-user concurrency and daily quota, checked in the insert's
         transaction) are decided here; then the row (with `inputs`, the images at hand) is
         committed, acknowledged, and driven. `attachments` are downloaded after the ack."""
+        started = self._clock.monotonic()
         self._policy.check_access(caller)
         defaults = await self._policy.defaults(caller)
         options = await self._resolver.check(command, options, defaults)
@@ -161,6 +166,7 @@ class JobRunner:
                     raise self._policy.refusal(refused, admission) from None
                 break
             await responder.accepted(job.id)
+            self._observer.acknowledged(self._clock.monotonic() - started)
             self.spawn(job.id, job)
         finally:
             self._admitting -= 1

@@ -100,7 +100,8 @@ class Policy:
         if in_flight >= self._config.max_in_flight:
             raise RefusedError(
                 f"the bot is busy: {in_flight} jobs are running or starting (the maximum is "
-                f"{self._config.max_in_flight}); please try again in a minute"
+                f"{self._config.max_in_flight}); please try again in a minute",
+                reason="busy",
             )
         if caller.platform is Platform.CONSOLE:
             return None
@@ -119,13 +120,15 @@ class Policy:
             jobs = "job" if refused.count == 1 else "jobs"
             return RefusedError(
                 f"you have {refused.count} {jobs} running; the limit here is "
-                f"{admission.max_running}. Try again when one finishes, or `cancel` one"
+                f"{admission.max_running}. Try again when one finishes, or `cancel` one",
+                reason="limit",
             )
         reset = (admission.day_start or self._clock.now()) + timedelta(days=1)
         left = (reset - self._clock.now()).total_seconds()
         return RefusedError(
             f"you have used your {admission.max_today} jobs for today; the quota resets at "
-            f"00:00 UTC (in {duration(left)})"
+            f"00:00 UTC (in {duration(left)})",
+            reason="quota",
         )
 
     # -- settings --------------------------------------------------------------------------

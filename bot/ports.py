@@ -7,6 +7,7 @@
 - `Responder`: the answer channel of one incoming event (ack, replies, private refusals).
 - `JobStore`: durable jobs, their inputs and results (`bot.store` is the SQLite one).
 - `Clock`: time, so tests and benchmarks control it.
+- `Observer`: what the core reports for operators' metrics (`NullObserver` by default).
 """
 
 from __future__ import annotations
@@ -349,3 +350,31 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+class Observer(Protocol):
+    """What the core tells operators' metrics at the two seams no port wrapper can see.
+
+    Everything else (jobs created and finished, time to submit, backend and chat calls, store
+    latency) is measured by wrapping the ports at the composition root (`adapters.web.metrics`).
+    Arguments are bounded values only: never user text, never job ids.
+    """
+
+    def refused(self, reason: str) -> None:
+        """A request was refused; `reason` is a `UserInputError.reason` word."""
+        ...
+
+    def acknowledged(self, seconds: float) -> None:
+        """A new job was committed and acknowledged `seconds` after `JobRunner.accept` began
+        (access, option checks, limits, the insert and the platform's ack)."""
+        ...
+
+
+class NullObserver:
+    """The default `Observer`: metrics off."""
+
+    def refused(self, reason: str) -> None:
+        pass
+
+    def acknowledged(self, seconds: float) -> None:
+        pass

@@ -285,6 +285,56 @@ SQL_IMAGES_OF_SLOT: Final = (
     "SELECT slot, name, data FROM images WHERE job_id = ? AND slot = ? ORDER BY idx"
 )
 
+# Operators' queries (the admin page). Run time is the backend's: submitted → finished, to the
+# millisecond (julianday arithmetic is exact to about 50 µs).
+USAGE_LIMIT: Final = 50
+_RUN_SECONDS: Final = (
+    "ROUND(COALESCE(SUM(CASE WHEN started_at IS NOT NULL AND finished_at IS NOT NULL"
+    " THEN (julianday(finished_at) - julianday(started_at)) * 86400.0 END), 0.0), 3)"
+)
+SQL_SERVERS: Final = (
+    "SELECT platform, server FROM jobs GROUP BY platform, server ORDER BY MAX(created_at) DESC"
+)
+SQL_USAGE_BY_USER: Final = (
+    f"SELECT user_id AS key, MAX(user_name) AS name, COUNT(*) AS jobs, {_RUN_SECONDS} AS gpu"  # noqa: S608
+    " FROM jobs WHERE platform = ? AND server = ? AND created_at >= ?"
+    " GROUP BY user_id ORDER BY jobs DESC, key LIMIT ?"
+)
+SQL_USAGE_BY_CHANNEL: Final = (
+    f"SELECT channel AS key, channel AS name, COUNT(*) AS jobs, {_RUN_SECONDS} AS gpu"  # noqa: S608
+    " FROM jobs WHERE platform = ? AND server = ? AND created_at >= ?"
+    " GROUP BY channel ORDER BY jobs DESC, key LIMIT ?"
+)
+SQL_FAILURES: Final = (
+    "SELECT error, COUNT(*) AS jobs FROM jobs WHERE platform = ? AND server = ?"
+    " AND state = 'failed' AND created_at >= ? GROUP BY error ORDER BY jobs DESC, error LIMIT ?"
+)
+SQL_DAILY: Final = (
+    "SELECT substr(created_at, 1, 10) AS day, COUNT(*) AS jobs,"
+    " SUM(state = 'failed') AS failed FROM jobs"
+    " WHERE platform = ? AND server = ? AND created_at >= ? GROUP BY day ORDER BY day"
+)
+# Readiness writes this one claim row (replacing it) to prove the database takes commits.
+PROBE_KEY: Final = "sdbot:ready-probe"
+PROBE_BUSY_MS: Final = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """One user's (or channel's) jobs and backend run time over a period."""
+
+    key: str  # user id or channel id
+    name: str  # the user's display name (the channel id for channels)
+    jobs: int
+    gpu_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DayCount:
+    day: str  # YYYY-MM-DD (UTC)
+    jobs: int
+    failed: int
+
 
 def query_sql(query: JobQuery) -> tuple[str, list[object]]:
     """The SQL and parameters of a `jobs` query (also used by the query-plan tests)."""
@@ -742,6 +792,41 @@ class _Database:
                         (platform.value, server, scope, key, value),
                     )
 
+    # -- Operators' queries (the admin page): read-only, plus the readiness write ----------
+
+    def servers(self) -> list[tuple[Platform, str]]:
+        rows = self.conn.execute(SQL_SERVERS)
+        return [(Platform(row["platform"]), row["server"]) for row in rows]
+
+    def usage(
+        self, platform: Platform, server: str, by: Literal["user", "channel"], since: datetime
+    ) -> list[Usage]:
+        sql = SQL_USAGE_BY_USER if by == "user" else SQL_USAGE_BY_CHANNEL
+        rows = self.conn.execute(sql, (platform.value, server, encode_time(since), USAGE_LIMIT))
+        return [Usage(row["key"], row["name"], row["jobs"], row["gpu"]) for row in rows]
+
+    def failures(self, platform: Platform, server: str, since: datetime) -> list[tuple[str, int]]:
+        rows = self.conn.execute(
+            SQL_FAILURES, (platform.value, server, encode_time(since), USAGE_LIMIT)
+        )
+        return [(row["error"] or "", row["jobs"]) for row in rows]
+
+    def daily(self, platform: Platform, server: str, since: datetime) -> list[DayCount]:
+        rows = self.conn.execute(SQL_DAILY, (platform.value, server, encode_time(since)))
+        return [DayCount(row["day"], row["jobs"], row["failed"]) for row in rows]
+
+    def probe_write(self, now: datetime) -> None:
+        """Commit one tiny write, waiting at most briefly for another process's lock."""
+        self.conn.execute(f"PRAGMA busy_timeout = {PROBE_BUSY_MS:d}")
+        try:
+            with _transaction(self.conn):
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO claims (key, created_at) VALUES (?, ?)",
+                    (PROBE_KEY, encode_time(now)),
+                )
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+
 
 def _identity(path: str) -> tuple[int, int] | None:
     """The file's device and inode (None for an in-memory database or a missing file)."""
@@ -1070,6 +1155,38 @@ class SqliteJobStore:
         """Set settings (a None value removes the key) in one transaction."""
         values = dict(values)
         await self._call(lambda db: db.put_settings(platform, server, scope, values))
+
+    # -- Operators' queries (`adapters.web`): not part of `JobStore` ------------------------
+
+    async def servers(self) -> Sequence[tuple[Platform, str]]:
+        """Every (platform, server) with jobs, most recently active first."""
+        return await self._call(lambda db: db.servers())
+
+    async def usage(
+        self, platform: Platform, server: str, by: Literal["user", "channel"], since: datetime
+    ) -> Sequence[Usage]:
+        """Jobs and backend run time per user (or per request channel) since `since`."""
+        return await self._call(lambda db: db.usage(platform, server, by, since))
+
+    async def failures(
+        self, platform: Platform, server: str, since: datetime
+    ) -> Sequence[tuple[str, int]]:
+        """Failed jobs since `since` grouped by their failure message, commonest first."""
+        return await self._call(lambda db: db.failures(platform, server, since))
+
+    async def daily(self, platform: Platform, server: str, since: datetime) -> Sequence[DayCount]:
+        """Jobs and failed jobs per UTC day (of creation) since `since`, oldest first."""
+        return await self._call(lambda db: db.daily(platform, server, since))
+
+    async def writable(self) -> bool:
+        """Whether a write commits now (readiness): False when closed, locked or failing."""
+        now = datetime.now(UTC)
+        try:
+            await self._call(lambda db: db.probe_write(now))
+        except (sqlite3.Error, RuntimeError) as exc:
+            log.warning("job database is not writable: %s", exc)
+            return False
+        return True
 
 
 if TYPE_CHECKING:

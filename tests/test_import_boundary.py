@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = ("discord", "slack_bolt", "slack_sdk", "aiohttp", "boto3", "botocore")
+FORBIDDEN = (
+    "discord",
+    "slack_bolt",
+    "slack_sdk",
+    "aiohttp",
+    "boto3",
+    "botocore",
+    "prometheus_client",
+    "jinja2",
+)
 
 
 def _imports(path: Path) -> set[str]:

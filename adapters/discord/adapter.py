@@ -144,7 +144,9 @@ class DiscordAdapter:
         limits: DiscordLimits | None = None,
         defer_after: float = AUTO_DEFER_AFTER,
         retry: RetryPolicy | None = None,
+        http_trace: aiohttp.TraceConfig | None = None,
     ) -> None:
+        """`http_trace` observes discord.py's REST requests (request metrics)."""
         self.app = app
         self._config = config
         if message_content is None:
@@ -152,7 +154,8 @@ class DiscordAdapter:
         if client is None:
             intents = discord.Intents.default()
             intents.message_content = message_content
-            client = discord.Client(intents=intents, allowed_mentions=NO_MENTIONS)
+            traced: dict[str, Any] = {"http_trace": http_trace} if http_trace else {}
+            client = discord.Client(intents=intents, allowed_mentions=NO_MENTIONS, **traced)
         self.message_content = client.intents.message_content
         self._client = client
         self._gateway_enabled = gateway

@@ -118,7 +118,11 @@ class SlackAdapter:
         mention_grace: float = 2.0,
         socket_ping_interval: float = 10.0,
         retry: RetryPolicy | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        web_routes: Sequence[web.RouteDef] = (),
     ) -> None:
+        """`trace_configs` observe Web API requests; `web_routes` (the operators' endpoints)
+        are served beside `/slack/events` in HTTP mode."""
         secrets = config.secrets
         if not secrets.slack_bot_token:
             raise ConfigError("SLACK_BOT_TOKEN is not set (the bot token, xoxb-…)")
@@ -141,6 +145,8 @@ class SlackAdapter:
         self._unsure: dict[str, None] = {}
         # How to reach each recent job's requester privately (bounded).
         self._requesters: dict[str, Notify] = {}
+        self._trace_configs = list(trace_configs)
+        self._web_routes = tuple(web_routes)
         self._session: aiohttp.ClientSession | None = None
         self._client: AsyncWebClient | None = None
         self._files: SlackFileFetcher | None = None
@@ -187,7 +193,9 @@ class SlackAdapter:
 
     async def _start(self) -> None:
         config = self._config
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60), trace_configs=self._trace_configs or None
+        )
         client = make_web_client(
             self._token, config.slack_api_url, self._session, policy=self._retry
         )
@@ -235,7 +243,9 @@ class SlackAdapter:
         _LOGGER.info("Slack: connected in Socket Mode as %s", self.bot_user_id)
 
     async def _listen(self, bolt: AsyncApp) -> None:
-        runner = web.AppRunner(bolt.web_app(path=EVENTS_PATH, port=self._http_port))
+        web_app = bolt.web_app(path=EVENTS_PATH, port=self._http_port)
+        web_app.add_routes(self._web_routes)
+        runner = web.AppRunner(web_app)
         await runner.setup()
         self._site_runner = runner
         site = web.TCPSite(runner, self._http_host, self._http_port)

@@ -57,6 +57,8 @@ from commands.spec import COMMANDS, MODEL_TYPES, Family
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    import aiohttp
+
     from bot.config import Config
     from bot.model import BackendStatus, CloudJob, GenerationParams, InterrogateParams, Model
     from bot.ports import PollTarget
@@ -128,11 +130,12 @@ class EsdBackend:
         *,
         interrogator: Interrogator | None = None,
         sagemaker: SageMakerConfig | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         """`interrogator` overrides the choice `start()` makes; `sagemaker` enables the
         SageMaker path for deployments whose `/ping` does not advertise REST interrogate."""
         self._config = config
-        self._client = EsdClient(config)
+        self._client = EsdClient(config, trace_configs)
         self._interrogator = interrogator
         self._sagemaker = sagemaker
         self._owned: SageMakerInterrogator | None = None  # made here, so closed here
@@ -170,10 +173,16 @@ class EsdBackend:
             self._use_reader(interrogator)
 
     @classmethod
-    def from_config(cls, config: Config) -> EsdBackend:
+    def from_config(
+        cls, config: Config, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+    ) -> EsdBackend:
         """The backend of the bot's configuration: the REST API and, with `ESD_BUCKET`, the
-        SageMaker path for interrogate."""
-        return cls(EsdConfig.from_config(config), sagemaker=SageMakerConfig.from_config(config))
+        SageMaker path for interrogate. `trace_configs` observe its HTTP requests."""
+        return cls(
+            EsdConfig.from_config(config),
+            sagemaker=SageMakerConfig.from_config(config),
+            trace_configs=trace_configs,
+        )
 
     @property
     def config(self) -> EsdConfig:

@@ -110,8 +110,11 @@ def _retry_after(value: str | None) -> float | None:
 class EsdClient:
     """The HTTP side of `EsdBackend`; `start()` opens the session, `aclose()` closes it."""
 
-    def __init__(self, config: EsdConfig) -> None:
+    def __init__(
+        self, config: EsdConfig, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+    ) -> None:
         self._config = config
+        self._trace_configs = list(trace_configs)  # request metrics (adapters.web)
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -127,6 +130,7 @@ class EsdClient:
             ),
             # Presigned URLs and the API must not share cookies; ESD sets none anyway.
             cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=self._trace_configs or None,
         )
 
     async def aclose(self) -> None:

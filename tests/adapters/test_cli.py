@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from scenario_kit import png
@@ -64,3 +66,49 @@ def test_logs_go_to_stderr_and_stdout_stays_line_oriented(tmp_path: Path) -> Non
     assert result.returncode == 0
     assert "error: unknown command `imgtoimg`" in result.stdout
     assert "INFO" not in result.stdout and "DEBUG" not in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_metrics_port_serves_health_and_metrics_beside_the_console(tmp_path: Path) -> None:
+    port = str(_free_port())
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SDBOT_", "ESD_", "SLACK_", "DISCORD_"))
+    }
+    env.update(SDBOT_METRICS_PORT=port, SDBOT_LOCAL_DELAY="0.05")
+    assert sdbot(tmp_path, "health", SDBOT_METRICS_PORT=port).returncode == 1  # nothing yet
+    (tmp_path / "in.png").write_bytes(png())
+    with subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "run"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as bot:
+        assert bot.stdin is not None and bot.stdout is not None and bot.stderr is not None
+        for line in bot.stderr:  # the server's log line says it listens
+            if f"operators' HTTP endpoints on port {port}" in line:
+                break
+        bot.stdin.write("img2img a cat image=in.png\n")
+        bot.stdin.flush()
+        for line in bot.stdout:
+            if line.startswith("saved "):
+                break
+        health = sdbot(tmp_path, "health", SDBOT_METRICS_PORT=port)
+        assert health.returncode == 0 and '"ok"' in health.stdout
+        ready = sdbot(tmp_path, "health", "--ready", SDBOT_METRICS_PORT=port)
+        assert ready.returncode == 0, ready.stdout
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        assert 'sdbot_jobs_created_total{command="img2img",platform="console"} 1.0' in text
+        assert "a cat" not in text
+        bot.stdin.close()
+        assert bot.wait(timeout=60) == 0

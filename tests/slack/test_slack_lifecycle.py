@@ -112,3 +112,50 @@ async def test_stop_ends_intake_but_running_jobs_still_deliver(make_rig) -> None
         [job] = await rig.jobs()
         assert job.state is JobState.SUCCEED and job.delivery.value == "done"
         assert rig.results_in("C1", rig.status_of(job.id).ts)
+
+
+async def test_http_mode_serves_the_operators_endpoints_on_its_port(
+    make_rig: Any, tmp_path: Path
+) -> None:
+    import aiohttp
+    from yarl import URL
+
+    from adapters.web.metrics import Metrics, chat_trace
+    from adapters.web.server import Readiness, WebServer
+
+    metrics = Metrics()
+    holder: dict[str, Any] = {}
+
+    class _LateStore:  # the rig builds the app (and its store) itself
+        async def writable(self) -> bool:
+            return bool(await holder["store"].writable())
+
+    readiness = Readiness(_LateStore(), _LateBackend(holder), metrics)
+    web = WebServer(metrics, readiness)
+    options = {
+        "web_routes": web.routes(),
+        "trace_configs": [chat_trace(metrics, "slack", URL("http://placeholder/api/"))],
+    }
+    async with make_rig("http", adapter_options=options) as rig:
+        holder.update(store=rig.app.store, backend=rig.app.backend)
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{rig.adapter.port}"
+            async with http.get(f"{base}/healthz") as response:
+                assert response.status == 200
+            async with http.get(f"{base}/readyz") as response:
+                assert response.status == 200, await response.text()
+            async with http.get(f"{base}/metrics") as response:
+                assert "sdbot_chat_http_requests_total" in await response.text()
+    # auth.test went through the traced session (the placeholder host: counted as external).
+    assert metrics.registry.get_sample_value(
+        "sdbot_chat_http_requests_total",
+        {"platform": "slack", "method": "POST", "route": "external", "status": "200"},
+    )
+
+
+class _LateBackend:
+    def __init__(self, holder: dict[str, Any]) -> None:
+        self._holder = holder
+
+    async def endpoints(self) -> Any:
+        return await self._holder["backend"].endpoints()

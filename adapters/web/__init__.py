@@ -1,0 +1,1 @@
+"""Operators' web side: Prometheus metrics, health checks and the `/admin` page."""
