@@ -186,7 +186,7 @@ class Metrics:
 
     def job_saved(self, before: Job, job: Job, now: datetime) -> None:
         """`job` replaced `before` in the store: count the transitions between them."""
-        if job.backend_id and not before.backend_id and job.started_at is not None:
+        if job.started_at is not None and before.started_at is None:
             seconds = (job.started_at - job.created_at).total_seconds()
             self.submit_seconds.labels(job.command).observe(max(0.0, seconds))
         endpoint = self.endpoint_label(job.endpoint)
