@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 from yarl import URL
 
 from adapters.console import ConsoleAdapter, run_console
+from adapters.web.admin import AdminPage
 from adapters.web.metrics import (
     Metrics,
     backend_trace,
@@ -132,7 +133,9 @@ class _Operations:
         self.store = make_store(config)
         self.app = make_app(config, self.metrics, self.store)
         self.readiness = Readiness(self.store, self.app.backend, self.metrics)
-        self.web = WebServer(self.metrics, self.readiness)
+        token = config.secrets.admin_token
+        admin = AdminPage(self.app, self.store, token).routes() if token else []
+        self.web = WebServer(self.metrics, self.readiness, admin)
         self.connected: dict[str, bool] = {}
 
     def watch(self, name: str) -> None:

@@ -296,7 +296,9 @@ SQL_SERVERS: Final = (
     "SELECT platform, server FROM jobs GROUP BY platform, server ORDER BY MAX(created_at) DESC"
 )
 SQL_USAGE_BY_USER: Final = (
-    f"SELECT user_id AS key, MAX(user_name) AS name, COUNT(*) AS jobs, {_RUN_SECONDS} AS gpu"  # noqa: S608
+    # With MAX(), SQLite takes the bare `user_name` from the newest row: the current name.
+    "SELECT user_id AS key, user_name AS name, MAX(created_at) AS newest, COUNT(*) AS jobs,"  # noqa: S608
+    f" {_RUN_SECONDS} AS gpu"
     " FROM jobs WHERE platform = ? AND server = ? AND created_at >= ?"
     " GROUP BY user_id ORDER BY jobs DESC, key LIMIT ?"
 )

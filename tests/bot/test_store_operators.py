@@ -72,6 +72,17 @@ async def test_usage_failures_and_days(tmp_path: Path) -> None:
             DayCount("2026-11-25", 1, 0),
             DayCount("2026-11-26", 4, 3),
         ]
+        # A user's current name is that of their newest job.
+        await store.insert(
+            replace(
+                jobs[4],
+                id="renamed",
+                caller=replace(jobs[4].caller, user_name="New Name"),
+                created_at=T0 + timedelta(days=2),
+            )
+        )
+        [u3] = [u for u in await store.usage(D, "g1", "user", since) if u.key == "u3"]
+        assert (u3.name, u3.jobs) == ("New Name", 2)
         # Most recently active first.
         assert await store.servers() == [(D, "g1"), (D, "g2")]
         await store.insert(replace(jobs[-1], id="late", created_at=T0 + timedelta(days=3)))
