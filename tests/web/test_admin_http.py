@@ -134,7 +134,8 @@ async def test_cancel_goes_through_the_chat_cancel(tmp_path: Path) -> None:
                 assert stored is not None and stored.state is JobState.CANCELLED
                 # Again: the chat path's own refusal comes back.
                 async with http.post(f"{base}/cancel", data={"csrf": csrf}) as response:
-                    assert f"job `{job.id}` is already cancelled" in await response.text()
+                    [flash] = re.findall(r'<p class="flash"[^>]*>(.*?)</p>', await response.text())
+                    assert job.id in flash and "already" in flash, flash
         finally:
             await web.aclose()
 
