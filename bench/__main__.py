@@ -1,46 +1,57 @@
-"""`python -m bench [name …]`: run the benchmarks and write docs/benchmarks.md."""
+"""`python -m bench [name …] [--jobs N,N] [--runs R]`: run benchmarks, update docs/benchmarks.md.
+
+Each benchmark writes its own section of the report (between `<!-- bench:NAME -->` markers),
+so running one leaves the others' figures alone. Every section says the command that made it.
+Figures are medians of `--runs` runs (default 3), as ratios to a floor measured in the same run
+where one exists.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import a1111_queue, esd_polling, memory, scenarios
 from bench.machine import describe
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    Row = tuple[str, str, str, bool]
+
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
-BENCHMARKS = {
-    "jobs": lambda: asyncio.run(scenarios.jobs_query()),
-    "image": scenarios.image_prep,
-    "ack": lambda: asyncio.run(scenarios.ack_latency()),
-    "inflight": lambda: asyncio.run(scenarios.in_flight()),
-    "memory": lambda: asyncio.run(memory.long_run()),
-    "webp": lambda: asyncio.run(memory.webp_decodes()),
-    # 500 ESD jobs of 60–600 s (10+ minutes); SDBOT_BENCH_QUICK=1 runs 15–60 s jobs instead.
-    "esd": lambda: asyncio.run(esd_polling.esd_polling()),
-    "webui": lambda: asyncio.run(a1111_queue.webui_queue()),
+# name → (default sizes, runner(sizes, runs) → rows)
+BENCHMARKS: dict[str, tuple[tuple[int, ...], Callable[[Sequence[int], int], list[Row]]]] = {
+    "jobs": ((1_000_000,), lambda sizes, runs: asyncio.run(scenarios.jobs_query(sizes, runs))),
+    "image": ((2048,), lambda sizes, runs: scenarios.image_prep(sizes, runs)),
+    "ack": ((200, 1000, 5000), lambda sizes, runs: asyncio.run(scenarios.ack_latency(sizes, runs))),
+    "inflight": ((1000,), lambda sizes, runs: scenarios.in_flight(sizes, runs)),
+    "esd": ((500, 2000), lambda sizes, runs: esd_polling.esd_polling(sizes, runs)),
+    # One size and run of their own (bench/a1111_queue.py, bench/memory.py).
+    "webui": ((1,), lambda sizes, runs: asyncio.run(a1111_queue.webui_queue())),
+    "memory": ((1,), lambda sizes, runs: asyncio.run(memory.long_run())),
+    "webp": ((1,), lambda sizes, runs: asyncio.run(memory.webp_decodes())),
+    # One size and run of its own (bench/a1111_queue.py).
+    "webui": ((1,), lambda sizes, runs: asyncio.run(a1111_queue.webui_queue())),
 }
 
 
-def main(argv: list[str]) -> int:
-    if "--quick" in argv:  # the ESD benchmark with 15–60 s jobs: a look, not the figures
-        os.environ[esd_polling.QUICK_ENV] = "1"
-        argv = [a for a in argv if a != "--quick"]
-    names = argv or list(BENCHMARKS)
-    rows = []
-    for name in names:
-        print(f"running {name} …", file=sys.stderr, flush=True)
-        rows.extend(BENCHMARKS[name]())
+def _section(name: str, command: str, rows: list[Row]) -> str:
+    """The report section of one benchmark run, between markers named `name`."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
-        "# Benchmarks",
+        f"<!-- bench:{name} -->",
+        f"### `{name}`",
         "",
-        "Written by `make bench` (`python -m bench`); timing lives here, never in tests.",
-        "",
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on: {describe()}.",
+        f"`{command}` — run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {describe()}; "
+        f"load average at the end {load} (the machine is shared).",
         "",
         "| Measure | Figure | Target | Met |",
         "|---|---|---|---|",
@@ -49,8 +60,40 @@ def main(argv: list[str]) -> int:
         f"| {what} | {figure} | {target} | {'yes' if ok else '**no**'} |"
         for what, figure, target, ok in rows
     ]
-    REPORT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines.append(f"<!-- /bench:{name} -->")
+    return "\n".join(lines)
+
+
+def _write(name: str, section: str) -> None:
+    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    REPORT.write_text(text)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], metavar="name")
+    parser.add_argument("--jobs", help="comma-separated sizes instead of the defaults")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    for name in args.names or list(BENCHMARKS):
+        default, runner = BENCHMARKS[name]
+        sizes = tuple(int(n) for n in args.jobs.split(",")) if args.jobs else default
+        command, key = f"python -m bench {name}", name
+        if sizes != default:
+            command += f" --jobs {','.join(str(n) for n in sizes)}"
+            key += "-" + "-".join(str(n) for n in sizes)
+        if args.runs != 3:
+            command += f" --runs {args.runs}"
+            key += f"-runs{args.runs}"
+        print(f"running {command} …", file=sys.stderr, flush=True)
+        section = _section(key, command, runner(sizes, args.runs))
+        _write(key, section)
+        print(section)
     return 0
 
 

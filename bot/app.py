@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from bot.clock import SystemClock
 from bot.dispatcher import Dispatcher
 from bot.jobs import JobRunner
+from bot.memory import GcFreezer
 from bot.policy import Policy
 from bot.poller import Poller
 from bot.resolve import Catalog, Resolver
@@ -80,6 +81,7 @@ class BotApp:
             clock=self.clock,
             observer=observer,
         )
+        self.gc = GcFreezer(lambda: self.runner.in_flight > 0)
         self._started = False
         self._closed = False
 
@@ -107,6 +109,8 @@ class BotApp:
             resumed = await self.runner.resume()
             if resumed:
                 _LOGGER.info("resumed %d unfinished job(s)", resumed)
+            await self.gc.start()  # after start-up: what it made is frozen (bot.memory)
+            started.append(self.gc)
         except BaseException:
             await self._close(started)
             raise
@@ -116,7 +120,7 @@ class BotApp:
         if self._closed:
             return
         await self.runner.aclose()
-        await self._close([self.store, self.backend, self.poller, self.retention])
+        await self._close([self.store, self.backend, self.poller, self.retention, self.gc])
 
     async def _close(self, started: list[_Closable]) -> None:
         self._closed = True

@@ -179,6 +179,8 @@ class Policy:
             read.add_done_callback(forget_failure)
         else:
             self._cache.move_to_end(key)
+            if read.done() and not read.cancelled() and read.exception() is None:
+                return read.result()  # the common case: no future, no task switch
         # Shielded: one caller giving up does not cancel the read the others wait for.
         return await asyncio.shield(read)
 

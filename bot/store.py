@@ -425,7 +425,8 @@ def _job_row(job: Job) -> dict[str, object]:
         "backend_id": job.backend_id,
         "endpoint": job.endpoint,
         "model": job.model,
-        "attachments": _dump([dataclasses.asdict(ref) for ref in job.attachments]),
+        # Field by field: `dataclasses.asdict` deep-copies and was a third of building a row.
+        "attachments": _dump([vars(ref) for ref in job.attachments]),
         "status_message": job.status_message,
         "job_channel": None if job.thread is None else job.thread.channel,
         "job_thread": None if job.thread is None else job.thread.thread,
