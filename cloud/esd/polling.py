@@ -135,6 +135,8 @@ class StatusBook:
         self._tracked: OrderedDict[str, Tracked] = OrderedDict()
         self._by_type: dict[str, set[str]] = {}  # task type → ids read from its pages
         self._snapshots: dict[str, _Snapshot] = {}
+        # The scan under way per task type: the poller's concurrent calls share it.
+        self._scanning: dict[str, asyncio.Task[_Snapshot]] = {}
         self._reading: dict[str, asyncio.Task[EsdJob]] = {}  # direct reads still running
         self._gate = asyncio.Semaphore(_DIRECT_CONCURRENCY)
         self._direct = _Budget(self._config.direct_per_second, clock)
@@ -403,12 +405,29 @@ class StatusBook:
         if snapshot is None or self._clock() >= snapshot.next_scan:
             if snapshot is None and self.in_flight(task_type) <= self._config.direct_threshold:
                 return {}, set()  # so few jobs that one read each is cheaper than a page
-            snapshot = await self._scan(task_type)
-            self._snapshots[task_type] = snapshot
+            snapshot = await self._shared_scan(task_type)
             return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}, set()
         found = {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}
         newcomers = {i for i in ids if i not in found and i not in snapshot.covered}
         return found, newcomers
+
+    async def _shared_scan(self, task_type: str) -> _Snapshot:
+        """A fresh snapshot of `task_type`: the scan under way if there is one, else a new one
+        (so calls made at once never scan twice)."""
+        scan = self._scanning.get(task_type)
+        if scan is None:
+            scan = asyncio.create_task(self._scan(task_type), name=f"esd-scan-{task_type}")
+            self._scanning[task_type] = scan
+
+            def done(finished: asyncio.Task[_Snapshot]) -> None:
+                if self._scanning.get(task_type) is finished:
+                    del self._scanning[task_type]
+                if not finished.cancelled() and finished.exception() is None:
+                    self._snapshots[task_type] = finished.result()
+
+            scan.add_done_callback(done)
+        # Shielded: one caller giving up does not cancel the scan the others wait for.
+        return await asyncio.shield(scan)
 
     async def _scan(self, task_type: str) -> _Snapshot:
         """Pages of `task_type`, newest first, until every job in flight of it was seen or

@@ -186,6 +186,22 @@ async def test_list_traffic_stays_at_a_page_a_second_whatever_the_jobs_in_flight
         await client.aclose()
 
 
+async def test_calls_made_at_once_share_one_scan(server: str) -> None:
+    # The poller runs several status calls at once; each used to start a scan of its own.
+    clock = _FakeClock()
+    client, book, ids = await _tracked_book(server, 60, clock, page_size=20)
+    try:
+        before = _status_requests(server)
+        answers = await asyncio.gather(
+            *(book.statuses([target(i) for i in ids[n::4]]) for n in range(4))
+        )
+        spent = _status_requests(server) - before
+        assert sum(len(a) for a in answers) == 60
+        assert (spent["list_inferences"], spent["get_inference"]) == (3, 0)
+    finally:
+        await client.aclose()
+
+
 class _SkewedClock:
     def __init__(self, skew: timedelta) -> None:
         self.skew = skew
