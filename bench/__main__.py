@@ -38,8 +38,6 @@ BENCHMARKS: dict[str, tuple[tuple[int, ...], Callable[[Sequence[int], int], list
     "webui": ((1,), lambda sizes, runs: asyncio.run(a1111_queue.webui_queue())),
     "memory": ((1,), lambda sizes, runs: asyncio.run(memory.long_run())),
     "webp": ((1,), lambda sizes, runs: asyncio.run(memory.webp_decodes())),
-    # One size and run of its own (bench/a1111_queue.py).
-    "webui": ((1,), lambda sizes, runs: asyncio.run(a1111_queue.webui_queue())),
 }
 
 
