@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[tuple[int, ...], Callable[[Sequence[int], int], list
     "ack": ((200, 1000, 5000), lambda sizes, runs: asyncio.run(scenarios.ack_latency(sizes, runs))),
     "inflight": ((1000,), lambda sizes, runs: scenarios.in_flight(sizes, runs)),
     "esd": ((500, 2000), lambda sizes, runs: esd_polling.esd_polling(sizes, runs)),
+    "esd-events": ((500, 2000), lambda sizes, runs: esd_polling.esd_events(sizes, runs)),
     # One size and run of their own (bench/a1111_queue.py, bench/memory.py).
     "webui": ((1,), lambda sizes, runs: asyncio.run(a1111_queue.webui_queue())),
     "memory": ((1,), lambda sizes, runs: asyncio.run(memory.long_run())),

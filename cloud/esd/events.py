@@ -175,12 +175,14 @@ class EventQueue:
     def _action(self, iam: str) -> AwsAction:
         return AwsAction(iam, f"queue {self.name}")
 
-    async def receive(self) -> list[Received]:
-        """Up to 10 messages, waiting up to the long-poll time for the first."""
+    async def receive(self, *, wait: bool = True) -> list[Received]:
+        """Up to 10 messages, waiting up to the long-poll time for the first (with `wait`)."""
 
         def call() -> list[Received]:
             answer = self._sqs().receive_message(
-                QueueUrl=self.url, MaxNumberOfMessages=_BATCH, WaitTimeSeconds=self._wait
+                QueueUrl=self.url,
+                MaxNumberOfMessages=_BATCH,
+                WaitTimeSeconds=self._wait if wait else 0,
             )
             return [
                 Received(m["ReceiptHandle"], m.get("Body", ""))
@@ -309,7 +311,9 @@ class CompletionConsumer:
         failures = 0
         while True:
             try:
-                received = await self._queue.receive()
+                # Until the queue has answered once, ask without waiting, so a healthy queue
+                # switches polling to the backstop pace at once rather than after a long poll.
+                received = await self._queue.receive(wait=self.healthy)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
