@@ -52,9 +52,11 @@ _LOGGER = logging.getLogger(__name__)
 # (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html).
 LONG_POLL_SECONDS = 20
 _BATCH = 10
-# Events handled at once; each may wait for ESD to say `succeed` (the SNS success event fires
-# before ESD's own Lambda has written the images, `reference/scale-out.md` §4).
-_CONCURRENCY = 32
+# Events handled at once. Each mostly waits (for ESD to say `succeed`: the SNS success event
+# fires before ESD's own Lambda has written the images, `reference/scale-out.md` §4; then for
+# the poller's hand-off), so this bounds memory, not requests: the reads have their own gate in
+# `StatusBook.complete`.
+_CONCURRENCY = 1000
 _MAX_BODY = 262_144  # SQS's largest message (256 KiB): anything longer is not ours
 
 

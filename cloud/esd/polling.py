@@ -150,6 +150,7 @@ class StatusBook:
         # Called with a job id when an event ended it, so the core's poller asks at once.
         self.on_change: Callable[[str], None] = lambda _job_id: None
         self._handed: dict[str, asyncio.Future[None]] = {}
+        self._settling = asyncio.Semaphore(_DIRECT_CONCURRENCY * 2)  # event-driven reads at once
 
     def read_interrogations_with(self, reader: JobReader) -> None:
         """Interrogate jobs, submitted or resumed from now on, are read by `reader`."""
@@ -384,7 +385,8 @@ class StatusBook:
         for delay in self._settle_delays:
             await asyncio.sleep(delay)
             try:
-                job = await self._client.get_inference(job_id)
+                async with self._settling:
+                    job = await self._client.get_inference(job_id)
             except BackendError as exc:
                 if exc.status != 404:
                     raise
