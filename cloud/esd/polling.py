@@ -313,15 +313,12 @@ class StatusBook:
         *,
         backstop_interval: float,
         backstop_pages_per_second: float,
-        settle_delays: Sequence[float] | None = None,
     ) -> None:
         """Completion events will come through `complete`; while `events_flowing(True)`,
         list scans and rotating reads run only every `backstop_interval` seconds (and at most
         `backstop_pages_per_second` pages on average) to catch lost events."""
         self._backstop_interval = backstop_interval
         self._backstop_pages_per_second = backstop_pages_per_second
-        if settle_delays is not None:
-            self._settle_delays = list(settle_delays)
 
     def events_flowing(self, flowing: bool) -> None:
         """The events queue answers (True) or stopped answering (False: poll as usual)."""
