@@ -593,8 +593,13 @@ class DiscordAdapter:
     async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
         await self._ready.wait()
         try:
+            # One nonce per job: a status post that Discord made before answering 5xx, and that
+            # the runner repeats at delivery, comes back as the first message (see `_send`).
             message = await self._send(
-                post_target(where), status_content(status), view=self._view(status.actions)
+                post_target(where),
+                status_content(status),
+                view=self._view(status.actions),
+                nonce=f"sdbot-status-{status.job_id}",
             )
         except ChatDeliveryError:
             await self._point(
@@ -763,6 +768,7 @@ class DiscordAdapter:
         embed: discord.Embed | None = None,
         files: Sequence[discord.File] = (),
         view: discord.ui.View | None = None,
+        nonce: str | None = None,
     ) -> discord.Message:
         """Post with the bot token; Discord's 429s are waited out by discord.py itself."""
         channel = self._client.get_partial_messageable(int(target))
@@ -776,6 +782,9 @@ class DiscordAdapter:
             kwargs["files"] = list(files)
         if view is not None:
             kwargs["view"] = view
+        if nonce is not None:
+            # At most 25 characters (dapi: developers/resources/message.mdx "Create Message").
+            kwargs["nonce"] = nonce[:25]
         try:
             return await channel.send(content, **kwargs)
         except discord.HTTPException as exc:

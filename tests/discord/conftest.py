@@ -117,6 +117,7 @@ class Fault:
     times: int
     with_files: bool = False  # only requests that upload files
     skip: int = 0  # let this many matching requests through first
+    after: bool = False  # do the work, then answer with the fault (the answer was lost)
 
 
 # The routes the fault run hits: messages (post, edit), threads, attachments on the CDN.
@@ -270,6 +271,7 @@ class FakeDiscord:
         times: int = 1,
         with_files: bool = False,
         skip: int = 0,
+        after: bool = False,
     ) -> None:
         self.faults.append(
             Fault(
@@ -281,6 +283,7 @@ class FakeDiscord:
                 times,
                 with_files,
                 skip,
+                after,
             )
         )
 
@@ -414,8 +417,9 @@ class FakeDiscord:
                 response = _json({"message": "500: Internal Server Error", "code": 0}, 500)
             else:
                 response = (
-                    self._fault(record)
+                    self._fault(request, record)
                     or _invalid_embeds(record.json)
+                    or _invalid_nonce(record.json)
                     or self._route(request, record)
                 )
                 if chaos == "500-after":
@@ -427,7 +431,7 @@ class FakeDiscord:
             self._changed.notify_all()
         return response
 
-    def _fault(self, record: Request) -> web.Response | None:
+    def _fault(self, request: web.Request, record: Request) -> web.Response | None:
         for fault in self.faults:
             if not fault.times or fault.method != record.method:
                 continue
@@ -437,6 +441,8 @@ class FakeDiscord:
                 fault.skip -= 1
                 continue
             fault.times -= 1
+            if fault.after:
+                self._route(request, record)
             return _json(fault.body, fault.status, fault.headers)
         return None
 
@@ -716,6 +722,17 @@ def _invalid_embeds(body: Any) -> web.Response | None:
     if not problems:
         return None
     return _json({"message": "Invalid Form Body", "code": 50035, "errors": problems}, 400)
+
+
+def _invalid_nonce(body: Any) -> web.Response | None:
+    """A message nonce is at most 25 characters (dapi: developers/resources/message.mdx
+    "Create Message"). The fake remembers nonces for its whole life, where Discord remembers
+    them "in the past few minutes"."""
+    nonce = body.get("nonce") if isinstance(body, dict) else None
+    if isinstance(nonce, str) and len(nonce) > 25:
+        problems = ["nonce: Must be 25 or fewer in length."]
+        return _json({"message": "Invalid Form Body", "code": 50035, "errors": problems}, 400)
+    return None
 
 
 def _text_channel(channel_id: str, guild_id: int = GUILD) -> dict[str, Any]:
@@ -1125,6 +1142,23 @@ class DiscordHarness:
             for m in sorted(self.fake.in_channel(thread), key=lambda m: int(m["id"]))
             if m["content"].startswith("job `")
         ]
+
+
+class _FastAsyncio:
+    """`asyncio` as discord.http sees it, with its sleeps shortened."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def sleep(delay: float, result: Any = None) -> Any:
+        return await asyncio.sleep(delay / 1000, result)
+
+
+@pytest.fixture
+def fast_discord_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """discord.py waits 1 + 2·n seconds before retrying a 5xx itself; a thousandth of that."""
+    monkeypatch.setattr(discord.http, "asyncio", _FastAsyncio())
 
 
 @pytest.fixture

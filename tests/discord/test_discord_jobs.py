@@ -201,6 +201,21 @@ async def test_a_429_on_the_file_upload_is_waited_out_and_retried(bot: Any) -> N
     assert len(bot.results(job.thread.thread)) == 1 and job.delivery is Delivery.DONE
 
 
+async def test_a_status_post_lost_after_discord_made_it_is_not_posted_twice(
+    bot: Any, fast_discord_retries: None
+) -> None:
+    # Every try of the status post is made by Discord, then answered 500 (discord.py gives up
+    # after five); the job runs on, and delivery opens its thread again.
+    bot.fake.fail("POST", rf"/channels/{bot.channel}/messages$", 500, times=5, after=True)
+    token = bot.slash("img2img", {"prompt": "x"}, {"image": png()})
+    await bot.answered(token)
+    [job] = await bot.jobs()
+    statuses = [m for m in bot.fake.in_channel(bot.channel) if f"`{job.id}`" in m["content"]]
+    assert len(statuses) == 1
+    assert job.thread is not None and job.thread.thread == statuses[0]["id"]
+    assert len(bot.results(job.thread.thread)) == 1 and job.delivery is Delivery.DONE
+
+
 async def test_a_failed_upload_is_taken_back_and_posted_again_whole(harness: Any) -> None:
     harness.limits = DiscordLimits(max_files=1)
     bot = await harness.start()

@@ -9,7 +9,6 @@ import io
 import random
 from typing import Any
 
-import discord
 from PIL import Image
 from scenario_kit import png
 
@@ -207,10 +206,8 @@ async def test_an_attachment_that_cannot_be_renewed_asks_for_it_again(bot: Any) 
 
 
 async def test_fault_run_every_job_is_delivered_exactly_once(
-    harness: Any, monkeypatch: Any, caplog: Any
+    harness: Any, fast_discord_retries: None, caplog: Any
 ) -> None:
-    # discord.py waits 1 + 2·n seconds before retrying a 5xx itself; a thousandth of that here.
-    monkeypatch.setattr(discord.http, "asyncio", _FastAsyncio())
     harness.adapter_options = {"retry": RetryPolicy(attempts=12, scale=0.001)}
     harness.overrides["user_concurrency"] = 50
     bot = await harness.start()
@@ -232,14 +229,3 @@ async def test_fault_run_every_job_is_delivered_exactly_once(
         assert len(statuses) == 1, job.id
     assert set(chaos.injected) == {"429", "500-before", "500-after"}
     assert not [r for r in caplog.records if "crashed" in r.getMessage()]
-
-
-class _FastAsyncio:
-    """`asyncio` as discord.http sees it, with its sleeps shortened."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    @staticmethod
-    async def sleep(delay: float, result: Any = None) -> Any:
-        return await asyncio.sleep(delay / 1000, result)
