@@ -38,8 +38,8 @@ from scenario_kit import (
 
 from bot import imaging
 from bot.config import Config
-from bot.dispatcher import text_value
 from bot.ids import new_job_id
+from bot.inputs import text_value
 from bot.model import AttachmentRef, Caller, Conversation, Delivery, Job, JobState, Platform
 from bot.poller import Poller
 from bot.ports import PostedStatus

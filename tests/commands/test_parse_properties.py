@@ -156,7 +156,7 @@ def test_choices_are_found_however_they_are_spelled(data: st.DataObject) -> None
 
 
 def text_form(value: object) -> str:
-    """How the core stores an option value as text (bot.dispatcher.text_value)."""
+    """How the core stores an option value as text (bot.inputs.text_value)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):

@@ -1,0 +1,101 @@
+"""What a request brings with it, made ready for `JobRunner.accept`: option values in the text
+form the store keeps, attachments assigned to the command's image slots, and local files (the
+console's `image=PATH` options) read and checked before the ack.
+
+New jobs (`bot.dispatcher`) and re-generations (`bot.regenerate`) share these steps.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from bot.errors import RefusedError
+from bot.model import AttachmentRef
+from commands import Size, Slot
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from bot.jobs import JobRunner
+    from bot.model import Caller
+    from bot.ports import StoredImage
+    from commands import CommandSpec
+
+_SLOT_OPTIONS = tuple(s.value for s in Slot)
+
+
+def text_value(value: object) -> str:
+    """An option value in the text form the grammar reads back (`Size` → `512x512`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Size):
+        return str(value)
+    return str(value)
+
+
+def assign_slots(spec: CommandSpec, refs: Sequence[AttachmentRef]) -> list[AttachmentRef]:
+    """Decide which attachment is the image and which the mask / sketch (SPEC §2.3).
+
+    Adapters that know (Discord attachment options, console path keys) set `slot`; otherwise
+    the first file is the image and the second the mask or sketch, unless a file name contains
+    `mask` or `sketch`, which wins.
+    """
+    wanted = [a.slot.value for a in spec.attachments]
+    if len(refs) > len(wanted):
+        raise RefusedError(
+            f"{spec.name} takes {len(wanted)} image(s) ({', '.join(wanted)}), got {len(refs)}"
+        )
+    fixed = {r.slot: r for r in refs if r.slot}
+    loose = [r for r in refs if not r.slot]
+    for ref in list(loose):
+        lowered = ref.name.lower()
+        for slot in ("mask", "sketch"):
+            if slot in wanted and slot in lowered and slot not in fixed:
+                fixed[slot] = _with_slot(ref, slot)
+                loose.remove(ref)
+                break
+    for slot in wanted:
+        if slot not in fixed and loose:
+            fixed[slot] = _with_slot(loose.pop(0), slot)
+    return [fixed[s] for s in wanted if s in fixed]
+
+
+def _with_slot(ref: AttachmentRef, slot: str) -> AttachmentRef:
+    return AttachmentRef(ref.name, ref.url, ref.size, ref.content_type, slot)
+
+
+def path_refs(options: dict[str, str]) -> list[AttachmentRef]:
+    """Console `image=PATH` style options become attachments the console adapter reads."""
+    refs = []
+    for slot in _SLOT_OPTIONS:
+        path = options.pop(slot, None)
+        if path is not None:
+            refs.append(AttachmentRef(path.rsplit("/", 1)[-1], path, slot=slot))
+    return refs
+
+
+async def read_local(
+    runner: JobRunner,
+    caller: Caller,
+    command: str,
+    options: Mapping[str, str],
+    refs: Sequence[AttachmentRef],
+    local: Sequence[AttachmentRef],
+    inherited: Sequence[StoredImage] = (),
+) -> list[StoredImage]:
+    """The images at hand before the ack: `inherited` plus the local files among `refs`
+    (console paths), read and decoded now, so that a bad file is refused, not a failure."""
+    reading = [r for r in refs if r in local]
+    if not reading:
+        return list(inherited)
+    read = await runner.read_now(caller, reading)
+    slots = {i.slot for i in read}
+    inputs = [i for i in inherited if i.slot not in slots] + read
+    await runner.check_inputs(command, options, inputs)
+    return inputs
+
+
+__all__ = ["assign_slots", "path_refs", "read_local", "text_value"]
