@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-SOURCES = bot adapters cloud commands
+SOURCES = bot adapters cloud commands transport
 
 .PHONY: install run console check lint typecheck test bench clean
 

@@ -34,7 +34,6 @@ from adapters.discord.convert import (
     is_result_message,
     plan_batches,
     post_target,
-    redact_url,
     renamed,
     result_embed,
     result_kind,
@@ -50,7 +49,6 @@ from adapters.discord.interactions import (
     InteractionRouter,
     action_view,
 )
-from adapters.retry import RetryPolicy
 from bot.errors import (
     ChatDeliveryError,
     ConfigError,
@@ -60,6 +58,8 @@ from bot.errors import (
 )
 from bot.model import Conversation, Platform
 from bot.ports import PostedStatus
+from bot.retry import RetryPolicy
+from transport.download import TooLargeError, UnavailableError, download
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Coroutine, Iterator, Sequence
@@ -506,7 +506,7 @@ class DiscordAdapter:
                 f"{ref.name} is not on Discord's file servers; attach the image itself"
             )
         try:
-            return await self._fetch_retrying(ref, ref.url, max_bytes)
+            return await self._fetch(ref, ref.url, max_bytes)
         except _Expired:
             fresh = await self._refresh_url(ref.url)
             if fresh is None:
@@ -515,7 +515,7 @@ class DiscordAdapter:
                     "attach it again"
                 ) from None
             try:
-                return await self._fetch_retrying(ref, fresh, max_bytes)
+                return await self._fetch(ref, fresh, max_bytes)
             except _Expired:
                 raise ImageInputError(
                     f"{ref.name} is no longer on Discord (deleted?); attach it again"
@@ -539,56 +539,37 @@ class DiscordAdapter:
                 return fresh
         return None
 
-    async def _fetch_retrying(self, ref: AttachmentRef, url: str, max_bytes: int) -> bytes:
-        """`_fetch`, again after a 429 / 5xx / broken connection (the CDN has both)."""
-        for attempt in range(self._retry.attempts + 1):
-            try:
-                return await self._fetch(ref, url, max_bytes)
-            except _Busy as busy:
-                if attempt == self._retry.attempts:
-                    raise ImageInputError(
-                        f"{ref.name} could not be downloaded from Discord ({busy}); "
-                        "try again in a minute"
-                    ) from None
-                await self._retry.pause(attempt, busy.retry_after)
-        raise AssertionError("unreachable")
-
     async def _fetch(self, ref: AttachmentRef, url: str, max_bytes: int) -> bytes:
-        too_big = _too_big(ref, max_bytes)
+        """The attachment's bytes; the CDN's 429 / 5xx / broken connections are tried again."""
         session = self._session
         if session is None:
             raise ChatDeliveryError("the Discord adapter is closed")
         try:
-            async with session.get(url, allow_redirects=False) as response:
-                if response.status in (403, 404) and "hm=" in url:
-                    # A signed link past its `ex` answers 404 "This content is no longer
-                    # available" (dapi: developers/reference.mdx "Signed Attachment CDN URLs").
-                    raise _Expired
-                if response.status == 429 or response.status >= 500:
-                    wait = response.headers.get("Retry-After")
-                    raise _Busy(
-                        f"HTTP {response.status}",
-                        float(wait) if wait and wait.replace(".", "", 1).isdigit() else None,
-                    )
-                if response.status != 200:
-                    raise ImageInputError(
-                        f"{ref.name} could not be downloaded from Discord (HTTP "
-                        f"{response.status}); attach it again"
-                    )
-                if response.content_length is not None and response.content_length > max_bytes:
-                    raise too_big
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise too_big
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # The exception text may carry the signed URL; log its type and the bare URL only.
-            _LOGGER.warning("downloading %s failed: %s", redact_url(ref.url), type(exc).__name__)
-            raise _Busy(type(exc).__name__) from None
+            fetched = await download(
+                session,
+                url,
+                max_bytes=max_bytes,
+                policy=self._retry,
+                timeouts=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT),
+                allow_redirects=False,
+            )
+        except TooLargeError:
+            raise _too_big(ref, max_bytes) from None
+        except UnavailableError as exc:
+            raise ImageInputError(
+                f"{ref.name} could not be downloaded from Discord ({exc.what}); "
+                "try again in a minute"
+            ) from None
+        if fetched.status in (403, 404) and "hm=" in url:
+            # A signed link past its `ex` answers 404 "This content is no longer available"
+            # (dapi: developers/reference.mdx "Signed Attachment CDN URLs").
+            raise _Expired
+        if fetched.status != 200:
+            raise ImageInputError(
+                f"{ref.name} could not be downloaded from Discord (HTTP {fetched.status}); "
+                "attach it again"
+            )
+        return fetched.body
 
     async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
         await self._ready.wait()
@@ -800,14 +781,6 @@ def _too_big(ref: AttachmentRef, max_bytes: int) -> ImageInputError:
     return ImageInputError(
         f"{ref.name} is over the {max_bytes / 1e6:.0f} MB limit; send a smaller image"
     )
-
-
-class _Busy(Exception):
-    """The CDN was overloaded or the connection broke: worth another try."""
-
-    def __init__(self, what: str, retry_after: float | None = None) -> None:
-        super().__init__(what)
-        self.retry_after = retry_after
 
 
 class _Expired(Exception):

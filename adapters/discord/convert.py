@@ -432,12 +432,3 @@ def allowed_url(url: str, origins: Collection[str]) -> bool:
     """Whether `url` is on one of Discord's own file hosts (`origins`)."""
     origin = origin_of(url)
     return origin is not None and origin in {o.lower().rstrip("/") for o in origins}
-
-
-def redact_url(url: str) -> str:
-    """`url` without its query (Discord CDN signatures) for logs and messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "[unparsable URL]"
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"

@@ -30,7 +30,6 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from adapters.retry import RetryPolicy
 from adapters.slack.app import SlackListeners
 from adapters.slack.blocks import (
     Block,
@@ -39,11 +38,7 @@ from adapters.slack.blocks import (
     status_message,
     upload_comment,
 )
-from adapters.slack.client import (
-    SERVER_ERRORS,
-    make_web_client,
-    parse_retry_after,
-)
+from adapters.slack.client import SERVER_ERRORS, make_web_client
 from adapters.slack.convert import (
     CHECK_FILE_INFO,
     attachment_refs,
@@ -58,6 +53,7 @@ from adapters.slack.files import SlackFileFetcher
 from bot.errors import ChatDeliveryError, ConfigError, ConversationClosedError, ImageInputError
 from bot.model import Conversation, Platform
 from bot.ports import PostedStatus
+from bot.retry import RetryPolicy, TransientError, parse_retry_after
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -398,14 +394,13 @@ class SlackAdapter:
         the thread (or channel) is searched for the key before posting again.
         """
         key = key or f"post:{uuid.uuid4().hex}"
-        for attempt in range(self._retry.attempts + 1):
+
+        async def once() -> str:
             if key in self._unsure:
                 try:
                     found = await self._find_post(channel, thread, key)
                 except ChatDeliveryError as exc:
-                    _LOGGER.info("looking for an earlier post failed: %s", exc)
-                    await self._retry.pause(attempt)
-                    continue
+                    raise TransientError(f"looking for an earlier post failed: {exc}") from None
                 if found is not None:
                     self._unsure.pop(key, None)
                     return found
@@ -430,12 +425,14 @@ class SlackAdapter:
                 if not exc.unsure:
                     raise
                 self._remember_unsure(key)
-                _LOGGER.info("chat.postMessage: %s; checking before posting again", exc.code)
-                await self._retry.pause(attempt)
-                continue
+                raise TransientError(f"{exc.code}; checking before posting again") from None
             self._unsure.pop(key, None)
             return str(data.get("ts", ""))
-        raise SlackCallError("chat.postMessage", "no answer after retries")
+
+        try:
+            return await self._retry.run(once, what="Slack chat.postMessage")
+        except TransientError:
+            raise SlackCallError("chat.postMessage", "no answer after retries") from None
 
     def _remember_unsure(self, key: str) -> None:
         self._unsure[key] = None
@@ -562,10 +559,15 @@ class SlackAdapter:
             {"id": file_id, "title": image.name}
             for file_id, image in zip(file_ids, images, strict=True)
         ]
-        answer: Mapping[str, Any] = {}
-        for attempt in range(self._retry.attempts + 1):
+        tried = False
+
+        async def complete() -> Mapping[str, Any]:
+            nonlocal tried
+            if tried and await self._completed(file_ids):
+                return {}
+            tried = True
             try:
-                answer = await self._call(
+                return await self._call(
                     "files.completeUploadExternal",
                     self._api().files_completeUploadExternal(
                         files=files,  # type: ignore[arg-type]
@@ -574,15 +576,17 @@ class SlackAdapter:
                         initial_comment=comment,
                     ),
                 )
-                break
             except SlackCallError as exc:
                 if exc.code in CLOSED_CODES:
                     raise self._closed_error(exc.code) from None
-                if not exc.unsure or attempt == self._retry.attempts:
-                    raise
-                await self._retry.pause(attempt)
-                if await self._completed(file_ids):
-                    break
+                raise
+
+        answer = await self._retry.run(
+            complete,
+            # Slack may have completed it anyway: the next attempt asks before doing it again.
+            retry_if=lambda exc: isinstance(exc, SlackCallError) and exc.unsure,
+            what="Slack files.completeUploadExternal",
+        )
         ids = [file_message_id(channel, file_id) for file_id in file_ids]
         share = _share_ts(answer.get("files") or [], channel)
         if share:
@@ -607,8 +611,8 @@ class SlackAdapter:
         session = self._session
         if session is None or self._closed:
             raise ChatDeliveryError("the Slack adapter is not running")
-        for attempt in range(self._retry.attempts + 1):
-            wait: float | None = None
+
+        async def once() -> None:
             try:
                 async with session.post(url, data=data) as response:
                     await response.read()
@@ -616,13 +620,17 @@ class SlackAdapter:
                         return
                     if response.status != 429 and response.status not in SERVER_ERRORS:
                         raise SlackCallError("file upload", f"http_{response.status}")
-                    wait = parse_retry_after(dict(response.headers))
-                    problem = f"http_{response.status}"
+                    raise TransientError(
+                        f"http_{response.status}",
+                        parse_retry_after(response.headers.get("Retry-After")),
+                    )
             except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = type(exc).__name__
-            if attempt == self._retry.attempts:
-                raise SlackCallError("file upload", problem)
-            await self._retry.pause(attempt, wait)
+                raise TransientError(type(exc).__name__) from None
+
+        try:
+            await self._retry.run(once, what="Slack file upload")
+        except TransientError as exc:
+            raise SlackCallError("file upload", exc.what) from None
 
     async def resolve_files(self, refs: Sequence[AttachmentRef]) -> tuple[AttachmentRef, ...]:
         """References with Slack Connect stubs replaced by what `files.info` says (those it

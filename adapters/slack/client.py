@@ -24,7 +24,7 @@ from aiohttp import ClientOSError, ServerConnectionError, ServerDisconnectedErro
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.retry import RetryPolicy
+from bot.retry import RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -53,24 +53,14 @@ def api_base_url(configured: str | None) -> str:
     return url if url.endswith("/") else url + "/"
 
 
-def parse_retry_after(headers: Mapping[str, object]) -> float | None:
-    """Seconds a `Retry-After` header asks for, or None when absent or unreadable."""
+def retry_after_header(headers: Mapping[str, object]) -> float | None:
+    """Seconds the `Retry-After` header asks for (slack_sdk keeps headers as lists under the
+    names the server sent), or None when absent or unreadable."""
     for name, values in headers.items():
         if name.lower() == "retry-after":
             raw = values[0] if isinstance(values, list) and values else values
-            try:
-                return max(0.0, float(str(raw)))
-            except ValueError:
-                return None
+            return parse_retry_after(str(raw))
     return None
-
-
-def retry_after(response: HttpResponse | None, default: float = 1.0) -> float:
-    """Seconds the `Retry-After` header of a 429 asks for (`default` when absent or bad)."""
-    if response is None:
-        return default
-    found = parse_retry_after(response.headers)
-    return default if found is None else found
 
 
 def is_rate_limited(response: HttpResponse | None) -> bool:
@@ -110,8 +100,8 @@ class PolicyRetryHandler(AsyncRetryHandler):
     ) -> bool:
         if is_rate_limited(response):
             assert response is not None
-            wanted = parse_retry_after(response.headers)
-            return wanted is None or wanted <= self.policy.max_wait
+            wanted = retry_after_header(response.headers)
+            return self.policy.honours(wanted)
         if method_of(request.url) in UNSAFE_METHODS:
             return False
         if error is not None:
@@ -126,7 +116,7 @@ class PolicyRetryHandler(AsyncRetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> None:
-        wanted = parse_retry_after(response.headers) if response is not None else None
+        wanted = retry_after_header(response.headers) if response is not None else None
         _LOGGER.info("Slack: retrying %s", method_of(request.url) or "a file upload")
         state.next_attempt_requested = True
         await self.policy.pause(state.current_attempt, wanted)

@@ -24,10 +24,10 @@ import aiohttp
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError
 from bot.logs import redact
+from transport.download import TooLargeError, read_capped
 
 # A batch of 8 PNGs at 1024² in base64 is ~20 MB; catalogue answers are far smaller.
 _MAX_ANSWER_BYTES = 256_000_000
-_CHUNK = 64 * 1024
 _MESSAGE_MAX = 300
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -313,17 +313,12 @@ def _error_text(body: dict[str, Any]) -> str | None:
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > _MAX_ANSWER_BYTES:
-            raise BackendError(
-                f"a WebUI answer is over the {_MAX_ANSWER_BYTES}-byte cap",
-                user_message="the WebUI sent more data than the bot accepts",
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_capped(response, _MAX_ANSWER_BYTES, "a WebUI answer")
+    except TooLargeError as exc:
+        raise BackendError(
+            str(exc), user_message="the WebUI sent more data than the bot accepts"
+        ) from None
 
 
 def _number(value: object, default: float = 0.0) -> float:

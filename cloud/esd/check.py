@@ -54,7 +54,8 @@ async def check_backend(config: Config, out: TextIO) -> int:
         return EXIT_OK
     try:
         # One retry: a check should answer promptly, and a person is waiting for it.
-        esd = replace(EsdConfig.from_config(config), retries=1)
+        esd = EsdConfig.from_config(config)
+        esd = replace(esd, retry=replace(esd.retry, attempts=1))
     except ConfigError as exc:
         say(f"error: {exc}")
         return EXIT_CONFIG

@@ -2,7 +2,8 @@
 
 It owns the HTTP session, the headers (`x-api-key`, lower-case `username`,
 `Content-Type: application/json` on API calls; none at all on presigned URLs, whose signatures
-break on extra headers), retries with exponential back-off and jitter, and the translation of
+break on extra headers), retries under the configuration's `bot.retry.RetryPolicy` (downloads
+through `transport.download`, the one capped download), and the translation of
 every failure into `bot.errors`: API Gateway's 403 (key), ESD's 401 (user) and 403 (permission),
 400 messages passed through for users, 5xx / timeouts / 429 / network failures as
 `BackendUnavailableError` once retries are spent. Messages name the host and the route, never
@@ -11,14 +12,11 @@ the key or a presigned query string. The route methods return `cloud.esd.payload
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
@@ -26,6 +24,7 @@ import aiohttp
 
 from bot.errors import BackendError, BackendUnavailableError
 from bot.logs import redact
+from bot.retry import parse_retry_after
 from cloud.esd.payloads import (
     CheckpointPage,
     Created,
@@ -40,6 +39,7 @@ from cloud.esd.payloads import (
     parse_job,
     parse_ping,
 )
+from transport.download import TooLargeError, UnavailableError, bare_url, download, read_capped
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -50,7 +50,6 @@ _LOGGER = logging.getLogger(__name__)
 
 # API answers are JSON envelopes; a list page of 100 jobs is far below this.
 _MAX_API_BYTES = 32_000_000
-_CHUNK = 64 * 1024
 
 
 class Retry(enum.Enum):
@@ -77,34 +76,16 @@ class Answer:
     version: str | None  # the `x-api-version` header
 
 
-@dataclass(frozen=True)
-class _Failure:
+class _Failure(Exception):
     """One failed attempt, kept to decide whether to retry and what to raise."""
 
-    error: BackendError
-    retry_after: float | None = None
-    unsent: bool = False  # ESD certainly did not act on it
-
-
-def _path_of(url: str) -> str:
-    """A URL without its query string: safe for logs and messages."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    def __init__(
+        self, error: BackendError, retry_after: float | None = None, *, unsent: bool = False
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+        self.unsent = unsent  # ESD certainly did not act on it
 
 
 class EsdClient:
@@ -183,37 +164,25 @@ class EsdClient:
             "Content-Type": "application/json",
         }
         data = None if body is None else json.dumps(body, separators=(",", ":"))
-        attempt = 0
-        while True:
-            outcome = await self._attempt(method, url, route, headers, list(params), data, ok)
-            if isinstance(outcome, Answer):
-                return outcome
-            failure = outcome
-            retryable = isinstance(failure.error, BackendUnavailableError) and (
-                retry is Retry.ALWAYS or failure.unsent
-            )
-            if not retryable or attempt >= self._config.retries:
-                raise failure.error
-            delay = self._backoff(attempt)
-            if failure.retry_after is not None:
-                if failure.retry_after > self._config.retry_after_cap:
-                    raise failure.error  # the poller's own back-off takes over
-                delay = failure.retry_after + random.uniform(0, self._config.retry_base)
-            attempt += 1
-            _LOGGER.info(
-                "ESD %s: %s; retry %d/%d in %.2f s",
-                route,
-                failure.error,
-                attempt,
-                self._config.retries,
-                delay,
-            )
-            await asyncio.sleep(delay)
 
-    def _backoff(self, attempt: int) -> float:
-        # Exponential with "equal jitter": never zero, never more than the cap.
-        ceiling = min(self._config.retry_cap, self._config.retry_base * 2.0**attempt)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        async def once() -> Answer:
+            outcome = await self._attempt(method, url, route, headers, list(params), data, ok)
+            if isinstance(outcome, _Failure):
+                raise outcome
+            return outcome
+
+        def retryable(exc: Exception) -> bool:
+            return (
+                isinstance(exc, _Failure)
+                and isinstance(exc.error, BackendUnavailableError)
+                and (retry is Retry.ALWAYS or exc.unsent)
+            )
+
+        try:
+            return await self._config.retry.run(once, retry_if=retryable, what=f"ESD {route}")
+        except _Failure as failure:
+            # A Retry-After longer than the policy's leaves the waiting to the poller's back-off.
+            raise failure.error from None
 
     async def _attempt(
         self,
@@ -230,10 +199,10 @@ class EsdClient:
             async with self._http.request(
                 method, url, params=params or None, data=data, headers=headers
             ) as response:
-                raw = await _read_capped(response, _MAX_API_BYTES)
+                raw = await self._read_answer(response, _MAX_API_BYTES)
                 status = response.status
                 version = response.headers.get("x-api-version")
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except aiohttp.ClientError as exc:
             return self._network_failure(route, self._config.host, exc)
         except TimeoutError:
@@ -427,19 +396,26 @@ class EsdClient:
 
     async def upload(self, url: str, text: str) -> None:
         """`PUT` the payload to a presigned URL with no headers of ours (§4.2)."""
-        where = _path_of(url)
+        where = bare_url(url)
         host = urlsplit(url).netloc
         body = text.encode()
-        attempt = 0
-        while True:
-            failure = await self._upload_once(url, where, host, body)
-            if failure is None:
-                return
+
+        async def once() -> None:
+            error = await self._upload_once(url, where, host, body)
+            if error is not None:
+                raise _Failure(error)
+
+        try:
             # The same bytes to the same key: repeating is always harmless.
-            if not isinstance(failure, BackendUnavailableError) or attempt >= self._config.retries:
-                raise failure
-            await asyncio.sleep(self._backoff(attempt))
-            attempt += 1
+            await self._config.retry.run(
+                once,
+                retry_if=lambda exc: (
+                    isinstance(exc, _Failure) and isinstance(exc.error, BackendUnavailableError)
+                ),
+                what="ESD payload upload",
+            )
+        except _Failure as failure:
+            raise failure.error from None
 
     async def _upload_once(
         self, url: str, where: str, host: str, body: bytes
@@ -452,7 +428,7 @@ class EsdClient:
                 data=body,
                 skip_auto_headers=("Content-Type",),
             ) as response:
-                await _read_capped(response, 1_000_000)
+                await self._read_answer(response, 1_000_000, where)
                 status = response.status
         except aiohttp.ClientError as exc:
             return self._network_failure("PUT (payload upload)", host, exc).error
@@ -478,66 +454,42 @@ class EsdClient:
     async def download(self, url: str, max_bytes: int) -> tuple[int, bytes]:
         """`GET` a presigned URL with no headers of ours: (status, body up to `max_bytes`).
 
-        Raises `BackendError` when the body is larger, `BackendUnavailableError` on network
-        failures and timeouts (after retries), and returns 4xx answers for the caller to judge.
+        Raises `BackendError` when the body is larger, `BackendUnavailableError` on 429, 5xx,
+        network failures and timeouts (after retries), and returns other answers (a 403 of an
+        expired URL) for the caller to judge.
         """
-        where = _path_of(url)
-        host = urlsplit(url).netloc
-        attempt = 0
-        while True:
-            try:
-                async with self._http.get(
-                    url,
-                    timeout=aiohttp.ClientTimeout(
-                        total=self._config.timeout * 4, connect=self._config.connect_timeout
-                    ),
-                ) as response:
-                    length = response.content_length
-                    if response.status < 300 and length is not None and length > max_bytes:
-                        raise BackendError(
-                            f"{where} is {length} bytes, over the {max_bytes}-byte cap",
-                            user_message="a result file from ESD is larger than the bot accepts",
-                        )
-                    body = await _read_capped(response, max_bytes, where)
-                    status = response.status
-            except aiohttp.ClientError as exc:
-                error: BackendError = self._network_failure(
-                    "GET (result download)", host, exc
-                ).error
-            except TimeoutError:
-                error = BackendUnavailableError(
-                    f"downloading {where} timed out",
-                    user_message="downloading the results from ESD's storage timed out",
-                )
-            else:
-                if status < 500 and status != 429:
-                    return status, body
-                error = BackendUnavailableError(
-                    f"downloading {where} answered {status}",
-                    status=status,
-                    user_message=f"ESD's storage failed ({status}) while sending the results",
-                )
-            if attempt >= self._config.retries:
-                raise error
-            await asyncio.sleep(self._backoff(attempt))
-            attempt += 1
-
-
-async def _read_capped(
-    response: aiohttp.ClientResponse, limit: int, where: str | None = None
-) -> bytes:
-    """The body, refusing to hold more than `limit` bytes of it."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise BackendError(
-                f"{where or 'an ESD answer'} is over the {limit}-byte cap",
-                user_message="ESD sent more data than the bot accepts",
+        try:
+            fetched = await download(
+                self._http,
+                url,
+                max_bytes=max_bytes,
+                policy=self._config.retry,
+                timeouts=aiohttp.ClientTimeout(
+                    total=self._config.timeout * 4, connect=self._config.connect_timeout
+                ),
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        except TooLargeError as exc:
+            raise BackendError(
+                str(exc), user_message="a result file from ESD is larger than the bot accepts"
+            ) from None
+        except UnavailableError as exc:
+            raise BackendUnavailableError(
+                str(exc),
+                status=exc.status,
+                user_message=f"ESD's storage failed while sending the results ({exc.what})",
+            ) from None
+        return fetched.status, fetched.body
+
+    @staticmethod
+    async def _read_answer(
+        response: aiohttp.ClientResponse, limit: int, where: str | None = None
+    ) -> bytes:
+        try:
+            return await read_capped(response, limit, where or "an ESD answer")
+        except TooLargeError as exc:
+            raise BackendError(
+                str(exc), user_message="ESD sent more data than the bot accepts"
+            ) from None
 
 
 def _json_or_none(raw: bytes) -> object:

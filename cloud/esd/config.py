@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bot.errors import ConfigError
+from bot.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from bot.config import Config
 
 INFERENCE_TYPES: tuple[str, ...] = ("Async", "Real-time")
+DEFAULT_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_backoff=8.0, max_retry_after=30.0)
 
 
 def check_api_url(url: str | None) -> str:
@@ -48,11 +50,9 @@ class EsdConfig:
     timeout: float = 30.0  # per request, total; API Gateway itself gives up at 29 s
     connect_timeout: float = 10.0
     realtime_max_in_flight: int = 5  # per Real-time endpoint (the container queues ~10)
-    # Retries of transient failures inside the client (5xx, timeouts, 429, network).
-    retries: int = 4
-    retry_base: float = 0.5  # first back-off in seconds; doubles per attempt, full jitter
-    retry_cap: float = 8.0
-    retry_after_cap: float = 30.0  # the longest Retry-After the client honours
+    # Retries of transient failures inside the client (5xx, timeouts, 429, network): a
+    # Retry-After over 30 s is left to the poller's own, slower back-off.
+    retry: RetryPolicy = DEFAULT_RETRY
     # Batched polling (SPEC §4.1, cloud/esd/polling.py): a scan reads list pages of
     # `page_size` until it has seen every job in flight of its task type, at most
     # `status_pages`; it is reused by every poll for `list_interval` seconds, and after a scan
@@ -92,11 +92,11 @@ class EsdConfig:
             raise ConfigError(
                 f"inference_type must be `Async` or `Real-time`, got {self.inference_type!r}"
             )
-        for name in ("timeout", "connect_timeout", "retry_cap", "catalog_ttl", "events_backstop"):
+        for name in ("timeout", "connect_timeout", "catalog_ttl", "events_backstop"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"ESD setting {name} must be a positive number of seconds")
-        for name in ("retry_base", "retry_after_cap", "list_interval", "cold_check_interval"):
+        for name in ("list_interval", "cold_check_interval"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"ESD setting {name} must be zero or more seconds")
@@ -107,9 +107,8 @@ class EsdConfig:
         for name in ("realtime_max_in_flight", "page_size", "status_pages", "max_result_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ESD setting {name} must be at least 1")
-        for name in ("retries", "direct_threshold"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"ESD setting {name} must not be negative")
+        if self.direct_threshold < 0:
+            raise ConfigError("ESD setting direct_threshold must not be negative")
 
     @property
     def host(self) -> str:

@@ -13,8 +13,8 @@ from PIL import Image
 from scenario_kit import png
 
 from adapters.discord.convert import EMBED_TOTAL_CHARS, result_embed
-from adapters.retry import RetryPolicy
 from bot.model import JobState
+from bot.retry import RetryPolicy
 from bot.views import ResultView
 from commands.parse import PROMPT_CAP
 

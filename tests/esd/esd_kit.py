@@ -14,6 +14,7 @@ from typing import Any
 
 from bot.model import BackendStatus, GenerationParams
 from bot.ports import PollTarget
+from bot.retry import RetryPolicy
 from cloud.esd import EsdBackend, EsdConfig
 from cloud.esd_server import ServerConfig, ServerState
 
@@ -23,15 +24,15 @@ ASYNC = "sd-async-local"
 REALTIME = "sd-real-time-local"
 
 
-def esd_config(url: str, **overrides: Any) -> EsdConfig:
+def esd_config(url: str, *, retries: int = 3, **overrides: Any) -> EsdConfig:
+    """Settings for a loopback ESD: `retries` retries of a few milliseconds each."""
     values: dict[str, Any] = {
         "api_url": url,
         "api_key": KEY,
         "timeout": 5.0,
-        "retries": 3,
-        "retry_base": 0.005,
-        "retry_cap": 0.02,
-        "retry_after_cap": 0.5,
+        "retry": RetryPolicy(
+            attempts=retries, backoff=0.005, max_backoff=0.02, max_retry_after=0.5
+        ),
         "list_interval": 0.0,
         # No rate limits unless a test sets them: each poll may scan and read at once.
         "list_pages_per_second": 1e9,

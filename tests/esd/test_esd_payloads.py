@@ -324,7 +324,7 @@ def test_from_config_carries_the_settings() -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        {"retries": -1},
+        {"direct_threshold": -1},
         {"page_size": 0},
         {"timeout": 0},
         {"inference_type": "Batch"},

@@ -35,7 +35,10 @@ class EsdConsole(ConsoleRun):
 
         def backend_for(config: Config) -> EsdBackend:
             # As the composition root builds it, with list scans never reused (polls are 10 ms).
-            esd = replace(EsdConfig.from_config(config), list_interval=0.0, retry_base=0.01)
+            esd = EsdConfig.from_config(config)
+            esd = replace(
+                esd, list_interval=0.0, retry=replace(esd.retry, backoff=0.01, max_backoff=0.08)
+            )
             return EsdBackend(esd)
 
         super().__init__(

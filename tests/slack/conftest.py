@@ -31,11 +31,11 @@ from aiohttp import web
 from scenario_kit import fast_config, make_app
 from slack_sdk.signature import SignatureVerifier
 
-from adapters.retry import RetryPolicy
 from adapters.slack import SlackAdapter
 from bot.config import Secrets
 from bot.model import Job, Platform
 from bot.ports import JobQuery
+from bot.retry import RetryPolicy
 from commands import COMMANDS
 
 if TYPE_CHECKING:

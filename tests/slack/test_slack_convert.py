@@ -20,7 +20,7 @@ from adapters.slack.blocks import (
     sections,
     status_message,
 )
-from adapters.slack.client import api_base_url, retry_after
+from adapters.slack.client import api_base_url, retry_after_header
 from adapters.slack.convert import (
     attachment_refs,
     escape,
@@ -205,12 +205,13 @@ def test_recent_keys_claim_once_and_stay_bounded() -> None:
 
 
 def test_retry_after_and_base_url() -> None:
-    def response(headers: dict[str, str]) -> HttpResponse:
-        return HttpResponse(status_code=429, headers=headers)  # type: ignore[arg-type]
+    def response(headers: dict[str, list[str]]) -> HttpResponse:
+        return HttpResponse(status_code=429, headers=headers)
 
-    assert retry_after(response({"Retry-After": "7"})) == 7.0
-    assert retry_after(response({"retry-after": "0"})) == 0.0
-    assert retry_after(response({"Retry-After": "soon"})) == 1.0
-    assert retry_after(response({})) == 1.0
+    # slack_sdk hands headers over as lists under the names the server used.
+    assert retry_after_header(response({"Retry-After": ["7"]}).headers) == 7.0
+    assert retry_after_header(response({"retry-after": ["0"]}).headers) == 0.0
+    assert retry_after_header(response({"Retry-After": ["soon"]}).headers) is None
+    assert retry_after_header(response({}).headers) is None
     assert api_base_url(None) == "https://slack.com/api/"
     assert api_base_url("https://slack-gov.com/api") == "https://slack-gov.com/api/"
