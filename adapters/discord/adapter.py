@@ -18,7 +18,7 @@ import io
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
 import discord
@@ -54,11 +54,12 @@ from bot.errors import (
     ConfigError,
     ImageInputError,
     OperationalError,
-    SdbotError,
 )
 from bot.model import Conversation, Platform
 from bot.ports import PostedStatus
 from bot.retry import RetryPolicy
+from bot.tasks import Supervised, TaskSet, supervise
+from bot.tasks import stop as stop_task
 from transport.download import TooLargeError, UnavailableError, download
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from bot.views import Action, ResultImage, ResultView, StatusView
 
 _LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # What the bot needs in a channel; the invite URL asks for exactly these.
 REQUIRED_PERMISSIONS = discord.Permissions(
@@ -169,10 +171,12 @@ class DiscordAdapter:
         self._sync = CommandSync(self._tree, config.data_dir / COMMAND_STATE_FILE, self._guilds)
         self.suggestions = Suggestions()
         self._ready = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._active = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # The work of each event: the tasks discord.py runs handlers in (adopted by `activity`)
+        # and what they start (`spawn`). Held, errors logged, cancelled by `aclose`; the
+        # gateway's task is tracked apart, as it outlives every event.
+        self._events = TaskSet("the Discord adapter")
+        self._connection = TaskSet("the Discord gateway")
+        self._suggesting: Supervised | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._started = False
@@ -229,9 +233,11 @@ class DiscordAdapter:
                 await asyncio.wait_for(self.refresh_suggestions(), SUGGESTIONS_FIRST_WAIT)
             except TimeoutError:
                 _LOGGER.warning("the backend was slow to list models; autocomplete fills later")
-            self.spawn(self._refresh_suggestions_forever(), "sdbot-discord-suggestions")
+            self._suggesting = supervise(
+                "sdbot-discord-suggestions", self._refresh_suggestions_forever
+            )
             if self._gateway_enabled:
-                self._gateway = self.spawn(self._run_gateway(), "sdbot-discord-gateway")
+                self._gateway = self._connection.spawn(self._run_gateway(), "sdbot-discord-gateway")
         except BaseException:
             await self.aclose()
             raise
@@ -308,18 +314,15 @@ class DiscordAdapter:
         """Disconnect and stop every background task of the adapter."""
         self.accepting = False
         self._ready.clear()
-        gateway, self._gateway = self._gateway, None
-        tasks = [t for t in self._tasks if t is not gateway]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._gateway = None
+        suggesting, self._suggesting = self._suggesting, None
+        await stop_task(suggesting.task if suggesting is not None else None)
+        await self._events.aclose()
         try:
             await self._client.close()
         except Exception:
             _LOGGER.exception("closing the Discord client failed")
-        if gateway is not None:
-            gateway.cancel()
-            await asyncio.gather(gateway, return_exceptions=True)
+        await self._connection.aclose()  # the gateway ends when the client closes
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -333,38 +336,22 @@ class DiscordAdapter:
 
     # -- bookkeeping shared with the router --------------------------------------------------
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Start a named background task that `aclose` cancels."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if isinstance(exc, SdbotError):
-            _LOGGER.error("%s stopped: %s", task.get_name(), exc)
-        elif exc is not None:
-            _LOGGER.error("%s failed", task.get_name(), exc_info=exc)
+    def spawn(self, coro: Coroutine[Any, Any, _T], name: str) -> asyncio.Task[_T]:
+        """Start a named background task that `aclose` cancels; its error is logged."""
+        return self._events.spawn(coro, name)
 
     @contextlib.contextmanager
     def activity(self) -> Iterator[None]:
-        """Mark an event being handled (`wait_idle` waits for none to be)."""
-        self._active += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._active -= 1
-            if not self._active:
-                self._idle.set()
+        """Mark an event being handled: the task discord.py runs its handler in is tracked
+        until it ends (`wait_idle` waits for none to be; `aclose` cancels them)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._events.adopt(task)
+        yield
 
     async def wait_idle(self) -> None:
         """Return once no user event is being handled (tests; orderly shutdown)."""
-        await self._idle.wait()
+        await self._events.wait_idle()
 
     def learn(self, interaction: discord.Interaction[Any]) -> None:
         """Remember what an interaction tells about its channel: DM or not, its server.

@@ -54,9 +54,10 @@ from bot.errors import ChatDeliveryError, ConfigError, ConversationClosedError, 
 from bot.model import Conversation, Platform
 from bot.ports import PostedStatus
 from bot.retry import RetryPolicy, TransientError, parse_retry_after
+from bot.tasks import TaskSet
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 
     from slack_sdk.web.async_client import AsyncWebClient
 
@@ -149,9 +150,7 @@ class SlackAdapter:
         self._bolt: AsyncApp | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._site_runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._tasks = TaskSet("the Slack adapter")  # listener work (`spawn`)
         # Files of a job already uploaded, so a retried `post_result` does not upload twice.
         self._uploaded: dict[str, list[str]] = {}
         self._started = False
@@ -285,10 +284,7 @@ class SlackAdapter:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._site_runner is not None:
             await self._site_runner.cleanup()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()
 
     async def wait_closed(self) -> None:
         """Return once the adapter has stopped receiving. Socket Mode reconnects by itself and
@@ -313,31 +309,14 @@ class SlackAdapter:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    def spawn(self, work: Awaitable[object], name: str) -> asyncio.Task[None]:
-        """Run listener work in a named task the adapter tracks (and cancels on `aclose`)."""
-
-        async def run() -> None:
-            try:
-                await work
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                _LOGGER.exception("Slack task %s failed", name)
-
-        task = asyncio.create_task(run(), name=name)
-        self._tasks.add(task)
-        self._idle.clear()
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not self._tasks:
-            self._idle.set()
+    def spawn(self, work: Coroutine[Any, Any, object], name: str) -> asyncio.Task[object]:
+        """Run listener work in a named task the adapter tracks (and cancels on `stop`);
+        an exception is logged with its traceback."""
+        return self._tasks.spawn(work, name)
 
     async def wait_idle(self) -> None:
         """Return once no listener work is running (jobs run on in the core)."""
-        await self._idle.wait()
+        await self._tasks.wait_idle()
 
     # -- Web API helpers -------------------------------------------------------------------
 

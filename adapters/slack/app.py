@@ -60,7 +60,7 @@ from bot.views import EDIT_FIELDS, Action, ActionKind
 from commands import build, parse, tokenize
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
 
     from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
@@ -324,7 +324,7 @@ class SlackListeners:
             user_name=name or user,
         )
 
-    def _spawn(self, work: Awaitable[object], name: str) -> asyncio.Task[None]:
+    def _spawn(self, work: Coroutine[Any, Any, object], name: str) -> asyncio.Task[object]:
         return self._adapter.spawn(work, name)
 
     # -- slash command ---------------------------------------------------------------------

@@ -78,3 +78,30 @@ async def test_a_refused_intent_ends_the_gateway_with_a_config_error(
                 await asyncio.wait_for(adapter.wait_closed(), 10)
         finally:
             await adapter.aclose()
+
+
+async def test_an_event_still_being_handled_is_cancelled_when_the_adapter_closes(
+    harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # discord.py runs each event's handler in a task of its own; the adapter tracks it, so a
+    # handler stuck on a slow call does not outlive the adapter.
+    harness.gateway = True
+    harness.fake.app_flags = MESSAGE_CONTENT_LIMITED
+    bot = await harness.start()
+    entered = asyncio.Event()
+    ended: list[str] = []
+
+    async def stuck(*args: Any, **kwargs: Any) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+
+    monkeypatch.setattr(bot.app.dispatcher, "handle_command", stuck)
+    bot.slash("img2img", {"prompt": "a cat"}, {"image": png()})
+    await asyncio.wait_for(entered.wait(), 10)
+    await asyncio.wait_for(bot.adapter.aclose(), 10)
+    assert ended == ["cancelled"]
+    await asyncio.wait_for(bot.adapter.wait_idle(), 10)
