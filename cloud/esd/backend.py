@@ -20,7 +20,7 @@ import re
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
@@ -40,7 +40,7 @@ from cloud.esd.a1111 import (
     resolve_file,
 )
 from cloud.esd.client import EsdClient
-from cloud.esd.config import INFERENCE_TYPES, EsdConfig
+from cloud.esd.config import EsdConfig
 from cloud.esd.events import CompletionConsumer, EventQueue
 from cloud.esd.interrogate import (
     JobReader,
@@ -52,6 +52,7 @@ from cloud.esd.launch import launch
 from cloud.esd.payloads import NO_REASON, is_unlistable, parse_version
 from cloud.esd.polling import StatusBook
 from cloud.esd.sagemaker import SageMakerConfig, SageMakerInterrogator
+from cloud.esd.wire import INFERENCE_TYPES, CreateInference
 from commands.spec import COMMANDS, MODEL_TYPES, Family
 
 if TYPE_CHECKING:
@@ -370,13 +371,13 @@ class EsdBackend:
             inference_type = endpoint.type
         realtime = inference_type == "Real-time"
         cold = not realtime and endpoint is not None and endpoint.instance_count == 0
-        body: dict[str, Any] = {
-            "task_type": "img2img",
-            "inference_type": inference_type,
-            "models": await self._models_for(params),
+        body = CreateInference(
+            task_type="img2img",
+            inference_type="Real-time" if realtime else "Async",
+            models=await self._models_for(params),
             # Always named: ESD's own pick is random and takes `Updating` endpoints too.
-            "sagemaker_endpoint_name": params.endpoint,
-        }
+            sagemaker_endpoint_name=params.endpoint,
+        )
         payload = await asyncio.to_thread(
             lambda: json.dumps(img2img_payload(params, init_png, mask_png))
         )

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -35,10 +35,12 @@ from cloud.esd.payloads import (
     parse_checkpoint_page,
     parse_created,
     parse_endpoint_page,
+    parse_envelope,
     parse_inference_page,
     parse_job,
     parse_ping,
 )
+from cloud.esd.wire import CreateInference, DeleteInferences
 from transport.download import TooLargeError, UnavailableError, bare_url, download, read_capped
 
 if TYPE_CHECKING:
@@ -214,13 +216,10 @@ class EsdClient:
                 )
             )
         _LOGGER.debug("ESD %s → %d (%.0f ms)", route, status, (time.monotonic() - started) * 1000)
-        envelope = _json_or_none(raw)
-        message = ""
-        if isinstance(envelope, dict) and isinstance(envelope.get("message"), str):
-            message = self._redact(envelope["message"])
+        envelope = parse_envelope(raw)
+        message = self._redact(envelope.message) if envelope and envelope.message else ""
         if status in ok:
-            data_field = envelope.get("data") if isinstance(envelope, dict) else None
-            return Answer(status, data_field, message, version)
+            return Answer(status, envelope.data if envelope else None, message, version)
         if envelope is None and raw:
             _LOGGER.warning(
                 "ESD %s → %d with a non-JSON body: %s",
@@ -331,8 +330,8 @@ class EsdClient:
         answer = await self.call("GET", "ping")
         return parse_ping(answer.data, answer.version)
 
-    async def create_inference(self, body: dict[str, Any]) -> Created:
-        answer = await self.call("POST", "inferences", body=body, ok=(200, 201))
+    async def create_inference(self, body: CreateInference) -> Created:
+        answer = await self.call("POST", "inferences", body=body.dump(), ok=(200, 201))
         return parse_created(answer.data)
 
     async def start_inference(self, job_id: str) -> Answer:
@@ -367,7 +366,10 @@ class EsdClient:
 
     async def delete_inferences(self, job_ids: Sequence[str]) -> None:
         await self.call(
-            "DELETE", "inferences", body={"inference_id_list": list(job_ids)}, ok=(200, 204)
+            "DELETE",
+            "inferences",
+            body=DeleteInferences(inference_id_list=list(job_ids)).dump(),
+            ok=(200, 204),
         )
 
     async def list_endpoints(
@@ -490,12 +492,3 @@ class EsdClient:
             raise BackendError(
                 str(exc), user_message="ESD sent more data than the bot accepts"
             ) from None
-
-
-def _json_or_none(raw: bytes) -> object:
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None

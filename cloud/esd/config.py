@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 
 from bot.errors import ConfigError
 from bot.retry import RetryPolicy
+from cloud.esd.wire import INFERENCE_TYPES
 
 if TYPE_CHECKING:
     from bot.config import Config
 
-INFERENCE_TYPES: tuple[str, ...] = ("Async", "Real-time")
 DEFAULT_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_backoff=8.0, max_retry_after=30.0)
 
 

@@ -19,6 +19,7 @@ from bot.errors import BackendError
 from bot.model import Submitted
 from cloud.esd.a1111 import INTERROGATE_TASKS, interrogate_payload
 from cloud.esd.launch import launch
+from cloud.esd.wire import CreateInference
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -87,13 +88,13 @@ class RestInterrogator:
         created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         task = task_type(params.method)
-        body = {
-            "task_type": task,
+        body = CreateInference(
+            task_type=task,
             # The container captions on Async endpoints only (§7.3).
-            "inference_type": "Async",
-            "models": {},
-            "sagemaker_endpoint_name": params.endpoint,
-        }
+            inference_type="Async",
+            models={},
+            sagemaker_endpoint_name=params.endpoint,
+        )
         payload = await asyncio.to_thread(
             lambda: json.dumps(interrogate_payload(image_png, params.method))
         )

@@ -16,16 +16,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bot.errors import BackendError, JobFailedError
 from cloud.esd.client import OutcomeUnknownError
-from cloud.esd.payloads import NO_IMAGES, EsdJob, parse_job, readable_reason
+from cloud.esd.payloads import NO_IMAGES, EsdJob, parse_job, readable_reason, started_endpoint
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from cloud.esd.client import EsdClient
+    from cloud.esd.wire import CreateInference
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -44,20 +45,9 @@ class Launched:
     finished: EsdJob | None = None  # Real-time 200: the job as it ended
 
 
-def _endpoint_of(data: object) -> str | None:
-    """`endpoint_name` from an Async start answer (`data.inference.endpoint_name`)."""
-    if isinstance(data, dict):
-        inference = data.get("inference")
-        if isinstance(inference, dict):
-            name = inference.get("endpoint_name")
-            if isinstance(name, str) and name:
-                return name
-    return None
-
-
 async def launch(
     client: EsdClient,
-    body: dict[str, Any],
+    body: CreateInference,
     payload_text: str,
     *,
     realtime: bool,
@@ -73,7 +63,7 @@ async def launch(
         created = await client.create_inference(body)
     except BackendError as exc:
         if exc.status == 400 and exc.user_message == _UNKNOWN_ENDPOINT:
-            name = body.get("sagemaker_endpoint_name")
+            name = body.sagemaker_endpoint_name
             raise BackendError(
                 f"{exc} (endpoint {name!r} is not in ESD's table)",
                 status=400,
@@ -111,4 +101,4 @@ async def _start(client: EsdClient, job_id: str, *, realtime: bool) -> Launched:
     if answer.status == 200 and isinstance(answer.data, dict) and "InferenceJobId" in answer.data:
         finished = parse_job(answer.data)
         return Launched(job_id, finished.endpoint, finished)
-    return Launched(job_id, _endpoint_of(answer.data))
+    return Launched(job_id, started_endpoint(answer.data))

@@ -1,9 +1,9 @@
-"""ESD's wire formats (`reference/esd-api.md` §2–§4) and their one conversion into dataclasses.
+"""ESD's answers converted once into the dataclasses the backend uses (`EsdJob`, pages, …).
 
-The `TypedDict`s describe what ESD sends; nothing outside this module indexes into them. Every
-`parse_*` function checks types as it reads, because the JSON comes from the network, and raises
-`BackendError` on a shape it cannot use. The dataclasses (`EsdJob`, `InferencePage`, …) are
-what the client hands to the backend.
+Every `parse_*` function reads the JSON through the one description of ESD's wire format
+(`cloud.esd.wire`), because it comes from the network, and raises `BackendError` naming the
+field on a shape it cannot use. Nothing outside this module and `cloud.esd.wire` knows ESD's
+keys; `readable_reason` turns `sagemakerRaw` (usually Python's `str(dict)`) into one line.
 """
 
 from __future__ import annotations
@@ -12,115 +12,26 @@ import ast
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TypeVar
+
+from pydantic import ValidationError
 
 from bot.errors import BackendError
 from bot.logs import redact
 from bot.model import CloudJob, Endpoint, JobState, Model
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-# -- Wire shapes ------------------------------------------------------------------------------
-
-
-class Envelope(TypedDict, total=False):
-    """Every Lambda answer (§2.1); API Gateway's own errors have only `message`, `requestId`."""
-
-    statusCode: int
-    message: str
-    data: object
-    requestId: str
-
-
-class CreatedInference(TypedDict, total=False):
-    """`POST /inferences` → 201 `data.inference` (§4.1)."""
-
-    id: str
-    type: str
-    api_params_s3_location: str
-    api_params_s3_upload_url: str
-
-
-class UsedModel(TypedDict, total=False):
-    id: str
-    model_name: str
-    s3: str
-    type: str
-
-
-class JobParams(TypedDict, total=False):
-    sagemaker_inference_endpoint_name: str
-    sagemaker_inference_instance_type: str
-    used_models: dict[str, list[UsedModel]]
-    output_path: str
-
-
-class InferenceItem(TypedDict, total=False):
-    """A job row: `GET /inferences/{id}` (with presigned URLs) or a `GET /inferences` item."""
-
-    InferenceJobId: str
-    status: str
-    taskType: str
-    inference_type: str
-    createTime: str
-    startTime: str
-    completeTime: str
-    owner_group_or_role: list[str]
-    params: JobParams
-    image_names: list[str]
-    img_presigned_urls: list[str]
-    output_presigned_urls: list[str]
-    caption: str
-    sagemakerRaw: object
-
-
-class InferenceList(TypedDict, total=False):
-    inferences: list[InferenceItem]
-    last_evaluated_key: str | None
-
-
-class EndpointItem(TypedDict, total=False):
-    """A `GET /endpoints` item (§4.7); counts are strings, `N/A` on old rows."""
-
-    EndpointDeploymentJobId: str
-    endpoint_name: str
-    endpoint_status: str
-    endpoint_type: str
-    service_type: str
-    instance_type: str
-    current_instance_count: str
-    min_instance_number: str
-    max_instance_number: str
-
-
-class EndpointList(TypedDict, total=False):
-    endpoints: list[EndpointItem]
-    last_evaluated_key: str | None
-
-
-class CheckpointItem(TypedDict, total=False):
-    """A `GET /checkpoints` item (§4.8); `name[0]` is the file name inference uses."""
-
-    id: str
-    name: list[str]
-    type: str
-    status: str
-
-
-class CheckpointList(TypedDict, total=False):
-    page: int
-    per_page: int
-    pages: int
-    total: int
-    checkpoints: list[CheckpointItem]
-
-
-class PingData(TypedDict, total=False):
-    """`GET /ping` data; `interrogate` is the ESD-compatible server's own advertisement."""
-
-    interrogate: bool
-
+from cloud.esd.wire import (
+    CheckpointList,
+    EndpointItem,
+    EndpointList,
+    Envelope,
+    InferenceItem,
+    InferenceList,
+    JobParams,
+    Ping,
+    Started,
+    Wire,
+)
+from cloud.esd.wire import Created as CreatedAnswer
 
 # -- Converted values -------------------------------------------------------------------------
 
@@ -245,41 +156,23 @@ def _shape_error(what: str) -> BackendError:
     )
 
 
-def _mapping(value: object, what: str) -> Mapping[str, Any]:
+M = TypeVar("M", bound=Wire)
+
+
+def _read(model: type[M], value: object, what: str) -> M:
+    """`value` as `model`, or a `BackendError` naming the first field it cannot use (never the
+    value itself: it may be a presigned URL)."""
     if not isinstance(value, dict):
         raise _shape_error(f"{what} is not an object")
-    return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise _shape_error(f"{what}: `{where}`: {error['msg']}") from None
 
 
-def _opt_str(item: Mapping[str, Any], key: str) -> str | None:
-    value = item.get(key)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise _shape_error(f"`{key}` is not a string")
-
-
-def _req_str(item: Mapping[str, Any], key: str, what: str) -> str:
-    value = _opt_str(item, key)
-    if value is None:
-        raise _shape_error(f"{what} has no `{key}`")
-    return value
-
-
-def _str_list(item: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = item.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _shape_error(f"`{key}` is not a list of strings")
-    return tuple(value)
-
-
-def _next_key(data: Mapping[str, Any]) -> str | None:
-    key = data.get("last_evaluated_key")
+def _next_key(key: object) -> str | None:
     if key in (None, ""):
         return None
     if not isinstance(key, str):
@@ -367,129 +260,135 @@ def _short(text: str) -> str:
     return line if len(line) <= _REASON_MAX else line[: _REASON_MAX - 1] + "…"
 
 
-def _first_model(params: Mapping[str, Any]) -> str | None:
-    used = params.get("used_models")
-    if not isinstance(used, dict):
-        return None
-    checkpoints = used.get("Stable-diffusion")
-    if isinstance(checkpoints, list) and checkpoints and isinstance(checkpoints[0], dict):
-        name = checkpoints[0].get("model_name")
-        return name if isinstance(name, str) and name else None
-    return None
+def _first_model(params: JobParams | None) -> str | None:
+    used = params.used_models if params is not None else None
+    checkpoints = (used or {}).get("Stable-diffusion")
+    return (checkpoints[0].model_name or None) if checkpoints else None
 
 
 def parse_job(value: object) -> EsdJob:
     """A job row from `GET /inferences/{id}`, a list item, or a Real-time start answer."""
-    item = _mapping(value, "job")
-    job_id = _req_str(item, "InferenceJobId", "job")
-    status = _opt_str(item, "status") or ""
-    raw_params = item.get("params")
-    params: Mapping[str, Any] = raw_params if isinstance(raw_params, dict) else {}
-    endpoint = params.get("sagemaker_inference_endpoint_name")
-    owners = item.get("owner_group_or_role")
-    owner = (
-        owners[0] if isinstance(owners, list) and owners and isinstance(owners[0], str) else None
-    )
+    return _job(_read(InferenceItem, value, "job"))
+
+
+def _job(item: InferenceItem) -> EsdJob:
+    if not item.InferenceJobId:
+        raise _shape_error("job has no `InferenceJobId`")
+    status = item.status or ""
     state = _STATES.get(status)
-    inference_type = _opt_str(item, "inference_type")
-    reason = readable_reason(item.get("sagemakerRaw"))
+    inference_type = item.inference_type or None
+    reason = readable_reason(item.sagemakerRaw)
     if state is JobState.CREATED and inference_type == "Real-time":
         # ESD never moves a Real-time row on from `created`: its start Lambda sets
         # `startTime`, waits for the endpoint, and on an error stores `sagemakerRaw` and answers
         # 400 (inferences/start_inference_job.py).
         if reason is not None:
             state = JobState.FAILED
-        elif item.get("startTime"):
+        elif item.startTime:
             state = JobState.INPROGRESS
-    task = _opt_str(item, "taskType") or ""
+    task = item.taskType or ""
     if state is JobState.FAILED and reason is None:
         reason = NO_CAPTION if task.startswith("interrogate") else NO_IMAGES
-    caption = item.get("caption")
+    owners = item.owner_group_or_role
+    endpoint = item.params.sagemaker_inference_endpoint_name if item.params else None
+    caption = item.caption
     return EsdJob(
-        id=job_id,
+        id=item.InferenceJobId,
         task_type=task,
         status=status,
         state=state,
         inference_type=inference_type,
-        created_at=parse_time(_opt_str(item, "createTime")),
-        started_at=parse_time(_opt_str(item, "startTime")),
-        endpoint=endpoint if isinstance(endpoint, str) and endpoint else None,
-        model=_first_model(params),
-        owner=owner,
+        created_at=parse_time(item.createTime),
+        started_at=parse_time(item.startTime),
+        endpoint=endpoint or None,
+        model=_first_model(item.params),
+        owner=(owners[0] or None) if owners else None,
         reason=reason if state is JobState.FAILED else None,
-        image_urls=_str_list(item, "img_presigned_urls"),
-        param_urls=_str_list(item, "output_presigned_urls"),
-        caption=caption if isinstance(caption, str) and caption.strip() else None,
+        image_urls=tuple(item.img_presigned_urls or ()),
+        param_urls=tuple(item.output_presigned_urls or ()),
+        caption=caption if caption and caption.strip() else None,
     )
 
 
 def parse_inference_page(value: object) -> InferencePage:
-    data = _mapping(value, "inference list")
-    items = data.get("inferences") or []
-    if not isinstance(items, list):
-        raise _shape_error("`inferences` is not a list")
-    return InferencePage(tuple(parse_job(i) for i in items), _next_key(data))
+    data = _read(InferenceList, value, "inference list")
+    return InferencePage(
+        tuple(_job(item) for item in data.inferences or ()), _next_key(data.last_evaluated_key)
+    )
+
+
+def _endpoint(item: EndpointItem) -> Endpoint | None:
+    """An `sd` endpoint, or None for other services (ComfyUI shares the table)."""
+    if item.service_type not in (None, "", "sd"):
+        return None
+    if not item.endpoint_name:
+        raise _shape_error("endpoint has no `endpoint_name`")
+    return Endpoint(
+        name=item.endpoint_name,
+        status=item.endpoint_status or item.status or "unknown",
+        type=item.endpoint_type or "Async",
+        instance_type=item.instance_type or "",
+        instance_count=parse_count(item.current_instance_count),
+        min_instances=parse_count(item.min_instance_number),
+        max_instances=parse_count(item.max_instance_number),
+    )
 
 
 def parse_endpoint(value: object) -> Endpoint | None:
-    """An `sd` endpoint, or None for other services (ComfyUI shares the table)."""
-    item = _mapping(value, "endpoint")
-    service = _opt_str(item, "service_type")
-    if service not in (None, "sd"):
-        return None
-    return Endpoint(
-        name=_req_str(item, "endpoint_name", "endpoint"),
-        status=_opt_str(item, "endpoint_status") or _opt_str(item, "status") or "unknown",
-        type=_opt_str(item, "endpoint_type") or "Async",
-        instance_type=_opt_str(item, "instance_type") or "",
-        instance_count=parse_count(item.get("current_instance_count")),
-        min_instances=parse_count(item.get("min_instance_number")),
-        max_instances=parse_count(item.get("max_instance_number")),
-    )
+    """An `sd` endpoint row, or None for other services (ComfyUI shares the table)."""
+    return _endpoint(_read(EndpointItem, value, "endpoint"))
 
 
 def parse_endpoint_page(value: object) -> EndpointPage:
-    data = _mapping(value, "endpoint list")
-    items = data.get("endpoints") or []
-    if not isinstance(items, list):
-        raise _shape_error("`endpoints` is not a list")
-    found = (parse_endpoint(i) for i in items)
-    return EndpointPage(tuple(e for e in found if e is not None), _next_key(data))
+    data = _read(EndpointList, value, "endpoint list")
+    found = (_endpoint(item) for item in data.endpoints or ())
+    return EndpointPage(
+        tuple(e for e in found if e is not None), _next_key(data.last_evaluated_key)
+    )
 
 
 def parse_checkpoint_page(value: object) -> CheckpointPage:
-    data = _mapping(value, "checkpoint list")
-    items = data.get("checkpoints") or []
-    if not isinstance(items, list):
-        raise _shape_error("`checkpoints` is not a list")
-    models = []
-    for raw in items:
-        item = _mapping(raw, "checkpoint")
-        names = _str_list(item, "name")
-        kind = _opt_str(item, "type")
-        if names and kind:
-            models.append(Model(name=names[0], type=kind))
-    page = data.get("page", 1)
-    pages = data.get("pages", 1)
-    return CheckpointPage(
-        tuple(models),
-        page if isinstance(page, int) else 1,
-        pages if isinstance(pages, int) else 1,
+    data = _read(CheckpointList, value, "checkpoint list")
+    models = tuple(
+        Model(name=item.name[0], type=item.type)
+        for item in data.checkpoints or ()
+        if item.name and item.type
     )
+    return CheckpointPage(models, data.page or 1, data.pages or 1)
 
 
 def parse_created(value: object) -> Created:
-    data = _mapping(value, "create answer")
-    inference = _mapping(data.get("inference"), "create answer `inference`")
-    return Created(
-        id=_req_str(inference, "id", "created job"),
-        upload_url=_req_str(inference, "api_params_s3_upload_url", "created job"),
-    )
+    inference = _read(CreatedAnswer, value, "create answer").inference
+    if not inference.id or not inference.api_params_s3_upload_url:
+        raise _shape_error("created job has no `id` or `api_params_s3_upload_url`")
+    return Created(id=inference.id, upload_url=inference.api_params_s3_upload_url)
+
+
+def parse_envelope(raw: bytes) -> Envelope | None:
+    """An API answer's envelope; None when the body is not JSON (a proxy's HTML page)."""
+    if not raw:
+        return Envelope()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return Envelope.model_validate(value) if isinstance(value, dict) else Envelope()
+
+
+def started_endpoint(value: object) -> str | None:
+    """The endpoint an Async start answer names (`data.inference.endpoint_name`), or None."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        started = Started.model_validate(value)
+    except ValidationError:
+        return None
+    return (started.inference.endpoint_name or None) if started.inference else None
 
 
 def parse_ping(value: object, version: str | None) -> PingInfo:
-    data = value if isinstance(value, dict) else {}
-    return PingInfo(version=version, interrogate=data.get("interrogate") is True)
+    data = Ping.model_validate(value) if isinstance(value, dict) else Ping()
+    return PingInfo(version=version, interrogate=data.interrogate is True)
 
 
 def parse_version(text: str | None) -> tuple[int, ...] | None:

@@ -15,11 +15,21 @@ import contextlib
 import hashlib
 import hmac
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from bot.model import JobState
+from cloud.esd.wire import (
+    CheckpointList,
+    CheckpointRef,
+    Created,
+    CreatedInference,
+    EndpointList,
+    InferenceList,
+    Ping,
+    Wire,
+)
 from cloud.esd_server.oas import openapi_document
 from cloud.esd_server.state import (
     ESD_TASK_TYPES,
@@ -63,11 +73,9 @@ MAX_API_BODY_BYTES = 10 * 1024 * 1024
 _SHUTDOWN_SECONDS = 5.0
 # What `/ping` advertises with `rest_interrogate` only; real ESD's ping says just "pong"
 # (middleware_api/service/ping.py).
-_ADVERTISEMENT = {
-    "sdbot_local_backend": True,
-    "interrogate": True,
-    "task_types": [IMG2IMG, *INTERROGATE_TASKS],
-}
+_ADVERTISEMENT = Ping(
+    sdbot_local_backend=True, interrogate=True, task_types=[IMG2IMG, *INTERROGATE_TASKS]
+)
 # ESD's permission strings (middleware_api/common/const.py), as each Lambda asks for them.
 _CREATE = ["inference:all", "inference:create"]
 _START = ["inference:all"]
@@ -246,7 +254,7 @@ def _ok(
     request: web.Request,
     status: int,
     *,
-    data: dict[str, Any] | None = None,
+    data: Wire | None = None,
     message: str | None = None,
 ) -> web.Response:
     state = server_state(request.app)
@@ -259,7 +267,7 @@ def _ok(
 
 async def _ping(request: web.Request) -> web.Response:
     state = server_state(request.app)
-    data = dict(_ADVERTISEMENT) if state.config.rest_interrogate else None
+    data = _ADVERTISEMENT if state.config.rest_interrogate else None
     return _ok(request, 200, message="pong", data=data)
 
 
@@ -279,7 +287,7 @@ async def _create_inference(request: web.Request) -> web.Response:
             raise LambdaError(400, "payload_string must be valid json string") from None
     user = _user(request, _CREATE)
     _check_task_type(state, body.task_type)
-    endpoint = state.pick_endpoint(body.endpoint_name, body.inference_type, user)
+    endpoint = state.pick_endpoint(body.sagemaker_endpoint_name, body.inference_type, user)
     used_models: dict[str, list[dict[str, str]]] = {}
     checkpoints: list[Checkpoint] = []
     if body.task_type == IMG2IMG:
@@ -296,18 +304,20 @@ async def _create_inference(request: web.Request) -> web.Response:
     )
     if body.payload_string is not None:
         return await _start(request, job)  # ESD starts at once, and answers like the start
-    inference: dict[str, object] = {
-        "id": job.id,
-        "type": job.task_type,
-        "api_params_s3_location": state.storage.s3_uri(job.input_key),
-        "api_params_s3_upload_url": job.upload_url,
-    }
+    assert job.upload_url is not None  # no inline payload: the client uploads it
+    inference = CreatedInference(
+        id=job.id,
+        type=job.task_type,
+        api_params_s3_location=state.storage.s3_uri(job.input_key),
+        api_params_s3_upload_url=job.upload_url,
+    )
     if body.task_type == IMG2IMG:
-        inference["models"] = [
-            {"id": checkpoint.id, "name": [checkpoint.name], "type": checkpoint.type}
+        refs = [
+            CheckpointRef(id=checkpoint.id, name=[checkpoint.name], type=checkpoint.type)
             for checkpoint in checkpoints
         ]
-    return _ok(request, 201, data={"inference": inference})
+        inference = inference.model_copy(update={"models": refs})
+    return _ok(request, 201, data=Created(inference=inference))
 
 
 def _check_task_type(state: ServerState, task_type: str) -> None:
@@ -381,7 +391,7 @@ async def _list_inferences(request: web.Request) -> web.Response:
     built = {row.id: job_list_item(row, full=username is not None) for row in page}
     shown = state.visible_jobs(page, username) if username is not None else page
     items = [built[row.id] for row in shown]
-    return _ok(request, 200, data={"inferences": items, "last_evaluated_key": last_key})
+    return _ok(request, 200, data=InferenceList(inferences=items, last_evaluated_key=last_key))
 
 
 async def _delete_inferences(request: web.Request) -> web.Response:
@@ -410,7 +420,7 @@ async def _list_endpoints(request: web.Request) -> web.Response:
     visible = state.visible_endpoints(page, requestor, username)
     visible.sort(key=lambda row: row.start_time, reverse=True)
     items = [endpoint_item(row) for row in visible]
-    return _ok(request, 200, data={"endpoints": items, "last_evaluated_key": last_key})
+    return _ok(request, 200, data=EndpointList(endpoints=items, last_evaluated_key=last_key))
 
 
 async def _list_checkpoints(request: web.Request) -> web.Response:
@@ -435,13 +445,13 @@ async def _list_checkpoints(request: web.Request) -> web.Response:
     # an empty scan makes 0 pages, a scan whose rows are all hidden 1.
     pages = len(rows) // per_page + 1 if scanned else 0
     chosen = rows[(page - 1) * per_page : page * per_page]
-    data = {
-        "page": page,
-        "per_page": per_page,
-        "pages": pages,
-        "total": len(rows),
-        "checkpoints": [checkpoint_item(checkpoint, requestor) for checkpoint in chosen],
-    }
+    data = CheckpointList(
+        page=page,
+        per_page=per_page,
+        pages=pages,
+        total=len(rows),
+        checkpoints=[checkpoint_item(checkpoint, requestor) for checkpoint in chosen],
+    )
     return _ok(request, 200, data=data)
 
 

@@ -1,10 +1,12 @@
-"""ESD's wire formats, both ways: request bodies in, envelopes, error bodies and items out.
+"""The server's side of ESD's wire format (`cloud.esd.wire`, the one description the client
+reads too): request bodies in, envelopes, error bodies and items out.
 
-Request bodies are checked the way API Gateway's body validator does (its messages are those of
-the JSON-schema validator it runs) and become frozen dataclasses; answers are built here only: the
-Lambda envelope `{"statusCode", "debug", "data"?, "message"?}` with `x-api-version`, API Gateway's
-own `{"message", "requestId"}` errors, S3's XML errors, and the job / endpoint / checkpoint items
-of esd-api.md §4. Nothing else in the package writes JSON keys.
+Request bodies are validated strictly against the `cloud.esd.wire` models and refused the way
+API Gateway's body validator does (its messages are those of the JSON-schema validator it
+runs); answers are built here only, as `cloud.esd.wire` models: the Lambda envelope
+`{"statusCode", "debug", "data"?, "message"?}` with `x-api-version`, API Gateway's own
+`{"message", "requestId"}` errors, and the job / endpoint / checkpoint items of esd-api.md §4;
+S3's XML errors too. Nothing else in the package writes JSON keys.
 """
 
 from __future__ import annotations
@@ -13,20 +15,34 @@ import base64
 import binascii
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 from xml.sax.saxutils import escape
 
 from aiohttp import web
+from pydantic import ValidationError
 
+from cloud.esd.wire import (
+    INFERENCE_TYPES,
+    CheckpointItem,
+    CheckpointParams,
+    CreateInference,
+    Debug,
+    DeleteInferences,
+    EndpointItem,
+    Envelope,
+    InferenceItem,
+    JobParams,
+    Started,
+    StartedInference,
+    Wire,
+)
 from cloud.esd_server.state import INTERROGATE_TASKS, LambdaError, esd_time
 
 if TYPE_CHECKING:
     from cloud.esd_server.state import Checkpoint, EndpointRecord, JobRecord
     from cloud.esd_server.storage import PresignedStorage
 
-INFERENCE_TYPES: tuple[str, ...] = ("Async", "Real-time")
 _STATUS_TEXT = {
     200: "OK",
     201: "Created",
@@ -47,29 +63,11 @@ _CORS = {
 # -- Requests --------------------------------------------------------------------------------
 
 
-class CreateInferenceBody(TypedDict, total=False):
-    """`POST /inferences` as sent (esd-api.md §4.1)."""
-
-    task_type: str
-    inference_type: str
-    models: dict[str, list[str]]
-    sagemaker_endpoint_name: str
-    payload_string: str
-    workflow: str
-
-
-@dataclass(frozen=True)
-class CreateInference:
-    task_type: str
-    inference_type: str
-    models: dict[str, tuple[str, ...]]
-    endpoint_name: str | None
-    payload_string: str | None
-    workflow: str | None
-
-
 class BodyInvalidError(Exception):
     """The body fails API Gateway's validator; answered 400 with the validator's message."""
+
+
+M = TypeVar("M", bound=Wire)
 
 
 def parse_json_body(raw: bytes) -> object:
@@ -80,71 +78,70 @@ def parse_json_body(raw: bytes) -> object:
 
 
 def parse_create(raw: bytes) -> CreateInference:
-    value = parse_json_body(raw)
-    if not isinstance(value, dict):
-        raise BodyInvalidError(_type_message(value, "object"))
-    body = cast("CreateInferenceBody", value)  # checked key by key below
-    missing = [key for key in ("task_type", "inference_type", "models") if key not in body]
-    if missing:
-        listed = ",".join(f'"{key}"' for key in missing)
-        raise BodyInvalidError(f"[object has missing required properties ([{listed}])]")
-    task_type = body["task_type"]
-    if not isinstance(task_type, str):
-        raise BodyInvalidError(_type_message(task_type, "string"))
-    inference_type = body["inference_type"]
-    if inference_type not in INFERENCE_TYPES:
-        raise BodyInvalidError(
-            f"[instance value ({json.dumps(inference_type)}) not found in enum "
-            f'(possible values: ["Async","Real-time"])]'
-        )
-    models = body["models"]
-    if not isinstance(models, dict):
-        raise BodyInvalidError(_type_message(models, "object"))
-    checked: dict[str, tuple[str, ...]] = {}
-    for model_type, names in models.items():
-        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-            # Past the validator, ESD's Lambda fails on this with a 400 of its own.
-            raise LambdaError(400, f"models[{model_type!r}] must be a list of file names")
-        checked[model_type] = tuple(names)
-    optional: dict[str, str | None] = {}
-    for key in ("sagemaker_endpoint_name", "payload_string", "workflow"):
-        item = body.get(key)
-        if item is not None and not isinstance(item, str):
-            raise BodyInvalidError(_type_message(item, "string"))
-        optional[key] = item or None
-    return CreateInference(
-        task_type=task_type,
-        inference_type=str(inference_type),
-        models=checked,
-        endpoint_name=optional["sagemaker_endpoint_name"],
-        payload_string=optional["payload_string"],
-        workflow=optional["workflow"],
+    """`POST /inferences`; ESD treats an empty optional string as absent."""
+    body = _validated(CreateInference, parse_json_body(raw))
+    return body.model_copy(
+        update={
+            "sagemaker_endpoint_name": body.sagemaker_endpoint_name or None,
+            "payload_string": body.payload_string or None,
+            "workflow": body.workflow or None,
+        }
     )
 
 
 def parse_delete(raw: bytes) -> list[str]:
     """`DELETE /inferences` body: `{"inference_id_list": [1..100 ids]}`."""
-    value = parse_json_body(raw)
-    if not isinstance(value, dict):
-        raise BodyInvalidError(_type_message(value, "object"))
-    if "inference_id_list" not in value:
-        raise BodyInvalidError('[object has missing required properties (["inference_id_list"])]')
-    ids = value["inference_id_list"]
-    if not isinstance(ids, list):
-        raise BodyInvalidError(_type_message(ids, "array"))
-    if not ids:
-        raise BodyInvalidError(
-            "[array is too short: must have at least 1 elements but instance has 0 elements]"
+    return _validated(DeleteInferences, parse_json_body(raw)).inference_id_list
+
+
+def _validated(model: type[M], value: object) -> M:
+    try:
+        return model.model_validate(value, strict=True)
+    except ValidationError as exc:
+        raise _refusal(exc) from None
+
+
+# The JSON-schema type names API Gateway's validator reports, by pydantic's error type.
+_EXPECTED = {
+    "string_type": "string",
+    "list_type": "array",
+    "dict_type": "object",
+    "model_type": "object",
+    "model_attributes_type": "object",
+    "int_type": "integer",
+    "bool_type": "boolean",
+}
+
+
+def _refusal(exc: ValidationError) -> Exception:
+    """What API Gateway answers for the first problem its validator finds: missing required
+    properties before anything else, then fields in the schema's order."""
+    errors = exc.errors(include_url=False)
+    missing = [str(e["loc"][0]) for e in errors if e["type"] == "missing" and len(e["loc"]) == 1]
+    if missing:
+        listed = ",".join(f'"{key}"' for key in missing)
+        return BodyInvalidError(f"[object has missing required properties ([{listed}])]")
+    error = errors[0]
+    kind, loc, value, context = error["type"], error["loc"], error["input"], error.get("ctx", {})
+    if kind == "literal_error":
+        allowed = json.dumps(list(INFERENCE_TYPES), separators=(",", ":"))
+        return BodyInvalidError(
+            f"[instance value ({json.dumps(value)}) not found in enum (possible values: {allowed})]"
         )
-    if len(ids) > 100:
-        raise BodyInvalidError(
-            "[array is too long: must have at most 100 elements but instance has "
-            f"{len(ids)} elements]"
+    if kind == "too_short":
+        return BodyInvalidError(
+            f"[array is too short: must have at least {context['min_length']} elements but "
+            f"instance has {context['actual_length']} elements]"
         )
-    for item in ids:
-        if not isinstance(item, str):
-            raise BodyInvalidError(_type_message(item, "string"))
-    return [str(item) for item in ids]
+    if kind == "too_long":
+        return BodyInvalidError(
+            f"[array is too long: must have at most {context['max_length']} elements but "
+            f"instance has {context['actual_length']} elements]"
+        )
+    if loc[:1] == ("models",) and len(loc) > 1:
+        # The schema says only "object"; past the validator, ESD's Lambda fails with a 400.
+        return LambdaError(400, f"models[{loc[1]!r}] must be a list of file names")
+    return BodyInvalidError(_type_message(value, _EXPECTED.get(kind, "object")))
 
 
 def _type_message(value: object, expected: str) -> str:
@@ -196,7 +193,7 @@ def envelope(
     route: str,
     version: str,
     *,
-    data: dict[str, Any] | None = None,
+    data: Wire | None = None,
     message: str | None = None,
 ) -> web.Response:
     """A Lambda answer: ESD's envelope, HTTP status = `statusCode`, with `x-api-version`."""
@@ -204,13 +201,13 @@ def envelope(
     if status == 204:
         # HTTP forbids a body here; ESD's envelope is lost on the way in any case.
         return web.Response(status=204, headers=headers)
-    body: dict[str, Any] = {"statusCode": status, "debug": _debug(route)}
-    if data:
-        body["data"] = data
+    fields: dict[str, Any] = {"statusCode": status, "debug": _debug(route)}
+    if data is not None:
+        fields["data"] = data.dump()
     text = message if message is not None else _STATUS_TEXT.get(status, "")
     if text:
-        body["message"] = text
-    return web.json_response(body, status=status, headers=headers)
+        fields["message"] = text
+    return web.json_response(Envelope(**fields).dump(), status=status, headers=headers)
 
 
 def gateway_error(
@@ -223,11 +220,13 @@ def gateway_error(
 ) -> web.Response:
     """API Gateway's own answer (`DEFAULT_4XX` / `DEFAULT_5XX`, or `BAD_REQUEST_BODY`)."""
     request_id = str(uuid.uuid4())
-    body: dict[str, Any] = {"message": message, "requestId": request_id}
-    if validation:
-        body = {"statusCode": status, **body}
+    answer = (
+        Envelope(statusCode=status, message=message, requestId=request_id)
+        if validation
+        else Envelope(message=message, requestId=request_id)
+    )
     return web.json_response(
-        body,
+        answer.dump(),
         status=status,
         headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": error_type, **(headers or {})},
     )
@@ -243,19 +242,19 @@ def s3_error(status: int, code: str, message: str) -> web.Response:
     return web.Response(status=status, text=xml, content_type="application/xml")
 
 
-def _debug(route: str) -> dict[str, str | None]:
+def _debug(route: str) -> Debug:
     # ESD points at the Lambda's console pages; there is no console here, so say what ran.
-    return {
-        "function_url": f"local://sdbot-local-backend/{route}",
-        "log_url": "local://sdbot-local-backend/stderr",
-        "trace_url": None,
-    }
+    return Debug(
+        function_url=f"local://sdbot-local-backend/{route}",
+        log_url="local://sdbot-local-backend/stderr",
+        trace_url=None,
+    )
 
 
 # -- Items -----------------------------------------------------------------------------------
 
 
-def job_params(job: JobRecord) -> dict[str, Any]:
+def job_params(job: JobRecord) -> JobParams:
     params: dict[str, Any] = {
         "input_body_s3": job.input_s3,
         "input_body_presign_url": job.upload_url,
@@ -267,10 +266,10 @@ def job_params(job: JobRecord) -> dict[str, Any]:
         params["used_models"] = job.used_models
     if job.output_path is not None:
         params["output_path"] = job.output_path
-    return params
+    return JobParams(**params)
 
 
-def job_detail(job: JobRecord, storage: PresignedStorage, origin: str) -> dict[str, Any]:
+def job_detail(job: JobRecord, storage: PresignedStorage, origin: str) -> InferenceItem:
     """`GET /inferences/{id}` data: the whole row plus fresh presigned GET URLs."""
     item: dict[str, Any] = {
         "img_presigned_urls": [
@@ -298,11 +297,18 @@ def job_detail(job: JobRecord, storage: PresignedStorage, origin: str) -> dict[s
         item["payload_string"] = job.payload_string
     if job.workflow is not None:
         item["workflow"] = job.workflow
-    return item
+    return InferenceItem(**item)
 
 
-def job_list_item(job: JobRecord, *, full: bool) -> dict[str, Any]:
+def job_list_item(job: JobRecord, *, full: bool) -> InferenceItem:
     """A `GET /inferences` row: no URLs; without `username` the reduced set of fields."""
+    if job.caption is not None:
+        # ESD builds every listed row as its `InferenceJob` dataclass, which has no `caption`
+        # field (middleware_api/libs/data_types.py, inferences/list_inferences.py): a page
+        # with a captioned interrogate row fails as a whole.
+        raise LambdaError(
+            400, "InferenceJob.__init__() got an unexpected keyword argument 'caption'"
+        )
     item: dict[str, Any] = {
         "InferenceJobId": job.id,
         "status": job.status.value,
@@ -317,17 +323,10 @@ def job_list_item(job: JobRecord, *, full: bool) -> dict[str, Any]:
         "inference_type": job.inference_type,
         "payload_string": job.payload_string or "{}",
     }
-    if job.caption is not None:
-        # ESD builds every listed row as its `InferenceJob` dataclass, which has no `caption`
-        # field (middleware_api/libs/data_types.py, inferences/list_inferences.py): a page
-        # with a captioned interrogate row fails as a whole.
-        raise LambdaError(
-            400, "InferenceJob.__init__() got an unexpected keyword argument 'caption'"
-        )
     if full:
         item["inference_info_name"] = ""
         item["workflow"] = job.workflow
-    return item
+    return InferenceItem(**item)
 
 
 def job_key(job: JobRecord) -> dict[str, Any]:
@@ -339,61 +338,61 @@ def job_key(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def endpoint_item(endpoint: EndpointRecord) -> dict[str, Any]:
+def endpoint_item(endpoint: EndpointRecord) -> EndpointItem:
     """A `GET /endpoints` row (ESD's `Endpoint` dataclass; counts are strings)."""
-    return {
-        "EndpointDeploymentJobId": endpoint.id,
-        "autoscaling": True,
-        "max_instance_number": str(endpoint.max_instances),
-        "startTime": esd_time(endpoint.start_time),
-        "status": None,
-        "instance_type": endpoint.instance_type,
-        "current_instance_count": str(endpoint.instance_count),
-        "endTime": esd_time(endpoint.end_time),
-        "endpoint_status": endpoint.status,
-        "endpoint_name": endpoint.name,
-        "error": endpoint.error,
-        "endpoint_type": endpoint.type,
-        "owner_group_or_role": list(endpoint.owners),
-        "min_instance_number": str(endpoint.min_instances),
-        "custom_extensions": "",
-        "service_type": endpoint.service_type,
-    }
+    return EndpointItem(
+        EndpointDeploymentJobId=endpoint.id,
+        autoscaling=True,
+        max_instance_number=str(endpoint.max_instances),
+        startTime=esd_time(endpoint.start_time),
+        status=None,
+        instance_type=endpoint.instance_type,
+        current_instance_count=str(endpoint.instance_count),
+        endTime=esd_time(endpoint.end_time),
+        endpoint_status=endpoint.status,
+        endpoint_name=endpoint.name,
+        error=endpoint.error,
+        endpoint_type=endpoint.type,
+        owner_group_or_role=list(endpoint.owners),
+        min_instance_number=str(endpoint.min_instances),
+        custom_extensions="",
+        service_type=endpoint.service_type,
+    )
 
 
-def checkpoint_item(checkpoint: Checkpoint, creator: str) -> dict[str, Any]:
+def checkpoint_item(checkpoint: Checkpoint, creator: str) -> CheckpointItem:
     """A `GET /checkpoints` row (§4.8): `name` is a list whose first entry is the file name."""
-    return {
-        "id": checkpoint.id,
-        "s3Location": checkpoint.s3_location,
-        "type": checkpoint.type,
-        "status": "Active",
-        "name": [checkpoint.name],
+    return CheckpointItem(
+        id=checkpoint.id,
+        s3Location=checkpoint.s3_location,
+        type=checkpoint.type,
+        status="Active",
+        name=[checkpoint.name],
         # A DynamoDB number, which ESD's `DecimalEncoder` writes as a string.
-        "created": str(checkpoint.created),
-        "params": {
-            "creator": creator,
-            "message": "placed on the local backend",
-            "created": esd_time(datetime.fromtimestamp(checkpoint.created, UTC)),
-        },
-        "allowed_roles_or_users": list(checkpoint.allowed),
-        "source_path": None,
-        "target_path": None,
-    }
+        created=str(checkpoint.created),
+        params=CheckpointParams(
+            creator=creator,
+            message="placed on the local backend",
+            created=esd_time(datetime.fromtimestamp(checkpoint.created, UTC)),
+        ),
+        allowed_roles_or_users=list(checkpoint.allowed),
+        source_path=None,
+        target_path=None,
+    )
 
 
-def start_answer(job: JobRecord) -> dict[str, Any]:
+def start_answer(job: JobRecord) -> Started:
     """The 202 data of an Async start (the `inference` copy is ESD's, kept for old clients)."""
-    return {
-        "InferenceJobId": job.id,
-        "status": job.status.value,
-        "inference": {
-            "inference_id": job.id,
-            "status": job.status.value,
-            "endpoint_name": job.endpoint.name,
-            "output_path": job.output_path,
-        },
-    }
+    return Started(
+        InferenceJobId=job.id,
+        status=job.status.value,
+        inference=StartedInference(
+            inference_id=job.id,
+            status=job.status.value,
+            endpoint_name=job.endpoint.name,
+            output_path=job.output_path,
+        ),
+    )
 
 
 def failed_realtime_message(job: JobRecord) -> str:

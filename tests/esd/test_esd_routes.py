@@ -172,7 +172,8 @@ async def test_interrogate_both_methods(server: str, backend: EsdBackend) -> Non
 async def test_interrogate_without_advertisement_names_what_is_missing(
     monkeypatch: pytest.MonkeyPatch, server: str
 ) -> None:
-    monkeypatch.setitem(server_app._ADVERTISEMENT, "interrogate", False)
+    silent = server_app._ADVERTISEMENT.model_copy(update={"interrogate": False})
+    monkeypatch.setattr(server_app, "_ADVERTISEMENT", silent)
     async with EsdBackend(esd_config(server)) as esd:
         with pytest.raises(BackendError) as caught:
             await esd.interrogate("bot1", InterrogateParams("clip", ASYNC), png())

@@ -562,7 +562,8 @@ async def no_rest_interrogate(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
 
     `ServerConfig` has no switch for the advertisement, so the module's dict is patched.
     """
-    monkeypatch.setitem(server_app._ADVERTISEMENT, "interrogate", False)
+    silent = server_app._ADVERTISEMENT.model_copy(update={"interrogate": False})
+    monkeypatch.setattr(server_app, "_ADVERTISEMENT", silent)
     async with running_server(server_config()) as url:
         yield url
 
