@@ -21,7 +21,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from yarl import URL
 
@@ -47,29 +47,12 @@ from cloud.local import LocalBackend, LocalBackendConfig
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from bot.ports import Backend, ChatAdapter
+    from bot.ports import Backend, ChatAdapter, ChatConnection
 
 # Where discord.py sends its REST requests (discord/http.py `Route.BASE`).
 DISCORD_API = URL("https://discord.com/api/v10")
 
 _LOGGER = logging.getLogger("sdbot")
-
-
-class _Connected(Protocol):
-    """A chat adapter that holds a connection of its own (Discord, Slack).
-
-    `start` connects; `wait_closed` returns when the connection has ended for good (raising
-    `ConfigError` when the platform refused it); `stop` stops taking new requests but keeps the
-    platform client usable; `aclose` releases everything.
-    """
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 def make_backend(config: Config, metrics: Metrics | None = None) -> Backend:
@@ -165,9 +148,9 @@ class _Operations:
 
 def chat_adapters(
     app: BotApp, config: Config, ops: _Operations | None = None
-) -> list[tuple[ChatAdapter, _Connected]]:
+) -> list[tuple[ChatAdapter, ChatConnection]]:
     """The chat adapters whose credentials are set (measured and served with `ops`)."""
-    found: list[tuple[ChatAdapter, _Connected]] = []
+    found: list[tuple[ChatAdapter, ChatConnection]] = []
     secrets = config.secrets
     if secrets.discord_token:
         from adapters.discord import DiscordAdapter
@@ -229,13 +212,13 @@ async def _run(config: Config) -> int:
         return await _console(config)
     for adapter, _ in adapters:
         app.add_adapter(instrument_chat(adapter, ops.metrics))
-        ops.watch(adapter.platform.value)
+        ops.watch(adapter.platform)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopping.set)
-    started: list[_Connected] = []
+    started: list[ChatConnection] = []
     try:
         async with app:
             try:
@@ -246,7 +229,7 @@ async def _run(config: Config) -> int:
                 for adapter, connection in adapters:
                     await connection.start()
                     started.append(connection)
-                    ops.connected[adapter.platform.value] = True
+                    ops.connected[adapter.platform] = True
                 platforms = ", ".join(a.platform for a, _ in adapters)
                 _LOGGER.info("sdbot is running on %s", platforms)
                 waits = [asyncio.create_task(stopping.wait(), name="sdbot-signal")] + [
@@ -254,7 +237,7 @@ async def _run(config: Config) -> int:
                     for c in started
                 ]
                 for (adapter, _), wait in zip(adapters, waits[1:], strict=True):
-                    wait.add_done_callback(ops.disconnected(adapter.platform.value))
+                    wait.add_done_callback(ops.disconnected(adapter.platform))
                 try:
                     done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:

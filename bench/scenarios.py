@@ -72,7 +72,7 @@ def _fill_store(path: Path, count: int) -> None:
         job = Job(
             id=f"{n:010d}",
             command=rng.choice(commands),
-            caller=Caller(Platform.DISCORD, server, user, Conversation("c1")),
+            caller=Caller(Platform("discord"), server, user, Conversation("c1")),
             state=rng.choice(states),
             created_at=created,
             options={"prompt": "a cat"},

@@ -58,7 +58,7 @@ class BotApp:
             backend, interval=config.poll_interval, max_interval=config.poll_max_interval
         )
         self.catalog = Catalog(backend, self.clock)
-        self.policy = Policy(config, store, self.clock, self.catalog)
+        self.policy = Policy(config, store, self.clock, self.catalog, self._adapters)
         self.retention = Retention(store, self.clock, days=config.retention_days)
         self.runner = JobRunner(
             config=config,
@@ -79,6 +79,7 @@ class BotApp:
             catalog=self.catalog,
             policy=self.policy,
             clock=self.clock,
+            adapters=self._adapters,
             observer=observer,
         )
         self.gc = GcFreezer(lambda: self.runner.in_flight > 0)

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 
 from bot.errors import OperationalError, ParseError, RefusedError, UserInputError
 from bot.inputs import assign_slots, path_refs, read_local, text_value
-from bot.model import Platform
-from bot.ports import NullObserver
+from bot.ports import NullObserver, traits_of
 from bot.queries import Queries
 from bot.regenerate import Regenerator
 from bot.views import Action, ActionKind
@@ -26,21 +25,25 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from bot.jobs import JobRunner
-    from bot.model import AttachmentRef, Caller, Job
+    from bot.model import AttachmentRef, Caller, Job, Platform
     from bot.policy import Policy
-    from bot.ports import Backend, Clock, JobStore, Observer, Responder
+    from bot.ports import (
+        Backend,
+        ChatAdapter,
+        Clock,
+        JobStore,
+        Observer,
+        PlatformTraits,
+        Responder,
+    )
     from bot.resolve import Catalog
     from commands import CommandSpec, ParsedCommand
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def _missing_image_message(spec: CommandSpec, slot: str, platform: Platform) -> str:
-    how = {
-        Platform.CONSOLE: f"give it as `{slot}=PATH`",
-        Platform.DISCORD: f"use the command's `{slot}` option",
-        Platform.SLACK: "attach the file(s) to a message that mentions the bot",
-    }[platform]
+def _missing_image_message(spec: CommandSpec, slot: str, traits: PlatformTraits) -> str:
+    how = traits.attach_hint.format(slot=slot)
     attachment = next(a for a in spec.attachments if a.slot.value == slot)
     return f"{spec.name} needs {slot} ({attachment.help}): {how}"
 
@@ -57,9 +60,12 @@ class Dispatcher:
         catalog: Catalog,
         policy: Policy,
         clock: Clock,
+        adapters: Mapping[Platform, ChatAdapter],
         observer: Observer | None = None,
     ) -> None:
+        """`adapters`: by platform, for their traits (filled in as adapters are added)."""
         self._runner = runner
+        self._adapters = adapters
         self._observer = observer or NullObserver()
         self._policy = policy
         self._clock = clock
@@ -79,7 +85,11 @@ class Dispatcher:
     ) -> Job | None:
         """A command in text form (console, Slack)."""
         try:
-            parsed = parse(text, console=caller.platform is Platform.CONSOLE, now=self._clock.now())
+            parsed = parse(
+                text,
+                console=traits_of(self._adapters, caller.platform).local_files,
+                now=self._clock.now(),
+            )
         except ParseError as exc:
             self._observer.refused(exc.reason)
             await responder.refuse(str(exc))
@@ -137,7 +147,7 @@ class Dispatcher:
                 text,
                 attachments,
                 responder,
-                local_files=caller.platform is Platform.CONSOLE,
+                local_files=traits_of(self._adapters, caller.platform).local_files,
             )
 
         return await self._answering(responder, "reply", work)
@@ -203,9 +213,8 @@ class Dispatcher:
         have = {r.slot for r in refs}
         for attachment in spec.attachments:
             if attachment.required and attachment.slot.value not in have:
-                raise RefusedError(
-                    _missing_image_message(spec, attachment.slot.value, caller.platform)
-                )
+                traits = traits_of(self._adapters, caller.platform)
+                raise RefusedError(_missing_image_message(spec, attachment.slot.value, traits))
         inputs = await read_local(self._runner, caller, spec.name, options, refs, local)
         remote = [r for r in refs if r.slot not in {i.slot for i in inputs}]
         return await self._runner.accept(

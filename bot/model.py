@@ -7,6 +7,7 @@ adapters, backends and the store can all speak it.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,12 +16,28 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 
-class Platform(enum.StrEnum):
-    """Where a request came from."""
+_PLATFORM_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
-    CONSOLE = "console"
-    DISCORD = "discord"
-    SLACK = "slack"
+
+class Platform(str):
+    """Where a request came from: the name its adapter declares (`console`, `discord`, …).
+
+    Platforms are open: each adapter declares its own (`ChatAdapter.platform`) and says what
+    the core needs to know about it in `bot.ports.PlatformTraits`. The core compares platforms
+    and stores them; it never names one. A name is a short lowercase word, as stored in rows.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, name: str) -> Platform:
+        if not _PLATFORM_NAME.fullmatch(name):
+            raise ValueError(f"a platform name is a short lowercase word, not {name!r}")
+        return super().__new__(cls, name)
+
+    @property
+    def value(self) -> str:
+        """The name as a plain `str` (what rows and metric labels hold)."""
+        return str.__str__(self)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 from bot.errors import ParseError, RefusedError
-from bot.model import Caller, Platform
-from bot.ports import Admission, AdmissionRefused
+from bot.ports import Admission, AdmissionRefused, traits_of
 from bot.render import duration
 from bot.resolve import vae_keyword
 
@@ -25,7 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from bot.config import Config
-    from bot.ports import Clock, JobStore
+    from bot.model import Caller, Platform
+    from bot.ports import ChatAdapter, Clock, JobStore
     from bot.resolve import Catalog
 
 SETTING_KEYS: tuple[str, ...] = (
@@ -57,8 +57,17 @@ class Defaults:
 class Policy:
     """Access, limits and channel / server defaults."""
 
-    def __init__(self, config: Config, store: JobStore, clock: Clock, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        clock: Clock,
+        catalog: Catalog,
+        adapters: Mapping[Platform, ChatAdapter],
+    ) -> None:
+        """`adapters`: by platform, for their traits (filled in as adapters are added)."""
         self._config = config
+        self._adapters = adapters
         self._store = store
         self._clock = clock
         self._catalog = catalog
@@ -72,8 +81,9 @@ class Policy:
     # -- access ----------------------------------------------------------------------------
 
     def check_access(self, caller: Caller) -> None:
-        """Refuse callers outside the configured allow-lists (the console is always allowed)."""
-        if caller.platform is Platform.CONSOLE:
+        """Refuse callers outside the configured allow-lists (an operator's platform, such as
+        the console, is always allowed)."""
+        if traits_of(self._adapters, caller.platform).operator:
             return
         config = self._config
         if config.allowed_servers and caller.server not in config.allowed_servers:
@@ -95,7 +105,7 @@ class Policy:
         """The per-user limits a new job must fit in; refuses at once over the global cap.
 
         The store checks the per-user limits in the same transaction that commits the job.
-        The console's operator is bound by the global cap only.
+        The operator (the console) is bound by the global cap only.
         """
         if in_flight >= self._config.max_in_flight:
             raise RefusedError(
@@ -103,7 +113,7 @@ class Policy:
                 f"{self._config.max_in_flight}); please try again in a minute",
                 reason="busy",
             )
-        if caller.platform is Platform.CONSOLE:
+        if traits_of(self._adapters, caller.platform).operator:
             return None
         defaults = await self.defaults(caller)
         now = self._clock.now()

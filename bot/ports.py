@@ -3,7 +3,8 @@
 - `Backend`: runs jobs (`cloud/`: the local preview backend, ESD over REST, SageMaker for
   interrogate).
 - `ChatAdapter`: what the core asks of a chat platform for a job's life (threads, status
-  messages, results, downloads). Adapters live in `adapters/`.
+  messages, results, downloads), with its `PlatformTraits`; `ChatConnection`: its lifecycle.
+  Adapters live in `adapters/`.
 - `Responder`: the answer channel of one incoming event (ack, replies, private refusals).
 - `JobStore`: durable jobs, their inputs and results (`bot.store` is the SQLite one).
 - `Clock`: time, so tests and benchmarks control it.
@@ -156,6 +157,27 @@ class PostedStatus:
     message: str
 
 
+@dataclass(frozen=True)
+class PlatformTraits:
+    """What the core needs to know about a platform besides its name; its adapter declares it.
+
+    `attach_hint` tells users how to give an image on this platform (`{slot}` becomes the
+    slot's name: image, mask, sketch). `local_files`: users name files on this machine
+    (`image=PATH`, the console). `operator`: whoever types here runs the bot (the console): no
+    allow-lists, no per-user limits, only the global cap.
+    """
+
+    attach_hint: str = "attach the file(s)"
+    local_files: bool = False
+    operator: bool = False
+
+
+def traits_of(adapters: Mapping[Platform, ChatAdapter], platform: Platform) -> PlatformTraits:
+    """The traits `platform`'s adapter declares; the defaults for a platform without one."""
+    adapter = adapters.get(platform)
+    return adapter.traits if adapter is not None else PlatformTraits()
+
+
 class ChatAdapter(Protocol):
     """What the core asks of a chat platform during a job's life.
 
@@ -164,6 +186,7 @@ class ChatAdapter(Protocol):
     """
 
     platform: Platform
+    traits: PlatformTraits
 
     async def download(self, ref: AttachmentRef, max_bytes: int) -> bytes:
         """Fetch an attachment from the platform's own file hosts, at most `max_bytes`.
@@ -200,6 +223,25 @@ class ChatAdapter(Protocol):
     async def delete_messages(self, thread: Conversation, messages: Sequence[str]) -> None:
         """Delete the bot's own messages (the Delete action)."""
         ...
+
+
+class ChatConnection(Protocol):
+    """An adapter's own connection to its platform (Discord's gateway, Slack's socket or HTTP
+    server); the composition root runs it beside the core.
+
+    `start` connects; `wait_closed` returns when the connection has ended for good (raising
+    `ConfigError` when the platform refused it); `stop` stops taking new requests but keeps the
+    platform client usable (the core's jobs still post while they stop); `aclose` releases
+    everything.
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True)

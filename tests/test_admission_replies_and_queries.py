@@ -224,11 +224,11 @@ def test_chat_credentials_without_a_chosen_backend_stop_the_start(
 
 async def test_preview_results_say_so(tmp_path: Path) -> None:
     app = make_app(fast_config(tmp_path))
-    adapter = RecordingAdapter(Platform.SLACK)
+    adapter = RecordingAdapter(Platform("slack"))
     app.add_adapter(adapter)
     async with app:
         r = RecordingResponder()
-        caller = chat_caller(platform=Platform.SLACK)
+        caller = chat_caller(platform=Platform("slack"))
         await app.dispatcher.handle_text(
             caller, "img2img a cat", [adapter.attach("a.png", png())], r
         )
@@ -238,5 +238,5 @@ async def test_preview_results_say_so(tmp_path: Path) -> None:
         assert len(results) == 2
         for result in results:
             assert result.notice == PREVIEW_NOTICE and PREVIEW_NOTICE in result.text
-        jobs = await app.store.query(JobQuery(Platform.SLACK, caller.server))
+        jobs = await app.store.query(JobQuery(Platform("slack"), caller.server))
         assert all(j.state is JobState.SUCCEED for j in jobs)

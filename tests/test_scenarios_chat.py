@@ -256,7 +256,7 @@ async def test_jobs_never_cross_servers_and_users_see_their_own(chat) -> None:  
 
 async def test_slack_style_files_are_assigned_by_name_then_order(chat) -> None:  # type: ignore[no-untyped-def]
     app, adapter = chat
-    caller = chat_caller(platform=Platform.DISCORD)
+    caller = chat_caller(platform=Platform("discord"))
     files = [("the-mask.png", png(96, 64, color=(255, 255, 255))), ("photo.png", png(96, 64))]
     job, _r = await run_job(app, adapter, "inpaint-upload x", caller=caller, files=files)
     stored = {i.slot: i.name for i in await app.store.images(job.id)}

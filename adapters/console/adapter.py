@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from bot.errors import ImageInputError
 from bot.model import AttachmentRef, Caller, Conversation, JobState, Platform
-from bot.ports import PostedStatus
+from bot.ports import PlatformTraits, PostedStatus
 from bot.render import byte_size
 
 if TYPE_CHECKING:
@@ -35,6 +35,13 @@ if TYPE_CHECKING:
     from bot.views import ResultImage, ResultView, StatusView
 
 CONSOLE_CHANNEL = "console"
+
+
+CONSOLE = Platform("console")
+# The operator's own terminal: files are paths on this machine, no allow-lists or user limits.
+CONSOLE_TRAITS = PlatformTraits(
+    attach_hint="give it as `{slot}=PATH`", local_files=True, operator=True
+)
 
 
 class ConsoleResponder:
@@ -61,7 +68,8 @@ class ConsoleResponder:
 class ConsoleAdapter:
     """`bot.ports.ChatAdapter` for the console."""
 
-    platform = Platform.CONSOLE
+    platform = CONSOLE
+    traits = CONSOLE_TRAITS
 
     def __init__(self, output_dir: Path, out: TextIO | None = None) -> None:
         self._output_dir = output_dir
@@ -69,7 +77,7 @@ class ConsoleAdapter:
         self._shown: dict[str, JobState] = {}
         self.last_job: str | None = None
         self.caller = Caller(
-            Platform.CONSOLE,
+            CONSOLE,
             "local",
             "operator",
             Conversation(CONSOLE_CHANNEL),

@@ -26,7 +26,9 @@ from discord import app_commands
 
 from adapters.discord.commands import CommandSync, install
 from adapters.discord.convert import (
+    DISCORD,
     DISCORD_CDN_ORIGINS,
+    DISCORD_TRAITS,
     MIB,
     DiscordLimits,
     allowed_url,
@@ -55,7 +57,7 @@ from bot.errors import (
     ImageInputError,
     OperationalError,
 )
-from bot.model import Conversation, Platform
+from bot.model import Conversation
 from bot.ports import PostedStatus
 from bot.retry import RetryPolicy
 from bot.tasks import Supervised, TaskSet, supervise
@@ -132,7 +134,8 @@ class DiscordAdapter:
     `discord_message_content` from the configuration (off when it has none).
     """
 
-    platform = Platform.DISCORD
+    platform = DISCORD
+    traits = DISCORD_TRAITS
 
     def __init__(
         self,

@@ -19,11 +19,17 @@ import discord
 from PIL import Image, UnidentifiedImageError
 
 from bot.model import AttachmentRef, Caller, Conversation, JobState, Platform
+from bot.ports import PlatformTraits
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping, Sequence
 
     from bot.views import ResultView, StatusView
+
+
+DISCORD = Platform("discord")
+# How users give an image on Discord (`bot.ports.PlatformTraits`).
+DISCORD_TRAITS = PlatformTraits(attach_hint="use the command's `{slot}` option")
 
 MIB = 1024 * 1024
 # Discord's own file hosts; attachments are downloaded from nowhere else (SPEC §7).
@@ -322,7 +328,7 @@ def interaction_caller(interaction: discord.Interaction[Any]) -> Caller:
     user = interaction.user
     guild_id = interaction.guild_id
     return Caller(
-        Platform.DISCORD,
+        DISCORD,
         server=str(guild_id) if guild_id is not None else f"dm:{user.id}",
         user=str(user.id),
         conversation=conversation_of(interaction.channel, interaction.channel_id),
@@ -338,7 +344,7 @@ def message_caller(message: discord.Message, conversation: Conversation) -> Call
     guild_id = _message_guild_id(message)
     is_admin = isinstance(author, discord.Member) and is_admin_permissions(author.guild_permissions)
     return Caller(
-        Platform.DISCORD,
+        DISCORD,
         server=str(guild_id) if guild_id is not None else f"dm:{author.id}",
         user=str(author.id),
         conversation=conversation,

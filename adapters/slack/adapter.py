@@ -41,6 +41,8 @@ from adapters.slack.blocks import (
 from adapters.slack.client import SERVER_ERRORS, make_web_client
 from adapters.slack.convert import (
     CHECK_FILE_INFO,
+    SLACK,
+    SLACK_TRAITS,
     attachment_refs,
     escape,
     file_message_id,
@@ -51,7 +53,7 @@ from adapters.slack.convert import (
 )
 from adapters.slack.files import SlackFileFetcher
 from bot.errors import ChatDeliveryError, ConfigError, ConversationClosedError, ImageInputError
-from bot.model import Conversation, Platform
+from bot.model import Conversation
 from bot.ports import PostedStatus
 from bot.retry import RetryPolicy, TransientError, parse_retry_after
 from bot.tasks import TaskSet
@@ -102,7 +104,8 @@ def slack_configured(config: Config) -> bool:
 class SlackAdapter:
     """`bot.ports.ChatAdapter` for Slack, plus the Bolt app that feeds the core."""
 
-    platform = Platform.SLACK
+    platform = SLACK
+    traits = SLACK_TRAITS
 
     def __init__(
         self,

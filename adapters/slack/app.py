@@ -43,6 +43,7 @@ from adapters.slack.blocks import (
     submitted_values,
 )
 from adapters.slack.convert import (
+    SLACK,
     SlackMessage,
     SlackTarget,
     attachment_refs,
@@ -55,7 +56,7 @@ from adapters.slack.convert import (
     team_of,
 )
 from bot.errors import ChatDeliveryError, ParseError, UserInputError
-from bot.model import AttachmentRef, Caller, Conversation, Platform
+from bot.model import AttachmentRef, Caller, Conversation
 from bot.views import EDIT_FIELDS, Action, ActionKind
 from commands import build, parse, tokenize
 
@@ -316,7 +317,7 @@ class SlackListeners:
         self, team: str, user: str, channel: str, thread: str | None, name: str = ""
     ) -> Caller:
         return Caller(
-            Platform.SLACK,
+            SLACK,
             server=team,
             user=user,
             conversation=Conversation(channel, thread),

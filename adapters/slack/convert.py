@@ -16,11 +16,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlsplit
 
-from bot.model import AttachmentRef
+from bot.model import AttachmentRef, Platform
+from bot.ports import PlatformTraits
 from commands import COMMANDS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+
+
+SLACK = Platform("slack")
+# How users give an image on Slack (`bot.ports.PlatformTraits`).
+SLACK_TRAITS = PlatformTraits(attach_hint="attach the file(s) to a message that mentions the bot")
 
 # Slack's own file hosts (commercial Slack and GovSlack); private files live there.
 SLACK_FILE_HOSTS: frozenset[str] = frozenset({"files.slack.com", "files.slack-gov.com"})

@@ -16,7 +16,7 @@ def job(job_id: str, user: str = "u1") -> Job:
     return Job(
         id=job_id,
         command="img2img",
-        caller=Caller(Platform.DISCORD, "g1", user, Conversation("c1")),
+        caller=Caller(Platform("discord"), "g1", user, Conversation("c1")),
         state=JobState.CREATED,
         created_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
         options={"prompt": "x"},

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-D = Platform.DISCORD
+D = Platform("discord")
 
 
 def job(

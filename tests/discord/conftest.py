@@ -1132,7 +1132,7 @@ class DiscordHarness:
     async def jobs(self) -> list[Any]:
         found = []
         for server in (str(GUILD), str(OTHER_GUILD), f"dm:{ALICE.id}"):
-            found += await self.app.store.query(JobQuery(Platform.DISCORD, server, limit=100))
+            found += await self.app.store.query(JobQuery(Platform("discord"), server, limit=100))
         return sorted(found, key=lambda j: j.created_at)
 
     def results(self, thread: str) -> list[dict[str, Any]]:

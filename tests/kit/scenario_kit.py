@@ -19,7 +19,7 @@ from bot.app import BotApp
 from bot.config import Config
 from bot.errors import ChatDeliveryError, ImageInputError
 from bot.model import AttachmentRef, Caller, Conversation, Platform
-from bot.ports import PostedStatus
+from bot.ports import PlatformTraits, PostedStatus
 from bot.store import SqliteJobStore
 from cloud.local import LocalBackend, LocalBackendConfig
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
     from bot.views import ResultImage, ResultView, StatusView
+
+DISCORD = Platform("discord")  # a chat-like platform: the default of the fakes below
 
 
 def png(
@@ -251,8 +253,9 @@ class RecordingResponder:
 class RecordingAdapter:
     """A `ChatAdapter` for a chat-like platform that keeps everything the core posted."""
 
-    def __init__(self, platform: Platform = Platform.DISCORD) -> None:
+    def __init__(self, platform: Platform = DISCORD) -> None:
         self.platform = platform
+        self.traits = PlatformTraits(attach_hint="attach it")
         self.files: dict[str, bytes] = {}
         self.posts: list[Posted] = []
         self.status_edits: dict[str, list[StatusView]] = {}
@@ -324,7 +327,7 @@ def chat_caller(
     channel: str = "c1",
     thread: str | None = None,
     admin: bool = False,
-    platform: Platform = Platform.DISCORD,
+    platform: Platform = DISCORD,
 ) -> Caller:
     return Caller(
         platform, server, user, Conversation(channel, thread), is_admin=admin, user_name=user

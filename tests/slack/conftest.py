@@ -797,7 +797,7 @@ class SlackRig:
 
     async def jobs(self, team: str = TEAM) -> list[Job]:
         """Every job of a workspace, oldest first."""
-        found = await self.app.store.query(JobQuery(Platform.SLACK, team, limit=1000))
+        found = await self.app.store.query(JobQuery(Platform("slack"), team, limit=1000))
         return sorted(found, key=lambda j: j.created_at)
 
     async def settle(self) -> None:

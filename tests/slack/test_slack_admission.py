@@ -35,7 +35,7 @@ async def limited(make_rig: Callable[..., Any]) -> AsyncIterator[Any]:
         held = Job(
             id="heldjob001",
             command="img2img",
-            caller=Caller(Platform.SLACK, "T1", "U1", Conversation("C1", None), user_name="u1"),
+            caller=Caller(Platform("slack"), "T1", "U1", Conversation("C1", None), user_name="u1"),
             state=JobState.INPROGRESS,
             created_at=datetime.now(UTC),
             options={},

@@ -141,7 +141,7 @@ async def test_a_slack_connect_file_in_a_shortcut_is_resolved_too(rig: SlackRig)
 async def test_a_long_answer_never_spends_more_than_the_response_url_budget(
     rig: SlackRig,
 ) -> None:
-    caller = Caller(Platform.SLACK, "T1", "U1", Conversation("C1", None), user_name="u1")
+    caller = Caller(Platform("slack"), "T1", "U1", Conversation("C1", None), user_name="u1")
     start = datetime(2026, 1, 1, tzinfo=UTC)
     ids = []
     for n in range(360):  # 8 pages of 50 lines: 7 response_url uses before the fix

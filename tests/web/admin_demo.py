@@ -79,7 +79,7 @@ async def _history(store: SqliteJobStore, now: datetime) -> None:
                 id=f"hist{n:04d}",
                 command=("img2img", "inpaint", "sketch", "interrogate")[k % 4],
                 caller=Caller(
-                    Platform.DISCORD,
+                    Platform("discord"),
                     "g1",
                     user,
                     Conversation(_CHANNELS[(day + k) % len(_CHANNELS)]),
