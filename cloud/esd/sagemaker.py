@@ -44,6 +44,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from pydantic import ValidationError
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError
 from bot.model import JobState, Submitted
@@ -51,6 +52,7 @@ from bot.ports import LOST_JOB
 from cloud.esd.a1111 import INTERROGATE_MODELS
 from cloud.esd.interrogate import NEEDS_SAGEMAKER, task_type
 from cloud.esd.payloads import EsdJob, parse_job, readable_reason
+from cloud.esd.wire import InferenceItem, JobParams, esd_time
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -206,27 +208,6 @@ class InvocationRequest(TypedDict):
     interrogate_payload: InterrogatePayload
 
 
-class RowParams(TypedDict, total=False):
-    input_body_s3: str
-    sagemaker_inference_endpoint_name: str
-    sagemaker_inference_instance_type: str
-    used_models: dict[str, object]
-    output_path: str  # what ESD's start Lambda records for Async jobs
-    failure_path: str  # the bot's own addition: SageMaker's FailureLocation, when there is one
-
-
-class JobRow(TypedDict, total=False):
-    """The `SDInferenceJobTable` item the bot writes, as ESD's create Lambda would (§4.1)."""
-
-    InferenceJobId: str
-    status: str
-    taskType: str
-    inference_type: str
-    createTime: str
-    owner_group_or_role: list[str]
-    params: RowParams
-
-
 class InterrogateOutput(TypedDict, total=False):
     """The container's answer: A1111's caption plus ESD's bookkeeping (§5.3)."""
 
@@ -258,30 +239,26 @@ def input_key(task: str, job_id: str) -> str:
     return f"{task}/infer_v2/{job_id}/invocation.json"
 
 
-def esd_time(moment: datetime) -> str:
-    """A time as ESD's Lambdas write it: ISO 8601 in UTC, without a zone (§2.4)."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
-
-
 def job_row(
     job_id: str, task: str, endpoint: Endpoint, input_uri: str, username: str, now: datetime
-) -> JobRow:
-    params: RowParams = {
-        "input_body_s3": input_uri,
-        "sagemaker_inference_endpoint_name": endpoint.name,
-        "used_models": {},
-    }
+) -> InferenceItem:
+    """The `SDInferenceJobTable` item the bot writes, as ESD's create Lambda would (§4.1)."""
+    params = JobParams(
+        input_body_s3=input_uri, sagemaker_inference_endpoint_name=endpoint.name, used_models={}
+    )
     if endpoint.instance_type:
-        params["sagemaker_inference_instance_type"] = endpoint.instance_type
-    return {
-        "InferenceJobId": job_id,
-        "status": "created",
-        "taskType": task,
-        "inference_type": "Async",
-        "createTime": esd_time(now),
-        "owner_group_or_role": [username],
-        "params": params,
-    }
+        params = params.model_copy(
+            update={"sagemaker_inference_instance_type": endpoint.instance_type}
+        )
+    return InferenceItem(
+        InferenceJobId=job_id,
+        status="created",
+        taskType=task,
+        inference_type="Async",
+        createTime=esd_time(now),
+        owner_group_or_role=[username],
+        params=params,
+    )
 
 
 def caption_of(raw: bytes) -> tuple[str | None, str | None]:
@@ -568,7 +545,7 @@ class SageMakerInterrogator:
         try:
             clients.dynamodb.put_item(
                 TableName=JOB_TABLE,
-                Item={k: self._serializer.serialize(v) for k, v in row.items()},
+                Item={k: self._serializer.serialize(v) for k, v in row.dump().items()},
                 ConditionExpression="attribute_not_exists(InferenceJobId)",
             )
         except (BotoCoreError, ClientError) as exc:
@@ -856,15 +833,13 @@ def _make_clients(config: SageMakerConfig) -> _Clients:
 
 def _locations_of(row: object) -> _Locations:
     """The async locations the bot put on a row (after a restart, memory has none)."""
-    params = row.get("params") if isinstance(row, dict) else None
-    if not isinstance(params, dict):
+    try:
+        params = InferenceItem.model_validate(row).params
+    except ValidationError:
+        params = None
+    if params is None:
         return _Locations(None, None)
-    output = params.get("output_path")
-    failure = params.get("failure_path")
-    return _Locations(
-        output if isinstance(output, str) and output else None,
-        failure if isinstance(failure, str) and failure else None,
-    )
+    return _Locations(params.output_path or None, params.failure_path or None)
 
 
 def _gone(job_id: str) -> EsdJob:

@@ -17,7 +17,8 @@ strictly (`model_validate(..., strict=True)`), as API Gateway's JSON schema does
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 from pydantic import (
     BaseModel,
@@ -54,6 +55,18 @@ class Wire(BaseModel):
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
+
+
+@overload
+def esd_time(moment: datetime) -> str: ...
+@overload
+def esd_time(moment: None) -> None: ...
+def esd_time(moment: datetime | None) -> str | None:
+    """A time as ESD's Lambdas write it: `datetime.now().isoformat()` in a UTC Lambda, so ISO
+    without a zone (§2.4)."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
 # -- Envelopes (§2.1, §2.2) ------------------------------------------------------------------
@@ -114,6 +127,9 @@ class JobParams(Wire):
     sagemaker_inference_endpoint_name: Tolerant[str] = None
     used_models: Tolerant[dict[str, list[UsedModel]]] = None
     output_path: Tolerant[str] = None  # Async jobs, once started
+    # Not ESD's: SageMaker's FailureLocation, which the bot adds to the rows it writes itself
+    # for interrogate jobs on SageMaker (cloud/esd/sagemaker.py).
+    failure_path: Tolerant[str] = None
 
 
 class InferenceItem(Wire):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bot.clock import SystemClock
 from bot.errors import ConfigError
 from bot.model import JobState
+from cloud.esd.wire import esd_time
 from cloud.esd_server.config import ROLES, EndpointSpec, Faults, ServerConfig, UserSpec
 from cloud.esd_server.events import Notifier
 from cloud.esd_server.payload import PayloadError, loads, parse_img2img, parse_interrogate
@@ -62,13 +63,6 @@ _FAULT_REASON = (
 # What ESD's start Lambda answers when the container returned `null` (it swallowed its own
 # exception, scripts/api.py): `'error' in None` (inferences/start_inference_job.py).
 NULL_OUTPUT = "argument of type 'NoneType' is not iterable"
-
-
-def esd_time(moment: datetime | None) -> str | None:
-    """ESD's `datetime.now().isoformat()` in a UTC Lambda: ISO, no timezone."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
 def owned_by(owners: Sequence[str], roles: Sequence[str], username: str | None) -> bool:

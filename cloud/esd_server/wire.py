@@ -36,8 +36,9 @@ from cloud.esd.wire import (
     Started,
     StartedInference,
     Wire,
+    esd_time,
 )
-from cloud.esd_server.state import INTERROGATE_TASKS, LambdaError, esd_time
+from cloud.esd_server.state import INTERROGATE_TASKS, LambdaError
 
 if TYPE_CHECKING:
     from cloud.esd_server.state import Checkpoint, EndpointRecord, JobRecord

@@ -4,7 +4,7 @@ checked by `sdbot local-backend` (esd-api.md §2–§4)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -17,6 +17,7 @@ from cloud.esd.payloads import (
     parse_envelope,
     parse_inference_page,
     parse_job,
+    parse_time,
     started_endpoint,
 )
 from cloud.esd.wire import (
@@ -31,6 +32,7 @@ from cloud.esd.wire import (
     InferenceList,
     Started,
     StartedInference,
+    esd_time,
 )
 from cloud.esd_server.state import LambdaError
 from cloud.esd_server.wire import BodyInvalidError, parse_create, parse_delete
@@ -197,3 +199,10 @@ def test_envelopes_of_the_lambda_and_of_api_gateway() -> None:
     assert parse_envelope(b"<html>bad gateway</html>") is None
     odd = parse_envelope(b'{"message": ["not", "text"]}')
     assert odd is not None and odd.message is None
+
+
+def test_times_as_esds_lambdas_write_them_read_back() -> None:
+    moment = datetime(2024, 7, 30, 9, 30, 40, 123456, tzinfo=timezone(timedelta(hours=2)))
+    assert esd_time(moment) == "2024-07-30T07:30:40.123456"  # UTC, no zone (§2.4)
+    assert parse_time(esd_time(moment)) == moment
+    assert esd_time(None) is None
