@@ -6,6 +6,9 @@ stdout is one fact per line, for people and scripts alike:
 
     job <id> accepted
     job <id> <state> [detail]      on each state change
+    preview <id> <path>            once, when a running job first has a live preview
+                                   (<output_dir>/<job-id>.preview.png, rewritten as the
+                                   preview changes and removed when the job ends)
     saved <path>                   for each result image (<output_dir>/<job-id>/<n>.png)
     caption <id>: <text>
     error: <message>               for refusals
@@ -75,6 +78,7 @@ class ConsoleAdapter:
         self._output_dir = output_dir
         self._out = out or sys.stdout
         self._shown: dict[str, JobState] = {}
+        self._previews: set[str] = set()  # jobs whose preview file was announced
         self.last_job: str | None = None
         self.caller = Caller(
             CONSOLE,
@@ -133,6 +137,15 @@ class ConsoleAdapter:
 
     async def edit_status(self, thread: Conversation, message: str, status: StatusView) -> None:
         self._show(status)
+        path = self._output_dir / f"{status.job_id}.preview.png"
+        if status.preview is not None:
+            await asyncio.to_thread(_replace_file, path, status.preview)
+            if status.job_id not in self._previews:
+                self._previews.add(status.job_id)
+                self.emit(f"preview {status.job_id} {path}")
+        elif status.state.terminal and status.job_id in self._previews:
+            self._previews.discard(status.job_id)
+            await asyncio.to_thread(path.unlink, missing_ok=True)
 
     def _show(self, status: StatusView) -> None:
         if self._shown.get(status.job_id) is status.state:
@@ -211,6 +224,14 @@ class ConsoleAdapter:
             await app.dispatcher.handle_reply(self.caller, body, [], responder, base_job=target)
             return
         await app.dispatcher.handle_text(self.caller, text, [], responder)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write `path` whole: a viewer reading it never sees half a picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.partial")
+    scratch.write_bytes(data)
+    scratch.replace(path)
 
 
 async def _stdin_lines() -> AsyncIterator[str]:

@@ -19,6 +19,7 @@ told privately (their request's `response_url`, else a direct message) how to in
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from dataclasses import replace
@@ -57,6 +58,7 @@ from bot.model import Conversation
 from bot.ports import PostedStatus
 from bot.retry import RetryPolicy, TransientError, parse_retry_after
 from bot.tasks import TaskSet
+from bot.views import ResultImage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -67,7 +69,7 @@ if TYPE_CHECKING:
     from bot.app import BotApp
     from bot.config import Config
     from bot.model import AttachmentRef, Caller
-    from bot.views import ResultImage, ResultView, StatusView
+    from bot.views import ResultView, StatusView
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -156,6 +158,9 @@ class SlackAdapter:
         self._tasks = TaskSet("the Slack adapter")  # listener work (`spawn`)
         # Files of a job already uploaded, so a retried `post_result` does not upload twice.
         self._uploaded: dict[str, list[str]] = {}
+        # Private files holding running jobs' live previews (file id, digest of the bytes),
+        # newest last; the status shows the newest, the others are deleted (`edit_status`).
+        self._previews: dict[str, list[tuple[str, bytes]]] = {}
         self._started = False
         self._stopped = False
         self._stopped_event = asyncio.Event()
@@ -526,17 +531,7 @@ class SlackAdapter:
         then one `files.completeUploadExternal` sharing them all in the thread. That last
         call may have worked when Slack answers 5xx: `files.info` on the uploaded ids tells,
         before it is sent again."""
-        file_ids: list[str] = []
-        for image in images:
-            extra = {"alt_txt": truncate(alt, 1000)} if alt else {}
-            target = await self._call(
-                "files.getUploadURLExternal",
-                self._api().files_getUploadURLExternal(
-                    filename=image.name, length=len(image.data), **extra
-                ),
-            )
-            await self._send_bytes(str(target["upload_url"]), image.data)
-            file_ids.append(str(target["file_id"]))
+        file_ids = [await self._put_file(image, alt) for image in images]
         files = [
             {"id": file_id, "title": image.name}
             for file_id, image in zip(file_ids, images, strict=True)
@@ -574,6 +569,18 @@ class SlackAdapter:
         if share:
             ids.insert(0, message_id(channel, share))
         return ids
+
+    async def _put_file(self, image: ResultImage, alt: str) -> str:
+        """The first two steps of an upload: an upload URL and the bytes; the file's id."""
+        extra = {"alt_txt": truncate(alt, 1000)} if alt else {}
+        target = await self._call(
+            "files.getUploadURLExternal",
+            self._api().files_getUploadURLExternal(
+                filename=image.name, length=len(image.data), **extra
+            ),
+        )
+        await self._send_bytes(str(target["upload_url"]), image.data)
+        return str(target["file_id"])
 
     async def _completed(self, file_ids: Sequence[str]) -> bool:
         """Whether an upload was completed after all: `files.info` knows a file only once
@@ -699,14 +706,77 @@ class SlackAdapter:
         return PostedStatus(thread, message_id(where.channel, ts))
 
     async def edit_status(self, thread: Conversation, message: str, status: StatusView) -> None:
+        """Edit the status message. A backend's live preview goes in as an image block showing
+        a private file the bot uploaded (shared nowhere, so it is not posted in the channel);
+        a changed preview is a new file and the one it replaces is deleted once the message
+        no longer shows it, so the edits keep the core's cadence and no file piles up."""
         ref = parse_message_id(message)
         if ref is None or ref.ts is None:
             raise ChatDeliveryError(f"not a Slack message id: {message}")
-        text, blocks = status_message(status)
+        shown = await self._preview_file(status)
+        try:
+            await self._update_status(ref.channel, ref.ts, status, shown)
+        except SlackCallError as exc:
+            if shown is None or exc.code != "invalid_blocks":
+                raise
+            # Slack processes uploads asynchronously (files.getUploadURLExternal, usage notes):
+            # a file it cannot show yet fails the image block. The text goes out without it.
+            _LOGGER.info("job %s: the preview could not be shown (%s)", status.job_id, exc.code)
+            shown = None
+            await self._update_status(ref.channel, ref.ts, status, None)
+        await self._drop_previews(status.job_id, keep=shown)
+
+    async def _update_status(
+        self, channel: str, ts: str, status: StatusView, preview_file: str | None
+    ) -> None:
+        text, blocks = status_message(status, preview_file)
         await self._call(
             "chat.update",
-            self._api().chat_update(channel=ref.channel, ts=ref.ts, text=text, blocks=blocks),
+            self._api().chat_update(channel=channel, ts=ts, text=text, blocks=blocks),
         )
+
+    async def _preview_file(self, status: StatusView) -> str | None:
+        """The id of the private file holding the status's preview, uploaded when the preview
+        changed; None without a preview. A failed upload shows the last preview, if any."""
+        if status.preview is None:
+            return None
+        digest = hashlib.blake2b(status.preview, digest_size=16).digest()
+        files = self._previews.setdefault(status.job_id, [])
+        if files and files[-1][1] == digest:
+            return files[-1][0]
+        try:
+            file_id = await self._put_file(
+                ResultImage(f"preview-{status.job_id}.png", status.preview),
+                f"live preview of job {status.job_id}",
+            )
+            # Without `channel_id` the file is completed but shared nowhere: private to the
+            # bot (https://docs.slack.dev/reference/methods/files.completeUploadExternal).
+            await self._call(
+                "files.completeUploadExternal",
+                self._api().files_completeUploadExternal(
+                    files=[{"id": file_id, "title": "preview"}]
+                ),
+            )
+        except ChatDeliveryError as exc:
+            _LOGGER.info("job %s: the preview was not uploaded: %s", status.job_id, exc)
+            return files[-1][0] if files else None
+        files.append((file_id, digest))
+        return file_id
+
+    async def _drop_previews(self, job_id: str, *, keep: str | None) -> None:
+        """Delete the job's preview files the status message no longer shows."""
+        files = self._previews.pop(job_id, [])
+        kept = [entry for entry in files if entry[0] == keep]
+        if kept:
+            self._previews[job_id] = kept
+        for file_id, _ in files:
+            if file_id == keep:
+                continue
+            try:
+                await self._call("files.delete", self._api().files_delete(file=file_id))
+            except SlackCallError as exc:
+                if exc.code not in _GONE:
+                    _LOGGER.info("job %s: an old preview was not deleted: %s", job_id, exc)
 
     async def post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
         try:

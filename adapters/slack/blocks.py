@@ -103,12 +103,22 @@ def actions_block(actions: Sequence[Action], job_id: str) -> list[Block]:
     ]
 
 
-def status_message(status: StatusView) -> tuple[str, list[Block]]:
-    """Fallback text and blocks of a job's status message (with Cancel while it runs)."""
+def status_message(status: StatusView, preview_file: str | None = None) -> tuple[str, list[Block]]:
+    """Fallback text and blocks of a job's status message (with Cancel while it runs), and the
+    backend's live preview when `preview_file` names the Slack file holding it: an image block
+    whose `slack_file` is the bot's own upload (an image block shows a Slack file by id when the
+    poster can see it: https://docs.slack.dev/reference/block-kit/composition-objects/slack-file-object)."""
     text = escape(status.text)
-    return truncate(text, MESSAGE_TEXT_LIMIT), sections(text) + actions_block(
-        status.actions, status.job_id
-    )
+    blocks = sections(text)
+    if preview_file is not None:
+        blocks.append(
+            {
+                "type": "image",
+                "slack_file": {"id": preview_file},
+                "alt_text": f"live preview of job {status.job_id}",
+            }
+        )
+    return truncate(text, MESSAGE_TEXT_LIMIT), blocks + actions_block(status.actions, status.job_id)
 
 
 def result_message(result: ResultView) -> tuple[str, list[Block]]:

@@ -5,27 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
 from scenario_kit import (
+    ConsoleRun,
     RecordingAdapter,
     RecordingResponder,
     chat_caller,
     fast_config,
     make_app,
     png,
+    saved,
 )
 
-from bot.model import JobState
+from bot.model import Conversation, JobState
 from cloud.a1111 import A1111Backend
 from cloud.a1111.backend import RESUBMITTED
 from tests.a1111.conftest import webui_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
-    from pathlib import Path
 
     from bot.app import BotApp
+    from bot.config import Config
     from bot.views import StatusView
     from tests.a1111.fake_webui import FakeWebUI
 
@@ -126,3 +130,34 @@ async def test_a_job_waiting_in_the_queue_is_not_timed_out_as_stuck(
         webui.release()
         await app.runner.wait_idle()
     assert all(r.state is JobState.SUCCEED for r in adapter.results())
+
+
+async def test_the_console_names_the_live_preview_file_and_removes_it_at_the_end(
+    webui: FakeWebUI, tmp_path: Path
+) -> None:
+    def backend_for(config: Config) -> A1111Backend:
+        return A1111Backend(webui_config(webui.url, tmp_path))
+
+    image = tmp_path / "a.png"
+    image.write_bytes(png())
+    webui.hold()
+    async with ConsoleRun(tmp_path, backend_for=backend_for, status_interval=0.05) as console:
+        run = asyncio.create_task(console.run(f"img2img image={image} a hat steps=8"))
+        async with asyncio.timeout(10):
+            while not (lines := [x for x in console.out.getvalue().splitlines() if "preview" in x]):
+                await asyncio.sleep(0.01)
+        [line] = lines
+        word, job_id, path = line.split(" ")
+        assert word == "preview" and path == str(
+            console.config.output_dir / f"{job_id}.preview.png"
+        )
+        with Image.open(Path(path)) as preview:
+            assert preview.size == (32, 32)
+        webui.release()
+        out = await run
+    assert not await asyncio.to_thread(Path(path).exists)
+    assert [x for x in out if "preview" in x] == [line]  # said once, however often it changed
+    assert saved(out, job_id)
+    assert await console.adapter.find_marker(Conversation("console"), job_id) == [
+        str(p) for p in saved(out, job_id)
+    ]

@@ -393,9 +393,23 @@ class FakeSlack:
             message = self.message(p["channel"], p["ts"])
         except StopIteration:
             return {"error": "message_not_found"}
+        blocks = _json(p.get("blocks")) or []
+        if not all(self._image_ok(block) for block in blocks):
+            return {"error": "invalid_blocks"}
         message.text = p.get("text", "")
-        message.updates.append((message.text, p.get("blocks") or []))
+        message.updates.append((message.text, blocks))
         return {"channel": message.channel, "ts": message.ts}
+
+    def _image_ok(self, block: dict[str, Any]) -> bool:
+        """An image block shows a Slack file given by `id` or `url`, not both, that exists and
+        the poster can see: here, a completed upload not deleted since
+        (https://docs.slack.dev/reference/block-kit/composition-objects/slack-file-object)."""
+        if block.get("type") != "image" or "image_url" in block:
+            return True
+        file = block.get("slack_file") or {}
+        if ("id" in file) == ("url" in file):
+            return False
+        return file.get("id") in self.completed and file.get("id") in self.uploaded
 
     async def _m_chat_delete(self, p: dict[str, Any]) -> dict[str, Any]:
         before = len(self.messages)
@@ -443,6 +457,10 @@ class FakeSlack:
             files.append({"id": entry["id"], "name": pending["filename"], "title": entry["title"]})
         for file in files:
             self.completed[file["id"]] = file
+        if not p.get("channel_id"):
+            # No channel: the file is private to the uploader, shared nowhere and no message
+            # is posted (https://docs.slack.dev/reference/methods/files.completeUploadExternal).
+            return {"files": files}
         message = Message(
             p["channel_id"],
             self.next_ts(),
@@ -837,7 +855,11 @@ class SlackRig:
 
 @contextlib.asynccontextmanager
 async def _running_rig(
-    tmp_path: Path, mode: str, adapter_options: dict[str, Any] | None = None, **overrides: Any
+    tmp_path: Path,
+    mode: str,
+    adapter_options: dict[str, Any] | None = None,
+    backend: Any = None,
+    **overrides: Any,
 ) -> AsyncIterator[SlackRig]:
     fake = FakeSlack()
     await fake.start()
@@ -849,7 +871,7 @@ async def _running_rig(
     values: dict[str, Any] = {"slack_api_url": fake.api_url, "admins": (ADMIN,)}
     values.update(overrides)
     config = fast_config(tmp_path, secrets=secrets, **values)
-    app = make_app(config)
+    app = make_app(config, backend)
     options: dict[str, Any] = {
         "http_host": "127.0.0.1",
         "http_port": 0,
@@ -895,7 +917,8 @@ async def any_rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 @pytest.fixture
 def make_rig(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[SlackRig]]:
     """A rig with other settings: `async with make_rig("http", allowed_channels=…) as rig`;
-    `adapter_options=` go to `SlackAdapter` (ack budget, mention grace …)."""
+    `adapter_options=` go to `SlackAdapter` (ack budget, mention grace …), `backend=` replaces
+    the local backend."""
     count = itertools.count()
 
     def factory(
