@@ -12,13 +12,18 @@ event means for a job.
 - `EventQueue` is boto3's SQS client run in worker threads, like the SageMaker interrogate path
   (`cloud.esd.sagemaker`): a long poll blocks a thread for up to 20 s, which costs nothing on the
   event loop, and it needs no second AWS SDK (aiobotocore pins botocore to its own narrow range,
-  which would fight the boto3 the bot already depends on).
-- `CompletionConsumer` long-polls, hands every event to the book, and deletes a message only
-  once the book says it is handled (unknown ids included: the topics carry every job of the ESD
-  stack, WebUI users' too). Delivery is at least once and unordered (standard SNS topics and
-  SQS queues), so handling is idempotent: the first terminal word about a job wins and a second
-  event for it is deleted. A message the book could not handle (ESD unreachable) is left for SQS
-  to deliver again after its visibility timeout, and the slow backstop scan catches it anyway.
+  which would fight the boto3 the bot already depends on). The threads are the queue's own, not
+  asyncio's default pool (min(32, cores + 4): 6 on 2 cores), so neither the long poll nor the
+  process's other thread work (Pillow, files) ever holds a receive or a delete back.
+- `CompletionConsumer` long-polls (10 messages a receive, SQS's most), hands every event to the
+  book, and deletes a message only once the book says it is handled (unknown ids included: the
+  topics carry every job of the ESD stack, WebUI users' too), with `DeleteMessageBatch`: handled
+  messages gather while a batch call is under way and go in the next (at most 10 each, SQS's
+  limit), so a burst costs one call per ten events. Delivery is at least once and unordered
+  (standard SNS topics and SQS queues), so handling is idempotent: the first terminal word about
+  a job wins and a second event for it is deleted. A message the book could not handle (ESD
+  unreachable) is left for SQS to deliver again after its visibility timeout, and the slow
+  backstop scan catches it anyway.
   A queue that stops answering marks the consumer unhealthy: the book goes back to normal
   polling until the queue answers again, and says so in the log.
 """
@@ -26,10 +31,12 @@ event means for a job.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -42,6 +49,9 @@ from cloud.esd.sagemaker import AwsAction, SageMakerConfig, aws_error
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import DeleteMessageBatchRequestEntryTypeDef
@@ -58,6 +68,10 @@ _BATCH = 10
 # `StatusBook.complete`.
 _CONCURRENCY = 1000
 _MAX_BODY = 262_144  # SQS's largest message (256 KiB): anything longer is not ours
+# The queue's threads: one long poll, and deletes beside it.
+_THREADS = 4
+# `DeleteMessageBatch` calls under way at once: a burst beyond ten per round trip opens another.
+_DELETERS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +171,14 @@ class EventQueue:
         self._aws = aws
         self._wait = max(0, min(wait_seconds, LONG_POLL_SECONDS))
         self._client: SQSClient | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def _in_thread(self, call: Callable[..., T], *args: object) -> T:
+        """Run a blocking SQS call on one of the queue's own threads."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix=f"sqs-{self.name}")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(call, *args))
 
     def _sqs(self) -> SQSClient:
         if self._client is None:
@@ -193,7 +215,7 @@ class EventQueue:
             ]
 
         try:
-            return await asyncio.to_thread(call)
+            return await self._in_thread(call)
         except Exception as exc:
             raise aws_error(exc, self._action("sqs:ReceiveMessage"), self._aws) from exc
 
@@ -215,7 +237,7 @@ class EventQueue:
 
         for start in range(0, len(receipts), _BATCH):
             try:
-                await asyncio.to_thread(call, receipts[start : start + _BATCH])
+                await self._in_thread(call, receipts[start : start + _BATCH])
             except Exception as exc:
                 raise aws_error(exc, self._action("sqs:DeleteMessage"), self._aws) from exc
 
@@ -237,14 +259,18 @@ class EventQueue:
             )
 
         try:
-            return await asyncio.to_thread(call)
+            return await self._in_thread(call)
         except Exception as exc:
             raise aws_error(exc, self._action("sqs:GetQueueAttributes"), self._aws) from exc
 
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
+            await self._in_thread(client.close)
+        if self._pool is not None:
+            # A long poll still under way ends on its own (within `wait` seconds).
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _policy_topics(policy: str | None) -> tuple[str, ...]:
@@ -287,6 +313,8 @@ class CompletionConsumer:
         self._gate = asyncio.Semaphore(_CONCURRENCY)
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._done: list[str] = []  # receipts of handled messages, waiting for a delete call
+        self._deleters: set[asyncio.Task[None]] = set()
         self.healthy = False
         self.last_error: str | None = None
         self.handled = 0  # events handled (duplicates and unknown ids included)
@@ -301,6 +329,9 @@ class CompletionConsumer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Deletes under way finish (what is handled need not come back); the rest is left
+        # for SQS to deliver again, which the book recognises as handled.
+        await asyncio.gather(*self._deleters, return_exceptions=True)
         await self._queue.aclose()
 
     def _set_health(self, healthy: bool, error: str | None = None) -> None:
@@ -351,8 +382,7 @@ class CompletionConsumer:
             event = parse_notification(message.body)
             handled = True if event is None else await self._handle(event)
             if handled:
-                await self._queue.delete([message.receipt])
-                self.handled += 1
+                self._delete_later(message.receipt)
         except asyncio.CancelledError:
             raise
         except BackendError as exc:
@@ -363,6 +393,35 @@ class CompletionConsumer:
             _LOGGER.exception("events queue %s: an event could not be handled", self._queue.name)
         finally:
             self._gate.release()
+
+    def _delete_later(self, receipt: str) -> None:
+        """Queue a handled message for `DeleteMessageBatch`: a delete call starts at once when
+        none is under way; otherwise the receipt goes in a coming batch of up to ten (another
+        call opens when ten are waiting, up to `_DELETERS` at once)."""
+        self._done.append(receipt)
+        if not self._deleters or (len(self._done) >= _BATCH and len(self._deleters) < _DELETERS):
+            task = asyncio.create_task(self._delete_done(), name="esd-events-delete")
+            self._deleters.add(task)
+            task.add_done_callback(self._deleters.discard)
+
+    async def _delete_done(self) -> None:
+        while self._done:
+            batch, self._done = self._done[:_BATCH], self._done[_BATCH:]
+            try:
+                await self._queue.delete(batch)
+            except BackendError as exc:
+                _LOGGER.warning(
+                    "events queue %s: %d handled message(s) not deleted: %s (SQS will deliver "
+                    "them again and they will be recognised as handled)",
+                    self._queue.name,
+                    len(batch),
+                    exc,
+                )
+                continue
+            except Exception:
+                _LOGGER.exception("events queue %s: deleting messages failed", self._queue.name)
+                continue
+            self.handled += len(batch)
 
 
 def settle_delays(total: float, first: float) -> list[float]:

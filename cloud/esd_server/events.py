@@ -9,7 +9,9 @@ one machine. As on a real stack, the notification goes out *before* ESD's own La
 the images and set `succeed` (`reference/esd-api.md` §9): the server waits `lag` seconds between
 the two. Only Async jobs notify: Real-time invocations answer synchronously and SageMaker sends
 no notification for them. A failed send is logged and the job goes on, as a lost SNS delivery
-would: the bot's backstop scan finds the job.
+would: the bot's backstop scan finds the job. Sends run on the notifier's own threads, not on
+asyncio's default pool, so a burst of notifications never holds back other thread work of the
+process (the server's preview engine, or the bot's when both run in one process, as in tests).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 _LOGGER = logging.getLogger(__name__)
+# Sends under way at once (SNS delivers to SQS in parallel too).
+_THREADS = 4
 
 
 class Notifier:
@@ -39,6 +44,7 @@ class Notifier:
         self._region = found_region or region
         self._endpoint = endpoint
         self._client: SQSClient | None = None
+        self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="esd-notify")
         self.sent = 0
 
     def _sqs(self) -> SQSClient:
@@ -50,9 +56,10 @@ class Notifier:
 
     async def publish(self, notification: dict[str, Any]) -> None:
         body = json.dumps(notification)
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(
-                lambda: self._sqs().send_message(QueueUrl=self._url, MessageBody=body)
+            await loop.run_in_executor(
+                self._pool, lambda: self._sqs().send_message(QueueUrl=self._url, MessageBody=body)
             )
             self.sent += 1
         except Exception as exc:
@@ -65,4 +72,5 @@ class Notifier:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
+            await asyncio.get_running_loop().run_in_executor(self._pool, client.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -21,15 +21,17 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 from scenario_kit import png
+from strict_moto import strict
 
 from bot.model import JobState
 from cloud.esd import EsdBackend
-from cloud.esd.events import parse_notification
+from cloud.esd.events import Completion, CompletionConsumer, EventQueue, parse_notification
+from cloud.esd.sagemaker import SageMakerConfig
 from cloud.esd_server import running_server
 from tests.esd.esd_kit import esd_config, params, server_config, state_of, target
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Iterator, Sequence
     from pathlib import Path
 
     from mypy_boto3_sns import SNSClient
@@ -42,6 +44,7 @@ ERROR = "ReceiveSageMakerInferenceError"
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
+    strict()  # SQS's batch limit of 10 deletes, which moto alone does not enforce
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -309,6 +312,42 @@ async def test_a_queue_that_goes_away_falls_back_to_polling_and_back(
     await status_of(setup, job)
     await state_of(setup.server).finish(job)
     await until(lambda: job in setup.nudged, "events flow again")
+
+
+async def test_a_burst_of_handled_events_is_deleted_in_batches_of_at_most_ten(
+    moto_url: str,
+) -> None:
+    wiring = wire(moto_url)
+    strangers = [f"someone-elses-job-{n}" for n in range(25)]
+    for name in strangers:
+        body = json.dumps(notification(name))
+        wiring.sqs.send_message(QueueUrl=wiring.queue_url, MessageBody=body)
+    queue = EventQueue(wiring.queue_url, SageMakerConfig(bucket=None), wait_seconds=1)
+    batches: list[int] = []
+    delete = queue.delete
+
+    async def counted(receipts: Sequence[str]) -> None:
+        batches.append(len(receipts))
+        await delete(receipts)
+
+    queue.delete = counted  # type: ignore[method-assign]
+    seen: list[str] = []
+
+    async def handle(event: Completion) -> bool:
+        seen.append(event.inference_id)
+        return True
+
+    consumer = CompletionConsumer(queue, handle, on_health=lambda _: None)
+    await consumer.start()
+    try:
+        await until(lambda: consumer.handled == len(strangers), "every message was deleted")
+    finally:
+        await consumer.aclose()
+    assert wiring.waiting() == 0 and sorted(seen) == sorted(strangers)
+    # Each message deleted once, in calls of at most 10 (more would be refused, as SQS does):
+    # messages handled while a delete is under way share the next call.
+    assert sum(batches) == len(strangers) and max(batches) <= 10
+    assert len(batches) < len(strangers) / 2
 
 
 async def test_sdbot_check_reports_the_queue_and_its_topics(moto_url: str) -> None:
