@@ -273,3 +273,4 @@ class CloudJob:
     endpoint: str | None = None
     model: str | None = None
     owner: str | None = None
+    reason: str | None = None  # why it failed, when the backend says

@@ -130,6 +130,12 @@ class Backend(Protocol):
         """The backend's own job history of one task type, newest first."""
         ...
 
+    async def job(self, backend_id: str) -> CloudJob | None:
+        """One job of the backend's own history by its id, whoever started it (the bot, or
+        someone else on the same backend, such as a WebUI user); None when the backend has no
+        record of it. `results` reads a succeeded one's images or caption."""
+        ...
+
 
 class Responder(Protocol):
     """How the core answers the one event it is handling (not durable)."""

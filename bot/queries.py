@@ -77,8 +77,8 @@ class Queries:
             found = [j for j in found if j.caller.user == caller.user]
         if not found and BACKEND_JOB_ID.fullmatch(prefix):
             raise RefusedError(
-                f"no bot job you can see ran as backend job `{prefix}` (jobs the bot did not "
-                "start, such as the WebUI's, are only in `jobs source=cloud`)"
+                f"no bot job you can see ran as backend job `{prefix}` (admins see jobs the "
+                "bot did not start, such as the WebUI's, with `job <id>` and `jobs source=cloud`)"
             )
         if not found:
             raise RefusedError(f"no job `{prefix}` among the jobs you can see")
@@ -94,11 +94,46 @@ class Queries:
         job_id = parsed.options.get("id")
         if not isinstance(job_id, str):
             raise ParseError("which job? `job <id>` (the id or its first 4 characters)")
-        job = await self.visible_job(caller, job_id)
+        try:
+            job = await self.visible_job(caller, job_id)
+        except RefusedError:
+            if not BACKEND_JOB_ID.fullmatch(job_id.lower()):
+                raise
+            await self._backend_job(caller, job_id.lower(), responder)
+            return
         images = [
             ResultImage(i.name, i.data) for i in await self._store.images(job.id, RESULT_SLOT)
         ]
         await responder.reply(render.job_details(job), images=images)
+
+    async def _backend_job(self, caller: Caller, backend_id: str, responder: Responder) -> None:
+        """A backend job no bot job the caller can see ran as (another server's, a WebUI
+        user's): the backend's own record and a succeeded one's results. Admins only, as for
+        `jobs source=cloud`, which lists the same jobs."""
+        if not caller.is_admin:
+            raise RefusedError(
+                f"no bot job you can see ran as backend job `{backend_id}` (only admins can "
+                "look at the backend's own jobs)"
+            )
+        try:
+            row = await self._backend.job(backend_id)
+        except BackendError as exc:
+            if exc.user_message is None or isinstance(exc, BackendUnavailableError):
+                raise
+            raise RefusedError(exc.user_message) from None
+        if row is None:
+            raise RefusedError(f"the backend has no job `{backend_id}`")
+        output, note = None, ""
+        if row.state == JobState.SUCCEED.value:
+            try:
+                output = await self._backend.results(backend_id)
+            except BackendError as exc:
+                note = f"its results could not be read: {exc.user_message or 'refused'}"
+        images = [
+            ResultImage(f"{backend_id}-{n}.png", data)
+            for n, data in enumerate(output.images if output else (), 1)
+        ]
+        await responder.reply(render.cloud_job_details(row, output, note), images=images)
 
     async def _jobs(self, caller: Caller, parsed: ParsedCommand, responder: Responder) -> None:
         opts = parsed.options

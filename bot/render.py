@@ -10,7 +10,16 @@ import statistics
 from typing import TYPE_CHECKING
 
 from bot.ids import display_name, format_time
-from bot.model import BackendStatus, Endpoint, GenerationParams, Job, JobState, Model
+from bot.model import (
+    BackendStatus,
+    CloudJob,
+    Endpoint,
+    GenerationParams,
+    Job,
+    JobOutput,
+    JobState,
+    Model,
+)
 from bot.views import Action, ActionKind, ResultImage, ResultView, StatusView
 
 if TYPE_CHECKING:
@@ -218,6 +227,34 @@ def job_details(job: Job) -> str:
     elif job.result_count:
         lines.append(f"{job.result_count} result image(s)")
     lines.extend(job.notes)
+    return "\n".join(lines)
+
+
+def cloud_job_details(row: CloudJob, output: JobOutput | None = None, note: str = "") -> str:
+    """A backend's own job that no bot job here ran as (`job <backend id>`): what the backend
+    says of it, its first line as `jobs source=cloud` lists it, and a succeeded one's caption or
+    infotext."""
+    when = format_time(row.created_at) if row.created_at else "?"
+    lines = [
+        f"{when} → {row.task_type} → {row.state} → {row.backend_id}",
+        "a backend job the bot did not start here",
+    ]
+    if row.owner:
+        lines.append(f"owner `{row.owner}`")
+    if row.endpoint:
+        lines.append(f"endpoint `{row.endpoint}`")
+    if row.model:
+        lines.append(f"model `{row.model}`")
+    if row.reason:
+        lines.append(f"failed: {row.reason}")
+    if output is not None and output.caption is not None:
+        lines.append(f"caption: {output.caption}")
+    if output is not None and output.infotext:
+        lines.append(output.infotext)
+    if output is not None and output.images:
+        lines.append(f"{len(output.images)} result image(s)")
+    if note:
+        lines.append(note)
     return "\n".join(lines)
 
 

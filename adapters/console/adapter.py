@@ -93,7 +93,7 @@ class ConsoleAdapter:
         print(line, file=self._out, flush=True)
 
     def save(self, image: ResultImage) -> Path:
-        job_id = image.name.split("-", 1)[0]
+        job_id = image.name.rsplit("-", 1)[0]  # `<job id>-<n>.png`; a backend's id has dashes
         folder = self._output_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / image.name

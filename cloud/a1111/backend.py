@@ -401,17 +401,23 @@ class A1111Backend:
 
     async def history(self, task_type: str, limit: int) -> Sequence[CloudJob]:
         rows = [job for job in reversed(self._jobs.values()) if job.task_type == task_type]
-        return [
-            CloudJob(
-                backend_id=job.backend_id,
-                task_type=job.task_type,
-                state=job.state.value,
-                created_at=job.created_at,
-                endpoint=self._config.endpoint_name,
-                model=job.model,
-            )
-            for job in rows[: max(limit, 0)]
-        ]
+        return [self._row(job) for job in rows[: max(limit, 0)]]
+
+    async def job(self, backend_id: str) -> CloudJob | None:
+        """A job this backend queued (the WebUI keeps no job history of its own to ask)."""
+        job = self._jobs.get(backend_id)
+        return None if job is None else self._row(job)
+
+    def _row(self, job: _Job) -> CloudJob:
+        return CloudJob(
+            backend_id=job.backend_id,
+            task_type=job.task_type,
+            state=job.state.value,
+            created_at=job.created_at,
+            endpoint=self._config.endpoint_name,
+            model=job.model,
+            reason=job.reason,
+        )
 
     # -- The queue ----------------------------------------------------------------------------
 

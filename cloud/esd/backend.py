@@ -585,6 +585,16 @@ class EsdBackend:
         rows.sort(key=lambda row: row.created_at or oldest, reverse=True)
         return rows[: max(limit, 0)]
 
+    async def job(self, backend_id: str) -> CloudJob | None:
+        """`GET /inferences/{id}` (`reference/esd-api.md` §4.4): any user's job, the WebUI's
+        included (the route checks no permission); ESD answers 404 for an id it has no row of."""
+        try:
+            return (await self._read_job(backend_id)).cloud_job()
+        except BackendError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def _history_of(self, task_type: str, limit: int) -> list[CloudJob]:
         rows: list[CloudJob] = []
         key: str | None = None

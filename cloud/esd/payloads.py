@@ -112,6 +112,7 @@ class EsdJob:
             endpoint=self.endpoint,
             model=self.model,
             owner=self.owner,
+            reason=self.reason,
         )
 
 

@@ -97,6 +97,19 @@ class _LocalJob:
     released: bool = False  # delivered: output dropped, kept only for `history`
 
 
+def _row(record: _LocalJob) -> CloudJob:
+    """A job as the backend's own history shows it."""
+    return CloudJob(
+        backend_id=record.backend_id,
+        task_type=record.task_type,
+        state=record.state.value,
+        created_at=record.created_at,
+        endpoint=record.endpoint,
+        model=record.model,
+        reason=record.reason,
+    )
+
+
 class LocalBackend:
     """The embedded backend (SPEC §4 "Local"); implements `bot.ports.Backend`."""
 
@@ -274,17 +287,11 @@ class LocalBackend:
 
     async def history(self, task_type: str, limit: int) -> Sequence[CloudJob]:
         rows = [record for record in reversed(self._jobs.values()) if record.task_type == task_type]
-        return [
-            CloudJob(
-                backend_id=record.backend_id,
-                task_type=record.task_type,
-                state=record.state.value,
-                created_at=record.created_at,
-                endpoint=record.endpoint,
-                model=record.model,
-            )
-            for record in rows[: max(limit, 0)]
-        ]
+        return [_row(record) for record in rows[: max(limit, 0)]]
+
+    async def job(self, backend_id: str) -> CloudJob | None:
+        record = self._jobs.get(backend_id)
+        return None if record is None else _row(record)
 
     # -- Running jobs -------------------------------------------------------------------------
 

@@ -471,6 +471,10 @@ async def test_an_unknown_job_is_reported_lost_and_released_results_are_dropped(
     with pytest.raises(BackendError):
         await backend.results(submitted.backend_id)
     assert [row.backend_id for row in await backend.history("img2img", 5)] == [submitted.backend_id]
+    # One job by its id, as `job <id>` reads it; an id the backend never queued is None.
+    row = await backend.job(submitted.backend_id)
+    assert row is not None and (row.task_type, row.state) == ("img2img", "succeed")
+    assert await backend.job("8d3c7f7e-0000-4000-8000-000000000000") is None
 
 
 async def test_batch_count_times_batch_size_images_come_back(backend: A1111Backend) -> None:

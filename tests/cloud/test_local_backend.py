@@ -202,10 +202,13 @@ async def test_a_released_job_drops_its_results_and_its_folder(tmp_path: Path) -
         assert not (state / submitted.backend_id).exists()
         with pytest.raises(BackendError, match="no results"):
             await backend.results(submitted.backend_id)
-        # The row stays in the history.
+        # The row stays in the history, and can be read by its id.
         assert [j.backend_id for j in await backend.history("img2img", 10)] == [
             submitted.backend_id
         ]
+        row = await backend.job(submitted.backend_id)
+        assert row is not None and (row.task_type, row.state) == ("img2img", "succeed")
+        assert await backend.job("8d3c7f7e-0000-4000-8000-000000000000") is None
     finally:
         await backend.aclose()
 

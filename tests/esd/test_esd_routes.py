@@ -248,3 +248,31 @@ async def test_listings_name_the_user_so_a_list_only_user_sees_its_roles_resourc
         assert [m.name for m in await esd.models("Stable-diffusion")] == [
             "sdbot-preview.safetensors"
         ]
+
+
+async def test_any_users_job_is_read_by_its_id_and_an_unknown_id_is_none() -> None:
+    # `GET /inferences/{id}` checks no permission (§4.4): the bot's user reads a job another
+    # ESD user (a WebUI user) started, and ESD answers 404 for an id it has no row of.
+    config = server_config(users=(UserSpec("api"), UserSpec("webui-user")))
+    async with (
+        running_server(config) as url,
+        EsdBackend(esd_config(url, username="webui-user")) as theirs,
+        EsdBackend(esd_config(url)) as ours,
+    ):
+        backend_id = (await theirs.submit("x", params(), png(), None)).backend_id
+        row = await ours.job(backend_id)
+        assert row is not None and row.backend_id == backend_id
+        assert (row.task_type, row.state, row.endpoint, row.model, row.owner) == (
+            "img2img",
+            "inprogress",
+            ASYNC,
+            CHECKPOINT,
+            "webui-user",
+        )
+        await state_of(url).finish(backend_id)
+        done = await ours.job(backend_id)
+        assert done is not None and done.state == "succeed" and done.reason is None
+        assert len((await ours.results(backend_id)).images) == 1
+        reads = state_of(url).requests["get_inference"]
+        assert await ours.job("0f0f0f0f-0000-4000-8000-000000000000") is None
+        assert state_of(url).requests["get_inference"] == reads + 1

@@ -10,6 +10,8 @@ import pytest
 from scenario_kit import (
     IMAGE_MODES,
     ConsoleRun,
+    RecordingResponder,
+    chat_caller,
     job_ids,
     png,
     run_image_mode,
@@ -19,9 +21,20 @@ from scenario_kit import (
 )
 
 from bot.config import Config, Secrets
+from bot.model import JobState
 from cloud.esd import EsdBackend, EsdConfig
 from cloud.esd_server import running_server
-from tests.esd.esd_kit import KEY, server_config, state_of, with_faults
+from tests.esd.esd_kit import (
+    ASYNC,
+    CHECKPOINT,
+    KEY,
+    esd_config,
+    params,
+    server_config,
+    settle,
+    state_of,
+    with_faults,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -115,9 +128,41 @@ async def test_jobs_source_cloud_lists_the_backends_history(console: EsdConsole)
         assert any(bot_id in line for line in details for bot_id in bot_ids), details
         assert any(backend_id in line for line in details), details
     unknown = "0f0f0f0f-0000-4000-8000-000000000000"
-    assert "no bot job you can see ran as backend job" in " ".join(
-        await console.run(f"job {unknown}")
-    )
+    assert await console.run(f"job {unknown}") == [f"error: the backend has no job `{unknown}`"]
+
+
+async def test_job_shows_a_backend_job_the_bot_did_not_start_to_admins_only(
+    console: EsdConsole,
+) -> None:
+    # Someone else on the same ESD stack (a WebUI user) runs a job, and another one fails.
+    async with EsdBackend(esd_config(console.url)) as webui:
+        theirs = (await webui.submit("x", params(), png(), None)).backend_id
+        failing = (await webui.submit("y", params(), png(), None)).backend_id
+        assert (await settle(webui, theirs)).state is JobState.SUCCEED
+        await settle(webui, failing)
+    state = state_of(console.url)
+    state.jobs[failing].status = JobState.FAILED
+    state.jobs[failing].sagemaker_raw = "{'failureReason': 'CUDA out of memory'}"
+    listed = await console.run("jobs source=cloud")
+    assert any(line.endswith(f" → img2img → succeed → {theirs}") for line in listed)
+    lines = await console.run(f"job {theirs}")
+    assert lines[0].endswith(f" → img2img → succeed → {theirs}")
+    assert "a backend job the bot did not start here" in lines
+    assert f"endpoint `{ASYNC}`" in lines and f"model `{CHECKPOINT}`" in lines
+    assert "owner `api`" in lines and "1 result image(s)" in lines
+    assert any(line.startswith("Steps: ") or "Seed: " in line for line in lines)  # infotext
+    [image] = saved(lines, theirs)
+    assert image.parent.name == theirs
+    assert size_of(image.read_bytes()) == (params().width, params().height)
+    failed = await console.run(f"job {failing}")
+    assert failed[0].endswith(f" → img2img → failed → {failing}")
+    assert "failed: CUDA out of memory" in failed and not saved(failed, failing)
+    # People who are not admins see only their own jobs, and no backend's history.
+    responder = RecordingResponder()
+    await console.app.dispatcher.handle_text(chat_caller("bob"), f"job {theirs}", [], responder)
+    [refusal] = responder.refusals
+    assert "only admins can look at the backend's own jobs" in refusal
+    assert responder.replies == []
 
 
 async def test_jobs_source_cloud_type_interrogate_lists_both_task_types(
