@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from bot.errors import OperationalError, ParseError, RefusedError, UserInputError
+from bot.errors import OperationalError, RefusedError, UserInputError
 from bot.inputs import assign_slots, path_refs, read_local, text_value
 from bot.ports import NullObserver, traits_of
 from bot.queries import Queries
 from bot.regenerate import Regenerator
 from bot.views import Action, ActionKind
-from commands import Family, parse
+from commands import Family, GrammarError, parse
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -90,7 +90,7 @@ class Dispatcher:
                 console=traits_of(self._adapters, caller.platform).local_files,
                 now=self._clock.now(),
             )
-        except ParseError as exc:
+        except GrammarError as exc:
             self._observer.refused(exc.reason)
             await responder.refuse(str(exc))
             return None
@@ -178,7 +178,7 @@ class Dispatcher:
         """Run a request; refusals go back privately, operational failures as one short line."""
         try:
             return await work()
-        except UserInputError as exc:
+        except (UserInputError, GrammarError) as exc:  # the grammar's errors are refusals too
             self._observer.refused(exc.reason)
             await responder.refuse(str(exc))
         except OperationalError as exc:

@@ -4,7 +4,8 @@
 
     SdbotError
     ├── UserInputError          safe to show in chat as it is; says what to fix
-    │   ├── ParseError          the command text or options do not parse
+    │   ├── ParseError          the command text or options do not parse (the grammar's own
+    │   │                       `commands.GrammarError` is answered the same way)
     │   ├── ImageInputError     an attachment is not an acceptable image (SPEC §3.1)
     │   └── RefusedError        well-formed but not allowed (permissions, unknown job, …)
     └── OperationalError        something outside the user's control failed; logged in full,

@@ -14,10 +14,10 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
-from bot.errors import BackendError, RefusedError
+from bot.errors import BackendError, ParseError, RefusedError
 from bot.imaging import default_size
 from bot.model import Endpoint, GenerationParams, Model
-from commands import COMMANDS, OPTIONS, Family, Size, closest, convert_option
+from commands import COMMANDS, OPTIONS, Family, GrammarError, Size, closest, convert_option
 from commands.prompt import NETWORK_KINDS, with_names
 from commands.prompt import networks as prompt_networks
 from commands.spec import DEFAULT_SAMPLER, DEFAULT_SCHEDULER, image_count_error, join_sampler
@@ -159,7 +159,10 @@ def _typed(options: Mapping[str, str], name: str) -> object:
     spec = OPTIONS[name]
     if raw is None:
         return spec.default
-    return convert_option(spec, raw)
+    try:
+        return convert_option(spec, raw)
+    except GrammarError as exc:
+        raise ParseError(str(exc)) from None
 
 
 def _int(options: Mapping[str, str], name: str) -> int:

@@ -2,11 +2,13 @@
 
 `commands.spec` declares every command and option once; `commands.parse` reads chat text and
 Discord option values against those declarations; `commands.help` writes the help text from
-them. This package is pure (no I/O) and knows no chat platform.
+them. This package is pure (no I/O), knows no chat platform and imports nothing from the core:
+it raises its own `GrammarError`, which the core answers as a refusal.
 """
 
 from __future__ import annotations
 
+from commands.errors import GrammarError
 from commands.help import describe_value, help_text
 from commands.parse import (
     BACKEND_JOB_ID,
@@ -62,6 +64,7 @@ __all__ = (
     "AttachmentSpec",
     "CommandSpec",
     "Family",
+    "GrammarError",
     "Kind",
     "OptionSpec",
     "OptionValue",

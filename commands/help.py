@@ -37,7 +37,7 @@ _INLINE_CHOICES = 8
 
 
 def help_text(command: str | None = None) -> str:
-    """The overview, or the help of one command (as users spell it; unknown → `ParseError`)."""
+    """The overview, or the help of one command (as users spell it; unknown → `GrammarError`)."""
     if command is None or not command.strip():
         return _overview()
     return _command_help(find_command(command))

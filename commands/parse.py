@@ -2,7 +2,7 @@
 
 This module owns turning a chat message (Slack, the console, a reply in a job's thread) or
 Discord's already-split option values into a `ParsedCommand` / `ParsedReply` checked against the
-declarations in `commands.spec`, or a `ParseError` whose message says what to fix. It is pure:
+declarations in `commands.spec`, or a `GrammarError` whose message says what to fix. It is pure:
 no I/O, and no clock except the default of the `now` arguments.
 
 Words are split like POSIX shell words (whitespace separates, "double" and 'single' quotes
@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from bot.errors import ParseError
+from commands.errors import GrammarError
 from commands.prompt import clean, networks
 from commands.spec import (
     ADVANCED,
@@ -201,7 +201,7 @@ class _Lexer:
 
     def _escape(self) -> None:
         if self._pos + 1 >= len(self._text):
-            raise ParseError(
+            raise GrammarError(
                 "the text ends with a backslash `\\` — remove it, or write `\\\\` for a backslash"
             )
         self._start_quoting()
@@ -246,9 +246,9 @@ class _Lexer:
             self._pos += 1
 
 
-def _unclosed_quote(text: str, start: int) -> ParseError:
+def _unclosed_quote(text: str, start: int) -> GrammarError:
     quote = text[start]
-    return ParseError(
+    return GrammarError(
         f"unclosed quote: the {quote} before `{_shown(text[start + 1 :], 30)}` has no closing "
         f"quote — add one, or write \\{quote} for a literal quote character"
     )
@@ -303,15 +303,15 @@ def _number(value: float | int) -> str:
 
 
 def find_command(name: str) -> CommandSpec:
-    """The command users call `name` (any case, `_` for `-`), or a `ParseError` with a guess."""
+    """The command users call `name` (any case, `_` for `-`), or a `GrammarError` with a guess."""
     spec = COMMANDS.get(name.strip().lower().replace("_", "-"))
     if spec is not None:
         return spec
     if not name.strip():
-        raise ParseError("start with a command name, such as `img2img`; `help` lists them all")
+        raise GrammarError("start with a command name, such as `img2img`; `help` lists them all")
     guesses = closest(name, COMMANDS)
     hint = f" — did you mean {_code_list(guesses)}?" if guesses else ";"
-    raise ParseError(f"unknown command `{_shown(name)}`{hint} `help` lists every command")
+    raise GrammarError(f"unknown command `{_shown(name)}`{hint} `help` lists every command")
 
 
 # Names users bring from the A1111 WebUI / API, and what sdbot calls the same thing.
@@ -372,25 +372,25 @@ def _option_for(
     name = given.lower().replace("-", "_")
     option = OPTIONS.get(name)
     if option is None and (pointer := _sdbot_name(spec, given, value)) is not None:
-        raise ParseError(pointer)
+        raise GrammarError(pointer)
     if option is None or name not in spec.options:
         takers = [c.name for c in COMMANDS.values() if name in c.options]
         if option is not None and takers:
-            raise ParseError(
+            raise GrammarError(
                 f"`{name}` is not an option of `{spec.name}` — only "
                 f"{_code_list(takers, 'and')} take{'s' if len(takers) == 1 else ''} it"
             )
         raise _unknown_option(spec, given, console=console, reply=reply, word=word)
     if option.console_only and not console:
-        raise ParseError(f"`{name}=` paths only work in the console; attach the {name} instead")
+        raise GrammarError(f"`{name}=` paths only work in the console; attach the {name} instead")
     if option.reply_only and not reply:
-        raise ParseError(f"`{name}=` only works in a reply in a job's thread")
+        raise GrammarError(f"`{name}=` only works in a reply in a job's thread")
     return option
 
 
 def _unknown_option(
     spec: CommandSpec, given: str, *, console: bool, reply: bool, word: str | None
-) -> ParseError:
+) -> GrammarError:
     usable = [
         name
         for name in spec.options
@@ -401,7 +401,7 @@ def _unknown_option(
     guesses = closest(given, usable)
     message = f"unknown option `{_shown(given)}` for {spec.name}"
     if guesses:
-        return ParseError(f"{message} — did you mean {_code_list(guesses)}?")
+        return GrammarError(f"{message} — did you mean {_code_list(guesses)}?")
     if usable:
         message += f" — `help {spec.name}` lists its options"
     else:
@@ -409,7 +409,7 @@ def _unknown_option(
     if spec.free_text is not None and word is not None:
         # Most often an `=` that belongs in the prompt (`E=mc2`), not a mistyped option.
         message += f'; to put `=` in the {spec.free_text}, quote it: "{_shown(word)}"'
-    return ParseError(message)
+    return GrammarError(message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,11 +423,11 @@ def convert_option(spec: OptionSpec, raw: str, *, now: datetime | None = None) -
         return _read_text(spec, raw)
     if kind is Kind.PATH:
         if not raw.strip():
-            raise ParseError(f"`{spec.name}=` needs a path")
+            raise GrammarError(f"`{spec.name}=` needs a path")
         return raw
     value = raw.strip()
     if not value:
-        raise ParseError(f"`{spec.name}=` needs a value: {_expected(spec)}")
+        raise GrammarError(f"`{spec.name}=` needs a value: {_expected(spec)}")
     if kind is Kind.INT:
         return _read_int(spec, value)
     if kind is Kind.FLOAT:
@@ -485,8 +485,8 @@ def _range(spec: OptionSpec) -> str:
     return f" between {_number(spec.min)} and {_number(spec.max)}{default}"
 
 
-def _out_of_range(spec: OptionSpec, got: str) -> ParseError:
-    return ParseError(f"`{spec.name}` must be{_range(spec)}, got {_shown(got)}")
+def _out_of_range(spec: OptionSpec, got: str) -> GrammarError:
+    return GrammarError(f"`{spec.name}` must be{_range(spec)}, got {_shown(got)}")
 
 
 def _read_text(spec: OptionSpec, raw: str) -> str:
@@ -496,13 +496,13 @@ def _read_text(spec: OptionSpec, raw: str) -> str:
         try:
             networks(raw)  # LoRA weights must be finite numbers
         except ValueError as exc:
-            raise ParseError(str(exc)) from None
+            raise GrammarError(str(exc)) from None
     else:
         cap = NAME_CAP
         if not raw.strip():
-            raise ParseError(f"`{spec.name}=` needs a value")
+            raise GrammarError(f"`{spec.name}=` needs a value")
     if len(raw) > cap:
-        raise ParseError(
+        raise GrammarError(
             f"`{spec.name}` is {len(raw)} characters long; the limit is {cap} — shorten it"
         )
     return raw
@@ -510,7 +510,7 @@ def _read_text(spec: OptionSpec, raw: str) -> str:
 
 def _read_int(spec: OptionSpec, value: str) -> int:
     if not _INT.fullmatch(value):
-        raise ParseError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
+        raise GrammarError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
     if len(value) > 30:  # far out of any range, and `int()` refuses very long digit strings
         raise _out_of_range(spec, value)
     return _check_int(spec, int(value))
@@ -524,7 +524,7 @@ def _check_int(spec: OptionSpec, number: int) -> int:
 
 def _read_float(spec: OptionSpec, value: str) -> float:
     if not _FLOAT.fullmatch(value):
-        raise ParseError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
+        raise GrammarError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
     return _check_float(spec, float(value), value)
 
 
@@ -539,7 +539,7 @@ def _check_float(spec: OptionSpec, number: float, written: str) -> float:
 def _read_bool(spec: OptionSpec, value: str) -> bool:
     flag = _BOOLS.get(value.lower())
     if flag is None:
-        raise ParseError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
+        raise GrammarError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
     return flag
 
 
@@ -557,7 +557,7 @@ def _read_choice(spec: OptionSpec, value: str) -> str:
         takers = [c.name for c in COMMANDS.values() if spec.name in c.options]
         where = f"`help {takers[0]}`" if takers else "`help`"
         message += f" {where} lists all {len(spec.choices)}."
-    raise ParseError(message)
+    raise GrammarError(message)
 
 
 def _read_size(spec: OptionSpec, value: str) -> Size:
@@ -566,7 +566,7 @@ def _read_size(spec: OptionSpec, value: str) -> Size:
         width, height = int(match[1]), int(match[2])
         if all(_valid_side(side) for side in (width, height)):
             return Size(width, height)
-    raise ParseError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
+    raise GrammarError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
 
 
 def _valid_side(side: int) -> bool:
@@ -583,7 +583,7 @@ def _read_time(spec: OptionSpec, value: str, now: datetime | None) -> datetime:
         try:
             return (anchor - timedelta(**{unit: int(relative[1])})).astimezone(UTC)
         except OverflowError:
-            raise ParseError(
+            raise GrammarError(
                 f"`{spec.name}={_shown(value)}` is too far back; use a date such as 2026-11-01"
             ) from None
     if value.isascii() and _ISO_START.fullmatch(value):
@@ -599,13 +599,13 @@ def _read_time(spec: OptionSpec, value: str, now: datetime | None) -> datetime:
                 return moment.astimezone(UTC)
             except OverflowError:
                 pass
-    raise ParseError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
+    raise GrammarError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
 
 
 def _read_job_id(spec: OptionSpec, value: str) -> str:
     job_id = value.lower()
     if not _JOB_ID.fullmatch(job_id):
-        raise ParseError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
+        raise GrammarError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
     return job_id
 
 
@@ -620,7 +620,7 @@ def _read_result(spec: OptionSpec, value: str) -> int:
         index = int(written) if written is not None else 1
         if 1 <= index <= _max_results():
             return index
-    raise ParseError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
+    raise GrammarError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(value)}`")
 
 
 def _convert_given(spec: OptionSpec, value: object, now: datetime | None) -> OptionValue:
@@ -635,33 +635,33 @@ def _convert_given(spec: OptionSpec, value: object, now: datetime | None) -> Opt
         return _check_int(spec, value)
     elif spec.kind is Kind.FLOAT and isinstance(value, int | float):
         return _check_float(spec, float(value), _number(value))
-    raise ParseError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(repr(value))}`")
+    raise GrammarError(f"`{spec.name}` must be {_expected(spec)}, got `{_shown(repr(value))}`")
 
 
 def _check_together(options: Mapping[str, OptionValue]) -> None:
     """Checks that involve more than one option."""
     if "size" in options and ("width" in options or "height" in options):
-        raise ParseError("give either `size=WxH` or `width=` / `height=`, not both")
+        raise GrammarError("give either `size=WxH` or `width=` / `height=`, not both")
     if "scale" in options and any(name in options for name in ("size", "width", "height")):
-        raise ParseError(
+        raise GrammarError(
             "give either `scale=` (resize by) or a size (`size=`, `width=`, `height=`)"
         )
     count, batch_count = options.get("count", 1), options.get("batch_count", 1)
     if isinstance(count, int) and isinstance(batch_count, int):
         too_many = image_count_error(count, batch_count)
         if too_many is not None:
-            raise ParseError(too_many)
+            raise GrammarError(too_many)
     for name in ("width", "height"):
         side = options.get(name)
         if isinstance(side, int) and side % SIDE_MULTIPLE:
             lower = side - side % SIDE_MULTIPLE
-            raise ParseError(
+            raise GrammarError(
                 f"`{name}` must be a multiple of {SIDE_MULTIPLE}, got {side} "
                 f"(try {max(lower, SIDE_MIN)} or {min(lower + SIDE_MULTIPLE, SIDE_MAX)})"
             )
     since, until = options.get("since"), options.get("until")
     if isinstance(since, datetime) and isinstance(until, datetime) and since >= until:
-        raise ParseError("`since` must be before `until`, or no job can match")
+        raise GrammarError("`since` must be before `until`, or no job can match")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -690,7 +690,7 @@ def _read_words(
                 spec, match[1], console=console, reply=reply, word=word.text, value=match[2]
             )
             if option.name in reading.options:
-                raise ParseError(f"`{option.name}` is given twice — keep one")
+                raise GrammarError(f"`{option.name}` is given twice — keep one")
             reading.options[option.name] = convert_option(option, match[2], now=now)
         elif reply and not word.quoted and word.text.lower() == "again":
             reading.again = True
@@ -699,7 +699,7 @@ def _read_words(
     return reading
 
 
-def _dashed_option(spec: CommandSpec, name: str, value: str | None, word: str) -> ParseError:
+def _dashed_option(spec: CommandSpec, name: str, value: str | None, word: str) -> GrammarError:
     """`--steps 30`: command-line style options are pointed to `key=value`, never taken as
     prompt text (quote the word to put it in the prompt)."""
     canonical = name.lower().replace("-", "_")
@@ -708,11 +708,11 @@ def _dashed_option(spec: CommandSpec, name: str, value: str | None, word: str) -
         value = None  # the next word is another option, not this one's value
     if canonical in spec.options:
         given = word if "=" in word or value is None else f"{word} {value}"
-        return ParseError(
+        return GrammarError(
             f"options are written `key=value`: `{canonical}={_shown(value or '…')}`, "
             f"not `{_shown(given)}`"
         )
-    return ParseError(
+    return GrammarError(
         f"`{_shown(word)}` is not an option of {spec.name}: options are written `key=value` "
         f"(`help {spec.name}` lists them); to put `{_shown(word)}` in the text, quote it"
     )
@@ -725,16 +725,16 @@ def _free_text_option(
     if spec.free_text is None:
         usable = [name for name in spec.options if not OPTIONS[name].reply_only]
         if not usable:
-            raise ParseError(
+            raise GrammarError(
                 f"`{spec.name}` takes no text and no options; send just `{spec.name}` "
                 f"(remove `{_shown(free_text)}`)"
             )
-        raise ParseError(
+        raise GrammarError(
             f"`{spec.name}` takes no text, only `key=value` options "
             f"({_code_list(usable, 'and')}); remove `{_shown(free_text)}`"
         )
     if spec.free_text in options:
-        raise ParseError(
+        raise GrammarError(
             f"give the {spec.free_text} either as text after `{spec.name}` or as "
             f"`{spec.free_text}=`, not both"
         )
@@ -748,7 +748,7 @@ def parse(text: str, *, console: bool = False, now: datetime | None = None) -> P
     """
     words = _Lexer(text).words()
     if not words:
-        raise ParseError("the message is empty — start with a command, e.g. `help`")
+        raise GrammarError("the message is empty — start with a command, e.g. `help`")
     spec = find_command(words[0].text)
     reading = _read_words(spec, words[1:], console=console, reply=False, now=now)
     options = reading.options
@@ -769,7 +769,7 @@ def parse_reply(
     """
     spec = find_command(command)
     if spec.family not in (Family.GENERATE, Family.INTERROGATE):
-        raise ParseError(f"`{spec.name}` answers cannot be re-generated by a reply")
+        raise GrammarError(f"`{spec.name}` answers cannot be re-generated by a reply")
     reading = _read_words(spec, _Lexer(text).words(), console=console, reply=True, now=now)
     options = reading.options
     prompt: str | None = None
@@ -780,13 +780,13 @@ def parse_reply(
         if free_text.startswith("+"):
             append = _read_text(option, free_text[1:].strip())
             if not append:
-                raise ParseError(
+                raise GrammarError(
                     "write the text to add after `+`, for example `+ golden hour lighting`"
                 )
         else:
             prompt = _read_text(option, free_text)
     if reading.again and "seed" in options:
-        raise ParseError("`again` picks a new random seed — leave it out or leave out `seed=`")
+        raise GrammarError("`again` picks a new random seed — leave it out or leave out `seed=`")
     _check_together(options)
     return ParsedReply(MappingProxyType(options), prompt, append, reading.again)
 
@@ -797,13 +797,13 @@ def _read_advanced(
     """Discord's `advanced` option: `key=value` words read as in a message, into `options`."""
     reading = _read_words(spec, _Lexer(text).words(), console=False, reply=False, now=now)
     if reading.free_words:
-        raise ParseError(
+        raise GrammarError(
             f"`{ADVANCED}` takes only `key=value` options, such as `clip_skip=2 tiling=on`; "
             f"remove `{_shown(' '.join(reading.free_words))}`"
         )
     for name, value in reading.options.items():
         if name in options:
-            raise ParseError(f"`{name}` is given twice — keep one")
+            raise GrammarError(f"`{name}` is given twice — keep one")
         options[name] = value
 
 
@@ -829,7 +829,7 @@ def build(
             continue
         option = _option_for(spec, given, console=console, reply=False)
         if option.name in options:
-            raise ParseError(f"`{option.name}` is given twice — keep one")
+            raise GrammarError(f"`{option.name}` is given twice — keep one")
         options[option.name] = _convert_given(option, value, now)
     _check_together(options)
     return ParsedCommand(spec, MappingProxyType(options))

@@ -41,7 +41,7 @@ def clean(text: str) -> str:
 def networks(prompt: str) -> list[NetworkTag]:
     """The prompt's LoRA / hypernetwork tags, in order. A weight that is not a finite number
     (`<lora:x:nan>`, `<lora:x:1e999>`, `<lora:x:strong>`) raises `ValueError` with a message
-    for the user (the parser turns it into its `ParseError`)."""
+    for the user (the parser turns it into its `GrammarError`)."""
     found = []
     for match in _TAG.finditer(prompt):
         name = match[2].strip()

@@ -40,9 +40,9 @@ from adapters.discord.convert import (
     modal_values,
     strip_bot_mention,
 )
-from bot.errors import ParseError, UserInputError
+from bot.errors import UserInputError
 from bot.views import ACTION_PREFIX, EDIT_FIELDS, Action, ActionKind
-from commands import OPTIONS, Kind, build, parse
+from commands import OPTIONS, GrammarError, Kind, build, parse
 from commands.parse import LONG_TEXT_OPTIONS, PROMPT_CAP
 
 if TYPE_CHECKING:
@@ -462,7 +462,7 @@ class InteractionRouter:
             values = {**values, "user": mention_to_id(user)}
         try:
             parsed = build(command, values, now=self._adapter.app.clock.now())
-        except ParseError as exc:
+        except GrammarError as exc:
             await responder.refuse(str(exc))
             return
         refs = []
@@ -635,7 +635,7 @@ class InteractionRouter:
             return
         try:
             parsed = parse(form_text(values), now=self._adapter.app.clock.now())
-        except ParseError as exc:
+        except GrammarError as exc:
             await responder.refuse(str(exc))
             return
         caller = interaction_caller(interaction)

@@ -55,10 +55,10 @@ from adapters.slack.convert import (
     target_from_interaction,
     team_of,
 )
-from bot.errors import ChatDeliveryError, ParseError, UserInputError
+from bot.errors import ChatDeliveryError, UserInputError
 from bot.model import AttachmentRef, Caller, Conversation
 from bot.views import EDIT_FIELDS, Action, ActionKind
-from commands import build, parse, tokenize
+from commands import GrammarError, build, parse, tokenize
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Mapping, Sequence
@@ -342,7 +342,7 @@ class SlackListeners:
         text = normalize_text(str(body.get("text") or ""), self._bot) or "help"
         try:
             parse(text)  # pure: a grammar error is answered in the ack itself
-        except ParseError as exc:
+        except GrammarError as exc:
             await ack(text=escape(str(exc)), response_type="ephemeral")
             return
         caller = self._caller(team, user, channel, None, str(body.get("user_name") or ""))
@@ -685,7 +685,7 @@ def _field_errors(fields: Mapping[str, str]) -> dict[str, str]:
     for name, value in fields.items():
         try:
             build("img2img", {name: value.strip()})
-        except ParseError as exc:
+        except GrammarError as exc:
             errors[name] = str(exc)[:2000]
     return errors
 
@@ -703,19 +703,19 @@ def _check_img2img(values: Mapping[str, str]) -> tuple[dict[str, str], dict[str,
         for word in tokenize(values.get("options", "")):
             name, sep, value = word.partition("=")
             if not sep or not name:
-                raise ParseError(f"options are `key=value` words; `{word}` is not one")
+                raise GrammarError(f"options are `key=value` words; `{word}` is not one")
             key = name.strip().lower().replace("-", "_")
             if key in fields or key in extra:
-                raise ParseError(f"`{key}` is given twice — keep one")
+                raise GrammarError(f"`{key}` is given twice — keep one")
             extra[key] = value
         build("img2img", extra)
-    except ParseError as exc:
+    except GrammarError as exc:
         errors["options"] = str(exc)[:2000]
     if errors:
         return errors, {}
     combined = {**extra, **fields}
     try:
         build("img2img", combined)
-    except ParseError as exc:
+    except GrammarError as exc:
         return {"options": str(exc)[:2000]}, {}
     return {}, combined

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.errors import ParseError
-from commands import parse, parse_reply
+from commands import GrammarError, parse, parse_reply
 
 
 @pytest.mark.parametrize(
@@ -21,10 +20,10 @@ from commands import parse, parse_reply
     ],
 )
 def test_a1111_names_point_to_sdbot_names(given: str, pointer: str) -> None:
-    with pytest.raises(ParseError) as caught:
+    with pytest.raises(GrammarError) as caught:
         parse(f"inpaint a hat {given}")
     assert "A1111's name" in str(caught.value) and pointer in str(caught.value)
-    with pytest.raises(ParseError, match="A1111's name"):
+    with pytest.raises(GrammarError, match="A1111's name"):
         parse_reply(given, "inpaint")
 
 
@@ -44,7 +43,7 @@ def test_a1111_names_point_to_sdbot_names(given: str, pointer: str) -> None:
 def test_dashed_options_are_pointed_to_key_value_never_put_in_the_prompt(
     text: str, message: str
 ) -> None:
-    with pytest.raises(ParseError) as caught:
+    with pytest.raises(GrammarError) as caught:
         parse(text)
     assert message in str(caught.value)
 
@@ -65,9 +64,9 @@ def test_prompts_lose_nul_and_bidirectional_overrides() -> None:
 
 @pytest.mark.parametrize("weight", ["nan", "inf", "-inf", "1e999", "strong", ""])
 def test_lora_weights_must_be_finite_numbers(weight: str) -> None:
-    with pytest.raises(ParseError, match=r"must be a number such as 0\.8"):
+    with pytest.raises(GrammarError, match=r"must be a number such as 0\.8"):
         parse(f"img2img a cat <lora:style:{weight}>")
-    with pytest.raises(ParseError, match="must be a number"):
+    with pytest.raises(GrammarError, match="must be a number"):
         parse(f"img2img a cat <lora:style:0.5:unet={weight}>")
 
 

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 
-from bot.errors import ParseError
 from commands import (
     COMMANDS,
     OPTIONS,
@@ -14,6 +13,7 @@ from commands import (
     SAMPLERS,
     CommandSpec,
     Family,
+    GrammarError,
     Kind,
     OptionSpec,
     describe_value,
@@ -100,7 +100,7 @@ def test_command_names_in_help_are_spelled_as_in_commands() -> None:
 
 
 def test_an_unknown_command_suggests_the_closest() -> None:
-    with pytest.raises(ParseError, match="did you mean `inpaint`"):
+    with pytest.raises(GrammarError, match="did you mean `inpaint`"):
         help_text("inpiant")
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.discord.commands import MAX_OPTIONS, slash_options
-from bot.errors import ParseError
-from commands import COMMANDS, OPTIONS, Family, build, help_text, parse, parse_reply
+from commands import COMMANDS, OPTIONS, Family, GrammarError, build, help_text, parse, parse_reply
 from commands.spec import ADVANCED, MAX_IMAGES, SCHEDULERS, join_sampler, split_sampler
 
 GENERATE = [c.name for c in COMMANDS.values() if c.family is Family.GENERATE]
@@ -35,7 +34,7 @@ def test_ranges_are_the_webuis(name: str) -> None:
     assert parse(f"{command} x {name}={top!r}").options[name] == top
     for outside in (option.max + step, option.min - step):
         written = int(outside) if step == 1 else round(outside, 2)
-        with pytest.raises(ParseError, match=f"`{name}` must be .*between"):
+        with pytest.raises(GrammarError, match=f"`{name}` must be .*between"):
             parse(f"{command} x {name}={written}")
 
 
@@ -43,7 +42,7 @@ def test_booleans_and_the_scheduler() -> None:
     options = parse("img2img x restore-faces=yes tiling=on scheduler=sgm_uniform").options
     assert (options["restore_faces"], options["tiling"]) == (True, True)
     assert options["scheduler"] == "SGM Uniform"
-    with pytest.raises(ParseError, match="did you mean `Karras`"):
+    with pytest.raises(GrammarError, match="did you mean `Karras`"):
         parse("img2img x scheduler=karas")
 
 
@@ -53,15 +52,15 @@ def test_every_generate_command_takes_the_panel_and_only_inpaint_sketch_mask_alp
         for option in RANGES.keys() - {"mask_alpha"}:
             assert option in declared, (name, option)
         assert ("mask_alpha" in declared) is (name == "inpaint-sketch")
-    with pytest.raises(ParseError, match="only `inpaint-sketch` takes it"):
+    with pytest.raises(GrammarError, match="only `inpaint-sketch` takes it"):
         parse("inpaint x mask_alpha=10")
 
 
 def test_count_times_batch_count_is_capped() -> None:
     assert parse("img2img x count=4 batch_count=2").options["batch_count"] == 2
-    with pytest.raises(ParseError, match=f"= 9 images; one job makes at most {MAX_IMAGES}"):
+    with pytest.raises(GrammarError, match=f"= 9 images; one job makes at most {MAX_IMAGES}"):
         parse("img2img x batch_count=9")
-    with pytest.raises(ParseError, match="4 × 3 = 12 images"):
+    with pytest.raises(GrammarError, match="4 × 3 = 12 images"):
         parse("img2img x count=4 batch_count=3")
     # Every image of the largest job can be picked as the next input.
     assert parse_reply(f"input=result:{MAX_IMAGES}", "img2img").options["input"] == MAX_IMAGES
@@ -69,7 +68,7 @@ def test_count_times_batch_count_is_capped() -> None:
 
 @pytest.mark.parametrize("size", ["size=512x512", "width=512", "height=512"])
 def test_scale_is_not_given_with_a_size(size: str) -> None:
-    with pytest.raises(ParseError, match="either `scale=`"):
+    with pytest.raises(GrammarError, match="either `scale=`"):
         parse(f"img2img x scale=2 {size}")
 
 
@@ -103,11 +102,11 @@ def test_advanced_is_read_by_the_same_grammar() -> None:
         "mask_alpha": 40,
         "scheduler": "Align Your Steps",
     }
-    with pytest.raises(ParseError, match="`steps` is given twice"):
+    with pytest.raises(GrammarError, match="`steps` is given twice"):
         build("img2img", {"steps": 10, ADVANCED: "steps=20"})
-    with pytest.raises(ParseError, match="takes only `key=value` options"):
+    with pytest.raises(GrammarError, match="takes only `key=value` options"):
         build("img2img", {ADVANCED: "tiling on"})
-    with pytest.raises(ParseError, match="`clip_skip` must be between 1 and 12"):
+    with pytest.raises(GrammarError, match="`clip_skip` must be between 1 and 12"):
         build("img2img", {ADVANCED: "clip_skip=13"})
 
 

@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from bot.errors import ParseError, UserInputError
+from bot.errors import ParseError
 from commands import (
     COMMANDS,
     OPTIONS,
     SAMPLERS,
+    GrammarError,
     Kind,
     Size,
     build,
@@ -26,7 +27,7 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def error_of(text: str, **kwargs: bool) -> str:
-    with pytest.raises(ParseError) as caught:
+    with pytest.raises(GrammarError) as caught:
         parse(text, now=NOW, **kwargs)
     return str(caught.value)
 
@@ -36,7 +37,7 @@ def value(name: str, raw: str) -> object:
 
 
 def value_error(name: str, raw: str) -> str:
-    with pytest.raises(ParseError) as caught:
+    with pytest.raises(GrammarError) as caught:
         convert_option(OPTIONS[name], raw, now=NOW)
     return str(caught.value)
 
@@ -44,8 +45,9 @@ def value_error(name: str, raw: str) -> str:
 # --- declarations the parser relies on -----------------------------------------------------
 
 
-def test_parse_error_is_a_user_input_error() -> None:
-    assert issubclass(ParseError, UserInputError)
+def test_grammar_errors_count_as_the_cores_parse_refusals() -> None:
+    # Operators' refusal metrics label both the same, whichever layer refused.
+    assert GrammarError.reason == ParseError.reason == "parse"
 
 
 def test_every_option_a_command_names_is_declared() -> None:
@@ -134,14 +136,14 @@ def test_an_apostrophe_after_a_letter_is_not_a_quote(text: str, words: list[str]
 
 @pytest.mark.parametrize("text", ['img2img "a cat', "img2img 'a cat", "img2img “a cat", "a ‘b"])
 def test_an_unclosed_quote_is_refused(text: str) -> None:
-    with pytest.raises(ParseError, match="unclosed quote"):
+    with pytest.raises(GrammarError, match="unclosed quote"):
         tokenize(text)
-    with pytest.raises(ParseError, match="unclosed quote"):
+    with pytest.raises(GrammarError, match="unclosed quote"):
         parse(text)
 
 
 def test_a_trailing_backslash_is_refused() -> None:
-    with pytest.raises(ParseError, match="backslash"):
+    with pytest.raises(GrammarError, match="backslash"):
         tokenize("img2img a cat\\")
 
 
@@ -650,11 +652,11 @@ def test_build_reads_strings_as_text_does() -> None:
 
 
 def test_build_checks_ranges_with_the_same_message() -> None:
-    with pytest.raises(ParseError, match=r"between 1 and 150 \(default 20\), got 500"):
+    with pytest.raises(GrammarError, match=r"between 1 and 150 \(default 20\), got 500"):
         build("img2img", {"steps": 500})
-    with pytest.raises(ParseError, match=r"between 0 and 1 \(default 0.75\), got 2"):
+    with pytest.raises(GrammarError, match=r"between 0 and 1 \(default 0.75\), got 2"):
         build("img2img", {"strength": 2})
-    with pytest.raises(ParseError, match="`strength`"):
+    with pytest.raises(GrammarError, match="`strength`"):
         build("img2img", {"strength": float("nan")})
 
 
@@ -662,24 +664,24 @@ def test_build_checks_ranges_with_the_same_message() -> None:
     ("name", "given"), [("steps", True), ("steps", 2.5), ("invert", 1), ("strength", [0.5])]
 )
 def test_build_refuses_values_of_the_wrong_type(name: str, given: object) -> None:
-    with pytest.raises(ParseError, match=f"`{name}`"):
+    with pytest.raises(GrammarError, match=f"`{name}`"):
         build("inpaint", {name: given})
 
 
 def test_build_refuses_what_parse_refuses() -> None:
-    with pytest.raises(ParseError, match="did you mean `img2img`"):
+    with pytest.raises(GrammarError, match="did you mean `img2img`"):
         build("imgtoimg", {})
-    with pytest.raises(ParseError, match="did you mean `strength`"):
+    with pytest.raises(GrammarError, match="did you mean `strength`"):
         build("img2img", {"strenght": 0.5})
-    with pytest.raises(ParseError, match="only work in the console"):
+    with pytest.raises(GrammarError, match="only work in the console"):
         build("img2img", {"image": "a.png"})
-    with pytest.raises(ParseError, match="reply"):
+    with pytest.raises(GrammarError, match="reply"):
         build("img2img", {"input": "result"})
-    with pytest.raises(ParseError, match="not both"):
+    with pytest.raises(GrammarError, match="not both"):
         build("img2img", {"size": "512x512", "width": 512})
-    with pytest.raises(ParseError, match="multiple of 8"):
+    with pytest.raises(GrammarError, match="multiple of 8"):
         build("img2img", {"width": 100})
-    with pytest.raises(ParseError, match="given twice"):
+    with pytest.raises(GrammarError, match="given twice"):
         build("inpaint", {"mask_blur": 2, "mask-blur": 3})
 
 
@@ -714,7 +716,7 @@ def test_a_reply_starting_with_plus_appends_to_the_prompt(text: str, appended: s
 
 
 def test_a_lone_plus_is_refused() -> None:
-    with pytest.raises(ParseError, match=r"after `\+`"):
+    with pytest.raises(GrammarError, match=r"after `\+`"):
         parse_reply("+ steps=30", "img2img")
 
 
@@ -750,7 +752,7 @@ def test_again_inside_a_word_is_text() -> None:
 
 
 def test_again_and_seed_contradict() -> None:
-    with pytest.raises(ParseError, match="again"):
+    with pytest.raises(GrammarError, match="again"):
         parse_reply("again seed=5", "img2img")
 
 
@@ -760,16 +762,16 @@ def test_a_reply_may_use_a_result_as_the_input(text: str, index: int) -> None:
 
 
 def test_a_reply_that_does_not_parse_is_a_parse_error() -> None:
-    with pytest.raises(ParseError, match="did you mean `strength`"):
+    with pytest.raises(GrammarError, match="did you mean `strength`"):
         parse_reply("strenght=0.4", "img2img")
-    with pytest.raises(ParseError, match="between 1 and 150"):
+    with pytest.raises(GrammarError, match="between 1 and 150"):
         parse_reply("steps=0", "img2img")
-    with pytest.raises(ParseError, match="unclosed quote"):
+    with pytest.raises(GrammarError, match="unclosed quote"):
         parse_reply('"a dog', "img2img")
 
 
 def test_a_reply_may_not_give_the_prompt_twice() -> None:
-    with pytest.raises(ParseError, match="not both"):
+    with pytest.raises(GrammarError, match="not both"):
         parse_reply("a dog prompt=cat", "img2img")
     assert parse_reply("prompt='a cat'", "img2img").options == {"prompt": "a cat"}
 
@@ -781,23 +783,23 @@ def test_an_empty_reply_changes_nothing() -> None:
 
 
 def test_a_reply_checks_paths_and_combinations_like_a_command() -> None:
-    with pytest.raises(ParseError, match="only work in the console"):
+    with pytest.raises(GrammarError, match="only work in the console"):
         parse_reply("image=a.png", "img2img")
     assert parse_reply("image=a.png", "img2img", console=True).options == {"image": "a.png"}
-    with pytest.raises(ParseError, match="not both"):
+    with pytest.raises(GrammarError, match="not both"):
         parse_reply("size=512x512 width=512", "img2img")
 
 
 def test_a_reply_to_interrogate_takes_options_only() -> None:
     assert parse_reply("method=deepbooru", "interrogate").options == {"method": "deepbooru"}
-    with pytest.raises(ParseError, match="`interrogate` takes no text"):
+    with pytest.raises(GrammarError, match="`interrogate` takes no text"):
         parse_reply("a caption please", "interrogate")
 
 
 def test_a_reply_to_a_command_that_makes_no_job_is_refused() -> None:
-    with pytest.raises(ParseError, match="`jobs`"):
+    with pytest.raises(GrammarError, match="`jobs`"):
         parse_reply("steps=3", "jobs")
-    with pytest.raises(ParseError, match="unknown command"):
+    with pytest.raises(GrammarError, match="unknown command"):
         parse_reply("steps=3", "nosuchcommand")
 
 

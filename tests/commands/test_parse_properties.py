@@ -10,8 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.errors import ParseError
-from commands import COMMANDS, OPTIONS, Kind, build, convert_option, parse, parse_reply, tokenize
+from commands import (
+    COMMANDS,
+    OPTIONS,
+    GrammarError,
+    Kind,
+    build,
+    convert_option,
+    parse,
+    parse_reply,
+    tokenize,
+)
 from commands.prompt import clean
 
 if TYPE_CHECKING:
@@ -43,11 +52,11 @@ any_text = st.one_of(st.text(), grammarish, spaced)
 
 
 def returns_or_refuses(call: Callable[[], object]) -> None:
-    """Run `call`; a ParseError with a message is fine, any other exception fails the test."""
+    """Run `call`; a GrammarError with a message is fine, any other exception fails the test."""
     message = "returned"
     try:
         call()
-    except ParseError as error:
+    except GrammarError as error:
         message = str(error)
     assert message
 
@@ -138,7 +147,7 @@ def test_whole_numbers_are_accepted_exactly_within_their_range(name: str, number
     if option.min <= number <= option.max:
         assert convert_option(option, str(number)) == number
     else:
-        with pytest.raises(ParseError, match="must be between"):
+        with pytest.raises(GrammarError, match="must be between"):
             convert_option(option, str(number))
 
 
@@ -179,6 +188,6 @@ def test_a_value_read_back_from_its_text_form_is_the_same(name: str, raw: str) -
     option = OPTIONS[name]
     try:
         first = convert_option(option, raw, now=NOW)
-    except ParseError:
+    except GrammarError:
         return
     assert convert_option(option, text_form(first), now=NOW) == first
