@@ -39,12 +39,12 @@ from scenario_kit import (
 from bot import imaging
 from bot.config import Config
 from bot.ids import new_job_id
-from bot.inputs import text_value
 from bot.model import AttachmentRef, Caller, Conversation, Delivery, Job, JobState, Platform
 from bot.poller import Poller
 from bot.ports import PostedStatus
 from bot.store import _INSERT_JOB, _Database, _job_row, _transaction
 from commands import parse
+from commands.options import job_options
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -71,11 +71,11 @@ def _fill_store(path: Path, count: int) -> None:
         created = start + timedelta(seconds=n * 250)
         job = Job(
             id=f"{n:010d}",
-            command=rng.choice(commands),
+            command=(command := rng.choice(commands)),
             caller=Caller(Platform("discord"), server, user, Conversation("c1")),
             state=rng.choice(states),
             created_at=created,
-            options={"prompt": "a cat"},
+            options=job_options(command, {} if command == "interrogate" else {"prompt": "a cat"}),
             endpoint=rng.choice(["sd-async-a", "sd-async-b"]),
             model=rng.choice(["a.safetensors", "b.safetensors", "c.safetensors"]),
             started_at=created,
@@ -248,7 +248,7 @@ def _ack_floor(path: Path, callers: Sequence[Caller], refs: Sequence[AttachmentR
                 caller=caller,
                 state=JobState.CREATED,
                 created_at=now,
-                options={k: text_value(v) for k, v in parsed.options.items()},
+                options=job_options(parsed.name, parsed.options),
                 attachments=(ref,),
             )
             rows.append(_job_row(job))

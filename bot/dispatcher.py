@@ -14,12 +14,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from bot.errors import OperationalError, RefusedError, UserInputError
-from bot.inputs import assign_slots, path_refs, read_local, text_value
+from bot.inputs import assign_slots, path_refs, read_local
 from bot.ports import NullObserver, traits_of
 from bot.queries import Queries
 from bot.regenerate import Regenerator
 from bot.views import Action, ActionKind
 from commands import Family, GrammarError, parse
+from commands.options import job_options
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -207,8 +208,9 @@ class Dispatcher:
         if spec.family not in (Family.GENERATE, Family.INTERROGATE):
             await self._queries.answer(caller, parsed, responder)
             return None
-        options = {k: text_value(v) for k, v in parsed.options.items()}
-        local = path_refs(options)
+        values = dict(parsed.options)
+        local = path_refs(values)
+        options = job_options(spec.name, values)
         refs = assign_slots(spec, local + list(attachments))
         have = {r.slot for r in refs}
         for attachment in spec.attachments:

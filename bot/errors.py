@@ -7,7 +7,9 @@
     │   ├── ParseError          the command text or options do not parse (the grammar's own
     │   │                       `commands.GrammarError` is answered the same way)
     │   ├── ImageInputError     an attachment is not an acceptable image (SPEC §3.1)
-    │   └── RefusedError        well-formed but not allowed (permissions, unknown job, …)
+    │   ├── RefusedError        well-formed but not allowed (permissions, unknown job, …)
+    │   └── InvalidRecordError  a job's stored options or parameters no longer read (a choice
+    │                           a newer release dropped): says which, and to start it again
     └── OperationalError        something outside the user's control failed; logged in full,
         │                       shown to the user as one short line with the job id
         ├── BackendError        the backend answered with an error or not at all
@@ -58,6 +60,15 @@ class RefusedError(UserInputError):
     """The request is well-formed but not allowed or refers to something that does not exist."""
 
     reason = "refused"
+
+
+class InvalidRecordError(UserInputError):
+    """A stored job's options or parameters do not read as this version's types (`bot.records`).
+
+    The message names the field and its value, so the job fails with a reason users can act on
+    (start it again) instead of an unexpected error."""
+
+    reason = "stored"
 
 
 class OperationalError(SdbotError):

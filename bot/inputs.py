@@ -1,39 +1,28 @@
-"""What a request brings with it, made ready for `JobRunner.accept`: option values in the text
-form the store keeps, attachments assigned to the command's image slots, and local files (the
-console's `image=PATH` options) read and checked before the ack.
+"""What a request brings with it, made ready for `JobRunner.accept`: attachments assigned to the
+command's image slots, and local files (the console's `image=PATH` options) read and checked
+before the ack.
 
 New jobs (`bot.dispatcher`) and re-generations (`bot.regenerate`) share these steps.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from bot.errors import RefusedError
 from bot.model import AttachmentRef
-from commands import Size, Slot
+from commands import Slot
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from bot.jobs import JobRunner
     from bot.model import Caller
     from bot.ports import StoredImage
-    from commands import CommandSpec
+    from commands import CommandSpec, OptionValue
+    from commands.options import JobOptions
 
 _SLOT_OPTIONS = tuple(s.value for s in Slot)
-
-
-def text_value(value: object) -> str:
-    """An option value in the text form the grammar reads back (`Size` → `512x512`)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Size):
-        return str(value)
-    return str(value)
 
 
 def assign_slots(spec: CommandSpec, refs: Sequence[AttachmentRef]) -> list[AttachmentRef]:
@@ -67,12 +56,13 @@ def _with_slot(ref: AttachmentRef, slot: str) -> AttachmentRef:
     return AttachmentRef(ref.name, ref.url, ref.size, ref.content_type, slot)
 
 
-def path_refs(options: dict[str, str]) -> list[AttachmentRef]:
-    """Console `image=PATH` style options become attachments the console adapter reads."""
+def path_refs(options: dict[str, OptionValue]) -> list[AttachmentRef]:
+    """Console `image=PATH` style options (taken out of `options`) become attachments the
+    console adapter reads."""
     refs = []
     for slot in _SLOT_OPTIONS:
-        path = options.pop(slot, None)
-        if path is not None:
+        if slot in options:
+            path = str(options.pop(slot))
             refs.append(AttachmentRef(path.rsplit("/", 1)[-1], path, slot=slot))
     return refs
 
@@ -81,7 +71,7 @@ async def read_local(
     runner: JobRunner,
     caller: Caller,
     command: str,
-    options: Mapping[str, str],
+    options: JobOptions,
     refs: Sequence[AttachmentRef],
     local: Sequence[AttachmentRef],
     inherited: Sequence[StoredImage] = (),
@@ -98,4 +88,4 @@ async def read_local(
     return inputs
 
 
-__all__ = ["assign_slots", "path_refs", "read_local", "text_value"]
+__all__ = ["assign_slots", "path_refs", "read_local"]

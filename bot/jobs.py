@@ -57,7 +57,13 @@ from bot.ports import (
 )
 from bot.tasks import Backoff, stop, supervise
 from bot.views import ResultImage, StatusView
-from commands import COMMANDS, Family
+from commands.options import (
+    GENERATE_DEFAULTS,
+    INTERROGATE_DEFAULTS,
+    InterrogateOptions,
+    JobOptions,
+)
+from commands.options import or_default as _or
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -124,7 +130,7 @@ class JobRunner:
         self,
         caller: Caller,
         command: str,
-        options: Mapping[str, str],
+        options: JobOptions,
         attachments: Sequence[AttachmentRef],
         responder: Responder,
         *,
@@ -140,7 +146,7 @@ class JobRunner:
         started = self._clock.monotonic()
         self._policy.check_access(caller)
         defaults = await self._policy.defaults(caller)
-        options = await self._resolver.check(command, options, defaults)
+        options = await self._resolver.check(options, defaults)
         self._admitting += 1
         try:
             # Jobs being admitted right now count too, so a burst cannot slip past the cap.
@@ -152,7 +158,7 @@ class JobRunner:
                     caller=caller,
                     state=JobState.CREATED,
                     created_at=self._clock.now(),
-                    options=dict(options),
+                    options=options,
                     attachments=tuple(attachments),
                     thread=thread,
                     parent_id=parent.id if parent else None,
@@ -190,19 +196,19 @@ class JobRunner:
         return images
 
     async def check_inputs(
-        self, command: str, options: Mapping[str, str], inputs: Sequence[StoredImage]
+        self, command: str, options: JobOptions, inputs: Sequence[StoredImage]
     ) -> None:
         """Decode the inputs as the job will, before the ack (for inputs at hand)."""
         await self._prepare(command, options, {i.slot: i for i in inputs})
 
     async def _prepare(
-        self, command: str, options: Mapping[str, str], inputs: Mapping[str, StoredImage]
+        self, command: str, options: JobOptions, inputs: Mapping[str, StoredImage]
     ) -> imaging.PreparedInputs:
         image = inputs.get("image")
         if image is None:
             raise UserInputError(f"{command} needs an image")
         first = imaging.InputFile(image.name, image.data)
-        if COMMANDS[command].family is Family.INTERROGATE:
+        if isinstance(options, InterrogateOptions):
             async with self._decode_slot([first]):
                 return await asyncio.to_thread(imaging.prepare_interrogate, first, self._limits)
         second = inputs.get("sketch" if command == "inpaint-sketch" else "mask")
@@ -213,9 +219,9 @@ class JobRunner:
                 command,
                 first,
                 imaging.InputFile(second.name, second.data) if second else None,
-                mask_blur=int(options.get("mask_blur", 4)),
+                mask_blur=_or(options.mask_blur, GENERATE_DEFAULTS.mask_blur),
                 limits=self._limits,
-                mask_alpha=int(options.get("mask_alpha", 0)),
+                mask_alpha=_or(options.mask_alpha, GENERATE_DEFAULTS.mask_alpha),
             )
 
     @contextlib.asynccontextmanager
@@ -432,11 +438,12 @@ class JobRunner:
 
         prepared = await self._prepare(job.command, job.options, inputs)
         defaults = await self._policy.defaults(job.caller)
-        if COMMANDS[job.command].family is Family.INTERROGATE:
+        if isinstance(job.options, InterrogateOptions):
             endpoint = await self._resolver.endpoint(
-                job.options.get("endpoint"), default=defaults.endpoint, async_only=True
+                job.options.endpoint, default=defaults.endpoint, async_only=True
             )
-            iparams = InterrogateParams(str(job.options.get("method", "clip")), endpoint.name)
+            method = _or(job.options.method, INTERROGATE_DEFAULTS.method)
+            iparams = InterrogateParams(method, endpoint.name)
             job = replace(job, interrogate=iparams, endpoint=endpoint.name, notes=prepared.notes)
             job = await self._store.save(job)
             submitted = await self._backend.interrogate(

@@ -11,9 +11,12 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from commands.spec import Area, Fill, Method, Resize, Sampler, Scheduler, join_sampler
+
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from datetime import datetime
+
+    from commands.options import JobOptions
 
 
 _PLATFORM_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -116,18 +119,18 @@ class GenerationParams:
     strength: float
     steps: int
     cfg: float
-    sampler: str
+    sampler: Sampler  # as chosen; `sampler_name` is what the backend is sent
     seed: int
     width: int
     height: int
     count: int
-    resize: str
+    resize: Resize
     model: str
     vae: str
     endpoint: str
     mask_blur: int = 4
-    fill: str = "original"
-    area: str = "whole"
+    fill: Fill = Fill.ORIGINAL
+    area: Area = Area.WHOLE
     padding: int = 32
     invert: bool = False
     # The rest of A1111's img2img panel (defaults = the WebUI's; older stored rows lack them).
@@ -139,8 +142,13 @@ class GenerationParams:
     clip_skip: int = 1
     image_cfg: float = 1.5
     noise_multiplier: float = 1.0
-    scheduler: str = "Automatic"
+    scheduler: Scheduler = Scheduler.AUTOMATIC
     mask_alpha: int = 0  # inpaint-sketch only; applied to the mask and init image by the core
+
+    @property
+    def sampler_name(self) -> str:
+        """The sampler name A1111 runs: the schedule written into it (`join_sampler`)."""
+        return join_sampler(self.sampler, self.scheduler)
 
     @property
     def images(self) -> int:
@@ -162,7 +170,7 @@ class GenerationParams:
 class InterrogateParams:
     """What an interrogate job needs besides its image."""
 
-    method: str  # "clip" | "deepbooru"
+    method: Method
     endpoint: str
 
 
@@ -175,8 +183,8 @@ class Job:
     caller: Caller
     state: JobState
     created_at: datetime
-    # The options the user gave, in their text form (`steps` → "30"); the base of re-generation.
-    options: Mapping[str, str]
+    # The options the user gave, typed (`commands.options`); the base of re-generation.
+    options: JobOptions
     # Filled once the job has been validated.
     params: GenerationParams | None = None
     interrogate: InterrogateParams | None = None

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.errors import ParseError, RefusedError
-from bot.inputs import assign_slots, path_refs, read_local, text_value
+from bot.inputs import assign_slots, path_refs, read_local
 from bot.jobs import RESULT_SLOT
 from bot.ports import StoredImage
 from bot.views import EDIT_FIELDS, ActionKind
-from commands import COMMANDS, build, parse_reply
+from commands import COMMANDS, OptionValue, build, parse_reply
+from commands.options import given, job_options, text_form
 from commands.parse import PROMPT_CAP
 
 if TYPE_CHECKING:
@@ -30,11 +31,11 @@ if TYPE_CHECKING:
 _SIZE_OPTIONS = ("size", "width", "height", "scale")
 
 
-def _pinned_seeds(params: GenerationParams) -> dict[str, str]:
+def _pinned_seeds(params: GenerationParams) -> dict[str, OptionValue]:
     """The seeds a re-generation keeps: the seed, and the variation seed when it is in use."""
-    pinned = {"seed": str(params.seed)}
+    pinned: dict[str, OptionValue] = {"seed": params.seed}
     if params.subseed_strength > 0:
-        pinned["subseed"] = str(params.subseed)
+        pinned["subseed"] = params.subseed
     return pinned
 
 
@@ -76,27 +77,28 @@ class Regenerator:
                 "prompt, `+ words` to add to it, options such as `steps=30`, or `again` "
                 "for a new seed"
             )
-        options = dict(base.options)
+        options = given(base.options)
         if any(name in reply.options for name in _SIZE_OPTIONS):
             for name in _SIZE_OPTIONS:
                 options.pop(name, None)
-        options.update((k, text_value(v)) for k, v in reply.options.items())
+        options.update(reply.options)
         if reply.prompt is not None:
             options["prompt"] = reply.prompt
         elif reply.append:
-            current = options.get("prompt", "")
-            options["prompt"] = f"{current}, {reply.append}" if current else reply.append
-            if len(options["prompt"]) > PROMPT_CAP:
+            current = str(options.get("prompt", ""))
+            prompt = f"{current}, {reply.append}" if current else reply.append
+            if len(prompt) > PROMPT_CAP:
                 # Each `+ words` is checked alone; the prompt they grow is capped here.
                 raise ParseError(
-                    f"the prompt would be {len(options['prompt'])} characters long; the "
+                    f"the prompt would be {len(prompt)} characters long; the "
                     f"limit is {PROMPT_CAP} — send a shorter prompt instead of adding to it"
                 )
+            options["prompt"] = prompt
         if base.params is not None:
             pinned = _pinned_seeds(base.params).items()
             options.update((k, v) for k, v in pinned if k not in reply.options)
         if reply.again:
-            options["seed"] = "-1"
+            options["seed"] = -1
         result_index = reply.options.get("input")
         options.pop("input", None)
         local = path_refs(options)
@@ -128,16 +130,16 @@ class Regenerator:
             return await self._runner.accept(
                 caller,
                 "img2img",
-                {"prompt": job.caption},
+                job_options("img2img", {"prompt": job.caption}),
                 [],
                 responder,
                 parent=job,
                 inputs=inputs,
                 thread=job.thread,
             )
-        options = dict(job.options)
+        options = given(job.options)
         if action.kind is ActionKind.REROLL:
-            options["seed"] = "-1"
+            options["seed"] = -1
             return await self._regenerate(caller, job, options, [], responder)
         if action.kind is ActionKind.USE_AS_INPUT:
             if job.params is not None:
@@ -149,16 +151,16 @@ class Regenerator:
         # A field left blank means: empty prompt / negative, a new random seed, the default
         # strength.
         blank = {k for k in EDIT_FIELDS if k in fields and not fields[k].strip()}
-        given = {k: v.strip() for k, v in fields.items() if k in EDIT_FIELDS and k not in blank}
-        checked = build(job.command, given)
+        written = {k: v.strip() for k, v in fields.items() if k in EDIT_FIELDS and k not in blank}
+        checked = build(job.command, written)
         if job.params is not None:
             options.update(_pinned_seeds(job.params))
-        options.update((k, text_value(v)) for k, v in checked.options.items())
+        options.update(checked.options)
         for name in blank:
             if name in ("prompt", "negative"):
                 options[name] = ""
             elif name == "seed":
-                options["seed"] = "-1"
+                options["seed"] = -1
             else:
                 options.pop(name, None)
         return await self._regenerate(caller, job, options, [], responder)
@@ -166,7 +168,8 @@ class Regenerator:
     @staticmethod
     def edit_defaults(job: Job) -> dict[str, str]:
         """Current values for the Edit modal's fields (`bot.views.EDIT_FIELDS`)."""
-        values = {name: job.options.get(name, "") for name in EDIT_FIELDS}
+        current = given(job.options)
+        values = {name: text_form(current[name]) if name in current else "" for name in EDIT_FIELDS}
         if job.params is not None:
             values.update(
                 prompt=job.params.prompt,
@@ -189,7 +192,7 @@ class Regenerator:
         self,
         caller: Caller,
         base: Job,
-        options: dict[str, str],
+        values: dict[str, OptionValue],
         attachments: Sequence[AttachmentRef],
         responder: Responder,
         *,
@@ -198,6 +201,7 @@ class Regenerator:
     ) -> Job:
         """A new job in the base job's thread, inheriting its inputs unless replaced."""
         spec = COMMANDS[base.command]
+        options = job_options(spec.name, values)
         refs = assign_slots(spec, attachments) if attachments else []
         replaced = {r.slot for r in refs}
         stored, pending = await self._base_inputs(base)

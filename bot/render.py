@@ -202,7 +202,7 @@ def job_details(job: Job) -> str:
         if p.negative:
             lines.append(f"negative: {p.negative}")
         lines.append(
-            f"model `{p.model}` · VAE `{p.vae}` · sampler {p.sampler} · steps {p.steps} · "
+            f"model `{p.model}` · VAE `{p.vae}` · sampler {p.sampler_name} · steps {p.steps} · "
             f"cfg {p.cfg:g} · strength {p.strength:g} · seed {p.seed} · size {p.width}x{p.height}"
             f" · count {p.count} · resize {p.resize}"
         )

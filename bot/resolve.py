@@ -12,18 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from bot.errors import BackendError, ParseError, RefusedError
+from bot.errors import BackendError, RefusedError
 from bot.imaging import default_size
 from bot.model import Endpoint, GenerationParams, Model
-from commands import COMMANDS, OPTIONS, Family, GrammarError, Size, closest, convert_option
+from commands import closest
+from commands.options import (
+    GENERATE_DEFAULTS,
+    GenerateOptions,
+    InterrogateOptions,
+    JobOptions,
+)
+from commands.options import or_default as _or
 from commands.prompt import NETWORK_KINDS, with_names
 from commands.prompt import networks as prompt_networks
-from commands.spec import DEFAULT_SAMPLER, DEFAULT_SCHEDULER, image_count_error, join_sampler
+from commands.spec import image_count_error
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from bot.config import Config
     from bot.policy import Defaults
@@ -153,32 +161,6 @@ def endpoint_states(endpoints: Sequence[Endpoint]) -> str:
     return ", ".join(f"`{e.name}` ({e.status}, {e.type})" for e in endpoints) or "none"
 
 
-def _typed(options: Mapping[str, str], name: str) -> object:
-    """An option's typed value, or its declared default when the job did not give it."""
-    raw = options.get(name)
-    spec = OPTIONS[name]
-    if raw is None:
-        return spec.default
-    try:
-        return convert_option(spec, raw)
-    except GrammarError as exc:
-        raise ParseError(str(exc)) from None
-
-
-def _int(options: Mapping[str, str], name: str) -> int:
-    value = _typed(options, name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"option {name} is not an int: {value!r}")
-    return value
-
-
-def _float(options: Mapping[str, str], name: str) -> float:
-    value = _typed(options, name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"option {name} is not a number: {value!r}")
-    return float(value)
-
-
 def _listing(names: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(f"`{n}`" for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -197,41 +179,41 @@ class Resolver:
         self._config = config
         self._catalog = catalog
 
-    async def check(
-        self, command: str, options: Mapping[str, str], defaults: Defaults
-    ) -> dict[str, str]:
+    async def check(self, options: JobOptions, defaults: Defaults) -> JobOptions:
         """Refuse what can be known before the ack; return `options` with the backend's names.
 
         Sizes are checked against the channel's cap, and the endpoint, model, VAE and the
         prompt's LoRA / hypernetwork tags against the backend's catalogue (any case; with a
         "did you mean"). A backend that cannot be reached leaves the names to `generation`.
         """
-        checked = dict(options)
+        if isinstance(options, InterrogateOptions):
+            try:
+                endpoint = await self.endpoint(
+                    options.endpoint, default=defaults.endpoint, async_only=True
+                )
+            except BackendError as exc:
+                _LOGGER.warning("names are checked after the ack: the backend failed: %r", exc)
+                return options
+            return options if options.endpoint is None else replace(options, endpoint=endpoint.name)
         _check_cap(*_requested_size(options), defaults.max_size)
-        too_many = image_count_error(_int(options, "count"), _int(options, "batch_count"))
+        too_many = image_count_error(*_images(options))
         if too_many is not None:
             raise RefusedError(too_many)
-        async_only = COMMANDS[command].family is Family.INTERROGATE
         try:
-            endpoint = await self.endpoint(
-                options.get("endpoint"), default=defaults.endpoint, async_only=async_only
-            )
-            if "endpoint" in options:
-                checked["endpoint"] = endpoint.name
-            if async_only:
-                return checked
-            model = await self.model(options.get("model"), defaults.model)
-            vae = await self.vae(options.get("vae"), defaults.vae)
-            if "prompt" in options:
-                checked["prompt"] = await self.networks(options["prompt"])
+            endpoint = await self.endpoint(options.endpoint, default=defaults.endpoint)
+            model = await self.model(options.model, defaults.model)
+            vae = await self.vae(options.vae, defaults.vae)
+            prompt = None if options.prompt is None else await self.networks(options.prompt)
         except BackendError as exc:
             _LOGGER.warning("names are checked after the ack: the backend failed: %r", exc)
-            return dict(options)
-        if "model" in options:
-            checked["model"] = model
-        if "vae" in options:
-            checked["vae"] = vae
-        return checked
+            return options
+        return replace(
+            options,
+            prompt=prompt,
+            endpoint=None if options.endpoint is None else endpoint.name,
+            model=None if options.model is None else model,
+            vae=None if options.vae is None else vae,
+        )
 
     async def endpoint(
         self, requested: str | None, *, default: str | None = None, async_only: bool = False
@@ -286,22 +268,22 @@ class Resolver:
         return with_names(prompt, names) if names else prompt
 
     async def generation(
-        self, options: Mapping[str, str], input_width: int, input_height: int, defaults: Defaults
+        self, options: GenerateOptions, input_width: int, input_height: int, defaults: Defaults
     ) -> GenerationParams:
         """Every img2img parameter, concrete: defaults applied, size fitted, seed drawn."""
+        o, d = options, GENERATE_DEFAULTS
         cap = defaults.max_size
-        width, height = _requested_size(options)
-        scale = _typed(options, "scale")
-        if isinstance(scale, float):
+        width, height = _requested_size(o)
+        if o.scale is not None:
             # A1111's "Resize by" tab: int(side × scale) of the init image, here floored to the
             # multiple of 8 that the latent space keeps anyway. The grammar and the reply merge
             # keep `scale` apart from size / width / height.
             width, height = (
-                max(64, int(side * scale) // 8 * 8) for side in (input_width, input_height)
+                max(64, int(side * o.scale) // 8 * 8) for side in (input_width, input_height)
             )
             if max(width, height) > cap:
                 raise RefusedError(
-                    f"size {width}x{height} ({input_width}x{input_height} × {scale:g}) is over "
+                    f"size {width}x{height} ({input_width}x{input_height} × {o.scale:g}) is over "
                     f"the cap of {cap} pixels on the longest side"
                 )
         elif width is not None and height is None:
@@ -311,51 +293,49 @@ class Resolver:
         if width is None or height is None:
             width, height = default_size(input_width, input_height, cap)
         _check_cap(width, height, cap)
-        seed = _int(options, "seed")
+        seed = _or(o.seed, d.seed)
         if seed < 0:
             seed = random.randint(0, MAX_SEED)
-        count, batch_count = _int(options, "count"), _int(options, "batch_count")
+        count, batch_count = _images(o)
         too_many = image_count_error(count, batch_count)
         if too_many is not None:
             raise RefusedError(too_many)
-        subseed_strength = _float(options, "subseed_strength")
-        subseed = _int(options, "subseed")
+        subseed_strength = _or(o.subseed_strength, d.subseed_strength)
+        subseed = _or(o.subseed, d.subseed)
         if subseed < 0 and subseed_strength > 0:
             # Drawn here, like the seed, so the job's details and a re-generation can repeat it.
             subseed = random.randint(0, MAX_SEED)
-        scheduler = str(_typed(options, "scheduler") or DEFAULT_SCHEDULER)
-        sampler = join_sampler(str(_typed(options, "sampler") or DEFAULT_SAMPLER), scheduler)
-        endpoint = await self.endpoint(options.get("endpoint"), default=defaults.endpoint)
+        endpoint = await self.endpoint(o.endpoint, default=defaults.endpoint)
         return GenerationParams(
-            prompt=await self.networks(str(options.get("prompt", ""))),
-            negative=str(options.get("negative", "")),
-            strength=_float(options, "strength"),
-            steps=_int(options, "steps"),
-            cfg=_float(options, "cfg"),
-            sampler=sampler,
+            prompt=await self.networks(o.prompt or ""),
+            negative=o.negative or "",
+            strength=_or(o.strength, d.strength),
+            steps=_or(o.steps, d.steps),
+            cfg=_or(o.cfg, d.cfg),
+            sampler=_or(o.sampler, d.sampler),
             seed=seed,
             width=width,
             height=height,
             count=count,
-            resize=str(_typed(options, "resize")),
-            model=await self.model(options.get("model"), defaults.model),
-            vae=await self.vae(options.get("vae"), defaults.vae),
+            resize=_or(o.resize, d.resize),
+            model=await self.model(o.model, defaults.model),
+            vae=await self.vae(o.vae, defaults.vae),
             endpoint=endpoint.name,
-            mask_blur=_int(options, "mask_blur"),
-            fill=str(_typed(options, "fill")),
-            area=str(_typed(options, "area")),
-            padding=_int(options, "padding"),
-            invert=bool(_typed(options, "invert")),
+            mask_blur=_or(o.mask_blur, d.mask_blur),
+            fill=_or(o.fill, d.fill),
+            area=_or(o.area, d.area),
+            padding=_or(o.padding, d.padding),
+            invert=_or(o.invert, d.invert),
             batch_count=batch_count,
             subseed=subseed,
             subseed_strength=subseed_strength,
-            restore_faces=bool(_typed(options, "restore_faces")),
-            tiling=bool(_typed(options, "tiling")),
-            clip_skip=_int(options, "clip_skip"),
-            image_cfg=_float(options, "image_cfg"),
-            noise_multiplier=_float(options, "noise_multiplier"),
-            scheduler=scheduler,
-            mask_alpha=_int(options, "mask_alpha"),
+            restore_faces=_or(o.restore_faces, d.restore_faces),
+            tiling=_or(o.tiling, d.tiling),
+            clip_skip=_or(o.clip_skip, d.clip_skip),
+            image_cfg=_or(o.image_cfg, d.image_cfg),
+            noise_multiplier=_or(o.noise_multiplier, d.noise_multiplier),
+            scheduler=_or(o.scheduler, d.scheduler),
+            mask_alpha=_or(o.mask_alpha, d.mask_alpha),
         )
 
 
@@ -364,16 +344,17 @@ def vae_keyword(name: str) -> str | None:
     return next((k for k in ("Automatic", "None") if name.casefold() == k.casefold()), None)
 
 
-def _requested_size(options: Mapping[str, str]) -> tuple[int | None, int | None]:
+def _requested_size(options: GenerateOptions) -> tuple[int | None, int | None]:
     """The output width and height the options ask for (either may be left to the input)."""
-    size = _typed(options, "size")
-    if isinstance(size, Size):
-        return size.width, size.height
-    width, height = _typed(options, "width"), _typed(options, "height")
-    return (
-        width if isinstance(width, int) else None,
-        height if isinstance(height, int) else None,
-    )
+    if options.size is not None:
+        return options.size.width, options.size.height
+    return options.width, options.height
+
+
+def _images(options: GenerateOptions) -> tuple[int, int]:
+    """Batch size and batch count."""
+    d = GENERATE_DEFAULTS
+    return _or(options.count, d.count), _or(options.batch_count, d.batch_count)
 
 
 def _check_cap(width: int | None, height: int | None, cap: int) -> None:

@@ -31,14 +31,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Self, TypeVar
 
+from bot import records
 from bot.errors import ConfigError, StorageError, StorageLostError
 from bot.model import (
     AttachmentRef,
     Caller,
     Conversation,
     Delivery,
-    GenerationParams,
-    InterrogateParams,
     Job,
     JobState,
     Platform,
@@ -417,10 +416,10 @@ def _job_row(job: Job) -> dict[str, object]:
         "created_at": encode_time(job.created_at),
         "started_at": _time_or_none(job.started_at),
         "finished_at": _time_or_none(job.finished_at),
-        "options": _dump(dict(job.options)),
-        "params": None if job.params is None else _dump(dataclasses.asdict(job.params)),
+        "options": records.dump_options(job.options),
+        "params": None if job.params is None else records.dump_params(job.params),
         "interrogate": (
-            None if job.interrogate is None else _dump(dataclasses.asdict(job.interrogate))
+            None if job.interrogate is None else records.dump_interrogate(job.interrogate)
         ),
         "backend_id": job.backend_id,
         "endpoint": job.endpoint,
@@ -463,9 +462,9 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         ),
         state=JobState(row["state"]),
         created_at=decode_time(row["created_at"]),
-        options=json.loads(row["options"]),
-        params=None if params is None else GenerationParams(**json.loads(params)),
-        interrogate=None if interrogate is None else InterrogateParams(**json.loads(interrogate)),
+        options=records.load_options(row["command"], row["options"]),
+        params=None if params is None else records.load_params(params),
+        interrogate=None if interrogate is None else records.load_interrogate(interrogate),
         backend_id=row["backend_id"],
         endpoint=row["endpoint"],
         model=row["model"],

@@ -10,58 +10,69 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-SAMPLERS: tuple[str, ...] = (
-    "DPM++ 2M Karras",
-    "DPM++ SDE Karras",
-    "DPM++ 2M SDE Karras",
-    "DPM++ 2M SDE Exponential",
-    "DPM++ 2M SDE Heun Karras",
-    "DPM++ 2M SDE Heun Exponential",
-    "DPM++ 3M SDE Karras",
-    "DPM++ 3M SDE Exponential",
-    "DPM++ 2M",
-    "DPM++ SDE",
-    "DPM++ 2M SDE",
-    "DPM++ 2M SDE Heun",
-    "DPM++ 2S a",
-    "DPM++ 2S a Karras",
-    "DPM++ 3M SDE",
-    "Euler a",
-    "Euler",
-    "LMS",
-    "LMS Karras",
-    "Heun",
-    "DPM2",
-    "DPM2 a",
-    "DPM2 Karras",
-    "DPM2 a Karras",
-    "DPM fast",
-    "DPM adaptive",
-    "Restart",
-    "DDIM",
-    "PLMS",
-    "UniPC",
-    "LCM",
-)
-DEFAULT_SAMPLER = "DPM++ 2M Karras"
+
+class Sampler(enum.StrEnum):
+    """A1111's samplers, by the names the WebUI shows and the API takes."""
+
+    DPMPP_2M_KARRAS = "DPM++ 2M Karras"
+    DPMPP_SDE_KARRAS = "DPM++ SDE Karras"
+    DPMPP_2M_SDE_KARRAS = "DPM++ 2M SDE Karras"
+    DPMPP_2M_SDE_EXPONENTIAL = "DPM++ 2M SDE Exponential"
+    DPMPP_2M_SDE_HEUN_KARRAS = "DPM++ 2M SDE Heun Karras"
+    DPMPP_2M_SDE_HEUN_EXPONENTIAL = "DPM++ 2M SDE Heun Exponential"
+    DPMPP_3M_SDE_KARRAS = "DPM++ 3M SDE Karras"
+    DPMPP_3M_SDE_EXPONENTIAL = "DPM++ 3M SDE Exponential"
+    DPMPP_2M = "DPM++ 2M"
+    DPMPP_SDE = "DPM++ SDE"
+    DPMPP_2M_SDE = "DPM++ 2M SDE"
+    DPMPP_2M_SDE_HEUN = "DPM++ 2M SDE Heun"
+    DPMPP_2S_A = "DPM++ 2S a"
+    DPMPP_2S_A_KARRAS = "DPM++ 2S a Karras"
+    DPMPP_3M_SDE = "DPM++ 3M SDE"
+    EULER_A = "Euler a"
+    EULER = "Euler"
+    LMS = "LMS"
+    LMS_KARRAS = "LMS Karras"
+    HEUN = "Heun"
+    DPM2 = "DPM2"
+    DPM2_A = "DPM2 a"
+    DPM2_KARRAS = "DPM2 Karras"
+    DPM2_A_KARRAS = "DPM2 a Karras"
+    DPM_FAST = "DPM fast"
+    DPM_ADAPTIVE = "DPM adaptive"
+    RESTART = "Restart"
+    DDIM = "DDIM"
+    PLMS = "PLMS"
+    UNIPC = "UniPC"
+    LCM = "LCM"
+
+
+SAMPLERS: tuple[Sampler, ...] = tuple(Sampler)
+DEFAULT_SAMPLER = Sampler.DPMPP_2M_KARRAS
+
 
 # A1111 1.9+ schedule types (`modules/sd_schedulers.py`, labels as the WebUI shows and the API
 # takes them; 1.10 list). "Automatic" lets the sampler pick, as A1111 does by default.
-SCHEDULERS: tuple[str, ...] = (
-    "Automatic",
-    "Uniform",
-    "Karras",
-    "Exponential",
-    "Polyexponential",
-    "SGM Uniform",
-    "KL Optimal",
-    "Align Your Steps",
-    "Simple",
-    "Normal",
-    "DDIM",
-    "Beta",
-)
-DEFAULT_SCHEDULER = "Automatic"
+class Scheduler(enum.StrEnum):
+    """A1111 1.9+ schedule types (`modules/sd_schedulers.py`, labels as the WebUI shows and the
+    API takes them; 1.10 list). "Automatic" lets the sampler pick, as A1111 does by default."""
+
+    AUTOMATIC = "Automatic"
+    UNIFORM = "Uniform"
+    KARRAS = "Karras"
+    EXPONENTIAL = "Exponential"
+    POLYEXPONENTIAL = "Polyexponential"
+    SGM_UNIFORM = "SGM Uniform"
+    KL_OPTIMAL = "KL Optimal"
+    ALIGN_YOUR_STEPS = "Align Your Steps"
+    SIMPLE = "Simple"
+    NORMAL = "Normal"
+    DDIM = "DDIM"
+    BETA = "Beta"
+
+
+SCHEDULERS: tuple[Scheduler, ...] = tuple(Scheduler)
+DEFAULT_SCHEDULER = Scheduler.AUTOMATIC
 
 # Images one job may make: batch size (`count`) × batch count (`batch_count`). A chat message
 # shows them all with a "Use as input N" button each, so the cap is small.
@@ -103,6 +114,21 @@ def join_sampler(sampler: str, scheduler: str) -> str:
     return f"{split_sampler(sampler)[0]} {written}"
 
 
+def read_sampler(name: str, scheduler: str = DEFAULT_SCHEDULER) -> tuple[Sampler, Scheduler]:
+    """The sampler and schedule that a sampler name runs, `join_sampler` undone.
+
+    `scheduler` is the schedule given beside the name; a schedule named at the end of a name
+    that is not itself a sampler wins, as on A1111 1.9+ (`Euler Karras` → Euler, Karras). Raises
+    `ValueError` when the name is no sampler of `Sampler`, with or without a schedule.
+    """
+    schedule = Scheduler(scheduler)
+    try:
+        return Sampler(name), schedule
+    except ValueError:
+        base, named = split_sampler(name)
+        return Sampler(base), Scheduler(named) if named is not None else schedule
+
+
 def image_count_error(count: int, batch_count: int) -> str | None:
     """Why `count` × `batch_count` images are too many for one job, or None."""
     if count * batch_count <= MAX_IMAGES:
@@ -113,10 +139,42 @@ def image_count_error(count: int, batch_count: int) -> str | None:
     )
 
 
+class Resize(enum.StrEnum):
+    """How the input is fitted to the output size (A1111 `resize_mode`)."""
+
+    JUST_RESIZE = "just-resize"
+    CROP = "crop"
+    FILL = "fill"
+    LATENT = "latent"
+
+
+class Fill(enum.StrEnum):
+    """What fills the masked area before sampling (A1111 `inpainting_fill`)."""
+
+    FILL = "fill"
+    ORIGINAL = "original"
+    LATENT_NOISE = "latent-noise"
+    LATENT_NOTHING = "latent-nothing"
+
+
+class Area(enum.StrEnum):
+    """Inpaint the whole picture or only the masked area (A1111 `inpaint_full_res`)."""
+
+    WHOLE = "whole"
+    MASKED = "masked"
+
+
+class Method(enum.StrEnum):
+    """How interrogate describes an image."""
+
+    CLIP = "clip"  # a sentence
+    DEEPBOORU = "deepbooru"  # tags
+
+
 # A1111 `resize_mode`, `inpainting_fill` and `inpaint_full_res` values (reference/esd-api.md §7.1).
-RESIZE_MODES: dict[str, int] = {"just-resize": 0, "crop": 1, "fill": 2, "latent": 3}
-FILL_MODES: dict[str, int] = {"fill": 0, "original": 1, "latent-noise": 2, "latent-nothing": 3}
-AREAS: dict[str, bool] = {"whole": False, "masked": True}
+RESIZE_MODES: dict[Resize, int] = {mode: number for number, mode in enumerate(Resize)}
+FILL_MODES: dict[Fill, int] = {mode: number for number, mode in enumerate(Fill)}
+AREAS: dict[Area, bool] = {Area.WHOLE: False, Area.MASKED: True}
 
 # Bot model type names → ESD checkpoint types (reference/esd-api.md §4.8).
 MODEL_TYPES: dict[str, str] = {
@@ -127,7 +185,7 @@ MODEL_TYPES: dict[str, str] = {
     "embedding": "embeddings",
 }
 JOB_STATES: tuple[str, ...] = ("created", "inprogress", "succeed", "failed", "cancelled")
-METHODS: tuple[str, ...] = ("clip", "deepbooru")
+METHODS: tuple[Method, ...] = tuple(Method)
 
 
 class Kind(enum.Enum):
@@ -271,8 +329,8 @@ OPTIONS: dict[str, OptionSpec] = {
             "resize",
             Kind.CHOICE,
             "how the input is fitted to the size",
-            "just-resize",
-            choices=tuple(RESIZE_MODES),
+            Resize.JUST_RESIZE,
+            choices=tuple(Resize),
         ),
         OptionSpec("model", Kind.TEXT, "checkpoint on the backend", autocomplete=True),
         OptionSpec("vae", Kind.TEXT, "VAE on the backend (Automatic = the checkpoint's own)"),
@@ -345,15 +403,15 @@ OPTIONS: dict[str, OptionSpec] = {
             "fill",
             Kind.CHOICE,
             "what fills the masked area before sampling",
-            "original",
-            choices=tuple(FILL_MODES),
+            Fill.ORIGINAL,
+            choices=tuple(Fill),
         ),
         OptionSpec(
             "area",
             Kind.CHOICE,
             "inpaint the whole picture or only the masked area",
-            "whole",
-            choices=tuple(AREAS),
+            Area.WHOLE,
+            choices=tuple(Area),
         ),
         OptionSpec("padding", Kind.INT, "padding around the masked area, pixels", 32, 0, 256),
         OptionSpec("invert", Kind.BOOL, "repaint what is NOT masked", False),
@@ -378,7 +436,7 @@ OPTIONS: dict[str, OptionSpec] = {
             reply_only=True,
         ),
         # Interrogate.
-        OptionSpec("method", Kind.CHOICE, "captioning method", "clip", choices=METHODS),
+        OptionSpec("method", Kind.CHOICE, "captioning method", Method.CLIP, choices=METHODS),
         # Queries.
         OptionSpec("id", Kind.JOB_ID, "job id, or a unique prefix of at least 4 characters"),
         OptionSpec("status", Kind.CHOICE, "only jobs in this state", choices=JOB_STATES),

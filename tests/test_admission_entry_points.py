@@ -31,6 +31,7 @@ from bot.model import JobState
 from bot.ports import JobQuery
 from bot.store import SqliteJobStore
 from cloud.local import LocalBackend, LocalBackendConfig
+from commands.options import GenerateOptions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -301,7 +302,9 @@ async def test_a_lora_whose_name_has_a_dot_keeps_it(
     r = await _ask(app, adapter, "img2img a cat <lora:ADD_DETAIL_V1.5:0.3>")
     assert r.refusals == [] and r.accepted_ids
     job = await app.store.get(r.accepted_ids[0])
-    assert job is not None and job.options["prompt"] == "a cat <lora:add_detail_v1.5:0.3>"
+    assert job is not None and job.options == GenerateOptions(
+        prompt="a cat <lora:add_detail_v1.5:0.3>"
+    )
 
 
 async def test_an_unknown_name_looks_at_the_backend_again_before_refusing(

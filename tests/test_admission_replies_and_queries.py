@@ -31,6 +31,7 @@ from bot.model import Job, JobState, Platform
 from bot.ports import JobQuery
 from bot.render import PREVIEW_NOTICE
 from commands import parse
+from commands.options import GenerateOptions
 
 # -- console files -----------------------------------------------------------------------
 
@@ -169,7 +170,7 @@ async def test_jobs_all_is_capped_and_pages_by_time(tmp_path: Path) -> None:
                 caller=alice,
                 state=JobState.SUCCEED,
                 created_at=start + timedelta(minutes=n),
-                options={},
+                options=GenerateOptions(),
             )
             await app.store.insert(job)
         seen: list[str] = []

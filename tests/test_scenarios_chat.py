@@ -20,6 +20,7 @@ from scenario_kit import (
 from bot.model import JobState, Platform
 from bot.views import Action, ActionKind
 from commands import parse
+from commands.options import GenerateOptions
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -284,7 +285,7 @@ async def test_restart_resumes_an_unfinished_job_and_delivers_once(tmp_path: Pat
         job = await app.runner.accept(
             chat_caller(),
             "img2img",
-            {"prompt": "x"},
+            GenerateOptions(prompt="x"),
             [adapter.attach("a.png", png(), "image")],
             RecordingResponder(),
         )

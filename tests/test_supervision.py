@@ -33,6 +33,7 @@ from bot.ports import LOST_JOB, StoredImage
 from bot.store import SqliteJobStore
 from bot.tasks import Backoff, stop, supervise
 from cloud.local import LocalBackend, LocalBackendConfig
+from commands.options import GenerateOptions
 
 FAST = Backoff(first=0.01, cap=0.05)
 
@@ -413,7 +414,7 @@ async def test_image_decoding_is_admitted_by_a_memory_budget(
 
     async def check(inputs: list[StoredImage]) -> None:
         with contextlib.suppress(ImageInputError):
-            await app.runner.check_inputs("img2img", {}, inputs)
+            await app.runner.check_inputs("img2img", GenerateOptions(), inputs)
 
     async with app:
         await asyncio.gather(*(check(big) for _ in range(4)))

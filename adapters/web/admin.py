@@ -33,6 +33,7 @@ from bot.model import Caller, Job, JobState, Platform
 from bot.ports import JobQuery
 from bot.render import duration
 from commands import COMMANDS, Family, parse
+from commands.options import given, text_form
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -321,7 +322,7 @@ class AdminPage:
             job=_row(job),
             raw=job,
             params=[(f.name, getattr(params, f.name)) for f in fields(params)] if params else [],
-            options=sorted(job.options.items()),
+            options=sorted((k, text_form(v)) for k, v in given(job.options).items()),
             images=[{"n": n, "slot": i.slot, "name": i.name} for n, i in enumerate(images)],
             flash=request.query.get("flash", "")[:500],
             cancellable=not job.state.terminal,
@@ -385,7 +386,7 @@ class AdminPage:
 
 def _row(job: Job) -> dict[str, Any]:
     """What the templates show of a job (every string escaped there)."""
-    prompt = job.params.prompt if job.params else job.options.get("prompt", "")
+    prompt = job.params.prompt if job.params else str(given(job.options).get("prompt", ""))
     run = None
     if job.started_at and job.finished_at:
         run = duration((job.finished_at - job.started_at).total_seconds())

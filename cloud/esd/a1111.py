@@ -77,9 +77,9 @@ def img2img_payload(
         "subseed_strength": params.subseed_strength,
         "seed_resize_from_h": -1,
         "seed_resize_from_w": -1,
-        "sampler_name": params.sampler,
+        "sampler_name": params.sampler_name,
         # A1111 reads the sampler from either field; the WebUI extension sets both (§7.1).
-        "sampler_index": params.sampler,
+        "sampler_index": params.sampler_name,
         "scheduler": params.scheduler,
         "batch_size": params.count,
         "n_iter": params.batch_count,

@@ -21,10 +21,11 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from bot.model import GenerationParams
+from commands.spec import Area, Fill, Resize, read_sampler
 
 # A1111's `resize_mode` and `inpainting_fill` integers, in the preview engine's words (§7.1).
-RESIZE_MODES: tuple[str, ...] = ("just-resize", "crop", "fill", "latent")
-INPAINTING_FILLS: tuple[str, ...] = ("fill", "original", "latent-noise", "latent-nothing")
+RESIZE_MODES: tuple[Resize, ...] = tuple(Resize)
+INPAINTING_FILLS: tuple[Fill, ...] = tuple(Fill)
 # The container's interrogate models and the preview engine's names for them.
 INTERROGATE_MODELS: dict[str, str] = {
     "clip": "clip",
@@ -106,7 +107,12 @@ def parse_img2img(
         raise PayloadError("override_settings must be an object")
     mask_blur = payload.get("mask_blur")
     blur_key = "mask_blur" if mask_blur is not None else "mask_blur_x"
-    sampler = payload.get("sampler_name") or payload.get("sampler_index") or _DEFAULT_SAMPLER
+    name = payload.get("sampler_name") or payload.get("sampler_index") or _DEFAULT_SAMPLER
+    try:
+        # A1111 1.9+ reads a schedule written at the end of the name (`Euler Karras`).
+        sampler, scheduler = read_sampler(str(name), _text(payload, "scheduler") or "Automatic")
+    except ValueError:
+        raise PayloadError(f"Sampler not found: {name}") from None
 
     params = GenerationParams(
         prompt=_text(payload, "prompt"),
@@ -114,7 +120,7 @@ def parse_img2img(
         strength=_real(payload, "denoising_strength", 0.75, low=0.0, high=1.0),
         steps=_integer(payload, "steps", 20, low=1, high=150),
         cfg=_real(payload, "cfg_scale", 7.0, low=0.0, high=100.0),
-        sampler=str(sampler),
+        sampler=sampler,
         seed=seed,
         width=width,
         height=height,
@@ -125,7 +131,7 @@ def parse_img2img(
         endpoint=endpoint,
         mask_blur=_integer(payload, blur_key, 4, low=0, high=256),
         fill=INPAINTING_FILLS[_integer(payload, "inpainting_fill", 1, low=0, high=3)],
-        area="masked" if _flag(payload, "inpaint_full_res") else "whole",
+        area=Area.MASKED if _flag(payload, "inpaint_full_res") else Area.WHOLE,
         padding=_integer(payload, "inpaint_full_res_padding", 32, low=0, high=MAX_SIDE),
         invert=_flag(payload, "inpainting_mask_invert"),
         batch_count=n_iter,
@@ -137,7 +143,7 @@ def parse_img2img(
         clip_skip=_integer(overrides, "CLIP_stop_at_last_layers", 1, low=1, high=12),
         image_cfg=_real(payload, "image_cfg_scale", 1.5, low=0.0, high=100.0),
         noise_multiplier=_real(payload, "initial_noise_multiplier", 1.0, low=0.0, high=100.0),
-        scheduler=_text(payload, "scheduler") or "Automatic",
+        scheduler=scheduler,
     )
     echoed = {**payload, "init_images": None, "mask": None, "seed": seed}
     return Img2ImgRequest(params=params, init_image=init_image, mask=mask, echoed=echoed)

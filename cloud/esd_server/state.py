@@ -768,7 +768,7 @@ class ServerState:
             "all_subseeds": list(subseeds),
             "width": params.width,
             "height": params.height,
-            "sampler_name": params.sampler,
+            "sampler_name": params.sampler_name,
             "cfg_scale": params.cfg,
             "steps": params.steps,
             "batch_size": params.count,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ from bot.model import (
     Submitted,
 )
 from bot.ports import LOST_JOB
+from bot.records import params_value, read_params
 from cloud.local.preview import caption, render, render_infotext
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class LocalBackend:
         self._check_open()
         self._check_endpoint(params.endpoint)
         await self._check_models(params)
-        request: dict[str, object] = {"task_type": "img2img", "params": dataclasses.asdict(params)}
+        request: dict[str, object] = {"task_type": "img2img", "params": params_value(params)}
         files = {"init.png": init_png} | ({"mask.png": mask_png} if mask_png else {})
         backend_id = await self._persist(request | {"model": params.model}, files)
         await self._created(backend_id, created)
@@ -449,7 +449,7 @@ class LocalBackend:
             self._jobs[backend_id] = record
             return record
         if task_type == "img2img":
-            params = GenerationParams(**request["params"])  # type: ignore[arg-type]
+            params = read_params(request["params"])
             work = _img2img_work(params, files)
         else:
             work = _interrogate_work(task_type.removeprefix("interrogate_"), files)

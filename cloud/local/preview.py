@@ -277,7 +277,7 @@ def render_infotext(params: GenerationParams, index: int, *, masked: bool = Fals
     nobody mistakes a preview for a Stable Diffusion result.
     """
     seed, subseed = params.seeds(index)
-    sampler, named_schedule = split_sampler(params.sampler)
+    sampler, named_schedule = split_sampler(params.sampler_name)
     fields: list[tuple[str, object]] = [
         ("Steps", params.steps),
         ("Sampler", sampler),

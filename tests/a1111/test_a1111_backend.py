@@ -18,6 +18,7 @@ from bot.ports import LOST_JOB, PollTarget
 from cloud.a1111 import A1111Backend
 from cloud.a1111.backend import CUT_TWICE, RESUBMITTED
 from cloud.esd.a1111 import img2img_payload
+from commands.spec import Resize, Sampler
 from tests.a1111.conftest import webui_config
 from tests.a1111.fake_webui import OOM, ApiError, FakeWebUI, oom
 
@@ -30,12 +31,12 @@ PARAMS = GenerationParams(
     strength=0.6,
     steps=8,
     cfg=6.5,
-    sampler="Euler a",
+    sampler=Sampler.EULER_A,
     seed=1234,
     width=96,
     height=64,
     count=2,
-    resize="crop",
+    resize=Resize.CROP,
     model="dreamshaper_8.safetensors",
     vae="vae-ft-mse-840000-ema-pruned.safetensors",
     endpoint="webui",

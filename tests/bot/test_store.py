@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ from bot.store import (
     migrate,
     query_sql,
 )
+from commands import COMMANDS, Family, Size
+from commands.options import GenerateOptions, job_options
+from commands.spec import Area, Fill, Method, Resize, Sampler, Scheduler
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Sequence
@@ -71,9 +75,9 @@ def make_job(
         "caller": caller,
         "state": JobState.CREATED,
         "created_at": T0 + timedelta(minutes=minute),
-        "options": {},
     }
     values.update(fields)
+    values.setdefault("options", job_options(values["command"], {}))
     return Job(**values)
 
 
@@ -94,25 +98,33 @@ def full_job(job_id: str = "k3x9q2m7ab") -> Job:
         ),
         state=JobState.SUCCEED,
         created_at=datetime(2026, 11, 25, 12, 1, 33, 123456, tzinfo=UTC),
-        options={"prompt": "a cat, ünïcode", "strength": 0.35, "steps": 30, "invert": True},
+        options=GenerateOptions(
+            prompt="a cat, ünïcode",
+            strength=0.35,
+            steps=30,
+            invert=True,
+            size=Size(768, 512),
+            sampler=Sampler.EULER_A,
+            fill=Fill.LATENT_NOISE,
+        ),
         params=GenerationParams(
             prompt="a cat",
             negative="blurry",
             strength=0.35,
             steps=30,
             cfg=6.5,
-            sampler="Euler a",
+            sampler=Sampler.EULER_A,
             seed=1234567890123,
             width=768,
             height=512,
             count=3,
-            resize="crop",
+            resize=Resize.CROP,
             model="sd15.safetensors",
             vae="vae.pt",
             endpoint="ep-1",
             mask_blur=8,
-            fill="latent-noise",
-            area="masked",
+            fill=Fill.LATENT_NOISE,
+            area=Area.MASKED,
             padding=64,
             invert=True,
             batch_count=2,
@@ -123,10 +135,10 @@ def full_job(job_id: str = "k3x9q2m7ab") -> Job:
             clip_skip=2,
             image_cfg=1.25,
             noise_multiplier=0.9,
-            scheduler="Karras",
+            scheduler=Scheduler.KARRAS,
             mask_alpha=30,
         ),
-        interrogate=InterrogateParams(method="deepbooru", endpoint="ep-2"),
+        interrogate=InterrogateParams(method=Method.DEEPBOORU, endpoint="ep-2"),
         backend_id="b-123",
         endpoint="ep-1",
         model="sd15.safetensors",
@@ -224,18 +236,20 @@ async def test_save_never_writes_over_a_change_it_has_not_seen(store: SqliteJobS
         await store.save(dataclasses.replace(marked, error="late"))
 
 
-async def test_datetime_options_are_stored_as_iso_strings(store: SqliteJobStore) -> None:
-    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    await store.insert(make_job("opt1", options={"since": moment, "n": 1}))
+async def test_options_are_stored_typed_and_versioned(
+    store: SqliteJobStore, tmp_path: Path
+) -> None:
+    options = GenerateOptions(steps=30, size=Size(512, 768), sampler=Sampler.EULER_A)
+    await store.insert(make_job("opt1", options=options))
+    with raw(tmp_path / "data" / "jobs.sqlite3") as conn:
+        row = conn.execute("SELECT options FROM jobs WHERE id = 'opt1'").fetchone()
+    assert json.loads(row[0]) == {
+        "v": 2,
+        "options": {"steps": 30, "size": {"width": 512, "height": 768}, "sampler": "Euler a"},
+    }
     got = await store.get("opt1")
-    assert got is not None
-    assert got.options == {"since": "2026-01-02T03:04:05.000000+00:00", "n": 1}
-
-
-async def test_options_of_other_types_are_refused(store: SqliteJobStore) -> None:
-    with pytest.raises(TypeError, match="cannot be stored"):
-        await store.insert(make_job("opt2", options={"x": object()}))
-    assert await store.get("opt2") is None
+    assert got is not None and got.options == options
+    assert got.options.sampler is Sampler.EULER_A  # type: ignore[union-attr]
 
 
 async def test_naive_datetimes_are_refused(store: SqliteJobStore) -> None:
@@ -263,7 +277,8 @@ def test_stored_times_are_utc() -> None:
 
 
 _texts = st.text(max_size=12)
-_finite = st.floats(allow_nan=False)
+# Finite: the grammar refuses others, and JSON has no infinity.
+_finite = st.floats(allow_nan=False, allow_infinity=False)
 _aware = st.datetimes(
     min_value=datetime(1971, 1, 1),
     max_value=datetime(2200, 1, 1),
@@ -275,7 +290,7 @@ _conversations = st.builds(Conversation, _texts, st.none() | _texts)
 _jobs = st.builds(
     Job,
     id=st.just("placeholder"),
-    command=_texts,
+    command=st.sampled_from([c.name for c in COMMANDS.values() if c.family is Family.GENERATE]),
     caller=st.builds(
         Caller,
         platform=st.sampled_from([Platform(n) for n in ("console", "discord", "slack", "teams")]),
@@ -288,8 +303,18 @@ _jobs = st.builds(
     ),
     state=st.sampled_from(JobState),
     created_at=_aware,
-    options=st.dictionaries(
-        _texts, st.one_of(_texts, st.integers(), _finite, st.booleans()), max_size=4
+    options=st.builds(
+        GenerateOptions,
+        prompt=st.none() | _texts,
+        strength=st.none() | _finite,
+        steps=st.none() | st.integers(),
+        sampler=st.none() | st.sampled_from(Sampler),
+        size=st.none() | st.builds(Size, st.integers(), st.integers()),
+        resize=st.none() | st.sampled_from(Resize),
+        fill=st.none() | st.sampled_from(Fill),
+        area=st.none() | st.sampled_from(Area),
+        invert=st.none() | st.booleans(),
+        scheduler=st.none() | st.sampled_from(Scheduler),
     ),
     params=st.none()
     | st.builds(
@@ -299,22 +324,23 @@ _jobs = st.builds(
         strength=_finite,
         steps=st.integers(),
         cfg=_finite,
-        sampler=_texts,
+        sampler=st.sampled_from(Sampler),
         seed=st.integers(),
         width=st.integers(),
         height=st.integers(),
         count=st.integers(),
-        resize=_texts,
+        resize=st.sampled_from(Resize),
         model=_texts,
         vae=_texts,
         endpoint=_texts,
         mask_blur=st.integers(),
-        fill=_texts,
-        area=_texts,
+        fill=st.sampled_from(Fill),
+        area=st.sampled_from(Area),
         padding=st.integers(),
         invert=st.booleans(),
+        scheduler=st.sampled_from(Scheduler),
     ),
-    interrogate=st.none() | st.builds(InterrogateParams, _texts, _texts),
+    interrogate=st.none() | st.builds(InterrogateParams, st.sampled_from(Method), _texts),
     backend_id=st.none() | _texts,
     endpoint=st.none() | _texts,
     model=st.none() | _texts,

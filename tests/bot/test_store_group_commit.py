@@ -10,6 +10,7 @@ from pathlib import Path
 from bot.model import Caller, Conversation, Job, JobState, Platform
 from bot.ports import Admission, AdmissionRefused
 from bot.store import SqliteJobStore
+from commands.options import GenerateOptions
 
 
 def job(job_id: str, user: str = "u1") -> Job:
@@ -19,7 +20,7 @@ def job(job_id: str, user: str = "u1") -> Job:
         caller=Caller(Platform("discord"), "g1", user, Conversation("c1")),
         state=JobState.CREATED,
         created_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
-        options={"prompt": "x"},
+        options=GenerateOptions(prompt="x"),
     )
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from bot.model import Caller, Conversation, Job, JobState, Platform
 from bot.store import DayCount, SqliteJobStore, Usage
+from commands.options import GenerateOptions
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,7 +36,7 @@ def job(
         caller=Caller(D, server, user, Conversation(channel), user_name=f"name-{user}"),
         state=state,
         created_at=created,
-        options={},
+        options=GenerateOptions(),
         started_at=started,
         finished_at=started + timedelta(seconds=run) if started and run is not None else None,
         error=error,

@@ -16,6 +16,7 @@ from bot.model import Endpoint, GenerationParams, InterrogateParams, JobState, M
 from bot.ports import LOST_JOB, Backend, PollTarget
 from cloud.local import LocalBackend, LocalBackendConfig
 from cloud.local.preview import caption
+from commands.spec import Resize, Sampler
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -31,12 +32,12 @@ def make_params(**changes: object) -> GenerationParams:
         strength=0.75,
         steps=20,
         cfg=7.0,
-        sampler="Euler a",
+        sampler=Sampler.EULER_A,
         seed=99,
         width=48,
         height=32,
         count=2,
-        resize="just-resize",
+        resize=Resize.JUST_RESIZE,
         model="sdbot-preview.safetensors",
         vae="Automatic",
         endpoint=ENDPOINT,

@@ -11,6 +11,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps, ImageStat
 
 from bot.model import GenerationParams
 from cloud.local.preview import ENGINE_NAME, caption, render, render_infotext
+from commands.spec import Area, Fill, Resize, Sampler
 
 GREEN = (0, 160, 0)
 RED = (200, 0, 0)
@@ -25,12 +26,12 @@ def make_params(**changes: object) -> GenerationParams:
         strength=1.0,
         steps=20,
         cfg=7.0,
-        sampler="DPM++ 2M Karras",
+        sampler=Sampler.DPMPP_2M_KARRAS,
         seed=1234,
         width=96,
         height=64,
         count=1,
-        resize="just-resize",
+        resize=Resize.JUST_RESIZE,
         model="sdbot-preview.safetensors",
         vae="Automatic",
         endpoint="local-preview",
@@ -176,7 +177,7 @@ def test_fill_borders_repeat_the_edge_rows_exactly() -> None:
 
 
 def test_fill_borders_repeat_the_edge_columns_for_a_tall_picture() -> None:
-    params = make_params(strength=0.0, width=100, height=100, resize="fill")
+    params = make_params(strength=0.0, width=100, height=100, resize=Resize.FILL)
     image = decode(render(to_png(banded_picture().rotate(90, expand=True)), None, params)[0])
     columns = [image.crop((x, 0, x + 1, 100)).tobytes() for x in range(100)]
     assert all(column == columns[25] for column in columns[:25])
@@ -264,8 +265,8 @@ def test_pixels_outside_the_blurred_mask_are_the_input_exactly(invert: bool, are
 def test_area_masked_and_whole_give_different_results() -> None:
     init = to_png(picture((96, 96)))
     mask = to_png(square_mask((96, 96), (60, 60, 80, 80)))
-    whole = render(init, mask, make_params(width=96, height=96, area="whole"))[0]
-    masked = render(init, mask, make_params(width=96, height=96, area="masked", padding=8))[0]
+    whole = render(init, mask, make_params(width=96, height=96, area=Area.WHOLE))[0]
+    masked = render(init, mask, make_params(width=96, height=96, area=Area.MASKED, padding=8))[0]
     box = (60, 60, 80, 80)
     assert mean_difference(decode(whole).crop(box), decode(masked).crop(box)) > 3
 
@@ -273,7 +274,7 @@ def test_area_masked_and_whole_give_different_results() -> None:
 def test_empty_mask_with_area_masked_leaves_the_picture_alone() -> None:
     source = picture()
     mask = to_png(Image.new("L", (96, 64), 0))
-    image = decode(render(to_png(source), mask, make_params(area="masked"))[0])
+    image = decode(render(to_png(source), mask, make_params(area=Area.MASKED))[0])
     assert image.tobytes() == source.tobytes()
 
 
@@ -332,9 +333,9 @@ def test_infotext_of_a_masked_job_has_the_inpaint_fields() -> None:
         negative="",
         mask_blur=8,
         invert=True,
-        area="masked",
+        area=Area.MASKED,
         padding=16,
-        fill="latent-noise",
+        fill=Fill.LATENT_NOISE,
         vae="kl-f8.safetensors",
     )
     text = render_infotext(params, 0, masked=True)

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from cloud.local.preview import IGNORED, ignored_options, render, render_infotext
+from commands.spec import Sampler, Scheduler
 from tests.cloud.test_preview import decode, make_params, picture, to_png
 
 
@@ -62,8 +63,8 @@ def test_what_the_preview_cannot_do_is_ignored_and_named(change: str, value: obj
 
 def test_the_infotext_follows_a1111s_order() -> None:
     params = make_params(
-        sampler="Euler a",
-        scheduler="Karras",
+        sampler=Sampler.EULER_A,
+        scheduler=Scheduler.KARRAS,
         model="instruct-pix2pix.safetensors",
         image_cfg=1.25,
         restore_faces=True,

@@ -17,6 +17,7 @@ from bot.ports import PollTarget
 from bot.retry import RetryPolicy
 from cloud.esd import EsdBackend, EsdConfig
 from cloud.esd_server import ServerConfig, ServerState
+from commands.spec import Resize, Sampler
 
 KEY = "local-backend-key"
 CHECKPOINT = "sdbot-preview.safetensors"
@@ -68,12 +69,12 @@ def params(**overrides: Any) -> GenerationParams:
         "strength": 0.6,
         "steps": 12,
         "cfg": 6.5,
-        "sampler": "Euler a",
+        "sampler": Sampler.EULER_A,
         "seed": 1234,
         "width": 96,
         "height": 64,
         "count": 1,
-        "resize": "just-resize",
+        "resize": Resize.JUST_RESIZE,
         "model": CHECKPOINT,
         "vae": "Automatic",
         "endpoint": ASYNC,

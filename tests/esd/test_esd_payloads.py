@@ -28,6 +28,7 @@ from cloud.esd.payloads import (
     parse_version,
     readable_reason,
 )
+from commands.spec import Area, Fill, Resize
 from tests.esd.esd_kit import params
 
 
@@ -215,9 +216,9 @@ def _image(uri: str) -> bytes:
 
 def test_img2img_payload_follows_a1111() -> None:
     p = params(
-        resize="fill",
-        fill="latent-noise",
-        area="masked",
+        resize=Resize.FILL,
+        fill=Fill.LATENT_NOISE,
+        area=Area.MASKED,
         invert=True,
         count=3,
         mask_blur=9,

@@ -12,6 +12,7 @@ from scenario_kit import png
 
 from bot.model import Caller, Conversation, Job, JobState, Platform
 from bot.render import PREVIEW_NOTICE
+from commands.options import GenerateOptions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -38,7 +39,7 @@ async def limited(make_rig: Callable[..., Any]) -> AsyncIterator[Any]:
             caller=Caller(Platform("slack"), "T1", "U1", Conversation("C1", None), user_name="u1"),
             state=JobState.INPROGRESS,
             created_at=datetime.now(UTC),
-            options={},
+            options=GenerateOptions(),
         )
         await rig.app.store.insert(held)
         yield rig

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from scenario_kit import png
 
 from bot.model import JobState
+from commands.options import GenerateOptions
 
 if TYPE_CHECKING:
     from conftest import SlackRig
@@ -116,7 +117,7 @@ async def test_a_mention_with_an_image_becomes_one_job(any_rig: SlackRig) -> Non
     [job] = await rig.jobs()
     assert job.state is JobState.SUCCEED
     assert job.caller.user == "U1" and job.caller.server == TEAM
-    assert job.options["prompt"] == "a <small> cat"
+    assert job.options == GenerateOptions(prompt="a <small> cat")
     # The bot token went to the file host, and only there.
     path = image["url_private"].removeprefix(rig.fake.base)
     assert rig.fake.file_requests == [(path, "Bearer xoxb-test-bot-token")]

@@ -15,6 +15,7 @@ from adapters.slack.blocks import sections
 from adapters.slack.convert import truncate
 from bot.ids import new_job_id
 from bot.model import Caller, Conversation, Delivery, Job, JobState, Platform
+from commands.options import GenerateOptions
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -151,7 +152,7 @@ async def test_a_long_answer_never_spends_more_than_the_response_url_budget(
             caller=caller,
             state=JobState.SUCCEED,
             created_at=start + timedelta(seconds=n),
-            options={},
+            options=GenerateOptions(),
             delivery=Delivery.DONE,
         )
         await rig.app.store.insert(job)

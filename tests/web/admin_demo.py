@@ -26,6 +26,7 @@ from bot.model import Caller, Conversation, Job, JobState, Platform
 from bot.ports import StoredImage
 from bot.store import SqliteJobStore
 from commands import build
+from commands.options import job_options
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -77,7 +78,7 @@ async def _history(store: SqliteJobStore, now: datetime) -> None:
             started = created + timedelta(seconds=3)
             job = Job(
                 id=f"hist{n:04d}",
-                command=("img2img", "inpaint", "sketch", "interrogate")[k % 4],
+                command=(command := ("img2img", "inpaint", "sketch", "interrogate")[k % 4]),
                 caller=Caller(
                     Platform("discord"),
                     "g1",
@@ -87,7 +88,12 @@ async def _history(store: SqliteJobStore, now: datetime) -> None:
                 ),
                 state=JobState.FAILED if failed else JobState.SUCCEED,
                 created_at=created,
-                options={"prompt": f"a lighthouse at dusk, study {n}"},
+                options=job_options(
+                    command,
+                    {}
+                    if command == "interrogate"
+                    else {"prompt": f"a lighthouse at dusk, study {n}"},
+                ),
                 endpoint="esd-async-g5",
                 model="v1-5-pruned-emaonly.safetensors",
                 backend_id=f"b{n}",
