@@ -7,7 +7,6 @@ at once from the store, the backend and the policy (no job is created).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from bot import render
@@ -18,9 +17,10 @@ from bot.model import JobState
 from bot.ports import JobQuery
 from bot.views import ResultImage
 from commands import BACKEND_JOB_ID, COMMANDS, MODEL_TYPES, Family, help_text
+from commands.options import JobsOptions, jobs_options
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable
 
     from bot.jobs import JobRunner
     from bot.model import Caller, Job
@@ -136,29 +136,26 @@ class Queries:
         await responder.reply(render.cloud_job_details(row, output, note), images=images)
 
     async def _jobs(self, caller: Caller, parsed: ParsedCommand, responder: Responder) -> None:
-        opts = parsed.options
-        user = opts.get("user")
-        if (user is not None or opts.get("source") == "cloud") and not caller.is_admin:
+        opts = jobs_options(parsed.options)
+        if (opts.user is not None or opts.source == "cloud") and not caller.is_admin:
             raise RefusedError("only admins can list other people's jobs or the backend's history")
-        if opts.get("source") == "cloud":
-            await self._cloud_jobs(parsed, responder)
+        if opts.source == "cloud":
+            await self._cloud_jobs(opts, responder)
             return
-        command = opts.get("type")
-        if command is not None and command not in COMMANDS:
+        if opts.type is not None and opts.type not in COMMANDS:
             names = ", ".join(n for n, c in COMMANDS.items() if c.family is not Family.QUERY)
-            raise RefusedError(f"unknown job type `{command}`; types: {names}")
-        status = opts.get("status")
+            raise RefusedError(f"unknown job type `{opts.type}`; types: {names}")
         query = JobQuery(
             platform=caller.platform,
             server=caller.server,
-            user=str(user) if user is not None else (None if caller.is_admin else caller.user),
-            states=(JobState(status),) if isinstance(status, str) else (),
-            command=str(command) if command is not None else None,
-            endpoint=_opt_str(opts, "endpoint"),
-            model=_opt_str(opts, "model"),
-            since=_opt_time(opts, "since"),
-            until=_opt_time(opts, "until"),
-            limit=_ALL_CAP + 1 if opts.get("all") is True else 10,
+            user=opts.user if opts.user is not None else (None if caller.is_admin else caller.user),
+            states=(JobState(opts.status),) if opts.status is not None else (),
+            command=opts.type,
+            endpoint=opts.endpoint,
+            model=opts.model,
+            since=opts.since,
+            until=opts.until,
+            limit=_ALL_CAP + 1 if opts.all else 10,
         )
         jobs = list(await self._store.query(query))
         if not jobs:
@@ -175,24 +172,23 @@ class Queries:
         for start in range(0, len(lines), _PAGE):
             await responder.reply("\n".join(lines[start : start + _PAGE]), private=True)
 
-    async def _cloud_jobs(self, parsed: ParsedCommand, responder: Responder) -> None:
-        opts = parsed.options
-        task_type = str(opts.get("type") or "img2img")
-        limit = 1000 if opts.get("all") is True else 10
+    async def _cloud_jobs(self, opts: JobsOptions, responder: Responder) -> None:
+        task_type = opts.type or "img2img"
+        limit = 1000 if opts.all else 10
         try:
-            rows = await self._backend.history(task_type, limit if not _has_filters(opts) else 1000)
+            rows = await self._backend.history(task_type, 1000 if opts.filtered else limit)
         except BackendError as exc:
             if exc.user_message is None or isinstance(exc, BackendUnavailableError):
                 raise
             raise RefusedError(exc.user_message) from None  # what the backend cannot list
-        since, until = _opt_time(opts, "since"), _opt_time(opts, "until")
+        since, until = opts.since, opts.until
         lines = []
         for row in rows:
-            if isinstance(opts.get("status"), str) and row.state != opts["status"]:
+            if opts.status is not None and row.state != opts.status:
                 continue
-            if _opt_str(opts, "endpoint") not in (None, row.endpoint):
+            if opts.endpoint not in (None, row.endpoint):
                 continue
-            if _opt_str(opts, "model") not in (None, row.model):
+            if opts.model not in (None, row.model):
                 continue
             if since and (row.created_at is None or row.created_at < since):
                 continue
@@ -260,22 +256,6 @@ class Queries:
             await r.reply(await self._policy.describe(caller), private=True)
             return
         await r.reply(await self._policy.update(caller, parsed.options), private=True)
-
-
-def _opt_str(options: Mapping[str, object], name: str) -> str | None:
-    value = options.get(name)
-    return value if isinstance(value, str) else None
-
-
-def _opt_time(options: Mapping[str, object], name: str) -> datetime | None:
-    value = options.get(name)
-    return value if isinstance(value, datetime) else None
-
-
-def _has_filters(options: Mapping[str, object]) -> bool:
-    return any(
-        options.get(k) is not None for k in ("status", "endpoint", "model", "since", "until")
-    )
 
 
 __all__ = ["Queries"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter
 
@@ -46,8 +46,10 @@ __all__ = (
     "InterrogateDefaults",
     "InterrogateOptions",
     "JobOptions",
+    "JobsOptions",
     "given",
     "job_options",
+    "jobs_options",
     "or_default",
     "text_form",
 )
@@ -110,6 +112,31 @@ JobOptions = GenerateOptions | InterrogateOptions
 
 
 @dataclass(frozen=True, kw_only=True)
+class JobsOptions:
+    """The filters of the `jobs` query; None = not given."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CLOSED
+
+    status: str | None = None  # a `JOB_STATES` name
+    type: str | None = None  # a command (bot jobs) or a backend task type (`source=cloud`)
+    endpoint: str | None = None
+    model: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    user: str | None = None
+    source: Literal["bot", "cloud"] | None = None
+    all: bool = False
+
+    @property
+    def filtered(self) -> bool:
+        """Whether any filter on the jobs themselves was given."""
+        return any(
+            value is not None
+            for value in (self.status, self.endpoint, self.model, self.since, self.until)
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class GenerateDefaults:
     """The declared default of every img2img option that has one (`OptionSpec.default`)."""
 
@@ -162,6 +189,14 @@ def job_options(command: str, values: Mapping[str, OptionValue]) -> JobOptions:
     if family is Family.INTERROGATE:
         return _INTERROGATE.validate_python(dict(values))
     raise ValueError(f"`{command}` does not create jobs")
+
+
+_JOBS = TypeAdapter(JobsOptions)
+
+
+def jobs_options(values: Mapping[str, OptionValue]) -> JobsOptions:
+    """The typed filters of a parsed `jobs` command (`ValueError` as `job_options`)."""
+    return _JOBS.validate_python(dict(values))
 
 
 def or_default(value: _T | None, default: _T) -> _T:

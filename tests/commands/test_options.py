@@ -17,8 +17,10 @@ from commands.options import (
     GenerateOptions,
     InterrogateDefaults,
     InterrogateOptions,
+    JobsOptions,
     given,
     job_options,
+    jobs_options,
     text_form,
 )
 from commands.spec import Fill, Method, Sampler, Scheduler
@@ -104,3 +106,12 @@ def test_text_forms_read_back_as_the_value() -> None:
     parsed = parse("inpaint x size=512x768 invert=on strength=0.5 sampler=euler_a")
     for name, value in parsed.options.items():
         assert parse(f"inpaint {name}={text_form(value)!r}").options[name] == value
+
+
+def test_the_jobs_filters_are_the_declared_options_typed() -> None:
+    assert [f.name for f in dataclasses.fields(JobsOptions)] == list(COMMANDS["jobs"].options)
+    parsed = parse("jobs status=failed since=2026-11-01 source=cloud all=yes", now=None)
+    opts = jobs_options(parsed.options)
+    assert (opts.status, opts.source, opts.all, opts.filtered) == ("failed", "cloud", True, True)
+    assert opts.since is not None and opts.since.tzinfo is not None
+    assert not jobs_options(parse("jobs type=img2img user=u1").options).filtered
