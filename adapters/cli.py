@@ -47,7 +47,7 @@ from cloud.local import LocalBackend, LocalBackendConfig
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from bot.ports import Backend, ChatAdapter, ChatConnection
+    from bot.ports import Backend, ChatAdapter, ChatConnection, JobStore
 
 # Where discord.py sends its REST requests (discord/http.py `Route.BASE`).
 DISCORD_API = URL("https://discord.com/api/v10")
@@ -75,13 +75,13 @@ def make_backend(config: Config, metrics: Metrics | None = None) -> Backend:
     )
 
 
-def make_store(config: Config) -> SqliteJobStore:
+def make_store(config: Config) -> JobStore:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteJobStore(config.data_dir / "sdbot.sqlite3")
 
 
 def make_app(
-    config: Config, metrics: Metrics | None = None, store: SqliteJobStore | None = None
+    config: Config, metrics: Metrics | None = None, store: JobStore | None = None
 ) -> BotApp:
     """The core on the configured backend; with `metrics`, its ports are measured."""
     store = store or make_store(config)

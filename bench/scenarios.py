@@ -42,7 +42,9 @@ from bot.ids import new_job_id
 from bot.model import AttachmentRef, Caller, Conversation, Delivery, Job, JobState, Platform
 from bot.poller import Poller
 from bot.ports import PostedStatus
-from bot.store import _INSERT_JOB, _Database, _job_row, _transaction
+from bot.store.jobs import INSERT_JOB
+from bot.store.rows import job_row
+from bot.store.schema import Database, transaction
 from commands import parse
 from commands.options import job_options
 
@@ -82,9 +84,9 @@ def _fill_store(path: Path, count: int) -> None:
             finished_at=created + timedelta(seconds=30),
             delivery=Delivery.DONE,
         )
-        rows.append(_job_row(job))
+        rows.append(job_row(job))
     with conn:
-        conn.executemany(_INSERT_JOB, rows)
+        conn.executemany(INSERT_JOB, rows)
         conn.execute("ANALYZE")
     conn.close()
 
@@ -235,7 +237,7 @@ _ACK_TEXT = "img2img a cat in a hat steps=25 seed=7"
 def _ack_floor(path: Path, callers: Sequence[Caller], refs: Sequence[AttachmentRef]) -> float:
     """Parse the same lines, build the same rows, insert them in one transaction (same
     pragmas and schema as the store), in ms: no bot could acknowledge the burst faster."""
-    db = _Database.open(str(path))
+    db = Database.open(str(path))
     try:
         now = datetime.now(UTC)
         t0 = time.perf_counter()
@@ -251,9 +253,9 @@ def _ack_floor(path: Path, callers: Sequence[Caller], refs: Sequence[AttachmentR
                 options=job_options(parsed.name, parsed.options),
                 attachments=(ref,),
             )
-            rows.append(_job_row(job))
-        with _transaction(db.conn):
-            db.conn.executemany(_INSERT_JOB, rows)
+            rows.append(job_row(job))
+        with transaction(db.conn):
+            db.conn.executemany(INSERT_JOB, rows)
         return (time.perf_counter() - t0) * 1000
     finally:
         db.close()

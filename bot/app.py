@@ -59,10 +59,11 @@ class BotApp:
         )
         self.catalog = Catalog(backend, self.clock)
         self.policy = Policy(config, store, self.clock, self.catalog, self._adapters)
-        self.retention = Retention(store, self.clock, days=config.retention_days)
+        self.retention = Retention(store, store, self.clock, days=config.retention_days)
         self.runner = JobRunner(
             config=config,
             store=store,
+            images=store,
             backend=backend,
             adapters=self._adapters,
             poller=self.poller,
@@ -75,6 +76,7 @@ class BotApp:
         self.dispatcher = Dispatcher(
             runner=self.runner,
             store=store,
+            images=store,
             backend=backend,
             catalog=self.catalog,
             policy=self.policy,

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
         Backend,
         ChatAdapter,
         Clock,
-        JobStore,
+        ImageStore,
+        JobRepo,
         Observer,
         PlatformTraits,
         Responder,
@@ -56,7 +57,8 @@ class Dispatcher:
         self,
         *,
         runner: JobRunner,
-        store: JobStore,
+        store: JobRepo,
+        images: ImageStore,
         backend: Backend,
         catalog: Catalog,
         policy: Policy,
@@ -71,9 +73,14 @@ class Dispatcher:
         self._policy = policy
         self._clock = clock
         self._queries = Queries(
-            runner=runner, store=store, backend=backend, catalog=catalog, policy=policy
+            runner=runner,
+            store=store,
+            images=images,
+            backend=backend,
+            catalog=catalog,
+            policy=policy,
         )
-        self._regenerator = Regenerator(runner=runner, store=store, clock=clock)
+        self._regenerator = Regenerator(runner=runner, store=store, images=images, clock=clock)
 
     # -- entry points ----------------------------------------------------------------------
 

@@ -47,8 +47,9 @@ from bot.ports import (
     Backend,
     ChatAdapter,
     Clock,
+    ImageStore,
     JobChanged,
-    JobStore,
+    JobRepo,
     NullObserver,
     Observer,
     PollTarget,
@@ -91,7 +92,8 @@ class JobRunner:
         self,
         *,
         config: Config,
-        store: JobStore,
+        store: JobRepo,
+        images: ImageStore,
         backend: Backend,
         adapters: Mapping[Platform, ChatAdapter],
         poller: Poller,
@@ -105,6 +107,7 @@ class JobRunner:
         self._config = config
         self._observer = observer or NullObserver()
         self._store = store
+        self._images = images
         self._backend = backend
         self._adapters = adapters
         self._poller = poller
@@ -332,7 +335,7 @@ class JobRunner:
         """Remove the bot's result messages and the stored result images (the Delete action)."""
         if job.thread is not None and job.result_messages:
             await self._adapter(job).delete_messages(job.thread, job.result_messages)
-        await self._store.delete_images(job.id)
+        await self._images.delete_images(job.id)
         while True:
             current = await self._store.get(job.id) or job
             try:
@@ -415,7 +418,7 @@ class JobRunner:
 
     async def _inputs(self, job: Job) -> dict[str, StoredImage]:
         """The job's input images: stored ones, then any attachment still to download."""
-        stored = {i.slot: i for i in await self._store.images(job.id) if i.slot != RESULT_SLOT}
+        stored = {i.slot: i for i in await self._images.images(job.id) if i.slot != RESULT_SLOT}
         missing = [a for a in job.attachments if a.slot not in stored]
         if missing:
             adapter = self._adapter(job)
@@ -423,7 +426,7 @@ class JobRunner:
                 StoredImage(a.slot, a.name, await adapter.download(a, self._config.max_bytes))
                 for a in missing
             ]
-            await self._store.put_images(job.id, fetched)
+            await self._images.put_images(job.id, fetched)
             stored.update((i.slot, i) for i in fetched)
         return stored
 
@@ -650,7 +653,7 @@ class JobRunner:
             output = await self._backend.results(backend_id)
         if not output.images and output.caption is None:
             return await self._fail(job, "the backend reported success but returned no images")
-        await self._store.put_images(
+        await self._images.put_images(
             job.id,
             [
                 StoredImage(RESULT_SLOT, f"{job.id}-{n}.png", data)
@@ -710,7 +713,7 @@ class JobRunner:
                 job = await self._fail(await self._latest(job), _operational_message(exc))
         adapter = self._adapter(job)
         images = [
-            ResultImage(i.name, i.data) for i in await self._store.images(job.id, RESULT_SLOT)
+            ResultImage(i.name, i.data) for i in await self._images.images(job.id, RESULT_SLOT)
         ]
         view = render.result_view(job, images, preview=self._backend.name == "local")
         if job.delivery is Delivery.POSTING and await self._posted(job, thread, view.marker):

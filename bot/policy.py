@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from bot.config import Config
     from bot.model import Caller, Platform
-    from bot.ports import ChatAdapter, Clock, JobStore
+    from bot.ports import ChatAdapter, Clock, SettingsStore
     from bot.resolve import Catalog
 
 SETTING_KEYS: tuple[str, ...] = (
@@ -60,7 +60,7 @@ class Policy:
     def __init__(
         self,
         config: Config,
-        store: JobStore,
+        store: SettingsStore,
         clock: Clock,
         catalog: Catalog,
         adapters: Mapping[Platform, ChatAdapter],

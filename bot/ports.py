@@ -6,7 +6,10 @@
   messages, results, downloads), with its `PlatformTraits`; `ChatConnection`: its lifecycle.
   Adapters live in `adapters/`.
 - `Responder`: the answer channel of one incoming event (ack, replies, private refusals).
-- `JobStore`: durable jobs, their inputs and results (`bot.store` is the SQLite one).
+- The store, in small ports so an engine can be written and tested one part at a time:
+  `JobRepo` (job rows), `ImageStore` (their inputs and results), `SettingsStore`,
+  `ClaimStore` (platform events acted on), `OperatorQueries` (admin figures, readiness);
+  `JobStore` is all of them on one database with its lifecycle (`bot.store` is the SQLite one).
 - `Clock`: time, so tests and benchmarks control it.
 - `Observer`: what the core reports for operators' metrics (`NullObserver` by default).
 """
@@ -14,7 +17,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -261,7 +264,7 @@ class StoredImage:
 
 @dataclass(frozen=True)
 class Admission:
-    """Per-user limits a new job must fit in (`JobStore.insert`)."""
+    """Per-user limits a new job must fit in (`JobRepo.insert`)."""
 
     max_running: int  # jobs of the user not yet terminal
     max_today: int | None = None  # jobs of the user created since `day_start`; None = no limit
@@ -278,7 +281,7 @@ class AdmissionRefused(Exception):
 
 
 class JobChanged(Exception):
-    """`JobStore.save` refused: the row was written by someone else since the job was read."""
+    """`JobRepo.save` refused: the row was written by someone else since the job was read."""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id} was changed by another writer")
@@ -303,21 +306,17 @@ class JobQuery:
     offset: int = 0
 
 
-class JobStore(Protocol):
-    """Durable jobs, their inputs and their results."""
-
-    async def start(self) -> None: ...
-
-    async def aclose(self) -> None: ...
+class JobRepo(Protocol):
+    """Durable job rows: the one way a job comes to exist, compare-and-set writes, lookups."""
 
     async def insert(
         self, job: Job, inputs: Sequence[StoredImage] = (), admission: Admission | None = None
     ) -> None:
         """Commit a new job row (and any inputs already at hand) in one transaction.
 
-        With `admission`, the row is only written if the job's user is within its limits,
-        checked in the same transaction (so two simultaneous requests cannot both slip under
-        a limit); otherwise `AdmissionRefused` is raised. Raises `KeyError` when the id is taken.
+        With `admission`, the row is only written if the job fits the limits, counted in the
+        same transaction (so two simultaneous requests cannot both slip under a limit);
+        otherwise `AdmissionRefused` is raised. Raises `KeyError` when the id is taken.
         """
         ...
 
@@ -349,6 +348,18 @@ class JobStore(Protocol):
         """The job whose status or result message has this id."""
         ...
 
+    async def recent_durations(self, endpoint: str, limit: int = 20) -> Sequence[float]:
+        """Run times (seconds) of the latest succeeded jobs on an endpoint, for estimates."""
+        ...
+
+
+class ImageStore(Protocol):
+    """A job's stored images: its inputs (slots image/mask/sketch) and results (slot result).
+
+    Inputs at hand when a job is accepted go in with the row (`JobRepo.insert`); the rest
+    arrive here. Images belong to a job row: putting images for an unknown job is a `KeyError`.
+    """
+
     async def put_images(self, job_id: str, images: Sequence[StoredImage]) -> None:
         """Store images for a job, replacing any earlier ones of the same slots."""
         ...
@@ -357,27 +368,16 @@ class JobStore(Protocol):
 
     async def delete_images(self, job_id: str) -> None: ...
 
-    async def recent_durations(self, endpoint: str, limit: int = 20) -> Sequence[float]:
-        """Run times (seconds) of the latest succeeded jobs on an endpoint, for estimates."""
-        ...
-
-    async def count_user_jobs(
-        self, platform: Platform, server: str, user: str, *, since: datetime | None = None
-    ) -> int:
-        """A user's jobs created since `since`, or (without it) those not yet terminal."""
-        ...
-
     async def expire_images(self, before: datetime, limit: int = 500) -> Sequence[str]:
-        """Retention: drop the images of jobs created before `before`; return their ids."""
+        """Retention: drop the images of jobs created before `before`; return their ids.
+
+        Each job that had results is marked `results_expired` (a write: its version moves).
+        """
         ...
 
-    async def claim(self, key: str) -> bool:
-        """Record a platform event as acted on; False when it already was (a retry)."""
-        ...
 
-    async def expire_claims(self, before: datetime) -> int:
-        """Forget event claims made before `before`."""
-        ...
+class SettingsStore(Protocol):
+    """Settings admins change with the `settings` command, per server or channel."""
 
     async def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
         """Stored settings of a server (`scope` "") or of one of its channels."""
@@ -388,6 +388,75 @@ class JobStore(Protocol):
     ) -> None:
         """Set (or, with None, remove) settings in one transaction."""
         ...
+
+
+class ClaimStore(Protocol):
+    """Platform events already acted on, so a retried or doubly delivered event makes one job."""
+
+    async def claim(self, key: str) -> bool:
+        """Record a platform event as acted on; False when it already was (a retry)."""
+        ...
+
+    async def expire_claims(self, before: datetime) -> int:
+        """Forget event claims made before `before` (retention)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One user's (or channel's) jobs and backend run time over a period."""
+
+    key: str  # user id or channel id
+    name: str  # the user's display name (the channel id for channels)
+    jobs: int
+    gpu_seconds: float
+
+
+@dataclass(frozen=True)
+class DayCount:
+    day: str  # YYYY-MM-DD (UTC)
+    jobs: int
+    failed: int
+
+
+class OperatorQueries(Protocol):
+    """Read-only figures for operators (the admin page) and the readiness probe."""
+
+    async def servers(self) -> Sequence[tuple[Platform, str]]:
+        """Every (platform, server) with jobs, most recently active first."""
+        ...
+
+    async def usage(
+        self, platform: Platform, server: str, by: Literal["user", "channel"], since: datetime
+    ) -> Sequence[Usage]:
+        """Jobs and backend run time per user (or per request channel) since `since`."""
+        ...
+
+    async def failures(
+        self, platform: Platform, server: str, since: datetime
+    ) -> Sequence[tuple[str, int]]:
+        """Failed jobs since `since` grouped by their failure message, commonest first."""
+        ...
+
+    async def daily(self, platform: Platform, server: str, since: datetime) -> Sequence[DayCount]:
+        """Jobs and failed jobs per UTC day (of creation) since `since`, oldest first."""
+        ...
+
+    async def writable(self) -> bool:
+        """Whether a write commits now (readiness): False when closed, locked or failing."""
+        ...
+
+
+class JobStore(JobRepo, ImageStore, SettingsStore, ClaimStore, OperatorQueries, Protocol):
+    """Every store port on one database, for wiring (`BotApp` opens and closes it).
+
+    Code that uses the store depends on the narrowest of the ports above it needs; an engine
+    (`bot.store` for SQLite) implements them all on one database.
+    """
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Clock(Protocol):

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from bot.jobs import JobRunner
     from bot.model import Caller, Job
     from bot.policy import Policy
-    from bot.ports import Backend, JobStore, Responder
+    from bot.ports import Backend, ImageStore, JobRepo, Responder
     from bot.resolve import Catalog
     from commands import ParsedCommand
 
@@ -40,13 +40,15 @@ class Queries:
         self,
         *,
         runner: JobRunner,
-        store: JobStore,
+        store: JobRepo,
+        images: ImageStore,
         backend: Backend,
         catalog: Catalog,
         policy: Policy,
     ) -> None:
         self._runner = runner
         self._store = store
+        self._images = images
         self._backend = backend
         self._catalog = catalog
         self._policy = policy
@@ -102,7 +104,7 @@ class Queries:
             await self._backend_job(caller, job_id.lower(), responder)
             return
         images = [
-            ResultImage(i.name, i.data) for i in await self._store.images(job.id, RESULT_SLOT)
+            ResultImage(i.name, i.data) for i in await self._images.images(job.id, RESULT_SLOT)
         ]
         await responder.reply(render.job_details(job), images=images)
 

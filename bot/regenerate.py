@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from bot.jobs import JobRunner
     from bot.model import AttachmentRef, Caller, GenerationParams, Job
-    from bot.ports import Clock, JobStore, Responder
+    from bot.ports import Clock, ImageStore, JobRepo, Responder
     from bot.views import Action
 
 # The ways to give the output size; a reply that uses one replaces the base job's others.
@@ -42,9 +42,12 @@ def _pinned_seeds(params: GenerationParams) -> dict[str, OptionValue]:
 class Regenerator:
     """Makes new jobs from a base job: thread replies and the result's buttons."""
 
-    def __init__(self, *, runner: JobRunner, store: JobStore, clock: Clock) -> None:
+    def __init__(
+        self, *, runner: JobRunner, store: JobRepo, images: ImageStore, clock: Clock
+    ) -> None:
         self._runner = runner
         self._store = store
+        self._images = images
         self._clock = clock
 
     async def reply_base(self, caller: Caller, reply_to: str | None) -> Job | None:
@@ -124,7 +127,7 @@ class Regenerator:
         if action.kind is ActionKind.USE_AS_PROMPT:
             if job.caption is None:
                 raise RefusedError(f"job `{job.id}` has no caption")
-            inputs = [i for i in await self._store.images(job.id) if i.slot == "image"]
+            inputs = [i for i in await self._images.images(job.id) if i.slot == "image"]
             if not inputs:
                 raise RefusedError(f"job `{job.id}`'s image is no longer stored; attach it again")
             return await self._runner.accept(
@@ -182,7 +185,7 @@ class Regenerator:
     async def _base_inputs(self, base: Job) -> tuple[list[StoredImage], list[AttachmentRef]]:
         """A base job's inputs from the moment it was accepted: the images stored with it, and
         the attachments it has not downloaded yet (a reply may come before it has)."""
-        stored = [i for i in await self._store.images(base.id) if i.slot != RESULT_SLOT]
+        stored = [i for i in await self._images.images(base.id) if i.slot != RESULT_SLOT]
         if base.results_expired:  # retention or Delete removed the inputs for good
             return stored, []
         slots = {i.slot for i in stored}
@@ -208,7 +211,7 @@ class Regenerator:
         inherited = [i for i in stored if i.slot not in replaced]
         pending = [a for a in pending if a.slot not in replaced]
         if result_index is not None:
-            results = await self._store.images(base.id, RESULT_SLOT)
+            results = await self._images.images(base.id, RESULT_SLOT)
             if not results:
                 why = " (they have expired)" if base.results_expired else ""
                 if not base.state.terminal:

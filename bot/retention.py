@@ -16,18 +16,26 @@ from bot.tasks import Supervised, stop, supervise
 if TYPE_CHECKING:
     import asyncio
 
-    from bot.ports import Clock, JobStore
+    from bot.ports import ClaimStore, Clock, ImageStore
 
 _LOGGER = logging.getLogger(__name__)
 
 
 class Retention:
-    """Deletes images older than `days`, now and then every `interval` seconds."""
+    """Deletes images older than `days`, and event claims older than a day, now and then every
+    `interval` seconds."""
 
     def __init__(
-        self, store: JobStore, clock: Clock, *, days: float, interval: float = 3600.0
+        self,
+        images: ImageStore,
+        claims: ClaimStore,
+        clock: Clock,
+        *,
+        days: float,
+        interval: float = 3600.0,
     ) -> None:
-        self._store = store
+        self._images = images
+        self._claims = claims
         self._clock = clock
         self._age = timedelta(days=days)
         self._interval = interval
@@ -39,14 +47,14 @@ class Retention:
         cutoff = self._clock.now() - self._age
         total = 0
         while True:
-            swept = await self._store.expire_images(cutoff, batch)
+            swept = await self._images.expire_images(cutoff, batch)
             total += len(swept)
             if len(swept) < batch:
                 break
         if total:
             _LOGGER.info("retention: removed the stored images of %d job(s)", total)
         # Platforms retry an event for minutes; a day of claims is plenty.
-        await self._store.expire_claims(self._clock.now() - timedelta(days=1))
+        await self._claims.expire_claims(self._clock.now() - timedelta(days=1))
         return total
 
     async def start(self) -> None:

@@ -139,7 +139,6 @@ def _chaotic_store(chaos: Chaos, path: Path) -> SqliteJobStore:
         "images",
         "delete_images",
         "recent_durations",
-        "count_user_jobs",
         "expire_images",
         "claim",
         "settings",

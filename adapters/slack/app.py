@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from adapters.slack.convert import FilePayload, MessagePayload
     from bot.config import Config
     from bot.dispatcher import Dispatcher
-    from bot.ports import JobStore
+    from bot.ports import ClaimStore
     from bot.views import ResultImage
 
 _LOGGER = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ class SlackListeners:
         self,
         adapter: SlackAdapter,
         dispatcher: Dispatcher,
-        store: JobStore,
+        store: ClaimStore,
         config: Config,
         *,
         ack_budget: float = 2.0,

@@ -20,7 +20,7 @@ import io
 import logging
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlencode
 
 import jinja2
@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from bot.errors import ConfigError, OperationalError
 from bot.jobs import RESULT_SLOT
 from bot.model import Caller, Job, JobState, Platform
-from bot.ports import JobQuery
+from bot.ports import ImageStore, JobQuery, JobRepo, OperatorQueries
 from bot.render import duration
 from commands import COMMANDS, Family, parse
 from commands.options import given, text_form
@@ -39,10 +39,15 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from bot.app import BotApp
-    from bot.store import DayCount, SqliteJobStore
+    from bot.ports import DayCount
     from bot.views import ResultImage
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class AdminStore(JobRepo, ImageStore, OperatorQueries, Protocol):
+    """What the admin page reads: jobs, their images, and the operators' figures."""
+
 
 COOKIE: Final = "sdbot_admin"
 PAGE_SIZE: Final = 50
@@ -163,7 +168,7 @@ class _Flash:
 class AdminPage:
     """The `/admin` routes over one running app and its SQLite store."""
 
-    def __init__(self, app: BotApp, store: SqliteJobStore, token: str) -> None:
+    def __init__(self, app: BotApp, store: AdminStore, token: str) -> None:
         if len(token) < 16:
             # A short token is guessable over the network; refuse it at start-up.
             raise ConfigError("SDBOT_ADMIN_TOKEN must be at least 16 characters")

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bot.model import Caller, Conversation, Job, JobState, Platform
-from bot.store import DayCount, SqliteJobStore, Usage
+from bot.ports import DayCount, Usage
+from bot.store import SqliteJobStore
 from commands.options import GenerateOptions
 
 if TYPE_CHECKING:

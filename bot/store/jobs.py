@@ -1,0 +1,253 @@
+"""`JobRepo` on SQLite: the job rows, their message-id side table, and every job query.
+
+The SQL is assembled from the constant column names in `bot.store.rows` only (hence the S608
+waivers); every value is a bound parameter. Functions here run on the store's worker thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import TYPE_CHECKING, Final
+
+from bot.ports import AdmissionRefused, JobChanged
+from bot.store.images import write_images
+from bot.store.rows import JOB_COLUMNS, decode_time, encode_time, job_from_row, job_row
+from bot.store.schema import transaction
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from bot.model import Conversation, Job, Platform
+    from bot.ports import Admission, JobQuery, StoredImage
+    from bot.store.schema import Database
+
+# At most this many jobs answer an id prefix; more means the prefix is ambiguous anyway.
+FIND_LIMIT: Final = 5
+
+_JOB_FIELDS: Final = ", ".join(f"jobs.{name}" for name in JOB_COLUMNS)
+SELECT_JOBS: Final = f"SELECT {_JOB_FIELDS} FROM jobs"  # noqa: S608
+INSERT_JOB: Final = (
+    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join(':' + name for name in JOB_COLUMNS)})"
+)
+# Compare-and-set: the row is written only if nobody wrote it since `job` was read.
+_UPDATE_JOB: Final = (
+    "UPDATE jobs SET "  # noqa: S608
+    + ", ".join(f"{name} = :{name}" for name in JOB_COLUMNS if name not in ("id", "version"))
+    + ", version = version + 1 WHERE id = :id AND version = :version"
+)
+_NEWEST_FIRST: Final = " ORDER BY jobs.created_at DESC, jobs.id DESC"
+
+SQL_GET: Final = f"{SELECT_JOBS} WHERE id = ?"
+# A range on the primary key rather than LIKE/GLOB, which SQLite would not run on the index. Ids
+# are unique across servers, so the range holds a handful of rows; the unary `+` keeps the planner
+# from walking a whole server's (platform, server, …) index instead.
+SQL_FIND: Final = (
+    f"{SELECT_JOBS} WHERE id >= :low AND id < :high"
+    " AND +platform = :platform AND +server = :server ORDER BY id LIMIT :limit"
+)
+# For a prefix with no upper bound (empty, or only U+10FFFF characters).
+SQL_FIND_FROM: Final = (
+    f"{SELECT_JOBS} WHERE id >= :low"
+    " AND +platform = :platform AND +server = :server ORDER BY id LIMIT :limit"
+)
+# The condition repeats the `jobs_unfinished` index's word for word (see MIGRATIONS).
+SQL_UNFINISHED: Final = (
+    f"{SELECT_JOBS} WHERE state IN ('created', 'inprogress') OR delivery <> 'done'"
+    " ORDER BY created_at, id"
+)
+SQL_LATEST_IN_THREAD: Final = (
+    f"{SELECT_JOBS} WHERE platform = ? AND server = ? AND job_channel = ? AND job_thread IS ?"
+    f"{_NEWEST_FIRST} LIMIT 1"
+)
+SQL_BY_MESSAGE: Final = (
+    f"SELECT {_JOB_FIELDS} FROM messages JOIN jobs ON jobs.id = messages.job_id"  # noqa: S608
+    " WHERE messages.platform = ? AND messages.server = ? AND messages.message_id = ?"
+    f"{_NEWEST_FIRST} LIMIT 1"
+)
+# `state = 'succeed'` is spelled as in the `jobs_succeeded_by_endpoint` index.
+SQL_RECENT_DURATIONS: Final = (
+    "SELECT started_at, finished_at FROM jobs"
+    " WHERE endpoint = ? AND state = 'succeed'"
+    " AND started_at IS NOT NULL AND finished_at IS NOT NULL"
+    " ORDER BY finished_at DESC LIMIT ?"
+)
+SQL_COUNT_USER_SINCE: Final = (
+    "SELECT COUNT(*) FROM jobs WHERE platform = ? AND server = ? AND user_id = ?"
+    " AND created_at >= ?"
+)
+SQL_COUNT_USER_RUNNING: Final = (
+    "SELECT COUNT(*) FROM jobs WHERE platform = ? AND server = ? AND user_id = ?"
+    " AND state IN ('created', 'inprogress')"
+)
+
+
+def query_sql(query: JobQuery) -> tuple[str, list[object]]:
+    """The SQL and parameters of a `jobs` query (also used by the query-plan tests)."""
+    if query.limit < 0 or query.offset < 0:
+        raise ValueError(f"limit and offset must be >= 0, got {query.limit}, {query.offset}")
+    where = ["platform = ?", "server = ?"]
+    params: list[object] = [query.platform.value, query.server]
+    if query.user is not None:
+        where.append("user_id = ?")
+        params.append(query.user)
+    if query.states:
+        states = tuple(dict.fromkeys(state.value for state in query.states))
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        params.extend(states)
+    for column, value in (
+        ("command", query.command),
+        ("endpoint", query.endpoint),
+        ("model", query.model),
+        ("backend_id", query.backend_id),
+    ):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if query.since is not None:
+        where.append("created_at >= ?")
+        params.append(encode_time(query.since))
+    if query.until is not None:
+        where.append("created_at < ?")
+        params.append(encode_time(query.until))
+    params.extend((query.limit, query.offset))
+    # Only fixed fragments are joined here; every value is a bound parameter.
+    sql = f"{SELECT_JOBS} WHERE {' AND '.join(where)}{_NEWEST_FIRST} LIMIT ? OFFSET ?"
+    return sql, params
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix`; None when there is none.
+
+    SQLite compares TEXT as UTF-8 bytes, which orders like code points.
+    """
+    stem = prefix.rstrip(chr(sys.maxunicode))
+    if not stem:
+        return None
+    following = ord(stem[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:  # surrogates cannot be encoded: skip to the next char
+        following = 0xE000
+    return stem[:-1] + chr(following)
+
+
+def _jobs(db: Database, sql: str, params: Sequence[object] | dict[str, object]) -> list[Job]:
+    return [job_from_row(row) for row in db.conn.execute(sql, params)]
+
+
+def exists(db: Database, job_id: str) -> bool:
+    return db.conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
+
+
+def _write_messages(db: Database, job: Job) -> None:
+    db.conn.execute("DELETE FROM messages WHERE job_id = ?", (job.id,))
+    ids = dict.fromkeys(
+        (*(() if job.status_message is None else (job.status_message,)), *job.result_messages)
+    )
+    caller = job.caller
+    db.conn.executemany(
+        "INSERT INTO messages (platform, server, message_id, job_id) VALUES (?, ?, ?, ?)",
+        [(caller.platform.value, caller.server, message, job.id) for message in ids],
+    )
+
+
+def insert(
+    db: Database, job: Job, inputs: Sequence[StoredImage], admission: Admission | None = None
+) -> None:
+    row = job_row(job)
+    db.check_file()
+    with transaction(db.conn):
+        if exists(db, job.id):
+            raise KeyError(job.id)
+        if admission is not None:
+            _admit(db, job, admission)
+        db.conn.execute(INSERT_JOB, row)
+        _write_messages(db, job)
+        write_images(db, job.id, inputs)
+
+
+def _admit(db: Database, job: Job, admission: Admission) -> None:
+    caller = job.caller
+    running = count_user_jobs(db, caller.platform, caller.server, caller.user, None)
+    if running >= admission.max_running:
+        raise AdmissionRefused("running", running)
+    if admission.max_today is not None and admission.day_start is not None:
+        today = count_user_jobs(
+            db, caller.platform, caller.server, caller.user, admission.day_start
+        )
+        if today >= admission.max_today:
+            raise AdmissionRefused("daily", today)
+
+
+def save(db: Database, job: Job) -> Job:
+    row = job_row(job)
+    db.check_file()
+    with transaction(db.conn):
+        if db.conn.execute(_UPDATE_JOB, row).rowcount == 0:
+            if exists(db, job.id):
+                raise JobChanged(job.id)
+            raise KeyError(job.id)
+        _write_messages(db, job)
+    return dataclasses.replace(job, version=job.version + 1)
+
+
+def get(db: Database, job_id: str) -> Job | None:
+    jobs = _jobs(db, SQL_GET, (job_id,))
+    return jobs[0] if jobs else None
+
+
+def find(db: Database, platform: Platform, server: str, prefix: str) -> list[Job]:
+    high = prefix_end(prefix)
+    return _jobs(
+        db,
+        SQL_FIND_FROM if high is None else SQL_FIND,
+        {
+            "low": prefix,
+            "high": high,
+            "platform": platform.value,
+            "server": server,
+            "limit": FIND_LIMIT,
+        },
+    )
+
+
+def query(db: Database, sql: str, params: Sequence[object]) -> list[Job]:
+    """Run a query built by `query_sql`."""
+    return _jobs(db, sql, params)
+
+
+def unfinished(db: Database) -> list[Job]:
+    return _jobs(db, SQL_UNFINISHED, ())
+
+
+def latest_in_thread(
+    db: Database, platform: Platform, server: str, thread: Conversation
+) -> Job | None:
+    jobs = _jobs(db, SQL_LATEST_IN_THREAD, (platform.value, server, thread.channel, thread.thread))
+    return jobs[0] if jobs else None
+
+
+def by_message(db: Database, platform: Platform, server: str, message: str) -> Job | None:
+    jobs = _jobs(db, SQL_BY_MESSAGE, (platform.value, server, message))
+    return jobs[0] if jobs else None
+
+
+def recent_durations(db: Database, endpoint: str, limit: int) -> list[float]:
+    return [
+        (decode_time(row["finished_at"]) - decode_time(row["started_at"])).total_seconds()
+        for row in db.conn.execute(SQL_RECENT_DURATIONS, (endpoint, limit))
+    ]
+
+
+def count_user_jobs(
+    db: Database, platform: Platform, server: str, user: str, since: datetime | None
+) -> int:
+    """A user's jobs created since `since`, or (without it) those not yet terminal."""
+    if since is None:
+        row = db.conn.execute(SQL_COUNT_USER_RUNNING, (platform.value, server, user))
+    else:
+        row = db.conn.execute(
+            SQL_COUNT_USER_SINCE, (platform.value, server, user, encode_time(since))
+        )
+    return int(row.fetchone()[0])
