@@ -1,5 +1,6 @@
 """ESD polling: many jobs in flight through the real core and `EsdBackend` against the
-ESD-compatible server (`sdbot local-backend`, in process, on loopback).
+ESD-compatible server (`sdbot local-backend`, in a process of its own as ESD is a service of its
+own, on loopback: `bench.esd_process`).
 
 The real core (`BotApp`, SQLite store, job runner, poller) drives the real `EsdBackend` through
 a recording chat adapter that notes when each result is posted. Every job is submitted at once
@@ -19,7 +20,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,17 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kit"))
 
 from scenario_kit import RecordingAdapter, RecordingResponder, chat_caller, make_app, png
 
+from bench.esd_process import EsdProcess
 from bot.config import Config, Secrets
 from bot.model import JobState
 from cloud.esd import EsdBackend, EsdConfig
-from cloud.esd_server import ServerConfig, running_server
+from cloud.esd_server import ServerConfig
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from bench.esd_process import ServerStats
     from bot.model import Conversation
     from bot.views import ResultView
-    from cloud.esd_server import ServerState
 
 Row = tuple[str, str, str, bool]
 
@@ -67,28 +68,19 @@ class _TimedAdapter(RecordingAdapter):
         return await super().post_result(thread, result)
 
 
-class _SkewedClock:
-    """The server's wall clock, `skew` seconds off the bot's."""
-
-    def __init__(self, skew: float) -> None:
-        self.skew = timedelta(seconds=skew)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.skew
+def _status_requests(stats: ServerStats) -> int:
+    return sum(stats.requests.get(route, 0) for route in _STATUS_ROUTES)
 
 
-def _status_requests(state: ServerState) -> int:
-    return sum(state.requests[route] for route in _STATUS_ROUTES)
-
-
-async def _progress(state: ServerState, adapter: _TimedAdapter, jobs: int) -> None:
+async def _progress(server: EsdProcess, adapter: _TimedAdapter, jobs: int) -> None:
     """A line on stderr every `_PROGRESS_SECONDS`."""
     began = time.monotonic()
     while True:
         await asyncio.sleep(_PROGRESS_SECONDS)
+        requests = _status_requests(await server.stats())
         print(
             f"  esd: {time.monotonic() - began:.0f} s, {len(adapter.posted_at)}/{jobs} delivered, "
-            f"{_status_requests(state)} status requests",
+            f"{requests} status requests",
             file=sys.stderr,
             flush=True,
         )
@@ -107,16 +99,14 @@ class _Run:
 
 async def _run(jobs: int, skew: float, events_queue: str | None = None) -> _Run:
     low, high = JOB_SECONDS
-    server = ServerConfig(job_seconds=(low, high), events_queue_url=events_queue)
+    server = EsdProcess((low, high), skew, events_queue)
     delays: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        async with running_server(server) as url:
-            state = url.state
-            state.clock = _SkewedClock(skew)
+        async with server as url:
             config = Config(
                 backend="esd",
                 esd_api_url=url,
-                secrets=Secrets(esd_api_key=server.api_key),
+                secrets=Secrets(esd_api_key=ServerConfig().api_key),
                 data_dir=Path(tmp) / "data",
                 output_dir=Path(tmp) / "out",
                 poll_interval=POLL_INTERVAL,
@@ -134,7 +124,7 @@ async def _run(jobs: int, skew: float, events_queue: str | None = None) -> _Run:
             image = png(64, 64)
             async with app:
                 progress = asyncio.create_task(
-                    _progress(state, adapter, jobs), name="bench-esd-progress"
+                    _progress(server, adapter, jobs), name="bench-esd-progress"
                 )
                 began = time.time()
                 try:
@@ -152,14 +142,15 @@ async def _run(jobs: int, skew: float, events_queue: str | None = None) -> _Run:
                 finally:
                     progress.cancel()
                     await asyncio.gather(progress, return_exceptions=True)
+                stats = await server.stats()
                 for job_id, posted in adapter.posted_at.items():
                     job = await app.store.get(job_id)
-                    record = state.jobs.get(job.backend_id) if job and job.backend_id else None
-                    if job is None or job.state is not JobState.SUCCEED or record is None:
+                    if job is None or job.state is not JobState.SUCCEED or not job.backend_id:
                         continue
-                    if record.completed is not None:
-                        delays.append(posted - (record.completed.timestamp() - skew))
-            requests = dict(state.requests)
+                    completed = stats.completed.get(job.backend_id)
+                    if completed is not None:
+                        delays.append(posted - (completed - skew))
+            requests = stats.requests
     seconds = max(adapter.posted_at.values(), default=began) - began
     lists = requests.get("list_inferences", 0)
     reads = requests.get("get_inference", 0)
