@@ -60,6 +60,10 @@ _READ_WAIT = 2.0
 # A job the poller has not asked about for this long is no longer followed (its driver ended
 # without telling the backend); forgetting it keeps scans from digging for it.
 _STALE_SECONDS = 3600.0
+# Jobs whose end was reported, kept until the core releases them (bounded): the poller asks
+# about a job again until its driver has written the row, and a driver that reads its row
+# again follows the job anew; both are answered from here, not from a list scan.
+_MAX_ENDED = 10_000
 _WAITING = (JobState.CREATED, JobState.INPROGRESS)
 # ESD answers 404: deleted on ESD, or lost (the ESD-compatible server restarted without it).
 _GONE = LOST_JOB
@@ -133,6 +137,7 @@ class StatusBook:
         self._clock = clock
         # Least recently asked first, so stale jobs are found at the front.
         self._tracked: OrderedDict[str, Tracked] = OrderedDict()
+        self._ended: OrderedDict[str, EsdJob] = OrderedDict()  # see `_MAX_ENDED`
         self._by_type: dict[str, set[str]] = {}  # task type → ids read from its pages
         self._snapshots: dict[str, _Snapshot] = {}
         # The scan under way per task type: the poller's concurrent calls share it.
@@ -189,6 +194,7 @@ class StatusBook:
             self._by_type.setdefault(tracked.task_type, set()).add(job_id)
 
     def forget(self, job_id: str) -> None:
+        self._ended.pop(job_id, None)
         tracked = self._tracked.pop(job_id, None)
         if tracked is not None and tracked.task_type is not None:
             self._by_type.get(tracked.task_type, set()).discard(job_id)
@@ -224,6 +230,10 @@ class StatusBook:
         self._drop_stale(now)
         for target in targets:
             tracked = self._tracked.get(target.backend_id)
+            ended = self._ended.get(target.backend_id) if tracked is None else None
+            if ended is not None:
+                learnt[target.backend_id] = ended  # reported over already: the same answer
+                continue
             if tracked is None:
                 # A job from an earlier run: img2img unless the core says it is an interrogate.
                 tracked = Tracked(
@@ -266,7 +276,7 @@ class StatusBook:
         answer = {
             job_id: self._report(job_id, job, warm)
             for job_id, job in learnt.items()
-            if job.state is not None and job_id in self._tracked
+            if job.state is not None and (job_id in self._tracked or job_id in self._ended)
         }
         if not answer and errors:
             raise errors[0]  # nothing learnt this round: let the poller back off
@@ -293,7 +303,9 @@ class StatusBook:
     def _report(self, job_id: str, job: EsdJob, warm: set[str]) -> BackendStatus:
         state = job.state
         assert state is not None
-        tracked = self._tracked[job_id]
+        tracked = self._tracked.get(job_id)
+        if tracked is None:  # an end reported before (`_ended`)
+            return BackendStatus(job_id, state, reason=job.reason)
         if tracked.task_type is None and job.task_type:
             tracked.task_type = job.task_type
             if not tracked.own:
@@ -303,6 +315,9 @@ class StatusBook:
         tracked.cold = tracked.cold and state in _WAITING and tracked.endpoint not in warm
         if state.terminal:
             self.forget(job_id)
+            self._ended[job_id] = job
+            while len(self._ended) > _MAX_ENDED:
+                self._ended.popitem(last=False)
             self._on_terminal(job)
         return BackendStatus(job_id, state, reason=job.reason, cold_start=tracked.cold)
 

@@ -223,6 +223,9 @@ async def test_success_event_ends_the_job_at_once_and_the_scan_stays_a_backstop(
     await state.finish(job)
     await until(lambda: job in setup.nudged, "the poller was nudged")
     assert await status_of(setup, job) is JobState.SUCCEED
+    # Asked again (the core asks until its row is written, or follows the job anew after
+    # reading its row again): the same answer, without asking ESD or waiting for a scan.
+    assert await status_of(setup, job) is JobState.SUCCEED
     # One read for the outcome and its result URLs; no scan was needed to learn it.
     assert state.requests["get_inference"] == reads_before + 1
     assert state.requests["list_inferences"] == lists_before
