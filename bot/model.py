@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from commands.spec import Area, Fill, Method, Resize, Sampler, Scheduler, join_sampler
 
@@ -212,13 +212,17 @@ class Job:
 # -- What backends report -------------------------------------------------------------------
 
 
+# How an endpoint runs jobs (ESD `endpoint_type`, reference/esd-api.md §4).
+EndpointType = Literal["Async", "Real-time"]
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A backend endpoint (ESD `GET /endpoints`, `service_type` sd)."""
 
     name: str
     status: str  # InService, Creating, Updating, Failed, … as the backend says
-    type: str  # "Async" | "Real-time"
+    type: EndpointType
     instance_type: str
     instance_count: int | None  # current instances; 0 = scaled to zero (cold start ahead)
     min_instances: int | None = None

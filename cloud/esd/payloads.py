@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from bot.errors import BackendError
 from bot.logs import redact
-from bot.model import CloudJob, Endpoint, JobState, Model
+from bot.model import CloudJob, Endpoint, EndpointType, JobState, Model
 from cloud.esd.wire import (
     CheckpointList,
     EndpointItem,
@@ -148,6 +148,15 @@ class PingInfo:
 
 
 # -- Parsing ----------------------------------------------------------------------------------
+
+
+def _endpoint_type(item: EndpointItem) -> EndpointType:
+    """ESD's two endpoint types (esd-api.md §4); a row without one reads as Async, as it did."""
+    if item.endpoint_type in (None, "", "Async"):
+        return "Async"
+    if item.endpoint_type == "Real-time":
+        return "Real-time"
+    raise _shape_error(f"endpoint `{item.endpoint_name}` has endpoint_type {item.endpoint_type!r}")
 
 
 def _shape_error(what: str) -> BackendError:
@@ -327,7 +336,7 @@ def _endpoint(item: EndpointItem) -> Endpoint | None:
     return Endpoint(
         name=item.endpoint_name,
         status=item.endpoint_status or item.status or "unknown",
-        type=item.endpoint_type or "Async",
+        type=_endpoint_type(item),
         instance_type=item.instance_type or "",
         instance_count=parse_count(item.current_instance_count),
         min_instances=parse_count(item.min_instance_number),

@@ -196,6 +196,22 @@ def test_endpoint_pages_keep_only_sd() -> None:
     assert page.next_key == "abc"
 
 
+def test_endpoint_types_are_esds_two() -> None:
+    def endpoint_type(value: object) -> str:
+        row = {"endpoint_name": "sd-x", "endpoint_status": "InService", "service_type": "sd"}
+        [endpoint] = parse_endpoint_page({"endpoints": [{**row, "endpoint_type": value}]}).endpoints
+        return endpoint.type
+
+    assert [endpoint_type(v) for v in ("Async", "Real-time", None, "")] == [
+        "Async",
+        "Real-time",
+        "Async",
+        "Async",
+    ]
+    with pytest.raises(BackendError, match="endpoint `sd-x` has endpoint_type 'Serverless'"):
+        endpoint_type("Serverless")
+
+
 def test_checkpoint_names_are_the_first_name() -> None:
     page = parse_checkpoint_page(
         {
