@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Protocol
 from bot.clock import SystemClock
 from bot.dispatcher import Dispatcher
 from bot.jobs import JobRunner
+from bot.leases import Leadership
 from bot.memory import GcFreezer
 from bot.policy import Policy
 from bot.poller import Poller
 from bot.resolve import Catalog, Resolver
-from bot.retention import Retention
+from bot.retention import RETENTION_LEASE, Retention
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -59,11 +60,19 @@ class BotApp:
         )
         self.catalog = Catalog(backend, self.clock)
         self.policy = Policy(config, store, self.clock, self.catalog, self._adapters)
-        self.retention = Retention(store, store, self.clock, days=config.retention_days)
+        self.retention = Retention(
+            store,
+            store,
+            self.clock,
+            days=config.retention_days,
+            leader=Leadership(store, "retention", config.replica, RETENTION_LEASE),
+        )
         self.runner = JobRunner(
             config=config,
             store=store,
             images=store,
+            leases=store,
+            replicas=store,
             backend=backend,
             adapters=self._adapters,
             poller=self.poller,

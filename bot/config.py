@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import ConfigError
+from bot.leases import default_replica_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -99,12 +100,24 @@ class Config:
     daily_quota: int = 0  # jobs one user may start per UTC day; 0 = no limit
     max_in_flight: int = 200  # jobs in flight across the whole bot
     retention_days: float = 30.0  # stored inputs and results are deleted after this
+    # Several replicas on one store (README "Run several replicas"): this process's id among
+    # them (default: host name and process id), how long a job's lease lasts without renewal
+    # (a stopped replica's jobs are taken over after it), and how many takeovers a job may cost
+    # before it is parked as failed.
+    replica_id: str | None = None
+    lease_seconds: float = 30.0
+    max_attempts: int = 3
     allowed_servers: tuple[str, ...] = ()
     allowed_channels: tuple[str, ...] = ()
     allowed_roles: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_format: str = "text"  # "text" | "json" (one JSON object per line)
     secrets: Secrets = field(default_factory=Secrets, repr=False)
+
+    @property
+    def replica(self) -> str:
+        """This replica's id: `replica_id`, else host name and process id."""
+        return self.replica_id or default_replica_id()
 
     def __post_init__(self) -> None:
         # Validate now, so a bad value fails at start-up rather than on the first job.
@@ -159,6 +172,12 @@ class Config:
             raise ConfigError("retention_days must be a positive number of days")
         if self.realtime_max_in_flight < 1:
             raise ConfigError("realtime_max_in_flight must be at least 1")
+        if self.lease_seconds < 1:
+            raise ConfigError("lease_seconds must be at least 1 second")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if self.replica_id is not None and not self.replica_id.strip():
+            raise ConfigError("replica_id must not be blank")
         if self.poll_max_interval < self.poll_interval:
             raise ConfigError("poll_max_interval must not be below poll_interval")
 

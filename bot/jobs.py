@@ -6,6 +6,11 @@ message, downloads and validates the inputs, submits, follows the backend throug
 `Poller`, and delivers. Every step writes the job back to the store first, so `resume()` after
 a restart picks each job up where it was, and the `Delivery.POSTING` mark plus the job-id marker
 in result messages keep a result from being posted twice.
+
+Each driver holds its job's lease (`bot.leases.JobOwnership`): its writes carry the lease's fence,
+it checks the lease before posting anything, and a background task renews the leases, takes the
+jobs whose lease expired (another replica stopped, or this process restarted) and stops the
+drivers of jobs taken over. A job taken over more than `max_attempts` times is parked as failed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from bot.errors import (
     UserInputError,
 )
 from bot.ids import new_job_id
+from bot.leases import CLAIM_BATCH, JobOwnership, NotHeld
 from bot.logs import redact
 from bot.model import (
     AttachmentRef,
@@ -49,10 +55,13 @@ from bot.ports import (
     Clock,
     ImageStore,
     JobChanged,
+    JobLeases,
     JobRepo,
+    LeaseLost,
     NullObserver,
     Observer,
     PollTarget,
+    Replicas,
     Responder,
     StoredImage,
 )
@@ -83,6 +92,9 @@ _POST_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0)
 _MAX_RESTARTS = 20
 # Writes refused in a row (`JobChanged`) after which the driver backs off as after an error.
 _MAX_CONFLICTS = 10
+# The claim loop looks for jobs whose lease expired at least this often (takeover time is
+# the lease length plus this, at most).
+_CLAIM_INTERVAL = 2.0
 
 
 class JobRunner:
@@ -94,6 +106,8 @@ class JobRunner:
         config: Config,
         store: JobRepo,
         images: ImageStore,
+        leases: JobLeases,
+        replicas: Replicas,
         backend: Backend,
         adapters: Mapping[Platform, ChatAdapter],
         poller: Poller,
@@ -126,6 +140,9 @@ class JobRunner:
         self._admitting = 0  # accept calls between the cap check and their driver's start
         self._backoff = backoff or Backoff()
         self.restarts = 0  # driver restarts after unexpected errors (supervision)
+        self.leases = JobOwnership(leases, replicas, config.replica, config.lease_seconds, clock)
+        self._keeper: asyncio.Task[None] | None = None
+        self.parked = 0  # jobs parked as failed after too many takeovers
 
     # -- accepting -------------------------------------------------------------------------
 
@@ -176,7 +193,7 @@ class JobRunner:
                 break
             await responder.accepted(job.id)
             self._observer.acknowledged(self._clock.monotonic() - started)
-            self.spawn(job.id, job)
+            self.spawn(job.id)
         finally:
             self._admitting -= 1
         return job
@@ -236,23 +253,38 @@ class JobRunner:
             yield
 
     def spawn(self, job_id: str, job: Job | None = None) -> None:
-        """Start (or restart) the driver of a stored job (`job`: its row, if at hand).
+        """Start (or restart) the driver of a stored job (`job`: its row as claimed, if at hand).
 
-        The driver is supervised: an unexpected exception (a store or chat failure the steps
-        do not handle) is logged and the driver starts again from the stored row after a
-        back-off, at most `_MAX_RESTARTS` times in a row; then the job waits for the next start.
+        The driver first takes the job's lease unless this replica holds it (a job another
+        replica drives is left alone). It is supervised: an unexpected exception (a store or
+        chat failure the steps do not handle) is logged and the driver starts again from the
+        stored row after a back-off, at most `_MAX_RESTARTS` times in a row; then it lets the
+        lease expire, so the job is taken again later (counting an attempt).
         """
         if job_id in self._tasks:
             return
         first = [job]
         restarts = [0]
+        fence: list[int | None] = [None]
 
         async def body() -> None:
             known, first[0] = first[0], None  # after a restart, the row is read again
             if restarts[0] > _MAX_RESTARTS:
-                _LOGGER.error("job %s: giving up until the next start", job_id)
+                _LOGGER.error("job %s: giving up; it is taken again once its lease expires", job_id)
+                if fence[0] is not None:
+                    self.leases.drop(job_id, fence[0])
                 return
-            await self._drive(job_id, known)
+            owned = await self._owned(job_id, known)
+            if owned is None:
+                return
+            fence[0] = owned.fence
+            try:
+                await self._drive(owned)
+            except LeaseLost as lost:
+                if not isinstance(lost, NotHeld):
+                    self.leases.refused(job_id)
+                _LOGGER.info("job %s: another replica drives it now", job_id)
+                self.leases.drop(job_id, owned.fence)
 
         def restarted(exc: BaseException) -> None:
             restarts[0] += 1
@@ -268,21 +300,95 @@ class JobRunner:
         task = supervised.task
         self._tasks[job_id] = task
         self._idle.clear()
-        task.add_done_callback(lambda t: self._done(job_id, t))
+        task.add_done_callback(lambda t: self._done(job_id, t, fence[0]))
 
-    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
+    async def _owned(self, job_id: str, known: Job | None) -> Job | None:
+        """The job's row under this replica's lease: claimed now unless held already; None
+        when another replica holds it or it needs no driver any more."""
+        fence = self.leases.fence(job_id)
+        if fence is None:
+            claimed = await self.leases.claim(job_id)
+            if claimed is None:
+                # Taken by this replica's own claim loop meanwhile, or by another replica.
+                fence = self.leases.fence(job_id)
+                if fence is None:
+                    return None
+            else:
+                return await self._check_attempts(claimed)
+        job = known if known is not None and known.fence == fence else None
+        job = job or await self._store.get(job_id)
+        if job is None or job.fence != fence:
+            return None
+        return await self._check_attempts(job)
+
+    async def _check_attempts(self, job: Job) -> Job:
+        """Park a job that keeps stopping its drivers: failed, with a message (then delivered
+        as usual); one whose delivery kept stopping them too is given up."""
+        limit = self._config.max_attempts
+        if job.attempts <= limit:
+            return job
+        if not job.state.terminal:
+            self.parked += 1
+            _LOGGER.error("job %s: taken over %d times; parked as failed", job.id, job.attempts)
+            return await self._fail(
+                job,
+                f"the bot stopped {job.attempts} times while running this job, so it was set "
+                "aside; try again, or with a smaller image",
+            )
+        if job.attempts > limit + 1 and job.delivery is not Delivery.DONE:
+            _LOGGER.error("job %s: delivery kept failing; given up", job.id)
+            return await self._store.save(replace(job, delivery=Delivery.DONE))
+        return job
+
+    def _done(self, job_id: str, task: asyncio.Task[None], fence: int | None) -> None:
+        if fence is not None:
+            # The job is finished, or left for a later claim: its lease is no longer renewed.
+            self.leases.drop(job_id, fence)
         if self._tasks.get(job_id) is task:
             del self._tasks[job_id]
         if not self._tasks:
             self._idle.set()
 
     async def resume(self) -> int:
-        """Restart the drivers of every job left unfinished or undelivered by an earlier run."""
-        jobs = await self._store.unfinished()
-        for job in jobs:
-            if job.caller.platform in self._adapters:
+        """Take every job left unfinished or undelivered (by an earlier run of this replica, or
+        a stopped one), start their drivers, and keep leases from then on; returns how many."""
+        resumed = 0
+        while True:
+            jobs = await self.leases.claim_batch(CLAIM_BATCH * 20, list(self._adapters), own=True)
+            for job in jobs:
                 self.spawn(job.id, job)
-        return len(jobs)
+            resumed += len(jobs)
+            if len(jobs) < CLAIM_BATCH * 20:
+                break
+        if self._keeper is None:
+            self._keeper = supervise(
+                "sdbot-leases", self._keep, backoff=self._backoff, sleep=self._clock.sleep
+            ).task
+        return resumed
+
+    async def _keep(self) -> None:
+        """Renew this replica's leases (stopping the drivers of jobs taken over) every third
+        of a lease, and take jobs whose lease expired every `_CLAIM_INTERVAL` at most."""
+        ttl = self.leases.ttl
+        interval = min(_CLAIM_INTERVAL, ttl / 3)
+        renewed = self._clock.monotonic()
+        while True:
+            await self._clock.sleep(interval)
+            if self._clock.monotonic() - renewed >= ttl / 3 - interval / 2:
+                renewed = self._clock.monotonic()
+                for job_id in await self.leases.renew():
+                    _LOGGER.warning("job %s: lease taken over; stopping its driver here", job_id)
+                    task = self._tasks.get(job_id)
+                    if task is not None:
+                        task.cancel()
+            room = self._config.max_in_flight - self.in_flight
+            jobs = await self.leases.claim_batch(min(room, CLAIM_BATCH), list(self._adapters))
+            for job in jobs:
+                stale = self._tasks.get(job.id)
+                if stale is not None:  # its lease ran out under it: that driver is stale
+                    await stop(stale)
+                _LOGGER.info("job %s: taken over (attempt %d)", job.id, job.attempts)
+                self.spawn(job.id, job)
 
     async def wait_idle(self) -> None:
         """Return once no job is being driven."""
@@ -293,11 +399,16 @@ class JobRunner:
         return len(self._tasks)
 
     async def aclose(self) -> None:
-        """Stop every driver; their jobs stay in the store and resume on the next start."""
+        """Stop every driver and let their leases go: their jobs stay in the store and are
+        taken at once by another replica, or on the next start."""
+        await stop(self._keeper)
+        self._keeper = None
+        held = self.leases.holding()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.leases.release_all(held)
 
     async def cancel(self, job: Job) -> Job:
         """Cancel a job unless it already ended: returns the job as it now is.
@@ -347,21 +458,28 @@ class JobRunner:
 
     # -- driving ---------------------------------------------------------------------------
 
-    async def _drive(self, job_id: str, known: Job | None) -> None:
+    async def _drive(self, job: Job) -> None:
         """Drive the job from its stored row; a write refused because the row changed (a
-        cancel) makes it read the row again and carry on from there."""
+        cancel) makes it read the row again and carry on from there (`LeaseLost`, the lease
+        taken over, ends it)."""
         for _ in range(_MAX_CONFLICTS):
-            job = known or await self._store.get(job_id)
-            known = None
-            if job is None:
-                return
             try:
                 await self._drive_row(job)
+            except LeaseLost:
+                raise
             except JobChanged:
-                _LOGGER.info("job %s was changed by another writer; reading it again", job_id)
+                _LOGGER.info("job %s was changed by another writer; reading it again", job.id)
+                job = await self._reread(job)
                 continue
             return
-        raise RuntimeError(f"job {job_id} kept changing under its driver")
+        raise RuntimeError(f"job {job.id} kept changing under its driver")
+
+    async def _reread(self, job: Job) -> Job:
+        """The job as stored now, still under this driver's lease (else `NotHeld`)."""
+        fresh = await self._store.get(job.id)
+        if fresh is None or fresh.fence != job.fence:
+            raise NotHeld(job.id)
+        return fresh
 
     async def _drive_row(self, job: Job) -> None:
         if job.state is JobState.CANCELLED:
@@ -396,7 +514,7 @@ class JobRunner:
 
     async def _latest(self, job: Job) -> Job:
         """The job as stored now: a step that raised may have written it meanwhile."""
-        return await self._store.get(job.id) or job
+        return await self._reread(job)
 
     def _adapter(self, job: Job) -> ChatAdapter:
         return self._adapters[job.caller.platform]
@@ -404,6 +522,7 @@ class JobRunner:
     async def _open_thread(self, job: Job) -> Job:
         """Post the status message (and open the job's thread). A platform that refuses it
         does not stop the job: it runs, and delivery opens the thread again."""
+        await self.leases.ensure(job)
         try:
             posted = await self._adapter(job).open_job_thread(
                 job.thread or job.caller.conversation, self._status(job)
@@ -426,7 +545,7 @@ class JobRunner:
                 StoredImage(a.slot, a.name, await adapter.download(a, self._config.max_bytes))
                 for a in missing
             ]
-            await self._images.put_images(job.id, fetched)
+            await self._images.put_images(job.id, fetched, fence=job.fence)
             stored.update((i.slot, i) for i in fetched)
         return stored
 
@@ -499,7 +618,7 @@ class JobRunner:
                     "job %s: backend unavailable, retrying in %.3g s: %s", job.id, pause, exc
                 )
                 await self._clock.sleep(pause)
-                job = await self._store.get(job.id) or job
+                job = await self._reread(job)
                 if job.state.terminal:
                     return job
 
@@ -623,6 +742,10 @@ class JobRunner:
     ) -> None:
         if job.status_message is None or job.thread is None:
             return
+        if self.leases.fence(job.id) is not None:
+            # This replica drives the job: only while it still holds the lease (a replica
+            # woken from a pause must not put back a status the new owner has moved past).
+            await self.leases.ensure(job)
         progress = None
         measured = live is not None and live.progress is not None
         if job.state is JobState.INPROGRESS and job.endpoint and job.started_at and not measured:
@@ -659,6 +782,7 @@ class JobRunner:
                 StoredImage(RESULT_SLOT, f"{job.id}-{n}.png", data)
                 for n, data in enumerate(output.images, start=1)
             ],
+            fence=job.fence,
         )
         job = replace(
             job, result_count=len(output.images), infotext=output.infotext, caption=output.caption
@@ -692,8 +816,10 @@ class JobRunner:
         except (asyncio.CancelledError, JobChanged, ConversationClosedError):
             raise
         except Exception as exc:
+            # The lease is not renewed: the job is taken again once it expires.
+            self.leases.drop(job.id, job.fence)
             _LOGGER.error(
-                "job %s: delivery failed; left %s for the next start: %r",
+                "job %s: delivery failed; left %s, to be taken again once its lease expires: %r",
                 job.id,
                 job.delivery.value,
                 exc,
@@ -720,6 +846,7 @@ class JobRunner:
             return
         job = await self._store.save(replace(job, delivery=Delivery.POSTING))
         for pause in (*_POST_RETRIES, None):
+            await self.leases.ensure(job)
             try:
                 posted = await adapter.post_result(thread, view)
             except ConversationClosedError:

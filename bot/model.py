@@ -207,6 +207,11 @@ class Job:
     result_messages: tuple[str, ...] = field(default=())
     # Bumped by every store write; `JobStore.save` only writes over the version it read.
     version: int = 0
+    # Ownership (`bot.ports.JobLeases`): the fence of the lease this row was read under (it
+    # grows on every claim; a save carrying an older one is refused) and how many times a
+    # replica took the job over from a driver that had stopped without letting it go.
+    fence: int = 0
+    attempts: int = 0
 
 
 # -- What backends report -------------------------------------------------------------------

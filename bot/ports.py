@@ -8,7 +8,9 @@
 - `Responder`: the answer channel of one incoming event (ack, replies, private refusals).
 - The store, in small ports so an engine can be written and tested one part at a time:
   `JobRepo` (job rows), `ImageStore` (their inputs and results), `SettingsStore`,
-  `ClaimStore` (platform events acted on), `OperatorQueries` (admin figures, readiness);
+  `ClaimStore` (platform events acted on), `OperatorQueries` (admin figures, readiness),
+  `JobLeases`, `LeaderLeases`, `Replicas` (which replica drives which job, and which one does
+  the periodic work that must run once: docs/architecture.md "Ownership");
   `JobStore` is all of them on one database with its lifecycle (`bot.store` is the SQLite one).
 - `Clock`: time, so tests and benchmarks control it.
 - `Observer`: what the core reports for operators' metrics (`NullObserver` by default).
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
     from datetime import datetime
 
     from bot.model import (
@@ -288,6 +290,15 @@ class JobChanged(Exception):
         self.job_id = job_id
 
 
+class LeaseLost(JobChanged):
+    """A write refused because it carried an older fence than the row's: another replica took
+    the job over (the writer's lease had expired). The writer must stop driving the job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.args = (f"job {job_id}: the lease was taken over by another replica",)
+
+
 @dataclass(frozen=True)
 class JobQuery:
     """A `jobs` query, always inside one (platform, server)."""
@@ -324,7 +335,9 @@ class JobRepo(Protocol):
         """Write every field of an existing job, compare-and-set on `job.version`.
 
         Returns the saved job (with its next version). Raises `JobChanged` when the row was
-        written since `job` was read (nothing is overwritten), `KeyError` when there is none.
+        written since `job` was read (nothing is overwritten), `LeaseLost` (a `JobChanged`) when
+        the row's fence is newer than `job.fence` (another replica took it over), `KeyError`
+        when there is none.
         """
         ...
 
@@ -360,8 +373,13 @@ class ImageStore(Protocol):
     arrive here. Images belong to a job row: putting images for an unknown job is a `KeyError`.
     """
 
-    async def put_images(self, job_id: str, images: Sequence[StoredImage]) -> None:
-        """Store images for a job, replacing any earlier ones of the same slots."""
+    async def put_images(
+        self, job_id: str, images: Sequence[StoredImage], *, fence: int | None = None
+    ) -> None:
+        """Store images for a job, replacing any earlier ones of the same slots.
+
+        With `fence`, only while the job's lease still has it (else `LeaseLost`).
+        """
         ...
 
     async def images(self, job_id: str, slot: str | None = None) -> Sequence[StoredImage]: ...
@@ -447,7 +465,96 @@ class OperatorQueries(Protocol):
         ...
 
 
-class JobStore(JobRepo, ImageStore, SettingsStore, ClaimStore, OperatorQueries, Protocol):
+class JobLeases(Protocol):
+    """Ownership of unfinished jobs: each is driven by the one replica holding its lease.
+
+    A lease has an owner (a replica id), an expiry on the store's clock and a fence
+    (`Job.fence`) that grows on every claim. `JobRepo.save` and `ImageStore.put_images(fence=…)`
+    refuse a write whose fence is older than the row's (`LeaseLost`), so a replica that lost its
+    lease (paused, partitioned) cannot overwrite the new owner. A job whose lease expired is
+    claimable by any replica; a released one (`release_job`) too, without counting an attempt.
+    """
+
+    async def claim_jobs(
+        self,
+        owner: str,
+        ttl: float,
+        limit: int,
+        platforms: Collection[Platform],
+        *,
+        own: bool = False,
+    ) -> Sequence[Job]:
+        """Take up to `limit` unfinished jobs of `platforms` whose lease is free or expired
+        (with `own`, also those `owner` itself holds: a restart under the same id), oldest first.
+
+        Each comes back with its new fence; `attempts` has grown by one if the lease was taken
+        from another driver rather than released.
+        """
+        ...
+
+    async def claim_job(self, job_id: str, owner: str, ttl: float) -> Job | None:
+        """Take one job if it is unfinished and no other owner holds a live lease on it (the
+        caller does not drive it: a lease `owner` holds is taken again); None otherwise."""
+        ...
+
+    async def renew_jobs(self, owner: str, fences: Mapping[str, int], ttl: float) -> set[str]:
+        """Extend the leases `owner` still holds (job id → fence); return the ids extended."""
+        ...
+
+    async def release_job(self, job_id: str, owner: str, fence: int) -> None:
+        """Let the job go (if still held with `fence`): claimable at once, no attempt counted."""
+        ...
+
+
+class LeaderLeases(Protocol):
+    """Named leases for periodic work that must run on one replica at a time (retention, the
+    ESD list scan): same rules as job leases, in a row per name (not advisory locks, which are
+    tied to a connection and break behind connection poolers)."""
+
+    async def lead(self, name: str, owner: str, ttl: float) -> int | None:
+        """Take or extend the lease `name` for `ttl` seconds: its fence while `owner` holds it,
+        None while another replica does."""
+        ...
+
+    async def resign(self, name: str, owner: str) -> None:
+        """Give the lease up (if `owner` holds it), so another replica may take it at once."""
+        ...
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A replica that reported recently (`sdbot check`, the admin page)."""
+
+    id: str
+    started_at: datetime
+    seen_at: datetime
+    jobs: int  # job leases it holds
+    stale_writes: int  # its writes refused for carrying an old fence
+
+
+class Replicas(Protocol):
+    """The replicas sharing the store, as they report themselves."""
+
+    async def heartbeat(self, replica: str, *, stale_writes: int = 0) -> None:
+        """Record that `replica` is alive, adding `stale_writes` refused writes to its count."""
+        ...
+
+    async def replicas(self, since: datetime) -> Sequence[Replica]:
+        """Replicas seen since `since`, most recently seen first."""
+        ...
+
+
+class JobStore(
+    JobRepo,
+    ImageStore,
+    SettingsStore,
+    ClaimStore,
+    OperatorQueries,
+    JobLeases,
+    LeaderLeases,
+    Replicas,
+    Protocol,
+):
     """Every store port on one database, for wiring (`BotApp` opens and closes it).
 
     Code that uses the store depends on the narrowest of the ports above it needs; an engine

@@ -268,8 +268,10 @@ class _Store(_Wrapper):
                 self._live.pop(job.id, None)
             else:
                 self._live[job.id] = job
-        elif name == "unfinished":
+        elif name in ("unfinished", "claim_jobs"):
             self._live.update((job.id, job) for job in cast("Sequence[Job]", result))
+        elif name == "claim_job" and result is not None:
+            self._live[result.id] = result
 
 
 class _Backend(_Wrapper):

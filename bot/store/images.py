@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from bot.ports import StoredImage
+from bot.ports import LeaseLost, StoredImage
 from bot.store.rows import encode_time
 from bot.store.schema import transaction
 
@@ -44,11 +44,16 @@ def write_images(db: Database, job_id: str, images: Sequence[StoredImage]) -> No
     )
 
 
-def put_images(db: Database, job_id: str, images: Sequence[StoredImage]) -> None:
+def put_images(
+    db: Database, job_id: str, images: Sequence[StoredImage], fence: int | None = None
+) -> None:
     db.check_file()
     with transaction(db.conn):
-        if db.conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+        found = db.conn.execute("SELECT fence FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if found is None:
             raise KeyError(job_id)
+        if fence is not None and found[0] != fence:
+            raise LeaseLost(job_id)
         write_images(db, job_id, images)
 
 

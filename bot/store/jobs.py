@@ -10,9 +10,16 @@ import dataclasses
 import sys
 from typing import TYPE_CHECKING, Final
 
-from bot.ports import AdmissionRefused, JobChanged
+from bot.ports import AdmissionRefused, JobChanged, LeaseLost
 from bot.store.images import write_images
-from bot.store.rows import JOB_COLUMNS, decode_time, encode_time, job_from_row, job_row
+from bot.store.rows import (
+    JOB_COLUMNS,
+    LEASE_COLUMNS,
+    decode_time,
+    encode_time,
+    job_from_row,
+    job_row,
+)
 from bot.store.schema import transaction
 
 if TYPE_CHECKING:
@@ -35,8 +42,8 @@ INSERT_JOB: Final = (
 # Compare-and-set: the row is written only if nobody wrote it since `job` was read.
 _UPDATE_JOB: Final = (
     "UPDATE jobs SET "  # noqa: S608
-    + ", ".join(f"{name} = :{name}" for name in JOB_COLUMNS if name not in ("id", "version"))
-    + ", version = version + 1 WHERE id = :id AND version = :version"
+    + ", ".join(f"{name} = :{name}" for name in JOB_COLUMNS if name not in LEASE_COLUMNS)
+    + ", version = version + 1 WHERE id = :id AND version = :version AND fence = :fence"
 )
 _NEWEST_FIRST: Final = " ORDER BY jobs.created_at DESC, jobs.id DESC"
 
@@ -185,11 +192,19 @@ def save(db: Database, job: Job) -> Job:
     db.check_file()
     with transaction(db.conn):
         if db.conn.execute(_UPDATE_JOB, row).rowcount == 0:
-            if exists(db, job.id):
-                raise JobChanged(job.id)
-            raise KeyError(job.id)
+            check_fence(db, job.id, job.fence)
+            raise JobChanged(job.id)
         _write_messages(db, job)
     return dataclasses.replace(job, version=job.version + 1)
+
+
+def check_fence(db: Database, job_id: str, fence: int) -> None:
+    """`KeyError` without such a job, `LeaseLost` when its lease has another fence."""
+    found = db.conn.execute("SELECT fence FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if found is None:
+        raise KeyError(job_id)
+    if found[0] != fence:
+        raise LeaseLost(job_id)
 
 
 def get(db: Database, job_id: str) -> Job | None:

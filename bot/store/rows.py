@@ -59,7 +59,11 @@ JOB_COLUMNS: Final = (
     "results_expired",
     "result_messages",
     "version",
+    "fence",
+    "attempts",
 )
+# Written by claims only (`JobLeases`), never by `save`.
+LEASE_COLUMNS: Final = ("id", "version", "fence", "attempts")
 
 
 class Row(Protocol):
@@ -134,6 +138,8 @@ def job_row(job: Job) -> dict[str, object]:
         "results_expired": int(job.results_expired),
         "result_messages": dump(list(job.result_messages)),
         "version": job.version,
+        "fence": job.fence,
+        "attempts": job.attempts,
     }
 
 
@@ -179,4 +185,6 @@ def job_from_row(row: Row) -> Job:
         results_expired=bool(row["results_expired"]),
         result_messages=tuple(json.loads(row["result_messages"])),
         version=row["version"],
+        fence=row["fence"],
+        attempts=row["attempts"],
     )

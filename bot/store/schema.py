@@ -139,6 +139,31 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),  # 4: a version per job row, for compare-and-set writes (`save` never overwrites a change
     # it has not seen).
     ("ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0",),
+    # 5: ownership (`bot.ports.JobLeases`, `LeaderLeases`, `Replicas`): a lease per job (its
+    # owner, expiry and fence, and the takeovers counted in `attempts`), named leases for the
+    # periodic work that runs once, and the replicas that reported.
+    (
+        "ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_until TEXT",
+        """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            until TEXT NOT NULL,
+            fence INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE replicas (
+            id TEXT PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            seen_at TEXT NOT NULL,
+            stale_writes INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

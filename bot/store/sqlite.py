@@ -11,23 +11,31 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal, Self, TypeVar
 
 from bot.errors import ConfigError, StorageError, StorageLostError
-from bot.store import claims, jobs, operators, settings
+from bot.store import claims, jobs, leases, operators, settings
 from bot.store import images as image_rows
 from bot.store.jobs import query_sql
 from bot.store.schema import Database, storage_failure, transaction
 from bot.store.worker import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
     from pathlib import Path
     from types import TracebackType
 
     from bot.model import Conversation, Job, Platform
-    from bot.ports import Admission, DayCount, JobQuery, JobStore, StoredImage, Usage
+    from bot.ports import (
+        Admission,
+        DayCount,
+        JobQuery,
+        JobStore,
+        Replica,
+        StoredImage,
+        Usage,
+    )
 
 log = logging.getLogger("bot.store")
 
@@ -180,13 +188,16 @@ class SqliteJobStore:
         """The job whose status or result message has this id (the newest, if several do)."""
         return await self._call(lambda db: jobs.by_message(db, platform, server, message))
 
-    async def put_images(self, job_id: str, images: Sequence[StoredImage]) -> None:
+    async def put_images(
+        self, job_id: str, images: Sequence[StoredImage], *, fence: int | None = None
+    ) -> None:
         """Store images, replacing the job's earlier images of the same slots.
 
-        Within a slot the images keep the given order. `KeyError` if there is no such job.
+        Within a slot the images keep the given order. `KeyError` if there is no such job;
+        with `fence`, `LeaseLost` if the job's lease has another one.
         """
         stored = tuple(images)
-        await self._call(lambda db: image_rows.put_images(db, job_id, stored))
+        await self._call(lambda db: image_rows.put_images(db, job_id, stored, fence))
 
     async def images(self, job_id: str, slot: str | None = None) -> Sequence[StoredImage]:
         """A job's images (or one slot's), ordered by slot then position."""
@@ -214,6 +225,58 @@ class SqliteJobStore:
     async def expire_claims(self, before: datetime) -> int:
         """Forget claims made before `before` (platforms stop retrying long before)."""
         return await self._call(lambda db: claims.expire_claims(db, before))
+
+    # -- Ownership (`JobLeases`, `LeaderLeases`, `Replicas`) ---------------------------------
+    # Lease times come from this machine's clock, which is the database's: one process owns
+    # the file, so at start every lease found was left by a process that has stopped.
+
+    async def claim_jobs(
+        self,
+        owner: str,
+        ttl: float,
+        limit: int,
+        platforms: Collection[Platform],
+        *,
+        own: bool = False,
+    ) -> Sequence[Job]:
+        """Take up to `limit` unfinished jobs of `platforms` whose lease is free or expired
+        (with `own`, at start, every one), oldest first, each with its next fence."""
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=ttl)
+        names = [platform.value for platform in platforms]
+        return await self._call(
+            lambda db: leases.claim_jobs(db, owner, until, now, limit, names, own)
+        )
+
+    async def claim_job(self, job_id: str, owner: str, ttl: float) -> Job | None:
+        """Take one unfinished job (no other process holds a lease on this file)."""
+        until = datetime.now(UTC) + timedelta(seconds=ttl)
+        return await self._call(lambda db: leases.claim_job(db, job_id, owner, until))
+
+    async def renew_jobs(self, owner: str, fences: Mapping[str, int], ttl: float) -> set[str]:
+        """Extend the leases `owner` holds with these fences; return the ids extended."""
+        until = datetime.now(UTC) + timedelta(seconds=ttl)
+        held = dict(fences)
+        return await self._call(lambda db: leases.renew_jobs(db, owner, held, until))
+
+    async def release_job(self, job_id: str, owner: str, fence: int) -> None:
+        await self._call(lambda db: leases.release_job(db, job_id, owner, fence))
+
+    async def lead(self, name: str, owner: str, ttl: float) -> int | None:
+        """Take or extend the named lease; its fence (always granted: one process per file)."""
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=ttl)
+        return await self._call(lambda db: leases.lead(db, name, owner, until, now))
+
+    async def resign(self, name: str, owner: str) -> None:
+        await self._call(lambda db: leases.resign(db, name, owner))
+
+    async def heartbeat(self, replica: str, *, stale_writes: int = 0) -> None:
+        now = datetime.now(UTC)
+        await self._call(lambda db: leases.heartbeat(db, replica, now, stale_writes))
+
+    async def replicas(self, since: datetime) -> Sequence[Replica]:
+        return await self._call(lambda db: leases.replicas(db, since))
 
     async def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
         """Stored settings of a server (`scope` "") or one of its channels."""

@@ -137,6 +137,8 @@ def full_job(job_id: str = "k3x9q2m7ab") -> Job:
         results_expired=True,
         result_messages=("1700000000.000300", "1700000000.000400"),
         version=3,
+        fence=2,
+        attempts=1,
     )
 
 

@@ -60,7 +60,7 @@ def raw(path: Path | str) -> contextlib.closing[sqlite3.Connection]:
 
 async def test_reopening_the_file_keeps_everything(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
-    job = full_job()
+    job = dataclasses.replace(full_job(), fence=0, attempts=0)
     image = StoredImage("image", "in.png", b"in")
     async with SqliteJobStore(path) as first:
         await first.insert(make_job(job.id), [image])

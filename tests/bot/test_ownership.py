@@ -1,0 +1,228 @@
+"""Ownership (docs/architecture.md "Ownership"): job leases with fences, leader leases, replicas.
+
+On SQLite one process owns the file, so a lease held by another owner counts as left behind by a
+stopped process: two apps on one file in one test play a replica that stopped (or was paused)
+and the one that takes its jobs over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+from scenario_kit import (
+    RecordingAdapter,
+    RecordingResponder,
+    chat_caller,
+    fast_config,
+    make_app,
+    png,
+)
+
+from bot.model import Caller, Conversation, Delivery, Job, JobState, Platform
+from bot.ports import JobChanged, LeaseLost, StoredImage
+from bot.store import SqliteJobStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from bot.app import BotApp
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def job(job_id: str, platform: Platform = Platform.DISCORD, **fields: object) -> Job:
+    caller = Caller(platform, "g1", "u1", Conversation("c1"))
+    return dataclasses.replace(
+        Job(job_id, "img2img", caller, JobState.CREATED, NOW, {"prompt": "x"}), **fields
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    async with SqliteJobStore(tmp_path / "jobs.sqlite3") as opened:
+        yield opened
+
+
+async def test_claims_take_unfinished_jobs_of_the_platforms_served(store: SqliteJobStore) -> None:
+    await store.insert(job("d1"))
+    await store.insert(job("s1", Platform.SLACK))
+    await store.insert(job("d2", state=JobState.SUCCEED, delivery=Delivery.DONE))
+    claimed = await store.claim_jobs("a", 30, 10, [Platform.DISCORD])
+    assert [(j.id, j.fence, j.attempts) for j in claimed] == [("d1", 1, 0)]
+    # Held and alive: not claimable by a claim loop …
+    assert await store.claim_jobs("a", 30, 10, [Platform.DISCORD]) == []
+    assert await store.claim_jobs("b", 30, 10, [Platform.DISCORD]) == []
+    # … but taken by a start, as a takeover.
+    [again] = await store.claim_jobs("a", 30, 10, [Platform.DISCORD], own=True)
+    assert (again.fence, again.attempts) == (2, 1)
+
+
+async def test_a_write_with_an_old_fence_is_refused(store: SqliteJobStore) -> None:
+    await store.insert(job("j1"))
+    [mine] = await store.claim_jobs("a", 30, 10, [Platform.DISCORD])
+    mine = await store.save(dataclasses.replace(mine, state=JobState.INPROGRESS))
+    # Another process starts on the file and takes it over (this one is taken for stopped).
+    [theirs] = await store.claim_jobs("b", 30, 10, [Platform.DISCORD], own=True)
+    assert (theirs.fence, theirs.attempts, theirs.version) == (2, 1, mine.version)
+    with pytest.raises(LeaseLost):
+        await store.save(dataclasses.replace(mine, state=JobState.SUCCEED))
+    with pytest.raises(LeaseLost):
+        await store.put_images("j1", [StoredImage("result", "r.png", b"r")], fence=mine.fence)
+    assert await store.images("j1") == []
+    stored = await store.get("j1")
+    assert stored is not None and stored.state is JobState.INPROGRESS
+    # The new owner writes; a writer without a lease (a cancel) reads the row and writes too.
+    saved = await store.save(dataclasses.replace(theirs, state=JobState.SUCCEED))
+    with pytest.raises(JobChanged) as refused:
+        await store.save(dataclasses.replace(theirs, state=JobState.FAILED))
+    assert not isinstance(refused.value, LeaseLost)  # same fence, older version
+    await store.put_images("j1", [StoredImage("result", "r.png", b"r")], fence=saved.fence)
+    assert len(await store.images("j1")) == 1
+
+
+async def test_renewal_release_and_attempts(store: SqliteJobStore) -> None:
+    for n in range(3):
+        await store.insert(job(f"r{n}"))
+    claimed = {j.id: j.fence for j in await store.claim_jobs("a", 30, 10, [Platform.DISCORD])}
+    assert await store.renew_jobs("a", claimed, 30) == {"r0", "r1", "r2"}
+    assert await store.renew_jobs("a", {"r0": 7}, 30) == set()  # not with that fence
+    assert await store.renew_jobs("b", claimed, 30) == set()  # nor by another owner
+    await store.release_job("r0", "a", claimed["r0"])
+    # Let go: taken without counting an attempt. Left behind: counted.
+    taken = {j.id: j for j in await store.claim_jobs("b", 30, 10, [Platform.DISCORD], own=True)}
+    assert {k: (j.fence, j.attempts) for k, j in taken.items()} == {
+        "r0": (2, 0),
+        "r1": (2, 1),
+        "r2": (2, 1),
+    }
+    assert await store.renew_jobs("a", claimed, 30) == set()  # the old owner lost them all
+    one = await store.claim_job("r1", "c", 30)
+    assert one is not None and (one.fence, one.attempts) == (3, 2)
+    finished = await store.save(dataclasses.replace(one, state=JobState.FAILED))
+    await store.save(dataclasses.replace(finished, delivery=Delivery.DONE))
+    assert await store.claim_job("r1", "d", 30) is None  # nothing left to drive
+
+
+async def test_leader_leases_keep_their_fence_while_held(store: SqliteJobStore) -> None:
+    assert await store.lead("retention", "a", 60) == 1
+    assert await store.lead("retention", "a", 60) == 1  # extended
+    # One process per SQLite file: another owner's lease was left by a stopped process.
+    assert await store.lead("retention", "b", 60) == 2
+    await store.resign("retention", "b")
+    assert await store.lead("retention", "b", 60) == 3  # resigned: taken again, new fence
+    assert await store.lead("scan", "a", 60) == 1  # names are independent
+
+
+async def test_replicas_report_jobs_held_and_stale_writes(store: SqliteJobStore) -> None:
+    await store.insert(job("h1"))
+    await store.claim_jobs("a", 30, 10, [Platform.DISCORD])
+    await store.heartbeat("a")
+    await store.heartbeat("a", stale_writes=2)
+    await store.heartbeat("b", stale_writes=1)
+    expired = await store.claim_jobs("c", -1, 10, [Platform.DISCORD], own=True)
+    assert [j.id for j in await store.claim_jobs("d", 30, 10, [Platform.DISCORD])] == ["h1"]
+    assert expired[0].fence == 2  # a lease already expired is claimable at once
+    await store.heartbeat("d")
+    seen = {r.id: r for r in await store.replicas(datetime.now(UTC) - timedelta(minutes=1))}
+    assert {k: (r.jobs, r.stale_writes) for k, r in seen.items()} == {
+        "a": (0, 2),
+        "b": (0, 1),
+        "d": (1, 0),
+    }
+    assert await store.replicas(datetime.now(UTC) + timedelta(minutes=1)) == []
+
+
+# -- The runner --------------------------------------------------------------------------------
+
+
+class GatedAdapter(RecordingAdapter):
+    """Results wait for `open` to be set; everything posted is kept (shared by both apps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = asyncio.Event()
+
+    async def post_result(self, thread, result):  # type: ignore[no-untyped-def]
+        await self.open.wait()
+        return await super().post_result(thread, result)
+
+
+async def _started(app: BotApp, adapter: RecordingAdapter) -> BotApp:
+    app.add_adapter(adapter)
+    await app.start()
+    return app
+
+
+async def test_a_replica_that_lost_its_jobs_stops_and_the_new_owner_delivers_once(
+    tmp_path: Path,
+) -> None:
+    adapter = GatedAdapter()
+    first = await _started(
+        make_app(fast_config(tmp_path, replica_id="a", lease_seconds=1, local_delay=0.3)),
+        adapter,
+    )
+    ids = []
+    for n in range(4):
+        made = await first.dispatcher.handle_text(
+            chat_caller(),
+            f"img2img cat {n}",
+            [adapter.attach("a.png", png())],
+            RecordingResponder(),
+        )
+        assert made is not None
+        ids.append(made.id)
+    async with asyncio.timeout(10):
+        while len([p for p in adapter.posts if p.kind == "status"]) < len(ids):
+            await asyncio.sleep(0.01)
+    # A second replica starts while the first still drives every job (as if the first had
+    # been paused past its leases): it takes them all over.
+    second = await _started(
+        make_app(fast_config(tmp_path, replica_id="b", lease_seconds=1, local_delay=0.3)),
+        adapter,
+    )
+    try:
+        held = {j.id: j for j in [await second.store.get(i) for i in ids] if j is not None}
+        assert all(j.fence == 2 and j.attempts == 1 for j in held.values())
+        adapter.open.set()
+        async with asyncio.timeout(20):
+            await second.runner.wait_idle()
+            await first.runner.wait_idle()  # its drivers found out and stopped
+        for job_id in ids:
+            stored = await second.store.get(job_id)
+            assert stored is not None
+            assert stored.state is JobState.SUCCEED and stored.delivery is Delivery.DONE
+            assert stored.fence == 2  # nobody took it from the second replica
+        results = [p.payload.job_id for p in adapter.posts if p.kind == "result"]
+        assert sorted(results) == sorted(ids)  # each posted once
+        assert first.runner.leases.held == 0
+    finally:
+        await second.aclose()
+        await first.aclose()
+
+
+async def test_a_job_that_keeps_stopping_its_drivers_is_parked_as_failed(tmp_path: Path) -> None:
+    config = fast_config(tmp_path, replica_id="z", max_attempts=3)
+    config.data_dir.mkdir(parents=True)
+    async with SqliteJobStore(config.data_dir / "sdbot.sqlite3") as store:
+        await store.insert(job("poison0001", Platform.DISCORD))
+        # Four drivers took it and stopped without letting it go.
+        for owner in ("w", "x", "w", "x", "w"):
+            await store.claim_jobs(owner, 30, 10, [Platform.DISCORD], own=True)
+    adapter = RecordingAdapter()
+    app = await _started(make_app(config), adapter)
+    try:
+        await asyncio.wait_for(app.runner.wait_idle(), 10)
+        parked = await app.store.get("poison0001")
+    finally:
+        await app.aclose()
+    assert parked is not None and parked.attempts == 5
+    assert parked.state is JobState.FAILED and parked.delivery is Delivery.DONE
+    assert parked.error is not None and "stopped 5 times" in parked.error
+    assert app.runner.parked == 1
+    [posted] = [p for p in adapter.posts if p.kind == "result"]
+    assert posted.payload.job_id == "poison0001"
