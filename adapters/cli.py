@@ -21,6 +21,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from yarl import URL
@@ -259,6 +260,42 @@ async def _run(config: Config) -> int:
 
 
 async def _check(config: Config) -> int:
+    """The backend, then the store (with the replicas that share it)."""
+    backend_code = await _check_backend(config)
+    return max(backend_code, await _check_store(config))
+
+
+# Replicas that reported within this long count as running (`sdbot check`).
+RECENT_REPLICAS = timedelta(minutes=10)
+
+
+async def _check_store(config: Config) -> int:
+    store = make_store(config)
+    try:
+        await store.start()
+    except ConfigError as exc:
+        print(f"store: FAILED: {exc}")
+        return 1
+    try:
+        version = await store.schema_version()
+        now = datetime.now(UTC)
+        seen = await store.replicas(now - RECENT_REPLICAS)
+    finally:
+        await store.aclose()
+    print(f"store: {store.describe}, schema version {version}")
+    minutes = int(RECENT_REPLICAS.total_seconds() // 60)
+    print(f"replicas seen in the last {minutes} minutes: {len(seen)}")
+    for replica in seen:
+        ago = max(0.0, (now - replica.seen_at).total_seconds())
+        print(
+            f"replica {replica.id}: seen {ago:.0f} s ago, {replica.jobs} job(s) held, "
+            f"{replica.stale_writes} stale write(s) refused, up since "
+            f"{replica.started_at.isoformat(timespec='seconds')}"
+        )
+    return 0
+
+
+async def _check_backend(config: Config) -> int:
     if config.backend == "esd":
         from cloud.esd import check_backend
 
@@ -325,7 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "health":
         return _health(config, ready=args.ready)
-    setup_logging(config.log_level, config.secrets.values(), json_lines=config.log_format == "json")
+    setup_logging(
+        config.log_level,
+        config.secrets.values(),
+        json_lines=config.log_format == "json",
+        replica=config.replica,
+    )
     command = {"run": _run, "console": _console, "check": _check}[args.command or "run"]
     try:
         return asyncio.run(command(config))

@@ -67,18 +67,23 @@ class UtcFormatter(logging.Formatter):
 
 
 class JsonFormatter(UtcFormatter):
-    """One JSON object per line: time, level, logger, message (already redacted)."""
+    """One JSON object per line: time, level, logger, message (already redacted), and the
+    replica that wrote it when one is named."""
+
+    def __init__(self, replica: str | None = None) -> None:
+        super().__init__()
+        self._replica = replica
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": self.formatTime(record),
-                "level": record.levelname,
-                "logger": record.name,
-                "message": record.getMessage(),
-            },
-            ensure_ascii=False,
-        )
+        line = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self._replica is not None:
+            line["replica"] = self._replica
+        return json.dumps(line, ensure_ascii=False)
 
 
 def setup_logging(
@@ -87,16 +92,21 @@ def setup_logging(
     *,
     json_lines: bool = False,
     stream: TextIO | None = None,
+    replica: str | None = None,
 ) -> None:
     """Send logs to stderr (stdout belongs to the console adapter), redacted.
 
-    `json_lines` writes one JSON object per record, for log collectors.
+    `json_lines` writes one JSON object per record, for log collectors. `replica` (the bot's
+    replica id) goes on every line, so the logs of several replicas can be told apart.
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     if json_lines:
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(replica))
     else:
-        handler.setFormatter(UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = "" if replica is None else f"[{replica.replace('%', '%%')}] "
+        handler.setFormatter(
+            UtcFormatter(f"%(asctime)s {where}%(levelname)s %(name)s: %(message)s")
+        )
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -464,6 +464,15 @@ class OperatorQueries(Protocol):
         """Whether a write commits now (readiness): False when closed, locked or failing."""
         ...
 
+    @property
+    def describe(self) -> str:
+        """The engine and where its data is, for operators (`sdbot check`); no secrets."""
+        ...
+
+    async def schema_version(self) -> int:
+        """The version of the schema the database is at (its migrations run)."""
+        ...
+
 
 class JobLeases(Protocol):
     """Ownership of unfinished jobs: each is driven by the one replica holding its lease.

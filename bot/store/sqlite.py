@@ -278,6 +278,18 @@ class SqliteJobStore:
     async def replicas(self, since: datetime) -> Sequence[Replica]:
         return await self._call(lambda db: leases.replicas(db, since))
 
+    # -- What `sdbot check` reports --------------------------------------------------------
+
+    @property
+    def describe(self) -> str:
+        return f"SQLite {self._path}"
+
+    async def schema_version(self) -> int:
+        """The schema version of the open database (`PRAGMA user_version`)."""
+        return await self._call(
+            lambda db: int(db.conn.execute("PRAGMA user_version").fetchone()[0])
+        )
+
     async def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
         """Stored settings of a server (`scope` "") or one of its channels."""
         return await self._call(lambda db: settings.settings(db, platform, server, scope))

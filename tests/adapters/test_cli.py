@@ -50,6 +50,14 @@ def test_check_on_the_local_backend(tmp_path: Path) -> None:
     result = sdbot(tmp_path, "check")
     assert result.returncode == 0
     assert "local-preview: InService" in result.stdout
+    assert "store: SQLite sdbot-data/sdbot.sqlite3, schema version " in result.stdout
+    assert "replicas seen in the last 10 minutes: 0" in result.stdout
+    ran = sdbot(tmp_path, "console", stdin="help\n", SDBOT_REPLICA_ID="box-1")
+    assert ran.returncode == 0
+    result = sdbot(tmp_path, "check")
+    assert "replicas seen in the last 10 minutes: 1" in result.stdout
+    assert "replica box-1: seen " in result.stdout
+    assert "0 job(s) held, 0 stale write(s) refused" in result.stdout
 
 
 def test_bad_configuration_exits_2_naming_the_setting(tmp_path: Path) -> None:

@@ -133,3 +133,15 @@ def test_log_times_are_utc_with_their_offset(
     line = stream.getvalue().strip()
     shown = json.loads(line)["time"] if json_lines else line.split(" ", 1)[0]
     assert shown == "2026-12-03T21:04:02.123+00:00"
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_every_line_names_the_replica(json_lines: bool) -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", json_lines=json_lines, stream=stream, replica="host-a:41%")
+    logging.getLogger("sdbot.test").info("took job %s", "j1")
+    line = stream.getvalue().strip()
+    if json_lines:
+        assert json.loads(line)["replica"] == "host-a:41%"
+    else:
+        assert " [host-a:41%] INFO sdbot.test: took job j1" in line
