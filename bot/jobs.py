@@ -306,6 +306,8 @@ class JobRunner:
         """The job's row under this replica's lease: claimed now unless held already; None
         when another replica holds it or it needs no driver any more."""
         fence = self.leases.fence(job_id)
+        if fence is None and self.leases.driven(job_id):
+            return None  # found taken over
         if fence is None:
             claimed = await self.leases.claim(job_id)
             if claimed is None:
@@ -377,10 +379,9 @@ class JobRunner:
             if self._clock.monotonic() - renewed >= ttl / 3 - interval / 2:
                 renewed = self._clock.monotonic()
                 for job_id in await self.leases.renew():
-                    _LOGGER.warning("job %s: lease taken over; stopping its driver here", job_id)
-                    task = self._tasks.get(job_id)
-                    if task is not None:
-                        task.cancel()
+                    # Its driver stops at its next step: a write refused for its fence, or
+                    # the check before it posts.
+                    _LOGGER.warning("job %s: its lease was taken over by another replica", job_id)
             room = self._config.max_in_flight - self.in_flight
             jobs = await self.leases.claim_batch(min(room, CLAIM_BATCH), list(self._adapters))
             for job in jobs:
@@ -742,7 +743,7 @@ class JobRunner:
     ) -> None:
         if job.status_message is None or job.thread is None:
             return
-        if self.leases.fence(job.id) is not None:
+        if self.leases.driven(job.id):
             # This replica drives the job: only while it still holds the lease (a replica
             # woken from a pause must not put back a status the new owner has moved past).
             await self.leases.ensure(job)

@@ -47,6 +47,7 @@ class NotHeld(LeaseLost):
 class _Held:
     fence: int
     until: float  # by this process's monotonic clock: conservative (measured before the call)
+    lost: bool = False  # a renewal found it taken over: its driver stops at its next step
 
 
 class JobOwnership:
@@ -72,12 +73,18 @@ class JobOwnership:
         self.stale_writes = 0  # writes of this replica refused for an old fence
 
     def fence(self, job_id: str) -> int | None:
+        """The fence of the lease held on the job (None if none, or it was lost)."""
         held = self._held.get(job_id)
-        return None if held is None else held.fence
+        return None if held is None or held.lost else held.fence
+
+    def driven(self, job_id: str) -> bool:
+        """Whether this replica has a lease on the job, held or found lost (its driver has
+        not stopped yet)."""
+        return job_id in self._held
 
     @property
     def held(self) -> int:
-        return len(self._held)
+        return sum(1 for held in self._held.values() if not held.lost)
 
     def _hold(self, job: Job, began: float) -> Job:
         self._held[job.id] = _Held(job.fence, began + self.ttl)
@@ -100,8 +107,12 @@ class JobOwnership:
         return [self._hold(job, began) for job in jobs]
 
     async def renew(self) -> list[str]:
-        """Extend every lease held; return the ids of those lost (taken over meanwhile)."""
-        fences = {job_id: held.fence for job_id, held in self._held.items()}
+        """Extend every lease held; return the ids of those lost (taken over meanwhile).
+
+        A lost lease stays known as lost until its driver stops: the driver learns it at its
+        next step, from a write refused for its fence or from `ensure` before it posts.
+        """
+        fences = {job_id: held.fence for job_id, held in self._held.items() if not held.lost}
         began = self._clock.monotonic()
         if fences:
             renewed = await self._store.renew_jobs(self.owner, fences, self.ttl)
@@ -115,7 +126,7 @@ class JobOwnership:
             if job_id in renewed:
                 held.until = began + self.ttl
             else:
-                del self._held[job_id]
+                held.lost = True
                 lost.append(job_id)
         await self._replicas.heartbeat(self.owner, stale_writes=self._unreported)
         self._unreported = 0
@@ -125,7 +136,7 @@ class JobOwnership:
         """Before posting on a platform: make sure the lease is ours with a third of it left,
         renewing it now if less is left; `NotHeld` when it was taken over."""
         held = self._held.get(job.id)
-        if held is None or held.fence != job.fence:
+        if held is None or held.lost or held.fence != job.fence:
             raise NotHeld(job.id)
         now = self._clock.monotonic()
         if held.until - now >= self.ttl / 3:
@@ -149,7 +160,7 @@ class JobOwnership:
 
     def holding(self) -> dict[str, int]:
         """The leases held now: job id → fence."""
-        return {job_id: held.fence for job_id, held in self._held.items()}
+        return {job_id: held.fence for job_id, held in self._held.items() if not held.lost}
 
     async def release_all(self, leases: Mapping[str, int]) -> None:
         """Give these leases up (at shutdown, after their drivers stopped); report stale

@@ -22,15 +22,18 @@ from scenario_kit import (
     png,
 )
 
-from bot.model import Caller, Conversation, Delivery, Job, JobState, Platform
+from bot.model import BackendStatus, Caller, Conversation, Delivery, Job, JobState, Platform
 from bot.ports import JobChanged, LeaseLost, StoredImage
 from bot.store import SqliteJobStore
+from cloud.local import LocalBackend, LocalBackendConfig
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
     from bot.app import BotApp
+    from bot.config import Config
+    from bot.ports import PollTarget
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -140,32 +143,35 @@ async def test_replicas_report_jobs_held_and_stale_writes(store: SqliteJobStore)
 # -- The runner --------------------------------------------------------------------------------
 
 
-class GatedAdapter(RecordingAdapter):
-    """Results wait for `open` to be set; everything posted is kept (shared by both apps)."""
+class GatedBackend(LocalBackend):
+    """The local backend whose status answers wait for `GATE` (shared by both apps)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.open = asyncio.Event()
+    def __init__(self, config: LocalBackendConfig, gate: asyncio.Event) -> None:
+        super().__init__(config)
+        self.gate = gate
 
-    async def post_result(self, thread, result):  # type: ignore[no-untyped-def]
-        await self.open.wait()
-        return await super().post_result(thread, result)
+    async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, BackendStatus]:
+        await self.gate.wait()
+        return dict(await super().statuses(targets))
 
 
-async def _started(app: BotApp, adapter: RecordingAdapter) -> BotApp:
+def _gated_app(config: Config, gate: asyncio.Event, adapter: RecordingAdapter) -> BotApp:
+    # Both apps keep their backend's jobs in one folder, as replicas sharing a backend would.
+    backend = GatedBackend(
+        LocalBackendConfig(delay=config.local_delay, state_dir=config.data_dir / "local"), gate
+    )
+    app = make_app(config, backend)
     app.add_adapter(adapter)
-    await app.start()
     return app
 
 
-async def test_a_replica_that_lost_its_jobs_stops_and_the_new_owner_delivers_once(
+async def test_a_replica_whose_jobs_were_taken_over_is_refused_and_the_new_owner_delivers(
     tmp_path: Path,
 ) -> None:
-    adapter = GatedAdapter()
-    first = await _started(
-        make_app(fast_config(tmp_path, replica_id="a", lease_seconds=1, local_delay=0.3)),
-        adapter,
-    )
+    gate = asyncio.Event()
+    adapter = RecordingAdapter()  # the platform both replicas post to
+    first = _gated_app(fast_config(tmp_path, replica_id="a"), gate, adapter)
+    await first.start()
     ids = []
     for n in range(4):
         made = await first.dispatcher.handle_text(
@@ -176,33 +182,40 @@ async def test_a_replica_that_lost_its_jobs_stops_and_the_new_owner_delivers_onc
         )
         assert made is not None
         ids.append(made.id)
-    async with asyncio.timeout(10):
-        while len([p for p in adapter.posts if p.kind == "status"]) < len(ids):
+    async with asyncio.timeout(10):  # every job submitted, its driver following the backend
+        while not all(
+            j is not None and j.started_at for j in [await first.store.get(i) for i in ids]
+        ):
             await asyncio.sleep(0.01)
-    # A second replica starts while the first still drives every job (as if the first had
-    # been paused past its leases): it takes them all over.
-    second = await _started(
-        make_app(fast_config(tmp_path, replica_id="b", lease_seconds=1, local_delay=0.3)),
-        adapter,
-    )
+    # A second replica starts while the first still drives every job, as if the first had
+    # been paused past its leases: it takes them all over (on SQLite, a start takes all).
+    second = _gated_app(fast_config(tmp_path, replica_id="b"), gate, adapter)
+    await second.start()
     try:
-        held = {j.id: j for j in [await second.store.get(i) for i in ids] if j is not None}
-        assert all(j.fence == 2 and j.attempts == 1 for j in held.values())
-        adapter.open.set()
+        taken = [await second.store.get(i) for i in ids]
+        assert all(j is not None and (j.fence, j.attempts) == (2, 1) for j in taken)
+        gate.set()  # the backend answers: both replicas' drivers see their jobs succeed
         async with asyncio.timeout(20):
             await second.runner.wait_idle()
-            await first.runner.wait_idle()  # its drivers found out and stopped
+            await first.runner.wait_idle()
         for job_id in ids:
             stored = await second.store.get(job_id)
             assert stored is not None
             assert stored.state is JobState.SUCCEED and stored.delivery is Delivery.DONE
             assert stored.fence == 2  # nobody took it from the second replica
         results = [p.payload.job_id for p in adapter.posts if p.kind == "result"]
-        assert sorted(results) == sorted(ids)  # each posted once
+        assert sorted(results) == sorted(ids)  # each posted once, by the second replica
+        # The first replica's drivers each had one write refused (the state the backend
+        # reported), and stopped there.
+        assert first.runner.leases.stale_writes == len(ids)
+        assert second.runner.leases.stale_writes == 0
         assert first.runner.leases.held == 0
     finally:
         await second.aclose()
         await first.aclose()
+    async with SqliteJobStore(tmp_path / "data" / "sdbot.sqlite3") as store:
+        seen = {r.id: r.stale_writes for r in await store.replicas(NOW - timedelta(days=1))}
+    assert seen == {"a": len(ids), "b": 0}
 
 
 async def test_a_job_that_keeps_stopping_its_drivers_is_parked_as_failed(tmp_path: Path) -> None:
@@ -214,7 +227,9 @@ async def test_a_job_that_keeps_stopping_its_drivers_is_parked_as_failed(tmp_pat
         for owner in ("w", "x", "w", "x", "w"):
             await store.claim_jobs(owner, 30, 10, [Platform.DISCORD], own=True)
     adapter = RecordingAdapter()
-    app = await _started(make_app(config), adapter)
+    app = make_app(config)
+    app.add_adapter(adapter)
+    await app.start()
     try:
         await asyncio.wait_for(app.runner.wait_idle(), 10)
         parked = await app.store.get("poison0001")
