@@ -86,6 +86,12 @@ class Config:
     # With the privileged message-content intent, any reply in a job thread re-generates;
     # without it, replies must mention the bot (docs/discord.md).
     discord_message_content: bool = False
+    # Gateway shards (docs/discord.md "Several replicas and shards"): 0 = one session that
+    # Discord sends every event to. With a count, this process runs `discord_shard_ids` of
+    # them (all of them when empty); processes may run the same shards (each event is acted on
+    # once) or split them.
+    discord_shard_count: int = 0
+    discord_shard_ids: tuple[int, ...] = ()
     slack_api_url: str | None = None  # Web API base URL override (GovSlack, proxies, tests)
     http_port: int = 3000  # Slack HTTP mode listens here at /slack/events
     # /metrics, /healthz, /readyz (and /admin) are served on http_port while chat adapters
@@ -172,6 +178,16 @@ class Config:
             raise ConfigError("retention_days must be a positive number of days")
         if self.realtime_max_in_flight < 1:
             raise ConfigError("realtime_max_in_flight must be at least 1")
+        if self.discord_shard_count < 0:
+            raise ConfigError("discord_shard_count must be 0 (no sharding) or more")
+        if self.discord_shard_ids and not self.discord_shard_count:
+            raise ConfigError("discord_shard_ids needs discord_shard_count")
+        for shard in self.discord_shard_ids:
+            if not 0 <= shard < self.discord_shard_count:
+                raise ConfigError(
+                    f"discord_shard_ids: shard {shard} is not between 0 and "
+                    f"discord_shard_count - 1 ({self.discord_shard_count - 1})"
+                )
         if self.lease_seconds < 1:
             raise ConfigError("lease_seconds must be at least 1 second")
         if self.max_attempts < 1:
@@ -208,10 +224,14 @@ def _convert(name: str, kind: Any, raw: object) -> object:
     try:
         if "tuple" in text:
             if isinstance(raw, str):
-                return tuple(p.strip() for p in raw.split(",") if p.strip())
-            if isinstance(raw, list):
-                return tuple(str(p) for p in raw)
-            raise TypeError
+                items: tuple[object, ...] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            elif isinstance(raw, list):
+                items = tuple(raw)
+            else:
+                raise TypeError
+            if "tuple[int" in text:
+                return tuple(int(str(p)) for p in items if not isinstance(p, bool))
+            return tuple(str(p) for p in items)
         if "Path" in text:
             return None if raw in ("", None) else Path(str(raw))
         if text.startswith("bool"):

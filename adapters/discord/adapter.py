@@ -160,7 +160,16 @@ class DiscordAdapter:
             intents = discord.Intents.default()
             intents.message_content = message_content
             traced: dict[str, Any] = {"http_trace": http_trace} if http_trace else {}
-            client = discord.Client(intents=intents, allowed_mentions=NO_MENTIONS, **traced)
+            if config.discord_shard_count:
+                # dpy: discord/shard.py: `shard_ids` (all shards when None) of `shard_count`.
+                shards: dict[str, Any] = {"shard_count": config.discord_shard_count}
+                if config.discord_shard_ids:
+                    shards["shard_ids"] = list(config.discord_shard_ids)
+                client = discord.AutoShardedClient(
+                    intents=intents, allowed_mentions=NO_MENTIONS, **shards, **traced
+                )
+            else:
+                client = discord.Client(intents=intents, allowed_mentions=NO_MENTIONS, **traced)
         self.message_content = client.intents.message_content
         self._client = client
         self._gateway_enabled = gateway

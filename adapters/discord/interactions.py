@@ -400,9 +400,14 @@ class InteractionRouter:
         return self._adapter.app.dispatcher
 
     async def _turned_away(self, interaction: discord.Interaction[Any]) -> bool:
-        """Answer a request that arrives while the bot shuts down; True when it did."""
+        """Answer a request that arrives while the bot shuts down; True when it did, or when
+        another session (a replica on the same shard) took the interaction first."""
         if self._adapter.accepting:
-            return False
+            # Every session of a shard receives its events (reference/scale-out.md §1): the
+            # store's claim lets one of them act; the other answers nothing (its answer would
+            # fail with 40060 "already acknowledged" anyway).
+            key = f"discord:interaction:{interaction.id}"
+            return not await self._adapter.app.store.claim(key)
         if not interaction.response.is_done():
             try:
                 await interaction.response.send_message(
@@ -673,6 +678,8 @@ class InteractionRouter:
         if conversation.thread is None and not (direct or mentioned or self._to_bot(message)):
             # In a plain channel only messages addressed to the bot are requests.
             return
+        if not await self._adapter.app.store.claim(f"discord:message:{message.id}"):
+            return  # another session (a replica on the same shard) took it
         responder = MessageResponder(message)
         for attachment in message.attachments:
             refusal = self._too_big(attachment)

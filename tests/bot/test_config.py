@@ -95,3 +95,12 @@ def test_booleans_read_as_booleans(raw: str, expected: bool) -> None:
 def test_a_bad_boolean_names_the_setting() -> None:
     with pytest.raises(ConfigError, match="SDBOT_DISCORD_MESSAGE_CONTENT"):
         load_config({"SDBOT_DISCORD_MESSAGE_CONTENT": "maybe"})
+
+
+def test_discord_shards_are_checked_and_read_as_numbers() -> None:
+    config = load_config({"SDBOT_DISCORD_SHARD_COUNT": "4", "SDBOT_DISCORD_SHARD_IDS": "0, 2"})
+    assert (config.discord_shard_count, config.discord_shard_ids) == (4, (0, 2))
+    with pytest.raises(ConfigError, match="shard 4 is not between 0 and"):
+        load_config({"SDBOT_DISCORD_SHARD_COUNT": "4", "SDBOT_DISCORD_SHARD_IDS": "4"})
+    with pytest.raises(ConfigError, match="needs discord_shard_count"):
+        load_config({"SDBOT_DISCORD_SHARD_IDS": "1"})

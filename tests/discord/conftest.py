@@ -362,6 +362,9 @@ class FakeDiscord:
                             "session_id": "fake-session",
                             "resume_gateway_url": self.gateway_url,
                             "application": {"id": str(APP_ID), "flags": self.app_flags},
+                            # dapi: developers/events/gateway-events.mdx "Ready": the shard
+                            # the session identified with, when it named one.
+                            **({"shard": frame["d"]["shard"]} if "shard" in frame["d"] else {}),
                         },
                     )
                     for guild in self.gateway_guilds:
