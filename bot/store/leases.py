@@ -3,7 +3,7 @@ that runs once, and the replicas that reported.
 
 One process owns a SQLite file, so these follow the rules of `bot.ports` with one owner: a claim
 made at start (`own`) takes every unfinished job, whatever lease it has (left by a process that
-has stopped); a claim by one job's id takes it whoever held it; a leader lease is always granted.
+has stopped), and a leader lease is always granted.
 Times are this machine's, which is the database's. Functions here run on the store's worker
 thread.
 """
@@ -65,12 +65,13 @@ def claim_jobs(
         return [job for row in rows if (job := get(db, row[0])) is not None]
 
 
-def claim_job(db: Database, job_id: str, owner: str, until: datetime) -> Job | None:
+def claim_job(db: Database, job_id: str, owner: str, until: datetime, now: datetime) -> Job | None:
     db.check_file()
     with transaction(db.conn):
         claimed = db.conn.execute(
-            f"{SQL_CLAIM} AND {_UNFINISHED}",
-            {"owner": owner, "until": encode_time(until), "id": job_id},
+            f"{SQL_CLAIM} AND {_UNFINISHED}"
+            " AND (lease_owner IS NULL OR lease_owner = :owner OR lease_until < :now)",
+            {"owner": owner, "until": encode_time(until), "now": encode_time(now), "id": job_id},
         )
         return get(db, job_id) if claimed.rowcount else None
 

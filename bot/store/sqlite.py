@@ -249,9 +249,10 @@ class SqliteJobStore:
         )
 
     async def claim_job(self, job_id: str, owner: str, ttl: float) -> Job | None:
-        """Take one unfinished job (no other process holds a lease on this file)."""
-        until = datetime.now(UTC) + timedelta(seconds=ttl)
-        return await self._call(lambda db: leases.claim_job(db, job_id, owner, until))
+        """Take one unfinished job unless another owner holds a live lease on it."""
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=ttl)
+        return await self._call(lambda db: leases.claim_job(db, job_id, owner, until, now))
 
     async def renew_jobs(self, owner: str, fences: Mapping[str, int], ttl: float) -> set[str]:
         """Extend the leases `owner` holds with these fences; return the ids extended."""
