@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
-def job(job_id: str, platform: Platform = Platform.DISCORD, **fields: object) -> Job:
+def job(job_id: str, platform: Platform = Platform("discord"), **fields: object) -> Job:
     caller = Caller(platform, "g1", "u1", Conversation("c1"))
     return dataclasses.replace(
         Job(job_id, "img2img", caller, JobState.CREATED, NOW, {"prompt": "x"}), **fields
@@ -49,8 +49,8 @@ async def test_on_sqlite_a_start_takes_every_lease_and_leader_leases_are_always_
     # One process owns a SQLite file: what it finds held was left by a process that stopped.
     async with SqliteJobStore(tmp_path / "jobs.sqlite3") as store:
         await store.insert(job("s1"))
-        await store.claim_jobs("a", 30, 10, [Platform.DISCORD])
-        [taken] = await store.claim_jobs("b", 30, 10, [Platform.DISCORD], own=True)
+        await store.claim_jobs("a", 30, 10, [Platform("discord")])
+        [taken] = await store.claim_jobs("b", 30, 10, [Platform("discord")], own=True)
         assert (taken.fence, taken.attempts) == (2, 1)
         assert await store.lead("retention", "a", 60) == 1
         assert await store.lead("retention", "b", 60) == 2
@@ -138,10 +138,10 @@ async def test_a_job_that_keeps_stopping_its_drivers_is_parked_as_failed(tmp_pat
     config = fast_config(tmp_path, replica_id="z", max_attempts=3)
     config.data_dir.mkdir(parents=True)
     async with SqliteJobStore(config.data_dir / "sdbot.sqlite3") as store:
-        await store.insert(job("poison0001", Platform.DISCORD))
+        await store.insert(job("poison0001", Platform("discord")))
         # Four drivers took it and stopped without letting it go.
         for owner in ("w", "x", "w", "x", "w"):
-            await store.claim_jobs(owner, 30, 10, [Platform.DISCORD], own=True)
+            await store.claim_jobs(owner, 30, 10, [Platform("discord")], own=True)
     adapter = RecordingAdapter()
     app = make_app(config)
     app.add_adapter(adapter)

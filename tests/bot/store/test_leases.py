@@ -20,11 +20,11 @@ if TYPE_CHECKING:
     from bot.ports import JobStore
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-DISCORD = [Platform.DISCORD]
+DISCORD = [Platform("discord")]
 EXPIRED = -1.0  # a lease that has already run out
 
 
-def job(job_id: str, platform: Platform = Platform.DISCORD, **fields: object) -> Job:
+def job(job_id: str, platform: Platform = Platform("discord"), **fields: object) -> Job:
     caller = Caller(platform, "g1", "u1", Conversation("c1"))
     made = Job(job_id, "img2img", caller, JobState.CREATED, NOW, {"prompt": "x"})
     return dataclasses.replace(made, **fields)
@@ -32,7 +32,7 @@ def job(job_id: str, platform: Platform = Platform.DISCORD, **fields: object) ->
 
 async def test_claims_take_unfinished_jobs_of_the_platforms_served(store: JobStore) -> None:
     await store.insert(job("d1"))
-    await store.insert(job("s1", Platform.SLACK))
+    await store.insert(job("s1", Platform("slack")))
     await store.insert(job("d2", state=JobState.SUCCEED, delivery=Delivery.DONE))
     claimed = await store.claim_jobs("a", 30, 10, DISCORD)
     assert [(j.id, j.fence, j.attempts) for j in claimed] == [("d1", 1, 0)]
@@ -42,7 +42,7 @@ async def test_claims_take_unfinished_jobs_of_the_platforms_served(store: JobSto
     # … but its owner restarting under the same id takes it back, as a takeover.
     [again] = await store.claim_jobs("a", 30, 10, DISCORD, own=True)
     assert (again.fence, again.attempts) == (2, 1)
-    [slack] = await store.claim_jobs("b", 30, 10, [Platform.SLACK])
+    [slack] = await store.claim_jobs("b", 30, 10, [Platform("slack")])
     assert slack.id == "s1"
 
 
