@@ -95,6 +95,8 @@ _MAX_CONFLICTS = 10
 # The claim loop looks for jobs whose lease expired at least this often (takeover time is
 # the lease length plus this, at most).
 _CLAIM_INTERVAL = 2.0
+# Jobs a start takes at once; any beyond are taken by the claim loop as their leases expire.
+_RESUME_AT_MOST = 10_000
 
 
 class JobRunner:
@@ -354,14 +356,11 @@ class JobRunner:
     async def resume(self) -> int:
         """Take every job left unfinished or undelivered (by an earlier run of this replica, or
         a stopped one), start their drivers, and keep leases from then on; returns how many."""
-        resumed = 0
-        while True:
-            jobs = await self.leases.claim_batch(CLAIM_BATCH * 20, list(self._adapters), own=True)
-            for job in jobs:
-                self.spawn(job.id, job)
-            resumed += len(jobs)
-            if len(jobs) < CLAIM_BATCH * 20:
-                break
+        # One claim: a second would take back what the first took (they are this owner's now).
+        jobs = await self.leases.claim_batch(_RESUME_AT_MOST, list(self._adapters), own=True)
+        for job in jobs:
+            self.spawn(job.id, job)
+        resumed = len(jobs)
         if self._keeper is None:
             self._keeper = supervise(
                 "sdbot-leases", self._keep, backoff=self._backoff, sleep=self._clock.sleep
@@ -369,8 +368,8 @@ class JobRunner:
         return resumed
 
     async def _keep(self) -> None:
-        """Renew this replica's leases (stopping the drivers of jobs taken over) every third
-        of a lease, and take jobs whose lease expired every `_CLAIM_INTERVAL` at most."""
+        """Renew this replica's leases (marking those taken over) every third of a lease,
+        and take jobs whose lease expired every `_CLAIM_INTERVAL` at most."""
         ttl = self.leases.ttl
         interval = min(_CLAIM_INTERVAL, ttl / 3)
         renewed = self._clock.monotonic()
