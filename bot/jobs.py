@@ -184,18 +184,28 @@ class JobRunner:
                     attachments=tuple(attachments),
                     thread=thread,
                     parent_id=parent.id if parent else None,
+                    fence=1,  # born under this replica's lease
                 )
+                began = self._clock.monotonic()
                 try:
-                    await self._store.insert(job, inputs, admission)
+                    await self._store.insert(
+                        job, inputs, admission, owner=self.leases.owner, ttl=self.leases.ttl
+                    )
                 except KeyError:
                     continue  # 50 random bits collided; draw again
                 except AdmissionRefused as refused:
                     assert admission is not None
                     raise self._policy.refusal(refused, admission) from None
                 break
-            await responder.accepted(job.id)
+            self.leases.held_from(job, began)
+            try:
+                await responder.accepted(job.id)
+            except BaseException:
+                # No driver here: the lease runs out and a claim takes the job then.
+                self.leases.drop(job.id, job.fence)
+                raise
             self._observer.acknowledged(self._clock.monotonic() - started)
-            self.spawn(job.id)
+            self.spawn(job.id, job)
         finally:
             self._admitting -= 1
         return job

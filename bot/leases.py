@@ -90,6 +90,11 @@ class JobOwnership:
         self._held[job.id] = _Held(job.fence, began + self.ttl)
         return job
 
+    def held_from(self, job: Job, began: float) -> None:
+        """Record the lease a new job was inserted under (`JobRepo.insert(owner=…)`), asked
+        for at monotonic time `began`."""
+        self._hold(job, began)
+
     async def claim(self, job_id: str) -> Job | None:
         """Take one job (free or expired); None when another replica drives it."""
         began = self._clock.monotonic()

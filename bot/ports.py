@@ -321,13 +321,21 @@ class JobRepo(Protocol):
     """Durable job rows: the one way a job comes to exist, compare-and-set writes, lookups."""
 
     async def insert(
-        self, job: Job, inputs: Sequence[StoredImage] = (), admission: Admission | None = None
+        self,
+        job: Job,
+        inputs: Sequence[StoredImage] = (),
+        admission: Admission | None = None,
+        *,
+        owner: str | None = None,
+        ttl: float = 0.0,
     ) -> None:
         """Commit a new job row (and any inputs already at hand) in one transaction.
 
         With `admission`, the row is only written if the job fits the limits, counted in the
         same transaction (so two simultaneous requests cannot both slip under a limit);
-        otherwise `AdmissionRefused` is raised. Raises `KeyError` when the id is taken.
+        otherwise `AdmissionRefused` is raised. Raises `KeyError` when the id is taken. With
+        `owner`, the job is born under that owner's lease (`JobLeases`) for `ttl` seconds, with
+        the fence the job carries.
         """
         ...
 

@@ -160,7 +160,12 @@ def _write_messages(db: Database, job: Job) -> None:
 
 
 def insert(
-    db: Database, job: Job, inputs: Sequence[StoredImage], admission: Admission | None = None
+    db: Database,
+    job: Job,
+    inputs: Sequence[StoredImage],
+    admission: Admission | None = None,
+    owner: str | None = None,
+    until: datetime | None = None,
 ) -> None:
     row = job_row(job)
     db.check_file()
@@ -170,6 +175,11 @@ def insert(
         if admission is not None:
             _admit(db, job, admission)
         db.conn.execute(INSERT_JOB, row)
+        if owner is not None and until is not None:
+            db.conn.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                (owner, encode_time(until), job.id),
+            )
         _write_messages(db, job)
         write_images(db, job.id, inputs)
 

@@ -141,15 +141,24 @@ class SqliteJobStore:
             raise
 
     async def insert(
-        self, job: Job, inputs: Sequence[StoredImage] = (), admission: Admission | None = None
+        self,
+        job: Job,
+        inputs: Sequence[StoredImage] = (),
+        admission: Admission | None = None,
+        *,
+        owner: str | None = None,
+        ttl: float = 0.0,
     ) -> None:
         """Commit a new job row and its inputs in one transaction; `KeyError` if the id is taken.
 
         With `admission`, refuse (`AdmissionRefused`) a job over its user's limits, checked in
-        the same transaction.
+        the same transaction. With `owner`, the job is born under its lease for `ttl` seconds.
         """
         inputs = tuple(inputs)
-        await self._call(lambda db: jobs.insert(db, job, inputs, admission), urgent=True)
+        until = None if owner is None else datetime.now(UTC) + timedelta(seconds=ttl)
+        await self._call(
+            lambda db: jobs.insert(db, job, inputs, admission, owner, until), urgent=True
+        )
 
     async def save(self, job: Job) -> Job:
         """Write every field of an existing job, if nobody else wrote it since `job` was read.

@@ -385,7 +385,7 @@ class LocalBackend:
             folder.mkdir(parents=True, exist_ok=True)
             for name, data in files.items():
                 (folder / name).write_bytes(data)
-            (folder / "request.json").write_text(json.dumps(request))
+            _write_whole(folder / "request.json", json.dumps(request))
 
         await asyncio.to_thread(write)
         return backend_id
@@ -408,7 +408,7 @@ class LocalBackend:
             for n, image in enumerate(output.images):
                 (folder / f"result-{n}.png").write_bytes(image)
             meta = {"infotext": output.infotext, "caption": output.caption, "count": n_images}
-            (folder / "output.json").write_text(json.dumps(meta))
+            _write_whole(folder / "output.json", json.dumps(meta))
 
         n_images = len(output.images)
         await asyncio.to_thread(write)
@@ -512,6 +512,14 @@ def _interrogate_work(method: str, files: dict[str, bytes]) -> Callable[[], JobO
         return JobOutput(caption=caption(files["init.png"], method))
 
     return work
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write a file another process may read at any moment (replicas sharing the folder):
+    under a temporary name, then renamed over, so a reader sees all of it or none."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    temporary.write_text(text)
+    temporary.replace(path)
 
 
 def _read_folder(

@@ -34,9 +34,10 @@ if TYPE_CHECKING:
     from bot.ports import PollTarget
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ON_DISCORD = Platform("discord")
 
 
-def job(job_id: str, platform: Platform = Platform("discord"), **fields: object) -> Job:
+def job(job_id: str, platform: Platform = ON_DISCORD, **fields: object) -> Job:
     caller = Caller(platform, "g1", "u1", Conversation("c1"))
     return dataclasses.replace(
         Job(job_id, "img2img", caller, JobState.CREATED, NOW, {"prompt": "x"}), **fields

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from bot.ports import JobStore
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ON_DISCORD = Platform("discord")
 DISCORD = [Platform("discord")]
 EXPIRED = -1.0  # a lease that has already run out
 
 
-def job(job_id: str, platform: Platform = Platform("discord"), **fields: object) -> Job:
+def job(job_id: str, platform: Platform = ON_DISCORD, **fields: object) -> Job:
     caller = Caller(platform, "g1", "u1", Conversation("c1"))
     made = Job(job_id, "img2img", caller, JobState.CREATED, NOW, {"prompt": "x"})
     return dataclasses.replace(made, **fields)
