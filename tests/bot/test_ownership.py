@@ -8,7 +8,6 @@ and the one that takes its jobs over.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -20,8 +19,9 @@ from scenario_kit import (
     make_app,
     png,
 )
+from store_kit import make_job
 
-from bot.model import BackendStatus, Caller, Conversation, Delivery, Job, JobState, Platform
+from bot.model import BackendStatus, Delivery, Job, JobState, Platform
 from bot.store import SqliteJobStore
 from cloud.local import LocalBackend, LocalBackendConfig
 
@@ -38,10 +38,7 @@ ON_DISCORD = Platform("discord")
 
 
 def job(job_id: str, platform: Platform = ON_DISCORD, **fields: object) -> Job:
-    caller = Caller(platform, "g1", "u1", Conversation("c1"))
-    return dataclasses.replace(
-        Job(job_id, "img2img", caller, JobState.CREATED, NOW, {"prompt": "x"}), **fields
-    )
+    return make_job(job_id, platform=platform, **({"created_at": NOW} | fields))
 
 
 async def test_on_sqlite_a_start_takes_every_lease_and_leader_leases_are_always_granted(

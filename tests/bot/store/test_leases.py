@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
+from store_kit import make_job
 
-from bot.model import Caller, Conversation, Delivery, Job, JobState, Platform
+from bot.model import Delivery, Job, JobState, Platform
 from bot.ports import JobChanged, LeaseLost, StoredImage
 
 if TYPE_CHECKING:
@@ -26,9 +27,7 @@ EXPIRED = -1.0  # a lease that has already run out
 
 
 def job(job_id: str, platform: Platform = ON_DISCORD, **fields: object) -> Job:
-    caller = Caller(platform, "g1", "u1", Conversation("c1"))
-    made = Job(job_id, "img2img", caller, JobState.CREATED, NOW, {"prompt": "x"})
-    return dataclasses.replace(made, **fields)
+    return make_job(job_id, platform=platform, **({"created_at": NOW} | fields))
 
 
 async def test_claims_take_unfinished_jobs_of_the_platforms_served(store: JobStore) -> None:
