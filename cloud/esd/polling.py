@@ -419,6 +419,13 @@ class StatusBook:
         if snapshot is None or self._clock() >= snapshot.next_scan:
             if snapshot is None and self.in_flight(task_type) <= self._config.direct_threshold:
                 return {}, set()  # so few jobs that one read each is cheaper than a page
+            if snapshot is None and self._events_on:
+                # With events flowing the scan is only a backstop for lost ones: the first is
+                # one backstop interval away, not at once (events are not lost by a restart:
+                # they wait in the queue). Until then every job waits for it unread.
+                now = self._clock()
+                self._snapshots[task_type] = _Snapshot(now, now + self._interval())
+                return {}, set(ids)
             snapshot = await self._shared_scan(task_type)
             return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}, set()
         found = {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}

@@ -298,6 +298,31 @@ async def test_a_lost_event_is_caught_by_the_backstop_scan(setup: Setup) -> None
     assert setup.nudged == []  # no event: the scan found it
 
 
+@pytest.mark.parametrize("setup", [{"notify": False, "backstop": 0.3}], indirect=True)
+async def test_with_events_flowing_the_first_backstop_scan_waits_one_interval(
+    setup: Setup,
+) -> None:
+    # More jobs than are read one by one: scans cover them. Events flow, so the first scan
+    # is a backstop like the rest, one interval after the book first looked.
+    submit = setup.backend.submit
+    jobs = [(await submit(f"job{n}", params(), png(), None)).backend_id for n in "abc"]
+    state = state_of(setup.server)
+    targets = [target(job) for job in jobs]
+    assert await setup.backend.statuses(targets) == {}  # waiting for the backstop, unread
+    assert state.requests["list_inferences"] == 0 and state.requests["get_inference"] == 0
+    for job in jobs:
+        await state.finish(job)
+    await until(lambda: all(state.jobs[j].status is JobState.SUCCEED for j in jobs), "done")
+    answers: dict[str, Any] = {}
+    for _ in range(100):  # no event comes: the backstop scan finds them
+        answers.update(await setup.backend.statuses(targets))
+        if len(answers) == len(jobs):
+            break
+        await asyncio.sleep(0.05)
+    assert {a.state for a in answers.values()} == {JobState.SUCCEED}
+    assert state.requests["list_inferences"] >= 1
+
+
 async def test_a_queue_that_goes_away_falls_back_to_polling_and_back(
     setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:
