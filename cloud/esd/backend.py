@@ -384,17 +384,31 @@ class EsdBackend:
         submitted_at = datetime.now(UTC)
         if realtime:
             await self._slots.acquire(params.endpoint)
+        started: list[str] = []
+
+        async def recorded(backend_id: str) -> None:
+            started.append(backend_id)
+            # From here until `track` below, an event about it waits rather than being taken
+            # for a stranger's (the start answer can come after a short job's end).
+            self._book.launching(backend_id)
+            if created is not None:
+                await created(backend_id)
+
         try:
             launched = await launch(
-                self._client, body, payload, realtime=realtime, label=job_id, on_created=created
+                self._client, body, payload, realtime=realtime, label=job_id, on_created=recorded
             )
         except BaseException:
             if realtime:
                 self._slots.hand_back(params.endpoint)
+            for backend_id in started:
+                self._book.launched(backend_id)
             raise
         if realtime:
             self._slots.hold(launched.job_id, params.endpoint)
         finished = launched.finished if _terminal(launched.finished) else None
+        for backend_id in started:
+            self._book.launched(backend_id)
         self._book.track(
             launched.job_id,
             "img2img",

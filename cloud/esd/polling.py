@@ -138,6 +138,7 @@ class StatusBook:
         # Least recently asked first, so stale jobs are found at the front.
         self._tracked: OrderedDict[str, Tracked] = OrderedDict()
         self._ended: OrderedDict[str, EsdJob] = OrderedDict()  # see `_MAX_ENDED`
+        self._launching: set[str] = set()  # created, start not yet answered (`launching`)
         self._by_type: dict[str, set[str]] = {}  # task type → ids read from its pages
         self._snapshots: dict[str, _Snapshot] = {}
         # The scan under way per task type: the poller's concurrent calls share it.
@@ -187,6 +188,13 @@ class StatusBook:
                 own=own,
             ),
         )
+
+    def launching(self, job_id: str) -> None:
+        """ESD created the job and it is being started: not tracked yet, but not a stranger."""
+        self._launching.add(job_id)
+
+    def launched(self, job_id: str) -> None:
+        self._launching.discard(job_id)
 
     def _add(self, job_id: str, tracked: Tracked) -> None:
         self._tracked[job_id] = tracked
@@ -364,6 +372,10 @@ class StatusBook:
         """
         job_id = event.inference_id
         tracked = self._tracked.get(job_id)
+        if tracked is None and job_id in self._launching:
+            # A job that ended before the answer to its start came (a loaded bot): SQS delivers
+            # the event again after its visibility timeout, when the job is tracked.
+            return False
         if tracked is None or tracked.own or tracked.finished is not None:
             return True
         # ESD's row is the authority (its Lambda turns the same event into the row, and a

@@ -298,6 +298,31 @@ async def test_a_lost_event_is_caught_by_the_backstop_scan(setup: Setup) -> None
     assert setup.nudged == []  # no event: the scan found it
 
 
+@pytest.mark.parametrize("setup", [{"notify": False}], indirect=True)
+async def test_an_event_before_the_start_answer_is_handled_once_the_job_is_tracked(
+    setup: Setup,
+) -> None:
+    wiring = setup.wiring
+
+    def taken() -> bool:  # received by the consumer, not deleted
+        values = wiring.sqs.get_queue_attributes(
+            QueueUrl=wiring.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        return int(values["ApproximateNumberOfMessagesNotVisible"]) == 1
+
+    async def created(backend_id: str) -> None:
+        # A loaded bot: the job's end event comes before the answer to its start.
+        wiring.publish(notification(backend_id))
+        await until(taken, "the consumer took the event")
+
+    job = (await setup.backend.submit("job1", params(), png(), None, created=created)).backend_id
+    await state_of(setup.server).finish(job)
+    # Not taken for a stranger's job and deleted: SQS delivers it again (visibility 2 s).
+    await until(lambda: job in setup.nudged, "the poller was nudged")
+    assert await status_of(setup, job) is JobState.SUCCEED
+    await until(lambda: wiring.waiting() == 0, "the message was deleted")
+
+
 @pytest.mark.parametrize("setup", [{"notify": False, "backstop": 0.3}], indirect=True)
 async def test_with_events_flowing_the_first_backstop_scan_waits_one_interval(
     setup: Setup,
