@@ -22,7 +22,7 @@ import sys
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
@@ -40,7 +40,7 @@ from adapters.web.server import Readiness, WebServer
 from bot.app import BotApp
 from bot.clock import SystemClock
 from bot.config import Config, load_config
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StorageLostError
 from bot.logs import setup_logging
 from bot.store import SqliteJobStore
 from cloud.local import LocalBackend, LocalBackendConfig
@@ -76,7 +76,7 @@ def make_backend(config: Config, metrics: Metrics | None = None) -> Backend:
     )
 
 
-def make_store(config: Config) -> JobStore:
+def make_store(config: Config) -> SqliteJobStore:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteJobStore(config.data_dir / "sdbot.sqlite3")
 
@@ -197,11 +197,24 @@ async def _console(config: Config) -> int:
         # The console serves the operators' endpoints only on an explicit metrics_port.
         if config.metrics_port is not None:
             await ops.serve(mounted=True)
+        console = asyncio.create_task(run_console(app, adapter), name="sdbot-console")
+        lost = asyncio.create_task(_store_lost(ops.store), name="sdbot-store-watch")
         try:
-            await run_console(app, adapter)
+            done, _ = await asyncio.wait({console, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in (console, lost):
+                task.cancel()
+            await asyncio.gather(console, lost, return_exceptions=True)
             await ops.web.aclose()
+        for finished in done:
+            finished.result()  # a lost job database ends the run with its error
     return 0
+
+
+async def _store_lost(store: SqliteJobStore) -> None:
+    """Raise `StorageLostError` once the job database is found deleted or replaced: every job
+    acknowledged from then on would be lost at the next start, so the bot stops instead."""
+    raise await store.wait_lost()
 
 
 async def _run(config: Config) -> int:
@@ -233,12 +246,17 @@ async def _run(config: Config) -> int:
                     ops.connected[adapter.platform] = True
                 platforms = ", ".join(a.platform for a, _ in adapters)
                 _LOGGER.info("sdbot is running on %s", platforms)
-                waits = [asyncio.create_task(stopping.wait(), name="sdbot-signal")] + [
+                closed = [
                     asyncio.create_task(c.wait_closed(), name="sdbot-adapter-closed")
                     for c in started
                 ]
-                for (adapter, _), wait in zip(adapters, waits[1:], strict=True):
+                for (adapter, _), wait in zip(adapters, closed, strict=True):
                     wait.add_done_callback(ops.disconnected(adapter.platform))
+                waits: list[asyncio.Task[Any]] = [
+                    asyncio.create_task(stopping.wait(), name="sdbot-signal"),
+                    asyncio.create_task(_store_lost(ops.store), name="sdbot-store-watch"),
+                    *closed,
+                ]
                 try:
                     done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -246,7 +264,8 @@ async def _run(config: Config) -> int:
                         wait.cancel()
                     await asyncio.gather(*waits, return_exceptions=True)
                 for finished in done:
-                    finished.result()  # a refused connection ends the run with its error
+                    # A refused connection or a lost job database ends the run with its error.
+                    finished.result()
             finally:
                 # Stop taking new requests first; the adapters' clients stay usable while the
                 # core stops its jobs (they resume on the next start).
@@ -374,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sdbot: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StorageLostError as exc:
+        print(f"sdbot: stopped: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

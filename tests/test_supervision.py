@@ -8,6 +8,7 @@ import contextlib
 import io
 import os
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,12 @@ from scenario_kit import (
 from bot import imaging
 from bot.app import BotApp
 from bot.clock import SystemClock
-from bot.errors import BackendUnavailableError, ChatDeliveryError, ImageInputError
+from bot.errors import (
+    BackendUnavailableError,
+    ChatDeliveryError,
+    ImageInputError,
+    StorageLostError,
+)
 from bot.model import Delivery, JobState
 from bot.ports import LOST_JOB, StoredImage
 from bot.store import SqliteJobStore
@@ -381,6 +387,19 @@ async def test_a_data_folder_replaced_while_running_is_noticed(tmp_path: Path) -
         )
     assert job is None and responder.accepted_ids == []
     assert any("deleted or replaced" in text for text in responder.refusals), responder.refusals
+    assert isinstance(await app.store.wait_lost(), StorageLostError)  # `sdbot run` stops
+
+
+async def test_a_data_folder_deleted_while_nothing_writes_is_noticed(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "data" / "sdbot.sqlite3")
+    async with store:
+        watching = asyncio.create_task(store.wait_lost(check_every=0.01))
+        await asyncio.sleep(0.05)
+        assert not watching.done()
+        shutil.rmtree(tmp_path / "data")
+        lost = await asyncio.wait_for(watching, 10)
+        assert "deleted or replaced" in str(lost)
+        assert not await store.writable()  # /readyz says so too
 
 
 # -- Bounded memory ----------------------------------------------------------------------------

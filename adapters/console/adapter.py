@@ -20,9 +20,12 @@ local operator and an admin. Image paths are given as `image=PATH`, `mask=PATH`,
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import os
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -235,10 +238,23 @@ def _replace_file(path: Path, data: bytes) -> None:
 
 
 async def _stdin_lines() -> AsyncIterator[str]:
-    while True:
-        line = await asyncio.to_thread(sys.stdin.readline)
-        if not line:
-            return
+    """Lines of stdin, read by a daemon thread one at a time: when the bot stops on its own
+    (its data folder lost), the thread is not waited for, where `asyncio.to_thread`'s worker
+    would keep the process alive until someone typed a line or closed stdin."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+
+    def read() -> None:
+        for line in iter(sys.stdin.readline, ""):
+            try:
+                asyncio.run_coroutine_threadsafe(lines.put(line), loop).result()
+            except (RuntimeError, concurrent.futures.CancelledError):
+                return  # the loop has stopped
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(lines.put(""), loop)
+
+    threading.Thread(target=read, name="sdbot-stdin", daemon=True).start()
+    while line := await lines.get():
         yield line
 
 

@@ -80,6 +80,7 @@ def daily(db: Database, platform: Platform, server: str, since: datetime) -> lis
 
 def probe_write(db: Database, now: datetime) -> None:
     """Commit one tiny write, waiting at most briefly for another process's lock."""
+    db.check_file()
     db.conn.execute(f"PRAGMA busy_timeout = {PROBE_BUSY_MS:d}")
     try:
         with transaction(db.conn):

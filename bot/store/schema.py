@@ -233,7 +233,7 @@ class Database:
         if self._identity is not None and identity(self.path) != self._identity:
             raise StorageLostError(
                 f"the job database {self.path} was deleted or replaced while the bot was "
-                "running; stop the bot, check its data folder and start it again"
+                "running; check the data folder and start the bot again"
             )
 
     @classmethod

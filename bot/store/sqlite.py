@@ -42,6 +42,8 @@ log = logging.getLogger("bot.store")
 _T = TypeVar("_T")
 
 _CLOSED: Final = "job store is closed"
+# How often `wait_lost` looks at the database file when nothing writes (one `stat`).
+LOST_CHECK_SECONDS: Final = 5.0
 
 
 class SqliteJobStore:
@@ -59,10 +61,25 @@ class SqliteJobStore:
         self._worker: Worker | None = None
         self._db: Database | None = None  # used only on the executor's thread
         self._state: Literal["new", "open", "closed"] = "new"
+        self._lost: StorageLostError | None = None
+        self._lost_event = asyncio.Event()
 
     @property
     def path(self) -> str:
         return self._path
+
+    async def wait_lost(self, check_every: float | None = None) -> StorageLostError:
+        """Return once the database file is found deleted or replaced: by any call, or by a
+        look at the file every `check_every` seconds (`LOST_CHECK_SECONDS`) while nothing
+        writes. Nothing written from then on would last, so the process should stop (`sdbot
+        run` does)."""
+        while self._lost is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost_event.wait(), check_every or LOST_CHECK_SECONDS)
+            if self._lost is None and self._state == "open":
+                with contextlib.suppress(StorageLostError):
+                    await self._call(lambda db: db.check_file())
+        return self._lost
 
     async def start(self) -> None:
         if self._state != "new":
@@ -132,8 +149,11 @@ class SqliteJobStore:
 
         try:
             return await self._worker.submit(on_worker, urgent=urgent)  # type: ignore[return-value]
-        except StorageLostError:
-            log.critical("job database %s was deleted or replaced; refusing writes", self._path)
+        except StorageLostError as exc:
+            if self._lost is None:
+                log.critical("job database %s was deleted or replaced; refusing writes", self._path)
+                self._lost = exc
+                self._lost_event.set()
             raise
         except (sqlite3.Error, OSError) as exc:
             if storage_failure(exc):
@@ -338,7 +358,7 @@ class SqliteJobStore:
         now = datetime.now(UTC)
         try:
             await self._call(lambda db: operators.probe_write(db, now))
-        except (sqlite3.Error, RuntimeError) as exc:
+        except (sqlite3.Error, RuntimeError, StorageError) as exc:
             log.warning("job database is not writable: %s", exc)
             return False
         return True

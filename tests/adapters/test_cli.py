@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -120,3 +121,38 @@ def test_metrics_port_serves_health_and_metrics_beside_the_console(tmp_path: Pat
         assert "a cat" not in text
         bot.stdin.close()
         assert bot.wait(timeout=60) == 0
+
+
+def test_a_deleted_data_folder_stops_the_bot_with_a_clear_message(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SDBOT_", "ESD_", "SLACK_", "DISCORD_"))
+    }
+    env.update(SDBOT_LOCAL_DELAY="0.05")
+    (tmp_path / "in.png").write_bytes(png())
+    with subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "run"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as bot:
+        assert bot.stdin is not None and bot.stdout is not None and bot.stderr is not None
+        bot.stdin.write("img2img a cat image=in.png\n")
+        bot.stdin.flush()
+        for line in bot.stdout:
+            if line.startswith("saved "):
+                break
+        shutil.rmtree(tmp_path / "sdbot-data")
+        bot.stdin.write("img2img a dog image=in.png\n")
+        bot.stdin.flush()
+        # stdin stays open: the bot stops on its own, without waiting for more input.
+        assert bot.wait(timeout=60) == 1
+        out, err = bot.stdout.read(), bot.stderr.read()
+    [refusal] = [line for line in out.splitlines() if line.startswith("error:")]
+    assert "deleted or replaced" in refusal and "accepted" not in out
+    assert "sdbot: stopped: the job database" in err and "deleted or replaced" in err
+    assert "Traceback" not in err

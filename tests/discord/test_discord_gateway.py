@@ -5,16 +5,20 @@ gateway events, exactly as in production."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
 from typing import TYPE_CHECKING, Any
 
 import discord
 import pytest
 from scenario_kit import fast_config, make_app, png
 
+from adapters import cli
 from adapters.discord import DiscordAdapter
 from bot.config import Secrets
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StorageLostError
 from bot.model import Delivery, JobState
+from bot.store import sqlite as store_sqlite
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -105,3 +109,25 @@ async def test_an_event_still_being_handled_is_cancelled_when_the_adapter_closes
     await asyncio.wait_for(bot.adapter.aclose(), 10)
     assert ended == ["cancelled"]
     await asyncio.wait_for(bot.adapter.wait_idle(), 10)
+
+
+async def test_sdbot_run_stops_with_its_error_when_the_data_folder_is_deleted(
+    tmp_path: Path, discord_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `sdbot run`'s own loop, connected to the (fake) gateway: a deleted data folder is seen
+    # while nothing writes, and the run ends with the error (`main` prints it, exit 1) after
+    # closing the adapter and the core.
+    discord_api.app_flags = MESSAGE_CONTENT_LIMITED
+    monkeypatch.setattr(store_sqlite, "LOST_CHECK_SECONDS", 0.01)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = fast_config(
+        tmp_path, secrets=Secrets(discord_token="fake-bot-token"), metrics_port=port
+    )
+    run = asyncio.create_task(cli._run(config))
+    await discord_api.wait_for(lambda: any(f["op"] == 2 for f in discord_api.gateway_frames))
+    assert not run.done()
+    shutil.rmtree(config.data_dir)
+    with pytest.raises(StorageLostError, match="deleted or replaced"):
+        await asyncio.wait_for(run, 30)
