@@ -66,7 +66,8 @@ def make_backend(config: Config, metrics: Metrics | None = None) -> Backend:
     if config.backend == "a1111":
         from cloud.a1111 import A1111Backend
 
-        return A1111Backend.from_config(config)
+        traces = [backend_trace(metrics, URL(config.a1111_api_url or ""))] if metrics else []
+        return A1111Backend.from_config(config, trace_configs=traces)
     return LocalBackend(
         LocalBackendConfig(
             delay=config.local_delay,

@@ -316,9 +316,20 @@ def instrument_chat(adapter: ChatAdapter, metrics: Metrics) -> ChatAdapter:
 
 # -- HTTP requests ---------------------------------------------------------------------------
 
-# Path segments kept as they are: lowercase words (`inferences`, `chat.postMessage` is kept by
-# the dot rule below) and API versions; anything else (ids, tokens) becomes `{id}`.
-_WORD = re.compile(r"[a-z][a-z_-]{0,39}|v\d{1,2}|[a-z]+\.[A-Za-z.]{1,60}")
+# Path segments kept as they are: lowercase words (`inferences`, `sd-models`; one digit between
+# letters for the WebUI's `img2img`, unless the whole segment is hex, as ids are;
+# `chat.postMessage` by the dot rule) and API versions; anything else (ids, tokens) is `{id}`.
+_WORD = re.compile(
+    r"(?=.{1,40}$)[a-z][a-z_-]*(?:(?<=[a-z])[0-9][a-z][a-z_-]*)?"
+    r"|v\d{1,2}|[a-z]+\.[A-Za-z.]{1,60}"
+)
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def _kept(part: str) -> bool:
+    return _WORD.fullmatch(part) is not None and not (
+        any(c.isdigit() for c in part) and _HEX.fullmatch(part)
+    )
 
 
 def route_template(url: URL, base: URL) -> str:
@@ -331,7 +342,7 @@ def route_template(url: URL, base: URL) -> str:
     if not path.startswith(prefix):
         return "external"
     parts = [p for p in path[len(prefix) :].split("/") if p]
-    return "/" + "/".join(p if _WORD.fullmatch(p) else "{id}" for p in parts)
+    return "/" + "/".join(p if _kept(p) else "{id}" for p in parts)
 
 
 def http_trace(

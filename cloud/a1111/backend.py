@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
+    import aiohttp
+
     from bot.config import Config
     from bot.ports import PollTarget
 
@@ -159,9 +161,14 @@ class A1111Backend:
 
     name = "a1111"
 
-    def __init__(self, config: A1111Config) -> None:
+    def __init__(
+        self, config: A1111Config, *, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+    ) -> None:
+        """`trace_configs` observe the WebUI requests (operators' metrics, `adapters.web`)."""
         self._config = config
-        self._client = WebUiClient(config.api_url, config.auth, timeout=config.timeout)
+        self._client = WebUiClient(
+            config.api_url, config.auth, timeout=config.timeout, trace_configs=trace_configs
+        )
         self._jobs: dict[str, _Job] = {}  # insertion order = submission order
         self._queue: deque[_Job] = deque()
         self._running: dict[str, _Job] = {}
@@ -171,8 +178,10 @@ class A1111Backend:
         self._closed = False
 
     @classmethod
-    def from_config(cls, config: Config) -> A1111Backend:
-        return cls(A1111Config.from_config(config))
+    def from_config(
+        cls, config: Config, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+    ) -> A1111Backend:
+        return cls(A1111Config.from_config(config), trace_configs=trace_configs)
 
     @property
     def client(self) -> WebUiClient:

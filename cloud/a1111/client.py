@@ -17,13 +17,16 @@ import binascii
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError
 from bot.logs import redact
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 from transport.download import TooLargeError, read_capped
 
 # A batch of 8 PNGs at 1024² in base64 is ~20 MB; catalogue answers are far smaller.
@@ -93,7 +96,15 @@ def decode_image(value: object) -> bytes | None:
 class WebUiClient:
     """The HTTP side of `A1111Backend`; `start()` opens the session, `aclose()` closes it."""
 
-    def __init__(self, api_url: str, auth: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        auth: str | None = None,
+        *,
+        timeout: float = 30.0,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    ) -> None:
+        """`trace_configs` observe every request (operators' metrics, `adapters.web`)."""
         parts = urlsplit(api_url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"A1111_API_URL must be an http(s) URL, got {api_url!r}")
@@ -109,6 +120,7 @@ class WebUiClient:
             self._headers = {"Authorization": f"Basic {token}"}
             self._secrets = (auth.partition(":")[2], auth, token)
         self._timeout = timeout
+        self._trace_configs = list(trace_configs)
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -117,7 +129,9 @@ class WebUiClient:
     async def start(self) -> None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                headers=self._headers, cookie_jar=aiohttp.DummyCookieJar()
+                headers=self._headers,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trace_configs=self._trace_configs or None,
             )
 
     async def aclose(self) -> None:

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from scenario_kit import png
+from scenario_kit import RecordingAdapter, RecordingResponder, chat_caller, fast_config, png
 
-from adapters.cli import make_backend
+from adapters.cli import make_app, make_backend
+from adapters.web.metrics import Metrics
 from bot.config import load_config
 from bot.errors import ConfigError
 from cloud.a1111 import A1111Backend
-from tests.a1111.fake_webui import FakeWebUI
+from tests.a1111.fake_webui import FakeWebUI, oom
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = "sdbot:gpu-box-pa55"
@@ -93,3 +94,35 @@ async def test_a_console_job_on_the_webui(tmp_path: Path) -> None:
     assert f"saved sdbot-output/{job}/{job}-1.png" in out.splitlines()
     [received] = fake.received
     assert received.body["seed"] == 5 and received.body["prompt"] == "a cat"
+
+
+async def test_webui_requests_are_counted_by_route_and_status(tmp_path: Path) -> None:
+    # As for ESD's REST API (adapters.web.metrics.backend_trace): the composition root hands
+    # the WebUI client a trace, so operators see its requests and errors per route.
+    metrics = Metrics()
+    async with FakeWebUI() as fake:
+        config = fast_config(tmp_path, backend="a1111", a1111_api_url=fake.url)
+        app = make_app(config, metrics)
+        adapter = RecordingAdapter()
+        app.add_adapter(adapter)
+        fake.fail_next.append(oom())  # the first job: CUDA out of memory, a 500
+        async with app:
+            for prompt in ("a hat", "a cat"):
+                job = await app.dispatcher.handle_text(
+                    chat_caller(),
+                    f"img2img {prompt} steps=4",
+                    [adapter.attach("a.png", png())],
+                    RecordingResponder(),
+                )
+                assert job is not None
+                await asyncio.wait_for(app.runner.wait_idle(), 30)
+
+    def count(method: str, route: str, status: str) -> float:
+        labels = {"method": method, "route": route, "status": status}
+        return metrics.registry.get_sample_value("sdbot_backend_http_requests_total", labels) or 0
+
+    assert count("POST", "/sdapi/v1/img2img", "500") == 1
+    assert count("POST", "/sdapi/v1/img2img", "200") == 1
+    assert count("GET", "/sdapi/v1/sd-models", "200") >= 1
+    text = metrics.exposition().decode()
+    assert "a hat" not in text and "a cat" not in text and fake.url not in text

@@ -104,6 +104,10 @@ def test_route_templates_hide_ids_and_other_hosts() -> None:
     assert route_template(URL("http://127.0.0.1:8080/prod/ping"), base) == "/ping"
     job = URL("http://127.0.0.1:8080/prod/inferences/3f2a9c1e-77aa-4b0c-9d3e-1/start")
     assert route_template(job, base) == "/inferences/{id}/start"
+    webui = URL("http://gpu:7860")
+    assert route_template(URL("http://gpu:7860/sdapi/v1/img2img"), webui) == "/sdapi/v1/img2img"
+    for made_up in ("f3a9c1e", "a1b2c3d4e5", "job12ab", "deadbeef99", "x" * 41):
+        assert route_template(URL(f"http://gpu:7860/jobs/{made_up}"), webui) == "/jobs/{id}"
     s3 = URL("https://bucket.s3.amazonaws.com/out/3f2a.png?X-Amz-Signature=abc")
     assert route_template(s3, base) == "external"
     discord = URL("https://discord.com/api/v10")
