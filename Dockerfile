@@ -1,11 +1,9 @@
 # Build wheels in one stage, install only them in a slim runtime as a non-root user.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY bot bot
-COPY adapters adapters
-COPY cloud cloud
-COPY commands commands
+# The whole context (.dockerignore leaves out tests, bench and local state): pyproject.toml's
+# package list decides what the wheel holds, so a new package needs no edit here.
+COPY . .
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
