@@ -106,6 +106,8 @@ def make_app(
         if isinstance(backend, EsdBackend):
             # Completion events end a job on the spot: its driver hears at once.
             backend.notify_changes(app.poller.nudge)
+            if metrics is not None and backend.events is not None:
+                backend.events.observe_lag(metrics.event_lag.observe)
     return app
 
 

@@ -10,7 +10,9 @@ wrapping the ports at the composition root (`adapters.cli`):
   (its duration and the number of jobs in it); when the backend last answered (readiness);
 - `instrument_chat`: calls and errors of each `ChatAdapter` method by platform;
 - `http_trace`: an aiohttp `TraceConfig` counting HTTP requests by route template and status
-  (ESD's REST API, Slack's Web API, Discord's REST API), so 429s show up per route.
+  (ESD's REST API, the WebUI's API, Slack's Web API, Discord's REST API), so 429s show up per
+  route;
+- `event_lag`: fed by ESD's completion-events consumer (`CompletionConsumer.observe_lag`).
 
 Labels carry bounded values only: command names, states, platforms, method names, exception
 class names, route templates, and endpoint names capped by `LabelCap`. Never a prompt, a user
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 # Wide enough for a 3-second acknowledgement window and 20-minute jobs alike.
 _SHORT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 _LONG = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
+# Events normally arrive within a second; a stalled consumer shows up in the top buckets.
+_LAG = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _COUNTS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
@@ -155,6 +159,12 @@ class Metrics:
             "sdbot_poll_round_jobs",
             "Jobs asked about in one status call",
             buckets=_COUNTS,
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "sdbot_event_queue_lag_seconds",
+            "Completion event sent (SQS SentTimestamp, or SNS Timestamp) → received by the bot",
+            buckets=_LAG,
             registry=r,
         )
         self.store_seconds = Histogram(

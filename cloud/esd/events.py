@@ -31,13 +31,16 @@ event means for a job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import math
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -54,7 +57,7 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
     from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import DeleteMessageBatchRequestEntryTypeDef
+    from mypy_boto3_sqs.type_defs import DeleteMessageBatchRequestEntryTypeDef, MessageTypeDef
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -128,10 +131,34 @@ def _json_object(text: str) -> dict[str, Any] | None:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """One message taken from the queue: its receipt (for deleting it) and its body."""
+    """One message taken from the queue: its receipt (for deleting it), its body, and when
+    SQS took it (`SentTimestamp`, epoch seconds) when the queue said."""
 
     receipt: str
     body: str
+    sent_at: float | None = None
+
+
+def event_lag(message: Received, now: float) -> float | None:
+    """Seconds from when the event was sent to `now` (epoch seconds): the SQS message's
+    `SentTimestamp`, else the `Timestamp` of SNS's envelope (ISO 8601, UTC); None when neither
+    is known. Clocks of AWS and this machine may differ a little: never below zero."""
+    sent = message.sent_at
+    if sent is None and len(message.body) <= _MAX_BODY:
+        envelope = _json_object(message.body)
+        stamp = envelope.get("Timestamp") if envelope is not None else None
+        if isinstance(stamp, str):
+            with contextlib.suppress(ValueError):
+                sent = datetime.fromisoformat(stamp).timestamp()
+    return None if sent is None else max(0.0, now - sent)
+
+
+def _sent_at(message: MessageTypeDef) -> float | None:
+    stamp = message.get("Attributes", {}).get("SentTimestamp")  # milliseconds
+    try:
+        return int(stamp) / 1000 if stamp else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +234,10 @@ class EventQueue:
                 QueueUrl=self.url,
                 MaxNumberOfMessages=_BATCH,
                 WaitTimeSeconds=self._wait if wait else 0,
+                MessageSystemAttributeNames=["SentTimestamp"],  # for the event lag metric
             )
             return [
-                Received(m["ReceiptHandle"], m.get("Body", ""))
+                Received(m["ReceiptHandle"], m.get("Body", ""), _sent_at(m))
                 for m in answer.get("Messages", [])
                 if "ReceiptHandle" in m
             ]
@@ -318,6 +346,11 @@ class CompletionConsumer:
         self.healthy = False
         self.last_error: str | None = None
         self.handled = 0  # events handled (duplicates and unknown ids included)
+        self._on_lag: Callable[[float], None] | None = None
+
+    def observe_lag(self, callback: Callable[[float], None]) -> None:
+        """Call `callback` with each received event's lag (`event_lag`): operators' metrics."""
+        self._on_lag = callback
 
     async def start(self) -> None:
         if self._task is None:
@@ -371,6 +404,12 @@ class CompletionConsumer:
                 )
             failures = 0
             self._set_health(True)
+            if self._on_lag is not None:
+                now = time.time()
+                for message in received:
+                    lag = event_lag(message, now)
+                    if lag is not None:
+                        self._on_lag(lag)
             for message in received:
                 await self._gate.acquire()
                 task = asyncio.create_task(self._one(message), name="esd-event")
