@@ -131,6 +131,7 @@ class JobRunner:
         self._policy = policy
         self._clock = clock
         self._limits = imaging.ImageLimits(config.max_bytes, config.max_pixels)
+        # Bounded: one driver per job in flight (`max_in_flight`), removed when it ends.
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Image decoding is CPU work in threads: as many at once as there are cores, so a burst
         # of jobs neither starves the event loop (acks, heartbeats) nor holds 200 decoded

@@ -168,6 +168,7 @@ class Poller:
         self._jitter = jitter
         self._call_timeout = call_timeout
         self._slots = asyncio.Semaphore(max_calls)
+        # Bounded: one entry per job being watched, freed on every exit path of its `watch`.
         self._heap: list[list[Any]] = []
         self._sequence = itertools.count()
         self._watches: set[Watch] = set()

@@ -57,6 +57,7 @@ class Catalog:
         self._ttl = ttl
         self._min_age = min_age
         self._endpoints: tuple[float, Sequence[Endpoint]] | None = None
+        # Bounded: one entry per model type the core asks for (a handful, named in code).
         self._models: dict[str | None, tuple[float, Sequence[Model]]] = {}
         self._lock = asyncio.Lock()
 

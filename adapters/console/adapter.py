@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, TextIO
 from bot.errors import ImageInputError
 from bot.model import AttachmentRef, Caller, Conversation, JobState, Platform
 from bot.ports import PlatformTraits, PostedStatus
+from bot.recent import Recent
 from bot.render import byte_size
 
 if TYPE_CHECKING:
@@ -80,8 +81,10 @@ class ConsoleAdapter:
     def __init__(self, output_dir: Path, out: TextIO | None = None) -> None:
         self._output_dir = output_dir
         self._out = out or sys.stdout
-        self._shown: dict[str, JobState] = {}
-        self._previews: set[str] = set()  # jobs whose preview file was announced
+        # The last state printed of recent jobs: an edit that changes nothing prints no line.
+        self._shown: Recent[str, JobState] = Recent(1000)
+        # Jobs whose preview file was announced, until they end.
+        self._previews: set[str] = set()
         self.last_job: str | None = None
         self.caller = Caller(
             CONSOLE,

@@ -193,7 +193,8 @@ class DiscordAdapter:
         self._session: aiohttp.ClientSession | None = None
         self._started = False
         self.accepting = True  # False after `stop`: new requests are turned away
-        # Interactions whose "thinking…" answer becomes a pointer to the job's thread.
+        # Interactions whose "thinking…" answer becomes a pointer to the job's thread; bounded
+        # by age: the expired ones (15 minutes) are dropped at each new one.
         self._pending: dict[str, discord.Interaction[Any]] = {}
         # Learned from interactions: the server of each channel / thread id, and each
         # server's per-file upload limit for bot posts (its premium tier's).

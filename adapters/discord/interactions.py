@@ -368,7 +368,7 @@ class FormStore:
 
     def __init__(self, ttl: float = FORM_TTL) -> None:
         self._ttl = ttl
-        self._forms: dict[str, tuple[float, AttachmentRef]] = {}
+        self._forms: dict[str, tuple[float, AttachmentRef]] = {}  # bounded by age: `put`
 
     def put(self, ref: AttachmentRef) -> str:
         now = time.monotonic()

@@ -56,6 +56,7 @@ from adapters.slack.files import SlackFileFetcher
 from bot.errors import ChatDeliveryError, ConfigError, ConversationClosedError, ImageInputError
 from bot.model import Conversation
 from bot.ports import PostedStatus
+from bot.recent import Recent
 from bot.retry import RetryPolicy, TransientError, parse_retry_after
 from bot.tasks import TaskSet
 from bot.views import ResultImage
@@ -144,9 +145,9 @@ class SlackAdapter:
         self._ping_interval = socket_ping_interval
         self._retry = retry or RetryPolicy()
         # Posts whose outcome is unknown (5xx / no answer), by metadata key: look first.
-        self._unsure: dict[str, None] = {}
-        # How to reach each recent job's requester privately (bounded).
-        self._requesters: dict[str, Notify] = {}
+        self._unsure: Recent[str, None] = Recent(10_000)
+        # How to reach each recent job's requester privately.
+        self._requesters: Recent[str, Notify] = Recent(10_000)
         self._trace_configs = list(trace_configs)
         self._web_routes = tuple(web_routes)
         self._session: aiohttp.ClientSession | None = None
@@ -156,11 +157,12 @@ class SlackAdapter:
         self._socket: AsyncSocketModeHandler | None = None
         self._site_runner: web.AppRunner | None = None
         self._tasks = TaskSet("the Slack adapter")  # listener work (`spawn`)
-        # Files of a job already uploaded, so a retried `post_result` does not upload twice.
-        self._uploaded: dict[str, list[str]] = {}
+        # Files of a job already uploaded, so a retried `post_result` does not upload twice
+        # (dropped once posted; a post that keeps failing is retried at the next start).
+        self._uploaded: Recent[str, list[str]] = Recent(1000)
         # Private files holding running jobs' live previews (file id, digest of the bytes),
         # newest last; the status shows the newest, the others are deleted (`edit_status`).
-        self._previews: dict[str, list[tuple[str, bytes]]] = {}
+        self._previews: Recent[str, list[tuple[str, bytes]]] = Recent(1000)
         self._started = False
         self._stopped = False
         self._stopped_event = asyncio.Event()
@@ -423,8 +425,6 @@ class SlackAdapter:
 
     def _remember_unsure(self, key: str) -> None:
         self._unsure[key] = None
-        while len(self._unsure) > 10_000:
-            self._unsure.pop(next(iter(self._unsure)))
 
     async def _find_post(self, channel: str, thread: str | None, key: str) -> str | None:
         """The ts of the bot's message carrying `key` in its metadata, if Slack has it.
@@ -493,8 +493,6 @@ class SlackAdapter:
         """How to reach the user who started `job_id` privately (their request's
         `response_url`, else a direct message), should the job's channel refuse the bot."""
         self._requesters[job_id] = notify
-        while len(self._requesters) > 10_000:
-            self._requesters.pop(next(iter(self._requesters)))
 
     async def _tell_requester(self, job_id: str, text: str) -> None:
         notify = self._requesters.pop(job_id, None)
@@ -741,7 +739,9 @@ class SlackAdapter:
         if status.preview is None:
             return None
         digest = hashlib.blake2b(status.preview, digest_size=16).digest()
-        files = self._previews.setdefault(status.job_id, [])
+        files = self._previews.get(status.job_id)
+        if files is None:
+            files = self._previews[status.job_id] = []
         if files and files[-1][1] == digest:
             return files[-1][0]
         try:

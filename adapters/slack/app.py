@@ -293,7 +293,8 @@ class SlackListeners:
         self._ack_budget = ack_budget
         self._mention_grace = mention_grace
         self._claimed = RecentKeys()
-        # `app_mention`s waiting for their `message` twin, by message key.
+        # `app_mention`s waiting for their `message` twin, by message key (each removed when
+        # its short wait ends).
         self._twins: dict[str, asyncio.Event] = {}
 
     def register(self, bolt: AsyncApp) -> None:

@@ -257,6 +257,7 @@ class _Store(_Wrapper):
         super().__init__(inner, metrics)
         self._now = now
         # The last row written of every job not yet delivered: enough to see transitions.
+        # Bounded by the unfinished jobs: dropped once delivered or cancelled.
         self._live: dict[str, Job] = {}
 
     def _after(

@@ -169,7 +169,9 @@ class A1111Backend:
         self._client = WebUiClient(
             config.api_url, config.auth, timeout=config.timeout, trace_configs=trace_configs
         )
-        self._jobs: dict[str, _Job] = {}  # insertion order = submission order
+        # Insertion order = submission order. Bounded: jobs in flight, and the newest
+        # `_HISTORY` finished ones without their results (`release`).
+        self._jobs: dict[str, _Job] = {}
         self._queue: deque[_Job] = deque()
         self._running: dict[str, _Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()

@@ -91,6 +91,8 @@ class RealtimeSlots:
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
+        # Bounded: one gate per endpoint of the deployment (names are checked before submit),
+        # one held slot per job in flight (given back by `release`).
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._held: dict[str, str] = {}  # ESD job id → endpoint
 

@@ -340,7 +340,7 @@ class CompletionConsumer:
         self._retry_cap = retry_cap
         self._gate = asyncio.Semaphore(_CONCURRENCY)
         self._task: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[None]] = set()  # at most `_CONCURRENCY` (`_gate`)
         self._done: list[str] = []  # receipts of handled messages, waiting for a delete call
         self._deleters: set[asyncio.Task[None]] = set()
         self.healthy = False

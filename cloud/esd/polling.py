@@ -135,7 +135,9 @@ class StatusBook:
         self._instances = instances  # current instance count of an endpoint (cached upstream)
         self._list_interval = list_interval
         self._clock = clock
-        # Least recently asked first, so stale jobs are found at the front.
+        # Least recently asked first, so stale jobs are found at the front. Bounded, like
+        # `_by_type`, `_reading` and `_handed`: jobs in flight only (`forget` on release and
+        # cancel); `_snapshots` and `_scanning` hold one entry per task type.
         self._tracked: OrderedDict[str, Tracked] = OrderedDict()
         self._ended: OrderedDict[str, EsdJob] = OrderedDict()  # see `_MAX_ENDED`
         self._launching: set[str] = set()  # created, start not yet answered (`launching`)

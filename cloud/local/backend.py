@@ -117,7 +117,9 @@ class LocalBackend:
 
     def __init__(self, config: LocalBackendConfig) -> None:
         self._config = config
-        self._jobs: dict[str, _LocalJob] = {}  # insertion order = submission order
+        # Insertion order = submission order. Bounded: jobs in flight, and the newest
+        # `_HISTORY` released ones (`_released`).
+        self._jobs: dict[str, _LocalJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._released: collections.deque[str] = collections.deque()
         self._closed = False
