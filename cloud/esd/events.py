@@ -438,7 +438,10 @@ class CompletionConsumer:
         none is under way; otherwise the receipt goes in a coming batch of up to ten (another
         call opens when ten are waiting, up to `_DELETERS` at once)."""
         self._done.append(receipt)
-        if not self._deleters or (len(self._done) >= _BATCH and len(self._deleters) < _DELETERS):
+        # A deleter that has returned stays in the set until its done-callback runs: count
+        # only those still running, or a receipt added meanwhile would wait for the next one.
+        running = sum(1 for task in self._deleters if not task.done())
+        if not running or (len(self._done) >= _BATCH and running < _DELETERS):
             task = asyncio.create_task(self._delete_done(), name="esd-events-delete")
             self._deleters.add(task)
             task.add_done_callback(self._deleters.discard)

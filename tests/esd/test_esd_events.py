@@ -511,3 +511,21 @@ def test_the_composition_root_measures_the_event_lag(moto_url: str, tmp_path: Pa
     events._on_lag(2.0)
     assert metrics.registry.get_sample_value("sdbot_event_queue_lag_seconds_count") == 1
     assert b"sdbot_event_queue_lag_seconds_bucket" in metrics.exposition()
+
+
+async def test_a_message_handled_as_a_delete_call_ends_is_still_deleted() -> None:
+    deleted: list[str] = []
+
+    class Queue:
+        name = "q"
+
+        async def delete(self, receipts: Sequence[str]) -> None:
+            deleted.extend(receipts)
+
+    consumer = CompletionConsumer(Queue(), _handled, on_health=lambda _: None)  # type: ignore[arg-type]
+    ended = asyncio.create_task(asyncio.sleep(0))
+    await ended
+    # A delete call that has returned, its done-callback not yet run (one event-loop turn).
+    consumer._deleters.add(ended)
+    consumer._delete_later("r1")
+    await until(lambda: deleted == ["r1"], "the message was deleted")
