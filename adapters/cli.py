@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
-from adapters.console import ConsoleAdapter, run_console
+from adapters.console import ConsoleAdapter, ConsoleSettings, run_console
+from adapters.discord.settings import DiscordSettings
+from adapters.slack.settings import SlackSettings
 from adapters.web.admin import AdminPage
 from adapters.web.metrics import (
     Metrics,
@@ -36,17 +38,20 @@ from adapters.web.metrics import (
     instrument_chat,
     instrument_store,
 )
-from adapters.web.server import Readiness, WebServer
+from adapters.web.server import Readiness, WebServer, WebSettings
 from bot.app import BotApp
 from bot.clock import SystemClock
-from bot.config import Config, load_config
+from bot.config import Config, Section, Settings, load_settings
 from bot.errors import ConfigError, StorageLostError
 from bot.logs import setup_logging
 from bot.store import SqliteJobStore
-from cloud.local import LocalBackend, LocalBackendConfig
+from cloud.a1111.backend import A1111Settings
+from cloud.esd.config import EsdSettings
+from cloud.local import LocalBackend, LocalBackendConfig, LocalSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
 
     from bot.ports import Backend, ChatAdapter, ChatConnection, JobStore
 
@@ -56,25 +61,95 @@ DISCORD_API = URL("https://discord.com/api/v10")
 _LOGGER = logging.getLogger("sdbot")
 
 
-def make_backend(config: Config, metrics: Metrics | None = None) -> Backend:
-    """The backend the configuration names (its HTTP requests counted in `metrics`)."""
-    if config.backend == "esd":
-        from cloud.esd import EsdBackend
+class RunSettings(Section):
+    """The composition root's own setting: which backend runs the jobs (`BACKENDS`)."""
 
-        traces = [backend_trace(metrics, URL(config.esd_api_url or ""))] if metrics else []
-        return EsdBackend.from_config(config, trace_configs=traces)
-    if config.backend == "a1111":
-        from cloud.a1111 import A1111Backend
+    # Default: "esd" when ESD_API_URL is set; else "local" for the console. With chat
+    # credentials set, it must be chosen (`choose_backend`).
+    backend: str | None = None
 
-        traces = [backend_trace(metrics, URL(config.a1111_api_url or ""))] if metrics else []
-        return A1111Backend.from_config(config, trace_configs=traces)
-    return LocalBackend(
-        LocalBackendConfig(
-            delay=config.local_delay,
-            models_dir=config.local_models_dir,
-            state_dir=config.data_dir / "local-backend",
+
+def _local(settings: Settings, metrics: Metrics | None) -> Backend:
+    return LocalBackend(LocalBackendConfig.from_settings(settings[LocalSettings], settings.core))
+
+
+def _esd(settings: Settings, metrics: Metrics | None) -> Backend:
+    from cloud.esd import EsdBackend
+
+    esd = settings[EsdSettings]
+    traces = [backend_trace(metrics, URL(esd.esd_api_url or ""))] if metrics else []
+    return EsdBackend.from_config(esd, settings.core, trace_configs=traces)
+
+
+def _a1111(settings: Settings, metrics: Metrics | None) -> Backend:
+    from cloud.a1111 import A1111Backend
+
+    a1111 = settings[A1111Settings]
+    traces = [backend_trace(metrics, URL(a1111.a1111_api_url or ""))] if metrics else []
+    return A1111Backend.from_config(a1111, settings.core, trace_configs=traces)
+
+
+# The backends `backend` may name: each builds itself from its settings section.
+BACKENDS: dict[str, Callable[[Settings, Metrics | None], Backend]] = {
+    "local": _local,
+    "esd": _esd,
+    "a1111": _a1111,
+}
+# Every settings section: the core's, the composition root's, each adapter's and backend's.
+SECTIONS: tuple[type[Section], ...] = (
+    Config,
+    RunSettings,
+    WebSettings,
+    ConsoleSettings,
+    DiscordSettings,
+    SlackSettings,
+    LocalSettings,
+    EsdSettings,
+    A1111Settings,
+)
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None, path: Path | str | None = None
+) -> Settings:
+    """Every section from the TOML file and the environment, with the backend chosen."""
+    settings = load_settings(SECTIONS, environ, path)
+    return settings.replace(RunSettings(backend=choose_backend(settings)))
+
+
+def choose_backend(settings: Settings) -> str:
+    """The backend to run on: the one `backend` names, else ESD when its URL is set, else the
+    local one, which must be chosen on purpose when chat credentials are set."""
+    backend = settings[RunSettings].backend
+    esd_url = settings[EsdSettings].esd_api_url
+    if backend is not None:
+        if backend not in BACKENDS:
+            *others, last = (f"`{n}`" for n in BACKENDS)
+            names = f"{', '.join(others)} or {last}"
+            raise ConfigError(f"SDBOT_BACKEND must be {names}, got {backend!r}")
+        if backend == "esd" and not esd_url:
+            raise ConfigError("SDBOT_BACKEND is `esd` but ESD_API_URL is not set")
+        if backend == "a1111" and not settings[A1111Settings].a1111_api_url:
+            raise ConfigError("SDBOT_BACKEND is `a1111` but A1111_API_URL is not set")
+        return backend
+    if esd_url:
+        return "esd"
+    if settings[DiscordSettings].discord_token or settings[SlackSettings].slack_bot_token:
+        # The preview engine posts pictures that are not Stable Diffusion: it never reaches
+        # real people unless someone chose it.
+        raise ConfigError(
+            "chat credentials are set (DISCORD_TOKEN / SLACK_BOT_TOKEN) but no backend is "
+            'chosen: set ESD_API_URL (and ESD_API_KEY) to run on ESD, `backend = "a1111"` '
+            'with A1111_API_URL for your own WebUI, or `backend = "local"` '
+            "(SDBOT_BACKEND=local) to post the preview engine's pictures, which are not "
+            "Stable Diffusion, on purpose"
         )
-    )
+    return "local"
+
+
+def make_backend(settings: Settings, metrics: Metrics | None = None) -> Backend:
+    """The backend the configuration names (its HTTP requests counted in `metrics`)."""
+    return BACKENDS[settings[RunSettings].backend or "local"](settings, metrics)
 
 
 def make_store(config: Config) -> SqliteJobStore:
@@ -83,13 +158,15 @@ def make_store(config: Config) -> SqliteJobStore:
 
 
 def make_app(
-    config: Config, metrics: Metrics | None = None, store: JobStore | None = None
+    settings: Settings, metrics: Metrics | None = None, store: JobStore | None = None
 ) -> BotApp:
     """The core on the configured backend; with `metrics`, its ports are measured."""
+    config = settings.core
     store = store or make_store(config)
-    backend = make_backend(config, metrics)
+    backend = make_backend(settings, metrics)
+    secrets = settings.secret_values()
     if metrics is None:
-        app = BotApp(config, backend=backend, store=store)
+        app = BotApp(config, backend=backend, store=store, secrets=secrets)
     else:
         clock = SystemClock()
         app = BotApp(
@@ -98,9 +175,10 @@ def make_app(
             store=instrument_store(store, metrics, clock.now),
             clock=clock,
             observer=metrics,
+            secrets=secrets,
         )
         metrics.jobs_in_flight.set_function(lambda: app.runner.in_flight)
-    if config.backend == "esd":
+    if settings[RunSettings].backend == "esd":
         from cloud.esd import EsdBackend
 
         if isinstance(backend, EsdBackend):
@@ -114,13 +192,13 @@ def make_app(
 class _Operations:
     """The operators' side of a run: metrics, readiness and the web endpoints."""
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, settings: Settings) -> None:
+        self.web_settings = settings[WebSettings]
         self.metrics = Metrics()
-        self.store = make_store(config)
-        self.app = make_app(config, self.metrics, self.store)
+        self.store = make_store(settings.core)
+        self.app = make_app(settings, self.metrics, self.store)
         self.readiness = Readiness(self.store, self.app.backend, self.metrics)
-        token = config.secrets.admin_token
+        token = self.web_settings.admin_token
         admin = AdminPage(self.app, self.store, token).routes() if token else []
         self.web = WebServer(self.metrics, self.readiness, admin)
         self.connected: dict[str, bool] = {}
@@ -139,9 +217,9 @@ class _Operations:
 
     async def serve(self, *, mounted: bool) -> None:
         """Serve the endpoints on their own port unless Slack's app carries them."""
-        port = self.config.metrics_port
+        port = self.web_settings.metrics_port
         if port is None and not mounted:
-            port = self.config.http_port
+            port = self.web_settings.http_port
         if port is None:
             return
         try:
@@ -151,33 +229,35 @@ class _Operations:
 
 
 def chat_adapters(
-    app: BotApp, config: Config, ops: _Operations | None = None
+    app: BotApp, settings: Settings, ops: _Operations | None = None
 ) -> list[tuple[ChatAdapter, ChatConnection]]:
     """The chat adapters whose credentials are set (measured and served with `ops`)."""
     found: list[tuple[ChatAdapter, ChatConnection]] = []
-    secrets = config.secrets
-    if secrets.discord_token:
+    discord = settings[DiscordSettings]
+    slack = settings[SlackSettings]
+    if discord.discord_token:
         from adapters.discord import DiscordAdapter
 
         discord_trace = chat_trace(ops.metrics, "discord", DISCORD_API) if ops else None
-        discord_adapter = DiscordAdapter(app, config, http_trace=discord_trace)
+        discord_adapter = DiscordAdapter(app, discord, http_trace=discord_trace)
         found.append((discord_adapter, discord_adapter))
-    if secrets.slack_bot_token and (secrets.slack_app_token or secrets.slack_signing_secret):
+    if slack.slack_bot_token and (slack.slack_app_token or slack.slack_signing_secret):
         from adapters.slack import SlackAdapter
         from adapters.slack.client import api_base_url
 
         slack_adapter = SlackAdapter(
             app,
-            config,
+            slack,
+            http_port=settings[WebSettings].http_port,
             trace_configs=(
-                [chat_trace(ops.metrics, "slack", URL(api_base_url(config.slack_api_url)))]
+                [chat_trace(ops.metrics, "slack", URL(api_base_url(slack.slack_api_url)))]
                 if ops
                 else []
             ),
-            web_routes=ops.web.routes() if ops and _slack_http_mode(config) else (),
+            web_routes=ops.web.routes() if ops and slack.http_mode else (),
         )
         found.append((slack_adapter, slack_adapter))
-    elif secrets.slack_bot_token:
+    elif slack.slack_bot_token:
         raise ConfigError(
             "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) nor "
             "SLACK_SIGNING_SECRET (HTTP mode) is"
@@ -185,20 +265,16 @@ def chat_adapters(
     return found
 
 
-def _slack_http_mode(config: Config) -> bool:
-    return bool(config.secrets.slack_signing_secret and not config.secrets.slack_app_token)
-
-
-async def _console(config: Config) -> int:
-    ops = _Operations(config)
+async def _console(settings: Settings) -> int:
+    ops = _Operations(settings)
     app = ops.app
-    adapter = ConsoleAdapter(config.output_dir)
+    adapter = ConsoleAdapter(settings[ConsoleSettings].output_dir)
     app.add_adapter(instrument_chat(adapter, ops.metrics))
     if sys.stdin.isatty():
         print("sdbot console — type `help`, Ctrl-D to quit", file=sys.stderr)
     async with app:
         # The console serves the operators' endpoints only on an explicit metrics_port.
-        if config.metrics_port is not None:
+        if ops.web_settings.metrics_port is not None:
             await ops.serve(mounted=True)
         console = asyncio.create_task(run_console(app, adapter), name="sdbot-console")
         lost = asyncio.create_task(_store_lost(ops.store), name="sdbot-store-watch")
@@ -220,13 +296,13 @@ async def _store_lost(store: SqliteJobStore) -> None:
     raise await store.wait_lost()
 
 
-async def _run(config: Config) -> int:
-    ops = _Operations(config)
+async def _run(settings: Settings) -> int:
+    ops = _Operations(settings)
     app = ops.app
-    adapters = chat_adapters(app, config, ops)
+    adapters = chat_adapters(app, settings, ops)
     if not adapters:
         _LOGGER.info("no chat credentials set: starting the console")
-        return await _console(config)
+        return await _console(settings)
     for adapter, _ in adapters:
         app.add_adapter(instrument_chat(adapter, ops.metrics))
         ops.watch(adapter.platform)
@@ -240,7 +316,7 @@ async def _run(config: Config) -> int:
         async with app:
             try:
                 await ops.serve(
-                    mounted=_slack_http_mode(config)
+                    mounted=settings[SlackSettings].http_mode
                     and any(a.platform == "slack" for a, _ in adapters)
                 )
                 for adapter, connection in adapters:
@@ -281,10 +357,10 @@ async def _run(config: Config) -> int:
     return 0
 
 
-async def _check(config: Config) -> int:
+async def _check(settings: Settings) -> int:
     """The backend, then the store (with the replicas that share it)."""
-    backend_code = await _check_backend(config)
-    return max(backend_code, await _check_store(config))
+    backend_code = await _check_backend(settings)
+    return max(backend_code, await _check_store(settings.core))
 
 
 # Replicas that reported within this long count as running (`sdbot check`).
@@ -317,16 +393,17 @@ async def _check_store(config: Config) -> int:
     return 0
 
 
-async def _check_backend(config: Config) -> int:
-    if config.backend == "esd":
+async def _check_backend(settings: Settings) -> int:
+    backend_name = settings[RunSettings].backend
+    if backend_name == "esd":
         from cloud.esd import check_backend
 
-        return await check_backend(config, sys.stdout)
-    if config.backend == "a1111":
+        return await check_backend(settings[EsdSettings], settings.core, sys.stdout)
+    if backend_name == "a1111":
         from cloud.a1111 import check_webui
 
-        return await check_webui(config, sys.stdout)
-    backend = make_backend(config)
+        return await check_webui(settings[A1111Settings], settings.core, sys.stdout)
+    backend = make_backend(settings)
     await backend.start()
     try:
         endpoints = await backend.endpoints()
@@ -340,9 +417,9 @@ async def _check_backend(config: Config) -> int:
     return 0
 
 
-def _health(config: Config, *, ready: bool) -> int:
+def _health(web: WebSettings, *, ready: bool) -> int:
     """Exit 0 when the running bot's `/healthz` (`/readyz`) on this machine answers 200."""
-    port = config.metrics_port or config.http_port
+    port = web.metrics_port or web.http_port
     url = f"http://127.0.0.1:{port}/{'readyz' if ready else 'healthz'}"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -383,12 +460,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sdbot: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "health":
-        return _health(config, ready=args.ready)
+        return _health(config[WebSettings], ready=args.ready)
+    core = config.core
     setup_logging(
-        config.log_level,
-        config.secrets.values(),
-        json_lines=config.log_format == "json",
-        replica=config.replica,
+        core.log_level,
+        config.secret_values(),
+        json_lines=core.log_format == "json",
+        replica=core.replica,
     )
     command = {"run": _run, "console": _console, "check": _check}[args.command or "run"]
     try:

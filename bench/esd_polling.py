@@ -27,12 +27,19 @@ from bench.machine import percentile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kit"))
 
-from scenario_kit import RecordingAdapter, RecordingResponder, chat_caller, make_app, png
+from scenario_kit import (
+    RecordingAdapter,
+    RecordingResponder,
+    chat_caller,
+    fast_config,
+    make_app,
+    png,
+)
 
 from bench.esd_process import EsdProcess
-from bot.config import Config, Secrets
+from bot.config import Config
 from bot.model import JobState
-from cloud.esd import EsdBackend, EsdConfig
+from cloud.esd import EsdBackend, EsdConfig, EsdSettings
 from cloud.esd_server import ServerConfig
 
 if TYPE_CHECKING:
@@ -103,12 +110,12 @@ async def _run(jobs: int, skew: float, events_queue: str | None = None) -> _Run:
     delays: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         async with server as url:
-            config = Config(
+            config = fast_config(
+                Path(tmp),
                 backend="esd",
                 esd_api_url=url,
-                secrets=Secrets(esd_api_key=ServerConfig().api_key),
-                data_dir=Path(tmp) / "data",
-                output_dir=Path(tmp) / "out",
+                esd_api_key=ServerConfig().api_key,
+                status_interval=Config().status_interval,
                 poll_interval=POLL_INTERVAL,
                 poll_max_interval=POLL_MAX_INTERVAL,
                 max_in_flight=jobs + 10,
@@ -116,7 +123,7 @@ async def _run(jobs: int, skew: float, events_queue: str | None = None) -> _Run:
             )
             # As the composition root builds it: the deployment's page size and budgets, and
             # completion events waking the poller (`adapters.cli.make_app`).
-            backend = EsdBackend(EsdConfig.from_config(config))
+            backend = EsdBackend(EsdConfig.from_config(config[EsdSettings], config.core))
             app = make_app(config, backend)
             backend.notify_changes(app.poller.nudge)
             adapter = _TimedAdapter()

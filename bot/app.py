@@ -22,6 +22,7 @@ from bot.resolve import Catalog, Resolver
 from bot.retention import RETENTION_LEASE, Retention
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from types import TracebackType
 
     from bot.config import Config
@@ -48,8 +49,11 @@ class BotApp:
         clock: Clock | None = None,
         backoff: Backoff | None = None,
         observer: Observer | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
-        """`backoff`: pauses of the job drivers' restarts and backend waits (tests shorten it)."""
+        """`backoff`: pauses of the job drivers' restarts and backend waits (tests shorten it);
+        `secrets`: every credential of the configuration (`Settings.secret_values`), redacted
+        from what users are shown."""
         self.config = config
         self.backend = backend
         self.store = store
@@ -81,6 +85,7 @@ class BotApp:
             clock=self.clock,
             backoff=backoff,
             observer=observer,
+            secrets=secrets,
         )
         self.dispatcher = Dispatcher(
             runner=self.runner,

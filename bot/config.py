@@ -1,52 +1,104 @@
-"""Configuration: frozen dataclasses from an optional TOML file plus environment overrides.
+"""Configuration: typed settings sections from an optional TOML file plus environment overrides.
 
-Secrets come only from the environment (`DISCORD_TOKEN`, `SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN`,
-`SLACK_SIGNING_SECRET`, `ESD_API_KEY`, `A1111_API_AUTH`, `SDBOT_ADMIN_TOKEN`) and never appear in
-reprs. Every other setting may be set in `sdbot.toml` (or the file `SDBOT_CONFIG` names) and
-overridden by `SDBOT_<NAME>` in the environment. Bad values fail at start-up with a `ConfigError`
-naming the setting.
+Each component declares its own `Section` (a frozen pydantic model) beside its code: the core's
+is `Config` below; each backend (`cloud/…`) and each adapter (`adapters/…`) declares one of its
+own, and the composition root (`adapters.cli`) lists them. `load_settings` fills every section
+from one flat TOML file (`sdbot.toml`, or the file `SDBOT_CONFIG` names) and the environment:
+`SDBOT_<NAME>` overrides a setting, `Env("…")` on a field adds other names (`ESD_API_URL`), and
+a `Secret("…")` field comes from that environment variable only and never appears in reprs.
+
+pydantic does the typing (ints, floats, booleans, paths, comma-separated lists from the
+environment); a value it cannot read, a key no section declares and each section's own checks
+fail at start-up with a `ConfigError` naming the setting as the operator wrote it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from bot.errors import ConfigError
 from bot.leases import default_replica_id
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
 
-@dataclass(frozen=True)
-class Secrets:
-    """Credentials, from the environment only."""
+class Env:
+    """Field metadata: environment variables that set the field besides `SDBOT_<NAME>`."""
 
-    discord_token: str | None = field(default=None, repr=False)
-    slack_bot_token: str | None = field(default=None, repr=False)
-    slack_app_token: str | None = field(default=None, repr=False)
-    slack_signing_secret: str | None = field(default=None, repr=False)
-    esd_api_key: str | None = field(default=None, repr=False)
-    a1111_api_auth: str | None = field(default=None, repr=False)  # `user:password`
-    admin_token: str | None = field(default=None, repr=False)  # turns the /admin page on
-
-    def values(self) -> tuple[str, ...]:
-        """Every secret that is set, for log redaction."""
-        return tuple(v for v in dataclasses.astuple(self) if v)
+    def __init__(self, *names: str) -> None:
+        self.names = names
 
 
-@dataclass(frozen=True)
-class Config:
-    """Every non-secret setting, with its default."""
+class Secret:
+    """Field metadata: a credential, read from the environment variable `name` only (never the
+    file) and kept out of reprs."""
 
-    backend: str = "local"  # "local" | "esd" | "a1111"
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def listed(raw: object) -> object:
+    """A list setting: a TOML array, or comma-separated in the environment (`BeforeValidator`;
+    pydantic then converts the items)."""
+    if isinstance(raw, str):
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+    if isinstance(raw, list):
+        return tuple(raw)
+    return raw
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(listed)]
+
+
+class Section(BaseModel):
+    """A group of settings one component declares; its checks raise `ConfigError`.
+
+    `removed` maps settings that went to the reason, so a file that still has one is told why.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
+    removed: ClassVar[dict[str, str]] = {}
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        secret = _secret_fields(type(self))
+        return ((k, v) for k, v in super().__repr_args__() if k not in secret)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every credential of this section that is set, for log redaction."""
+        values = (getattr(self, name) for name in _secret_fields(type(self)))
+        return tuple(v for v in values if v)
+
+
+def _secret_fields(section: type[Section]) -> dict[str, str]:
+    """The section's credential fields, with their environment variable."""
+    return {
+        name: meta.name
+        for name, info in section.model_fields.items()
+        for meta in info.metadata
+        if isinstance(meta, Secret)
+    }
+
+
+def _env_names(section: type[Section], name: str) -> tuple[str, ...]:
+    extra = (
+        n
+        for meta in section.model_fields[name].metadata
+        if isinstance(meta, Env)
+        for n in meta.names
+    )
+    return (f"SDBOT_{name.upper()}", *extra)
+
+
+class Config(Section):
+    """The core's settings, with their defaults."""
+
     data_dir: Path = Path("sdbot-data")
-    output_dir: Path = Path("sdbot-output")  # console: result images go to <output_dir>/<job-id>/
     # Images (SPEC §3.1, §2.2).
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
@@ -64,43 +116,10 @@ class Config:
     status_interval: float = 10.0
     job_timeout: float = 1200.0
     created_timeout: float = 300.0
-    # Local backend.
-    local_delay: float = 1.0
-    local_models_dir: Path | None = None
-    # ESD (reference/esd-api.md): the REST API, and S3 + DynamoDB for interrogate.
-    esd_api_url: str | None = None
-    esd_username: str = "api"
-    esd_timeout: float = 30.0  # per request; API Gateway itself gives up at 29 s
-    realtime_max_in_flight: int = 5  # per Real-time endpoint (the container queues ~10)
-    esd_bucket: str | None = None
-    # Completion events (docs/esd.md "Completion events"): an SQS queue subscribed to ESD's
-    # SageMaker success / error topics; polling then scans only every `esd_events_backstop` s.
-    esd_events_queue_url: str | None = None
-    esd_events_backstop: float = 45.0
-    # AUTOMATIC1111 / Forge WebUI started with `--api` (README "Run on your own GPU").
-    a1111_api_url: str | None = None
-    a1111_concurrency: int = 1  # jobs sent to the WebUI at once; it runs one at a time
-    a1111_reconnect: float = 120.0  # seconds a job waits for a WebUI that is restarting
-    # Chat platforms.
-    discord_guilds: tuple[str, ...] = ()  # sync commands to these guilds (fast); else globally
-    # With the privileged message-content intent, any reply in a job thread re-generates;
-    # without it, replies must mention the bot (docs/discord.md).
-    discord_message_content: bool = False
-    # Gateway shards (docs/discord.md "Several replicas and shards"): 0 = one session that
-    # Discord sends every event to. With a count, this process runs `discord_shard_ids` of
-    # them (all of them when empty); processes may run the same shards (each event is acted on
-    # once) or split them.
-    discord_shard_count: int = 0
-    discord_shard_ids: tuple[int, ...] = ()
-    slack_api_url: str | None = None  # Web API base URL override (GovSlack, proxies, tests)
-    http_port: int = 3000  # Slack HTTP mode listens here at /slack/events
-    # /metrics, /healthz, /readyz (and /admin) are served on http_port while chat adapters
-    # run (on Slack's HTTP-mode server when it runs); on this port instead, in every mode
-    # (the console too), when it is set.
-    metrics_port: int | None = None
-    # Permissions: Slack admin user ids (Discord admins are members with Manage Server) and
-    # optional allow-lists (empty = everyone).
-    admins: tuple[str, ...] = ()
+    # Permissions: optional allow-lists (empty = everyone).
+    allowed_servers: Names = ()
+    allowed_channels: Names = ()
+    allowed_roles: Names = ()
     # Limits (channel / server `settings` override the per-user ones).
     user_concurrency: int = 4  # jobs one user may have in flight
     daily_quota: int = 0  # jobs one user may start per UTC day; 0 = no limit
@@ -113,34 +132,17 @@ class Config:
     replica_id: str | None = None
     lease_seconds: float = 30.0
     max_attempts: int = 3
-    allowed_servers: tuple[str, ...] = ()
-    allowed_channels: tuple[str, ...] = ()
-    allowed_roles: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_format: str = "text"  # "text" | "json" (one JSON object per line)
-    secrets: Secrets = field(default_factory=Secrets, repr=False)
 
     @property
     def replica(self) -> str:
         """This replica's id: `replica_id`, else host name and process id."""
         return self.replica_id or default_replica_id()
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> Config:
         # Validate now, so a bad value fails at start-up rather than on the first job.
-        if self.backend not in ("local", "esd", "a1111"):
-            raise ConfigError(
-                f"SDBOT_BACKEND must be `local`, `esd` or `a1111`, got {self.backend!r}"
-            )
-        if self.backend == "esd" and not self.esd_api_url:
-            raise ConfigError("SDBOT_BACKEND is `esd` but ESD_API_URL is not set")
-        if self.backend == "a1111" and not self.a1111_api_url:
-            raise ConfigError("SDBOT_BACKEND is `a1111` but A1111_API_URL is not set")
-        if self.secrets.a1111_api_auth is not None and ":" not in self.secrets.a1111_api_auth:
-            raise ConfigError("A1111_API_AUTH must be `user:password` (the WebUI's --api-auth)")
-        if self.a1111_concurrency < 1:
-            raise ConfigError("a1111_concurrency must be at least 1")
-        if self.a1111_reconnect < 0:
-            raise ConfigError("a1111_reconnect must be zero or more seconds")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be `text` or `json`, got {self.log_format!r}")
         if self.inference_type not in ("Async", "Real-time"):
@@ -158,17 +160,9 @@ class Config:
             "status_interval",
             "job_timeout",
             "created_timeout",
-            "esd_timeout",
-            "esd_events_backstop",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
-        if self.local_delay < 0:
-            raise ConfigError("SDBOT_LOCAL_DELAY must be zero or more seconds")
-        if not 0 < self.http_port < 65536:
-            raise ConfigError("SDBOT_HTTP_PORT must be a port number (1-65535)")
-        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
-            raise ConfigError("SDBOT_METRICS_PORT must be a port number (1-65535)")
         for name in ("user_concurrency", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -176,18 +170,6 @@ class Config:
             raise ConfigError("daily_quota must be 0 (no limit) or more")
         if self.retention_days <= 0:
             raise ConfigError("retention_days must be a positive number of days")
-        if self.realtime_max_in_flight < 1:
-            raise ConfigError("realtime_max_in_flight must be at least 1")
-        if self.discord_shard_count < 0:
-            raise ConfigError("discord_shard_count must be 0 (no sharding) or more")
-        if self.discord_shard_ids and not self.discord_shard_count:
-            raise ConfigError("discord_shard_ids needs discord_shard_count")
-        for shard in self.discord_shard_ids:
-            if not 0 <= shard < self.discord_shard_count:
-                raise ConfigError(
-                    f"discord_shard_ids: shard {shard} is not between 0 and "
-                    f"discord_shard_count - 1 ({self.discord_shard_count - 1})"
-                )
         if self.lease_seconds < 1:
             raise ConfigError("lease_seconds must be at least 1 second")
         if self.max_attempts < 1:
@@ -196,118 +178,109 @@ class Config:
             raise ConfigError("replica_id must not be blank")
         if self.poll_max_interval < self.poll_interval:
             raise ConfigError("poll_max_interval must not be below poll_interval")
+        return self
 
 
-# Environment names that differ from SDBOT_<FIELD>.
-_ENV_ALIASES: dict[str, tuple[str, ...]] = {
-    "esd_api_url": ("ESD_API_URL",),
-    "esd_username": ("ESD_USERNAME",),
-    "esd_bucket": ("ESD_BUCKET",),
-    "esd_events_queue_url": ("ESD_EVENTS_QUEUE_URL",),
-    "slack_api_url": ("SLACK_API_URL",),
-    "a1111_api_url": ("A1111_API_URL",),
-}
-_SECRET_ENV: dict[str, str] = {
-    "discord_token": "DISCORD_TOKEN",
-    "slack_bot_token": "SLACK_BOT_TOKEN",
-    "slack_app_token": "SLACK_APP_TOKEN",
-    "slack_signing_secret": "SLACK_SIGNING_SECRET",
-    "esd_api_key": "ESD_API_KEY",
-    "a1111_api_auth": "A1111_API_AUTH",
-    "admin_token": "SDBOT_ADMIN_TOKEN",
-}
+S = TypeVar("S", bound=Section)
 
 
-def _convert(name: str, kind: Any, raw: object) -> object:
-    """Turn a TOML or environment value into the field's type, naming the setting on failure."""
-    text = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    try:
-        if "tuple" in text:
-            if isinstance(raw, str):
-                items: tuple[object, ...] = tuple(p.strip() for p in raw.split(",") if p.strip())
-            elif isinstance(raw, list):
-                items = tuple(raw)
-            else:
-                raise TypeError
-            if "tuple[int" in text:
-                return tuple(int(str(p)) for p in items if not isinstance(p, bool))
-            return tuple(str(p) for p in items)
-        if "Path" in text:
-            return None if raw in ("", None) else Path(str(raw))
-        if text.startswith("bool"):
-            if isinstance(raw, bool):
-                return raw
-            lowered = str(raw).strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if text.startswith("int"):
-            if isinstance(raw, bool):
-                raise TypeError
-            return int(str(raw))
-        if text.startswith("float"):
-            if isinstance(raw, bool):
-                raise TypeError
-            return float(str(raw))
-        if text.startswith("str"):
-            return None if raw == "" and "None" in text else str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting `{name}` has an invalid value: {raw!r}") from None
-    return raw
+class Settings:
+    """Every section the composition root asked for, filled in; `settings[DiscordSettings]`."""
+
+    def __init__(self, sections: Iterable[Section]) -> None:
+        self._sections = {type(s): s for s in sections}
+
+    def __getitem__(self, kind: type[S]) -> S:
+        section = self._sections[kind]
+        assert isinstance(section, kind)
+        return section
+
+    @property
+    def core(self) -> Config:
+        return self[Config]
+
+    def replace(self, *sections: Section) -> Settings:
+        """These settings with `sections` in place of their kinds' (tests, derived choices)."""
+        return Settings([*self._sections.values(), *sections])
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every credential that is set, in any section, for log redaction."""
+        return tuple(v for s in self._sections.values() for v in s.secret_values())
 
 
-# Settings that went, and why; a file that still has one is told so.
-_REMOVED = {
-    "esd_job_table": "ESD hard-codes its job table SDInferenceJobTable in its container and "
-    "Lambdas, so any other name could only break interrogate; remove the line",
-}
-
-
-def load_config(environ: Mapping[str, str] | None = None, path: Path | str | None = None) -> Config:
-    """Read the TOML file (if any), apply environment overrides and validate."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    file = path or env.get("SDBOT_CONFIG")
+def read_file(environ: Mapping[str, str], path: Path | str | None) -> dict[str, object]:
+    """The TOML file's table: `path`, else `SDBOT_CONFIG`, else ./sdbot.toml if present."""
+    file = path or environ.get("SDBOT_CONFIG")
     if file is None and Path("sdbot.toml").exists():
         file = "sdbot.toml"
-    fields = {f.name: f for f in dataclasses.fields(Config) if f.name != "secrets"}
-    if file is not None:
-        try:
-            with open(file, "rb") as fh:
-                table = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read the config file {file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"the config file {file} is not valid TOML: {exc}") from None
-        for key, raw in table.items():
-            if key in _REMOVED:
-                raise ConfigError(f"`{key}` in {file} is no longer a setting: {_REMOVED[key]}")
-            if key not in fields:
-                raise ConfigError(f"unknown setting `{key}` in {file}")
-            values[key] = _convert(key, fields[key].type, raw)
-    for name, f in fields.items():
-        for env_name in (f"SDBOT_{name.upper()}", *_ENV_ALIASES.get(name, ())):
-            if env.get(env_name) not in (None, ""):
-                values[name] = _convert(env_name, f.type, env[env_name])
-    secrets = Secrets(**{k: env.get(v) or None for k, v in _SECRET_ENV.items()})
-    if "backend" not in values:
-        if values.get("esd_api_url"):
-            values["backend"] = "esd"
-        elif secrets.discord_token or secrets.slack_bot_token:
-            # The preview engine posts pictures that are not Stable Diffusion: it never reaches
-            # real people unless someone chose it.
-            raise ConfigError(
-                "chat credentials are set (DISCORD_TOKEN / SLACK_BOT_TOKEN) but no backend is "
-                'chosen: set ESD_API_URL (and ESD_API_KEY) to run on ESD, `backend = "a1111"` '
-                'with A1111_API_URL for your own WebUI, or `backend = "local"` '
-                "(SDBOT_BACKEND=local) to post the preview engine's pictures, which are not "
-                "Stable Diffusion, on purpose"
-            )
-        else:
-            values["backend"] = "local"
+    if file is None:
+        return {}
     try:
-        return Config(**values, secrets=secrets)  # type: ignore[arg-type]
-    except TypeError as exc:  # pragma: no cover - _convert guarantees the types
-        raise ConfigError(str(exc)) from None
+        with open(file, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {file}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {file} is not valid TOML: {exc}") from None
+
+
+def load_settings(
+    sections: Iterable[type[Section]],
+    environ: Mapping[str, str] | None = None,
+    path: Path | str | None = None,
+) -> Settings:
+    """Fill `sections` from the TOML file (if any) and the environment, and validate them."""
+    env = os.environ if environ is None else environ
+    kinds = list(sections)
+    table = read_file(env, path)
+    file = path or env.get("SDBOT_CONFIG") or "sdbot.toml"
+    owner = {
+        name: kind
+        for kind in kinds
+        for name in kind.model_fields
+        if name not in _secret_fields(kind)
+    }
+    removed = {k: v for kind in kinds for k, v in kind.removed.items()}
+    given: dict[type[Section], dict[str, tuple[str, object]]] = {kind: {} for kind in kinds}
+    for key, raw in table.items():
+        if key in removed:
+            raise ConfigError(f"`{key}` in {file} is no longer a setting: {removed[key]}")
+        if key not in owner:
+            raise ConfigError(f"unknown setting `{key}` in {file}")
+        kind = owner[key]
+        info = kind.model_fields[key]
+        if raw == "" and info.default is None:
+            raw = None  # `esd_bucket = ""`: not set
+        given[kind][key] = (key, raw)
+    for name, kind in owner.items():
+        for env_name in _env_names(kind, name):
+            if env.get(env_name) not in (None, ""):
+                given[kind][name] = (env_name, env[env_name])
+    for kind in kinds:
+        for name, env_name in _secret_fields(kind).items():
+            given[kind][name] = (env_name, env.get(env_name) or None)
+    return Settings(_build(kind, given[kind]) for kind in kinds)
+
+
+def _build(kind: type[S], given: Mapping[str, tuple[str, object]]) -> S:
+    """The section from `given` (field → where it came from, value), naming a bad value."""
+    try:
+        return kind.model_validate({name: raw for name, (_, raw) in given.items()})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        where, raw = given.get(name, (name, error.get("input")))
+        raise ConfigError(f"setting `{where}` has an invalid value: {raw!r}") from None
+
+
+__all__ = [
+    "Config",
+    "Env",
+    "Names",
+    "Secret",
+    "Section",
+    "Settings",
+    "listed",
+    "load_settings",
+    "read_file",
+]

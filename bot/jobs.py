@@ -119,8 +119,11 @@ class JobRunner:
         backoff: Backoff | None = None,
         decode_budget: int = imaging.DECODE_BUDGET,
         observer: Observer | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
+        """`secrets`: every credential of the configuration, never shown in a failure."""
         self._config = config
+        self._secrets = tuple(secrets)
         self._observer = observer or NullObserver()
         self._store = store
         self._images = images
@@ -722,7 +725,7 @@ class JobRunner:
 
     async def _fail(self, job: Job, message: str) -> Job:
         # Failure messages are shown to users and stored: never with a secret or signature.
-        message = redact(message, self._config.secrets.values())
+        message = redact(message, self._secrets)
         job = replace(
             job,
             state=JobState.FAILED,

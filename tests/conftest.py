@@ -13,7 +13,7 @@ from tests.a1111.fake_webui import FakeWebUI
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from bot.config import Config
+    from scenario_kit import FastSettings
 
 
 @pytest.fixture(params=["local", "a1111"])
@@ -25,7 +25,7 @@ async def scenario_backend(request: pytest.FixtureRequest) -> AsyncIterator[str]
         return
     async with FakeWebUI(checkpoints=("sdbot-preview.safetensors",)) as fake:
 
-        def backend_for(config: Config) -> A1111Backend:
+        def backend_for(config: FastSettings) -> A1111Backend:
             fake.job_seconds = config.local_delay
             return A1111Backend(
                 A1111Config(

@@ -235,7 +235,7 @@ async def shop(tmp_path: Path) -> AsyncIterator[tuple[BotApp, RecordingAdapter, 
     clock = StepClock()
     backend = LocalBackend(LocalBackendConfig(delay=0.02, models_dir=models))
     app = BotApp(
-        config, backend=backend, store=SqliteJobStore(config.data_dir / "s.db"), clock=clock
+        config.core, backend=backend, store=SqliteJobStore(config.data_dir / "s.db"), clock=clock
     )
     adapter = RecordingAdapter()
     app.add_adapter(adapter)

@@ -24,8 +24,7 @@ from scenario_kit import (
     states,
 )
 
-from adapters.cli import main
-from bot.config import load_config
+from adapters.cli import RunSettings, load_config, main
 from bot.errors import ConfigError
 from bot.model import Job, JobState, Platform
 from bot.ports import JobQuery
@@ -192,6 +191,10 @@ async def test_jobs_all_is_capped_and_pages_by_time(tmp_path: Path) -> None:
 # -- the preview engine --------------------------------------------------------------------
 
 
+def backend_of(environ: dict[str, str]) -> str | None:
+    return load_config(environ)[RunSettings].backend
+
+
 @pytest.mark.parametrize(
     "credentials",
     [
@@ -208,12 +211,12 @@ def test_chat_credentials_without_a_chosen_backend_stop_the_start(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="SDBOT_BACKEND=local"):
         load_config(credentials)
-    assert load_config({**credentials, "SDBOT_BACKEND": "local"}).backend == "local"
+    assert backend_of({**credentials, "SDBOT_BACKEND": "local"}) == "local"
     esd = {**credentials, "ESD_API_URL": "http://127.0.0.1:9/prod/"}
-    assert load_config(esd).backend == "esd"
-    assert load_config({}).backend == "local"  # the console default needs no settings
+    assert backend_of(esd) == "esd"
+    assert backend_of({}) == "local"  # the console default needs no settings
     (tmp_path / "sdbot.toml").write_text('backend = "local"\n')
-    assert load_config(credentials).backend == "local"
+    assert backend_of(credentials) == "local"
     (tmp_path / "sdbot.toml").unlink()
     for name, value in credentials.items():
         monkeypatch.setenv(name, value)

@@ -212,7 +212,7 @@ async def test_500_jobs_under_faults_at_every_port_end_terminal_and_delivered_on
 
     def app() -> BotApp:
         made = BotApp(
-            config,
+            config.core,
             backend=ChaosBackend(chaos, config.data_dir / "local"),
             store=_chaotic_store(chaos, config.data_dir / "sdbot.sqlite3"),
             clock=FastClock(),

@@ -61,3 +61,51 @@ def test_the_boundary_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import aiohttp\nfrom discord.ext import commands\n")
     assert _imports(sample) == {"aiohttp", "discord"}
+
+
+PLATFORM_NAMES = ("console", "discord", "slack")
+
+
+def _names_in_code(path: Path) -> set[str]:
+    """Identifiers and string constants of `path` that name a platform (docstrings aside)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = "" if id(node) in docstrings else node.value
+        elif isinstance(node, ast.Name):
+            text = node.id
+        elif isinstance(node, ast.Attribute):
+            text = node.attr
+        elif isinstance(node, ast.arg):
+            text = node.arg
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            text = node.name
+        else:
+            continue
+        found.update(name for name in PLATFORM_NAMES if name in text.lower())
+    return found
+
+
+def test_the_core_names_no_platform() -> None:
+    """Platforms are open (`bot.model.Platform`): each adapter declares its name, traits and
+    settings, so adding one touches no file in bot/ (docs/architecture.md)."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(_names_in_code(path))
+        for path in (ROOT / "bot").rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_platform_name_check_sees_a_name(tmp_path: Path) -> None:
+    module = tmp_path / "core.py"
+    module.write_text('"""Discord is fine in a docstring."""\nHINT = {"slack": 1}\n')
+    assert _names_in_code(module) == {"slack"}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from scenario_kit import (
+    FastSettings,
     RecordingAdapter,
     RecordingResponder,
     chat_caller,
@@ -24,7 +25,6 @@ from scenario_kit import (
     png,
 )
 
-from bot.config import Config
 from bot.model import Delivery, JobState
 from bot.views import ResultView
 from cloud.local import LocalBackend, LocalBackendConfig
@@ -38,7 +38,7 @@ async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-u
             await asyncio.sleep(0.01)
 
 
-async def _crash_at(config: Config, adapter: RecordingAdapter, step: str) -> str:
+async def _crash_at(config: FastSettings, adapter: RecordingAdapter, step: str) -> str:
     """Start a job and stop the bot abruptly once it reaches `step`; return the job id."""
     app = make_app(config)
     app.add_adapter(adapter)
@@ -203,7 +203,7 @@ class CountingBackend(LocalBackend):
     `hang_at` "created" (the id was handed to the bot, not yet started) or "started" (started,
     the bot not yet told), as if the process were killed there."""
 
-    def __init__(self, config: Config, started: set[str], hang_at: str | None = None) -> None:
+    def __init__(self, config: FastSettings, started: set[str], hang_at: str | None = None) -> None:
         super().__init__(
             LocalBackendConfig(delay=config.local_delay, state_dir=config.data_dir / "local")
         )

@@ -55,7 +55,7 @@ def fast_app(tmp_path: Path, backend: Any = None, **config: Any) -> BotApp:
     settings = fast_config(tmp_path, **config)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return BotApp(
-        settings,
+        settings.core,
         backend=backend or LocalBackend(LocalBackendConfig(delay=settings.local_delay)),
         store=SqliteJobStore(settings.data_dir / "sdbot.sqlite3"),
         backoff=FAST,
@@ -143,7 +143,9 @@ class FlakySweeps(SqliteJobStore):
 async def test_retention_keeps_running_after_an_unexpected_error(tmp_path: Path) -> None:
     config = fast_config(tmp_path)
     store = FlakySweeps(tmp_path / "jobs.sqlite3")
-    app = BotApp(config, backend=LocalBackend(LocalBackendConfig()), store=store, clock=FastClock())
+    app = BotApp(
+        config.core, backend=LocalBackend(LocalBackendConfig()), store=store, clock=FastClock()
+    )
     async with app:
         while store.sweeps < 2:
             await asyncio.sleep(0.01)

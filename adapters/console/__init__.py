@@ -1,5 +1,5 @@
 """The console adapter: commands from stdin, line-oriented results on stdout (SPEC §5)."""
 
-from adapters.console.adapter import ConsoleAdapter, run_console
+from adapters.console.adapter import ConsoleAdapter, ConsoleSettings, run_console
 
-__all__ = ["ConsoleAdapter", "run_console"]
+__all__ = ["ConsoleAdapter", "ConsoleSettings", "run_console"]

@@ -29,6 +29,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from bot.config import Section
 from bot.errors import ImageInputError
 from bot.model import AttachmentRef, Caller, Conversation, JobState, Platform
 from bot.ports import PlatformTraits, PostedStatus
@@ -42,6 +43,12 @@ if TYPE_CHECKING:
     from bot.views import ResultImage, ResultView, StatusView
 
 CONSOLE_CHANNEL = "console"
+
+
+class ConsoleSettings(Section):
+    """The console's settings section."""
+
+    output_dir: Path = Path("sdbot-output")  # result images go to <output_dir>/<job-id>/
 
 
 CONSOLE = Platform("console")

@@ -67,8 +67,8 @@ from transport.download import TooLargeError, UnavailableError, download
 if TYPE_CHECKING:
     from collections.abc import Collection, Coroutine, Iterator, Sequence
 
+    from adapters.discord.settings import DiscordSettings
     from bot.app import BotApp
-    from bot.config import Config
     from bot.model import AttachmentRef
     from bot.views import Action, ResultImage, ResultView, StatusView
 
@@ -131,7 +131,7 @@ class DiscordAdapter:
 
     `client` and `gateway=False` let tests drive a REST-only client; `cdn_origins` and
     `limits` default to Discord's own. `message_content=None` takes the setting
-    `discord_message_content` from the configuration (off when it has none).
+    `discord_message_content` from its settings section (off when it has none).
     """
 
     platform = DISCORD
@@ -140,7 +140,7 @@ class DiscordAdapter:
     def __init__(
         self,
         app: BotApp,
-        config: Config,
+        config: DiscordSettings,
         *,
         client: discord.Client | None = None,
         gateway: bool = True,
@@ -179,8 +179,10 @@ class DiscordAdapter:
         self._retry = retry or RetryPolicy()  # CDN downloads (discord.py retries the API)
         self._guilds = _guild_ids(config.discord_guilds)
         self._tree = _Tree(client)
-        self.router = InteractionRouter(self)
-        self._sync = CommandSync(self._tree, config.data_dir / COMMAND_STATE_FILE, self._guilds)
+        self.router = InteractionRouter(
+            self, app.dispatcher, clock=app.clock, max_bytes=app.config.max_bytes
+        )
+        self._sync = CommandSync(self._tree, app.config.data_dir / COMMAND_STATE_FILE, self._guilds)
         self.suggestions = Suggestions()
         self._ready = asyncio.Event()
         # The work of each event: the tasks discord.py runs handlers in (adopted by `activity`)
@@ -220,7 +222,7 @@ class DiscordAdapter:
         if self._started:
             raise RuntimeError("DiscordAdapter can be started once")
         self._started = True
-        token = self._config.secrets.discord_token
+        token = self._config.discord_token
         if not token:
             raise ConfigError("DISCORD_TOKEN is not set")
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT))

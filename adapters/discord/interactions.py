@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from adapters.discord.adapter import DiscordAdapter
     from bot.dispatcher import Dispatcher
     from bot.model import AttachmentRef
+    from bot.ports import Clock
     from bot.views import ResultImage
 
 _LOGGER = logging.getLogger(__name__)
@@ -390,14 +391,17 @@ class FormStore:
 class InteractionRouter:
     """Turns Discord events into dispatcher calls (implements `commands.SlashHandler`)."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(
+        self, adapter: DiscordAdapter, dispatcher: Dispatcher, *, clock: Clock, max_bytes: int
+    ) -> None:
+        """What it needs of the core: the dispatcher, the clock (dates in options) and the
+        attachment size cap; Discord's side is `adapter`."""
         self._adapter = adapter
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._max_bytes = max_bytes
         self._forms = FormStore()
         self.button = action_button_class(self)
-
-    @property
-    def _dispatcher(self) -> Dispatcher:
-        return self._adapter.app.dispatcher
 
     async def _turned_away(self, interaction: discord.Interaction[Any]) -> bool:
         """Answer a request that arrives while the bot shuts down; True when it did, or when
@@ -466,7 +470,7 @@ class InteractionRouter:
             # `jobs user=` filters by user id; on Discord people type a mention.
             values = {**values, "user": mention_to_id(user)}
         try:
-            parsed = build(command, values, now=self._adapter.app.clock.now())
+            parsed = build(command, values, now=self._clock.now())
         except GrammarError as exc:
             await responder.refuse(str(exc))
             return
@@ -481,7 +485,7 @@ class InteractionRouter:
         await self._dispatcher.handle_command(caller, parsed, refs, responder)
 
     def _too_big(self, attachment: discord.Attachment) -> str | None:
-        limit = self._adapter.app.config.max_bytes
+        limit = self._max_bytes
         if attachment.size > limit:
             return (
                 f"{attachment.filename} is {attachment.size / 1e6:.1f} MB; "
@@ -639,7 +643,7 @@ class InteractionRouter:
             )
             return
         try:
-            parsed = parse(form_text(values), now=self._adapter.app.clock.now())
+            parsed = parse(form_text(values), now=self._clock.now())
         except GrammarError as exc:
             await responder.refuse(str(exc))
             return

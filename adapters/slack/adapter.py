@@ -67,8 +67,8 @@ if TYPE_CHECKING:
     from slack_sdk.web.async_client import AsyncWebClient
 
     from adapters.slack.convert import FilePayload
+    from adapters.slack.settings import SlackSettings
     from bot.app import BotApp
-    from bot.config import Config
     from bot.model import AttachmentRef, Caller
     from bot.views import ResultView, StatusView
 
@@ -98,9 +98,8 @@ class SlackCallError(ChatDeliveryError):
         self.unsure = unsure
 
 
-def slack_configured(config: Config) -> bool:
+def slack_configured(s: SlackSettings) -> bool:
     """Whether the environment holds what the Slack adapter needs to run."""
-    s = config.secrets
     return bool(s.slack_bot_token and (s.slack_app_token or s.slack_signing_secret))
 
 
@@ -113,10 +112,10 @@ class SlackAdapter:
     def __init__(
         self,
         app: BotApp,
-        config: Config,
+        config: SlackSettings,
         *,
         http_host: str = "0.0.0.0",  # noqa: S104 - Slack must reach HTTP mode from outside
-        http_port: int | None = None,
+        http_port: int = 3000,
         ack_budget: float = 2.0,
         mention_grace: float = 2.0,
         socket_ping_interval: float = 10.0,
@@ -126,20 +125,20 @@ class SlackAdapter:
     ) -> None:
         """`trace_configs` observe Web API requests; `web_routes` (the operators' endpoints)
         are served beside `/slack/events` in HTTP mode."""
-        secrets = config.secrets
-        if not secrets.slack_bot_token:
+        """`http_port`: where HTTP mode listens (the composition root's `http_port` setting)."""
+        if not config.slack_bot_token:
             raise ConfigError("SLACK_BOT_TOKEN is not set (the bot token, xoxb-…)")
-        if secrets.slack_app_token is not None and not secrets.slack_app_token.startswith("xapp-"):
+        if config.slack_app_token is not None and not config.slack_app_token.startswith("xapp-"):
             raise ConfigError("SLACK_APP_TOKEN must be an app-level token (xapp-…)")
-        if not secrets.slack_app_token and not secrets.slack_signing_secret:
+        if not config.slack_app_token and not config.slack_signing_secret:
             raise ConfigError(
                 "set SLACK_APP_TOKEN for Socket Mode, or SLACK_SIGNING_SECRET for HTTP mode"
             )
         self._app = app
         self._config = config
-        self._token = secrets.slack_bot_token
+        self._token = config.slack_bot_token
         self._http_host = http_host
-        self._http_port = config.http_port if http_port is None else http_port
+        self._http_port = http_port
         self._ack_budget = ack_budget
         self._mention_grace = mention_grace
         self._ping_interval = socket_ping_interval
@@ -174,7 +173,7 @@ class SlackAdapter:
 
     @property
     def socket_mode(self) -> bool:
-        return bool(self._config.secrets.slack_app_token)
+        return bool(self._config.slack_app_token)
 
     @property
     def bolt(self) -> AsyncApp:
@@ -214,7 +213,7 @@ class SlackAdapter:
         )
         bolt = AsyncApp(
             client=client,
-            signing_secret=config.secrets.slack_signing_secret or "",
+            signing_secret=config.slack_signing_secret or "",
             process_before_response=True,
             name="sdbot",
             logger=logging.getLogger("adapters.slack.bolt"),
@@ -223,7 +222,7 @@ class SlackAdapter:
             self,
             self._app.dispatcher,
             self._app.store,
-            config,
+            admins=frozenset(config.admins),
             ack_budget=self._ack_budget,
             mention_grace=self._mention_grace,
         ).register(bolt)
@@ -234,7 +233,7 @@ class SlackAdapter:
             await self._listen(bolt)
 
     async def _connect_socket(self, bolt: AsyncApp, client: AsyncWebClient) -> None:
-        app_token = self._config.secrets.slack_app_token
+        app_token = self._config.slack_app_token
         assert app_token is not None
         # Ask for the WebSocket URL ourselves first: slack_sdk's client retries a refused
         # app token forever, and a wrong token should fail start-up with its name.

@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 
     from adapters.slack.adapter import SlackAdapter
     from adapters.slack.convert import FilePayload, MessagePayload
-    from bot.config import Config
     from bot.dispatcher import Dispatcher
     from bot.ports import ClaimStore
     from bot.views import ResultImage
@@ -281,15 +280,15 @@ class SlackListeners:
         adapter: SlackAdapter,
         dispatcher: Dispatcher,
         store: ClaimStore,
-        config: Config,
         *,
+        admins: frozenset[str],
         ack_budget: float = 2.0,
         mention_grace: float = 2.0,
     ) -> None:
         self._adapter = adapter
         self._dispatcher = dispatcher
         self._store = store
-        self._config = config
+        self._admins = admins  # Slack user ids with admin rights (the `admins` setting)
         self._ack_budget = ack_budget
         self._mention_grace = mention_grace
         self._claimed = RecentKeys()
@@ -322,7 +321,7 @@ class SlackListeners:
             server=team,
             user=user,
             conversation=Conversation(channel, thread),
-            is_admin=user in self._config.admins,
+            is_admin=user in self._admins,
             user_name=name or user,
         )
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import model_validator
+
+from bot.config import Secret, Section
+from bot.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -22,6 +26,26 @@ if TYPE_CHECKING:
     from bot.ports import Backend
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class WebSettings(Section):
+    """The operators' endpoints' settings section."""
+
+    # Slack HTTP mode listens here at /slack/events; /metrics, /healthz, /readyz (and /admin)
+    # are served on it while chat adapters run (on Slack's HTTP-mode server when it runs) …
+    http_port: int = 3000
+    # … or on this port instead, in every mode (the console too), when it is set.
+    metrics_port: int | None = None
+    # Turns the /admin page on (adapters.web.admin checks its length).
+    admin_token: Annotated[str | None, Secret("SDBOT_ADMIN_TOKEN")] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> WebSettings:
+        if not 0 < self.http_port < 65536:
+            raise ConfigError("SDBOT_HTTP_PORT must be a port number (1-65535)")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigError("SDBOT_METRICS_PORT must be a port number (1-65535)")
+        return self
 
 
 class _Writable(Protocol):

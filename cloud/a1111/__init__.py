@@ -7,7 +7,7 @@ error translation, is `cloud.a1111.client`.
 
 from __future__ import annotations
 
-from cloud.a1111.backend import A1111Backend, A1111Config
+from cloud.a1111.backend import A1111Backend, A1111Config, A1111Settings
 from cloud.a1111.check import check_webui
 
-__all__ = ["A1111Backend", "A1111Config", "check_webui"]
+__all__ = ["A1111Backend", "A1111Config", "A1111Settings", "check_webui"]

@@ -30,8 +30,11 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import model_validator
+
+from bot.config import Env, Secret, Section
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
 from bot.model import (
     BackendStatus,
@@ -91,6 +94,26 @@ _HISTORY = 1000  # finished jobs kept (without their results) for `history`
 _RETRY_PAUSE = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
+class A1111Settings(Section):
+    """The WebUI backend's settings section (README "Run on your own GPU")."""
+
+    a1111_api_url: Annotated[str | None, Env("A1111_API_URL")] = None
+    # `user:password` (the WebUI's --api-auth).
+    a1111_api_auth: Annotated[str | None, Secret("A1111_API_AUTH")] = None
+    a1111_concurrency: int = 1  # jobs sent to the WebUI at once; it runs one at a time
+    a1111_reconnect: float = 120.0  # seconds a job waits for a WebUI that is restarting
+
+    @model_validator(mode="after")
+    def _check(self) -> A1111Settings:
+        if self.a1111_api_auth is not None and ":" not in self.a1111_api_auth:
+            raise ConfigError("A1111_API_AUTH must be `user:password` (the WebUI's --api-auth)")
+        if self.a1111_concurrency < 1:
+            raise ConfigError("a1111_concurrency must be at least 1")
+        if self.a1111_reconnect < 0:
+            raise ConfigError("a1111_reconnect must be zero or more seconds")
+        return self
+
+
 @dataclass(frozen=True)
 class A1111Config:
     """Settings of the WebUI backend (`A1111_API_URL`, `A1111_API_AUTH`, `a1111_*`)."""
@@ -111,14 +134,15 @@ class A1111Config:
             raise ConfigError("WebUI backend intervals must be positive seconds")
 
     @classmethod
-    def from_config(cls, config: Config) -> A1111Config:
-        if not config.a1111_api_url:
+    def from_config(cls, a1111: A1111Settings, config: Config) -> A1111Config:
+        """From its settings section; jobs are kept under the core's data_dir."""
+        if not a1111.a1111_api_url:
             raise ConfigError("A1111_API_URL is not set")
         return cls(
-            api_url=config.a1111_api_url,
-            auth=config.secrets.a1111_api_auth,
-            concurrency=config.a1111_concurrency,
-            reconnect=config.a1111_reconnect,
+            api_url=a1111.a1111_api_url,
+            auth=a1111.a1111_api_auth,
+            concurrency=a1111.a1111_concurrency,
+            reconnect=a1111.a1111_reconnect,
             state_dir=config.data_dir / "a1111-backend",
         )
 
@@ -181,9 +205,12 @@ class A1111Backend:
 
     @classmethod
     def from_config(
-        cls, config: Config, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+        cls,
+        a1111: A1111Settings,
+        config: Config,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> A1111Backend:
-        return cls(A1111Config.from_config(config), trace_configs=trace_configs)
+        return cls(A1111Config.from_config(a1111, config), trace_configs=trace_configs)
 
     @property
     def client(self) -> WebUiClient:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from typing import TextIO
 
     from bot.config import Config
+    from cloud.a1111.backend import A1111Settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the WebUI is unreachable or refused us
@@ -28,14 +29,14 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
-async def check_webui(config: Config, out: TextIO) -> int:
+async def check_webui(a1111: A1111Settings, config: Config, out: TextIO) -> int:
     """Check the configured WebUI, writing a short report to `out`; the exit status."""
 
     def say(line: str) -> None:
         print(line, file=out)
 
     try:
-        settings = A1111Config.from_config(config)
+        settings = A1111Config.from_config(a1111, config)
         backend = A1111Backend(settings)
     except ConfigError as exc:
         say(f"error: {exc}")

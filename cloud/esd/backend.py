@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from bot.config import Config
     from bot.model import BackendStatus, CloudJob, GenerationParams, InterrogateParams, Model
     from bot.ports import PollTarget
+    from cloud.esd.config import EsdSettings
     from cloud.esd.interrogate import Interrogator
     from cloud.esd.payloads import EsdJob
 
@@ -177,13 +178,17 @@ class EsdBackend:
 
     @classmethod
     def from_config(
-        cls, config: Config, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+        cls,
+        esd: EsdSettings,
+        config: Config,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> EsdBackend:
-        """The backend of the bot's configuration: the REST API and, with `ESD_BUCKET`, the
-        SageMaker path for interrogate. `trace_configs` observe its HTTP requests."""
+        """The backend of its settings section (and the core's): the REST API and, with
+        `ESD_BUCKET`, the SageMaker path for interrogate. `trace_configs` observe its HTTP
+        requests."""
         return cls(
-            EsdConfig.from_config(config),
-            sagemaker=SageMakerConfig.from_config(config),
+            EsdConfig.from_config(esd, config),
+            sagemaker=SageMakerConfig.from_config(esd),
             trace_configs=trace_configs,
         )
 

@@ -31,30 +31,31 @@ if TYPE_CHECKING:
     from typing import TextIO
 
     from bot.config import Config
+    from cloud.esd.config import EsdSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the deployment is unreachable or refused us
 EXIT_CONFIG = 2  # the settings themselves are wrong
 
 
-def run_check(config: Config, out: TextIO) -> int:
+def run_check(esd: EsdSettings, config: Config, out: TextIO) -> int:
     """`sdbot check` from synchronous code (the CLI): the exit status."""
-    return asyncio.run(check_backend(config, out))
+    return asyncio.run(check_backend(esd, config, out))
 
 
-async def check_backend(config: Config, out: TextIO) -> int:
+async def check_backend(esd_settings: EsdSettings, config: Config, out: TextIO) -> int:
     """Check the configured backend, writing a short report to `out`; the exit status."""
 
     def say(line: str) -> None:
         print(line, file=out)
 
-    if config.backend != "esd" and not config.esd_api_url:
+    if not esd_settings.esd_api_url:
         say("backend: local (the embedded preview backend), nothing to check")
         say("set ESD_API_URL and ESD_API_KEY to use an ESD deployment")
         return EXIT_OK
     try:
         # One retry: a check should answer promptly, and a person is waiting for it.
-        esd = EsdConfig.from_config(config)
+        esd = EsdConfig.from_config(esd_settings, config)
         esd = replace(esd, retry=replace(esd.retry, attempts=1))
     except ConfigError as exc:
         say(f"error: {exc}")
@@ -100,12 +101,12 @@ async def check_backend(config: Config, out: TextIO) -> int:
         if ping.interrogate:
             say("interrogate: over REST (advertised by the server)")
         else:
-            usable, line = await check_interrogate(SageMakerConfig.from_config(config))
+            usable, line = await check_interrogate(SageMakerConfig.from_config(esd_settings))
             say(line)
             if not usable:
                 return EXIT_FAILED
     events = esd.events_queue_url
-    if events and not await _check_events(events, SageMakerConfig.from_config(config), say):
+    if events and not await _check_events(events, SageMakerConfig.from_config(esd_settings), say):
         return EXIT_FAILED
     say("check passed")
     return EXIT_OK

@@ -1,6 +1,7 @@
-"""`EsdConfig`: every setting of the ESD REST backend, validated once.
+"""`EsdSettings`: the ESD backend's settings section; `EsdConfig`: every setting of the ESD
+REST backend, validated once.
 
-Built from the bot's `Config` (`EsdConfig.from_config`) or directly by tests and benchmarks that
+Built from the settings (`EsdConfig.from_config`) or directly by tests and benchmarks that
 want tiny retry delays. The API key is the only secret and is kept out of the repr; the base URL
 is normalised to end in `/` because ESD routes are joined to it without a leading slash
 (`reference/esd-api.md` §1.2).
@@ -10,15 +11,49 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, ClassVar
 from urllib.parse import urlsplit
 
+from pydantic import model_validator
+
+from bot.config import Env, Secret, Section
 from bot.errors import ConfigError
 from bot.retry import RetryPolicy
 from cloud.esd.wire import INFERENCE_TYPES
 
 if TYPE_CHECKING:
     from bot.config import Config
+
+
+class EsdSettings(Section):
+    """The ESD backend's settings (reference/esd-api.md): the REST API, S3 + DynamoDB for
+    interrogate, and completion events (docs/esd.md)."""
+
+    esd_api_url: Annotated[str | None, Env("ESD_API_URL")] = None
+    esd_api_key: Annotated[str | None, Secret("ESD_API_KEY")] = None
+    esd_username: Annotated[str, Env("ESD_USERNAME")] = "api"
+    esd_timeout: float = 30.0  # per request; API Gateway itself gives up at 29 s
+    realtime_max_in_flight: int = 5  # per Real-time endpoint (the container queues ~10)
+    esd_bucket: Annotated[str | None, Env("ESD_BUCKET")] = None
+    # Completion events: an SQS queue subscribed to ESD's SageMaker success / error topics;
+    # polling then scans only every `esd_events_backstop` s.
+    esd_events_queue_url: Annotated[str | None, Env("ESD_EVENTS_QUEUE_URL")] = None
+    esd_events_backstop: float = 45.0
+
+    removed: ClassVar[dict[str, str]] = {
+        "esd_job_table": "ESD hard-codes its job table SDInferenceJobTable in its container and "
+        "Lambdas, so any other name could only break interrogate; remove the line",
+    }
+
+    @model_validator(mode="after")
+    def _check(self) -> EsdSettings:
+        for name in ("esd_timeout", "esd_events_backstop"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
+        if self.realtime_max_in_flight < 1:
+            raise ConfigError("realtime_max_in_flight must be at least 1")
+        return self
+
 
 DEFAULT_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_backoff=8.0, max_retry_after=30.0)
 
@@ -41,7 +76,7 @@ def check_api_url(url: str | None) -> str:
 
 @dataclass(frozen=True)
 class EsdConfig:
-    """Settings of `EsdBackend`; `from_config` fills them from `bot.config.Config`."""
+    """Settings of `EsdBackend`; `from_config` fills them from `EsdSettings` and the core's."""
 
     api_url: str
     api_key: str = field(repr=False)
@@ -116,20 +151,21 @@ class EsdConfig:
         return urlsplit(self.api_url).netloc
 
     @classmethod
-    def from_config(cls, config: Config) -> EsdConfig:
-        """The ESD settings of the bot's configuration; `ConfigError` names what is missing."""
-        url = check_api_url(config.esd_api_url)
-        key = config.secrets.esd_api_key
+    def from_config(cls, esd: EsdSettings, config: Config) -> EsdConfig:
+        """The backend's configuration from its settings section and the core's (image size
+        cap, default endpoint type); `ConfigError` names what is missing."""
+        url = check_api_url(esd.esd_api_url)
+        key = esd.esd_api_key
         if not key:
             raise ConfigError("ESD_API_KEY is not set (the ApiGatewayUrlToken output of ESD)")
         return cls(
             api_url=url,
             api_key=key,
-            username=config.esd_username,
+            username=esd.esd_username,
             inference_type=config.inference_type,
-            timeout=config.esd_timeout,
-            realtime_max_in_flight=config.realtime_max_in_flight,
+            timeout=esd.esd_timeout,
+            realtime_max_in_flight=esd.realtime_max_in_flight,
             max_result_bytes=max(config.max_bytes, 50_000_000),
-            events_queue_url=config.esd_events_queue_url or None,
-            events_backstop=config.esd_events_backstop,
+            events_queue_url=esd.esd_events_queue_url or None,
+            events_backstop=esd.esd_events_backstop,
         )

@@ -61,8 +61,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sagemaker_runtime import SageMakerRuntimeClient
 
-    from bot.config import Config
     from bot.model import Endpoint, InterrogateParams
+    from cloud.esd.config import EsdSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ _MISSING_OBJECT = frozenset({"NoSuchKey", "404", "NotFound"})
 
 @dataclass(frozen=True)
 class SageMakerConfig:
-    """Settings of the SageMaker path; `from_config` fills them from `bot.config.Config`."""
+    """Settings of the SageMaker path; `from_config` fills them from `EsdSettings`."""
 
     bucket: str | None  # ESD_BUCKET; None: interrogate is refused with a message naming it
     username: str = "api"  # the ESD user the rows belong to (ESD_USERNAME)
@@ -162,9 +162,9 @@ class SageMakerConfig:
 
     @classmethod
     def from_config(
-        cls, config: Config, environ: Mapping[str, str] | None = None
+        cls, config: EsdSettings, environ: Mapping[str, str] | None = None
     ) -> SageMakerConfig:
-        """`esd_bucket` and `esd_username` of the bot's configuration.
+        """`esd_bucket` and `esd_username` of the ESD settings.
 
         The region is `AWS_REGION` when set (boto3 itself reads only `AWS_DEFAULT_REGION` and
         the profile), else boto3's chain, else the region of the ESD API URL.

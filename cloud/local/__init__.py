@@ -6,6 +6,6 @@ Diffusion, so the whole bot can be tried and tested on one machine without an ac
 
 from __future__ import annotations
 
-from cloud.local.backend import LocalBackend, LocalBackendConfig
+from cloud.local.backend import LocalBackend, LocalBackendConfig, LocalSettings
 
-__all__ = ["LocalBackend", "LocalBackendConfig"]
+__all__ = ["LocalBackend", "LocalBackendConfig", "LocalSettings"]

@@ -24,8 +24,12 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import model_validator
+
+from bot.config import Section
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
 from bot.model import (
     BackendStatus,
@@ -44,8 +48,8 @@ from cloud.local.preview import caption, render, render_infotext
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
-    from pathlib import Path
 
+    from bot.config import Config
     from bot.ports import PollTarget
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,19 @@ _VAE_NOT_LOOKED_UP = ("", "Automatic", "None")
 _PICKUP_SECONDS = 0.05
 # Delivered jobs kept (without their results) for `history`.
 _HISTORY = 1000
+
+
+class LocalSettings(Section):
+    """The local backend's settings section (`sdbot.toml` / `SDBOT_LOCAL_…`)."""
+
+    local_delay: float = 1.0  # seconds each job takes
+    local_models_dir: Path | None = None  # <dir>/<Stable-diffusion|Lora|VAE|…>/<file>
+
+    @model_validator(mode="after")
+    def _check(self) -> LocalSettings:
+        if self.local_delay < 0:
+            raise ConfigError("SDBOT_LOCAL_DELAY must be zero or more seconds")
+        return self
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,15 @@ class LocalBackendConfig:
             raise ConfigError(f"local backend delay must be seconds >= 0, got {self.delay!r}")
         if not self.endpoint_name.strip():
             raise ConfigError("local backend endpoint name must not be empty")
+
+    @classmethod
+    def from_settings(cls, local: LocalSettings, core: Config) -> LocalBackendConfig:
+        """The backend's configuration from its settings section; jobs kept under data_dir."""
+        return cls(
+            delay=local.local_delay,
+            models_dir=local.local_models_dir,
+            state_dir=core.data_dir / "local-backend",
+        )
 
 
 @dataclass(eq=False)

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from scenario_kit import RecordingAdapter, RecordingResponder, chat_caller, fast_config, png
 
-from adapters.cli import make_app, make_backend
+from adapters.cli import RunSettings, load_config, make_app, make_backend
 from adapters.web.metrics import Metrics
-from bot.config import load_config
 from bot.errors import ConfigError
-from cloud.a1111 import A1111Backend
+from cloud.a1111 import A1111Backend, A1111Settings
 from tests.a1111.fake_webui import FakeWebUI, oom
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,12 +46,13 @@ async def sdbot(tmp_path: Path, *args: str, stdin: str = "", **env: str) -> tupl
 def test_configuration(tmp_path: Path) -> None:
     env = {"SDBOT_BACKEND": "a1111", "A1111_API_URL": "http://gpu:7860", "A1111_API_AUTH": AUTH}
     config = load_config(env)
-    assert (config.backend, config.a1111_api_url, config.a1111_concurrency) == (
+    a1111 = config[A1111Settings]
+    assert (config[RunSettings].backend, a1111.a1111_api_url, a1111.a1111_concurrency) == (
         "a1111",
         "http://gpu:7860",
         1,
     )
-    assert "pa55" not in repr(config)
+    assert "pa55" not in repr(a1111)
     assert isinstance(make_backend(config), A1111Backend)
     with pytest.raises(ConfigError, match="A1111_API_URL is not set"):
         load_config({"SDBOT_BACKEND": "a1111"})

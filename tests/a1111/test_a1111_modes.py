@@ -14,7 +14,8 @@ from tests.a1111.conftest import webui_config
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from bot.config import Config
+    from scenario_kit import FastSettings
+
     from tests.a1111.fake_webui import FakeWebUI
 
 # What each mode of `IMAGE_MODES` must send besides the common fields.
@@ -33,7 +34,7 @@ EXPECTED: dict[tuple[str, str], dict[str, Any]] = {
 
 
 def console_on(webui: FakeWebUI, tmp_path: Path) -> ConsoleRun:
-    def backend_for(config: Config) -> A1111Backend:
+    def backend_for(config: FastSettings) -> A1111Backend:
         return A1111Backend(webui_config(webui.url, tmp_path))
 
     return ConsoleRun(tmp_path, backend_for=backend_for, endpoint="webui")

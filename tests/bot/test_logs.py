@@ -20,7 +20,6 @@ from scenario_kit import (
     png,
 )
 
-from bot.config import Secrets
 from bot.errors import BackendError
 from bot.logs import redact, setup_logging
 
@@ -88,9 +87,10 @@ def _restore_logging():  # type: ignore[no-untyped-def]
 
 async def test_a_full_scenario_leaks_no_secret(tmp_path: Path) -> None:
     stream = io.StringIO()
-    secrets = Secrets(discord_token=DISCORD, slack_bot_token=SLACK, esd_api_key=ESD_KEY)
-    config = fast_config(tmp_path, secrets=secrets)
-    setup_logging("DEBUG", secrets.values(), stream=stream)
+    config = fast_config(
+        tmp_path, discord_token=DISCORD, slack_bot_token=SLACK, esd_api_key=ESD_KEY
+    )
+    setup_logging("DEBUG", config.secret_values(), stream=stream)
     app = make_app(config, LeakyBackend())
     adapter = RecordingAdapter()
     app.add_adapter(adapter)

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
+    from scenario_kit import FastSettings as Config
+
     from bot.app import BotApp
-    from bot.config import Config
     from bot.ports import PollTarget
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

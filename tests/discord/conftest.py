@@ -30,7 +30,7 @@ from PIL import Image
 from scenario_kit import fast_config, make_app
 
 from adapters.discord import DiscordAdapter, DiscordLimits
-from bot.config import Secrets
+from adapters.discord.settings import DiscordSettings
 from bot.model import JobOutput, Platform
 from bot.ports import JobQuery
 from cloud.local import LocalBackend, LocalBackendConfig
@@ -881,9 +881,7 @@ class DiscordHarness:
 
     async def start(self, **overrides: Any) -> DiscordHarness:
         self.overrides.update(overrides)
-        config = fast_config(
-            self.tmp_path, secrets=Secrets(discord_token=TOKEN), local_delay=0.02, **self.overrides
-        )
+        config = fast_config(self.tmp_path, discord_token=TOKEN, local_delay=0.02, **self.overrides)
         # A restart keeps a closed gate closed: the resumed job's first status read must not
         # slip through before the test can close the new backend's gate.
         held = self.backend is not None and not self.backend.gate.is_set()
@@ -904,7 +902,7 @@ class DiscordHarness:
             client = discord.Client(intents=intents)
         self.adapter = DiscordAdapter(
             self.app,
-            config,
+            config[DiscordSettings],
             client=client,
             gateway=self.gateway,
             message_content=self.message_content if self.gateway else None,

@@ -16,7 +16,7 @@ from scenario_kit import fast_config, make_app, png
 
 from adapters.discord import REQUIRED_PERMISSIONS, DiscordAdapter, invite_url
 from adapters.discord.commands import IMG2IMG_MENU, INTERROGATE_MENU, slash_command, slash_options
-from bot.config import Secrets
+from adapters.discord.settings import DiscordSettings
 from bot.errors import ConfigError
 from commands import COMMANDS, OPTIONS, CommandSpec, Family, Kind
 from commands.spec import RESIZE_MODES
@@ -142,9 +142,11 @@ async def test_bad_token_and_missing_intent_fail_at_start(tmp_path: Path, discor
         ("fake-bot-token", discord.Intents.all(), 0, "Message Content intent"),
     ]:
         discord_api.app_flags = flags
-        config = fast_config(tmp_path, secrets=Secrets(discord_token=token))
+        config = fast_config(tmp_path, discord_token=token)
         app = make_app(config)
-        adapter = DiscordAdapter(app, config, client=discord.Client(intents=intents))
+        adapter = DiscordAdapter(
+            app, config[DiscordSettings], client=discord.Client(intents=intents)
+        )
         with pytest.raises(ConfigError, match=message):
             await adapter.start()
 

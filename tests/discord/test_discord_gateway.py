@@ -15,7 +15,7 @@ from scenario_kit import fast_config, make_app, png
 
 from adapters import cli
 from adapters.discord import DiscordAdapter
-from bot.config import Secrets
+from adapters.discord.settings import DiscordSettings
 from bot.errors import ConfigError, StorageLostError
 from bot.model import Delivery, JobState
 from bot.store import sqlite as store_sqlite
@@ -71,9 +71,11 @@ async def test_a_refused_intent_ends_the_gateway_with_a_config_error(
 ) -> None:
     discord_api.app_flags = MESSAGE_CONTENT_LIMITED  # the REST check passes …
     discord_api.gateway_close_code = 4014  # … but the gateway refuses the intent
-    config = fast_config(tmp_path, secrets=Secrets(discord_token="fake-bot-token"))
+    config = fast_config(tmp_path, discord_token="fake-bot-token")
     app = make_app(config)
-    adapter = DiscordAdapter(app, config, message_content=True, cdn_origins=[discord_api.origin])
+    adapter = DiscordAdapter(
+        app, config[DiscordSettings], message_content=True, cdn_origins=[discord_api.origin]
+    )
     app.add_adapter(adapter)
     async with app:
         await adapter.start()
@@ -122,9 +124,7 @@ async def test_sdbot_run_stops_with_its_error_when_the_data_folder_is_deleted(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    config = fast_config(
-        tmp_path, secrets=Secrets(discord_token="fake-bot-token"), metrics_port=port
-    )
+    config = fast_config(tmp_path, discord_token="fake-bot-token", metrics_port=port)
     run = asyncio.create_task(cli._run(config))
     await discord_api.wait_for(lambda: any(f["op"] == 2 for f in discord_api.gateway_frames))
     assert not run.done()

@@ -9,21 +9,21 @@ from typing import Any
 
 import pytest
 
-from bot.config import Config, Secrets
+from bot.config import Config
 from bot.errors import ConfigError
 from cloud.esd import EsdBackend, check_backend, run_check
+from cloud.esd.config import EsdSettings
 from cloud.esd_server import running_server
 from tests.esd.esd_kit import KEY, esd_config, server_config, state_of
 
 
-def bot_config(url: str | None, key: str | None = KEY, **values: Any) -> Config:
-    backend = "esd" if url else "local"
-    return Config(backend=backend, esd_api_url=url, secrets=Secrets(esd_api_key=key), **values)
+def bot_config(url: str | None, key: str | None = KEY, **values: Any) -> EsdSettings:
+    return EsdSettings(esd_api_url=url, esd_api_key=key, **values)
 
 
-async def check(config: Config) -> tuple[int, str]:
+async def check(esd: EsdSettings) -> tuple[int, str]:
     out = io.StringIO()
-    status = await check_backend(config, out)
+    status = await check_backend(esd, Config(), out)
     return status, out.getvalue()
 
 
@@ -44,7 +44,7 @@ async def test_a_good_deployment_passes(server: str) -> None:
 async def test_the_synchronous_entry_point(server: str) -> None:
     out = io.StringIO()
     # The CLI calls it outside any event loop; here it runs in a thread with its own loop.
-    assert await asyncio.to_thread(run_check, bot_config(server), out) == 0
+    assert await asyncio.to_thread(run_check, bot_config(server), Config(), out) == 0
     assert "check passed" in out.getvalue()
 
 

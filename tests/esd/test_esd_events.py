@@ -413,43 +413,41 @@ async def test_a_burst_of_handled_events_is_deleted_in_batches_of_at_most_ten(
 
 
 async def test_sdbot_check_reports_the_queue_and_its_topics(moto_url: str) -> None:
-    from bot.config import Config, Secrets
+    from bot.config import Config
     from cloud.esd.check import check_backend
+    from cloud.esd.config import EsdSettings
 
     wiring = wire(moto_url)
     async with running_server(server_config()) as url:
-        secrets = Secrets(esd_api_key="local-backend-key")
-        config = Config(
-            backend="esd", esd_api_url=url, esd_events_queue_url=wiring.queue_url, secrets=secrets
-        )
+        key = "local-backend-key"
+        esd = EsdSettings(esd_api_url=url, esd_events_queue_url=wiring.queue_url, esd_api_key=key)
         out = io.StringIO()
-        assert await check_backend(config, out) == 0
+        assert await check_backend(esd, Config(), out) == 0
         text = out.getvalue()
         assert f"events queue: {wiring.queue_url.rsplit('/', 1)[-1]} answers" in text
         assert "warning: events queue" not in text
-        missing = Config(
-            backend="esd",
+        missing = EsdSettings(
             esd_api_url=url,
             esd_events_queue_url=moto_url + "/123456789012/no-such-queue",
-            secrets=secrets,
+            esd_api_key=key,
         )
         out = io.StringIO()
-        assert await check_backend(missing, out) == 1
+        assert await check_backend(missing, Config(), out) == 1
         assert "error: events queue" in out.getvalue()
 
 
 def test_the_composition_root_wakes_the_poller_on_events(moto_url: str, tmp_path: Path) -> None:
-    from adapters.cli import make_app
-    from bot.config import Config, Secrets
+    from adapters.cli import load_config, make_app
 
-    config = Config(
-        backend="esd",
-        esd_api_url="http://127.0.0.1:9/prod/",
-        esd_events_queue_url=moto_url + "/123456789012/sdbot-events",
-        data_dir=tmp_path,
-        secrets=Secrets(esd_api_key="k"),
+    settings = load_config(
+        {
+            "ESD_API_URL": "http://127.0.0.1:9/prod/",
+            "ESD_EVENTS_QUEUE_URL": moto_url + "/123456789012/sdbot-events",
+            "ESD_API_KEY": "k",
+            "SDBOT_DATA_DIR": str(tmp_path),
+        }
     )
-    app = make_app(config)
+    app = make_app(settings)
     assert isinstance(app.backend, EsdBackend)
     assert app.backend._book.on_change == app.poller.nudge
 
@@ -493,16 +491,16 @@ async def _handled(event: Completion) -> bool:
 
 
 def test_the_composition_root_measures_the_event_lag(moto_url: str, tmp_path: Path) -> None:
-    from adapters.cli import make_app
+    from adapters.cli import load_config, make_app
     from adapters.web.metrics import Metrics
-    from bot.config import Config, Secrets
 
-    config = Config(
-        backend="esd",
-        esd_api_url="http://127.0.0.1:9/prod/",
-        esd_events_queue_url=moto_url + "/123456789012/sdbot-events",
-        data_dir=tmp_path,
-        secrets=Secrets(esd_api_key="k"),
+    config = load_config(
+        {
+            "ESD_API_URL": "http://127.0.0.1:9/prod/",
+            "ESD_EVENTS_QUEUE_URL": moto_url + "/123456789012/sdbot-events",
+            "ESD_API_KEY": "k",
+            "SDBOT_DATA_DIR": str(tmp_path),
+        }
     )
     metrics = Metrics()
     app = make_app(config, metrics)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.config import Config, Secrets
+from bot.config import Config
 from bot.errors import BackendError, ConfigError
 from bot.model import JobState
 from cloud.esd import EsdConfig
@@ -19,6 +19,7 @@ from cloud.esd.a1111 import (
     lora_names,
     resolve_file,
 )
+from cloud.esd.config import EsdSettings
 from cloud.esd.payloads import (
     parse_checkpoint_page,
     parse_count,
@@ -314,22 +315,20 @@ def test_config_normalises_and_hides_the_key() -> None:
     ],
 )
 def test_from_config_names_the_bad_setting(url: str | None, key: str | None, needle: str) -> None:
-    config = Config(esd_api_url=url, secrets=Secrets(esd_api_key=key))
+    esd = EsdSettings(esd_api_url=url, esd_api_key=key)
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
-        EsdConfig.from_config(config)
+        EsdConfig.from_config(esd, Config())
 
 
 def test_from_config_carries_the_settings() -> None:
-    config = Config(
-        backend="esd",
+    settings = EsdSettings(
         esd_api_url="http://127.0.0.1:9/prod",
         esd_username="bot",
-        inference_type="Real-time",
         esd_timeout=12.0,
         realtime_max_in_flight=3,
-        secrets=Secrets(esd_api_key="key123"),
+        esd_api_key="key123",
     )
-    esd = EsdConfig.from_config(config)
+    esd = EsdConfig.from_config(settings, Config(inference_type="Real-time"))
     assert (esd.api_url, esd.username, esd.inference_type) == (
         "http://127.0.0.1:9/prod/",
         "bot",

@@ -27,6 +27,7 @@ from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_api._internal.models import moto_api_backend
 from scenario_kit import (
+    FastSettings,
     RecordingAdapter,
     RecordingResponder,
     chat_caller,
@@ -36,14 +37,15 @@ from scenario_kit import (
     png,
 )
 
+from adapters.cli import SECTIONS, load_config
 from adapters.console import ConsoleAdapter, run_console
-from bot.config import Config, Secrets, load_config
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
 from bot.model import Endpoint, InterrogateParams, JobState
 from bot.ports import LOST_JOB
 from bot.views import ActionKind
 from cloud.esd import EsdBackend
 from cloud.esd import sagemaker as sm
+from cloud.esd.config import EsdSettings
 from cloud.esd.interrogate import NEEDS_SAGEMAKER, UnsupportedInterrogator
 from cloud.esd.sagemaker import (
     NEEDS_CREDENTIALS,
@@ -495,8 +497,7 @@ async def test_clients_are_made_once_and_closed(
 
 
 def test_settings_from_the_bot_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = Config(
-        backend="esd",
+    config = EsdSettings(
         esd_api_url="https://abc123.execute-api.ap-northeast-1.amazonaws.com/prod/",
         esd_bucket=" s3://my-bucket/ ",
         esd_username="ops",
@@ -508,7 +509,7 @@ def test_settings_from_the_bot_configuration(monkeypatch: pytest.MonkeyPatch) ->
         "us-west-2",
     )
     assert settings.fallback_region == "ap-northeast-1"
-    assert SageMakerConfig.from_config(Config(), {}).bucket is None
+    assert SageMakerConfig.from_config(EsdSettings(), {}).bucket is None
     assert region_of_api("http://127.0.0.1:8765/prod/") is None
     with pytest.raises(ConfigError, match="ESD_BUCKET"):
         SageMakerConfig("Not A Bucket")
@@ -521,7 +522,7 @@ def test_clients_follow_the_standard_aws_settings(
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
     monkeypatch.setenv("AWS_REGION", "ap-south-1")
-    settings = SageMakerConfig.from_config(Config(esd_bucket=BUCKET))
+    settings = SageMakerConfig.from_config(EsdSettings(esd_bucket=BUCKET))
     clients = sm._make_clients(settings)  # only built: nothing is sent
     try:
         assert clients.region == "ap-south-1"
@@ -631,13 +632,13 @@ async def test_without_esd_bucket_the_refusal_names_it(aws: Aws, no_rest_interro
 # -- End to end ------------------------------------------------------------------------------
 
 
-def _config(tmp_path: Path, url: str) -> Config:
+def _config(tmp_path: Path, url: str) -> FastSettings:
     return fast_config(
         tmp_path,
         backend="esd",
         esd_api_url=url,
         esd_bucket=BUCKET,
-        secrets=Secrets(esd_api_key=KEY),
+        esd_api_key=KEY,
         # A regression fails the test in seconds instead of waiting out the 20-minute default.
         job_timeout=10.0,
         created_timeout=10.0,
@@ -655,7 +656,7 @@ async def test_console_interrogates_on_esd_through_sagemaker(
     """console → core → `EsdBackend.from_config` → REST for endpoints, SageMaker for captions."""
     config = _config(tmp_path, no_rest_interrogate)
     out = io.StringIO()
-    app = make_app(config, EsdBackend.from_config(config))
+    app = make_app(config, EsdBackend.from_config(config[EsdSettings], config.core))
     adapter = ConsoleAdapter(config.output_dir, out)
     app.add_adapter(adapter)
     image = tmp_path / "in.png"
@@ -692,7 +693,7 @@ async def test_chat_delivers_the_caption_with_use_as_prompt(
     aws: Aws, no_rest_interrogate: str, tmp_path: Path
 ) -> None:
     config = _config(tmp_path, no_rest_interrogate)
-    app = make_app(config, EsdBackend.from_config(config))
+    app = make_app(config, EsdBackend.from_config(config[EsdSettings], config.core))
     adapter = RecordingAdapter()
     app.add_adapter(adapter)
     async with app:
@@ -713,4 +714,4 @@ def test_the_job_table_is_no_setting(tmp_path: Path) -> None:
     path.write_text('esd_job_table = "OtherTable"\n')
     with pytest.raises(ConfigError, match="ESD hard-codes its job table SDInferenceJobTable"):
         load_config({}, path)
-    assert not hasattr(Config(), "esd_job_table")
+    assert not any("esd_job_table" in kind.model_fields for kind in SECTIONS)

@@ -10,6 +10,7 @@ import pytest
 from scenario_kit import (
     IMAGE_MODES,
     ConsoleRun,
+    FastSettings,
     RecordingResponder,
     chat_caller,
     job_ids,
@@ -20,9 +21,9 @@ from scenario_kit import (
     states,
 )
 
-from bot.config import Config, Secrets
 from bot.model import JobState
 from cloud.esd import EsdBackend, EsdConfig
+from cloud.esd.config import EsdSettings
 from cloud.esd_server import running_server
 from tests.esd.esd_kit import (
     ASYNC,
@@ -46,9 +47,9 @@ class EsdConsole(ConsoleRun):
     def __init__(self, tmp_path: Path, url: str, **overrides: Any) -> None:
         self.url = url
 
-        def backend_for(config: Config) -> EsdBackend:
+        def backend_for(config: FastSettings) -> EsdBackend:
             # As the composition root builds it, with list scans never reused (polls are 10 ms).
-            esd = EsdConfig.from_config(config)
+            esd = EsdConfig.from_config(config[EsdSettings], config.core)
             esd = replace(
                 esd, list_interval=0.0, retry=replace(esd.retry, backoff=0.01, max_backoff=0.08)
             )
@@ -59,7 +60,7 @@ class EsdConsole(ConsoleRun):
             backend_for=backend_for,
             backend="esd",
             esd_api_url=url,
-            secrets=Secrets(esd_api_key=KEY),
+            esd_api_key=KEY,
             **overrides,
         )
 

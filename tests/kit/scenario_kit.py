@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
+from adapters.cli import SECTIONS
 from adapters.console import ConsoleAdapter, run_console
 from bot.app import BotApp
-from bot.config import Config
+from bot.config import Section, Settings
 from bot.errors import ChatDeliveryError, ImageInputError
 from bot.model import AttachmentRef, Caller, Conversation, Platform
 from bot.ports import PlatformTraits, PostedStatus
@@ -83,8 +84,19 @@ def size_of(data: bytes) -> tuple[int, int]:
         return image.size
 
 
-def fast_config(tmp_path: Path, **overrides: Any) -> Config:
-    """Fast settings: tiny delays, quick polling, short status interval."""
+class FastSettings(Settings):
+    """Test settings: any section's field also reads as an attribute (`settings.local_delay`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        for section in self._sections.values():
+            if name in type(section).model_fields:
+                return getattr(section, name)
+        raise AttributeError(name)
+
+
+def fast_config(tmp_path: Path, **overrides: Any) -> FastSettings:
+    """Fast settings: tiny delays, quick polling, short status interval. `overrides` name any
+    section's settings (credentials too: `discord_token="…"`)."""
     values: dict[str, Any] = {
         "data_dir": tmp_path / "data",
         "output_dir": tmp_path / "out",
@@ -94,20 +106,26 @@ def fast_config(tmp_path: Path, **overrides: Any) -> Config:
         "status_interval": 0.2,
     }
     values.update(overrides)
-    return Config(**values)
+    given: dict[type[Section], dict[str, Any]] = {kind: {} for kind in SECTIONS}
+    for name, value in values.items():
+        kind = next((k for k in SECTIONS if name in k.model_fields), None)
+        if kind is None:
+            raise TypeError(f"no settings section declares {name!r}")
+        given[kind][name] = value
+    return FastSettings(kind(**fields) for kind, fields in given.items())
 
 
 # The backend scenarios run on when they bring none: the local one, or what the
 # `scenario_backend` fixture (tests/conftest.py) installs for the backend-neutral scenarios.
-_backend_for: Callable[[Config], Any] | None = None
+_backend_for: Callable[[FastSettings], Any] | None = None
 
 
-def use_backend(factory: Callable[[Config], Any] | None) -> None:
+def use_backend(factory: Callable[[FastSettings], Any] | None) -> None:
     global _backend_for
     _backend_for = factory
 
 
-def default_backend(config: Config) -> Any:
+def default_backend(config: FastSettings) -> Any:
     if _backend_for is not None:
         return _backend_for(config)
     return LocalBackend(
@@ -115,12 +133,13 @@ def default_backend(config: Config) -> Any:
     )
 
 
-def make_app(config: Config, backend: Any = None) -> BotApp:
+def make_app(config: FastSettings, backend: Any = None) -> BotApp:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return BotApp(
-        config,
+        config.core,
         backend=backend or default_backend(config),
         store=SqliteJobStore(config.data_dir / "sdbot.sqlite3"),
+        secrets=config.secret_values(),
     )
 
 
@@ -139,7 +158,7 @@ class ConsoleRun:
         self,
         tmp_path: Path,
         *,
-        backend_for: Callable[[Config], Any] | None = None,
+        backend_for: Callable[[FastSettings], Any] | None = None,
         **overrides: Any,
     ) -> None:
         self.tmp_path = tmp_path

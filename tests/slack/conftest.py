@@ -32,7 +32,7 @@ from scenario_kit import fast_config, make_app
 from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack import SlackAdapter
-from bot.config import Secrets
+from adapters.slack.settings import SlackSettings
 from bot.model import Job, Platform
 from bot.ports import JobQuery
 from bot.retry import RetryPolicy
@@ -592,10 +592,13 @@ class Answer:
 class SlackRig:
     """The real core and the real Slack adapter, driven like Slack drives them."""
 
-    def __init__(self, fake: FakeSlack, app: BotApp, adapter: SlackAdapter, mode: str) -> None:
+    def __init__(
+        self, fake: FakeSlack, app: BotApp, adapter: SlackAdapter, mode: str, slack: SlackSettings
+    ) -> None:
         self.fake = fake
         self.app = app
         self.adapter = adapter
+        self.slack = slack  # the adapter's settings section
         self.mode = mode
         self._events = itertools.count(1)
         self._http: aiohttp.ClientSession | None = None
@@ -863,14 +866,15 @@ async def _running_rig(
 ) -> AsyncIterator[SlackRig]:
     fake = FakeSlack()
     await fake.start()
-    secrets = Secrets(
-        slack_bot_token=BOT_TOKEN,
-        slack_app_token=APP_TOKEN if mode == "socket" else None,
-        slack_signing_secret=SIGNING_SECRET,
-    )
-    values: dict[str, Any] = {"slack_api_url": fake.api_url, "admins": (ADMIN,)}
+    values: dict[str, Any] = {
+        "slack_bot_token": BOT_TOKEN,
+        "slack_app_token": APP_TOKEN if mode == "socket" else None,
+        "slack_signing_secret": SIGNING_SECRET,
+        "slack_api_url": fake.api_url,
+        "admins": (ADMIN,),
+    }
     values.update(overrides)
-    config = fast_config(tmp_path, secrets=secrets, **values)
+    config = fast_config(tmp_path, **values)
     app = make_app(config, backend)
     options: dict[str, Any] = {
         "http_host": "127.0.0.1",
@@ -882,9 +886,9 @@ async def _running_rig(
         "retry": RetryPolicy(attempts=12, scale=0.001),
     }
     options.update(adapter_options or {})
-    adapter = SlackAdapter(app, config, **options)
+    adapter = SlackAdapter(app, config[SlackSettings], **options)
     app.add_adapter(adapter)
-    rig = SlackRig(fake, app, adapter, mode)
+    rig = SlackRig(fake, app, adapter, mode, config[SlackSettings])
     try:
         async with app:
             await adapter.start()

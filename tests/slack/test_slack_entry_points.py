@@ -427,7 +427,7 @@ async def test_a_retry_that_arrives_after_a_restart_makes_no_second_job(make_rig
         await rig.adapter.aclose()
         from adapters.slack import SlackAdapter
 
-        fresh = SlackAdapter(rig.app, rig.app.config, http_host="127.0.0.1", http_port=0)
+        fresh = SlackAdapter(rig.app, rig.slack, http_host="127.0.0.1", http_port=0)
         rig.app._adapters[fresh.platform] = fresh
         rig.adapter = fresh
         await fresh.start()

@@ -201,7 +201,7 @@ async def test_buttons_keep_working_after_a_restart(make_rig) -> None:  # type: 
         await rig.adapter.aclose()
         from adapters.slack import SlackAdapter
 
-        fresh = SlackAdapter(rig.app, rig.app.config, http_host="127.0.0.1", http_port=0)
+        fresh = SlackAdapter(rig.app, rig.slack, http_host="127.0.0.1", http_port=0)
         rig.app._adapters[fresh.platform] = fresh
         rig.adapter = fresh
         await fresh.start()

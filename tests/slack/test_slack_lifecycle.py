@@ -9,7 +9,7 @@ import pytest
 from scenario_kit import fast_config, make_app
 
 from adapters.slack import SlackAdapter, slack_configured
-from bot.config import Secrets
+from adapters.slack.settings import SlackSettings
 from bot.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -18,15 +18,15 @@ if TYPE_CHECKING:
     from conftest import SlackRig
 
 
-def test_configured_means_a_bot_token_and_one_way_in(tmp_path: Path) -> None:
-    assert not slack_configured(_config(tmp_path))
-    assert not slack_configured(_config(tmp_path, slack_bot_token="xoxb-1"))
-    assert slack_configured(_config(tmp_path, slack_bot_token="xoxb-1", slack_app_token="xapp-1"))
-    assert slack_configured(_config(tmp_path, slack_bot_token="xoxb-1", slack_signing_secret="s"))
+def test_configured_means_a_bot_token_and_one_way_in() -> None:
+    assert not slack_configured(SlackSettings())
+    assert not slack_configured(SlackSettings(slack_bot_token="xoxb-1"))
+    assert slack_configured(SlackSettings(slack_bot_token="xoxb-1", slack_app_token="xapp-1"))
+    assert slack_configured(SlackSettings(slack_bot_token="xoxb-1", slack_signing_secret="s"))
 
 
 def _config(tmp_path: Path, api_url: str | None = None, **secrets: Any) -> Any:
-    return fast_config(tmp_path, slack_api_url=api_url, secrets=Secrets(**secrets))
+    return fast_config(tmp_path, slack_api_url=api_url, **secrets)
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_missing_or_wrong_kinds_of_credentials_are_named(
 ) -> None:
     config = _config(tmp_path, **secrets)
     with pytest.raises(ConfigError, match=message):
-        SlackAdapter(make_app(config), config)
+        SlackAdapter(make_app(config), config[SlackSettings])
 
 
 async def test_a_refused_bot_token_fails_start_with_its_name(rig: SlackRig, tmp_path: Path) -> None:
@@ -52,8 +52,10 @@ async def test_a_refused_bot_token_fails_start_with_its_name(rig: SlackRig, tmp_
         slack_bot_token="xoxb-wrong",
         slack_signing_secret="s",
     )
-    assert slack_configured(config)
-    adapter = SlackAdapter(make_app(config), config, http_host="127.0.0.1", http_port=0)
+    assert slack_configured(config[SlackSettings])
+    adapter = SlackAdapter(
+        make_app(config), config[SlackSettings], http_host="127.0.0.1", http_port=0
+    )
     with pytest.raises(ConfigError, match="Slack refused SLACK_BOT_TOKEN: invalid_auth") as err:
         await adapter.start()
     assert "xoxb-wrong" not in str(err.value)
@@ -67,7 +69,7 @@ async def test_a_refused_app_token_fails_start_with_its_name(rig: SlackRig, tmp_
         slack_bot_token="xoxb-test-bot-token",
         slack_app_token="xapp-wrong",
     )
-    adapter = SlackAdapter(make_app(config), config)
+    adapter = SlackAdapter(make_app(config), config[SlackSettings])
     with pytest.raises(ConfigError, match="Slack refused SLACK_APP_TOKEN: invalid_auth"):
         await adapter.start()
     assert rig.fake.socket_connections == 0
