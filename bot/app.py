@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from bot.catalog import Catalog
 from bot.clock import SystemClock
 from bot.dispatcher import Dispatcher
 from bot.jobs import JobRunner
@@ -18,7 +19,7 @@ from bot.leases import Leadership
 from bot.memory import GcFreezer
 from bot.policy import Policy
 from bot.poller import Poller
-from bot.resolve import Catalog, Resolver
+from bot.resolve import Resolver
 from bot.retention import RETENTION_LEASE, Retention
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from commands.options import job_options
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+    from bot.catalog import Catalog
     from bot.jobs import JobRunner
     from bot.model import AttachmentRef, Caller, Job, Platform
     from bot.policy import Policy
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
         PlatformTraits,
         Responder,
     )
-    from bot.resolve import Catalog
     from commands import CommandSpec, ParsedCommand
 
 _LOGGER = logging.getLogger(__name__)

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING
 
+from bot.catalog import vae_keyword
 from bot.errors import ParseError, RefusedError
 from bot.ports import Admission, AdmissionRefused, traits_of
 from bot.render import duration
-from bot.resolve import vae_keyword
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from bot.catalog import Catalog
     from bot.config import Config
     from bot.model import Caller, Platform
     from bot.ports import ChatAdapter, Clock, SettingsStore
-    from bot.resolve import Catalog
 
 SETTING_KEYS: tuple[str, ...] = (
     "endpoint",

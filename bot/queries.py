@@ -22,11 +22,11 @@ from commands.options import JobsOptions, jobs_options
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from bot.catalog import Catalog
     from bot.jobs import JobRunner
     from bot.model import Caller, Job
     from bot.policy import Policy
     from bot.ports import Backend, ImageStore, JobRepo, Responder
-    from bot.resolve import Catalog
     from commands import ParsedCommand
 
 _PAGE = 50  # lines per message when `jobs all=true` lists many
