@@ -30,6 +30,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# Source and tests alike: the files are listed in pyproject's [tool.mypy].
 typecheck: install
 	$(BIN)/mypy
 

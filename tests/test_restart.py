@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from scenario_kit import (
@@ -29,10 +30,13 @@ from bot.model import Delivery, JobState
 from bot.views import ResultView
 from cloud.local import LocalBackend, LocalBackendConfig
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not await predicate():
             await asyncio.sleep(0.01)
@@ -61,7 +65,8 @@ async def _crash_at(config: FastSettings, adapter: RecordingAdapter, step: str) 
         if step == "polling":
             return stored.state is JobState.INPROGRESS
         if step == "posting":
-            return stored.delivery is Delivery.POSTING and adapter.posted_while_hanging
+            hung = isinstance(adapter, HangingAdapter) and adapter.posted_while_hanging
+            return stored.delivery is Delivery.POSTING and hung
         raise AssertionError(step)
 
     await _until(reached)

@@ -25,7 +25,10 @@ from commands.options import GenerateOptions
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from scenario_kit import FastSettings
+
     from bot.app import BotApp
+    from bot.model import Caller
 
 
 # Backend-neutral: each scenario runs on the local backend and on the WebUI backend.
@@ -205,20 +208,25 @@ async def test_cancel_button_and_use_as_prompt(tmp_path: Path) -> None:
         slow = await app.dispatcher.handle_text(
             me, "img2img slow", [adapter.attach("a.png", png())], r
         )
+        assert slow is not None
         await asyncio.sleep(0.1)
         await app.dispatcher.handle_action(me, Action(ActionKind.CANCEL, slow.id).id, r)
         assert "cancelled" in r.replies[-1][0]
         cap, _ = await run_job(app, adapter, "interrogate", files=[("a.png", png())])
         cap = await app.store.get(cap.id)
+        assert cap is not None
         [result] = [v for v in adapter.results() if v.job_id == cap.id]
         assert [a.kind for a in result.actions] == [ActionKind.USE_AS_PROMPT, ActionKind.DELETE]
         follow = await app.dispatcher.handle_action(
             me, Action(ActionKind.USE_AS_PROMPT, cap.id).id, r
         )
         await app.runner.wait_idle()
+        assert follow is not None
         follow = await app.store.get(follow.id)
+        assert follow is not None and follow.params is not None
         assert follow.command == "img2img" and follow.params.prompt == cap.caption
-        assert (await app.store.get(slow.id)).state is JobState.CANCELLED
+        cancelled = await app.store.get(slow.id)
+        assert cancelled is not None and cancelled.state is JobState.CANCELLED
         assert not [v for v in adapter.results() if v.job_id == slow.id]
 
 
@@ -232,7 +240,7 @@ async def test_jobs_never_cross_servers_and_users_see_their_own(chat) -> None:  
         app, adapter, "img2img far", caller=chat_caller("u1", server="g2"), files=[("a.png", png())]
     )
 
-    async def ask(caller, text):  # type: ignore[no-untyped-def]
+    async def ask(caller: Caller, text: str) -> RecordingResponder:
         r = RecordingResponder()
         await app.dispatcher.handle_command(caller, parse(text), [], r)
         return r
@@ -296,16 +304,18 @@ async def test_restart_resumes_an_unfinished_job_and_delivers_once(tmp_path: Pat
     async with app2:
         await app2.runner.wait_idle()
         final = await app2.store.get(job.id)
+    assert final is not None
     assert final.state is JobState.SUCCEED, final.error
     assert final.delivery.value == "done"
     assert len([v for v in adapter.results() if v.job_id == job.id]) == 1
 
 
-async def _reopen_state(config, job_id):  # type: ignore[no-untyped-def]
+async def _reopen_state(config: FastSettings, job_id: str) -> JobState:
     app = make_app(config)
     await app.store.start()
     try:
         job = await app.store.get(job_id)
+        assert job is not None
         return job.state
     finally:
         await app.store.aclose()

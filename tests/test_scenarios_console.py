@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from scenario_kit import (
@@ -18,12 +19,17 @@ from scenario_kit import (
     states,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from bot.views import ResultImage
+
 # Backend-neutral: each scenario runs on the local backend and on the WebUI backend.
 pytestmark = pytest.mark.usefixtures("scenario_backend")
 
 
 @pytest.fixture
-async def console(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def console(tmp_path: Path) -> AsyncIterator[ConsoleRun]:
     async with ConsoleRun(tmp_path) as run:
         yield run
 
@@ -148,7 +154,9 @@ async def test_cancel_stops_a_job_and_it_never_delivers(tmp_path: Path) -> None:
 
 class _Quiet:
     async def accepted(self, job_id: str) -> None: ...
-    async def reply(self, text: str, *, private: bool = False, images=()) -> None: ...  # type: ignore[no-untyped-def]
+    async def reply(
+        self, text: str, *, private: bool = False, images: Sequence[ResultImage] = ()
+    ) -> None: ...
     async def refuse(self, message: str) -> None:
         raise AssertionError(message)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scenario_kit import (
@@ -15,10 +16,12 @@ from scenario_kit import (
     png,
 )
 
-from bot.model import JobState
+from bot.model import Job, JobState
 
 
-async def run_one(tmp_path: Path, backend: ScriptedBackend, **config: object):  # type: ignore[no-untyped-def]
+async def run_one(
+    tmp_path: Path, backend: ScriptedBackend, **config: Any
+) -> tuple[Job, RecordingAdapter]:
     app = make_app(fast_config(tmp_path, **config), backend)
     adapter = RecordingAdapter()
     app.add_adapter(adapter)
@@ -49,8 +52,8 @@ async def test_failures_are_posted_with_the_reason_and_job_id(
     assert message in (job.error or "")
     [result] = adapter.results()
     assert result.error is not None and message in result.error
-    assert job.id in result.text
-    assert adapter.status_edits[job.status_message][-1].state is JobState.FAILED  # type: ignore[index]
+    assert job.id in result.text and job.status_message is not None
+    assert adapter.status_edits[job.status_message][-1].state is JobState.FAILED
 
 
 async def test_a_job_stuck_in_created_times_out(tmp_path: Path) -> None:
@@ -70,6 +73,6 @@ async def test_a_job_that_never_finishes_times_out(tmp_path: Path) -> None:
 
 async def test_a_cold_start_is_shown_in_the_status(tmp_path: Path) -> None:
     job, adapter = await run_one(tmp_path, ScriptedBackend(cold=True, delay=0.3))
-    assert job.state is JobState.SUCCEED
-    texts = [s.text for s in adapter.status_edits[job.status_message]]  # type: ignore[index]
+    assert job.state is JobState.SUCCEED and job.status_message is not None
+    texts = [s.text for s in adapter.status_edits[job.status_message]]
     assert any("cold start" in t for t in texts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from scenario_kit import (
@@ -19,12 +20,19 @@ from scenario_kit import (
 from bot.app import BotApp
 from commands import parse
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from bot.model import Caller, Job
+
+    Chat = tuple[BotApp, RecordingAdapter]
+
 # Backend-neutral: each scenario runs on the local backend and on the WebUI backend.
 pytestmark = pytest.mark.usefixtures("scenario_backend")
 
 
 @pytest.fixture
-async def chat(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def chat(tmp_path: Path) -> AsyncIterator[Chat]:
     app = make_app(fast_config(tmp_path, local_delay=0.5, user_concurrency=2, daily_quota=5))
     adapter = RecordingAdapter()
     app.add_adapter(adapter)
@@ -32,7 +40,9 @@ async def chat(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield app, adapter
 
 
-async def submit(app: BotApp, adapter: RecordingAdapter, caller=None, text="img2img x"):  # type: ignore[no-untyped-def]
+async def submit(
+    app: BotApp, adapter: RecordingAdapter, caller: Caller | None = None, text: str = "img2img x"
+) -> tuple[Job | None, RecordingResponder]:
     r = RecordingResponder()
     job = await app.dispatcher.handle_text(
         caller or chat_caller(), text, [adapter.attach("a.png", png())], r
@@ -40,13 +50,13 @@ async def submit(app: BotApp, adapter: RecordingAdapter, caller=None, text="img2
     return job, r
 
 
-async def ask(app: BotApp, caller, text: str) -> RecordingResponder:  # type: ignore[no-untyped-def]
+async def ask(app: BotApp, caller: Caller, text: str) -> RecordingResponder:
     r = RecordingResponder()
     await app.dispatcher.handle_command(caller, parse(text), [], r)
     return r
 
 
-async def test_per_user_concurrency_limit(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_per_user_concurrency_limit(chat: Chat) -> None:
     app, adapter = chat
     assert (await submit(app, adapter))[0] is not None
     assert (await submit(app, adapter))[0] is not None
@@ -59,7 +69,7 @@ async def test_per_user_concurrency_limit(chat) -> None:  # type: ignore[no-unty
     assert (await submit(app, adapter))[0] is not None  # room again once they finished
 
 
-async def test_daily_quota_says_when_it_resets(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_daily_quota_says_when_it_resets(chat: Chat) -> None:
     app, adapter = chat
     for _ in range(5):
         job, _ = await submit(app, adapter)
@@ -84,7 +94,7 @@ async def test_global_cap(tmp_path: Path) -> None:
         assert "try again" in r.refusals[0]
 
 
-async def test_settings_are_shown_changed_validated_and_applied(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_settings_are_shown_changed_validated_and_applied(chat: Chat) -> None:
     app, adapter = chat
     admin = chat_caller("boss", admin=True)
     shown = (await ask(app, admin, "settings")).replies[0][0]
@@ -104,8 +114,9 @@ async def test_settings_are_shown_changed_validated_and_applied(chat) -> None:  
     assert "max_size = 512 · server" in shown and "concurrency = 3 · channel" in shown
     job, _ = await submit(app, adapter, text="img2img x")
     await app.runner.wait_idle()
+    assert job is not None
     stored = await app.store.get(job.id)
-    assert stored.params is not None
+    assert stored is not None and stored.params is not None
     assert max(stored.params.width, stored.params.height) <= 512
     too_big, refused = await submit(app, adapter, text="img2img x size=1024x1024")
     assert too_big is None and "cap of 512" in refused.refusals[0]
@@ -119,7 +130,7 @@ async def test_settings_are_shown_changed_validated_and_applied(chat) -> None:  
     assert "max_size = 1024 · config" in (await ask(app, elsewhere, "settings")).replies[0][0]
 
 
-async def ask_text(app: BotApp, caller, text: str) -> RecordingResponder:  # type: ignore[no-untyped-def]
+async def ask_text(app: BotApp, caller: Caller, text: str) -> RecordingResponder:
     r = RecordingResponder()
     await app.dispatcher.handle_text(caller, text, [], r)
     return r
@@ -145,16 +156,20 @@ async def test_allow_lists(tmp_path: Path) -> None:
         await app.runner.wait_idle()
 
 
-async def test_retention_removes_old_images_and_keeps_rows(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_retention_removes_old_images_and_keeps_rows(chat: Chat) -> None:
     app, adapter = chat
     old, _ = await submit(app, adapter)
     await app.runner.wait_idle()
+    assert old is not None
     stored = await app.store.get(old.id)
+    assert stored is not None
     await app.store.save(replace(stored, created_at=stored.created_at - timedelta(days=31)))
     fresh, _ = await submit(app, adapter)
     await app.runner.wait_idle()
+    assert fresh is not None
     assert await app.retention.sweep() == 1
     old_job = await app.store.get(old.id)
+    assert old_job is not None and old_job.thread is not None
     assert old_job.results_expired and await app.store.images(old.id) == []
     assert await app.store.images(fresh.id) != []
     details = (await ask(app, chat_caller(), f"job {old.id}")).replies[0][0]

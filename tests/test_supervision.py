@@ -356,7 +356,9 @@ async def test_a_full_disk_refuses_new_jobs_clearly_and_keeps_serving(tmp_path: 
             pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
             db.conn.execute(f"PRAGMA max_page_count = {pages}")
 
-        await app.store._call(fill)
+        store = app.store
+        assert isinstance(store, SqliteJobStore)
+        await store._call(fill)
         refusals: list[str] = []
         for n in range(40):
             responder = RecordingResponder()
@@ -389,7 +391,9 @@ async def test_a_data_folder_replaced_while_running_is_noticed(tmp_path: Path) -
         )
     assert job is None and responder.accepted_ids == []
     assert any("deleted or replaced" in text for text in responder.refusals), responder.refusals
-    assert isinstance(await app.store.wait_lost(), StorageLostError)  # `sdbot run` stops
+    store = app.store
+    assert isinstance(store, SqliteJobStore)
+    assert isinstance(await store.wait_lost(), StorageLostError)  # `sdbot run` stops
 
 
 async def test_a_data_folder_deleted_while_nothing_writes_is_noticed(tmp_path: Path) -> None:

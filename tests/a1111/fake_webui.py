@@ -33,12 +33,15 @@ import io
 import json
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from PIL import Image, PngImagePlugin
 
 from commands.spec import SAMPLERS
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler
 
 VERSION = "v1.10.1"
 CHECKPOINTS = ("sdbot-preview.safetensors", "dreamshaper_8.safetensors")
@@ -264,7 +267,7 @@ class FakeWebUI:
         self._gate.set()
         self._changed = asyncio.Condition()
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.Transport] = set()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = 0
@@ -363,7 +366,7 @@ class FakeWebUI:
         await self.aclose()
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         task = asyncio.current_task()
         assert task is not None
         transport = request.transport
@@ -458,7 +461,8 @@ class FakeWebUI:
                 await self._work(job, int(body.get("steps") or 20), body.get("force_task_id"))
                 width, height = int(body.get("width") or 512), int(body.get("height") or 512)
                 count = int(body.get("batch_size") or 1) * int(body.get("n_iter") or 1)
-                seed = int(body.get("seed") if body.get("seed") is not None else -1)
+                given = body.get("seed")
+                seed = int(given) if given is not None else -1
                 infotexts = [self._infotext(body, seed + n, job) for n in range(count)]
                 outputs = [
                     _png(_picture(images[0], width, height, seed + n, str(body.get("prompt"))), t)
@@ -633,7 +637,7 @@ class FakeWebUI:
         return web.json_response([{"name": n, "aliases": [], "options": {}} for n in SAMPLERS])
 
     async def _embeddings(self, request: web.Request) -> web.Response:
-        item = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
+        item: dict[str, object] = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
         item |= {"shape": 768, "vectors": 1}
         return web.json_response({"loaded": dict.fromkeys(EMBEDDINGS, item), "skipped": {}})
 

@@ -18,7 +18,7 @@ from bot.ports import LOST_JOB, PollTarget
 from cloud.a1111 import A1111Backend
 from cloud.a1111.backend import CUT_TWICE, RESUBMITTED
 from cloud.esd.a1111 import img2img_payload
-from commands.spec import Resize, Sampler
+from commands.spec import Method, Resize, Sampler
 from tests.a1111.conftest import webui_config
 from tests.a1111.fake_webui import OOM, ApiError, FakeWebUI, oom
 
@@ -98,7 +98,9 @@ async def test_img2img_sends_the_esd_payload_with_model_and_vae_overrides(
 async def test_interrogate_both_ways(
     backend: A1111Backend, webui: FakeWebUI, method: str, model: str
 ) -> None:
-    submitted = await backend.interrogate("job1", InterrogateParams(method, "webui"), png(40, 30))
+    submitted = await backend.interrogate(
+        "job1", InterrogateParams(Method(method), "webui"), png(40, 30)
+    )
     await until(backend, submitted.backend_id, JobState.SUCCEED)
     [received] = webui.received
     assert (received.route, received.body["model"]) == ("interrogate", model)
@@ -361,7 +363,8 @@ async def test_other_500s_and_4xx_carry_the_webui_error(
     first = await backend.submit("a", PARAMS, png(), None)
     status = await until(backend, first.backend_id, JobState.FAILED)
     assert status.reason == "the WebUI failed: RuntimeError: shape mismatch"
-    unknown_sampler = await backend.submit("b", replace(PARAMS, sampler="Nope"), png(), None)
+    nope = replace(PARAMS, sampler="Nope")  # type: ignore[arg-type]  # one the WebUI lacks
+    unknown_sampler = await backend.submit("b", nope, png(), None)
     status = await until(backend, unknown_sampler.backend_id, JobState.FAILED)
     assert status.reason == "the WebUI failed: Sampler not found"
 

@@ -28,8 +28,9 @@ from tests.a1111.conftest import webui_config
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    from scenario_kit import FastSettings
+
     from bot.app import BotApp
-    from bot.config import Config
     from bot.views import StatusView
     from tests.a1111.fake_webui import FakeWebUI
 
@@ -135,7 +136,7 @@ async def test_a_job_waiting_in_the_queue_is_not_timed_out_as_stuck(
 async def test_the_console_names_the_live_preview_file_and_removes_it_at_the_end(
     webui: FakeWebUI, tmp_path: Path
 ) -> None:
-    def backend_for(config: Config) -> A1111Backend:
+    def backend_for(config: FastSettings) -> A1111Backend:
         return A1111Backend(webui_config(webui.url, tmp_path))
 
     image = tmp_path / "a.png"

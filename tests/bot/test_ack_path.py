@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scenario_kit import (
     RecordingAdapter,
@@ -15,6 +15,9 @@ from scenario_kit import (
     png,
 )
 
+if TYPE_CHECKING:
+    from bot.model import Platform
+
 
 async def test_a_burst_in_a_new_channel_reads_its_settings_once(tmp_path: Path) -> None:
     app = make_app(fast_config(tmp_path, local_delay=5.0, max_in_flight=1000))
@@ -23,9 +26,9 @@ async def test_a_burst_in_a_new_channel_reads_its_settings_once(tmp_path: Path) 
     reads: list[tuple[Any, ...]] = []
     settings = app.store.settings
 
-    async def counted(*args: Any) -> dict[str, str]:
-        reads.append(args)
-        return await settings(*args)
+    async def counted(platform: Platform, server: str, scope: str) -> dict[str, str]:
+        reads.append((platform, server, scope))
+        return await settings(platform, server, scope)
 
     app.store.settings = counted  # type: ignore[method-assign]
     image = png(32, 32)

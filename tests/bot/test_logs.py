@@ -8,6 +8,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from scenario_kit import (
@@ -22,6 +23,9 @@ from scenario_kit import (
 
 from bot.errors import BackendError
 from bot.logs import redact, setup_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ESD_KEY = "Zq8vT3kW9pL2mN5xR7yB"
 DISCORD = "MTA5ODc2NTQzMjEwOTg3NjU0.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789AB"
@@ -77,7 +81,7 @@ class LeakyBackend(ScriptedBackend):
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging():  # type: ignore[no-untyped-def]
+def _restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield

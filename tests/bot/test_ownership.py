@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scenario_kit import (
     RecordingAdapter,
@@ -38,7 +38,7 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 ON_DISCORD = Platform("discord")
 
 
-def job(job_id: str, platform: Platform = ON_DISCORD, **fields: object) -> Job:
+def job(job_id: str, platform: Platform = ON_DISCORD, **fields: Any) -> Job:
     return make_job(job_id, platform=platform, **({"created_at": NOW} | fields))
 
 

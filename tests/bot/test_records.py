@@ -127,7 +127,7 @@ _params = st.builds(
 def test_generate_options_round_trip(options: GenerateOptions) -> None:
     loaded = records.load_options("inpaint", records.dump_options(options))
     assert loaded == options
-    assert type(loaded.sampler) is type(options.sampler)  # type: ignore[union-attr]
+    assert type(loaded.sampler) is type(options.sampler)
 
 
 @given(

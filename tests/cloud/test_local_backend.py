@@ -16,7 +16,7 @@ from bot.model import Endpoint, GenerationParams, InterrogateParams, JobState, M
 from bot.ports import LOST_JOB, Backend, PollTarget
 from cloud.local import LocalBackend, LocalBackendConfig
 from cloud.local.preview import caption
-from commands.spec import Resize, Sampler
+from commands.spec import Method, Resize, Sampler
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -145,7 +145,9 @@ async def test_inpaint_job_uses_the_mask(backend: LocalBackend) -> None:
 @pytest.mark.parametrize("method", ["clip", "deepbooru"])
 async def test_interrogate_returns_the_caption(backend: LocalBackend, method: str) -> None:
     image = png((30, 30, 230), (60, 40))
-    submitted = await backend.interrogate("job1", InterrogateParams(method, ENDPOINT), image)
+    submitted = await backend.interrogate(
+        "job1", InterrogateParams(Method(method), ENDPOINT), image
+    )
     states = await states_until_terminal(backend, submitted.backend_id)
     assert states[-1] is JobState.SUCCEED
     output = await backend.results(submitted.backend_id)
@@ -235,15 +237,16 @@ async def test_unknown_endpoint_is_refused_naming_the_available_one(backend: Loc
         await backend.submit("job1", make_params(endpoint="gpu-1"), png(), None)
     assert caught.value.user_message == f"endpoint not found: gpu-1 (available: {ENDPOINT})"
     with pytest.raises(BackendError) as caught:
-        await backend.interrogate("job2", InterrogateParams("clip", "gpu-1"), png())
+        await backend.interrogate("job2", InterrogateParams(Method.CLIP, "gpu-1"), png())
     assert caught.value.user_message is not None
     assert "gpu-1" in caught.value.user_message
     assert ENDPOINT in caught.value.user_message
 
 
 async def test_unknown_interrogate_method_is_refused(backend: LocalBackend) -> None:
+    blip = InterrogateParams("blip", ENDPOINT)  # type: ignore[arg-type]  # not a Method
     with pytest.raises(BackendError, match="method"):
-        await backend.interrogate("job1", InterrogateParams("blip", ENDPOINT), png())
+        await backend.interrogate("job1", blip, png())
 
 
 # -- Catalogue ------------------------------------------------------------------------------
@@ -330,7 +333,7 @@ async def test_history_is_newest_first_per_task_type(slow_backend: LocalBackend)
     ids = [
         (await backend.submit(f"job{i}", make_params(), png(), None)).backend_id for i in range(3)
     ]
-    caption_job = await backend.interrogate("job9", InterrogateParams("clip", ENDPOINT), png())
+    caption_job = await backend.interrogate("job9", InterrogateParams(Method.CLIP, ENDPOINT), png())
     rows = await backend.history("img2img", 10)
     assert [row.backend_id for row in rows] == ids[::-1]
     assert {(row.task_type, row.state, row.endpoint, row.model) for row in rows} == {
@@ -356,7 +359,7 @@ async def test_aclose_cancels_running_jobs_and_refuses_new_ones() -> None:
     local = LocalBackend(LocalBackendConfig(delay=3600))
     await local.start()
     first = await local.submit("job1", make_params(), png(), None)
-    await local.interrogate("job2", InterrogateParams("deepbooru", ENDPOINT), png())
+    await local.interrogate("job2", InterrogateParams(Method.DEEPBOORU, ENDPOINT), png())
     assert len(job_tasks()) == 2
     await local.aclose()
     assert job_tasks() == []

@@ -306,7 +306,7 @@ def test_masked_content_changes_what_is_repainted(fill: str) -> None:
     mask = to_png(square_mask((96, 96), (20, 20, 70, 70)))
     params = make_params(width=96, height=96, strength=0.6)
     original = decode(render(init, mask, params)[0])
-    image = decode(render(init, mask, dataclasses.replace(params, fill=fill))[0])
+    image = decode(render(init, mask, dataclasses.replace(params, fill=Fill(fill)))[0])
     if fill == "original":
         assert image.tobytes() == original.tobytes()
     else:

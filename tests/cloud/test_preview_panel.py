@@ -4,6 +4,7 @@ and the variation seed, and ignores the rest explicitly (and says so in the info
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ def test_the_variation_seed_moves_the_image_by_its_strength() -> None:
     init = to_png(picture())
     base = make_params(seed=7, width=64, height=64, strength=0.8)
 
-    def pixels(**changes: object) -> bytes:
+    def pixels(**changes: Any) -> bytes:
         return decode(render(init, None, dataclasses.replace(base, **changes))[0]).tobytes()
 
     plain = pixels()
@@ -49,7 +50,7 @@ def test_the_variation_seed_moves_the_image_by_its_strength() -> None:
         ("scheduler", "Uniform"),
     ],
 )
-def test_what_the_preview_cannot_do_is_ignored_and_named(change: str, value: object) -> None:
+def test_what_the_preview_cannot_do_is_ignored_and_named(change: str, value: Any) -> None:
     init = to_png(picture())
     base = make_params(seed=3, width=64, height=64)
     changed = dataclasses.replace(base, **{change: value})

@@ -1027,8 +1027,8 @@ class DiscordHarness:
             kind = OPTIONS[option].kind if option in OPTIONS else Kind.TEXT  # `advanced`
             code = {Kind.INT: 4, Kind.FLOAT: 10, Kind.BOOL: 5}.get(kind, 3)
             wire.append({"name": option, "type": code, "value": value})
-        for slot, data in (files or {}).items():
-            attachment = self.fake.upload(f"{slot}.png", data)
+        for slot, content in (files or {}).items():
+            attachment = self.fake.upload(f"{slot}.png", content)
             resolved[attachment["id"]] = attachment
             wire.append({"name": slot, "type": 11, "value": attachment["id"]})
         data: dict[str, Any] = {"id": "123", "name": name, "type": 1, "options": wire}
@@ -1131,7 +1131,7 @@ class DiscordHarness:
     # -- looking at what happened ----------------------------------------------------------
 
     async def jobs(self) -> list[Any]:
-        found = []
+        found: list[Any] = []
         for server in (str(GUILD), str(OTHER_GUILD), f"dm:{ALICE.id}"):
             found += await self.app.store.query(JobQuery(Platform("discord"), server, limit=100))
         return sorted(found, key=lambda j: j.created_at)

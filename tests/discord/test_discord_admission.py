@@ -16,7 +16,8 @@ RUNNING = "you have 1 job running; the limit here is 1"
 
 def _message(bot: Any, files: dict[str, bytes]) -> dict[str, Any]:
     """Bob's message with attachments (not addressed to the bot), as a context menu's target."""
-    return bot.say("look", user=bot.bob, files=files)
+    message: dict[str, Any] = bot.say("look", user=bot.bob, files=files)
+    return message
 
 
 async def _answer(bot: Any, token: str) -> dict[str, Any]:
@@ -52,7 +53,8 @@ async def limited(harness: Any) -> Any:
 
 
 def _result(bot: Any, job: Any) -> dict[str, Any]:
-    return bot.fake.messages[job.result_messages[-1]]
+    message: dict[str, Any] = bot.fake.messages[job.result_messages[-1]]
+    return message
 
 
 async def test_slash_command(limited: Any) -> None:

@@ -21,7 +21,8 @@ async def _finished(bot: Any, command: str = "img2img", **options: Any) -> Any:
 
 
 def _result(bot: Any, job: Any) -> dict[str, Any]:
-    return bot.fake.messages[job.result_messages[-1]]
+    message: dict[str, Any] = bot.fake.messages[job.result_messages[-1]]
+    return message
 
 
 def _modal_fields(callback: Any) -> dict[str, str | None]:

@@ -297,7 +297,7 @@ async def test_queries(bot: Any) -> None:
         answers[name] = await bot.answered(tokens[name])
 
     def content(name: str) -> str:
-        return answers[name].json["data"]["content"]
+        return str(answers[name].json["data"]["content"])
 
     def private(name: str) -> bool:
         return bool(answers[name].json["data"].get("flags", 0) & bot.ephemeral)
@@ -456,7 +456,7 @@ async def test_after_stop_new_requests_are_turned_away_but_posting_works(bot: An
     assert bot.fake.messages[notice]["content"] == "still able to post"
 
 
-async def test_a_status_preview_is_attached_replaced_and_dropped_at_the_end(bot) -> None:  # type: ignore[no-untyped-def]
+async def test_a_status_preview_is_attached_replaced_and_dropped_at_the_end(bot: Any) -> None:
     from bot.views import StatusView
 
     where = Conversation(str(bot.channel))

@@ -317,7 +317,7 @@ async def test_permission_refusal_says_which(scripted: ScriptedEsd) -> None:
 
 
 async def test_504_on_a_read_is_retried_then_unavailable(scripted: ScriptedEsd) -> None:
-    gateway = (504, {"message": "Endpoint request timed out"}, {})
+    gateway: Reply = (504, {"message": "Endpoint request timed out"}, {})
     scripted.then("GET endpoints", gateway, gateway, gateway, gateway)
     async with client_for(scripted) as client:
         with pytest.raises(BackendUnavailableError) as caught:

@@ -504,7 +504,8 @@ def test_the_composition_root_measures_the_event_lag(moto_url: str, tmp_path: Pa
     )
     metrics = Metrics()
     app = make_app(config, metrics)
-    events = app.backend.events  # through the metrics wrapper, as the core sees the backend
+    # Through the metrics wrapper, as the core sees the backend (which passes `events` on).
+    events = getattr(app.backend, "events", None)
     assert isinstance(events, CompletionConsumer) and events._on_lag == metrics.event_lag.observe
     events._on_lag(2.0)
     assert metrics.registry.get_sample_value("sdbot_event_queue_lag_seconds_count") == 1

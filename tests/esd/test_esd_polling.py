@@ -21,6 +21,7 @@ from cloud.esd.client import EsdClient
 from cloud.esd.payloads import NO_IMAGES
 from cloud.esd.polling import StatusBook
 from cloud.esd_server import running_server
+from commands.spec import Method
 from tests.esd.esd_kit import (
     ASYNC,
     esd_config,
@@ -327,7 +328,7 @@ async def test_cold_start_is_reported_until_the_endpoint_has_an_instance() -> No
 async def test_jobs_of_an_earlier_run_are_followed(server: str) -> None:
     async with EsdBackend(esd_config(server)) as first:
         ids = await _submit_many(first, 5)
-        caption = await first.interrogate("bot-i", InterrogateParams("clip", ASYNC), png())
+        caption = await first.interrogate("bot-i", InterrogateParams(Method.CLIP, ASYNC), png())
     state = state_of(server)
     for job_id in [*ids, caption.backend_id]:
         await state.finish(job_id)
@@ -372,7 +373,9 @@ async def test_a_page_esd_cannot_list_falls_back_to_reading_the_jobs(server: str
     async with EsdBackend(esd_config(server, direct_threshold=0)) as esd:
         state = state_of(server)
         ids = [
-            (await esd.interrogate(f"bot-{n}", InterrogateParams("clip", ASYNC), png())).backend_id
+            (
+                await esd.interrogate(f"bot-{n}", InterrogateParams(Method.CLIP, ASYNC), png())
+            ).backend_id
             for n in range(3)
         ]
         await state.finish(ids[0])

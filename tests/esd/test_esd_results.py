@@ -39,7 +39,7 @@ async def test_expired_urls_raise_then_refresh_brings_fresh_ones() -> None:
         state = state_of(url)
         # A Real-time start hands back the finished job, URLs included; they are kept.
         submitted = await esd.submit("bot1", params(endpoint=REALTIME), png(), None)
-        state.clock = _LaterClock(timedelta(hours=2))  # type: ignore[assignment]
+        state.clock = _LaterClock(timedelta(hours=2))
         with pytest.raises(ResultsExpiredError):
             await esd.results(submitted.backend_id)
         await esd.refresh(submitted.backend_id)

@@ -18,6 +18,7 @@ from cloud.esd.interrogate import NEEDS_SAGEMAKER, UnsupportedInterrogator
 from cloud.esd_server import EndpointSpec, running_server
 from cloud.esd_server import app as server_app
 from cloud.esd_server.config import UserSpec
+from commands.spec import Method
 from tests.esd.esd_kit import (
     ASYNC,
     CHECKPOINT,
@@ -154,7 +155,7 @@ async def test_interrogate_both_methods(server: str, backend: EsdBackend) -> Non
     state = state_of(server)
     for method, task in (("clip", "interrogate_clip"), ("deepbooru", "interrogate_deepbooru")):
         submitted = await backend.interrogate(
-            f"bot-{method}", InterrogateParams(method, ASYNC), png()
+            f"bot-{method}", InterrogateParams(Method(method), ASYNC), png()
         )
         job = state.jobs[submitted.backend_id]
         assert job.task_type == task
@@ -176,7 +177,7 @@ async def test_interrogate_without_advertisement_names_what_is_missing(
     monkeypatch.setattr(server_app, "_ADVERTISEMENT", silent)
     async with EsdBackend(esd_config(server)) as esd:
         with pytest.raises(BackendError) as caught:
-            await esd.interrogate("bot1", InterrogateParams("clip", ASYNC), png())
+            await esd.interrogate("bot1", InterrogateParams(Method.CLIP, ASYNC), png())
     assert caught.value.user_message == NEEDS_SAGEMAKER
     assert "ESD_BUCKET" in NEEDS_SAGEMAKER
     assert state_of(server).requests["create_inference"] == 0
@@ -185,10 +186,11 @@ async def test_interrogate_without_advertisement_names_what_is_missing(
 async def test_an_injected_interrogator_is_used(server: str) -> None:
     async with EsdBackend(esd_config(server), interrogator=UnsupportedInterrogator()) as esd:
         with pytest.raises(BackendError) as caught:
-            await esd.interrogate("bot1", InterrogateParams("clip", ASYNC), png())
+            await esd.interrogate("bot1", InterrogateParams(Method.CLIP, ASYNC), png())
         assert caught.value.user_message == NEEDS_SAGEMAKER
+        blip = InterrogateParams("blip", ASYNC)  # type: ignore[arg-type]  # not a Method
         with pytest.raises(BackendError) as unknown:
-            await esd.interrogate("bot1", InterrogateParams("blip", ASYNC), png())
+            await esd.interrogate("bot1", blip, png())
         assert (
             unknown.value.user_message == "unknown interrogate method: blip (use clip or deepbooru)"
         )

@@ -18,13 +18,14 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 import pytest
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 from moto import mock_aws
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.moto_api._internal.models import moto_api_backend
 from scenario_kit import (
     FastSettings,
@@ -59,6 +60,7 @@ from cloud.esd.sagemaker import (
 )
 from cloud.esd_server import app as server_app
 from cloud.esd_server import running_server
+from commands.spec import Method
 from tests.esd.esd_kit import (
     ASYNC,
     KEY,
@@ -75,7 +77,10 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
-REGION = "eu-west-1"
+    # botocore-stubs' own name for what `ClientError` takes (there is no public alias).
+    from botocore.exceptions import _ResponseMetadataTypeDef as ResponseMetadataTypeDef
+
+REGION: Final = "eu-west-1"
 BUCKET = "esd-stack-bucket"
 TABLE = "SDInferenceJobTable"
 ENDPOINTS = {
@@ -84,6 +89,17 @@ ENDPOINTS = {
     "sd-real-time-a": Endpoint("sd-real-time-a", "InService", "Real-time", "ml.g5.xlarge", 1),
     "sd-async-updating": Endpoint("sd-async-updating", "Updating", "Async", "ml.g5.xlarge", 1),
 }
+
+
+def _metadata(status: int) -> ResponseMetadataTypeDef:
+    """An AWS answer's metadata, as botocore hands it to a `ClientError`."""
+    return {
+        "HTTPStatusCode": status,
+        "RequestId": "r",
+        "HostId": "h",
+        "HTTPHeaders": {},
+        "RetryAttempts": 0,
+    }
 
 
 # -- The AWS side ----------------------------------------------------------------------------
@@ -115,12 +131,12 @@ class Aws:
 
     def row(self, job_id: str) -> dict[str, Any]:
         item = self.dynamodb.get_item(TableName=TABLE, Key={"InferenceJobId": {"S": job_id}})
-        deserializer = boto3.dynamodb.types.TypeDeserializer()
+        deserializer = TypeDeserializer()
         return {k: deserializer.deserialize(v) for k, v in item["Item"].items()}
 
     def rows(self) -> list[dict[str, Any]]:
         items = self.dynamodb.scan(TableName=TABLE)["Items"]
-        deserializer = boto3.dynamodb.types.TypeDeserializer()
+        deserializer = TypeDeserializer()
         return [{k: deserializer.deserialize(v) for k, v in i.items()} for i in items]
 
     def object(self, uri: str) -> bytes:
@@ -151,9 +167,15 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, credentials: 
 def _moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     # moto would otherwise put its own dummy keys in the environment.
     with mock_aws(config={"core": {"mock_credentials": False}}):
-        keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-        dynamodb = boto3.client("dynamodb", region_name=REGION, **keys)
-        s3 = boto3.client("s3", region_name=REGION, **keys)
+        dynamodb = boto3.client(
+            "dynamodb",
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3 = boto3.client(
+            "s3", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+        )
         dynamodb.create_table(
             TableName=TABLE,
             KeySchema=[{"AttributeName": "InferenceJobId", "KeyType": "HASH"}],
@@ -192,7 +214,7 @@ def deny(monkeypatch: pytest.MonkeyPatch, event: str) -> None:
                     "Code": "AccessDenied",
                     "Message": "User: arn:aws:iam::123456789012:user/bot is not authorized",
                 },
-                "ResponseMetadata": {"HTTPStatusCode": 403},
+                "ResponseMetadata": _metadata(403),
             },
             operation,
         )
@@ -239,7 +261,7 @@ async def test_a_job_is_row_input_and_async_invocation_then_a_caption(
     image = png(64, 48)
     aws.caption("a red fox in the snow" if method == "clip" else "fox, snow, outdoors")
     submitted = await interrogator.interrogate(
-        "bot-1", InterrogateParams(method, "sd-async-a"), image
+        "bot-1", InterrogateParams(Method(method), "sd-async-a"), image
     )
     job_id = submitted.backend_id
     assert (submitted.endpoint, submitted.cold_start) == ("sd-async-a", False)
@@ -293,7 +315,9 @@ async def test_the_row_caption_from_esds_result_handler_counts_too(
     aws: Aws, interrogator: SageMakerInterrogator
 ) -> None:
     aws.caption("from the output")
-    submitted = await interrogator.interrogate("b", InterrogateParams("clip", "sd-async-a"), png())
+    submitted = await interrogator.interrogate(
+        "b", InterrogateParams(Method.CLIP, "sd-async-a"), png()
+    )
     job_id = submitted.backend_id
     aws.delete(aws.row(job_id)["params"]["output_path"])  # SageMaker has not written it yet
     waiting = (await interrogator.read([job_id]))[job_id]
@@ -314,7 +338,9 @@ async def test_a_restarted_bot_finds_the_output_through_the_row(
     aws: Aws, interrogator: SageMakerInterrogator
 ) -> None:
     aws.caption("remembered by the row")
-    submitted = await interrogator.interrogate("b", InterrogateParams("clip", "sd-async-a"), png())
+    submitted = await interrogator.interrogate(
+        "b", InterrogateParams(Method.CLIP, "sd-async-a"), png()
+    )
     fresh = SageMakerInterrogator(SageMakerConfig(BUCKET), endpoint=_lookup)
     try:
         job = (await fresh.read([submitted.backend_id]))[submitted.backend_id]
@@ -326,7 +352,7 @@ async def test_a_restarted_bot_finds_the_output_through_the_row(
 async def test_failures_are_failed_jobs_with_a_reason(
     aws: Aws, interrogator: SageMakerInterrogator
 ) -> None:
-    params = InterrogateParams("clip", "sd-async-a")
+    params = InterrogateParams(Method.CLIP, "sd-async-a")
     aws.answer("CUDA out of memory. Tried to allocate 2.00 GiB", failure=True)
     failed = (await interrogator.interrogate("b1", params, png())).backend_id
     aws.answer("null")  # the container swallowed an exception (esd-api.md §8.2 item 8)
@@ -356,7 +382,7 @@ async def test_a_real_time_endpoint_is_refused_before_anything_is_written(
     aws: Aws, interrogator: SageMakerInterrogator
 ) -> None:
     with pytest.raises(BackendError) as caught:
-        await interrogator.interrogate("b", InterrogateParams("clip", "sd-real-time-a"), png())
+        await interrogator.interrogate("b", InterrogateParams(Method.CLIP, "sd-real-time-a"), png())
     message = caught.value.user_message or ""
     assert "Async endpoint" in message and "`sd-real-time-a` is Real-time" in message
     for name, expected in (
@@ -364,7 +390,7 @@ async def test_a_real_time_endpoint_is_refused_before_anything_is_written(
         ("sd-missing", "endpoint not found on ESD: `sd-missing`"),
     ):
         with pytest.raises(BackendError) as other:
-            await interrogator.interrogate("b", InterrogateParams("clip", name), png())
+            await interrogator.interrogate("b", InterrogateParams(Method.CLIP, name), png())
         assert expected in (other.value.user_message or "")
     assert aws.rows() == [] and aws.calls == []
 
@@ -372,7 +398,7 @@ async def test_a_real_time_endpoint_is_refused_before_anything_is_written(
 async def test_a_cold_endpoint_is_reported(aws: Aws, interrogator: SageMakerInterrogator) -> None:
     aws.caption("x")
     submitted = await interrogator.interrogate(
-        "b", InterrogateParams("deepbooru", "sd-async-cold"), png()
+        "b", InterrogateParams(Method.DEEPBOORU, "sd-async-cold"), png()
     )
     assert submitted.cold_start
 
@@ -385,7 +411,7 @@ async def test_missing_credentials_name_what_is_needed(
         made = SageMakerInterrogator(SageMakerConfig(BUCKET), endpoint=_lookup)
         try:
             with pytest.raises(BackendError) as caught:
-                await made.interrogate("b", InterrogateParams("clip", "sd-async-a"), png())
+                await made.interrogate("b", InterrogateParams(Method.CLIP, "sd-async-a"), png())
         finally:
             await made.aclose()
         assert caught.value.user_message == NEEDS_CREDENTIALS
@@ -398,7 +424,7 @@ async def test_a_refused_iam_action_is_named_and_the_row_says_failed(
 ) -> None:
     deny(monkeypatch, "s3.PutObject")
     with pytest.raises(BackendError) as caught:
-        await interrogator.interrogate("b", InterrogateParams("clip", "sd-async-a"), png())
+        await interrogator.interrogate("b", InterrogateParams(Method.CLIP, "sd-async-a"), png())
     message = caught.value.user_message or ""
     assert "s3:PutObject" in message and BUCKET in message
     assert "arn:aws" not in message  # the identity is logged, not shown
@@ -415,7 +441,7 @@ async def test_an_unreadable_job_fails_with_the_action_and_hides_no_other_job(
         esd_config(no_rest_interrogate), sagemaker=SageMakerConfig(BUCKET)
     ) as esd:
         aws.caption("never read")
-        caption = await esd.interrogate("bot-i", InterrogateParams("clip", ASYNC), png())
+        caption = await esd.interrogate("bot-i", InterrogateParams(Method.CLIP, ASYNC), png())
         picture = await esd.submit("bot-p", params(), png(), None)
         answer = await esd.statuses(
             [target(picture.backend_id), target(caption.backend_id, interrogate=True)]
@@ -450,7 +476,7 @@ def test_aws_errors_name_settings_and_actions() -> None:
         exc = ClientError(
             {
                 "Error": {"Code": code, "Message": "m"},
-                "ResponseMetadata": {"HTTPStatusCode": status},
+                "ResponseMetadata": _metadata(status),
             },
             "Op",
         )
@@ -475,7 +501,7 @@ async def test_a_missing_table_names_esds_table_and_the_region(
 ) -> None:
     aws.dynamodb.delete_table(TableName=TABLE)
     with pytest.raises(BackendError) as caught:
-        await interrogator.interrogate("b", InterrogateParams("clip", "sd-async-a"), png())
+        await interrogator.interrogate("b", InterrogateParams(Method.CLIP, "sd-async-a"), png())
     assert "SDInferenceJobTable does not exist" in (caught.value.user_message or "")
 
 
@@ -485,7 +511,7 @@ async def test_clients_are_made_once_and_closed(
     for n in range(3):
         aws.caption(f"caption {n}")
         submitted = await interrogator.interrogate(
-            f"b{n}", InterrogateParams("clip", "sd-async-a"), png()
+            f"b{n}", InterrogateParams(Method.CLIP, "sd-async-a"), png()
         )
         await interrogator.read([submitted.backend_id])
     assert aws.clients_made == 1
@@ -540,7 +566,7 @@ async def test_no_region_anywhere_names_aws_region(
     made = SageMakerInterrogator(SageMakerConfig(BUCKET), endpoint=_lookup)
     try:
         with pytest.raises(BackendError) as caught:
-            await made.interrogate("b", InterrogateParams("clip", "sd-async-a"), png())
+            await made.interrogate("b", InterrogateParams(Method.CLIP, "sd-async-a"), png())
     finally:
         await made.aclose()
     assert caught.value.user_message == NEEDS_REGION
@@ -548,7 +574,7 @@ async def test_no_region_anywhere_names_aws_region(
     aws.caption("found by the API's region")
     made = SageMakerInterrogator(SageMakerConfig(BUCKET, fallback_region=REGION), endpoint=_lookup)
     try:
-        submitted = await made.interrogate("b", InterrogateParams("clip", "sd-async-a"), png())
+        submitted = await made.interrogate("b", InterrogateParams(Method.CLIP, "sd-async-a"), png())
         assert (await made.read([submitted.backend_id]))[submitted.backend_id].caption
     finally:
         await made.aclose()
@@ -579,7 +605,7 @@ async def test_the_backend_picks_sagemaker_and_follows_its_jobs(
         for method, caption in (("clip", "a cat"), ("deepbooru", "cat, solo, whiskers")):
             aws.caption(caption)
             submitted = await esd.interrogate(
-                f"bot-{method}", InterrogateParams(method, ASYNC), png()
+                f"bot-{method}", InterrogateParams(Method(method), ASYNC), png()
             )
             status = await settle(esd, submitted.backend_id, interrogate=True)
             assert status.state is JobState.SUCCEED
@@ -587,14 +613,14 @@ async def test_the_backend_picks_sagemaker_and_follows_its_jobs(
             # `results` again (a restart between poll and delivery) reads the job back.
             assert (await esd.results(submitted.backend_id)).caption == caption
         aws.answer("null")
-        failed = await esd.interrogate("bot-f", InterrogateParams("clip", ASYNC), png())
+        failed = await esd.interrogate("bot-f", InterrogateParams(Method.CLIP, ASYNC), png())
         status = await settle(esd, failed.backend_id, interrogate=True)
         assert (status.state, status.reason) == (JobState.FAILED, SWALLOWED)
         with pytest.raises(JobFailedError):
             await esd.results(failed.backend_id)
         # The core refuses Real-time endpoints for interrogate; the backend does too.
         with pytest.raises(BackendError) as caught:
-            await esd.interrogate("bot-r", InterrogateParams("clip", REALTIME), png())
+            await esd.interrogate("bot-r", InterrogateParams(Method.CLIP, REALTIME), png())
         assert "Async endpoint" in (caught.value.user_message or "")
         await esd.cancel(failed.backend_id)
     state = state_of(url)
@@ -611,7 +637,7 @@ async def test_jobs_in_flight_resume_after_a_restart(aws: Aws, no_rest_interroga
     config = esd_config(no_rest_interrogate)
     aws.caption("picked up again")
     async with EsdBackend(config, sagemaker=SageMakerConfig(BUCKET)) as before:
-        submitted = await before.interrogate("bot-1", InterrogateParams("clip", ASYNC), png())
+        submitted = await before.interrogate("bot-1", InterrogateParams(Method.CLIP, ASYNC), png())
     # A new process knows only what the core stored: the backend id, and that it captions.
     async with EsdBackend(config, sagemaker=SageMakerConfig(BUCKET)) as after:
         status = await settle(after, submitted.backend_id, interrogate=True)
@@ -624,7 +650,7 @@ async def test_without_esd_bucket_the_refusal_names_it(aws: Aws, no_rest_interro
     async with EsdBackend(esd_config(no_rest_interrogate), sagemaker=SageMakerConfig(None)) as esd:
         assert isinstance(esd.interrogator, UnsupportedInterrogator)
         with pytest.raises(BackendError) as caught:
-            await esd.interrogate("bot", InterrogateParams("clip", ASYNC), png())
+            await esd.interrogate("bot", InterrogateParams(Method.CLIP, ASYNC), png())
     assert caught.value.user_message == NEEDS_SAGEMAKER and "ESD_BUCKET" in NEEDS_SAGEMAKER
     assert aws.rows() == [] and aws.clients_made == 0
 

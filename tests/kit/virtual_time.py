@@ -22,7 +22,7 @@ T = TypeVar("T")
 GRACE = 0.002  # real seconds the loop waits for I/O or a thread before jumping
 
 
-class _Selector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _Selector(selectors.DefaultSelector):
     def __init__(self) -> None:
         super().__init__()
         self.skipped = 0.0

@@ -113,12 +113,12 @@ class Slack:
     async def deliver(self, replica: Replica, body: dict[str, Any], retry: int = 0) -> int:
         raw = json.dumps(body)
         stamp = str(int(time.time()))
+        signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=stamp, body=raw)
+        assert signature is not None
         headers = {
             "Content-Type": "application/json",
             "X-Slack-Request-Timestamp": stamp,
-            "X-Slack-Signature": SignatureVerifier(SIGNING_SECRET).generate_signature(
-                timestamp=stamp, body=raw
-            ),
+            "X-Slack-Signature": signature,
         }
         if retry:
             # https://docs.slack.dev/apis/events-api/#retries

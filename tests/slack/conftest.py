@@ -627,12 +627,9 @@ class SlackRig:
         secret: str = SIGNING_SECRET,
     ) -> Answer:
         stamp = str(int(time.time()))
-        headers = {
-            "X-Slack-Request-Timestamp": stamp,
-            "X-Slack-Signature": SignatureVerifier(secret).generate_signature(
-                timestamp=stamp, body=body
-            ),
-        }
+        signature = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)
+        assert signature is not None
+        headers = {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature}
         if retry:
             headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
         return await self._post(body, content_type, headers)
@@ -918,8 +915,13 @@ async def any_rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield running
 
 
+if TYPE_CHECKING:
+    # `make_rig(mode, **settings)`: the fixture below, as tests annotate it.
+    MakeRig = Callable[..., contextlib.AbstractAsyncContextManager[SlackRig]]
+
+
 @pytest.fixture
-def make_rig(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[SlackRig]]:
+def make_rig(tmp_path: Path) -> MakeRig:
     """A rig with other settings: `async with make_rig("http", allowed_channels=…) as rig`;
     `adapter_options=` go to `SlackAdapter` (ack budget, mention grace …), `backend=` replaces
     the local backend."""

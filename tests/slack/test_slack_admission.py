@@ -4,6 +4,7 @@ same limits, and the user reads why."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,21 +18,30 @@ from commands.options import GenerateOptions
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from conftest import SlackRig
+    from tests.slack.conftest import SlackRig
 
 RUNNING = "you have 1 job running; the limit here is 1"
 
 
+@dataclass(frozen=True)
+class Limited:
+    """A rig where U1 has a finished img2img (`base`) and interrogate (`caption`) job."""
+
+    rig: SlackRig
+    base: Job
+    caption: Job
+
+
 @pytest.fixture
-async def limited(make_rig: Callable[..., Any]) -> AsyncIterator[Any]:
+async def limited(make_rig: Callable[..., Any]) -> AsyncIterator[Limited]:
     """U1 has a finished img2img and interrogate job, and one job that has not finished."""
     async with make_rig("http", user_concurrency=1) as rig:
         for text in ("img2img a cat", "interrogate"):
             image = rig.fake.add_file("cat.png", png())
             await rig.post(f"<@UBOT> {text}", files=[image], events=("message", "app_mention"))
             await rig.settle()
-        rig.base, rig.caption = await rig.jobs()
-        assert rig.base.state is rig.caption.state is JobState.SUCCEED
+        base, caption = await rig.jobs()
+        assert base.state is caption.state is JobState.SUCCEED
         # A job of U1's still running: its row is what the limit counts.
         held = Job(
             id="heldjob001",
@@ -42,7 +52,7 @@ async def limited(make_rig: Callable[..., Any]) -> AsyncIterator[Any]:
             options=GenerateOptions(),
         )
         await rig.app.store.insert(held)
-        yield rig
+        yield Limited(rig, base, caption)
         await rig.app.runner.cancel(held)
 
 
@@ -65,43 +75,43 @@ async def _refused(rig: SlackRig, answer: Any = None) -> None:
     assert len(await rig.jobs()) == 3
 
 
-async def test_mention(limited: SlackRig) -> None:
-    rig = limited
+async def test_mention(limited: Limited) -> None:
+    rig = limited.rig
     image = rig.fake.add_file("dog.png", png())
     await rig.post("<@UBOT> img2img a dog", files=[image], events=("message", "app_mention"))
     await _refused(rig)
 
 
-async def test_thread_reply(limited: SlackRig) -> None:
-    rig = limited
-    assert rig.base.thread is not None
-    await rig.post("again", thread_ts=rig.base.thread.thread)
+async def test_thread_reply(limited: Limited) -> None:
+    rig = limited.rig
+    assert limited.base.thread is not None
+    await rig.post("again", thread_ts=limited.base.thread.thread)
     await _refused(rig)
 
 
 @pytest.mark.parametrize("kind", ["reroll", "input", "prompt"])
-async def test_result_buttons(limited: SlackRig, kind: str) -> None:
-    rig = limited
-    job = rig.caption if kind == "prompt" else rig.base
+async def test_result_buttons(limited: Limited, kind: str) -> None:
+    rig = limited.rig
+    job = limited.caption if kind == "prompt" else limited.base
     await _refused(rig, await rig.click(_result(rig, job), f"sdbot:{kind}:{job.id}"))
 
 
-async def test_edit_modal(limited: SlackRig) -> None:
-    rig = limited
-    await rig.click(_result(rig, rig.base), f"sdbot:edit:{rig.base.id}")
+async def test_edit_modal(limited: Limited) -> None:
+    rig = limited.rig
+    await rig.click(_result(rig, limited.base), f"sdbot:edit:{limited.base.id}")
     await rig.settle()
     [view] = rig.fake.views
     await _refused(rig, await rig.submit(view, {"prompt": "a lion", "seed": "3"}))
 
 
-async def test_interrogate_shortcut(limited: SlackRig) -> None:
-    rig = limited
+async def test_interrogate_shortcut(limited: Limited) -> None:
+    rig = limited.rig
     target = await rig.post("look", files=[rig.fake.add_file("p.png", png())], user="U2")
     await _refused(rig, await rig.shortcut("sdbot_interrogate", target))
 
 
-async def test_img2img_shortcut_form(limited: SlackRig) -> None:
-    rig = limited
+async def test_img2img_shortcut_form(limited: Limited) -> None:
+    rig = limited.rig
     target = await rig.post("mine", files=[rig.fake.add_file("p.png", png())], user="U2")
     await rig.shortcut("sdbot_img2img", target)
     await rig.settle()
@@ -109,5 +119,5 @@ async def test_img2img_shortcut_form(limited: SlackRig) -> None:
     await _refused(rig, await rig.submit(view, {"prompt": "a watercolor"}))
 
 
-async def test_preview_results_say_so(limited: SlackRig) -> None:
-    assert PREVIEW_NOTICE in _result(limited, limited.base).text
+async def test_preview_results_say_so(limited: Limited) -> None:
+    assert PREVIEW_NOTICE in _result(limited.rig, limited.base).text

@@ -4,6 +4,7 @@ limits, modal context, de-duplication and the retry-after reading."""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
@@ -36,6 +37,9 @@ from adapters.slack.convert import (
 )
 from bot.model import JobState
 from bot.views import Action, ActionKind, ResultImage, ResultView, StatusView
+
+if TYPE_CHECKING:
+    from adapters.slack.convert import MessagePayload
 
 
 @pytest.mark.parametrize(
@@ -114,9 +118,20 @@ def test_html_sniffing() -> None:
 
 
 def test_events_that_are_not_people_writing_are_dropped() -> None:
-    base = {"type": "message", "channel": "C1", "user": "U1", "text": "hi", "ts": "1.0"}
+    base: MessagePayload = {
+        "type": "message",
+        "channel": "C1",
+        "user": "U1",
+        "text": "hi",
+        "ts": "1.0",
+    }
     assert message_from_event(base, "T1") is not None
-    for extra in ({"subtype": "message_changed"}, {"bot_id": "B1"}, {"user": ""}):
+    extras: tuple[MessagePayload, ...] = (
+        {"subtype": "message_changed"},
+        {"bot_id": "B1"},
+        {"user": ""},
+    )
+    for extra in extras:
         assert message_from_event({**base, **extra}, "T1") is None
     reply = message_from_event({**base, "thread_ts": "0.5"}, "T1")
     assert reply is not None and reply.is_thread_reply and reply.thread_root == "0.5"
@@ -205,7 +220,7 @@ def test_recent_keys_claim_once_and_stay_bounded() -> None:
 
 
 def test_retry_after_and_base_url() -> None:
-    def response(headers: dict[str, list[str]]) -> HttpResponse:
+    def response(headers: dict[str, str | list[str]]) -> HttpResponse:
         return HttpResponse(status_code=429, headers=headers)
 
     # slack_sdk hands headers over as lists under the names the server used.

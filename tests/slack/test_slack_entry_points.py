@@ -15,7 +15,10 @@ from bot.model import JobState
 from commands.options import GenerateOptions
 
 if TYPE_CHECKING:
-    from conftest import SlackRig
+    from collections.abc import Sequence
+
+    from bot.model import Endpoint
+    from tests.slack.conftest import MakeRig, SlackRig
 
 TEAM = "T1"
 ADMIN = "UADMIN"
@@ -39,7 +42,7 @@ async def test_slash_queries_are_answered_in_the_ack(any_rig: SlackRig) -> None:
     assert listing.body == {"text": "no jobs match", "response_type": "ephemeral"}
 
 
-async def test_slash_models_settings_and_cancel(make_rig) -> None:  # type: ignore[no-untyped-def]
+async def test_slash_models_settings_and_cancel(make_rig: MakeRig) -> None:
     async with make_rig("http", local_delay=30.0) as rig:
         models = await rig.slash("models")
         assert (
@@ -76,12 +79,14 @@ async def test_slash_grammar_errors_and_missing_files_are_ephemeral(any_rig: Sla
     assert not rig.fake.bot_messages()
 
 
-async def test_slash_acks_after_its_budget_and_answers_through_response_url(make_rig) -> None:  # type: ignore[no-untyped-def]
+async def test_slash_acks_after_its_budget_and_answers_through_response_url(
+    make_rig: MakeRig,
+) -> None:
     async with make_rig("http", adapter_options={"ack_budget": 0.05}) as rig:
         release = asyncio.Event()
         real = rig.app.backend.endpoints
 
-        async def slow_endpoints():  # type: ignore[no-untyped-def]
+        async def slow_endpoints() -> Sequence[Endpoint]:
             await release.wait()
             return await real()
 
@@ -123,7 +128,9 @@ async def test_a_mention_with_an_image_becomes_one_job(any_rig: SlackRig) -> Non
     assert rig.fake.file_requests == [(path, "Bearer xoxb-test-bot-token")]
 
 
-async def test_app_mention_first_without_files_waits_for_its_message_twin(make_rig) -> None:  # type: ignore[no-untyped-def]
+async def test_app_mention_first_without_files_waits_for_its_message_twin(
+    make_rig: MakeRig,
+) -> None:
     for mode in ("http", "socket"):
         # A long grace: the wait must end when the twin arrives, not when the grace runs out.
         async with make_rig(mode, adapter_options={"mention_grace": 60.0}) as rig:
@@ -268,6 +275,7 @@ async def test_requests_with_a_bad_or_stale_signature_are_refused(rig: SlackRig)
     signature = SignatureVerifier(SIGNING_SECRET).generate_signature(
         timestamp=stale_stamp, body=body
     )
+    assert signature is not None
     stale = await rig._post(
         body,
         "application/json",
@@ -385,7 +393,7 @@ async def test_img2img_modal_errors_are_shown_in_the_modal(rig: SlackRig) -> Non
 # -- allow-lists ------------------------------------------------------------------------------
 
 
-async def test_workspace_and_channel_allow_lists(make_rig) -> None:  # type: ignore[no-untyped-def]
+async def test_workspace_and_channel_allow_lists(make_rig: MakeRig) -> None:
     # The core's policy decides; the adapter hands it the workspace, channel and admin flag.
     async with make_rig("http", allowed_channels=("C9",)) as rig:
         image = rig.fake.add_file("cat.png", png())
@@ -417,7 +425,7 @@ async def test_admins_are_the_configured_user_ids(rig: SlackRig) -> None:
     assert as_other.body["text"] == "no jobs match"
 
 
-async def test_a_retry_that_arrives_after_a_restart_makes_no_second_job(make_rig) -> None:  # type: ignore[no-untyped-def]
+async def test_a_retry_that_arrives_after_a_restart_makes_no_second_job(make_rig: MakeRig) -> None:
     async with make_rig("http") as rig:
         image = rig.fake.add_file("cat.png", png())
         message = await rig.post("<@UBOT> img2img a cat", files=[image])

@@ -10,9 +10,8 @@ from scenario_kit import png
 from bot.model import JobState
 
 if TYPE_CHECKING:
-    from conftest import SlackRig
-
     from bot.model import Job
+    from tests.slack.conftest import MakeRig, SlackRig
 
 
 async def _run(rig: SlackRig, file: dict[str, Any]) -> Job:
@@ -76,7 +75,7 @@ async def test_redirects_are_followed_only_to_allowed_hosts(rig: SlackRig) -> No
     assert "bad.png is not on Slack's file servers" in second.error
 
 
-async def test_size_is_checked_before_and_during_the_download(make_rig) -> None:  # type: ignore[no-untyped-def]
+async def test_size_is_checked_before_and_during_the_download(make_rig: MakeRig) -> None:
     async with make_rig("http", max_bytes=3000) as rig:
         big = png() + bytes(5000)  # trailing bytes: the size is what matters here
         declared = rig.fake.add_file("declared.png", big)

@@ -12,9 +12,8 @@ from scenario_kit import png
 from bot.model import JobState
 
 if TYPE_CHECKING:
-    from conftest import Message, SlackRig
-
     from bot.model import Job
+    from tests.slack.conftest import MakeRig, Message, SlackRig
 
 
 async def _job(rig: SlackRig, text: str = "img2img a cat seed=9 count=2") -> tuple[Job, Message]:
@@ -89,7 +88,7 @@ async def test_the_status_message_is_edited_in_place_with_cancel_while_running(
     assert len(status.updates) <= 5
 
 
-async def test_cancel_button_stops_the_job_and_no_result_is_posted(make_rig) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_button_stops_the_job_and_no_result_is_posted(make_rig: MakeRig) -> None:
     async with make_rig("http", local_delay=30.0) as rig:
         await rig.post("<@UBOT> img2img slow", files=[rig.fake.add_file("a.png", png())])
         for _ in range(1000):  # until the job is on the backend (a bound, not a timing check)
@@ -193,7 +192,7 @@ async def test_interrogate_result_offers_use_as_prompt(rig: SlackRig) -> None:
     assert rig.uploads_in("C1", status.ts)
 
 
-async def test_buttons_keep_working_after_a_restart(make_rig) -> None:  # type: ignore[no-untyped-def]
+async def test_buttons_keep_working_after_a_restart(make_rig: MakeRig) -> None:
     async with make_rig("http") as rig:
         base, status = await _job(rig)
         [result] = rig.results_in("C1", status.ts)
@@ -249,8 +248,10 @@ async def test_a_refused_result_post_is_retried_without_uploading_twice(rig: Sla
     # Slack refuses the buttons message once (an error the client does not retry): the core
     # posts the result again, and the adapter must not upload the same images a second time.
     def is_result(params: dict[str, object]) -> bool:
-        blocks = params.get("blocks") or []
-        return any(b.get("type") == "context" for b in blocks)  # type: ignore[union-attr]
+        blocks = params.get("blocks")
+        return isinstance(blocks, list) and any(
+            isinstance(b, dict) and b.get("type") == "context" for b in blocks
+        )
 
     rig.fake.fail_next(
         "chat.postMessage",

@@ -3,7 +3,7 @@ name the setting, both connection modes, and a clean close."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from scenario_kit import fast_config, make_app
@@ -15,7 +15,8 @@ from bot.errors import ConfigError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import SlackRig
+    from bot.ports import Backend
+    from tests.slack.conftest import MakeRig, SlackRig
 
 
 def test_configured_means_a_bot_token_and_one_way_in() -> None:
@@ -98,7 +99,7 @@ async def test_start_twice_is_refused_and_close_is_idempotent(rig: SlackRig) -> 
     await rig.adapter.aclose()
 
 
-async def test_stop_ends_intake_but_running_jobs_still_deliver(make_rig) -> None:  # type: ignore[no-untyped-def]
+async def test_stop_ends_intake_but_running_jobs_still_deliver(make_rig: MakeRig) -> None:
     import aiohttp
     from scenario_kit import png
 
@@ -132,7 +133,8 @@ async def test_http_mode_serves_the_operators_endpoints_on_its_port(
         async def writable(self) -> bool:
             return bool(await holder["store"].writable())
 
-    readiness = Readiness(_LateStore(), _LateBackend(holder), metrics)
+    # Readiness asks the backend only for `endpoints`.
+    readiness = Readiness(_LateStore(), cast("Backend", _LateBackend(holder)), metrics)
     web = WebServer(metrics, readiness)
     options = {
         "web_routes": web.routes(),

@@ -10,7 +10,7 @@ from bot.model import JobState
 from tests.slack.test_slack_replies import _reply
 
 if TYPE_CHECKING:
-    from conftest import SlackRig
+    from tests.slack.conftest import SlackRig
 
 
 async def test_panel_options_from_a_mention_and_a_reply(rig: SlackRig) -> None:

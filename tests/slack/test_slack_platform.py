@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from contextlib import AbstractAsyncContextManager
 
-    from conftest import Message, SlackRig
+    from tests.slack.conftest import Message, SlackRig
 
 
 def _crashes(caplog: pytest.LogCaptureFixture) -> list[str]:

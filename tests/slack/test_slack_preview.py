@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
-    from conftest import Message, SlackRig
+    from tests.slack.conftest import Message, SlackRig
 
 
 def _images(message: Message) -> list[dict[str, Any]]:

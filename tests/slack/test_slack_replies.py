@@ -12,9 +12,8 @@ from scenario_kit import mask_png, png, size_of
 from bot.model import JobState
 
 if TYPE_CHECKING:
-    from conftest import SlackRig
-
     from bot.model import Job
+    from tests.slack.conftest import SlackRig
 
 
 async def _base(rig: SlackRig, text: str = "img2img a cat seed=5 steps=6") -> Job:

@@ -32,7 +32,7 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 async def test_admin_is_off_without_a_token_and_short_tokens_are_refused(tmp_path: Path) -> None:
     metrics = Metrics()
     app = make_app(fast_config(tmp_path))
-    web = WebServer(metrics, Readiness(app.store, app.backend, metrics))  # type: ignore[arg-type]
+    web = WebServer(metrics, Readiness(app.store, app.backend, metrics))
     port = await web.serve("127.0.0.1", 0)
     try:
         async with (
@@ -43,7 +43,7 @@ async def test_admin_is_off_without_a_token_and_short_tokens_are_refused(tmp_pat
     finally:
         await web.aclose()
     with pytest.raises(ConfigError, match="at least 16 characters"):
-        AdminPage(app, app.store, "short")  # type: ignore[arg-type]
+        AdminPage(app, app.store, "short")
 
 
 async def test_authentication_headers_and_escaping(tmp_path: Path) -> None:
@@ -104,8 +104,8 @@ async def test_cancel_goes_through_the_chat_cancel(tmp_path: Path) -> None:
     metrics = Metrics()
     web = WebServer(
         metrics,
-        Readiness(app.store, app.backend, metrics),  # type: ignore[arg-type]
-        AdminPage(app, app.store, TOKEN).routes(),  # type: ignore[arg-type]
+        Readiness(app.store, app.backend, metrics),
+        AdminPage(app, app.store, TOKEN).routes(),
     )
     async with app:
         job = await app.dispatcher.handle_command(

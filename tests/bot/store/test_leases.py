@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from store_kit import make_job
@@ -26,7 +26,7 @@ DISCORD = [Platform("discord")]
 EXPIRED = -1.0  # a lease that has already run out
 
 
-def job(job_id: str, platform: Platform = ON_DISCORD, **fields: object) -> Job:
+def job(job_id: str, platform: Platform = ON_DISCORD, **fields: Any) -> Job:
     return make_job(job_id, platform=platform, **({"created_at": NOW} | fields))
 
 

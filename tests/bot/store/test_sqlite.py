@@ -86,7 +86,7 @@ async def test_options_are_stored_typed_and_versioned(
     }
     got = await store.get("opt1")
     assert got is not None and got.options == options
-    assert got.options.sampler is Sampler.EULER_A  # type: ignore[union-attr]
+    assert got.options.sampler is Sampler.EULER_A
 
 
 async def test_start_sets_schema_version_and_pragmas(store: SqliteJobStore) -> None:
