@@ -16,15 +16,20 @@ from scenario_kit import png
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def sdbot(
-    tmp_path: Path, *args: str, stdin: str = "", **env: str
-) -> subprocess.CompletedProcess[str]:
+def clean_env(**env: str) -> dict[str, str]:
+    """This process's environment without sdbot's settings, plus `env`."""
     clean = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("SDBOT_", "ESD_", "SLACK_", "DISCORD_"))
     }
     clean.update(env)
+    return clean
+
+
+def sdbot(
+    tmp_path: Path, *args: str, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "adapters.cli", *args],
         cwd=tmp_path,
@@ -32,7 +37,20 @@ def sdbot(
         capture_output=True,
         text=True,
         timeout=60,
-        env=clean,
+        env=clean_env(**env),
+    )
+
+
+def running_bot(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+    """`sdbot run` on the console, its three streams piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "run"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(**env),
     )
 
 
@@ -86,23 +104,9 @@ def _free_port() -> int:
 
 def test_metrics_port_serves_health_and_metrics_beside_the_console(tmp_path: Path) -> None:
     port = str(_free_port())
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SDBOT_", "ESD_", "SLACK_", "DISCORD_"))
-    }
-    env.update(SDBOT_METRICS_PORT=port, SDBOT_LOCAL_DELAY="0.05")
     assert sdbot(tmp_path, "health", SDBOT_METRICS_PORT=port).returncode == 1  # nothing yet
     (tmp_path / "in.png").write_bytes(png())
-    with subprocess.Popen(
-        [sys.executable, "-m", "adapters.cli", "run"],
-        cwd=tmp_path,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as bot:
+    with running_bot(tmp_path, SDBOT_METRICS_PORT=port, SDBOT_LOCAL_DELAY="0.05") as bot:
         assert bot.stdin is not None and bot.stdout is not None and bot.stderr is not None
         for line in bot.stderr:  # the server's log line says it listens
             if f"operators' HTTP endpoints on port {port}" in line:
@@ -125,22 +129,8 @@ def test_metrics_port_serves_health_and_metrics_beside_the_console(tmp_path: Pat
 
 
 def test_a_deleted_data_folder_stops_the_bot_with_a_clear_message(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SDBOT_", "ESD_", "SLACK_", "DISCORD_"))
-    }
-    env.update(SDBOT_LOCAL_DELAY="0.05")
     (tmp_path / "in.png").write_bytes(png())
-    with subprocess.Popen(
-        [sys.executable, "-m", "adapters.cli", "run"],
-        cwd=tmp_path,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as bot:
+    with running_bot(tmp_path, SDBOT_LOCAL_DELAY="0.05") as bot:
         assert bot.stdin is not None and bot.stdout is not None and bot.stderr is not None
         bot.stdin.write("img2img a cat image=in.png\n")
         bot.stdin.flush()
