@@ -26,8 +26,8 @@ from virtual_time import run
 from bot.errors import BackendUnavailableError
 from bot.model import BackendStatus, JobState
 from bot.poller import Poller
-from bot.tasks import stop
 from bot.ports import PollTarget
+from bot.tasks import stop
 from cloud.local import LocalBackend, LocalBackendConfig
 
 if TYPE_CHECKING:
