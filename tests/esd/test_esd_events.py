@@ -34,6 +34,7 @@ from cloud.esd.events import (
     Received,
     event_lag,
     parse_notification,
+    settle_delays,
 )
 from cloud.esd.sagemaker import SageMakerConfig
 from cloud.esd_server import running_server
@@ -235,8 +236,12 @@ async def test_success_event_ends_the_job_at_once_and_the_scan_stays_a_backstop(
     # Asked again (the core asks until its row is written, or follows the job anew after
     # reading its row again): the same answer, without asking ESD or waiting for a scan.
     assert await status_of(setup, job) is JobState.SUCCEED
-    # One read for the outcome and its result URLs; no scan was needed to learn it.
-    assert state.requests["get_inference"] == reads_before + 1
+    # Reads for the outcome and its result URLs, no scan. Usually one: the first read waits
+    # out ESD's Lambda (the fake stores the row `lag` after the event), but on a loaded machine
+    # the row can come later and the settle schedule reads again (CI saw 3 more); the count
+    # per job is measured by `python -m bench esd-events`, not asserted here.
+    reads = state.requests["get_inference"] - reads_before
+    assert 1 <= reads <= len(settle_delays(15.0, first=0.15))
     assert state.requests["list_inferences"] == lists_before
     await until(lambda: setup.wiring.waiting() == 0, "the message was deleted")
     output = await setup.backend.results(job)
