@@ -44,6 +44,7 @@ from bot.clock import SystemClock
 from bot.config import Config, Section, Settings, load_settings
 from bot.errors import ConfigError, StorageLostError
 from bot.logs import setup_logging
+from bot.ports import SharedReads
 from bot.store import SqliteJobStore
 from cloud.a1111.backend import A1111Settings
 from cloud.esd.config import EsdSettings
@@ -184,6 +185,10 @@ def make_app(
         if isinstance(backend, EsdBackend):
             # Completion events end a job on the spot: its driver hears at once.
             backend.notify_changes(app.poller.nudge)
+            if isinstance(store, SharedReads) and not isinstance(store, SqliteJobStore):
+                # Replicas share the store: list scans run once across them (one process
+                # owns a SQLite file, so there it scans alone, as always).
+                backend.share_scans(store, store, config.replica)
             if metrics is not None and backend.events is not None:
                 backend.events.observe_lag(metrics.event_lag.observe)
     return app

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -535,6 +535,42 @@ class LeaderLeases(Protocol):
 
     async def resign(self, name: str, owner: str) -> None:
         """Give the lease up (if `owner` holds it), so another replica may take it at once."""
+        ...
+
+
+@dataclass(frozen=True)
+class Posted:
+    """What the replica that read for everyone posted about one key (`SharedReads`)."""
+
+    value: str | None  # None: looked for and not found (beyond the pages read)
+    at: datetime  # when it was posted, on the store's clock
+
+
+@runtime_checkable
+class SharedReads(Protocol):
+    """Reads one replica makes for all, per topic and key: a backend's list scan done once
+    across replicas (`cloud.esd.sharing`) under a leader lease.
+
+    The replicas that do not hold the lease `ask` for the keys they follow and get what was
+    posted about them; the holder reads which keys are `wanted`, reads them once from the
+    backend with its own, and `post`s what it read. A key nobody asked about for a while is
+    dropped, so the rows stay bounded by the jobs in flight. Values are opaque to the store.
+    """
+
+    async def ask(self, topic: str, keys: Collection[str]) -> Mapping[str, Posted]:
+        """Mark `keys` wanted (now, on the store's clock); return what was posted for them."""
+        ...
+
+    async def wanted(self, topic: str, within: float) -> set[str]:
+        """Keys asked for in the last `within` seconds (older ones are dropped)."""
+        ...
+
+    async def post(self, topic: str, values: Mapping[str, str | None]) -> None:
+        """Post what was read about keys still asked for (others are ignored)."""
+        ...
+
+    async def unask(self, topic: str, keys: Collection[str]) -> None:
+        """Keys no longer wanted (their job ended here)."""
         ...
 
 

@@ -7,7 +7,8 @@ The package, one concern a module:
 - `rows`: the mapping between a `Job` and its row (the one place stored forms are decided).
 - `worker`: the one thread that talks to SQLite, with its group commit of new-job inserts.
 - `jobs` (`JobRepo`), `images` (`ImageStore`), `settings` (`SettingsStore`), `claims`
-  (`ClaimStore`), `operators` (`OperatorQueries`): each port's SQL and the functions that run
+  (`ClaimStore`), `operators` (`OperatorQueries`), `leases` (`JobLeases`, `LeaderLeases`,
+  `Replicas`), `shared_reads` (`SharedReads`): each port's SQL and the functions that run
   it on the worker thread.
 - `sqlite`: `SqliteJobStore`, the asyncio face that queues those functions on the worker.
 """

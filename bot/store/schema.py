@@ -164,6 +164,20 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) STRICT, WITHOUT ROWID
         """,
     ),
+    # 6: reads one replica makes for all (`bot.ports.SharedReads`: the ESD list scan): the keys
+    # replicas ask about, and what the replica holding the scan's leader lease posted for them.
+    (
+        """
+        CREATE TABLE shared_reads (
+            topic TEXT NOT NULL,
+            key TEXT NOT NULL,
+            asked_at TEXT NOT NULL,
+            value TEXT,
+            read_at TEXT,
+            PRIMARY KEY (topic, key)
+        ) STRICT, WITHOUT ROWID
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

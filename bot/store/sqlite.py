@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal, Self, TypeVar
 
 from bot.errors import ConfigError, StorageError, StorageLostError
-from bot.store import claims, jobs, leases, operators, settings
+from bot.store import claims, jobs, leases, operators, settings, shared_reads
 from bot.store import images as image_rows
 from bot.store.jobs import query_sql
 from bot.store.schema import Database, storage_failure, transaction
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         DayCount,
         JobQuery,
         JobStore,
+        Posted,
         Replica,
         StoredImage,
         Usage,
@@ -307,6 +308,30 @@ class SqliteJobStore:
 
     async def replicas(self, since: datetime) -> Sequence[Replica]:
         return await self._call(lambda db: leases.replicas(db, since))
+
+    async def ask(self, topic: str, keys: Collection[str]) -> Mapping[str, Posted]:
+        if not keys:
+            return {}
+        now = datetime.now(UTC)
+        wanted = list(keys)
+        return await self._call(lambda db: shared_reads.ask(db, topic, wanted, now))
+
+    async def wanted(self, topic: str, within: float) -> set[str]:
+        since = datetime.now(UTC) - timedelta(seconds=within)
+        return await self._call(lambda db: shared_reads.wanted(db, topic, since))
+
+    async def post(self, topic: str, values: Mapping[str, str | None]) -> None:
+        if not values:
+            return
+        now = datetime.now(UTC)
+        posted = dict(values)
+        await self._call(lambda db: shared_reads.post(db, topic, posted, now))
+
+    async def unask(self, topic: str, keys: Collection[str]) -> None:
+        if not keys:
+            return
+        gone = list(keys)
+        await self._call(lambda db: shared_reads.unask(db, topic, gone))
 
     # -- What `sdbot check` reports --------------------------------------------------------
 

@@ -52,6 +52,7 @@ from cloud.esd.launch import launch
 from cloud.esd.payloads import NO_REASON, is_unlistable, parse_version
 from cloud.esd.polling import StatusBook
 from cloud.esd.sagemaker import SageMakerConfig, SageMakerInterrogator
+from cloud.esd.sharing import SharedScans
 from cloud.esd.wire import INFERENCE_TYPES, CreateInference
 from commands.spec import COMMANDS, MODEL_TYPES, Family
 
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
     from bot.config import Config
     from bot.model import BackendStatus, CloudJob, GenerationParams, InterrogateParams, Model
-    from bot.ports import PollTarget
+    from bot.ports import LeaderLeases, PollTarget, SharedReads
     from cloud.esd.config import EsdSettings
     from cloud.esd.interrogate import Interrogator
     from cloud.esd.payloads import EsdJob
@@ -226,6 +227,12 @@ class EsdBackend:
         """`on_change(backend_id)` is called when a completion event ends a job, so the
         core's poller asks about it at once instead of at its next turn."""
         self._book.on_change = on_change
+
+    def share_scans(self, reads: SharedReads, leases: LeaderLeases, replica: str) -> None:
+        """Several replicas share the store: list scans run once across them, on the replica
+        leading each (`cloud.esd.sharing`); call before the first poll."""
+        keep = max(300.0, 4 * self._config.events_backstop) if self.events else 300.0
+        self._book.share_scans(SharedScans(reads, leases, replica, keep=keep))
 
     async def _probe(self) -> None:
         try:

@@ -21,6 +21,9 @@ read never holds up the answer about the other jobs. Jobs an interrogator launch
 not know them. A job sent to an endpoint at zero instances is reported as a cold start until that
 endpoint lists an instance (re-read at most every `cold_check_interval`).
 
+With several replicas on one store (`share_scans`), a scan runs on the replica leading it, for
+the jobs of all, and the others read what it found from the store (`cloud.esd.sharing`).
+
 Bookkeeping per call is proportional to the jobs asked about: jobs are kept in the order they
 were last asked about (so forgetting stale ones looks only at stale ones) and counted per task
 type.
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from cloud.esd.client import EsdClient
     from cloud.esd.events import Completion
     from cloud.esd.interrogate import JobReader
+    from cloud.esd.sharing import SharedScans
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -159,6 +163,12 @@ class StatusBook:
         self.on_change: Callable[[str], None] = lambda _job_id: None
         self._handed: dict[str, asyncio.Future[None]] = {}
         self._settling = asyncio.Semaphore(_DIRECT_CONCURRENCY * 2)  # event-driven reads at once
+        self._sharing: SharedScans | None = None  # replicas: see `share_scans`
+
+    def share_scans(self, sharing: SharedScans) -> None:
+        """Several replicas follow jobs of one ESD: a scan runs on the replica leading it,
+        for the jobs of all, and the others read what it found (`cloud.esd.sharing`)."""
+        self._sharing = sharing
 
     def read_interrogations_with(self, reader: JobReader) -> None:
         """Interrogate jobs, submitted or resumed from now on, are read by `reader`."""
@@ -208,6 +218,8 @@ class StatusBook:
         tracked = self._tracked.pop(job_id, None)
         if tracked is not None and tracked.task_type is not None:
             self._by_type.get(tracked.task_type, set()).discard(job_id)
+            if self._sharing is not None:
+                self._sharing.ended(tracked.task_type, job_id)
         for snapshot in self._snapshots.values():
             snapshot.jobs.pop(job_id, None)
         reading = self._reading.pop(job_id, None)
@@ -441,7 +453,8 @@ class StatusBook:
                 self._snapshots[task_type] = _Snapshot(now, now + self._interval())
                 return {}, set(ids)
             snapshot = await self._shared_scan(task_type)
-            return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}, set()
+            if self._sharing is None:
+                return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}, set()
         found = {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}
         newcomers = {i for i in ids if i not in found and i not in snapshot.covered}
         return found, newcomers
@@ -469,6 +482,14 @@ class StatusBook:
         `status_pages` pages were read; the next scan waits in proportion to the pages."""
         pending = set(self._by_type.get(task_type, ()))
         taken = self._clock()
+        others: set[str] = set()
+        if self._sharing is not None:
+            # Replicas: the scan runs on the one leading it, for everyone's jobs.
+            if not await self._sharing.lead(task_type, self._interval()):
+                found, missing = await self._sharing.follow(task_type, pending)
+                return _Snapshot(taken, taken + self._interval(), found, missing | set(found))
+            others = await self._sharing.wanted(task_type) - pending
+            pending |= others
         snapshot = _Snapshot(taken, taken, covered=set(pending))
         key: str | None = None
         pages = 0
@@ -499,6 +520,9 @@ class StatusBook:
         finally:
             rest = max(self._interval(), pages / self._pages_per_second())
             snapshot.next_scan = taken + rest
+        if self._sharing is not None:
+            await self._sharing.post(task_type, snapshot.jobs, others)
+            await self._sharing.lead(task_type, snapshot.next_scan - self._clock())
         return snapshot
 
     # -- Direct reads --------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""The ESD list scan done once across replicas (README "Run several replicas").
+
+Every replica follows its own jobs with a `StatusBook`; alone, each would scan ESD's list pages
+for them, so N replicas would read N times the pages one replica reads. With `SharedScans`
+wired (a store shared by replicas), a scan of a task type runs on the one replica holding that
+type's leader lease (`bot.ports.LeaderLeases`, `esd-scan:<type>`), the same rules as
+retention's: taken before the scan, held a little longer than the time to the next scan
+(`GRACE`), extended at every scan. The holder looks for its own jobs and for every job the
+other replicas asked about (`bot.ports.SharedReads`), reads the pages once, and posts what it
+found for them; a job it looked for but did not find is posted as such, and its replica reads
+it on its own (within `direct_per_second`, as a single replica does for jobs beyond the
+pages). The others, at the times they would have scanned, ask the store instead: one query per
+task type, no request to ESD. So ESD sees the list traffic of one replica however many run, and
+a job costs the same requests as on one replica.
+
+A holder that stops scanning (it has no job of that type left, or it died) stops extending the
+lease; it runs out `GRACE` seconds after its next scan was due and the next replica that wants
+a scan takes it. A store that fails makes a replica scan for its own jobs, as it would alone.
+Posted values are `EsdJob`s as JSON, what the list item said; a job's row goes when its replica
+stops following it, or when nobody asked about it for `keep` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+from pydantic import TypeAdapter, ValidationError
+
+from bot.errors import StorageError
+from cloud.esd.payloads import EsdJob
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Mapping
+
+    from bot.ports import LeaderLeases, SharedReads
+
+_LOGGER = logging.getLogger(__name__)
+
+# The scan's lease is held this long past the time the next scan is due: a holder late by less
+# keeps it, one that stopped scanning hands it over after at most this.
+GRACE: Final = 2.0
+_JOB: Final = TypeAdapter(EsdJob)
+
+
+def _topic(task_type: str) -> str:
+    return f"esd:{task_type}"
+
+
+class SharedScans:
+    """A replica's side of the shared scan: lead it, or follow what the leader posts."""
+
+    def __init__(
+        self, reads: SharedReads, leases: LeaderLeases, owner: str, *, keep: float = 300.0
+    ) -> None:
+        self._reads = reads
+        self._leases = leases
+        self._owner = owner
+        self._keep = keep
+        # Jobs this replica asked about, by task type, and those of them it stopped following
+        # (told to the store at its next call). Bounded by the jobs in flight here.
+        self._asked: dict[str, set[str]] = {}
+        self._ended: dict[str, set[str]] = {}
+
+    async def lead(self, task_type: str, hold: float) -> bool:
+        """Take or extend the scan's lease of `task_type` for `hold` (+ `GRACE`) seconds;
+        whether this replica scans. A failing store: scan (for this replica's jobs)."""
+        try:
+            fence = await self._leases.lead(f"esd-scan:{task_type}", self._owner, hold + GRACE)
+        except StorageError as exc:
+            _LOGGER.warning("esd scan %s: the store failed, scanning alone: %s", task_type, exc)
+            return True
+        return fence is not None
+
+    async def wanted(self, task_type: str) -> set[str]:
+        """The jobs other replicas asked about (for the leader's scan)."""
+        try:
+            await self._tell_ended(task_type)
+            return await self._reads.wanted(_topic(task_type), self._keep)
+        except StorageError as exc:
+            _LOGGER.warning("esd scan %s: cannot read what others follow: %s", task_type, exc)
+            return set()
+
+    async def post(
+        self, task_type: str, found: Mapping[str, EsdJob], looked_for: Collection[str]
+    ) -> None:
+        """Post what the scan found about the jobs others asked about (`looked_for`)."""
+        values = {
+            job_id: None if (job := found.get(job_id)) is None else _JOB.dump_json(job).decode()
+            for job_id in looked_for
+        }
+        try:
+            await self._reads.post(_topic(task_type), values)
+        except StorageError as exc:
+            _LOGGER.warning("esd scan %s: could not post what it read: %s", task_type, exc)
+
+    async def follow(
+        self, task_type: str, ids: Collection[str]
+    ) -> tuple[dict[str, EsdJob], set[str]]:
+        """What the leader posted about `ids`: the jobs it found, and the ids it looked for and
+        did not find (read them directly). Ids it has not looked for yet are in neither. A
+        failing store: every id is "not found" (read directly, within the budget)."""
+        self._asked.setdefault(task_type, set()).update(ids)
+        try:
+            await self._tell_ended(task_type)
+            posted = await self._reads.ask(_topic(task_type), ids)
+        except StorageError as exc:
+            _LOGGER.warning("esd scan %s: cannot read the shared scan: %s", task_type, exc)
+            return {}, set(ids)
+        found: dict[str, EsdJob] = {}
+        missing: set[str] = set()
+        for job_id, entry in posted.items():
+            if entry.value is None:
+                missing.add(job_id)
+                continue
+            try:
+                found[job_id] = _JOB.validate_json(entry.value)
+            except ValidationError:
+                missing.add(job_id)  # written by another version: read it directly
+        return found, missing
+
+    def ended(self, task_type: str | None, job_id: str) -> None:
+        """This replica stopped following a job (its row goes at the next store call)."""
+        if task_type is not None and job_id in self._asked.get(task_type, ()):
+            self._asked[task_type].discard(job_id)
+            self._ended.setdefault(task_type, set()).add(job_id)
+
+    async def _tell_ended(self, task_type: str) -> None:
+        ended = self._ended.pop(task_type, set())
+        if ended:
+            try:
+                await self._reads.unask(_topic(task_type), ended)
+            except StorageError:
+                self._ended.setdefault(task_type, set()).update(ended)
+                raise

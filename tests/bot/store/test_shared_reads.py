@@ -1,0 +1,39 @@
+"""`SharedReads`: the contract every store engine keeps (the ESD scan done once across
+replicas, `cloud.esd.sharing`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.ports import SharedReads
+
+
+@pytest.fixture(autouse=True)
+def _implemented(store: object) -> None:
+    # An engine added before this port (PostgreSQL, landing beside it) gets it next.
+    if not isinstance(store, SharedReads):
+        pytest.skip(f"{type(store).__name__} does not implement SharedReads yet")
+
+
+async def test_asked_keys_are_wanted_and_get_what_was_posted(store: SharedReads) -> None:
+    assert await store.ask("esd:img2img", ["a", "b"]) == {}
+    assert await store.wanted("esd:img2img", 60) == {"a", "b"}
+    assert await store.wanted("esd:txt2img", 60) == set()
+    # The reader posts what it found ("a"), what it looked for in vain ("b"), and something
+    # nobody asked about, which is not kept.
+    await store.post("esd:img2img", {"a": '{"id": "a"}', "b": None, "c": "{}"})
+    posted = await store.ask("esd:img2img", ["a", "b", "c"])
+    assert {key: entry.value for key, entry in posted.items()} == {"a": '{"id": "a"}', "b": None}
+    assert posted["a"].at.tzinfo is not None
+    # Asking again marks the keys wanted anew; "c" is wanted from now on.
+    assert await store.wanted("esd:img2img", 60) == {"a", "b", "c"}
+
+
+async def test_keys_go_when_unasked_or_not_asked_for_a_while(store: SharedReads) -> None:
+    await store.ask("esd:img2img", ["a", "b"])
+    await store.unask("esd:img2img", ["a"])
+    assert await store.wanted("esd:img2img", 60) == {"b"}
+    # Nobody asked about "b" in the last -1 s (it was asked before now): dropped.
+    assert await store.wanted("esd:img2img", -1) == set()
+    await store.post("esd:img2img", {"b": "{}"})
+    assert await store.ask("esd:img2img", ["b"]) == {}
