@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
+    from adapters.discord import DiscordCore
+    from adapters.slack import SlackCore
     from bot.ports import Backend, ChatAdapter, ChatConnection, JobStore
 
 # Where discord.py sends its REST requests (discord/http.py `Route.BASE`).
@@ -233,6 +235,27 @@ class _Operations:
             raise ConfigError(f"cannot listen on port {port}: {exc.strerror}") from None
 
 
+def discord_core(app: BotApp) -> DiscordCore:
+    """The parts of the core the Discord adapter is given."""
+    from adapters.discord import DiscordCore
+
+    return DiscordCore(
+        dispatcher=app.dispatcher,
+        claims=app.store,
+        catalog=app.catalog,
+        clock=app.clock,
+        max_bytes=app.config.max_bytes,
+        state_dir=app.config.data_dir,
+    )
+
+
+def slack_core(app: BotApp) -> SlackCore:
+    """The parts of the core the Slack adapter is given."""
+    from adapters.slack import SlackCore
+
+    return SlackCore(dispatcher=app.dispatcher, claims=app.store, jobs=app.store)
+
+
 def chat_adapters(
     app: BotApp, settings: Settings, ops: _Operations | None = None
 ) -> list[tuple[ChatAdapter, ChatConnection]]:
@@ -244,14 +267,14 @@ def chat_adapters(
         from adapters.discord import DiscordAdapter
 
         discord_trace = chat_trace(ops.metrics, "discord", DISCORD_API) if ops else None
-        discord_adapter = DiscordAdapter(app, discord, http_trace=discord_trace)
+        discord_adapter = DiscordAdapter(discord_core(app), discord, http_trace=discord_trace)
         found.append((discord_adapter, discord_adapter))
     if slack.slack_bot_token and (slack.slack_app_token or slack.slack_signing_secret):
         from adapters.slack import SlackAdapter
         from adapters.slack.client import api_base_url
 
         slack_adapter = SlackAdapter(
-            app,
+            slack_core(app),
             slack,
             http_port=settings[WebSettings].http_port,
             trace_configs=(
@@ -281,7 +304,9 @@ async def _console(settings: Settings) -> int:
         # The console serves the operators' endpoints only on an explicit metrics_port.
         if ops.web_settings.metrics_port is not None:
             await ops.serve(mounted=True)
-        console = asyncio.create_task(run_console(app, adapter), name="sdbot-console")
+        console = asyncio.create_task(
+            run_console(adapter, app.dispatcher, app.runner.wait_idle), name="sdbot-console"
+        )
         lost = asyncio.create_task(_store_lost(ops.store), name="sdbot-store-watch")
         try:
             done, _ = await asyncio.wait({console, lost}, return_when=asyncio.FIRST_COMPLETED)

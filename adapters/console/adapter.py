@@ -37,9 +37,9 @@ from bot.recent import Recent
 from bot.render import byte_size
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-    from bot.app import BotApp
+    from bot.dispatcher import Dispatcher
     from bot.views import ResultImage, ResultView, StatusView
 
 CONSOLE_CHANNEL = "console"
@@ -217,7 +217,7 @@ class ConsoleAdapter:
 
     # -- input -----------------------------------------------------------------------------
 
-    async def handle_line(self, app: BotApp, line: str) -> None:
+    async def handle_line(self, dispatcher: Dispatcher, line: str) -> None:
         """Run one console line: a command or `reply <id|last> <text>`."""
         text = line.strip()
         if not text or text.startswith("#"):
@@ -234,9 +234,9 @@ class ConsoleAdapter:
                     await responder.refuse("no job yet to reply to")
                     return
                 target = self.last_job
-            await app.dispatcher.handle_reply(self.caller, body, [], responder, base_job=target)
+            await dispatcher.handle_reply(self.caller, body, [], responder, base_job=target)
             return
-        await app.dispatcher.handle_text(self.caller, text, [], responder)
+        await dispatcher.handle_text(self.caller, text, [], responder)
 
 
 def _replace_file(path: Path, data: bytes) -> None:
@@ -269,9 +269,13 @@ async def _stdin_lines() -> AsyncIterator[str]:
 
 
 async def run_console(
-    app: BotApp, adapter: ConsoleAdapter, lines: AsyncIterator[str] | None = None
+    adapter: ConsoleAdapter,
+    dispatcher: Dispatcher,
+    idle: Callable[[], Awaitable[None]],
+    lines: AsyncIterator[str] | None = None,
 ) -> None:
-    """Feed lines to the bot in order, then wait until every job is delivered."""
+    """Feed lines (stdin's by default) to the dispatcher in order, then wait until every job
+    is delivered (`idle`: the runner's `wait_idle`)."""
     async for line in lines if lines is not None else _stdin_lines():
-        await adapter.handle_line(app, line)
-    await app.runner.wait_idle()
+        await adapter.handle_line(dispatcher, line)
+    await idle()

@@ -66,10 +66,13 @@ from transport.download import TooLargeError, UnavailableError, download
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Coroutine, Iterator, Sequence
+    from pathlib import Path
 
     from adapters.discord.settings import DiscordSettings
-    from bot.app import BotApp
+    from bot.catalog import Catalog
+    from bot.dispatcher import Dispatcher
     from bot.model import AttachmentRef
+    from bot.ports import ClaimStore, Clock
     from bot.views import Action, ResultImage, ResultView, StatusView
 
 _LOGGER = logging.getLogger(__name__)
@@ -119,6 +122,21 @@ class _Tree(app_commands.CommandTree[discord.Client]):
                 )
 
 
+@dataclass(frozen=True)
+class DiscordCore:
+    """What the Discord adapter uses of the core, and nothing more (wired in `adapters.cli`):
+    the dispatcher its users' events go to, the claims that let one session of a shard act on
+    an event, the catalogue (autocomplete values), the clock (dates in options), the
+    attachment size cap, and the folder where command sync keeps its state."""
+
+    dispatcher: Dispatcher
+    claims: ClaimStore
+    catalog: Catalog
+    clock: Clock
+    max_bytes: int
+    state_dir: Path
+
+
 def invite_url(application_id: int) -> str:
     """The OAuth2 URL that adds the bot to a server with the permissions it needs."""
     return discord.utils.oauth_url(
@@ -139,7 +157,7 @@ class DiscordAdapter:
 
     def __init__(
         self,
-        app: BotApp,
+        core: DiscordCore,
         config: DiscordSettings,
         *,
         client: discord.Client | None = None,
@@ -152,7 +170,7 @@ class DiscordAdapter:
         http_trace: aiohttp.TraceConfig | None = None,
     ) -> None:
         """`http_trace` observes discord.py's REST requests (request metrics)."""
-        self.app = app
+        self._catalog = core.catalog
         self._config = config
         if message_content is None:
             message_content = config.discord_message_content
@@ -180,9 +198,9 @@ class DiscordAdapter:
         self._guilds = _guild_ids(config.discord_guilds)
         self._tree = _Tree(client)
         self.router = InteractionRouter(
-            self, app.dispatcher, clock=app.clock, max_bytes=app.config.max_bytes
+            self, core.dispatcher, core.claims, clock=core.clock, max_bytes=core.max_bytes
         )
-        self._sync = CommandSync(self._tree, app.config.data_dir / COMMAND_STATE_FILE, self._guilds)
+        self._sync = CommandSync(self._tree, core.state_dir / COMMAND_STATE_FILE, self._guilds)
         self.suggestions = Suggestions()
         self._ready = asyncio.Event()
         # The work of each event: the tasks discord.py runs handlers in (adopted by `activity`)
@@ -418,8 +436,8 @@ class DiscordAdapter:
     async def refresh_suggestions(self) -> None:
         """Re-read checkpoints and endpoints for autocomplete (kept when the backend fails)."""
         try:
-            models = await self.app.catalog.models("Stable-diffusion")
-            endpoints = await self.app.catalog.endpoints()
+            models = await self._catalog.models("Stable-diffusion")
+            endpoints = await self._catalog.endpoints()
         except OperationalError as exc:
             _LOGGER.warning("could not refresh autocomplete values: %s", exc)
             return

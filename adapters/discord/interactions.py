@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from adapters.discord.adapter import DiscordAdapter
     from bot.dispatcher import Dispatcher
     from bot.model import AttachmentRef
-    from bot.ports import Clock
+    from bot.ports import ClaimStore, Clock
     from bot.views import ResultImage
 
 _LOGGER = logging.getLogger(__name__)
@@ -392,12 +392,20 @@ class InteractionRouter:
     """Turns Discord events into dispatcher calls (implements `commands.SlashHandler`)."""
 
     def __init__(
-        self, adapter: DiscordAdapter, dispatcher: Dispatcher, *, clock: Clock, max_bytes: int
+        self,
+        adapter: DiscordAdapter,
+        dispatcher: Dispatcher,
+        claims: ClaimStore,
+        *,
+        clock: Clock,
+        max_bytes: int,
     ) -> None:
-        """What it needs of the core: the dispatcher, the clock (dates in options) and the
-        attachment size cap; Discord's side is `adapter`."""
+        """What it needs of the core: the dispatcher, the event claims (one session of a shard
+        acts on an event), the clock (dates in options) and the attachment size cap;
+        Discord's side is `adapter`."""
         self._adapter = adapter
         self._dispatcher = dispatcher
+        self._claims = claims
         self._clock = clock
         self._max_bytes = max_bytes
         self._forms = FormStore()
@@ -411,7 +419,7 @@ class InteractionRouter:
             # store's claim lets one of them act; the other answers nothing (its answer would
             # fail with 40060 "already acknowledged" anyway).
             key = f"discord:interaction:{interaction.id}"
-            return not await self._adapter.app.store.claim(key)
+            return not await self._claims.claim(key)
         if not interaction.response.is_done():
             try:
                 await interaction.response.send_message(
@@ -682,7 +690,7 @@ class InteractionRouter:
         if conversation.thread is None and not (direct or mentioned or self._to_bot(message)):
             # In a plain channel only messages addressed to the bot are requests.
             return
-        if not await self._adapter.app.store.claim(f"discord:message:{message.id}"):
+        if not await self._claims.claim(f"discord:message:{message.id}"):
             return  # another session (a replica on the same shard) took it
         responder = MessageResponder(message)
         for attachment in message.attachments:

@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
@@ -68,8 +68,9 @@ if TYPE_CHECKING:
 
     from adapters.slack.convert import FilePayload
     from adapters.slack.settings import SlackSettings
-    from bot.app import BotApp
+    from bot.dispatcher import Dispatcher
     from bot.model import AttachmentRef, Caller
+    from bot.ports import ClaimStore, JobRepo
     from bot.views import ResultView, StatusView
 
 _LOGGER = logging.getLogger(__name__)
@@ -98,6 +99,17 @@ class SlackCallError(ChatDeliveryError):
         self.unsure = unsure
 
 
+@dataclass(frozen=True)
+class SlackCore:
+    """What the Slack adapter uses of the core, and nothing more (wired in `adapters.cli`):
+    the dispatcher its users' events go to, the claims that recognise an event Slack sends
+    again, and the job rows (whether a thread holds a job)."""
+
+    dispatcher: Dispatcher
+    claims: ClaimStore
+    jobs: JobRepo
+
+
 def slack_configured(s: SlackSettings) -> bool:
     """Whether the environment holds what the Slack adapter needs to run."""
     return bool(s.slack_bot_token and (s.slack_app_token or s.slack_signing_secret))
@@ -111,7 +123,7 @@ class SlackAdapter:
 
     def __init__(
         self,
-        app: BotApp,
+        core: SlackCore,
         config: SlackSettings,
         *,
         http_host: str = "0.0.0.0",  # noqa: S104 - Slack must reach HTTP mode from outside
@@ -134,7 +146,7 @@ class SlackAdapter:
             raise ConfigError(
                 "set SLACK_APP_TOKEN for Socket Mode, or SLACK_SIGNING_SECRET for HTTP mode"
             )
-        self._app = app
+        self._core = core
         self._config = config
         self._token = config.slack_bot_token
         self._http_host = http_host
@@ -220,8 +232,8 @@ class SlackAdapter:
         )
         SlackListeners(
             self,
-            self._app.dispatcher,
-            self._app.store,
+            self._core.dispatcher,
+            self._core.claims,
             admins=frozenset(config.admins),
             ack_budget=self._ack_budget,
             mention_grace=self._mention_grace,
@@ -670,7 +682,7 @@ class SlackAdapter:
 
     async def thread_has_job(self, caller: Caller) -> bool:
         """Whether the caller's thread holds a job of their workspace."""
-        job = await self._app.store.latest_in_thread(
+        job = await self._core.jobs.latest_in_thread(
             caller.platform, caller.server, caller.conversation
         )
         return job is not None

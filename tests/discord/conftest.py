@@ -29,6 +29,7 @@ from aiohttp import BodyPartReader, WSMsgType, web
 from PIL import Image
 from scenario_kit import fast_config, make_app
 
+from adapters.cli import discord_core
 from adapters.discord import DiscordAdapter, DiscordLimits
 from adapters.discord.settings import DiscordSettings
 from bot.model import JobOutput, Platform
@@ -901,7 +902,7 @@ class DiscordHarness:
             intents.message_content = self.message_content
             client = discord.Client(intents=intents)
         self.adapter = DiscordAdapter(
-            self.app,
+            discord_core(self.app),
             config[DiscordSettings],
             client=client,
             gateway=self.gateway,

@@ -14,6 +14,7 @@ import pytest
 from discord import app_commands
 from scenario_kit import fast_config, make_app, png
 
+from adapters.cli import discord_core
 from adapters.discord import REQUIRED_PERMISSIONS, DiscordAdapter, invite_url
 from adapters.discord.commands import IMG2IMG_MENU, INTERROGATE_MENU, slash_command, slash_options
 from adapters.discord.settings import DiscordSettings
@@ -145,7 +146,7 @@ async def test_bad_token_and_missing_intent_fail_at_start(tmp_path: Path, discor
         config = fast_config(tmp_path, discord_token=token)
         app = make_app(config)
         adapter = DiscordAdapter(
-            app, config[DiscordSettings], client=discord.Client(intents=intents)
+            discord_core(app), config[DiscordSettings], client=discord.Client(intents=intents)
         )
         with pytest.raises(ConfigError, match=message):
             await adapter.start()

@@ -14,6 +14,7 @@ import pytest
 from scenario_kit import fast_config, make_app, png
 
 from adapters import cli
+from adapters.cli import discord_core
 from adapters.discord import DiscordAdapter
 from adapters.discord.settings import DiscordSettings
 from bot.errors import ConfigError, StorageLostError
@@ -74,7 +75,10 @@ async def test_a_refused_intent_ends_the_gateway_with_a_config_error(
     config = fast_config(tmp_path, discord_token="fake-bot-token")
     app = make_app(config)
     adapter = DiscordAdapter(
-        app, config[DiscordSettings], message_content=True, cdn_origins=[discord_api.origin]
+        discord_core(app),
+        config[DiscordSettings],
+        message_content=True,
+        cdn_origins=[discord_api.origin],
     )
     app.add_adapter(adapter)
     async with app:

@@ -11,6 +11,7 @@ other AWS variable is removed, so nothing can reach a real account.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -689,12 +690,13 @@ async def test_console_interrogates_on_esd_through_sagemaker(
     image.write_bytes(png(64, 64))
     async with app:
         # One run per job: moto hands out queued answers in invocation order.
+        run = functools.partial(run_console, adapter, app.dispatcher, app.runner.wait_idle)
         aws.caption("a watercolor of a castle")
-        await run_console(app, adapter, _lines(f"interrogate image={image}"))
+        await run(_lines(f"interrogate image={image}"))
         aws.caption("castle, sky, no humans")
-        await run_console(app, adapter, _lines(f"interrogate image={image} method=deepbooru"))
+        await run(_lines(f"interrogate image={image} method=deepbooru"))
         aws.answer("CUDA out of memory", failure=True)
-        await run_console(app, adapter, _lines(f"interrogate image={image}"))
+        await run(_lines(f"interrogate image={image}"))
     lines = out.getvalue().splitlines()
     clip, booru, failed = job_ids(lines)
     assert f"caption {clip}: a watercolor of a castle" in lines

@@ -175,7 +175,9 @@ class ConsoleRun:
 
     async def run(self, *lines: str) -> list[str]:
         start = len(self.out.getvalue().splitlines())
-        await run_console(self.app, self.adapter, _lines(lines))
+        await run_console(
+            self.adapter, self.app.dispatcher, self.app.runner.wait_idle, _lines(lines)
+        )
         return self.out.getvalue().splitlines()[start:]
 
     async def __aenter__(self) -> ConsoleRun:

@@ -31,6 +31,7 @@ from aiohttp import web
 from scenario_kit import fast_config, make_app
 from slack_sdk.signature import SignatureVerifier
 
+from adapters.cli import slack_core
 from adapters.slack import SlackAdapter
 from adapters.slack.settings import SlackSettings
 from bot.model import Job, Platform
@@ -883,7 +884,7 @@ async def _running_rig(
         "retry": RetryPolicy(attempts=12, scale=0.001),
     }
     options.update(adapter_options or {})
-    adapter = SlackAdapter(app, config[SlackSettings], **options)
+    adapter = SlackAdapter(slack_core(app), config[SlackSettings], **options)
     app.add_adapter(adapter)
     rig = SlackRig(fake, app, adapter, mode, config[SlackSettings])
     try:

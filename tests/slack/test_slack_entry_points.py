@@ -433,9 +433,10 @@ async def test_a_retry_that_arrives_after_a_restart_makes_no_second_job(make_rig
         assert len(await rig.jobs()) == 1
         # The adapter restarts (its in-memory memory of events is gone) and Slack retries.
         await rig.adapter.aclose()
+        from adapters.cli import slack_core
         from adapters.slack import SlackAdapter
 
-        fresh = SlackAdapter(rig.app, rig.slack, http_host="127.0.0.1", http_port=0)
+        fresh = SlackAdapter(slack_core(rig.app), rig.slack, http_host="127.0.0.1", http_port=0)
         rig.app._adapters[fresh.platform] = fresh
         rig.adapter = fresh
         await fresh.start()

@@ -198,9 +198,10 @@ async def test_buttons_keep_working_after_a_restart(make_rig: MakeRig) -> None:
         [result] = rig.results_in("C1", status.ts)
         # A new adapter (as after a restart) knows nothing but what the button carries.
         await rig.adapter.aclose()
+        from adapters.cli import slack_core
         from adapters.slack import SlackAdapter
 
-        fresh = SlackAdapter(rig.app, rig.slack, http_host="127.0.0.1", http_port=0)
+        fresh = SlackAdapter(slack_core(rig.app), rig.slack, http_host="127.0.0.1", http_port=0)
         rig.app._adapters[fresh.platform] = fresh
         rig.adapter = fresh
         await fresh.start()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 from scenario_kit import fast_config, make_app
 
+from adapters.cli import slack_core
 from adapters.slack import SlackAdapter, slack_configured
 from adapters.slack.settings import SlackSettings
 from bot.errors import ConfigError
@@ -43,7 +44,7 @@ def test_missing_or_wrong_kinds_of_credentials_are_named(
 ) -> None:
     config = _config(tmp_path, **secrets)
     with pytest.raises(ConfigError, match=message):
-        SlackAdapter(make_app(config), config[SlackSettings])
+        SlackAdapter(slack_core(make_app(config)), config[SlackSettings])
 
 
 async def test_a_refused_bot_token_fails_start_with_its_name(rig: SlackRig, tmp_path: Path) -> None:
@@ -55,7 +56,7 @@ async def test_a_refused_bot_token_fails_start_with_its_name(rig: SlackRig, tmp_
     )
     assert slack_configured(config[SlackSettings])
     adapter = SlackAdapter(
-        make_app(config), config[SlackSettings], http_host="127.0.0.1", http_port=0
+        slack_core(make_app(config)), config[SlackSettings], http_host="127.0.0.1", http_port=0
     )
     with pytest.raises(ConfigError, match="Slack refused SLACK_BOT_TOKEN: invalid_auth") as err:
         await adapter.start()
@@ -70,7 +71,7 @@ async def test_a_refused_app_token_fails_start_with_its_name(rig: SlackRig, tmp_
         slack_bot_token="xoxb-test-bot-token",
         slack_app_token="xapp-wrong",
     )
-    adapter = SlackAdapter(make_app(config), config[SlackSettings])
+    adapter = SlackAdapter(slack_core(make_app(config)), config[SlackSettings])
     with pytest.raises(ConfigError, match="Slack refused SLACK_APP_TOKEN: invalid_auth"):
         await adapter.start()
     assert rig.fake.socket_connections == 0
