@@ -10,7 +10,6 @@ stored durably and changed by admins with the `settings` command.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 from bot.catalog import vae_keyword
 from bot.errors import ParseError, RefusedError
 from bot.ports import Admission, AdmissionRefused, traits_of
+from bot.recent import Recent
 from bot.render import duration
 
 if TYPE_CHECKING:
@@ -74,8 +74,8 @@ class Policy:
         # Settings change rarely and are read for every job: cached, and dropped on update.
         # The cache holds the read itself, so a burst of commands in a new channel shares one
         # read instead of each starting its own before the first has answered.
-        self._cache: OrderedDict[tuple[Platform, str, str], asyncio.Future[dict[str, str]]] = (
-            OrderedDict()
+        self._cache: Recent[tuple[Platform, str, str], asyncio.Future[dict[str, str]]] = Recent(
+            _MAX_CACHED_SCOPES
         )
 
     # -- access ----------------------------------------------------------------------------
@@ -179,8 +179,6 @@ class Policy:
         if read is None:
             read = asyncio.ensure_future(self._store.settings(platform, server, scope))
             self._cache[key] = read
-            while len(self._cache) > _MAX_CACHED_SCOPES:
-                self._cache.popitem(last=False)
 
             def forget_failure(done: asyncio.Future[dict[str, str]]) -> None:
                 if (done.cancelled() or done.exception()) and self._cache.get(key) is done:

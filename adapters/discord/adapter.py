@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -59,6 +58,7 @@ from bot.errors import (
 )
 from bot.model import Conversation
 from bot.ports import PostedStatus
+from bot.recent import Recent
 from bot.retry import RetryPolicy
 from bot.tasks import Supervised, TaskSet, supervise
 from bot.tasks import stop as stop_task
@@ -218,11 +218,11 @@ class DiscordAdapter:
         self._pending: dict[str, discord.Interaction[Any]] = {}
         # Learned from interactions: the server of each channel / thread id, and each
         # server's per-file upload limit for bot posts (its premium tier's).
-        self._guild_of: OrderedDict[str, int] = OrderedDict()
-        self._guild_limits: OrderedDict[str, int] = OrderedDict()
+        self._guild_of: Recent[str, int] = Recent(_CACHE_SIZE)
+        self._guild_limits: Recent[str, int] = Recent(_CACHE_SIZE)
         # Channel id → parent channel id when it is a thread, None when it is not.
-        self._parents: OrderedDict[str, str | None] = OrderedDict()
-        self._dm_channels: OrderedDict[str, None] = OrderedDict()
+        self._parents: Recent[str, str | None] = Recent(_CACHE_SIZE)
+        self._dm_channels: Recent[str, None] = Recent(_CACHE_SIZE)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -396,12 +396,12 @@ class DiscordAdapter:
         ids = [str(interaction.channel_id)] if interaction.channel_id is not None else []
         if isinstance(channel, discord.Thread):
             ids.append(str(channel.parent_id))
-            _remember(self._parents, str(channel.id), str(channel.parent_id))
+            self._parents[str(channel.id)] = str(channel.parent_id)
         if interaction.guild_id is None and ids:
-            _remember(self._dm_channels, ids[0], None)
+            self._dm_channels[ids[0]] = None
         if interaction.guild_id is not None:
             for channel_id in ids:
-                _remember(self._guild_of, channel_id, interaction.guild_id)
+                self._guild_of[channel_id] = interaction.guild_id
 
     def remember_interaction(self, job_id: str, interaction: discord.Interaction[Any]) -> None:
         self._pending = {k: v for k, v in self._pending.items() if not v.is_expired()}
@@ -430,7 +430,7 @@ class DiscordAdapter:
         else:
             if isinstance(channel, discord.Thread):
                 parent = str(channel.parent_id)
-        _remember(self._parents, channel_id, parent)
+        self._parents[channel_id] = parent
         return parent
 
     async def refresh_suggestions(self) -> None:
@@ -472,7 +472,7 @@ class DiscordAdapter:
             except (discord.DiscordException, aiohttp.ClientError, TimeoutError) as exc:
                 _LOGGER.info("could not read server %s's upload limit: %s", guild_id, exc)
                 return self._limits.default_file_bytes
-            _remember(self._guild_limits, key, fetched.filesize_limit)
+            self._guild_limits[key] = fetched.filesize_limit
         return int(self._guild_limits[key])
 
     async def _fit_images(
@@ -638,7 +638,7 @@ class DiscordAdapter:
                 # and then failed (5xx after the work). A message's thread has its id
                 # (dapi: developers/resources/channel.mdx "Start Thread from Message").
                 thread_id = str(message.id)
-                _remember(self._parents, thread_id, where.channel)
+                self._parents[thread_id] = where.channel
                 return Conversation(where.channel, thread_id)
             _LOGGER.warning(
                 "job %s: no thread in channel %s (%s); the job stays in the channel",
@@ -648,9 +648,9 @@ class DiscordAdapter:
             )
             return where
         thread_id = str(data["id"])
-        _remember(self._parents, thread_id, where.channel)
+        self._parents[thread_id] = where.channel
         if where.channel in self._guild_of:
-            _remember(self._guild_of, thread_id, self._guild_of[where.channel])
+            self._guild_of[thread_id] = self._guild_of[where.channel]
         return Conversation(where.channel, thread_id)
 
     async def _point(self, job_id: str, text: str) -> None:
@@ -814,13 +814,6 @@ class _TooLarge(ChatDeliveryError):
 def _files(batch: Sequence[tuple[str, bytes]]) -> list[discord.File]:
     # discord.File objects are single use; a retry builds new ones.
     return [discord.File(io.BytesIO(data), filename=name) for name, data in batch]
-
-
-def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > _CACHE_SIZE:
-        cache.popitem(last=False)
 
 
 def _guild_ids(values: Sequence[str]) -> tuple[int, ...]:

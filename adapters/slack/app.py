@@ -28,7 +28,6 @@ import contextlib
 import logging
 import re
 import time
-from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -57,6 +56,7 @@ from adapters.slack.convert import (
 )
 from bot.errors import ChatDeliveryError, UserInputError
 from bot.model import AttachmentRef, Caller, Conversation
+from bot.recent import Recent
 from bot.views import EDIT_FIELDS, Action, ActionKind
 from commands import GrammarError, build, parse, tokenize
 
@@ -82,20 +82,19 @@ ONE_ANSWER = 12_000  # characters of one gathered answer; longer goes to a direc
 
 
 class RecentKeys:
-    """Keys seen in the last `ttl` seconds (at most `size` of them): Slack retries an event
-    for up to a few minutes, and one message arrives as `message` and `app_mention`."""
+    """Keys seen in the last `ttl` seconds (at most `size` of them, a `Recent` map): Slack
+    retries an event for up to a few minutes, and one message arrives as `message` and
+    `app_mention`."""
 
     def __init__(self, ttl: float = 900.0, size: int = 20_000) -> None:
         self._ttl = ttl
-        self._size = size
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: Recent[str, float] = Recent(size)  # key → when it was first seen
 
     def claim(self, key: str) -> bool:
         """True the first time `key` is seen (within the window), False afterwards."""
         now = time.monotonic()
-        while self._seen and (
-            len(self._seen) >= self._size or next(iter(self._seen.values())) < now - self._ttl
-        ):
+        # Oldest first: drop the front while it is past the window.
+        while self._seen and next(iter(self._seen.values())) < now - self._ttl:
             self._seen.popitem(last=False)
         if key in self._seen:
             return False

@@ -18,7 +18,6 @@ import json
 import logging
 import re
 import time
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,7 @@ from bot.errors import (
     ResultsExpiredError,
 )
 from bot.model import Endpoint, JobOutput, JobState, Submitted
+from bot.recent import Recent
 from cloud.esd.a1111 import (
     INTERROGATE_TASKS,
     hypernet_names,
@@ -145,7 +145,7 @@ class EsdBackend:
         self._sagemaker = sagemaker
         self._owned: SageMakerInterrogator | None = None  # made here, so closed here
         self._reader: JobReader | None = None
-        self._own: OrderedDict[str, None] = OrderedDict()
+        self._own: Recent[str, None] = Recent(_MAX_OWN)
         self._slots = RealtimeSlots(config.realtime_max_in_flight)
         self._book = StatusBook(
             self._client,
@@ -155,7 +155,7 @@ class EsdBackend:
             instances=self._instance_count,
             list_interval=config.list_interval,
         )
-        self._kept: OrderedDict[str, EsdJob] = OrderedDict()
+        self._kept: Recent[str, EsdJob] = Recent(_MAX_KEPT)
         self._endpoint_cache: tuple[float, dict[str, Endpoint]] | None = None
         self._network_cache: tuple[float, dict[str, tuple[str, ...]]] | None = None
         self._lookup_lock = asyncio.Lock()
@@ -274,12 +274,6 @@ class EsdBackend:
     def _use_reader(self, reader: JobReader) -> None:
         self._reader = reader
         self._book.read_interrogations_with(reader)
-
-    def _mark_own(self, backend_id: str) -> None:
-        self._own[backend_id] = None
-        self._own.move_to_end(backend_id)
-        while len(self._own) > _MAX_OWN:
-            self._own.popitem(last=False)
 
     async def aclose(self) -> None:
         owned, self._owned = self._owned, None
@@ -462,7 +456,7 @@ class EsdBackend:
         # Every interrogator that reads its own jobs was made the book's reader when chosen.
         own = isinstance(interrogator, JobReader)
         if own:
-            self._mark_own(submitted.backend_id)
+            self._own[submitted.backend_id] = None
         self._book.track(
             submitted.backend_id,
             task,
@@ -485,20 +479,14 @@ class EsdBackend:
         if self._reader is not None:
             for target in targets:
                 if target.interrogate:
-                    self._mark_own(target.backend_id)
+                    self._own[target.backend_id] = None
         return await self._book.statuses(targets)
 
     def _terminal(self, job: EsdJob) -> None:
         """A job reached `succeed` / `failed`: free its slot, keep a read row for `results`."""
         self._slots.release(job.id)
         if job.state is JobState.SUCCEED and (job.image_urls or job.caption):
-            self._keep(job)
-
-    def _keep(self, job: EsdJob) -> None:
-        self._kept[job.id] = job
-        self._kept.move_to_end(job.id)
-        while len(self._kept) > _MAX_KEPT:
-            self._kept.popitem(last=False)
+            self._kept[job.id] = job
 
     async def results(self, backend_id: str) -> JobOutput:
         job = self._kept.pop(backend_id, None) or await self._read_job(backend_id)
@@ -591,7 +579,8 @@ class EsdBackend:
     async def refresh(self, backend_id: str) -> None:
         """Read the job again; its fresh result URLs serve the next `results`."""
         self._kept.pop(backend_id, None)
-        self._keep(await self._read_job(backend_id))
+        job = await self._read_job(backend_id)
+        self._kept[job.id] = job
 
     async def cancel(self, backend_id: str) -> None:
         self._slots.release(backend_id)

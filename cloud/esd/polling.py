@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from bot.errors import BackendError, BackendUnavailableError
 from bot.model import BackendStatus, JobState
 from bot.ports import LOST_JOB
+from bot.recent import Recent
 from cloud.esd.events import settle_delays
 from cloud.esd.payloads import NO_REASON, EsdJob, is_unlistable
 
@@ -143,7 +144,7 @@ class StatusBook:
         # `_by_type`, `_reading` and `_handed`: jobs in flight only (`forget` on release and
         # cancel); `_snapshots` and `_scanning` hold one entry per task type.
         self._tracked: OrderedDict[str, Tracked] = OrderedDict()
-        self._ended: OrderedDict[str, EsdJob] = OrderedDict()  # see `_MAX_ENDED`
+        self._ended: Recent[str, EsdJob] = Recent(_MAX_ENDED)
         self._launching: set[str] = set()  # created, start not yet answered (`launching`)
         self._by_type: dict[str, set[str]] = {}  # task type → ids read from its pages
         self._snapshots: dict[str, _Snapshot] = {}
@@ -338,8 +339,6 @@ class StatusBook:
         if state.terminal:
             self.forget(job_id)
             self._ended[job_id] = job
-            while len(self._ended) > _MAX_ENDED:
-                self._ended.popitem(last=False)
             self._on_terminal(job)
         return BackendStatus(job_id, state, reason=job.reason, cold_start=tracked.cold)
 

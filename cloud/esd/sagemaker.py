@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -49,6 +48,7 @@ from pydantic import ValidationError
 from bot.errors import BackendError, BackendUnavailableError, ConfigError
 from bot.model import JobState, Submitted
 from bot.ports import LOST_JOB
+from bot.recent import Recent
 from cloud.esd.a1111 import INTERROGATE_MODELS
 from cloud.esd.interrogate import NEEDS_SAGEMAKER, task_type
 from cloud.esd.payloads import EsdJob, parse_job, readable_reason
@@ -425,7 +425,7 @@ class SageMakerInterrogator:
         self._clients_made: _Clients | None = None
         self._clients_lock = asyncio.Lock()
         self._read_gate = asyncio.Semaphore(_READ_CONCURRENCY)
-        self._launched: OrderedDict[str, _Locations] = OrderedDict()
+        self._launched: Recent[str, _Locations] = Recent(_MAX_REMEMBERED)
         self._serializer = TypeSerializer()
         self._deserializer = TypeDeserializer()
         self._warned_unreadable = False
@@ -494,7 +494,7 @@ class SageMakerInterrogator:
             await asyncio.to_thread(self._mark_failed, clients, backend_id, failure)
             raise
         locations = await asyncio.to_thread(self._start, clients, backend_id, endpoint, input_uri)
-        self._remember(backend_id, locations)
+        self._launched[backend_id] = locations
         cold = endpoint.instance_count == 0
         _LOGGER.info(
             "bot job %s is ESD job %s on %s (%s through SageMaker%s)",
@@ -657,12 +657,6 @@ class SageMakerInterrogator:
                 exc, AwsAction("dynamodb:UpdateItem", f"table {JOB_TABLE}"), self._config
             )
             _LOGGER.warning("ESD job %s: the output location is not on the row: %s", job_id, error)
-
-    def _remember(self, job_id: str, locations: _Locations) -> None:
-        self._launched[job_id] = locations
-        self._launched.move_to_end(job_id)
-        while len(self._launched) > _MAX_REMEMBERED:
-            self._launched.popitem(last=False)
 
     def forget(self, backend_id: str) -> None:
         """Stop remembering a job (cancelled); its row still answers `read`."""
