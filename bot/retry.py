@@ -5,9 +5,11 @@ The chat adapters (Slack's Web API, file hosts and upload URLs, Discord's CDN) a
 `Retry-After` is honoured (never retried sooner; a wait longer than the policy accepts ends the
 retries, so a caller's own slower loop takes over), otherwise an exponential back-off with
 "equal jitter" (half fixed, half random, so concurrent callers spread out and a wait is never
-zero), at most `attempts` retries. `RetryPolicy.run` is the loop; `RetryPolicy.pause` serves
-libraries that run their own loop (slack_sdk's retry handlers). Pure asyncio, so the core and
-both outer layers share it; which failures are worth another try is the caller's to say.
+zero), at most `attempts` retries and, when `within` is set, none started later than that
+after the first try. `RetryPolicy.run` is the loop; `RetryPolicy.pause` serves libraries and
+loops that repeat on their own (slack_sdk's retry handlers, the ESD events consumer). Pure
+asyncio, so the core and both outer layers share it; which failures are worth another try is
+the caller's to say.
 """
 
 from __future__ import annotations
@@ -50,11 +52,15 @@ class RetryPolicy:
     max_backoff: float = 120.0  # the longest computed wait
     max_retry_after: float = 120.0  # the longest `Retry-After` waited for; longer ends retries
     scale: float = 1.0
+    # Seconds after the first try in which a retry may start (the last wait is cut short to
+    # end there: one more try at the deadline); None: no time bound.
+    within: float | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 0:
             raise ValueError("RetryPolicy.attempts must not be negative")
-        if min(self.backoff, self.max_backoff, self.max_retry_after, self.scale) < 0:
+        waits = (self.backoff, self.max_backoff, self.max_retry_after, self.scale)
+        if min(waits) < 0 or (self.within is not None and self.within < 0):
             raise ValueError("RetryPolicy waits must not be negative")
 
     def honours(self, retry_after: float | None) -> bool:
@@ -84,13 +90,16 @@ class RetryPolicy:
         what: str = "",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> T:
-        """`await once()`, again after each exception `retry_if` accepts, while attempts last.
+        """`await once()`, again after each exception `retry_if` accepts, while attempts (and
+        the time `within`, by the event loop's clock) last.
 
         An exception's `retry_after` attribute (seconds), when it has one, is the server's
         `Retry-After`. The last exception propagates unchanged, as does one `retry_if` refuses
         or whose `Retry-After` is longer than `max_retry_after`. `what` names the call in the
         log line of each retry; `sleep` is how it waits (tests record the waits).
         """
+        loop = asyncio.get_running_loop()
+        deadline = None if self.within is None else loop.time() + self.within
         attempt = 0
         while True:
             try:
@@ -100,6 +109,11 @@ class RetryPolicy:
                 if attempt >= self.attempts or not retry_if(exc) or not self.honours(retry_after):
                     raise
                 delay = self.wait(attempt, retry_after)
+                if deadline is not None:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        raise
+                    delay = min(delay, left)
                 attempt += 1
                 _LOGGER.info(
                     "%s: %s; retry %d/%d in %.2f s",

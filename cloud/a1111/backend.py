@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from bot.model import (
     Submitted,
 )
 from bot.ports import LOST_JOB
+from bot.retry import RetryPolicy
 from cloud.a1111.client import (
     RequestCutError,
     WebUiClient,
@@ -91,7 +93,6 @@ CATALOGUE: dict[str, str] = {
 _TITLE_HASH = re.compile(r"\s\[[0-9a-fA-F]{8,10}\]$")
 _PREVIEW_MAX = 4_000_000
 _HISTORY = 1000  # finished jobs kept (without their results) for `history`
-_RETRY_PAUSE = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class A1111Settings(Section):
@@ -132,6 +133,15 @@ class A1111Config:
             raise ConfigError("a1111_concurrency must be at least 1")
         if self.reconnect < 0 or self.progress_interval <= 0 or self.timeout <= 0:
             raise ConfigError("WebUI backend intervals must be positive seconds")
+
+    @property
+    def reconnect_policy(self) -> RetryPolicy:
+        """How a job's request waits for an unreachable WebUI: quick retries at first (a
+        restart takes seconds), every 5 s at most, for `reconnect` seconds; the time bounds
+        it, not a count."""
+        return RetryPolicy(
+            attempts=sys.maxsize, backoff=0.2, max_backoff=5.0, within=self.reconnect
+        )
 
     @classmethod
     def from_config(cls, a1111: A1111Settings, config: Config) -> A1111Config:
@@ -494,35 +504,36 @@ class A1111Backend:
             job.body = {}  # nothing more to send; the failure is all that is kept
 
     async def _send(self, job: _Job) -> JobOutput:
-        """Send the job's request until the WebUI answers; a cut request is sent once more."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.reconnect
-        pauses = iter(_RETRY_PAUSE)
+        """Send the job's request until the WebUI answers: an unreachable WebUI is waited for
+        under `A1111Config.reconnect_policy`, a cut request is sent once more."""
         while True:
             if job.attempts >= 2:
                 raise BackendError(CUT_TWICE, user_message=CUT_TWICE)
-            job.attempts += 1
-            job.state = JobState.INPROGRESS
-            await self._write_state(job)
             try:
-                answer = await self._client.post(job.route, job.body, held=True)
-            except WebUiUnreachableError:
-                job.attempts -= 1  # never reached the WebUI: not a resubmission
-                job.state = JobState.CREATED
-                await self._write_state(job)
-                if loop.time() >= deadline:
-                    raise
-                await asyncio.sleep(min(next(pauses, 5.0), max(0.0, deadline - loop.time())))
-                continue
+                answer = await self._config.reconnect_policy.run(
+                    lambda: self._post(job),
+                    retry_if=lambda exc: isinstance(exc, WebUiUnreachableError),
+                    what=f"WebUI job {job.backend_id}",
+                )
             except RequestCutError:
                 _LOGGER.warning("WebUI job %s: the request was cut", job.backend_id)
-                if job.attempts >= 2:
-                    raise BackendError(CUT_TWICE, user_message=CUT_TWICE) from None
                 job.note = RESUBMITTED
-                deadline = loop.time() + self._config.reconnect
-                pauses = iter(_RETRY_PAUSE)
                 continue
             return parse_output(job.task_type, answer, job.image_count)
+
+    async def _post(self, job: _Job) -> Any:
+        """Send the job's request once, its state on disk first (`attempts` counts the sends
+        that reached the WebUI)."""
+        job.attempts += 1
+        job.state = JobState.INPROGRESS
+        await self._write_state(job)
+        try:
+            return await self._client.post(job.route, job.body, held=True)
+        except WebUiUnreachableError:
+            job.attempts -= 1  # never reached the WebUI: not a resubmission
+            job.state = JobState.CREATED
+            await self._write_state(job)
+            raise
 
     async def _watch_progress(self) -> None:
         """Read `/sdapi/v1/progress` while jobs run and give it to the job it is about."""

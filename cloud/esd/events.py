@@ -36,7 +36,6 @@ import functools
 import json
 import logging
 import math
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 
 from bot.errors import BackendError, ConfigError
+from bot.retry import RetryPolicy
 from cloud.esd.sagemaker import AwsAction, SageMakerConfig, aws_error
 
 if TYPE_CHECKING:
@@ -70,6 +70,9 @@ _BATCH = 10
 # the poller's hand-off), so this bounds memory, not requests: the reads have their own gate in
 # `StatusBook.complete`.
 _CONCURRENCY = 1000
+# Waits between receives while the queue does not answer: doubling from 0.5 s to 30 s,
+# jittered (the same back-off as every retry).
+RECEIVE_RETRY = RetryPolicy(backoff=0.5, max_backoff=30.0)
 _MAX_BODY = 262_144  # SQS's largest message (256 KiB): anything longer is not ours
 # The queue's threads: one long poll, and deletes beside it.
 _THREADS = 4
@@ -332,12 +335,14 @@ class CompletionConsumer:
         handle: Callable[[Completion], Awaitable[bool]],
         *,
         on_health: Callable[[bool], None],
-        retry_cap: float = 30.0,
+        retry: RetryPolicy = RECEIVE_RETRY,
     ) -> None:
+        """`retry`: the waits between receives while the queue fails (its `pause`; the
+        consumer never gives up, so the policy's attempts do not apply)."""
         self._queue = queue
         self._handle = handle
         self._on_health = on_health
-        self._retry_cap = retry_cap
+        self._retry = retry
         self._gate = asyncio.Semaphore(_CONCURRENCY)
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()  # at most `_CONCURRENCY` (`_gate`)
@@ -395,8 +400,7 @@ class CompletionConsumer:
                         error or exc,
                     )
                 self._set_health(False, str(error or exc))
-                delay = min(self._retry_cap, 0.5 * 2 ** min(failures, 10))
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                await self._retry.pause(min(failures, 10))
                 continue
             if failures or not self.healthy:
                 _LOGGER.info(

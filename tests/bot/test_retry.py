@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import TYPE_CHECKING
 
 import pytest
+from virtual_time import run
 
 from bot.retry import RetryPolicy, TransientError, parse_retry_after
 
@@ -59,6 +62,8 @@ def test_bad_policies_are_refused() -> None:
         RetryPolicy(attempts=-1)
     with pytest.raises(ValueError):
         RetryPolicy(backoff=-0.1)
+    with pytest.raises(ValueError):
+        RetryPolicy(within=-1.0)
 
 
 async def test_run_retries_transient_failures_and_returns_the_result() -> None:
@@ -114,3 +119,33 @@ def test_retry_after_values_as_seconds_or_http_dates() -> None:
     assert seconds is not None and 100 < seconds <= 120
     past = format_datetime(datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)
     assert parse_retry_after(past) == 0.0
+
+
+def test_within_bounds_the_retries_by_time_and_the_last_wait_ends_at_the_deadline() -> None:
+    # The WebUI backend's reconnect wait: a count that never ends it, a time that does.
+    policy = RetryPolicy(attempts=sys.maxsize, backoff=1.0, max_backoff=4.0, within=30.0)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    async def main() -> None:
+        errors: list[Exception] = [TransientError(f"try {n}") for n in range(1000)]
+        calls, once = failing(errors)
+        with pytest.raises(TransientError) as raised:
+            await policy.run(once, sleep=sleep)
+        # Every retry was waited for, none after the deadline; the last try is the one made
+        # at the deadline, and its error is the one raised.
+        assert calls == [len(waits) + 1] and str(raised.value) == f"try {len(waits)}"
+        assert 29.0 < sum(waits) <= 30.0 and waits[-1] <= 4.0
+
+    run(main())
+
+
+async def test_within_zero_tries_once() -> None:
+    sleep = Recorder()
+    calls, once = failing([TransientError("down"), TransientError("down")])
+    with pytest.raises(TransientError):
+        await RetryPolicy(attempts=5, within=0.0).run(once, sleep=sleep)
+    assert calls == [1] and sleep.waits == []
