@@ -65,6 +65,7 @@ from bot.ports import (
     Responder,
     StoredImage,
 )
+from bot.recent import Recent
 from bot.tasks import Backoff, stop, supervise
 from bot.views import ResultImage, StatusView
 from commands.options import (
@@ -97,6 +98,11 @@ _MAX_CONFLICTS = 10
 _CLAIM_INTERVAL = 2.0
 # Jobs a start takes at once; any beyond are taken by the claim loop as their leases expire.
 _RESUME_AT_MOST = 10_000
+# An endpoint's recent run times (for the progress estimate of an `inprogress` status) are read
+# from the store at most this often, and one read answers every status edit made meanwhile: a
+# list scan that sees a thousand jobs start at once asked the store the same question a thousand
+# times, and the deliveries of jobs ending then waited behind those queries (issue 16).
+_RUN_TIMES_TTL = 10.0
 
 
 class JobRunner:
@@ -149,6 +155,7 @@ class JobRunner:
         self.leases = JobOwnership(leases, replicas, config.replica, config.lease_seconds, clock)
         self._keeper: asyncio.Task[None] | None = None
         self.parked = 0  # jobs parked as failed after too many takeovers
+        self._run_times = _RunTimes(store, clock)
 
     # -- accepting -------------------------------------------------------------------------
 
@@ -764,7 +771,7 @@ class JobRunner:
         measured = live is not None and live.progress is not None
         if job.state is JobState.INPROGRESS and job.endpoint and job.started_at and not measured:
             try:
-                recent = await self._store.recent_durations(job.endpoint)
+                recent = await self._run_times.of(job.endpoint)
             except Exception as exc:  # the estimate is a courtesy
                 _LOGGER.warning("job %s: no run times for the estimate: %r", job.id, exc)
                 recent = []
@@ -906,3 +913,30 @@ def _operational_message(exc: OperationalError) -> str:
     if isinstance(exc, BackendError) and exc.user_message:
         return exc.user_message
     return exc.short
+
+
+class _RunTimes:
+    """Recent run times per endpoint, read once per `_RUN_TIMES_TTL` and shared by the callers
+    meanwhile (those that come while the read runs wait for it). A failed read is not kept."""
+
+    def __init__(self, store: JobRepo, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        # Bounded: one entry per endpoint asked about lately.
+        self._reads: Recent[str, tuple[float, asyncio.Future[Sequence[float]]]] = Recent(64)
+
+    async def of(self, endpoint: str) -> Sequence[float]:
+        now = self._clock.monotonic()
+        cached = self._reads.get(endpoint)
+        if cached is None or now - cached[0] >= _RUN_TIMES_TTL:
+            read = asyncio.ensure_future(self._store.recent_durations(endpoint))
+            cached = self._reads[endpoint] = (now, read)
+
+            def done(finished: asyncio.Future[Sequence[float]], entry: object = cached) -> None:
+                failed = finished.cancelled() or finished.exception() is not None
+                if failed and self._reads.get(endpoint) is entry:
+                    del self._reads[endpoint]
+
+            read.add_done_callback(done)
+        # Shielded: one caller cancelled does not cancel the read the others wait for.
+        return await asyncio.shield(cached[1])

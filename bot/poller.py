@@ -49,6 +49,7 @@ class Watch:
 
     __slots__ = (
         "_entry",
+        "_nudged",
         "_poller",
         "_waiter",
         "_wake_after",
@@ -75,6 +76,7 @@ class Watch:
         self.started_at: float | None = None  # ... of the first that said it left `created`
         self.closed = False
         self._entry: list[Any] | None = None
+        self._nudged = False  # nudged while a call was asking about it: ask again at once
         self._waiter: asyncio.Future[None] | None = None
         self._wake_after = math.inf
 
@@ -211,9 +213,13 @@ class Poller:
 
     def nudge(self, backend_id: str) -> None:
         """Ask about a job at once: its backend learnt by itself that it changed (ESD's
-        completion events). A job being asked about right now, or not watched, is left as is."""
+        completion events). A job being asked about right now is asked again as soon as that
+        call ends (its answer may predate the change); one not watched is left alone."""
         watch = self._by_id.get(backend_id)
-        if watch is None or watch._entry is None:
+        if watch is None:
+            return
+        if watch._entry is None:
+            watch._nudged = True
             return
         watch._entry[_WATCH] = None
         watch.interval = self.interval
@@ -288,6 +294,11 @@ class Poller:
                     watch.interval = min(self.max_interval, watch.interval * 1.5)
                 else:
                     watch._read(status, asked_at)
-                self._schedule(watch, self._jittered(watch.interval))
+                if watch._nudged:
+                    watch._nudged = False
+                    watch.interval = self.interval
+                    self._schedule(watch, 0.0)
+                else:
+                    self._schedule(watch, self._jittered(watch.interval))
         finally:
             self._slots.release()

@@ -100,6 +100,7 @@ class _Snapshot:
     # The jobs in flight when it was taken: one of them missing from `jobs` was beyond the
     # pages, and scanning again would not find it either.
     covered: set[str] = field(default_factory=set)
+    scanned: bool = True  # False: no scan yet, only the time the book first looked (events)
 
 
 class _Budget:
@@ -444,19 +445,30 @@ class StatusBook:
         if snapshot is None or self._clock() >= snapshot.next_scan:
             if snapshot is None and self.in_flight(task_type) <= self._config.direct_threshold:
                 return {}, set()  # so few jobs that one read each is cheaper than a page
-            if snapshot is None and self._events_on:
-                # With events flowing the scan is only a backstop for lost ones: the first is
-                # one backstop interval away, not at once (events are not lost by a restart:
-                # they wait in the queue). Until then every job waits for it unread.
+            if self._events_on and (snapshot is None or not snapshot.scanned):
+                # With events flowing the scan is only a backstop for lost ones: the first
+                # waits one backstop interval, and as long as its pages take at the backstop's
+                # page rate, like every later one (events are not lost by a restart: they wait
+                # in the queue). Until then every job waits for it unread.
                 now = self._clock()
-                self._snapshots[task_type] = _Snapshot(now, now + self._interval())
-                return {}, set(ids)
+                if snapshot is None:
+                    snapshot = self._snapshots[task_type] = _Snapshot(now, now, scanned=False)
+                snapshot.next_scan = snapshot.taken + max(
+                    self._interval(), self._pages_for(task_type) / self._pages_per_second()
+                )
+                if now < snapshot.next_scan:
+                    return {}, set(ids)
             snapshot = await self._shared_scan(task_type)
             if self._sharing is None:
                 return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}, set()
         found = {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}
         newcomers = {i for i in ids if i not in found and i not in snapshot.covered}
         return found, newcomers
+
+    def _pages_for(self, task_type: str) -> int:
+        """The pages a scan of `task_type` would read if every job in flight were on them."""
+        pages = math.ceil(self.in_flight(task_type) / self._config.page_size)
+        return max(1, min(self._config.status_pages, pages))
 
     async def _shared_scan(self, task_type: str) -> _Snapshot:
         """A fresh snapshot of `task_type`: the scan under way if there is one, else a new one

@@ -57,3 +57,43 @@ def test_a_nudged_job_is_asked_about_at_once() -> None:
         await poller.aclose()
 
     run(main())
+
+
+class _SlowBook(_Book):
+    """`_Book` whose calls wait until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.calling = asyncio.Event()
+
+    async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, BackendStatus]:
+        self.calling.set()
+        answer = await super().statuses(targets)  # as things stood when the call was made
+        await self.release.wait()
+        return answer
+
+
+def test_a_job_nudged_while_it_is_being_asked_about_is_asked_again_at_once() -> None:
+    # The change came after the call in progress had read its answer: without a second ask
+    # the job waited for its next turn (up to the poller's longest interval).
+    async def main() -> None:
+        book = _SlowBook()
+        poller = Poller(book, interval=30.0, max_interval=60.0)  # type: ignore[arg-type]
+        await poller.start()
+        target = PollTarget("esd-1", False, datetime(2026, 1, 1, tzinfo=UTC))
+        with poller.watch(target, None) as watch:
+            await book.calling.wait()
+            book.done.add("esd-1")
+            loop = asyncio.get_running_loop()
+            nudged_at = loop.time()
+            poller.nudge("esd-1")
+            book.release.set()
+            first = await watch.next(3600.0)
+            assert first is not None and first.state is JobState.INPROGRESS  # the old answer
+            change = await watch.next(3600.0)
+            assert change is not None and change.state is JobState.SUCCEED
+            assert book.asked_at[-1] - nudged_at < 1.0
+        await poller.aclose()
+
+    run(main())

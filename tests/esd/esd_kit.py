@@ -38,6 +38,7 @@ def esd_config(url: str, *, retries: int = 3, **overrides: Any) -> EsdConfig:
         # No rate limits unless a test sets them: each poll may scan and read at once.
         "list_pages_per_second": 1e9,
         "direct_per_second": 1e9,
+        "events_pages_per_second": 1e9,
         "cold_check_interval": 0.0,
     }
     values.update(overrides)

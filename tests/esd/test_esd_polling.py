@@ -187,6 +187,38 @@ async def test_list_traffic_stays_at_a_page_a_second_whatever_the_jobs_in_flight
         await client.aclose()
 
 
+async def test_with_events_flowing_even_the_first_backstop_scan_keeps_to_its_page_rate(
+    server: str,
+) -> None:
+    # With completion events the scans are a backstop at `events_pages_per_second`. The first
+    # one came one backstop interval after the book first looked, whatever its pages: 2,000
+    # jobs' 4 pages 45 s in, 0.05 pages a second over a run of 80 s against 0.02 promised.
+    clock = _FakeClock()
+    client, book, ids = await _tracked_book(
+        server, 200, clock, page_size=50, list_interval=1.0, list_pages_per_second=1.0
+    )
+    book.follow_events(backstop_interval=5.0, backstop_pages_per_second=0.1)
+    book.events_flowing(True)
+    targets = [target(i) for i in ids]
+    try:
+        before = _status_requests(server)
+        scans: list[float] = []
+        for second in range(100):  # the poller asks about every job once a second
+            clock.now = float(second)
+            pages = (_status_requests(server) - before)["list_inferences"]
+            answer = await book.statuses(targets)
+            spent = _status_requests(server) - before
+            if spent["list_inferences"] > pages:
+                scans.append(clock.now)
+                assert len(answer) == 200  # the backstop scan saw every job
+            # Never ahead of the page rate: 4 pages need 40 s at 0.1 a second.
+            assert spent["list_inferences"] <= 0.1 * clock.now
+            assert spent["get_inference"] == 0
+        assert scans == [40.0, 80.0]
+    finally:
+        await client.aclose()
+
+
 async def test_calls_made_at_once_share_one_scan(server: str) -> None:
     # The poller runs several status calls at once; each used to start a scan of its own.
     clock = _FakeClock()
