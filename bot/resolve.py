@@ -78,13 +78,20 @@ class Resolver:
         except BackendError as exc:
             _LOGGER.warning("names are checked after the ack: the backend failed: %r", exc)
             return options
-        return replace(
-            options,
-            prompt=prompt,
-            endpoint=None if options.endpoint is None else endpoint.name,
-            model=None if options.model is None else model,
-            vae=None if options.vae is None else vae,
+        names = (
+            prompt,
+            None if options.endpoint is None else endpoint.name,
+            None if options.model is None else model,
+            None if options.vae is None else vae,
         )
+        if names == (
+            options.prompt,
+            options.endpoint,
+            options.model,
+            options.vae,
+        ):
+            return options  # already in the backend's spelling: no copy (the ack path's cost)
+        return replace(options, prompt=names[0], endpoint=names[1], model=names[2], vae=names[3])
 
     async def endpoint(
         self, requested: str | None, *, default: str | None = None, async_only: bool = False
