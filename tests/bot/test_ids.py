@@ -28,7 +28,7 @@ def test_randomness_is_drawn_for_hundreds_of_ids_at_once(monkeypatch: pytest.Mon
         calls.append(size)
         return real(size)
 
-    monkeypatch.setattr(ids.os, "urandom", counted)
+    monkeypatch.setattr(os, "urandom", counted)
     ids._ENTROPY.reset()
     drawn = {new_job_id() for _ in range(1000)}
     assert len(drawn) == 1000
