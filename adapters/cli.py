@@ -22,7 +22,7 @@ import sys
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from yarl import URL
 
@@ -42,13 +42,14 @@ from adapters.web.server import Readiness, WebServer, WebSettings
 from bot.app import BotApp
 from bot.clock import SystemClock
 from bot.config import Config, Section, Settings, load_settings
-from bot.errors import ConfigError, StorageLostError
+from bot.errors import ConfigError, StorageError, StorageLostError
 from bot.logs import setup_logging
-from bot.ports import SharedReads
+from bot.ports import JobStore, SharedReads
 from bot.store import SqliteJobStore
 from cloud.a1111.backend import A1111Settings
 from cloud.esd.config import EsdSettings
 from cloud.local import LocalBackend, LocalBackendConfig, LocalSettings
+from stores.postgres import PostgresJobStore, PostgresSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 
     from adapters.discord import DiscordCore
     from adapters.slack import SlackCore
-    from bot.ports import Backend, ChatAdapter, ChatConnection, JobStore
+    from bot.ports import Backend, ChatAdapter, ChatConnection
 
 # Where discord.py sends its REST requests (discord/http.py `Route.BASE`).
 DISCORD_API = URL("https://discord.com/api/v10")
@@ -109,6 +110,7 @@ SECTIONS: tuple[type[Section], ...] = (
     LocalSettings,
     EsdSettings,
     A1111Settings,
+    PostgresSettings,
 )
 
 
@@ -155,7 +157,19 @@ def make_backend(settings: Settings, metrics: Metrics | None = None) -> Backend:
     return BACKENDS[settings[RunSettings].backend or "local"](settings, metrics)
 
 
-def make_store(config: Config) -> SqliteJobStore:
+class RunStore(JobStore, Protocol):
+    """A store `sdbot run` watches: `wait_lost` returns once its data is gone for good."""
+
+    async def wait_lost(self) -> StorageError: ...
+
+
+def make_store(settings: Settings) -> RunStore:
+    """PostgreSQL when `database_url` is set (README "Store jobs in PostgreSQL"), else SQLite
+    in `data_dir`."""
+    url = settings[PostgresSettings].database_url
+    if url:
+        return PostgresJobStore(url)
+    config = settings.core
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteJobStore(config.data_dir / "sdbot.sqlite3")
 
@@ -165,7 +179,7 @@ def make_app(
 ) -> BotApp:
     """The core on the configured backend; with `metrics`, its ports are measured."""
     config = settings.core
-    store = store or make_store(config)
+    store = store or make_store(settings)
     backend = make_backend(settings, metrics)
     secrets = settings.secret_values()
     if metrics is None:
@@ -202,7 +216,7 @@ class _Operations:
     def __init__(self, settings: Settings) -> None:
         self.web_settings = settings[WebSettings]
         self.metrics = Metrics()
-        self.store = make_store(settings.core)
+        self.store = make_store(settings)
         self.app = make_app(settings, self.metrics, self.store)
         self.readiness = Readiness(self.store, self.app.backend, self.metrics)
         token = self.web_settings.admin_token
@@ -320,7 +334,7 @@ async def _console(settings: Settings) -> int:
     return 0
 
 
-async def _store_lost(store: SqliteJobStore) -> None:
+async def _store_lost(store: RunStore) -> None:
     """Raise `StorageLostError` once the job database is found deleted or replaced: every job
     acknowledged from then on would be lost at the next start, so the bot stops instead."""
     raise await store.wait_lost()
@@ -390,15 +404,15 @@ async def _run(settings: Settings) -> int:
 async def _check(settings: Settings) -> int:
     """The backend, then the store (with the replicas that share it)."""
     backend_code = await _check_backend(settings)
-    return max(backend_code, await _check_store(settings.core))
+    return max(backend_code, await _check_store(settings))
 
 
 # Replicas that reported within this long count as running (`sdbot check`).
 RECENT_REPLICAS = timedelta(minutes=10)
 
 
-async def _check_store(config: Config) -> int:
-    store = make_store(config)
+async def _check_store(settings: Settings) -> int:
+    store = make_store(settings)
     try:
         await store.start()
     except ConfigError as exc:

@@ -205,7 +205,6 @@ class JobRunner:
                 except KeyError:
                     continue  # 50 random bits collided; draw again
                 except AdmissionRefused as refused:
-                    assert admission is not None
                     raise self._policy.refusal(refused, admission) from None
                 break
             self.leases.held_from(job, began)

@@ -101,20 +101,19 @@ class Policy:
         ):
             raise RefusedError("you need one of the roles this bot is enabled for")
 
-    async def admission(self, caller: Caller, in_flight: int) -> Admission | None:
-        """The per-user limits a new job must fit in; refuses at once over the global cap.
+    async def admission(self, caller: Caller, in_flight: int) -> Admission:
+        """The limits a new job must fit in; refuses at once when this replica already drives
+        `max_in_flight` jobs.
 
-        The store checks the per-user limits in the same transaction that commits the job.
-        The operator (the console) is bound by the global cap only.
+        The store counts the per-user limits and the global cap (every replica's jobs) in the
+        same transaction that commits the job. The operator (the console) is bound by the
+        global cap only.
         """
         if in_flight >= self._config.max_in_flight:
-            raise RefusedError(
-                f"the bot is busy: {in_flight} jobs are running or starting (the maximum is "
-                f"{self._config.max_in_flight}); please try again in a minute",
-                reason="busy",
-            )
+            raise self._busy(in_flight)
+        cap = self._config.max_in_flight
         if traits_of(self._adapters, caller.platform).operator:
-            return None
+            return Admission(max_running=None, max_in_flight=cap)
         defaults = await self.defaults(caller)
         now = self._clock.now()
         midnight = datetime.combine(now.date(), time(0), now.tzinfo)
@@ -122,10 +121,20 @@ class Policy:
             max_running=defaults.concurrency,
             max_today=defaults.daily_quota or None,
             day_start=midnight,
+            max_in_flight=cap,
+        )
+
+    def _busy(self, in_flight: int) -> RefusedError:
+        return RefusedError(
+            f"the bot is busy: {in_flight} jobs are running or starting (the maximum is "
+            f"{self._config.max_in_flight}); please try again in a minute",
+            reason="busy",
         )
 
     def refusal(self, refused: AdmissionRefused, admission: Admission) -> RefusedError:
         """The message for a job the store refused under `admission`."""
+        if refused.limit == "global":  # counted across every replica sharing the store
+            return self._busy(refused.count)
         if refused.limit == "running":
             jobs = "job" if refused.count == 1 else "jobs"
             return RefusedError(

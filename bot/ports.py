@@ -266,15 +266,18 @@ class StoredImage:
 
 @dataclass(frozen=True)
 class Admission:
-    """Per-user limits a new job must fit in (`JobRepo.insert`)."""
+    """Limits a new job must fit in, counted in the insert's transaction (`JobRepo.insert`), so
+    they hold across replicas sharing the store. None = no such limit."""
 
-    max_running: int  # jobs of the user not yet terminal
-    max_today: int | None = None  # jobs of the user created since `day_start`; None = no limit
+    max_running: int | None  # jobs of the user not yet terminal
+    max_today: int | None = None  # jobs of the user created since `day_start`
     day_start: datetime | None = None
+    max_in_flight: int | None = None  # jobs of everyone not yet terminal (the global cap)
 
 
 class AdmissionRefused(Exception):
-    """The job would exceed a limit: `limit` is "running" or "daily", `count` the current use."""
+    """The job would exceed a limit: `limit` is "running", "daily" or "global", `count` the
+    current use."""
 
     def __init__(self, limit: str, count: int) -> None:
         super().__init__(f"{limit} limit reached ({count})")

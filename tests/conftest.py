@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pg_kit
 import pytest
 import scenario_kit
 
@@ -41,3 +42,15 @@ async def scenario_backend(request: pytest.FixtureRequest) -> AsyncIterator[str]
             yield "a1111"
         finally:
             scenario_kit.use_backend(None)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One loud line when the PostgreSQL tests could not run (`pg_kit`)."""
+    reason = pg_kit.unreachable_reason()
+    if reason is not None:
+        terminalreporter.write_line(
+            f"POSTGRESQL TESTS SKIPPED: {pg_kit.server_url()} is unreachable ({reason}); "
+            "set SDBOT_TEST_DATABASE_URL or start the server (under CI=true they fail)",
+            red=True,
+            bold=True,
+        )

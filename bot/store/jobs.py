@@ -85,6 +85,8 @@ SQL_COUNT_USER_SINCE: Final = (
     "SELECT COUNT(*) FROM jobs WHERE platform = ? AND server = ? AND user_id = ?"
     " AND created_at >= ?"
 )
+# Spelled as the `jobs_running` index (MIGRATIONS).
+SQL_COUNT_RUNNING: Final = "SELECT COUNT(*) FROM jobs WHERE state IN ('created', 'inprogress')"
 SQL_COUNT_USER_RUNNING: Final = (
     "SELECT COUNT(*) FROM jobs WHERE platform = ? AND server = ? AND user_id = ?"
     " AND state IN ('created', 'inprogress')"
@@ -186,9 +188,14 @@ def insert(
 
 def _admit(db: Database, job: Job, admission: Admission) -> None:
     caller = job.caller
-    running = count_user_jobs(db, caller.platform, caller.server, caller.user, None)
-    if running >= admission.max_running:
-        raise AdmissionRefused("running", running)
+    if admission.max_in_flight is not None:
+        running = int(db.conn.execute(SQL_COUNT_RUNNING).fetchone()[0])
+        if running >= admission.max_in_flight:
+            raise AdmissionRefused("global", running)
+    if admission.max_running is not None:
+        running = count_user_jobs(db, caller.platform, caller.server, caller.user, None)
+        if running >= admission.max_running:
+            raise AdmissionRefused("running", running)
     if admission.max_today is not None and admission.day_start is not None:
         today = count_user_jobs(
             db, caller.platform, caller.server, caller.user, admission.day_start

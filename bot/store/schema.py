@@ -178,6 +178,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) STRICT, WITHOUT ROWID
         """,
     ),
+    # 7: the global cap (`Admission.max_in_flight`) counts the running jobs in every insert.
+    ("CREATE INDEX jobs_running ON jobs (state) WHERE state IN ('created', 'inprogress')",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

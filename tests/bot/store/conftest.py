@@ -1,4 +1,5 @@
-"""The store under test. `new_store()` makes an unstarted store on this test's database (each
+"""The store under test, on each engine: SQLite, then PostgreSQL (`pg_kit`: the machine's
+server, a schema per test). `new_store()` makes an unstarted store on this test's database (each
 call another store on the same database, so a test can reopen it); `store` is one started."""
 
 from __future__ import annotations
@@ -6,8 +7,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+from pg_kit import fresh_schema
 
 from bot.store import SqliteJobStore
+from stores.postgres import PostgresJobStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -16,10 +19,16 @@ if TYPE_CHECKING:
     from bot.ports import JobStore
 
 
-@pytest.fixture
-def new_store(tmp_path: Path) -> Callable[[], JobStore]:
-    path = tmp_path / "data" / "jobs.sqlite3"
-    return lambda: SqliteJobStore(path)
+@pytest.fixture(params=["sqlite", "postgres"])
+async def new_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[[], JobStore]]:
+    if request.param == "sqlite":
+        path = tmp_path / "data" / "jobs.sqlite3"
+        yield lambda: SqliteJobStore(path)
+        return
+    async with fresh_schema() as url:
+        yield lambda: PostgresJobStore(url)
 
 
 @pytest.fixture

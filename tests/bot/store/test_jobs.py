@@ -9,6 +9,7 @@ import sqlite3
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,7 +47,7 @@ async def test_insert_is_one_transaction(store: JobStore) -> None:
     # The second input breaks a NOT NULL constraint after the row and the first input are
     # written: nothing of the job may remain.
     broken = StoredImage("mask", "m.png", None)  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.NotNullViolationError)):
         await store.insert(make_job("atomic0001"), [StoredImage("image", "a.png", b"A"), broken])
     assert await store.get("atomic0001") is None
     assert await store.images("atomic0001") == []

@@ -116,7 +116,8 @@ def test_stored_times_are_utc() -> None:
     assert encode_time(local) == "2026-11-25T12:01:33.000000+00:00"
 
 
-_texts = st.text(max_size=12)
+# NUL is the one character a PostgreSQL text column refuses (see test_nul_in_a_text_column).
+_texts = st.text(st.characters(codec="utf-8", blacklist_characters="\x00"), max_size=12)
 # Finite: the grammar refuses others, and JSON has no infinity.
 _finite = st.floats(allow_nan=False, allow_infinity=False)
 _aware = st.datetimes(
@@ -209,6 +210,17 @@ _jobs = st.builds(
     results_expired=st.booleans(),
     result_messages=st.lists(_texts, max_size=3).map(tuple),
 )
+
+
+async def test_nul_in_a_text_column(store: JobStore) -> None:
+    """SQLite keeps a NUL; PostgreSQL's text cannot hold one, so it stores U+FFFD there. A
+    prompt keeps it on both (options are JSON, which escapes it)."""
+    job = make_job("nul0000001", error="bad\x00byte")
+    await store.insert(job)
+    found = await store.get(job.id)
+    assert found is not None
+    kept = "bad\x00byte" if store.describe.startswith("SQLite") else "bad\ufffdbyte"
+    assert found.error == kept
 
 
 def test_any_job_round_trips(new_store: Callable[[], JobStore]) -> None:
