@@ -42,7 +42,7 @@ from adapters.web.server import Readiness, WebServer, WebSettings
 from bot.app import BotApp
 from bot.clock import SystemClock
 from bot.config import Config, Section, Settings, load_settings
-from bot.errors import ConfigError, StorageError, StorageLostError
+from bot.errors import ConfigError, StorageLostError
 from bot.logs import setup_logging
 from bot.ports import JobStore, SharedReads
 from bot.store import SqliteJobStore
@@ -160,7 +160,7 @@ def make_backend(settings: Settings, metrics: Metrics | None = None) -> Backend:
 class RunStore(JobStore, Protocol):
     """A store `sdbot run` watches: `wait_lost` returns once its data is gone for good."""
 
-    async def wait_lost(self) -> StorageError: ...
+    async def wait_lost(self) -> StorageLostError: ...
 
 
 def make_store(settings: Settings) -> RunStore:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final, Literal, Self
 
 import asyncpg
 
-from bot.errors import ConfigError, StorageError
+from bot.errors import ConfigError, StorageError, StorageLostError
 from bot.model import Platform
 from bot.ports import AdmissionRefused, DayCount, JobChanged, LeaseLost, Replica, StoredImage, Usage
 from bot.store.jobs import (
@@ -71,6 +71,18 @@ PROBE_TIMEOUT_MS: Final = 200
 _GLOBAL_ADMISSION: Final = 0x5DB07_0002
 
 _PLACEHOLDER: Final = re.compile(r"\?")
+# The database is out of reach or going away, not a bug: a lost connection, a server shutting
+# down or starting up (a restart, a failover), a statement that ran past its timeout (a lock
+# held by a stuck replica). The caller sees `StorageError`, as for a full disk on SQLite.
+_UNAVAILABLE: Final = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.QueryCanceledError,
+)
 
 
 def numbered(sql: str) -> str:
@@ -90,8 +102,8 @@ _UNFINISHED: Final = "(state IN ('created', 'inprogress') OR delivery <> 'done')
 _INSERT_JOB: Final = (
     f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}, lease_owner, lease_until) VALUES ("  # noqa: S608
     + ", ".join(f"${n}" for n in range(1, len(JOB_COLUMNS) + 1))
-    + f", ${len(JOB_COLUMNS) + 1}::text,"
-    f" now() + ${len(JOB_COLUMNS) + 2}::float8 * interval '1 second')"
+    + f", ${len(JOB_COLUMNS) + 1}::text, CASE WHEN ${len(JOB_COLUMNS) + 1}::text IS NOT NULL"
+    f" THEN now() + ${len(JOB_COLUMNS) + 2}::float8 * interval '1 second' END)"
 )
 _SAVED: Final = tuple(name for name in JOB_COLUMNS if name not in LEASE_COLUMNS)
 _UPDATE_JOB: Final = (
@@ -196,6 +208,13 @@ def _values(row: dict[str, object], names: Sequence[str]) -> list[object]:
     ]
 
 
+def _aware(moment: datetime) -> datetime:
+    """`moment`, refused when naive (`ValueError`, as `bot.store.rows.encode_time` does)."""
+    if moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment.isoformat()}: the job store keeps UTC times")
+    return moment
+
+
 def _user_lock(job: Job) -> str:
     caller = job.caller
     return f"{caller.platform.value}\x1f{caller.server}\x1f{caller.user}"
@@ -210,9 +229,14 @@ class PostgresJobStore:
     live lease is respected.
     """
 
-    def __init__(self, url: str, *, pool_max: int = POOL_MAX) -> None:
+    def __init__(
+        self, url: str, *, pool_max: int = POOL_MAX, statement_timeout: float | None = None
+    ) -> None:
         self._url = url
         self._pool_max = pool_max
+        self._timeout_ms = (
+            STATEMENT_TIMEOUT_MS if statement_timeout is None else int(statement_timeout * 1000)
+        )
         self._pool: asyncpg.Pool | None = None
         self._state: Literal["new", "open", "closed"] = "new"
 
@@ -232,7 +256,7 @@ class PostgresJobStore:
                 self._url,
                 min_size=1,
                 max_size=self._pool_max,
-                server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS)},
+                server_settings={"statement_timeout": str(self._timeout_ms)},
             )
             async with self._pool.acquire() as conn:
                 await migrate(conn)
@@ -251,7 +275,12 @@ class PostgresJobStore:
         self._state = "closed"
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            # Shielded, as SQLite's: the close runs even when this await is cancelled; a
+            # connection stuck past the statement timeout is terminated.
+            try:
+                await asyncio.shield(asyncio.wait_for(pool.close(), self._timeout_ms / 1000))
+            except TimeoutError:
+                pool.terminate()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -265,7 +294,7 @@ class PostgresJobStore:
     ) -> None:
         await self.aclose()
 
-    async def wait_lost(self) -> StorageError:
+    async def wait_lost(self) -> StorageLostError:
         """Never returns: a server has no file to lose (`SqliteJobStore.wait_lost`); a broken
         connection fails the calls that need it, and the pool opens a new one."""
         await asyncio.Event().wait()
@@ -282,7 +311,7 @@ class PostgresJobStore:
                         yield conn
                 else:
                     yield conn
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+        except _UNAVAILABLE as exc:
             raise StorageError(f"job database {redact_url(self._url)}: {exc}") from exc
 
     # -- JobRepo ---------------------------------------------------------------------------
@@ -440,7 +469,7 @@ class PostgresJobStore:
 
     async def expire_claims(self, before: datetime) -> int:
         async with self._conn() as conn:
-            status = await conn.execute("DELETE FROM claims WHERE created_at < $1", before)
+            status = await conn.execute("DELETE FROM claims WHERE created_at < $1", _aware(before))
         return int(status.split()[-1])
 
     # -- JobLeases, LeaderLeases, Replicas ---------------------------------------------------
@@ -509,7 +538,7 @@ class PostgresJobStore:
                 f" (SELECT count(*) FROM jobs WHERE {_UNFINISHED}"
                 " AND lease_owner = replicas.id) AS jobs"
                 " FROM replicas WHERE seen_at >= $1 ORDER BY seen_at DESC, id",
-                since,
+                _aware(since),
             )
         return [
             Replica(

@@ -7,14 +7,17 @@ import asyncio
 import dataclasses
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import asyncpg
 import pytest
 from pg_kit import fresh_schema
 from scenario_kit import png
 from store_kit import D, make_job
 
+from bot.errors import StorageError
 from bot.model import JobState
 from bot.ports import Admission, AdmissionRefused, LeaseLost, StoredImage
 from stores.postgres import PostgresJobStore, PostgresSettings, redact_url
@@ -175,3 +178,32 @@ async def test_sdbot_runs_a_job_on_postgresql(url: str, tmp_path: Path) -> None:
     )
     assert "store: PostgreSQL postgresql://postgres@127.0.0.1:5432/test" in checked.stdout
     assert "replica pg-1: seen " in checked.stdout
+
+
+async def test_a_dropped_connection_heals_and_a_stuck_lock_is_a_storage_error(url: str) -> None:
+    async with PostgresJobStore(url, statement_timeout=0.3) as store:
+        await store.insert(make_job("drop000001"))
+        async with store._conn() as conn:  # the pool's one idle connection
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        admin = await asyncpg.connect(url)
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)  # an admin, a failover
+            await asyncio.sleep(0.5)
+            job = await store.get("drop000001")  # the pool opened a new connection
+            assert job is not None
+            # Another replica stuck holding the row's lock: the write gives up after the
+            # statement timeout with a storage error, not a driver exception.
+            async with admin.transaction():
+                await admin.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+                with pytest.raises(StorageError, match="job database"):
+                    await store.save(dataclasses.replace(job, error="late"))
+        finally:
+            await admin.close()
+
+
+async def test_naive_times_are_refused(two: tuple[PostgresJobStore, PostgresJobStore]) -> None:
+    a, _ = two
+    with pytest.raises(ValueError, match="naive"):
+        await a.expire_claims(datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="naive"):
+        await a.replicas(datetime(2026, 1, 1))
