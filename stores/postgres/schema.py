@@ -144,6 +144,19 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    # 2: reads one replica makes for all (`bot.ports.SharedReads`: the ESD list scan).
+    (
+        """
+        CREATE TABLE shared_reads (
+            topic TEXT NOT NULL,
+            key TEXT NOT NULL,
+            asked_at TIMESTAMPTZ NOT NULL,
+            value TEXT,
+            read_at TIMESTAMPTZ,
+            PRIMARY KEY (topic, key)
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

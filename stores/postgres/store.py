@@ -25,7 +25,16 @@ import asyncpg
 
 from bot.errors import ConfigError, StorageError, StorageLostError
 from bot.model import Platform
-from bot.ports import AdmissionRefused, DayCount, JobChanged, LeaseLost, Replica, StoredImage, Usage
+from bot.ports import (
+    AdmissionRefused,
+    DayCount,
+    JobChanged,
+    LeaseLost,
+    Posted,
+    Replica,
+    StoredImage,
+    Usage,
+)
 from bot.store.jobs import (
     FIND_LIMIT,
     SELECT_JOBS,
@@ -554,6 +563,60 @@ class PostgresJobStore:
     async def schema_version(self) -> int:
         async with self._conn() as conn:
             return await schema_version(conn)
+
+    # -- SharedReads (the ESD list scan, done once across replicas) ---------------------------
+
+    async def ask(self, topic: str, keys: Collection[str]) -> Mapping[str, Posted]:
+        if not keys:
+            return {}
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "INSERT INTO shared_reads AS s (topic, key, asked_at)"
+                " SELECT $1, key, now() FROM unnest($2::text[]) AS key"
+                " ON CONFLICT (topic, key) DO UPDATE SET asked_at = excluded.asked_at"
+                " RETURNING s.key, s.value, s.read_at",
+                topic,
+                sorted(set(keys)),
+            )
+        return {
+            row["key"]: Posted(row["value"], row["read_at"].astimezone(UTC))
+            for row in rows
+            if row["read_at"] is not None
+        }
+
+    async def wanted(self, topic: str, within: float) -> set[str]:
+        async with self._conn(transaction=True) as conn:
+            await conn.execute(
+                "DELETE FROM shared_reads WHERE topic = $1"
+                " AND asked_at < now() - $2::float8 * interval '1 second'",
+                topic,
+                within,
+            )
+            rows = await conn.fetch("SELECT key FROM shared_reads WHERE topic = $1", topic)
+        return {row["key"] for row in rows}
+
+    async def post(self, topic: str, values: Mapping[str, str | None]) -> None:
+        if not values:
+            return
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE shared_reads AS s SET value = v.value, read_at = now()"
+                " FROM unnest($2::text[], $3::text[]) AS v (key, value)"
+                " WHERE s.topic = $1 AND s.key = v.key",
+                topic,
+                list(values),
+                list(values.values()),
+            )
+
+    async def unask(self, topic: str, keys: Collection[str]) -> None:
+        if not keys:
+            return
+        async with self._conn() as conn:
+            await conn.execute(
+                "DELETE FROM shared_reads WHERE topic = $1 AND key = ANY($2::text[])",
+                topic,
+                list(keys),
+            )
 
     # -- SettingsStore ---------------------------------------------------------------------
 

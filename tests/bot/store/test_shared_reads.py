@@ -3,16 +3,7 @@ replicas, `cloud.esd.sharing`)."""
 
 from __future__ import annotations
 
-import pytest
-
 from bot.ports import SharedReads
-
-
-@pytest.fixture(autouse=True)
-def _implemented(store: object) -> None:
-    # An engine added before this port (PostgreSQL, landing beside it) gets it next.
-    if not isinstance(store, SharedReads):
-        pytest.skip(f"{type(store).__name__} does not implement SharedReads yet")
 
 
 async def test_asked_keys_are_wanted_and_get_what_was_posted(store: SharedReads) -> None:
