@@ -9,7 +9,9 @@
     │   ├── ImageInputError     an attachment is not an acceptable image (SPEC §3.1)
     │   ├── RefusedError        well-formed but not allowed (permissions, unknown job, …)
     │   └── InvalidRecordError  a job's stored options or parameters no longer read (a choice
-    │                           a newer release dropped): says which, and to start it again
+    │       │                   a newer release dropped): says which, and to start it again
+    │       └── UnreadableJobError  a stored job's row does not read at all (that job fails
+    │                           alone; the others resume)
     └── OperationalError        something outside the user's control failed; logged in full,
         │                       shown to the user as one short line with the job id
         ├── BackendError        the backend answered with an error or not at all
@@ -69,6 +71,15 @@ class InvalidRecordError(UserInputError):
     (start it again) instead of an unexpected error."""
 
     reason = "stored"
+
+
+class UnreadableJobError(InvalidRecordError):
+    """A stored job's row does not read as a `Job` (`bot.store.rows`): its records, or a
+    column damaged below them. The store fails that job alone (`JobLeases.claim_jobs`)."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class OperationalError(SdbotError):

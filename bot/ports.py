@@ -508,7 +508,10 @@ class JobLeases(Protocol):
         (with `own`, also those `owner` itself holds: a restart under the same id), oldest first.
 
         Each comes back with its new fence; `attempts` has grown by one if the lease was taken
-        from another driver rather than released.
+        from another driver rather than released. A row that does not read as a job
+        (`bot.errors.UnreadableJobError`, raised by the row mapping) is not returned: that job
+        alone is marked failed with the error's message (delivery done, lease let go) and
+        logged, so one damaged row never stops a restart.
         """
         ...
 

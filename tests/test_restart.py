@@ -8,8 +8,10 @@ process and start it again on the same data folder.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ from scenario_kit import (
     png,
 )
 
+from bot.errors import UnreadableJobError
 from bot.model import Delivery, JobState
 from bot.views import ResultView
 from cloud.local import LocalBackend, LocalBackendConfig
@@ -113,6 +116,74 @@ async def test_restart_after_each_step_delivers_exactly_once(tmp_path: Path, ste
     # The restarted bot edits the status message it posted before; only a crash between
     # posting the status and recording its id (a window of one store write) posts a second.
     assert len([p for p in adapter.posts if p.kind == "status"]) in (1, 2)
+
+
+def _unknown_sampler(stored: str) -> str:
+    record = json.loads(stored)  # {"v": 2, "options": {…}} (bot.records)
+    record["options"]["sampler"] = "Euler Z"
+    return json.dumps(record)
+
+
+@pytest.mark.parametrize(
+    ("column", "damage", "said"),
+    [
+        # A choice a newer release dropped, in the versioned options (bot.records).
+        ("options", _unknown_sampler, "`sampler` is `Euler Z`"),
+        # Damage below the records: half a JSON document, a time that is not one.
+        ("attachments", lambda stored: stored[: len(stored) // 2], "cannot be read"),
+        ("created_at", lambda _: "yesterday-ish", "cannot be read"),
+    ],
+)
+async def test_one_unreadable_row_fails_alone_and_the_other_jobs_resume(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    column: str,
+    damage: Callable[[str], str],
+    said: str,
+) -> None:
+    config = fast_config(tmp_path, local_delay=0.6)
+    adapter = RecordingAdapter()
+    app = make_app(config)
+    app.add_adapter(adapter)
+    ids = []
+    async with app:
+        for prompt in ("a cat", "a dog", "a bird"):
+            job = await app.dispatcher.handle_text(
+                chat_caller(),
+                f"img2img {prompt} sampler=Euler",
+                [adapter.attach("a.png", png())],
+                RecordingResponder(),
+            )
+            assert job is not None
+            ids.append(job.id)
+        await app.runner.aclose()  # stopped mid-run: all three are unfinished
+    good, bad, other = ids
+    # The damage is done to the real file, as a bad disk or a hand edit would leave it.
+    with sqlite3.connect(config.data_dir / "sdbot.sqlite3") as db:
+        [stored] = db.execute(f"SELECT {column} FROM jobs WHERE id = ?", (bad,)).fetchone()
+        db.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (damage(stored), bad))
+    db.close()
+
+    app = make_app(config)
+    app.add_adapter(adapter)
+    async with app:
+        await app.runner.wait_idle()
+        for job_id in (good, other):
+            job = await app.store.get(job_id)
+            assert job is not None and job.state is JobState.SUCCEED
+            assert job.delivery is Delivery.DONE
+        # Asked about, the bad job answers with why it failed, not an unexpected error.
+        with pytest.raises(UnreadableJobError, match=said):
+            await app.store.get(bad)
+    with sqlite3.connect(config.data_dir / "sdbot.sqlite3") as db:
+        state, delivery, error = db.execute(
+            "SELECT state, delivery, error FROM jobs WHERE id = ?", (bad,)
+        ).fetchone()
+    db.close()
+    assert (state, delivery) == ("failed", "done") and said in error
+    assert {r.job_id for r in adapter.results()} == {good, other}
+    [logged] = [r for r in caplog.records if r.levelname == "ERROR" and bad in r.getMessage()]
+    assert said in logged.getMessage()
 
 
 @pytest.mark.usefixtures("scenario_backend")

@@ -3,16 +3,19 @@ that runs once, and the replicas that reported.
 
 One process owns a SQLite file, so these follow the rules of `bot.ports` with one owner: a claim
 made at start (`own`) takes every unfinished job, whatever lease it has (left by a process that
-has stopped), and a leader lease is always granted.
+has stopped), and a leader lease is always granted. A claimed row that does not read as a job
+(`UnreadableJobError`) fails alone, with that error, so one damaged row never stops a restart.
 Times are this machine's, which is the database's. Functions here run on the store's worker
 thread.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+from bot.errors import UnreadableJobError
 from bot.ports import Replica
 from bot.store.jobs import get
 from bot.store.rows import decode_time, dump, encode_time
@@ -37,7 +40,14 @@ SQL_CLAIM: Final = (
     "UPDATE jobs SET fence = fence + 1, attempts = attempts + (lease_owner IS NOT NULL),"
     " lease_owner = :owner, lease_until = :until WHERE id = :id"
 )
+# A claimed job whose row does not read: failed, nothing left to deliver, its lease let go.
+_SQL_FAIL_UNREADABLE: Final = (
+    "UPDATE jobs SET state = 'failed', delivery = 'done', error = :error,"
+    " finished_at = :now, lease_owner = NULL, lease_until = NULL, version = version + 1"
+    " WHERE id = :id"
+)
 _LONG_AGO: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LOGGER = logging.getLogger(__name__)
 
 
 def claim_jobs(
@@ -60,9 +70,24 @@ def claim_jobs(
                 "limit": limit,
             },
         ).fetchall()
+        jobs = []
         for row in rows:
             db.conn.execute(SQL_CLAIM, {"owner": owner, "until": encode_time(until), "id": row[0]})
-        return [job for row in rows if (job := get(db, row[0])) is not None]
+            try:
+                job = get(db, row[0])
+            except UnreadableJobError as exc:
+                _fail_unreadable(db, exc, now)
+                continue
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+
+def _fail_unreadable(db: Database, exc: UnreadableJobError, now: datetime) -> None:
+    _LOGGER.error("job %s: its stored row cannot be read; it fails: %s", exc.job_id, exc)
+    db.conn.execute(
+        _SQL_FAIL_UNREADABLE, {"error": str(exc), "now": encode_time(now), "id": exc.job_id}
+    )
 
 
 def claim_job(db: Database, job_id: str, owner: str, until: datetime, now: datetime) -> Job | None:

@@ -3,7 +3,8 @@
 Stored forms: timestamps are fixed-width ISO 8601 text in UTC (`2026-11-25T12:01:33.000000+00:00`),
 so text order is time order and rows stay readable in the sqlite3 shell; naive datetimes are
 refused with `ValueError`. A job's typed options and parameters are versioned JSON
-(`bot.records`); attachments, notes, roles and message ids are JSON text.
+(`bot.records`); attachments, notes, roles and message ids are JSON text. A row that does not
+read back is an `UnreadableJobError` naming the job, never a bare `ValueError`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from bot import records
+from bot.errors import InvalidRecordError, UnreadableJobError
 from bot.model import (
     AttachmentRef,
     Caller,
@@ -144,7 +146,22 @@ def job_row(job: Job) -> dict[str, object]:
 
 
 def job_from_row(row: Row) -> Job:
-    """The `Job` of a row read with every column of `JOB_COLUMNS`."""
+    """The `Job` of a row read with every column of `JOB_COLUMNS`; `UnreadableJobError` when
+    it does not read (a record of another version, or a damaged column)."""
+    try:
+        return _job_from_row(row)
+    except InvalidRecordError as exc:
+        raise UnreadableJobError(row["id"], str(exc)) from exc
+    except (ValueError, TypeError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        if len(why) > 160:
+            why = why[:159] + "…"
+        raise UnreadableJobError(
+            row["id"], f"this job's stored row cannot be read ({why}); start the job again"
+        ) from exc
+
+
+def _job_from_row(row: Row) -> Job:
     params = row["params"]
     interrogate = row["interrogate"]
     started_at = row["started_at"]
