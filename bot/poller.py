@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from bot.model import BackendStatus
-    from bot.ports import Backend, PollTarget
+    from bot.ports import PollTarget, StatusReader
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Poller:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: StatusReader,
         *,
         interval: float,
         max_interval: float,

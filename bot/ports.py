@@ -55,7 +55,19 @@ class PollTarget:
     submitted_at: datetime
 
 
-class Backend(Protocol):
+class StatusReader(Protocol):
+    """What the poller needs of a backend: the state of the jobs it follows."""
+
+    async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, BackendStatus]:
+        """Batched status of many jobs; a job missing from the answer is unknown this round.
+
+        A job the backend has no record of (deleted, or lost when the backend restarted) is
+        reported `failed` with `LOST_JOB` as the reason.
+        """
+        ...
+
+
+class Backend(StatusReader, Protocol):
     """Runs img2img-family and interrogate jobs (SPEC §4).
 
     Creating a job and starting it are two steps with the bot's record in between: `submit` and
@@ -101,14 +113,6 @@ class Backend(Protocol):
         created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         """Create a caption job (CLIP sentence or DeepBooru tags), `await created(id)`, start it."""
-        ...
-
-    async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, BackendStatus]:
-        """Batched status of many jobs; a job missing from the answer is unknown this round.
-
-        A job the backend has no record of (deleted, or lost when the backend restarted) is
-        reported `failed` with `LOST_JOB` as the reason.
-        """
         ...
 
     async def release(self, backend_id: str) -> None:

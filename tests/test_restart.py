@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from scenario_kit import (
@@ -34,7 +34,10 @@ from bot.views import ResultView
 from cloud.local import LocalBackend, LocalBackendConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from bot.model import Conversation, Submitted
+    from cloud.local.backend import _LocalJob
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +89,7 @@ class HangingAdapter(RecordingAdapter):
         self.hang = True
         self.posted_while_hanging = False
 
-    async def post_result(self, thread, result: ResultView):  # type: ignore[no-untyped-def]
+    async def post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
         posted = await super().post_result(thread, result)
         if self.hang:
             self.posted_while_hanging = True
@@ -292,16 +295,18 @@ class CountingBackend(LocalBackend):
             self.hanging.set()
             await asyncio.Event().wait()
 
-    async def _created(self, backend_id, created):  # type: ignore[no-untyped-def]
+    async def _created(
+        self, backend_id: str, created: Callable[[str], Awaitable[None]] | None
+    ) -> None:
         await super()._created(backend_id, created)
         await self._hang("created")
 
-    def _launch(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _launch(self, *args: Any, **kwargs: Any) -> _LocalJob:
         record = super()._launch(*args, **kwargs)
         self.started.add(record.backend_id)
         return record
 
-    async def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def submit(self, *args: Any, **kwargs: Any) -> Submitted:
         submitted = await super().submit(*args, **kwargs)
         await self._hang("started")
         return submitted

@@ -15,6 +15,7 @@ from scenario_kit import (
     make_app,
     png,
     size_of,
+    stored,
 )
 
 from bot.model import JobState, Platform
@@ -23,20 +24,24 @@ from commands import parse
 from commands.options import GenerateOptions
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
     from scenario_kit import FastSettings
 
     from bot.app import BotApp
-    from bot.model import Caller
+    from bot.model import Caller, Job
 
 
 # Backend-neutral: each scenario runs on the local backend and on the WebUI backend.
 pytestmark = pytest.mark.usefixtures("scenario_backend")
 
 
+Chat = tuple["BotApp", RecordingAdapter]
+
+
 @pytest.fixture
-async def chat(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def chat(tmp_path: Path) -> AsyncIterator[Chat]:
     app = make_app(fast_config(tmp_path))
     adapter = RecordingAdapter()
     app.add_adapter(adapter)
@@ -44,16 +49,33 @@ async def chat(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield app, adapter
 
 
-async def run_job(app: BotApp, adapter: RecordingAdapter, text: str, caller=None, files=()):  # type: ignore[no-untyped-def]
-    caller = caller or chat_caller()
+async def run_job(
+    app: BotApp,
+    adapter: RecordingAdapter,
+    text: str,
+    caller: Caller | None = None,
+    files: Sequence[tuple[str, bytes]] = (),
+) -> tuple[Job, RecordingResponder]:
+    """Run `text` to its end; the job as stored then, and what the caller was answered."""
+    job, responder = await try_job(app, adapter, text, caller, files)
+    return await stored(app, job), responder
+
+
+async def try_job(
+    app: BotApp,
+    adapter: RecordingAdapter,
+    text: str,
+    caller: Caller | None = None,
+    files: Sequence[tuple[str, bytes]] = (),
+) -> tuple[Job | None, RecordingResponder]:
     responder = RecordingResponder()
     refs = [adapter.attach(name, data) for name, data in files]
-    job = await app.dispatcher.handle_text(caller, text, refs, responder)
+    job = await app.dispatcher.handle_text(caller or chat_caller(), text, refs, responder)
     await app.runner.wait_idle()
     return job, responder
 
 
-async def test_job_gets_a_thread_status_edits_and_one_result(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_job_gets_a_thread_status_edits_and_one_result(chat: Chat) -> None:
     app, adapter = chat
     job, responder = await run_job(
         app, adapter, "img2img a cat count=3", files=[("cat.png", png())]
@@ -82,19 +104,18 @@ async def test_status_edits_only_on_change_or_interval(tmp_path: Path) -> None:
     app.add_adapter(adapter)
     async with app:
         job, _ = await run_job(app, adapter, "img2img x", files=[("a.png", png())])
-        stored = await app.store.get(job.id)
-    assert stored is not None and stored.finished_at is not None
-    took = (stored.finished_at - stored.created_at).total_seconds()  # 0.8 s, more under load
+    assert job.finished_at is not None
+    took = (job.finished_at - job.created_at).total_seconds()  # 0.8 s, more under load
     edits = next(iter(adapter.status_edits.values()))
     # One per state change plus at most one per status interval — never one per poll.
     assert len(edits) <= 3 + took / 0.25 + 1
     assert app.poller.requests > len(edits)
 
 
-async def test_thread_reply_regenerates_and_others_are_ignored(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_thread_reply_regenerates_and_others_are_ignored(chat: Chat) -> None:
     app, adapter = chat
     base, _ = await run_job(app, adapter, "img2img a cat seed=5", files=[("a.png", png())])
-    base = await app.store.get(base.id)
+    assert base.thread is not None
     me_in_thread = in_thread(chat_caller(), base.thread)
     stranger = in_thread(chat_caller("u2"), base.thread)
     admin = in_thread(chat_caller("boss", admin=True), base.thread)
@@ -105,8 +126,8 @@ async def test_thread_reply_regenerates_and_others_are_ignored(chat) -> None:  #
     new = await app.dispatcher.handle_reply(me_in_thread, "steps=3", [], r)
     by_admin = await app.dispatcher.handle_reply(admin, "+ at night", [], r)
     await app.runner.wait_idle()
-    assert new is not None and by_admin is not None
-    new, by_admin = await app.store.get(new.id), await app.store.get(by_admin.id)
+    new, by_admin = await stored(app, new), await stored(app, by_admin)
+    assert new.params is not None and by_admin.params is not None
     assert new.params.seed == 5 and new.params.steps == 3 and new.thread == base.thread
     # The admin's reply built on the thread's most recent job (the one just made).
     assert by_admin.parent_id == new.id and by_admin.params.prompt == "a cat, at night"
@@ -116,10 +137,10 @@ async def test_thread_reply_regenerates_and_others_are_ignored(chat) -> None:  #
     assert "did you mean `steps`" in bad.refusals[0]
 
 
-async def test_reply_to_a_specific_result_picks_that_job(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_reply_to_a_specific_result_picks_that_job(chat: Chat) -> None:
     app, adapter = chat
     first, _ = await run_job(app, adapter, "img2img first", files=[("a.png", png())])
-    first = await app.store.get(first.id)
+    assert first.thread is not None
     me = in_thread(chat_caller(), first.thread)
     second = await app.dispatcher.handle_reply(me, "second", [], RecordingResponder())
     await app.runner.wait_idle()
@@ -127,12 +148,13 @@ async def test_reply_to_a_specific_result_picks_that_job(chat) -> None:  # type:
         me, "+ at dusk", [], RecordingResponder(), reply_to=first.result_messages[0]
     )
     await app.runner.wait_idle()
-    assert second is not None and new is not None
-    new = await app.store.get(new.id)
+    assert second is not None
+    new = await stored(app, new)
+    assert new.params is not None
     assert new.parent_id == first.id and new.params.prompt == "first, at dusk"
 
 
-async def test_reply_with_attachments_replaces_inputs(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_reply_with_attachments_replaces_inputs(chat: Chat) -> None:
     app, adapter = chat
     base, _ = await run_job(
         app,
@@ -140,22 +162,20 @@ async def test_reply_with_attachments_replaces_inputs(chat) -> None:  # type: ig
         "inpaint-sketch a scarf",
         files=[("o.png", png(96, 64)), ("o-sketch.png", png(96, 64, color=(1, 2, 3)))],
     )
-    base = await app.store.get(base.id)
-    assert base.state is JobState.SUCCEED
+    assert base.state is JobState.SUCCEED and base.thread is not None
     me = in_thread(chat_caller(), base.thread)
     ref = adapter.attach("bigger.png", png(128, 96))
     new = await app.dispatcher.handle_reply(me, "", [ref], RecordingResponder())
     await app.runner.wait_idle()
-    new = await app.store.get(new.id)
+    new = await stored(app, new)
     inputs = {i.slot: i for i in await app.store.images(new.id) if i.slot != "result"}
     assert size_of(inputs["image"].data) == (128, 96)
     assert inputs["sketch"].name == "o-sketch.png"
 
 
-async def test_buttons_reroll_edit_use_as_input_delete(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_buttons_reroll_edit_use_as_input_delete(chat: Chat) -> None:
     app, adapter = chat
     base, _ = await run_job(app, adapter, "img2img a cat seed=9 count=2", files=[("a.png", png())])
-    base = await app.store.get(base.id)
     me = chat_caller()
     r = RecordingResponder()
     reroll = await app.dispatcher.handle_action(me, Action(ActionKind.REROLL, base.id).id, r)
@@ -174,7 +194,8 @@ async def test_buttons_reroll_edit_use_as_input_delete(chat) -> None:  # type: i
     )
     assert "between 0 and 1" in bad_edit.refusals[0]
     await app.runner.wait_idle()
-    reroll, edit, use = [await app.store.get(j.id) for j in (reroll, edit, use)]
+    reroll, edit, use = [await stored(app, j) for j in (reroll, edit, use)]
+    assert reroll.params is not None and edit.params is not None
     assert reroll.params.prompt == "a cat"
     assert (edit.params.prompt, edit.params.negative, edit.params.strength, edit.params.seed) == (
         "a lion",
@@ -213,24 +234,21 @@ async def test_cancel_button_and_use_as_prompt(tmp_path: Path) -> None:
         await app.dispatcher.handle_action(me, Action(ActionKind.CANCEL, slow.id).id, r)
         assert "cancelled" in r.replies[-1][0]
         cap, _ = await run_job(app, adapter, "interrogate", files=[("a.png", png())])
-        cap = await app.store.get(cap.id)
-        assert cap is not None
         [result] = [v for v in adapter.results() if v.job_id == cap.id]
         assert [a.kind for a in result.actions] == [ActionKind.USE_AS_PROMPT, ActionKind.DELETE]
         follow = await app.dispatcher.handle_action(
             me, Action(ActionKind.USE_AS_PROMPT, cap.id).id, r
         )
         await app.runner.wait_idle()
-        assert follow is not None
-        follow = await app.store.get(follow.id)
-        assert follow is not None and follow.params is not None
+        follow = await stored(app, follow)
+        assert follow.params is not None
         assert follow.command == "img2img" and follow.params.prompt == cap.caption
         cancelled = await app.store.get(slow.id)
         assert cancelled is not None and cancelled.state is JobState.CANCELLED
         assert not [v for v in adapter.results() if v.job_id == slow.id]
 
 
-async def test_jobs_never_cross_servers_and_users_see_their_own(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_jobs_never_cross_servers_and_users_see_their_own(chat: Chat) -> None:
     app, adapter = chat
     mine, _ = await run_job(app, adapter, "img2img mine", files=[("a.png", png())])
     theirs, _ = await run_job(
@@ -263,23 +281,22 @@ async def test_jobs_never_cross_servers_and_users_see_their_own(chat) -> None:  
     assert "no job" in r.refusals[0]
 
 
-async def test_slack_style_files_are_assigned_by_name_then_order(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_slack_style_files_are_assigned_by_name_then_order(chat: Chat) -> None:
     app, adapter = chat
     caller = chat_caller(platform=Platform("discord"))
     files = [("the-mask.png", png(96, 64, color=(255, 255, 255))), ("photo.png", png(96, 64))]
     job, _r = await run_job(app, adapter, "inpaint-upload x", caller=caller, files=files)
     stored = {i.slot: i.name for i in await app.store.images(job.id)}
     assert stored["mask"] == "the-mask.png" and stored["image"] == "photo.png"
-    _, too_many = await run_job(app, adapter, "img2img x", files=files)
+    _, too_many = await try_job(app, adapter, "img2img x", files=files)
     assert "takes 1 image" in too_many.refusals[0]
 
 
-async def test_a_failed_post_is_retried(chat) -> None:  # type: ignore[no-untyped-def]
+async def test_a_failed_post_is_retried(chat: Chat) -> None:
     app, adapter = chat
     adapter.fail_posts = 1
     job, _ = await run_job(app, adapter, "img2img x", files=[("a.png", png())])
-    stored = await app.store.get(job.id)
-    assert stored.delivery.value == "done"
+    assert job.delivery.value == "done"
     assert len([v for v in adapter.results() if v.job_id == job.id]) == 1
 
 

@@ -22,6 +22,7 @@ from scenario_kit import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
+    from bot.model import GenerationParams
     from bot.views import ResultImage
 
 # Backend-neutral: each scenario runs on the local backend and on the WebUI backend.
@@ -193,27 +194,28 @@ async def test_reply_rows_through_the_console(console: ConsoleRun) -> None:
     [base] = job_ids(await console.run(f"img2img a cat image={image} seed=42 steps=10"))
     store = console.app.store
 
-    async def params(job_id: str):  # type: ignore[no-untyped-def]
+    async def params(job_id: str) -> GenerationParams:
         job = await store.get(job_id)
         assert job is not None and job.params is not None
-        return job
+        return job.params
 
     [opts] = job_ids(await console.run(f"reply {base} steps=12"))
-    job = await params(opts)
+    job, parent = await store.get(opts), await store.get(base)
+    assert job is not None and job.params is not None and parent is not None
     assert (job.params.prompt, job.params.seed, job.params.steps) == ("a cat", 42, 12)
-    assert job.parent_id == base and job.thread == (await store.get(base)).thread  # type: ignore[union-attr]
+    assert job.parent_id == base and job.thread == parent.thread
 
     [text] = job_ids(await console.run(f"reply {base} a dog"))
-    assert (await params(text)).params.prompt == "a dog"
+    assert (await params(text)).prompt == "a dog"
     [plus] = job_ids(await console.run(f"reply {base} + wearing a hat"))
-    assert (await params(plus)).params.prompt == "a cat, wearing a hat"
+    assert (await params(plus)).prompt == "a cat, wearing a hat"
     [again] = job_ids(await console.run("reply last again"))
-    assert (await params(again)).params.prompt == "a cat, wearing a hat"
-    assert (await params(again)).params.seed != 42
+    assert (await params(again)).prompt == "a cat, wearing a hat"
+    assert (await params(again)).seed != 42
     [swap] = job_ids(await console.run(f"reply {base} image={other}"))
-    assert (await params(swap)).params.width == 64
+    assert (await params(swap)).width == 64
     [chained] = job_ids(await console.run(f"reply {base} input=result:1 count=2"))
-    assert (await params(chained)).params.count == 2
+    assert (await params(chained)).count == 2
     bad = await console.run(f"reply {base} strenght=1")
     assert bad[0].startswith("error: ") and job_ids(bad) == []
     assert await console.run(f"reply {base} // just a note") == []

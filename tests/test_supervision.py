@@ -328,7 +328,7 @@ async def test_a_job_the_backend_lost_in_a_restart_says_so(tmp_path: Path) -> No
     app.add_adapter(adapter)
     async with app:
         job_id = await one_job(app, adapter)
-        while (await app.store.get(job_id)).started_at is None:  # type: ignore[union-attr]
+        while (job := await app.store.get(job_id)) is None or job.started_at is None:
             await asyncio.sleep(0.01)
     app = fast_app(tmp_path, **config)
     app.add_adapter(adapter)

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from scenario_kit import (
     RecordingAdapter,
     RecordingResponder,
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
     from bot.model import Platform
 
 
-async def test_a_burst_in_a_new_channel_reads_its_settings_once(tmp_path: Path) -> None:
+async def test_a_burst_in_a_new_channel_reads_its_settings_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = make_app(fast_config(tmp_path, local_delay=5.0, max_in_flight=1000))
     adapter = RecordingAdapter()
     app.add_adapter(adapter)
@@ -30,7 +33,7 @@ async def test_a_burst_in_a_new_channel_reads_its_settings_once(tmp_path: Path) 
         reads.append((platform, server, scope))
         return await settings(platform, server, scope)
 
-    app.store.settings = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(app.store, "settings", counted)
     image = png(32, 32)
     async with app:
         responders = [RecordingResponder() for _ in range(50)]

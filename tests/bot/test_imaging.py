@@ -291,7 +291,7 @@ def test_palette_png_with_transparency_keeps_it_as_alpha() -> None:
     ImageDraw.Draw(palette).rectangle((0, 0, 7, 15), fill=0)
     image, _ = load_image(InputFile("p.png", encoded(palette, transparency=0)), LIMITS)
     assert image.mode == "RGBA"
-    assert image.getpixel((2, 2))[3] == 0  # type: ignore[index]
+    assert image.getchannel("A").getpixel((2, 2)) == 0
     assert image.getpixel((12, 2)) == (200, 10, 10, 255)
 
 
@@ -300,7 +300,7 @@ def test_rgb_png_with_a_transparent_colour_keeps_it_as_alpha() -> None:
     picture.putpixel((0, 0), (9, 9, 9))
     image, _ = load_image(InputFile("t.png", encoded(picture, transparency=(1, 2, 3))), LIMITS)
     assert image.mode == "RGBA"
-    assert image.getpixel((4, 4))[3] == 0  # type: ignore[index]
+    assert image.getchannel("A").getpixel((4, 4)) == 0
     assert image.getpixel((0, 0)) == (9, 9, 9, 255)
 
 
@@ -315,7 +315,7 @@ def test_grey_with_alpha_becomes_rgba() -> None:
     grey.putpixel((0, 0), (90, 0))
     image, _ = load_image(file_of(grey), LIMITS)
     assert image.mode == "RGBA"
-    assert image.getpixel((0, 0))[3] == 0  # type: ignore[index]
+    assert image.getchannel("A").getpixel((0, 0)) == 0
     assert image.getpixel((4, 4)) == (90, 90, 90, 255)
 
 

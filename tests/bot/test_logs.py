@@ -25,7 +25,9 @@ from bot.errors import BackendError
 from bot.logs import redact, setup_logging
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
+
+    from bot.model import GenerationParams, Submitted
 
 ESD_KEY = "Zq8vT3kW9pL2mN5xR7yB"
 DISCORD = "MTA5ODc2NTQzMjEwOTg3NjU0.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789AB"
@@ -71,13 +73,21 @@ def test_json_lines() -> None:
 class LeakyBackend(ScriptedBackend):
     """A backend whose errors carry every kind of secret, as real libraries' errors can."""
 
-    async def submit(self, job_id, params, init_png, mask_png, **kw):  # type: ignore[no-untyped-def]
+    async def submit(
+        self,
+        job_id: str,
+        params: GenerationParams,
+        init_png: bytes,
+        mask_png: bytes | None,
+        *,
+        created: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Submitted:
         if params.prompt == "leak":
             raise BackendError(
                 f"PUT {PRESIGNED} with x-api-key {ESD_KEY} failed via {WEBHOOK}",
                 user_message=f"upload to {PRESIGNED} refused for key {ESD_KEY}",
             )
-        return await super().submit(job_id, params, init_png, mask_png, **kw)
+        return await super().submit(job_id, params, init_png, mask_png, created=created)
 
 
 @pytest.fixture(autouse=True)

@@ -64,7 +64,7 @@ class _Book:
 
 
 def _poller(book: _Book, **settings: Any) -> Poller:
-    return Poller(book, interval=0.5, max_interval=1.0, **settings)  # type: ignore[arg-type]
+    return Poller(book, interval=0.5, max_interval=1.0, **settings)
 
 
 def test_a_wake_up_looks_only_at_the_jobs_that_are_due() -> None:

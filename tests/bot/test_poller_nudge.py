@@ -37,7 +37,7 @@ class _Book:
 def test_a_nudged_job_is_asked_about_at_once() -> None:
     async def main() -> None:
         book = _Book()
-        poller = Poller(book, interval=30.0, max_interval=60.0)  # type: ignore[arg-type]
+        poller = Poller(book, interval=30.0, max_interval=60.0)
         await poller.start()
         target = PollTarget("esd-1", False, datetime(2026, 1, 1, tzinfo=UTC))
         with poller.watch(target, None) as watch:

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import io
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 ENDPOINT = "local-preview"
 
 
-def make_params(**changes: object) -> GenerationParams:
+def make_params(**changes: Any) -> GenerationParams:
     params = GenerationParams(
         prompt="a red boat",
         negative="",
@@ -42,7 +42,7 @@ def make_params(**changes: object) -> GenerationParams:
         vae="Automatic",
         endpoint=ENDPOINT,
     )
-    return dataclasses.replace(params, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(params, **changes)
 
 
 def png(colour: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (40, 40)) -> bytes:

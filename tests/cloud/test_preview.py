@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+from typing import Any
 
 import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps, ImageStat
@@ -19,7 +20,7 @@ BLUE = (0, 0, 200)
 YELLOW = (220, 220, 0)
 
 
-def make_params(**changes: object) -> GenerationParams:
+def make_params(**changes: Any) -> GenerationParams:
     params = GenerationParams(
         prompt="a lighthouse at dusk",
         negative="blurry",
@@ -36,7 +37,7 @@ def make_params(**changes: object) -> GenerationParams:
         vae="Automatic",
         endpoint="local-preview",
     )
-    return dataclasses.replace(params, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(params, **changes)
 
 
 def to_png(image: Image.Image) -> bytes:

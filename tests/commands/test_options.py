@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import typing
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -25,6 +26,9 @@ from commands.options import (
 )
 from commands.spec import Fill, Method, Sampler, Scheduler
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 # Not job options: where the images come from, and the base job's result a reply uses.
 _NOT_KEPT = {Kind.PATH, Kind.RESULT}
 _TYPES = {Kind.TEXT: str, Kind.INT: int, Kind.FLOAT: float, Kind.BOOL: bool, Kind.SIZE: Size}
@@ -40,9 +44,9 @@ def _kept(family: Family) -> set[str]:
     }
 
 
-def _fields(kind: type[object]) -> dict[str, object]:
+def _fields(kind: type[DataclassInstance]) -> dict[str, object]:
     hints = typing.get_type_hints(kind)
-    return {f.name: hints[f.name] for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    return {f.name: hints[f.name] for f in dataclasses.fields(kind)}
 
 
 @pytest.mark.parametrize(
@@ -53,7 +57,7 @@ def _fields(kind: type[object]) -> dict[str, object]:
     ],
 )
 def test_each_family_keeps_every_declared_option_with_its_type(
-    family: Family, kind: type[object], defaults: type[object]
+    family: Family, kind: type[DataclassInstance], defaults: type[DataclassInstance]
 ) -> None:
     hints = _fields(kind)
     assert set(hints) == _kept(family)

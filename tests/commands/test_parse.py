@@ -183,7 +183,7 @@ def test_an_empty_message_is_refused(text: str) -> None:
 def test_parsed_options_cannot_be_changed() -> None:
     parsed = parse("img2img a cat steps=30")
     with pytest.raises(TypeError):
-        parsed.options["steps"] = 5  # type: ignore[index]
+        parsed.options["steps"] = 5  # type: ignore[index]  # the write mypy refuses, tried
 
 
 def test_parsed_commands_compare_and_hash_by_value() -> None:
@@ -806,7 +806,7 @@ def test_a_reply_to_a_command_that_makes_no_job_is_refused() -> None:
 def test_reply_options_are_immutable() -> None:
     reply = parse_reply("steps=30", "img2img")
     with pytest.raises(TypeError):
-        reply.options["steps"] = 5  # type: ignore[index]
+        reply.options["steps"] = 5  # type: ignore[index]  # the write mypy refuses, tried
 
 
 # --- did you mean --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import json
 import random
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import discord
 import pytest
@@ -40,6 +40,9 @@ from commands import OPTIONS, Kind
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
+
+    from discord.types import gateway as gw
+    from discord.types.guild import Guild as GuildPayload
 
     from bot.app import BotApp
     from bot.ports import PollTarget
@@ -215,9 +218,7 @@ class FakeDiscord:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.port = self._runner.addresses[0][1]
 
     async def aclose(self) -> None:
         if self._runner is not None:
@@ -919,8 +920,10 @@ class DiscordHarness:
         await self.adapter.start()
         self._running = True
         if not self.gateway:
+            # Payloads here are wire JSON, as the gateway sends it; discord.py's state parser
+            # reads them as its TypedDicts (discord/types/), hence the casts.
             for guild in guilds:
-                self.client._connection._add_guild_from_data(guild)  # type: ignore[arg-type]
+                self.client._connection._add_guild_from_data(cast("GuildPayload", guild))
             return self
         # The guilds arrive over the gateway, as in production.
         for _ in range(1000):
@@ -1011,7 +1014,9 @@ class DiscordHarness:
         if self.gateway:
             self.fake.push("INTERACTION_CREATE", payload)
         else:
-            self.client._connection.parse_interaction_create(payload)  # type: ignore[arg-type]
+            self.client._connection.parse_interaction_create(
+                cast("gw.InteractionCreateEvent", payload)
+            )
         return token
 
     def slash(
@@ -1126,7 +1131,7 @@ class DiscordHarness:
         if self.gateway:
             self.fake.push("MESSAGE_CREATE", payload)
         else:
-            self.client._connection.parse_message_create(payload)  # type: ignore[arg-type]
+            self.client._connection.parse_message_create(cast("gw.MessageCreateEvent", payload))
         return payload
 
     # -- looking at what happened ----------------------------------------------------------

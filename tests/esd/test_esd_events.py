@@ -382,7 +382,7 @@ async def test_a_queue_that_goes_away_falls_back_to_polling_and_back(
 
 
 async def test_a_burst_of_handled_events_is_deleted_in_batches_of_at_most_ten(
-    moto_url: str,
+    moto_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wiring = wire(moto_url)
     strangers = [f"someone-elses-job-{n}" for n in range(25)]
@@ -397,7 +397,7 @@ async def test_a_burst_of_handled_events_is_deleted_in_batches_of_at_most_ten(
         batches.append(len(receipts))
         await delete(receipts)
 
-    queue.delete = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(queue, "delete", counted)
     seen: list[str] = []
 
     async def handle(event: Completion) -> bool:
@@ -517,16 +517,18 @@ def test_the_composition_root_measures_the_event_lag(moto_url: str, tmp_path: Pa
     assert b"sdbot_event_queue_lag_seconds_bucket" in metrics.exposition()
 
 
-async def test_a_message_handled_as_a_delete_call_ends_is_still_deleted() -> None:
+async def test_a_message_handled_as_a_delete_call_ends_is_still_deleted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     deleted: list[str] = []
 
-    class Queue:
-        name = "q"
+    async def delete(receipts: Sequence[str]) -> None:
+        deleted.extend(receipts)
 
-        async def delete(self, receipts: Sequence[str]) -> None:
-            deleted.extend(receipts)
-
-    consumer = CompletionConsumer(Queue(), _handled, on_health=lambda _: None)  # type: ignore[arg-type]
+    # A real queue object (it connects at its first call only), its deletes recorded.
+    queue = EventQueue("https://sqs.us-east-1.amazonaws.com/1/q", SageMakerConfig(bucket=None))
+    monkeypatch.setattr(queue, "delete", delete)
+    consumer = CompletionConsumer(queue, _handled, on_health=lambda _: None)
     ended = asyncio.create_task(asyncio.sleep(0))
     await ended
     # A delete call that has returned, its done-callback not yet run (one event-loop turn).

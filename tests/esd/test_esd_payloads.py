@@ -349,4 +349,5 @@ def test_from_config_carries_the_settings() -> None:
 )
 def test_bad_settings_fail_early(change: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
+        # Values of the wrong type on purpose: they come from TOML and the environment.
         EsdConfig(**{"api_url": "http://h/prod/", "api_key": "k", **change})  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from tests.esd_server.esd_server_kit import MakeApi
 
 
-def with_faults(**faults: object) -> ServerConfig:
-    return ServerConfig(job_seconds=(60, 60), faults=Faults(**faults))  # type: ignore[arg-type]
+def with_faults(**faults: Any) -> ServerConfig:
+    return ServerConfig(job_seconds=(60, 60), faults=Faults(**faults))
 
 
 async def ping_statuses(api: Api, count: int) -> list[int]:
@@ -184,4 +184,4 @@ async def test_endpoints_configured_out_of_service_refuse_jobs(make_api: MakeApi
 )
 def test_bad_fault_settings_are_refused(faults: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
-        Faults(**faults)  # type: ignore[arg-type]
+        Faults(**faults)  # type: ignore[arg-type]  # values of the wrong type on purpose

@@ -19,7 +19,7 @@ from adapters.console import ConsoleAdapter, run_console
 from bot.app import BotApp
 from bot.config import Section, Settings
 from bot.errors import ChatDeliveryError, ImageInputError
-from bot.model import AttachmentRef, Caller, Conversation, Platform
+from bot.model import AttachmentRef, Caller, Conversation, Job, Platform
 from bot.ports import PlatformTraits, PostedStatus
 from bot.store import SqliteJobStore
 from cloud.local import LocalBackend, LocalBackendConfig
@@ -357,6 +357,14 @@ def chat_caller(
 
 def in_thread(caller: Caller, thread: Conversation) -> Caller:
     return replace(caller, conversation=thread)
+
+
+async def stored(app: BotApp, job: Job | None) -> Job:
+    """`job` as the store holds it now; the test fails when it was refused or is gone."""
+    assert job is not None, "the command made no job"
+    found = await app.store.get(job.id)
+    assert found is not None, f"job {job.id} is not stored"
+    return found
 
 
 class ScriptedBackend(LocalBackend):

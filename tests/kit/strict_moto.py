@@ -30,6 +30,8 @@ def strict() -> None:
     from moto.sqs.exceptions import TooManyEntriesInBatchRequest
     from moto.sqs.models import Message, SQSBackend
 
+    # The ignores below: moto's models are typed loosely (a queue's attributes are set
+    # dynamically) and patching its class, marked as patched, is what this function does.
     if getattr(SQSBackend.delete_message_batch, "_strict", False):
         return
     lenient = SQSBackend.delete_message_batch

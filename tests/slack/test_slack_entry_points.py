@@ -9,6 +9,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
+import pytest
 from scenario_kit import png
 
 from bot.model import JobState
@@ -80,7 +81,7 @@ async def test_slash_grammar_errors_and_missing_files_are_ephemeral(any_rig: Sla
 
 
 async def test_slash_acks_after_its_budget_and_answers_through_response_url(
-    make_rig: MakeRig,
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with make_rig("http", adapter_options={"ack_budget": 0.05}) as rig:
         release = asyncio.Event()
@@ -90,7 +91,7 @@ async def test_slash_acks_after_its_budget_and_answers_through_response_url(
             await release.wait()
             return await real()
 
-        rig.app.backend.endpoints = slow_endpoints  # type: ignore[method-assign]
+        monkeypatch.setattr(rig.app.backend, "endpoints", slow_endpoints)
         answer = await rig.slash("endpoints")
         # Acknowledged (empty) although the backend has not answered yet.
         assert answer.status == 200 and answer.body == {}

@@ -4,7 +4,7 @@ left alone."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from scenario_kit import mask_png, png, size_of
@@ -12,6 +12,8 @@ from scenario_kit import mask_png, png, size_of
 from bot.model import JobState
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from bot.model import Job
     from tests.slack.conftest import SlackRig
 
@@ -24,11 +26,18 @@ async def _base(rig: SlackRig, text: str = "img2img a cat seed=5 steps=6") -> Jo
     return job
 
 
-async def _reply(rig: SlackRig, base: Job, text: str, **kwargs: object) -> Job | None:
+async def _reply(
+    rig: SlackRig,
+    base: Job,
+    text: str,
+    *,
+    files: Iterable[dict[str, Any]] = (),
+    user: str = "U1",
+) -> Job | None:
     """Reply in the base job's thread; return the new job, if one was made."""
     assert base.thread is not None and base.thread.thread is not None
     before = {j.id for j in await rig.jobs()}
-    await rig.post(text, thread_ts=base.thread.thread, **kwargs)  # type: ignore[arg-type]
+    await rig.post(text, thread_ts=base.thread.thread, files=files, user=user)
     await rig.settle()
     new = [j for j in await rig.jobs() if j.id not in before]
     assert len(new) <= 1
