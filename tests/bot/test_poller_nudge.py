@@ -79,7 +79,7 @@ def test_a_job_nudged_while_it_is_being_asked_about_is_asked_again_at_once() -> 
     # the job waited for its next turn (up to the poller's longest interval).
     async def main() -> None:
         book = _SlowBook()
-        poller = Poller(book, interval=30.0, max_interval=60.0)  # type: ignore[arg-type]
+        poller = Poller(book, interval=30.0, max_interval=60.0)
         await poller.start()
         target = PollTarget("esd-1", False, datetime(2026, 1, 1, tzinfo=UTC))
         with poller.watch(target, None) as watch:
