@@ -611,6 +611,10 @@ class JobRunner:
             backend_id=submitted.backend_id,
             endpoint=submitted.endpoint,
             started_at=self._clock.now(),
+            # Recorded with the start, not by a status read later: a list scan that finds two
+            # thousand jobs started would otherwise write two thousand rows at once, and the
+            # deliveries of jobs ending then wait behind those writes (issue 16).
+            state=JobState.INPROGRESS if submitted.started else job.state,
         )
         job = await self._store.save(job)
         await self._show_status(job, cold_start=submitted.cold_start)

@@ -253,6 +253,9 @@ class Submitted:
     backend_id: str
     endpoint: str
     cold_start: bool = False  # the endpoint had no instance running when the job was sent
+    # The backend's answer to the start said the job is `inprogress` (ESD's Async start), so
+    # the job is recorded that way at once instead of at the first status read.
+    started: bool = False
 
 
 @dataclass(frozen=True)

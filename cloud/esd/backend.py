@@ -435,7 +435,12 @@ class EsdBackend:
             inference_type,
             ", cold start" if cold else "",
         )
-        return Submitted(launched.job_id, launched.endpoint or params.endpoint, cold_start=cold)
+        return Submitted(
+            launched.job_id,
+            launched.endpoint or params.endpoint,
+            cold_start=cold,
+            started=launched.started and finished is None,
+        )
 
     async def interrogate(
         self,

@@ -101,7 +101,9 @@ class RestInterrogator:
         launched = await launch(
             self._client, body, payload, realtime=False, label=job_id, on_created=created
         )
-        return Submitted(launched.job_id, launched.endpoint or params.endpoint)
+        return Submitted(
+            launched.job_id, launched.endpoint or params.endpoint, started=launched.started
+        )
 
 
 class UnsupportedInterrogator:

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING
 
 from bot.errors import BackendError, JobFailedError
 from cloud.esd.client import OutcomeUnknownError
-from cloud.esd.payloads import NO_IMAGES, EsdJob, parse_job, readable_reason, started_endpoint
+from cloud.esd.payloads import (
+    NO_IMAGES,
+    EsdJob,
+    parse_job,
+    readable_reason,
+    started_endpoint,
+    started_state,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -43,6 +50,7 @@ class Launched:
     job_id: str
     endpoint: str | None  # the endpoint ESD named in its answer, when it did
     finished: EsdJob | None = None  # Real-time 200: the job as it ended
+    started: bool = False  # ESD answered the start with `inprogress` (Async, §4.3)
 
 
 async def launch(
@@ -101,4 +109,6 @@ async def _start(client: EsdClient, job_id: str, *, realtime: bool) -> Launched:
     if answer.status == 200 and isinstance(answer.data, dict) and "InferenceJobId" in answer.data:
         finished = parse_job(answer.data)
         return Launched(job_id, finished.endpoint, finished)
-    return Launched(job_id, started_endpoint(answer.data))
+    return Launched(
+        job_id, started_endpoint(answer.data), started=started_state(answer.data) == "inprogress"
+    )

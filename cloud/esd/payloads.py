@@ -396,6 +396,17 @@ def started_endpoint(value: object) -> str | None:
     return (started.inference.endpoint_name or None) if started.inference else None
 
 
+def started_state(value: object) -> str | None:
+    """The job status an Async start answer gives (`data.status`: `inprogress`, §4.3), or
+    None."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Started.model_validate(value).status
+    except ValidationError:
+        return None
+
+
 def parse_ping(value: object, version: str | None) -> PingInfo:
     data = Ping.model_validate(value) if isinstance(value, dict) else Ping()
     return PingInfo(version=version, interrogate=data.interrogate is True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,9 +12,12 @@ from scenario_kit import (
     IMAGE_MODES,
     ConsoleRun,
     FastSettings,
+    RecordingAdapter,
     RecordingResponder,
     chat_caller,
+    fast_config,
     job_ids,
+    make_app,
     png,
     run_image_mode,
     saved,
@@ -21,7 +25,7 @@ from scenario_kit import (
     states,
 )
 
-from bot.model import JobState
+from bot.model import BackendStatus, JobState
 from cloud.esd import EsdBackend, EsdConfig
 from cloud.esd.config import EsdSettings
 from cloud.esd_server import running_server
@@ -38,7 +42,9 @@ from tests.esd.esd_kit import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
+
+    from bot.ports import PollTarget
 
 
 class EsdConsole(ConsoleRun):
@@ -206,3 +212,38 @@ async def test_backend_failures_reach_the_user(console: EsdConsole) -> None:
     assert job_ids(lines) == []
     [refusal] = [line for line in lines if line.startswith("error: ")]
     assert "no Async endpoint is InService" in refusal and "(Updating, Async)" in refusal
+
+
+class _Unreadable(EsdBackend):
+    """`EsdBackend` whose status reads answer nothing: what the job's row says can only come
+    from the submission."""
+
+    async def statuses(self, targets: Sequence[PollTarget]) -> dict[str, BackendStatus]:
+        return {}
+
+
+async def test_a_job_esd_started_is_inprogress_from_its_start(tmp_path: Path) -> None:
+    # ESD's Async start answers `inprogress` (reference/esd-api.md §4.3). The row and the status
+    # message say so at once, not at the first status read: a list scan finding two thousand
+    # started jobs wrote two thousand rows at once, and deliveries waited behind them.
+    async with running_server(server_config(job_seconds=(3600.0, 3600.0))) as url:
+        async with EsdBackend(esd_config(url)) as esd:
+            assert (await esd.submit("bot1", params(), png(), None)).started
+        config = fast_config(tmp_path, backend="esd", esd_api_url=url, esd_api_key=KEY)
+        app = make_app(config, _Unreadable(esd_config(url)))
+        adapter = RecordingAdapter()
+        app.add_adapter(adapter)
+        async with app:
+            job = await app.dispatcher.handle_text(
+                chat_caller(), "img2img x", [adapter.attach("a.png", png())], RecordingResponder()
+            )
+            assert job is not None
+            for _ in range(400):
+                stored = await app.store.get(job.id)
+                if stored is not None and stored.backend_id and stored.started_at:
+                    break
+                await asyncio.sleep(0.025)
+            assert stored is not None and stored.state is JobState.INPROGRESS
+            assert stored.status_message is not None
+            assert adapter.status_edits[stored.status_message][-1].state is JobState.INPROGRESS
+            assert state_of(url).requests["list_inferences"] == 0
