@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import a1111_queue, esd_polling, memory, scenarios
+from bench import a1111_queue, esd_polling, memory, scenarios, stores
 from bench.machine import describe
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ BENCHMARKS: dict[str, tuple[tuple[int, ...], Callable[[Sequence[int], int], list
     "image": ((2048,), lambda sizes, runs: scenarios.image_prep(sizes, runs)),
     "ack": ((200, 1000, 5000), lambda sizes, runs: asyncio.run(scenarios.ack_latency(sizes, runs))),
     "inflight": ((1000,), lambda sizes, runs: scenarios.in_flight(sizes, runs)),
+    # The job store on PostgreSQL beside SQLite (bench/stores.py).
+    "ack-pg": ((1000,), lambda sizes, runs: asyncio.run(stores.ack_burst(sizes, runs))),
+    "claims": ((20_000,), lambda sizes, runs: asyncio.run(stores.claims(sizes, runs))),
     "esd": ((500, 2000), lambda sizes, runs: esd_polling.esd_polling(sizes, runs)),
     "esd-events": ((500, 2000), lambda sizes, runs: esd_polling.esd_events(sizes, runs)),
     # One size and run of their own (bench/a1111_queue.py, bench/memory.py).

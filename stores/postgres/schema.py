@@ -157,6 +157,21 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    # 3: what a claim reads. Jobs whose lease is held stay in `jobs_unfinished`, so a claim
+    # walking it from the oldest skipped every held job first: each claim read more rows than
+    # the last (20,000 jobs claimed 50 at a time: some 4 million rows read). Free jobs (never
+    # leased, or let go) and leased ones, by expiry, each get an index of their own.
+    (
+        """
+        CREATE INDEX jobs_free ON jobs (created_at, id)
+        WHERE (state IN ('created', 'inprogress') OR delivery <> 'done') AND lease_owner IS NULL
+        """,
+        """
+        CREATE INDEX jobs_leased ON jobs (lease_until)
+        WHERE (state IN ('created', 'inprogress') OR delivery <> 'done')
+        AND lease_owner IS NOT NULL
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -54,6 +54,7 @@ from bot.store.rows import (
     job_from_row,
     job_row,
 )
+from stores.postgres.inserts import GLOBAL_ADMISSION, GroupInsert, stored_values, user_lock
 from stores.postgres.schema import migrate, schema_version
 from stores.postgres.settings import redact_url
 
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 
     from bot.model import Conversation, Job
     from bot.ports import Admission, JobQuery, JobStore
+    from stores.postgres.inserts import Pending
     from stores.postgres.schema import Connection
 
 log = logging.getLogger("bot.store")
@@ -75,9 +77,6 @@ POOL_MAX: Final = 8
 # Every statement gives up after this long (a lock held by a stuck replica, a dead server).
 STATEMENT_TIMEOUT_MS: Final = 30_000
 PROBE_TIMEOUT_MS: Final = 200
-# Transaction-scoped lock keys (`pg_advisory_xact_lock`): held only while one insert's
-# transaction runs, so they survive connection poolers in transaction mode.
-_GLOBAL_ADMISSION: Final = 0x5DB07_0002
 
 _PLACEHOLDER: Final = re.compile(r"\?")
 # The database is out of reach or going away, not a bug: a lost connection, a server shutting
@@ -124,9 +123,15 @@ _UPDATE_JOB: Final = (
 _SQL_GET: Final = numbered(SQL_GET)
 _SQL_BY_MESSAGE: Final = numbered(SQL_BY_MESSAGE)
 _SQL_RECENT_DURATIONS: Final = numbered(SQL_RECENT_DURATIONS)
+# Two statements, as on SQLite: with `($2 IS NULL OR id < $2)` a generic plan (which a
+# prepared statement may switch to) bounds the index scan below only and reads every id above
+# the prefix to the end of the table.
 _SQL_FIND: Final = (
-    f"{SELECT_JOBS} WHERE id >= $1 AND ($2::text IS NULL OR id < $2)"
+    f"{SELECT_JOBS} WHERE id >= $1 AND id < $2"
     " AND platform = $3 AND server = $4 ORDER BY id LIMIT $5"
+)
+_SQL_FIND_FROM: Final = (
+    f"{SELECT_JOBS} WHERE id >= $1 AND platform = $2 AND server = $3 ORDER BY id LIMIT $4"
 )
 _SQL_LATEST_IN_THREAD: Final = (
     f"{SELECT_JOBS} WHERE platform = $1 AND server = $2 AND job_channel = $3"
@@ -144,16 +149,38 @@ _SQL_COUNT_USER_SINCE: Final = (
 _SQL_COUNT_RUNNING: Final = "SELECT count(*) FROM jobs WHERE state IN ('created', 'inprogress')"
 _TTL: Final = "now() + $2::float8 * interval '1 second'"
 # A lease taken from another driver (not let go) counts an attempt, as on SQLite.
-_SQL_CLAIM_JOBS: Final = (
-    "WITH picked AS ("  # noqa: S608
-    f" SELECT id FROM jobs WHERE {_UNFINISHED} AND platform = ANY($3::text[])"
-    " AND (lease_owner IS NULL OR lease_until < now() OR ($5 AND lease_owner = $1))"
-    " ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)"
-    " UPDATE jobs SET fence = jobs.fence + 1,"
+# Free jobs (oldest first) and leased ones whose lease expired (with `own`: or that `owner`
+# holds; longest expired first), each read in its own index's order (`jobs_free`,
+# `jobs_leased`) and locked with SKIP LOCKED, so concurrent claimers pass each other's rows; of
+# those, the oldest jobs are taken. (In created order, the leased ones would be read through
+# `jobs_unfinished` past every live lease.)
+_CLAIMABLE_FREE: Final = (
+    f"SELECT id, created_at FROM jobs WHERE {_UNFINISHED} AND lease_owner IS NULL"  # noqa: S608
+    " AND platform = ANY($3::text[]) ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED"
+)
+_CLAIMABLE_LEASED: Final = (
+    f"SELECT id, created_at FROM jobs WHERE {_UNFINISHED} AND lease_owner IS NOT NULL"  # noqa: S608
+    " AND {expired} AND platform = ANY($3::text[])"
+    " ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED"
+)
+_CLAIM_PICKED: Final = (
+    "UPDATE jobs SET fence = jobs.fence + 1,"  # noqa: S608
     " attempts = jobs.attempts + (jobs.lease_owner IS NOT NULL)::int,"
     f" lease_owner = $1, lease_until = {_TTL}"
-    f" FROM picked WHERE jobs.id = picked.id RETURNING {_FIELDS}"
+    " FROM (SELECT id FROM (SELECT * FROM free UNION ALL SELECT * FROM leased) AS found"
+    " ORDER BY created_at, id LIMIT $4) AS picked"
+    f" WHERE jobs.id = picked.id RETURNING {_FIELDS}"
 )
+
+
+def _claim_sql(expired: str) -> str:
+    leased = _CLAIMABLE_LEASED.replace("{expired}", expired)
+    return f"WITH free AS ({_CLAIMABLE_FREE}), leased AS ({leased}) {_CLAIM_PICKED}"
+
+
+_SQL_CLAIM_JOBS: Final = _claim_sql("lease_until < now()")
+# A start under the same replica id (`own`): also this owner's live leases.
+_SQL_CLAIM_OWN_JOBS: Final = _claim_sql("(lease_until < now() OR lease_owner = $1)")
 _SQL_CLAIM_JOB: Final = (
     "UPDATE jobs SET fence = fence + 1,"  # noqa: S608
     " attempts = attempts + (lease_owner IS NOT NULL)::int,"
@@ -207,26 +234,11 @@ _SQL_EXPIRABLE: Final = (
 )
 
 
-def _values(row: dict[str, object], names: Sequence[str]) -> list[object]:
-    """The row's values of `names`, in order. PostgreSQL's text cannot hold NUL: one (in a
-    user name, a backend's error) is stored as U+FFFD. JSON columns escape it, so prompts and
-    options keep theirs."""
-    return [
-        value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-        for value in (row[name] for name in names)
-    ]
-
-
 def _aware(moment: datetime) -> datetime:
     """`moment`, refused when naive (`ValueError`, as `bot.store.rows.encode_time` does)."""
     if moment.utcoffset() is None:
         raise ValueError(f"naive datetime {moment.isoformat()}: the job store keeps UTC times")
     return moment
-
-
-def _user_lock(job: Job) -> str:
-    caller = job.caller
-    return f"{caller.platform.value}\x1f{caller.server}\x1f{caller.user}"
 
 
 class PostgresJobStore:
@@ -248,6 +260,7 @@ class PostgresJobStore:
         )
         self._pool: asyncpg.Pool | None = None
         self._state: Literal["new", "open", "closed"] = "new"
+        self._inserts = GroupInsert(self._conn, self._insert_alone, _UNAVAILABLE)
 
     def __repr__(self) -> str:
         return f"PostgresJobStore({redact_url(self._url)!r})"
@@ -279,8 +292,11 @@ class PostgresJobStore:
             raise
 
     async def aclose(self) -> None:
+        """Close the pool; idempotent. Inserts already waiting for their group go in first."""
         if self._state == "closed":
             return
+        if self._state == "open":
+            await self._inserts.aclose()
         self._state = "closed"
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -338,28 +354,32 @@ class PostgresJobStore:
 
         With `admission`, the user's limits and the global cap are counted in the same
         transaction, under locks that serialise admissions of one user (and, with a global cap,
-        of everyone) across replicas.
+        of everyone) across replicas. Inserts arriving together are written in groups
+        (`stores.postgres.inserts`), each job with its own outcome.
         """
-        row = job_row(job)
-        async with self._conn(transaction=True) as conn:
-            if admission is not None:
-                await self._admit(conn, job, admission)
+        await self._inserts.insert(job, inputs, admission, owner, ttl)
+
+    async def _insert_alone(self, conn: Connection, pending: Pending) -> None:
+        job = pending.job
+        async with conn.transaction():
+            if pending.admission is not None:
+                await self._admit(conn, job, pending.admission)
             try:
-                await conn.execute(_INSERT_JOB, *_values(row, JOB_COLUMNS), owner, ttl)
+                await conn.execute(_INSERT_JOB, *pending.values, pending.owner, pending.ttl)
             except asyncpg.UniqueViolationError:
                 raise KeyError(job.id) from None
             await _write_messages(conn, job)
-            await _write_images(conn, job.id, inputs)
+            await _write_images(conn, job.id, pending.inputs)
 
     async def _admit(self, conn: Connection, job: Job, admission: Admission) -> None:
         caller = job.caller
         key = (caller.platform.value, caller.server, caller.user)
         if admission.max_in_flight is not None:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _GLOBAL_ADMISSION)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", GLOBAL_ADMISSION)
             running = int(await conn.fetchval(_SQL_COUNT_RUNNING))
             if running >= admission.max_in_flight:
                 raise AdmissionRefused("global", running)
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _user_lock(job))
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", user_lock(job))
         if admission.max_running is not None:
             running = int(await conn.fetchval(_SQL_COUNT_USER_RUNNING, *key))
             if running >= admission.max_running:
@@ -377,7 +397,7 @@ class PostgresJobStore:
         row = job_row(job)
         async with self._conn(transaction=True) as conn:
             status = await conn.execute(
-                _UPDATE_JOB, *_values(row, _SAVED), job.id, job.version, job.fence
+                _UPDATE_JOB, *stored_values(row, _SAVED), job.id, job.version, job.fence
             )
             if status == "UPDATE 0":
                 await _check_fence(conn, job.id, job.fence)
@@ -395,9 +415,10 @@ class PostgresJobStore:
         return found[0] if found else None
 
     async def find(self, platform: Platform, server: str, prefix: str) -> Sequence[Job]:
-        return await self._jobs(
-            _SQL_FIND, prefix, prefix_end(prefix), platform.value, server, FIND_LIMIT
-        )
+        high = prefix_end(prefix)
+        if high is None:
+            return await self._jobs(_SQL_FIND_FROM, prefix, platform.value, server, FIND_LIMIT)
+        return await self._jobs(_SQL_FIND, prefix, high, platform.value, server, FIND_LIMIT)
 
     async def query(self, query: JobQuery) -> Sequence[Job]:
         sql, params = query_sql(query)
@@ -494,7 +515,8 @@ class PostgresJobStore:
     ) -> Sequence[Job]:
         names = [platform.value for platform in platforms]
         async with self._conn(transaction=True) as conn:
-            rows = await conn.fetch(_SQL_CLAIM_JOBS, owner, ttl, names, limit, own)
+            sql = _SQL_CLAIM_OWN_JOBS if own else _SQL_CLAIM_JOBS
+            rows = await conn.fetch(sql, owner, ttl, names, limit)
         return sorted((job_from_row(row) for row in rows), key=lambda j: (j.created_at, j.id))
 
     async def claim_job(self, job_id: str, owner: str, ttl: float) -> Job | None:
