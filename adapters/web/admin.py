@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from bot.errors import ConfigError, OperationalError
 from bot.jobs import RESULT_SLOT
 from bot.model import Caller, Job, JobState, Platform
-from bot.ports import ImageStore, JobQuery, JobRepo, OperatorQueries
+from bot.ports import ImageStore, JobQuery, JobRepo, OperatorQueries, Replicas
 from bot.render import duration
 from commands import COMMANDS, Family, parse
 from commands.options import given, text_form
@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 
-class AdminStore(JobRepo, ImageStore, OperatorQueries, Protocol):
-    """What the admin page reads: jobs, their images, and the operators' figures."""
+class AdminStore(JobRepo, ImageStore, OperatorQueries, Replicas, Protocol):
+    """What the admin page reads: jobs, their images, the operators' figures, and the
+    replicas sharing the store."""
 
 
 COOKIE: Final = "sdbot_admin"
@@ -57,6 +58,8 @@ IMAGE_SIDE: Final = 512  # a job's page
 # Stored inputs are kept before they are validated: never decode more pixels than this.
 MAX_SOURCE_PIXELS: Final = 50_000_000
 CHART_DAYS: Final = 14
+# Replicas that reported within this long are listed (as `sdbot check` does).
+REPLICAS_SEEN: Final = timedelta(minutes=10)
 _SECURITY_HEADERS: Final = {
     "Content-Security-Policy": (
         "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
@@ -166,7 +169,7 @@ class _Flash:
 
 
 class AdminPage:
-    """The `/admin` routes over one running app and its SQLite store."""
+    """The `/admin` routes over one running app and its store (any engine)."""
 
     def __init__(self, app: BotApp, store: AdminStore, token: str) -> None:
         if len(token) < 16:
@@ -278,7 +281,28 @@ class AdminPage:
             context["jobs"] = [_row(j) for j in jobs[:PAGE_SIZE]]
             context.update(await self._summaries(platform, server))
         context["endpoints"], context["endpoint_error"] = await self._endpoints()
+        context["store"] = await self._store_summary()
         return self._render("index.html", **context)
+
+    async def _store_summary(self) -> dict[str, Any]:
+        """The store's engine (no secrets), schema version and the replicas seen recently."""
+        now = self._app.clock.now()
+        seen = await self._store.replicas(now - REPLICAS_SEEN)
+        return {
+            "describe": self._store.describe,
+            "version": await self._store.schema_version(),
+            "minutes": int(REPLICAS_SEEN.total_seconds() // 60),
+            "replicas": [
+                {
+                    "id": r.id,
+                    "seen": duration(max(0.0, (now - r.seen_at).total_seconds())),
+                    "jobs": r.jobs,
+                    "stale": r.stale_writes,
+                    "since": r.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                }
+                for r in seen
+            ],
+        }
 
     async def _summaries(self, platform: Platform, server: str) -> dict[str, Any]:
         now = self._app.clock.now()

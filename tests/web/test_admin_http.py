@@ -115,10 +115,17 @@ async def test_cancel_goes_through_the_chat_cancel(tmp_path: Path) -> None:
             RecordingResponder(),
         )
         assert job is not None
+        await app.store.heartbeat("replica-7", stale_writes=2)
         port = await web.serve("127.0.0.1", 0)
         try:
             base = f"http://127.0.0.1:{port}/admin/jobs/{job.id}"
             async with aiohttp.ClientSession(headers=BEARER) as http:
+                # The store card: the engine, its schema version and the replicas seen lately.
+                async with http.get(f"http://127.0.0.1:{port}/admin") as response:
+                    page = await response.text()
+                    assert f"{app.store.describe}, schema version " in page
+                    assert re.search(r"<td>replica-7</td><td>[\d.]+ s ago</td>", page), page
+                    assert '<td class="num warn">2</td>' in page
                 async with http.get(base) as response:
                     page = await response.text()
                     assert "Cancel job" in page
