@@ -74,14 +74,31 @@ def user_lock(job: Job) -> str:
     return "\x1f".join(_user(job))
 
 
+def storable_text(value: str) -> str:
+    """`value` as a text column can hold it. PostgreSQL's text cannot hold NUL: one (in a user
+    name, a backend's error, a file name) is stored as U+FFFD. JSON columns escape it, so
+    prompts and options keep theirs."""
+    return value.replace("\x00", "\ufffd")
+
+
 def stored_values(row: dict[str, object], names: Sequence[str]) -> list[object]:
-    """The row's values of `names`, in order. PostgreSQL's text cannot hold NUL: one (in a
-    user name, a backend's error) is stored as U+FFFD. JSON columns escape it, so prompts and
-    options keep theirs."""
-    return [
-        value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-        for value in (row[name] for name in names)
-    ]
+    """The row's values of `names`, in order, text as a column holds it (`storable_text`)."""
+    values = (row[name] for name in names)
+    return [storable_text(value) if isinstance(value, str) else value for value in values]
+
+
+def image_records(
+    job_id: str, images: Sequence[StoredImage]
+) -> list[tuple[str, str, int, str, bytes]]:
+    """The `images` rows of a job's images (job_id, slot, idx, name, data): each slot's
+    numbered from 0 in the order given."""
+    next_idx: dict[str, int] = {}
+    records = []
+    for image in images:
+        idx = next_idx.get(image.slot, 0)
+        next_idx[image.slot] = idx + 1
+        records.append((job_id, image.slot, idx, storable_text(image.name), image.data))
+    return records
 
 
 @dataclasses.dataclass(eq=False)
@@ -302,11 +319,7 @@ async def _copy_group(conn: Connection, admitted: list[Pending], now: datetime) 
             (caller.platform.value, caller.server, message, job.id)
             for message in dict.fromkeys(posted)
         ]
-        slots: dict[str, int] = {}
-        for image in pending.inputs:
-            idx = slots.get(image.slot, 0)
-            slots[image.slot] = idx + 1
-            images.append((job.id, image.slot, idx, image.name, image.data))
+        images += image_records(job.id, pending.inputs)
     await conn.copy_records_to_table(
         "jobs", records=jobs, columns=(*JOB_COLUMNS, "lease_owner", "lease_until")
     )

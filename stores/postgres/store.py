@@ -54,7 +54,14 @@ from bot.store.rows import (
     job_from_row,
     job_row,
 )
-from stores.postgres.inserts import GLOBAL_ADMISSION, GroupInsert, stored_values, user_lock
+from stores.postgres.inserts import (
+    GLOBAL_ADMISSION,
+    GroupInsert,
+    image_records,
+    storable_text,
+    stored_values,
+    user_lock,
+)
 from stores.postgres.schema import migrate, schema_version
 from stores.postgres.settings import redact_url
 
@@ -133,9 +140,15 @@ _SQL_FIND: Final = (
 _SQL_FIND_FROM: Final = (
     f"{SELECT_JOBS} WHERE id >= $1 AND platform = $2 AND server = $3 ORDER BY id LIMIT $4"
 )
+# Two statements: `job_thread IS NOT DISTINCT FROM $4` is no index condition, so the newest
+# job of a thread would be found by reading every job of its channel.
 _SQL_LATEST_IN_THREAD: Final = (
     f"{SELECT_JOBS} WHERE platform = $1 AND server = $2 AND job_channel = $3"
-    " AND job_thread IS NOT DISTINCT FROM $4 ORDER BY jobs.created_at DESC, jobs.id DESC LIMIT 1"
+    " AND job_thread = $4 ORDER BY jobs.created_at DESC, jobs.id DESC LIMIT 1"
+)
+_SQL_LATEST_IN_CHANNEL: Final = (
+    f"{SELECT_JOBS} WHERE platform = $1 AND server = $2 AND job_channel = $3"
+    " AND job_thread IS NULL ORDER BY jobs.created_at DESC, jobs.id DESC LIMIT 1"
 )
 _SQL_COUNT_USER_RUNNING: Final = (
     "SELECT count(*) FROM jobs WHERE platform = $1 AND server = $2 AND user_id = $3"
@@ -430,9 +443,11 @@ class PostgresJobStore:
     async def latest_in_thread(
         self, platform: Platform, server: str, thread: Conversation
     ) -> Job | None:
-        found = await self._jobs(
-            _SQL_LATEST_IN_THREAD, platform.value, server, thread.channel, thread.thread
-        )
+        where = (platform.value, server, thread.channel)
+        if thread.thread is None:
+            found = await self._jobs(_SQL_LATEST_IN_CHANNEL, *where)
+        else:
+            found = await self._jobs(_SQL_LATEST_IN_THREAD, *where, thread.thread)
         return found[0] if found else None
 
     async def by_message(self, platform: Platform, server: str, message: str) -> Job | None:
@@ -493,7 +508,7 @@ class PostgresJobStore:
         async with self._conn() as conn:
             status = await conn.execute(
                 "INSERT INTO claims (key, created_at) VALUES ($1, now()) ON CONFLICT DO NOTHING",
-                key,
+                storable_text(key),
             )
         return bool(status == "INSERT 0 1")
 
@@ -664,7 +679,7 @@ class PostgresJobStore:
                         "DELETE FROM settings WHERE platform = $1 AND server = $2"
                         " AND scope = $3 AND key = $4",
                         *where,
-                        key,
+                        storable_text(key),
                     )
                 else:
                     await conn.execute(
@@ -673,8 +688,8 @@ class PostgresJobStore:
                         " ON CONFLICT (platform, server, scope, key)"
                         " DO UPDATE SET value = excluded.value",
                         *where,
-                        key,
-                        value,
+                        storable_text(key),
+                        storable_text(value),
                     )
 
     # -- OperatorQueries -------------------------------------------------------------------
@@ -756,14 +771,10 @@ async def _write_images(conn: Connection, job_id: str, images: Sequence[StoredIm
     await conn.execute(
         "DELETE FROM images WHERE job_id = $1 AND slot = ANY($2::text[])", job_id, slots
     )
-    next_idx: dict[str, int] = {}
-    rows = []
-    for image in images:
-        idx = next_idx.get(image.slot, 0)
-        next_idx[image.slot] = idx + 1
-        rows.append((job_id, image.slot, idx, image.name, image.data))
     await conn.copy_records_to_table(
-        "images", records=rows, columns=("job_id", "slot", "idx", "name", "data")
+        "images",
+        records=image_records(job_id, images),
+        columns=("job_id", "slot", "idx", "name", "data"),
     )
 
 

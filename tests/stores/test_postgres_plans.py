@@ -48,6 +48,16 @@ async def test_an_id_prefix_reads_only_its_range(conn: asyncpg.Connection) -> No
     assert "Index Cond: ((id >= $1) AND (id < $2))" in plan, plan
 
 
+@pytest.mark.parametrize("statement", ["_SQL_LATEST_IN_THREAD", "_SQL_LATEST_IN_CHANNEL"])
+async def test_the_latest_job_of_a_thread_is_read_off_the_thread_index(
+    conn: asyncpg.Connection, statement: str
+) -> None:
+    args = "'discord', 'g1', 'c1'" + (", 't1'" if statement == "_SQL_LATEST_IN_THREAD" else "")
+    plan = await generic_plan(conn, getattr(sql, statement), args)
+    assert "using jobs_by_thread on jobs" in plan, plan
+    assert "job_thread" in plan.split("Index Cond:")[1].split("\n")[0], plan
+
+
 async def test_a_claim_reads_free_and_expired_jobs_through_their_indexes(
     conn: asyncpg.Connection,
 ) -> None:

@@ -221,6 +221,15 @@ async def test_nul_in_a_text_column(store: JobStore) -> None:
     assert found is not None
     kept = "bad\x00byte" if store.describe.startswith("SQLite") else "bad\ufffdbyte"
     assert found.error == kept
+    # The same for the other text a user can put in: an image's file name, a setting, an
+    # event's key. None of them fails the write.
+    await store.put_images(job.id, [StoredImage("result", "bad\x00byte.png", b"r")])
+    [image] = await store.images(job.id)
+    assert image.name == f"{kept}.png"
+    await store.put_settings(D, "g1", "", {"bad\x00byte": "bad\x00byte"})
+    assert await store.settings(D, "g1", "") == {kept: kept}
+    assert await store.claim("bad\x00byte")
+    assert not await store.claim("bad\x00byte")
 
 
 def test_any_job_round_trips(new_store: Callable[[], JobStore]) -> None:
