@@ -51,6 +51,7 @@ from commands.options import job_options
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from bot.app import BotApp
     from bot.views import StatusView
 
 Row = tuple[str, str, str, bool]
@@ -252,26 +253,32 @@ class _TimedResponder(RecordingResponder):
 _ACK_TEXT = "img2img a cat in a hat steps=25 seed=7"
 
 
+def burst_rows(callers: Sequence[Caller], refs: Sequence[AttachmentRef]) -> list[dict[str, object]]:
+    """The burst's lines parsed and their job rows built, as the bot does for each command."""
+    now = datetime.now(UTC)
+    rows = []
+    for caller, ref in zip(callers, refs, strict=True):
+        parsed = parse(_ACK_TEXT, now=now)
+        job = Job(
+            id=new_job_id(),
+            command=parsed.name,
+            caller=caller,
+            state=JobState.CREATED,
+            created_at=now,
+            options=job_options(parsed.name, parsed.options),
+            attachments=(ref,),
+        )
+        rows.append(job_row(job))
+    return rows
+
+
 def _ack_floor(path: Path, callers: Sequence[Caller], refs: Sequence[AttachmentRef]) -> float:
     """Parse the same lines, build the same rows, insert them in one transaction (same
     pragmas and schema as the store), in ms: no bot could acknowledge the burst faster."""
     db = Database.open(str(path))
     try:
-        now = datetime.now(UTC)
         t0 = time.perf_counter()
-        rows = []
-        for caller, ref in zip(callers, refs, strict=True):
-            parsed = parse(_ACK_TEXT, now=now)
-            job = Job(
-                id=new_job_id(),
-                command=parsed.name,
-                caller=caller,
-                state=JobState.CREATED,
-                created_at=now,
-                options=job_options(parsed.name, parsed.options),
-                attachments=(ref,),
-            )
-            rows.append(job_row(job))
+        rows = burst_rows(callers, refs)
         with transaction(db.conn):
             db.conn.executemany(INSERT_JOB, rows)
         return (time.perf_counter() - t0) * 1000
@@ -279,33 +286,39 @@ def _ack_floor(path: Path, callers: Sequence[Caller], refs: Sequence[AttachmentR
         db.close()
 
 
+async def burst_latencies(
+    app: BotApp, burst: int
+) -> tuple[list[float], list[Caller], list[AttachmentRef]]:
+    """Acknowledgement latencies (ms) of `burst` commands sent at once to `app` (not yet
+    started; it is started and stopped here), with the callers and attachments they carried."""
+    adapter = RecordingAdapter()
+    app.add_adapter(adapter)
+    image = png(64, 64)
+    latencies: list[float] = []
+    callers = [chat_caller(f"user{n}") for n in range(burst)]
+    refs = [adapter.attach("a.png", image) for _ in range(burst)]
+    async with app:
+        # The channel's settings are read once, as in any channel that has seen a command.
+        warm = RecordingResponder()
+        await app.dispatcher.handle_text(chat_caller("warm"), _ACK_TEXT, [refs[0]], warm)
+        t0 = time.perf_counter()
+        await asyncio.gather(
+            *(
+                app.dispatcher.handle_text(caller, _ACK_TEXT, [ref], _TimedResponder(t0, latencies))
+                for caller, ref in zip(callers, refs, strict=True)
+            )
+        )
+        await app.runner.aclose()
+    if len(latencies) != burst:
+        raise RuntimeError(f"only {len(latencies)} of {burst} commands were acknowledged")
+    return latencies, callers, refs
+
+
 async def _ack_once(burst: int) -> tuple[float, float, float]:
     """p50 and p99 of one burst's acknowledgements, and the floor, in ms."""
     with tempfile.TemporaryDirectory() as tmp:
         config = fast_config(Path(tmp), local_delay=600.0, max_in_flight=burst + 10)
-        app = make_app(config)
-        adapter = RecordingAdapter()
-        app.add_adapter(adapter)
-        image = png(64, 64)
-        latencies: list[float] = []
-        callers = [chat_caller(f"user{n}") for n in range(burst)]
-        refs = [adapter.attach("a.png", image) for _ in range(burst)]
-        async with app:
-            # The channel's settings are read once, as in any channel that has seen a command.
-            warm = RecordingResponder()
-            await app.dispatcher.handle_text(chat_caller("warm"), _ACK_TEXT, [refs[0]], warm)
-            t0 = time.perf_counter()
-            await asyncio.gather(
-                *(
-                    app.dispatcher.handle_text(
-                        caller, _ACK_TEXT, [ref], _TimedResponder(t0, latencies)
-                    )
-                    for caller, ref in zip(callers, refs, strict=True)
-                )
-            )
-            await app.runner.aclose()
-        if len(latencies) != burst:
-            raise RuntimeError(f"only {len(latencies)} of {burst} commands were acknowledged")
+        latencies, callers, refs = await burst_latencies(make_app(config), burst)
         floor = _ack_floor(Path(tmp) / "floor.sqlite3", callers, refs)
     return statistics.median(latencies), percentile(latencies, 99), floor
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import statistics
 import sys
 import tempfile
@@ -21,20 +20,18 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from bench.machine import percentile
-from bench.scenarios import _ACK_TEXT, _TimedResponder
+from bench.scenarios import burst_latencies, burst_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kit"))
 
-from pg_kit import in_schema, server_url
-from scenario_kit import RecordingAdapter, RecordingResponder, chat_caller, default_backend
+from pg_kit import schema_on, server_url
+from scenario_kit import default_backend
 from scenario_kit import fast_config as _fast_config
 
 from bot.app import BotApp
-from bot.ids import new_job_id
-from bot.model import Caller, Conversation, Job, JobState, Platform
+from bot.model import AttachmentRef, Caller, Conversation, Job, JobState, Platform
 from bot.store import SqliteJobStore
-from bot.store.rows import JOB_COLUMNS, job_row
-from commands import parse
+from bot.store.rows import JOB_COLUMNS
 from commands.options import job_options
 from stores.postgres import PostgresJobStore
 
@@ -47,20 +44,9 @@ Row = tuple[str, str, str, bool]
 ENGINES = ("SQLite", "PostgreSQL")
 
 
-@contextlib.asynccontextmanager
-async def _pg_schema() -> AsyncIterator[str]:
+def _pg_schema() -> contextlib.AbstractAsyncContextManager[str]:
     """A URL whose tables go to a new schema on the test server, dropped on exit."""
-    url = server_url()
-    schema = f"sdbot_bench_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-        try:
-            yield in_schema(url, schema)
-        finally:
-            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    finally:
-        await conn.close()
+    return schema_on(server_url(), prefix="sdbot_bench")
 
 
 @contextlib.asynccontextmanager
@@ -76,30 +62,13 @@ async def _stores(engine: str, tmp: Path) -> AsyncIterator[Callable[[], JobStore
 # -- Acknowledgement of a burst ---------------------------------------------------------------
 
 
-def _rows(callers: Sequence[Caller]) -> list[dict[str, object]]:
-    now = datetime.now(UTC)
-    rows = []
-    for caller in callers:
-        parsed = parse(_ACK_TEXT, now=now)
-        job = Job(
-            id=new_job_id(),
-            command=parsed.name,
-            caller=caller,
-            state=JobState.CREATED,
-            created_at=now,
-            options=job_options(parsed.name, parsed.options),
-        )
-        rows.append(job_row(job))
-    return rows
-
-
-async def _pg_floor(url: str, callers: Sequence[Caller]) -> float:
+async def _pg_floor(url: str, callers: Sequence[Caller], refs: Sequence[AttachmentRef]) -> float:
     """Parse, build the rows and insert them in one transaction on one connection, in ms: no
     bot on this server could acknowledge the burst faster."""
     conn = await asyncpg.connect(url)
     try:
         t0 = time.perf_counter()
-        rows = _rows(callers)
+        rows = burst_rows(callers, refs)
         async with conn.transaction():
             await conn.copy_records_to_table(
                 "jobs",
@@ -117,33 +86,13 @@ async def _ack_once(engine: str, burst: int) -> tuple[float, float, float | None
         config = _fast_config(Path(tmp), local_delay=600.0, max_in_flight=burst + 10)
         async with _stores(engine, Path(tmp)) as new_store:
             app = BotApp(config.core, backend=default_backend(config), store=new_store())
-            adapter = RecordingAdapter()
-            app.add_adapter(adapter)
-            image = b"\x89PNG not decoded before the ack"
-            callers = [chat_caller(f"user{n}") for n in range(burst)]
-            refs = [adapter.attach("a.png", image) for _ in range(burst)]
-            latencies: list[float] = []
-            async with app:
-                warm = RecordingResponder()
-                await app.dispatcher.handle_text(chat_caller("warm"), _ACK_TEXT, [refs[0]], warm)
-                t0 = time.perf_counter()
-                await asyncio.gather(
-                    *(
-                        app.dispatcher.handle_text(
-                            caller, _ACK_TEXT, [ref], _TimedResponder(t0, latencies)
-                        )
-                        for caller, ref in zip(callers, refs, strict=True)
-                    )
-                )
-                await app.runner.aclose()
-            if len(latencies) != burst:
-                raise RuntimeError(f"{engine}: {len(latencies)} of {burst} acknowledged")
-            floor = None
-            if engine == "PostgreSQL":
-                async with _pg_schema() as url:
-                    async with PostgresJobStore(url):  # the schema, migrated
-                        pass
-                    floor = await _pg_floor(url, callers)
+            latencies, callers, refs = await burst_latencies(app, burst)
+        floor = None
+        if engine == "PostgreSQL":
+            async with _pg_schema() as url:
+                async with PostgresJobStore(url):  # the schema, migrated
+                    pass
+                floor = await _pg_floor(url, callers, refs)
     return statistics.median(latencies), percentile(latencies, 99), floor
 
 

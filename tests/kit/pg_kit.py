@@ -67,8 +67,14 @@ def in_schema(url: str, schema: str) -> str:
 @asynccontextmanager
 async def fresh_schema() -> AsyncIterator[str]:
     """A database URL whose tables live in a new, empty schema, dropped on exit."""
-    url = await require_server()
-    schema = f"sdbot_test_{secrets.token_hex(6)}"
+    async with schema_on(await require_server()) as url:
+        yield url
+
+
+@asynccontextmanager
+async def schema_on(url: str, prefix: str = "sdbot_test") -> AsyncIterator[str]:
+    """`url` in a new, empty schema of that server, dropped on exit (benchmarks too)."""
+    schema = f"{prefix}_{secrets.token_hex(6)}"
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(f"CREATE SCHEMA {schema}")
