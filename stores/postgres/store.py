@@ -309,7 +309,9 @@ class PostgresJobStore:
         if self._state == "closed":
             return
         if self._state == "open":
-            await self._inserts.aclose()
+            # Bounded as the pool's close below: a server gone away fails them meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._inserts.aclose(), self._timeout_ms / 1000)
         self._state = "closed"
         pool, self._pool = self._pool, None
         if pool is not None:

@@ -13,7 +13,7 @@ from store_kit import T0, D, S, ids, make_job
 from bot.ports import Admission, AdmissionRefused, JobQuery, StoredImage
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from bot.ports import JobStore
 
@@ -100,3 +100,20 @@ async def test_a_naive_time_fails_only_its_own_insert(store: JobStore) -> None:
     ]
     assert await outcomes(burst) == ["ok", "ValueError"]
     assert await store.get("n1") is not None and await store.get("n2") is None
+
+
+async def test_closing_lets_the_inserts_already_made_commit(
+    new_store: Callable[[], JobStore],
+) -> None:
+    first = new_store()
+    await first.start()
+    calls = [asyncio.ensure_future(first.insert(make_job(f"c{n}", minute=n))) for n in range(5)]
+    await asyncio.sleep(0)  # every call is under way
+    await first.aclose()
+    assert await outcomes(calls) == ["ok"] * 5
+    again = new_store()
+    await again.start()
+    try:
+        assert ids(await again.query(JobQuery(D, "g1"))) == [f"c{n}" for n in range(4, -1, -1)]
+    finally:
+        await again.aclose()
