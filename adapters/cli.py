@@ -195,6 +195,10 @@ def make_app(
             secrets=secrets,
         )
         metrics.jobs_in_flight.set_function(lambda: app.runner.in_flight)
+        leases = app.runner.leases
+        metrics.watch_ownership(
+            lambda: leases.held, lambda: leases.stale_writes, lambda: app.runner.parked
+        )
     if settings[RunSettings].backend == "esd":
         from cloud.esd import EsdBackend
 

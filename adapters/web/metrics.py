@@ -12,7 +12,10 @@ wrapping the ports at the composition root (`adapters.cli`):
 - `http_trace`: an aiohttp `TraceConfig` counting HTTP requests by route template and status
   (ESD's REST API, the WebUI's API, Slack's Web API, Discord's REST API), so 429s show up per
   route;
-- `event_lag`: fed by ESD's completion-events consumer (`CompletionConsumer.observe_lag`).
+- `event_lag`: fed by ESD's completion-events consumer (`CompletionConsumer.observe_lag`);
+- `watch_ownership`: the job leases this replica holds, its writes refused for an old fence
+  (another replica took the job over) and the jobs it parked after too many takeovers, read
+  off the runner at each scrape.
 
 Labels carry bounded values only: command names, states, platforms, method names, exception
 class names, route templates, and endpoint names capped by `LabelCap`. Never a prompt, a user
@@ -28,12 +31,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from bot.errors import BackendError, BackendUnavailableError
 from bot.model import Delivery, Job, JobState
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from datetime import datetime
 
     from yarl import URL
@@ -88,6 +93,9 @@ class Metrics:
         )
         self.jobs_in_flight = Gauge(
             "sdbot_jobs_in_flight", "Jobs being driven by this process", registry=r
+        )
+        self.leases_held = Gauge(
+            "sdbot_job_leases_held", "Job leases this replica holds", registry=r
         )
         self.refusals = Counter(
             "sdbot_refusals", "Requests refused, by reason", ["reason"], registry=r
@@ -176,6 +184,28 @@ class Metrics:
         )
         # When the backend last answered anything (monotonic seconds); None = never.
         self.backend_answered: float | None = None
+
+    def watch_ownership(
+        self, held: Callable[[], int], stale_writes: Callable[[], int], parked: Callable[[], int]
+    ) -> None:
+        """Read this replica's leases and its counts of refused writes and parked jobs (kept by
+        `bot.leases.JobOwnership` and the runner) at each scrape."""
+        self.leases_held.set_function(held)
+        self.registry.register(
+            _Counts(
+                {
+                    "sdbot_stale_writes_refused": (
+                        "Writes of this replica refused for an old fence (the job was taken "
+                        "over by another replica)",
+                        stale_writes,
+                    ),
+                    "sdbot_jobs_parked": (
+                        "Jobs parked as failed after too many takeovers",
+                        parked,
+                    ),
+                }
+            )
+        )
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
@@ -397,3 +427,14 @@ def chat_trace(metrics: Metrics, platform: str, base: URL) -> aiohttp.TraceConfi
             platform, method, route, status
         ).inc(),
     )
+
+
+class _Counts(Collector):
+    """Counters a component keeps itself, read when scraped."""
+
+    def __init__(self, counts: dict[str, tuple[str, Callable[[], int]]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, (documentation, read) in self._counts.items():
+            yield CounterMetricFamily(name, documentation, value=read())

@@ -55,6 +55,10 @@ async def test_counters_and_histograms_follow_a_scripted_scenario(tmp_path: Path
         assert bad_job is not None and bad_job.state is JobState.FAILED
         endpoint = ok_job.endpoint or ""
         assert metrics.registry.get_sample_value("sdbot_jobs_in_flight") == 0
+        # Every job ended here: no lease held, none taken over, none parked.
+        assert metrics.registry.get_sample_value("sdbot_job_leases_held") == 0
+        assert value(metrics, "sdbot_stale_writes_refused_total") == 0
+        assert value(metrics, "sdbot_jobs_parked_total") == 0
 
     created = value(metrics, "sdbot_jobs_created_total", command="img2img", platform="discord")
     assert created == 3
@@ -122,3 +126,17 @@ def test_route_templates_hide_ids_and_other_hosts() -> None:
 def test_label_cap_bounds_a_label() -> None:
     cap = LabelCap(2)
     assert [cap(v) for v in ("a", "b", "c", "a", None)] == ["a", "b", "other", "a", "none"]
+
+
+def test_ownership_is_read_off_the_runner_at_each_scrape() -> None:
+    metrics = Metrics()
+    counts = {"held": 3, "stale": 2, "parked": 1}
+    metrics.watch_ownership(
+        lambda: counts["held"], lambda: counts["stale"], lambda: counts["parked"]
+    )
+    assert metrics.registry.get_sample_value("sdbot_job_leases_held") == 3
+    counts.update(held=0, stale=5)
+    assert metrics.registry.get_sample_value("sdbot_job_leases_held") == 0
+    assert value(metrics, "sdbot_stale_writes_refused_total") == 5
+    assert value(metrics, "sdbot_jobs_parked_total") == 1
+    assert "# TYPE sdbot_stale_writes_refused_total counter" in metrics.exposition().decode()
