@@ -262,6 +262,19 @@ def load_settings(
     return Settings(_build(kind, given[kind]) for kind in kinds)
 
 
+def environment_names(sections: Iterable[type[Section]]) -> frozenset[str]:
+    """Every environment variable `load_settings` reads for `sections`, `SDBOT_CONFIG` too:
+    what to clear for a run that is to see only the settings it is given."""
+    names = {"SDBOT_CONFIG"}
+    for kind in sections:
+        secret = _secret_fields(kind)
+        names.update(secret.values())
+        names.update(
+            n for name in kind.model_fields if name not in secret for n in _env_names(kind, name)
+        )
+    return frozenset(names)
+
+
 def _build(kind: type[S], given: Mapping[str, tuple[str, object]]) -> S:
     """The section from `given` (field → where it came from, value), naming a bad value."""
     try:
@@ -280,6 +293,7 @@ __all__ = [
     "Secret",
     "Section",
     "Settings",
+    "environment_names",
     "listed",
     "load_settings",
     "read_file",

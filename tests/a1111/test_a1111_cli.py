@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
 import pytest
-from scenario_kit import RecordingAdapter, RecordingResponder, chat_caller, fast_config, png
+from scenario_kit import (
+    RecordingAdapter,
+    RecordingResponder,
+    chat_caller,
+    clean_env,
+    fast_config,
+    png,
+)
 
 from adapters.cli import RunSettings, load_config, make_app, make_backend
 from adapters.web.metrics import Metrics
@@ -21,19 +27,13 @@ AUTH = "sdbot:gpu-box-pa55"
 
 
 async def sdbot(tmp_path: Path, *args: str, stdin: str = "", **env: str) -> tuple[int, str, str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SDBOT_", "ESD_", "SLACK_", "DISCORD_", "A1111_"))
-    }
-    clean.update(env, PYTHONPATH=str(ROOT))
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "adapters.cli",
         *args,
         cwd=tmp_path,
-        env=clean,
+        env=clean_env(**env, PYTHONPATH=str(ROOT)),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

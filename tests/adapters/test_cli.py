@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -11,20 +10,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from scenario_kit import png
+from scenario_kit import clean_env, png
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def clean_env(**env: str) -> dict[str, str]:
-    """This process's environment without sdbot's settings, plus `env`."""
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SDBOT_", "ESD_", "SLACK_", "DISCORD_"))
-    }
-    clean.update(env)
-    return clean
 
 
 def sdbot(

@@ -11,7 +11,7 @@ import pytest
 from adapters.cli import SECTIONS, RunSettings, load_config
 from adapters.discord.settings import DiscordSettings
 from adapters.slack.settings import SlackSettings
-from bot.config import Config, Env, Secret, Section, load_settings
+from bot.config import Config, Env, Secret, Section, environment_names, load_settings
 from bot.errors import ConfigError
 from cloud.esd.config import EsdSettings
 
@@ -154,3 +154,11 @@ def test_a_new_section_reads_its_own_settings(tmp_path: Path) -> None:
     assert settings.core.max_side == 512
     assert settings.secret_values() == ("widget-key-1",)
     assert "widget-key-1" not in repr(widget)
+
+
+def test_environment_names_are_every_variable_the_settings_read() -> None:
+    names = environment_names(SECTIONS)
+    assert {"SDBOT_CONFIG", "SDBOT_MAX_BYTES", "ESD_API_URL", "SDBOT_ESD_API_URL"} <= names
+    assert {"ESD_API_KEY", "DISCORD_TOKEN", "SLACK_SIGNING_SECRET", "A1111_API_AUTH"} <= names
+    # A credential is read from its own variable only.
+    assert "SDBOT_ESD_API_KEY" not in names and "SDBOT_DISCORD_TOKEN" not in names

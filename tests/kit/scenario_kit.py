@@ -8,6 +8,7 @@ what the core posted so tests can look at threads, status edits and results.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from PIL import Image, ImageDraw
 from adapters.cli import SECTIONS
 from adapters.console import ConsoleAdapter, run_console
 from bot.app import BotApp
-from bot.config import Section, Settings
+from bot.config import Section, Settings, environment_names
 from bot.errors import ChatDeliveryError, ImageInputError
 from bot.model import AttachmentRef, Caller, Conversation, Job, Platform
 from bot.ports import PlatformTraits, PostedStatus
@@ -92,6 +93,13 @@ class FastSettings(Settings):
             if name in type(section).model_fields:
                 return getattr(section, name)
         raise AttributeError(name)
+
+
+def clean_env(**env: str) -> dict[str, str]:
+    """This process's environment without any variable sdbot's settings read, plus `env`: a
+    child `sdbot` sees the settings a test gives it and none of the developer's."""
+    read = environment_names(SECTIONS)
+    return {k: v for k, v in os.environ.items() if k not in read} | env
 
 
 def fast_config(tmp_path: Path, **overrides: Any) -> FastSettings:

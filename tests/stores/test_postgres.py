@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 from pg_kit import fresh_schema
-from scenario_kit import png
+from scenario_kit import clean_env, png
 from store_kit import D, make_job
 
 from bot.errors import StorageError
 from bot.model import JobState
 from bot.ports import Admission, AdmissionRefused, LeaseLost, StoredImage
 from stores.postgres import PostgresJobStore, PostgresSettings, redact_url
-from tests.adapters.test_cli import clean_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
