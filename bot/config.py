@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, mo
 
 from bot.errors import ConfigError
 from bot.leases import default_replica_id
+from bot.model import EndpointType
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -107,7 +108,7 @@ class Config(Section):
     model: str | None = None
     vae: str = "Automatic"
     endpoint: str | None = None
-    inference_type: str = "Async"  # "Async" | "Real-time"
+    inference_type: EndpointType = EndpointType.ASYNC  # "Async" | "Real-time"
     # Polling and status (SPEC §3 step 4, §4.1).
     # The core asks often; backends decide how often they really call out (ESD answers from a
     # list scan it reuses for 2 s), so asking costs little and results arrive promptly.
@@ -145,10 +146,6 @@ class Config(Section):
         # Validate now, so a bad value fails at start-up rather than on the first job.
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be `text` or `json`, got {self.log_format!r}")
-        if self.inference_type not in ("Async", "Real-time"):
-            raise ConfigError(
-                f"inference_type must be `Async` or `Real-time`, got {self.inference_type!r}"
-            )
         for name in ("max_bytes", "max_pixels", "max_side"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -283,7 +280,9 @@ def _build(kind: type[S], given: Mapping[str, tuple[str, object]]) -> S:
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else ""
         where, raw = given.get(name, (name, error.get("input")))
-        raise ConfigError(f"setting `{where}` has an invalid value: {raw!r}") from None
+        raise ConfigError(
+            f"setting `{where}` has an invalid value: {raw!r} ({error['msg']})"
+        ) from None
 
 
 __all__ = [

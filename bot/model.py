@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from commands.spec import Area, Fill, Method, Resize, Sampler, Scheduler, join_sampler
 
@@ -217,8 +217,12 @@ class Job:
 # -- What backends report -------------------------------------------------------------------
 
 
-# How an endpoint runs jobs (ESD `endpoint_type`, reference/esd-api.md §4).
-EndpointType = Literal["Async", "Real-time"]
+class EndpointType(enum.StrEnum):
+    """How an endpoint runs jobs (ESD's `endpoint_type` and `inference_type`,
+    reference/esd-api.md §4): queued (`Async`), or within the start request (`Real-time`)."""
+
+    ASYNC = "Async"
+    REAL_TIME = "Real-time"
 
 
 @dataclass(frozen=True)

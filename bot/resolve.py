@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from bot.catalog import endpoint_states, stem, vae_keyword
 from bot.errors import BackendError, RefusedError
 from bot.imaging import default_size
-from bot.model import Endpoint, GenerationParams
+from bot.model import Endpoint, EndpointType, GenerationParams
 from commands.options import (
     GENERATE_DEFAULTS,
     GenerateOptions,
@@ -105,12 +105,12 @@ class Resolver:
                 raise RefusedError(
                     f"endpoint `{found.name}` is {found.status}, not InService; endpoints: {states}"
                 )
-            if async_only and found.type != "Async":
+            if async_only and found.type is not EndpointType.ASYNC:
                 raise RefusedError(
                     f"endpoint `{found.name}` is {found.type}; interrogate needs an Async endpoint"
                 )
             return found
-        wanted = "Async" if async_only else self._config.inference_type
+        wanted = EndpointType.ASYNC if async_only else self._config.inference_type
         for fresh in (False, True):
             endpoints = await self._catalog.endpoints(fresh=fresh)
             for endpoint in sorted(endpoints, key=lambda e: e.name):

@@ -41,6 +41,7 @@ from bot.model import (
     BackendStatus,
     CloudJob,
     Endpoint,
+    EndpointType,
     GenerationParams,
     InterrogateParams,
     JobOutput,
@@ -253,7 +254,7 @@ class A1111Backend:
             Endpoint(
                 name=self._config.endpoint_name,
                 status="InService",
-                type="Async",
+                type=EndpointType.ASYNC,
                 instance_type=f"WebUI at {self._client.host}",
                 instance_count=1,
             ),

@@ -30,7 +30,7 @@ from bot.errors import (
     JobFailedError,
     ResultsExpiredError,
 )
-from bot.model import Endpoint, JobOutput, JobState, Submitted
+from bot.model import Endpoint, EndpointType, JobOutput, JobState, Submitted
 from bot.recent import Recent
 from cloud.esd.a1111 import (
     INTERROGATE_TASKS,
@@ -53,7 +53,8 @@ from cloud.esd.payloads import NO_REASON, is_unlistable, parse_version
 from cloud.esd.polling import StatusBook
 from cloud.esd.sagemaker import SageMakerConfig, SageMakerInterrogator
 from cloud.esd.sharing import SharedScans
-from cloud.esd.wire import INFERENCE_TYPES, CreateInference
+from cloud.esd.wire import CreateInference
+from cloud.esd.wire import inference_type as wire_inference_type
 from commands.spec import COMMANDS, MODEL_TYPES, Family
 
 if TYPE_CHECKING:
@@ -373,15 +374,13 @@ class EsdBackend:
         created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Submitted:
         endpoint = await self._endpoint(params.endpoint)
-        inference_type = self._config.inference_type
-        if endpoint is not None and endpoint.type in INFERENCE_TYPES:
-            # ESD starts the job the way `inference_type` says; it must match the endpoint.
-            inference_type = endpoint.type
-        realtime = inference_type == "Real-time"
+        # ESD starts the job the way `inference_type` says; it must match the endpoint.
+        inference_type = self._config.inference_type if endpoint is None else endpoint.type
+        realtime = inference_type is EndpointType.REAL_TIME
         cold = not realtime and endpoint is not None and endpoint.instance_count == 0
         body = CreateInference(
             task_type="img2img",
-            inference_type="Real-time" if realtime else "Async",
+            inference_type=wire_inference_type(inference_type),
             models=await self._models_for(params),
             # Always named: ESD's own pick is random and takes `Updating` endpoints too.
             sagemaker_endpoint_name=params.endpoint,

@@ -18,8 +18,8 @@ from pydantic import model_validator
 
 from bot.config import Env, Secret, Section
 from bot.errors import ConfigError
+from bot.model import EndpointType
 from bot.retry import RetryPolicy
-from cloud.esd.wire import INFERENCE_TYPES
 
 if TYPE_CHECKING:
     from bot.config import Config
@@ -81,7 +81,7 @@ class EsdConfig:
     api_url: str
     api_key: str = field(repr=False)
     username: str = "api"
-    inference_type: str = "Async"  # the type used when the endpoint's own type is unknown
+    inference_type: EndpointType = EndpointType.ASYNC  # when the endpoint's own is unknown
     timeout: float = 30.0  # per request, total; API Gateway itself gives up at 29 s
     connect_timeout: float = 10.0
     realtime_max_in_flight: int = 5  # per Real-time endpoint (the container queues ~10)
@@ -123,10 +123,6 @@ class EsdConfig:
             raise ConfigError("ESD_API_KEY is not set (the ApiGatewayUrlToken output of ESD)")
         if not self.username.strip():
             raise ConfigError("ESD_USERNAME must not be empty (ESD's built-in user is `api`)")
-        if self.inference_type not in INFERENCE_TYPES:
-            raise ConfigError(
-                f"inference_type must be `Async` or `Real-time`, got {self.inference_type!r}"
-            )
         for name in ("timeout", "connect_timeout", "catalog_ttl", "events_backstop"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

@@ -75,7 +75,7 @@ class EsdJob:
     task_type: str
     status: str  # as ESD wrote it
     state: JobState | None  # None: a status string this client does not know
-    inference_type: str | None
+    inference_type: EndpointType | None  # None: ESD's row names none this client knows
     created_at: datetime | None
     started_at: datetime | None  # set by the container when it begins (§2.4)
     endpoint: str | None
@@ -152,11 +152,19 @@ class PingInfo:
 
 def _endpoint_type(item: EndpointItem) -> EndpointType:
     """ESD's two endpoint types (esd-api.md §4); a row without one reads as Async, as it did."""
-    if item.endpoint_type in (None, "", "Async"):
-        return "Async"
-    if item.endpoint_type == "Real-time":
-        return "Real-time"
+    if item.endpoint_type in (None, ""):
+        return EndpointType.ASYNC
+    known = _endpoint_type_named(item.endpoint_type)
+    if known is not None:
+        return known
     raise _shape_error(f"endpoint `{item.endpoint_name}` has endpoint_type {item.endpoint_type!r}")
+
+
+def _endpoint_type_named(name: str | None) -> EndpointType | None:
+    try:
+        return None if name is None else EndpointType(name)
+    except ValueError:
+        return None
 
 
 def _shape_error(what: str) -> BackendError:
@@ -286,9 +294,9 @@ def _job(item: InferenceItem) -> EsdJob:
         raise _shape_error("job has no `InferenceJobId`")
     status = item.status or ""
     state = _STATES.get(status)
-    inference_type = item.inference_type or None
+    inference_type = _endpoint_type_named(item.inference_type)
     reason = readable_reason(item.sagemakerRaw)
-    if state is JobState.CREATED and inference_type == "Real-time":
+    if state is JobState.CREATED and inference_type is EndpointType.REAL_TIME:
         # ESD never moves a Real-time row on from `created`: its start Lambda sets
         # `startTime`, waits for the endpoint, and on an error stores `sagemakerRaw` and answers
         # 400 (inferences/start_inference_job.py).

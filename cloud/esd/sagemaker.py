@@ -46,7 +46,7 @@ from botocore.exceptions import (
 from pydantic import ValidationError
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError
-from bot.model import JobState, Submitted
+from bot.model import EndpointType, JobState, Submitted
 from bot.ports import LOST_JOB
 from bot.recent import Recent
 from cloud.esd.a1111 import INTERROGATE_MODELS
@@ -513,7 +513,7 @@ class SageMakerInterrogator:
                 f"endpoint {name!r} is not in ESD's endpoint list",
                 user_message=f"endpoint not found on ESD: `{name}` (see `endpoints`)",
             )
-        if endpoint.type != "Async":
+        if endpoint.type is not EndpointType.ASYNC:
             raise BackendError(
                 f"endpoint {name!r} is {endpoint.type}, interrogate needs Async",
                 user_message=f"interrogate needs an Async endpoint: `{name}` is "

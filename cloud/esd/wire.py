@@ -31,10 +31,19 @@ from pydantic import (
     WrapValidator,
 )
 
+from bot.model import EndpointType
+
 T = TypeVar("T")
 
+# `inference_type` as the wire spells it (the server validates the literal strictly, as API
+# Gateway's schema does); the bot's own type is `bot.model.EndpointType`.
 InferenceType = Literal["Async", "Real-time"]
 INFERENCE_TYPES: tuple[InferenceType, ...] = ("Async", "Real-time")
+
+
+def inference_type(kind: EndpointType) -> InferenceType:
+    """`kind` as `CreateInference.inference_type`."""
+    return "Real-time" if kind is EndpointType.REAL_TIME else "Async"
 
 
 def _none_if_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:

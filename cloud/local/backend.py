@@ -35,6 +35,7 @@ from bot.model import (
     BackendStatus,
     CloudJob,
     Endpoint,
+    EndpointType,
     GenerationParams,
     InterrogateParams,
     JobOutput,
@@ -177,7 +178,7 @@ class LocalBackend:
             Endpoint(
                 name=self._config.endpoint_name,
                 status="InService",
-                type="Async",
+                type=EndpointType.ASYNC,
                 instance_type="local",
                 instance_count=1,
             ),

@@ -63,7 +63,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ({"SDBOT_BACKEND": "esd"}, "ESD_API_URL"),
         ({"SDBOT_LOCAL_DELAY": "-1"}, "SDBOT_LOCAL_DELAY"),
         ({"SDBOT_HTTP_PORT": "70000"}, "SDBOT_HTTP_PORT"),
-        ({"SDBOT_INFERENCE_TYPE": "Batch"}, "inference_type"),
+        ({"SDBOT_INFERENCE_TYPE": "Batch"}, "SDBOT_INFERENCE_TYPE.*'Async' or 'Real-time'"),
         ({"SDBOT_ESD_TIMEOUT": "soon"}, "SDBOT_ESD_TIMEOUT"),
         ({"SDBOT_METRICS_PORT": "0"}, "SDBOT_METRICS_PORT"),
     ],

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
-from bot.model import Endpoint, GenerationParams, InterrogateParams, JobState, Model
+from bot.model import Endpoint, EndpointType, GenerationParams, InterrogateParams, JobState, Model
 from bot.ports import LOST_JOB, Backend, PollTarget
 from cloud.local import LocalBackend, LocalBackendConfig
 from cloud.local.preview import caption
@@ -256,7 +256,11 @@ async def test_one_endpoint_in_service() -> None:
     local = LocalBackend(LocalBackendConfig(endpoint_name="my-box"))
     assert await local.endpoints() == (
         Endpoint(
-            name="my-box", status="InService", type="Async", instance_type="local", instance_count=1
+            name="my-box",
+            status="InService",
+            type=EndpointType.ASYNC,
+            instance_type="local",
+            instance_count=1,
         ),
     )
 

@@ -42,7 +42,7 @@ from scenario_kit import (
 from adapters.cli import SECTIONS, load_config
 from adapters.console import ConsoleAdapter, run_console
 from bot.errors import BackendError, BackendUnavailableError, ConfigError, JobFailedError
-from bot.model import Endpoint, InterrogateParams, JobState
+from bot.model import Endpoint, EndpointType, InterrogateParams, JobState
 from bot.ports import LOST_JOB
 from bot.views import ActionKind
 from cloud.esd import EsdBackend
@@ -85,10 +85,14 @@ REGION: Final = "eu-west-1"
 BUCKET = "esd-stack-bucket"
 TABLE = "SDInferenceJobTable"
 ENDPOINTS = {
-    "sd-async-a": Endpoint("sd-async-a", "InService", "Async", "ml.g5.xlarge", 1),
-    "sd-async-cold": Endpoint("sd-async-cold", "InService", "Async", "ml.g5.xlarge", 0),
-    "sd-real-time-a": Endpoint("sd-real-time-a", "InService", "Real-time", "ml.g5.xlarge", 1),
-    "sd-async-updating": Endpoint("sd-async-updating", "Updating", "Async", "ml.g5.xlarge", 1),
+    "sd-async-a": Endpoint("sd-async-a", "InService", EndpointType.ASYNC, "ml.g5.xlarge", 1),
+    "sd-async-cold": Endpoint("sd-async-cold", "InService", EndpointType.ASYNC, "ml.g5.xlarge", 0),
+    "sd-real-time-a": Endpoint(
+        "sd-real-time-a", "InService", EndpointType.REAL_TIME, "ml.g5.xlarge", 1
+    ),
+    "sd-async-updating": Endpoint(
+        "sd-async-updating", "Updating", EndpointType.ASYNC, "ml.g5.xlarge", 1
+    ),
 }
 
 
