@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from bot.config import Config
     from bot.model import Platform
     from bot.ports import Backend, ChatAdapter, Clock, JobStore, Observer
-    from bot.tasks import Backoff
+    from bot.retry import RetryPolicy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class BotApp:
         backend: Backend,
         store: JobStore,
         clock: Clock | None = None,
-        backoff: Backoff | None = None,
+        backoff: RetryPolicy | None = None,
         observer: Observer | None = None,
         secrets: Sequence[str] = (),
     ) -> None:

@@ -66,7 +66,8 @@ from bot.ports import (
     StoredImage,
 )
 from bot.recent import Recent
-from bot.tasks import Backoff, stop, supervise
+from bot.retry import RetryPolicy
+from bot.tasks import DEFAULT_BACKOFF, stop, supervise
 from bot.views import ResultImage, StatusView
 from commands.options import (
     GENERATE_DEFAULTS,
@@ -88,7 +89,9 @@ _LOGGER = logging.getLogger(__name__)
 
 RESULT_SLOT = "result"
 READ_DEADLINE = 10.0  # seconds to read a job's local input files before the ack
-_POST_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0)
+# A result post that failed (and did not land) is tried again five times, about 1, 2, 4, 8 and
+# 16 s apart; then the job stays `posting` for the next start.
+_POST_RETRY = RetryPolicy(attempts=5, backoff=2.0, max_backoff=32.0)
 # Unexpected failures in a row after which a job's driver waits for the next start.
 _MAX_RESTARTS = 20
 # Writes refused in a row (`JobChanged`) after which the driver backs off as after an error.
@@ -103,6 +106,10 @@ _RESUME_AT_MOST = 10_000
 # list scan that sees a thousand jobs start at once asked the store the same question a thousand
 # times, and the deliveries of jobs ending then waited behind those queries (issue 16).
 _RUN_TIMES_TTL = 10.0
+
+
+class _PostFailedError(Exception):
+    """A result post that failed and did not land: worth another try (`_POST_RETRY`)."""
 
 
 class JobRunner:
@@ -122,7 +129,7 @@ class JobRunner:
         resolver: Resolver,
         policy: Policy,
         clock: Clock,
-        backoff: Backoff | None = None,
+        backoff: RetryPolicy | None = None,
         decode_budget: int = imaging.DECODE_BUDGET,
         observer: Observer | None = None,
         secrets: Sequence[str] = (),
@@ -150,7 +157,7 @@ class JobRunner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._admitting = 0  # accept calls between the cap check and their driver's start
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or DEFAULT_BACKOFF
         self.restarts = 0  # driver restarts after unexpected errors (supervision)
         self.leases = JobOwnership(leases, replicas, config.replica, config.lease_seconds, clock)
         self._keeper: asyncio.Task[None] | None = None
@@ -635,7 +642,7 @@ class JobRunner:
                 return job
             except BackendUnavailableError as exc:
                 failures += 1
-                pause = self._backoff.pause(failures)
+                pause = self._backoff.wait(failures - 1)
                 if self._clock.now() + timedelta(seconds=pause) > deadline:
                     raise
                 _LOGGER.warning(
@@ -869,27 +876,34 @@ class JobRunner:
         if job.delivery is Delivery.POSTING and await self._posted(job, thread, view.marker):
             return
         job = await self._store.save(replace(job, delivery=Delivery.POSTING))
-        for pause in (*_POST_RETRIES, None):
+
+        async def post_once() -> Sequence[str] | None:
             await self.leases.ensure(job)
             try:
-                posted = await adapter.post_result(thread, view)
+                return await adapter.post_result(thread, view)
             except ConversationClosedError:
                 raise
             except Exception as exc:
                 # The platform may have posted before failing (a 5xx after the work was done).
                 if await self._posted(job, thread, view.marker):
-                    return
-                if pause is None:
-                    # Left as POSTING: the next start checks the thread and posts again.
-                    _LOGGER.error("job %s: giving up posting the result for now: %r", job.id, exc)
-                    return
-                _LOGGER.warning("job %s: posting failed, retrying in %s s: %r", job.id, pause, exc)
-                await self._clock.sleep(pause)
-                continue
+                    return None  # it did: recorded as delivered
+                raise _PostFailedError(repr(exc)) from exc
+
+        try:
+            posted = await _POST_RETRY.run(
+                post_once,
+                retry_if=lambda exc: isinstance(exc, _PostFailedError),
+                what=f"job {job.id}: posting the result",
+                sleep=self._clock.sleep,
+            )
+        except _PostFailedError as exc:
+            # Left as POSTING: the next start checks the thread and posts again.
+            _LOGGER.error("job %s: giving up posting the result for now: %s", job.id, exc)
+            return
+        if posted is not None:
             await self._store.save(
                 replace(job, delivery=Delivery.DONE, result_messages=tuple(posted))
             )
-            return
 
     async def _posted(self, job: Job, thread: Conversation, marker: str) -> bool:
         """Whether the thread already holds the result (then it is recorded as delivered)."""

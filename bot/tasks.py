@@ -3,8 +3,9 @@ and stopping a task.
 
 `supervise` runs a long-running body (the poller, retention, a job's driver) in a task that
 restarts it after an unexpected exception, with the traceback logged and an exponential
-back-off, the way discord.py's `tasks.loop` reconnects: a bug or an outage in one round never
-silently ends the work. Cancellation ends it; a body that returns ends it.
+back-off (a `bot.retry.RetryPolicy`'s waits: the one back-off of sdbot), the way
+discord.py's `tasks.loop` reconnects: a bug or an outage in one round never silently ends the
+work. Cancellation ends it; a body that returns ends it.
 
 `TaskSet` holds one-shot work that must not be restarted (a chat adapter's handling of one
 event: running it twice would run a command twice): every task is named and held until it ends
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.errors import SdbotError
+from bot.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -28,19 +29,9 @@ _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Pauses before restarting a failed body: `first`, doubling, at most `cap` seconds."""
-
-    first: float = 1.0
-    cap: float = 60.0
-
-    def pause(self, failures: int) -> float:
-        return float(min(self.cap, self.first * 2.0 ** max(0, failures - 1)))
-
-
-# The back-off of `supervise` when the caller names none (tests shorten it).
-DEFAULT_BACKOFF = Backoff()
+# The pauses of `supervise` when the caller names none (tests shorten them): about 1 s,
+# doubling, at most a minute, jittered. Only the waits are used: restarts never run out.
+DEFAULT_BACKOFF = RetryPolicy(backoff=1.0, max_backoff=60.0)
 
 
 class Supervised:
@@ -60,7 +51,7 @@ def supervise(
     name: str,
     body: Callable[[], Awaitable[None]],
     *,
-    backoff: Backoff | None = None,
+    backoff: RetryPolicy | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_restart: Callable[[BaseException], None] | None = None,
 ) -> Supervised:
@@ -78,11 +69,11 @@ def supervise(
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if loop.time() - began > pauses.cap:
+                if loop.time() - began > pauses.max_backoff:
                     failures = 0  # it had been running well: start the back-off over
                 failures += 1
                 supervised.restarts += 1
-                pause = pauses.pause(failures)
+                pause = pauses.wait(failures - 1)
                 _LOGGER.exception("%s failed; restarting in %.3g s", name, pause)
                 if on_restart is not None:
                     on_restart(exc)

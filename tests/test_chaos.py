@@ -25,8 +25,8 @@ from bot.app import BotApp
 from bot.clock import SystemClock
 from bot.errors import BackendError, BackendUnavailableError, ChatDeliveryError
 from bot.model import Delivery, JobState
+from bot.retry import RetryPolicy
 from bot.store import SqliteJobStore
-from bot.tasks import Backoff
 from cloud.local import LocalBackend, LocalBackendConfig
 
 SEED = 20261203
@@ -195,7 +195,7 @@ class FastClock(SystemClock):
 async def test_500_jobs_under_faults_at_every_port_end_terminal_and_delivered_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bot.tasks, "DEFAULT_BACKOFF", Backoff(first=0.001, cap=0.01))
+    monkeypatch.setattr(bot.tasks, "DEFAULT_BACKOFF", RetryPolicy(backoff=0.001, max_backoff=0.01))
     chaos = Chaos(SEED)
     config = fast_config(
         tmp_path,
@@ -216,7 +216,7 @@ async def test_500_jobs_under_faults_at_every_port_end_terminal_and_delivered_on
             backend=ChaosBackend(chaos, config.data_dir / "local"),
             store=_chaotic_store(chaos, config.data_dir / "sdbot.sqlite3"),
             clock=FastClock(),
-            backoff=Backoff(first=0.001, cap=0.01),
+            backoff=RetryPolicy(backoff=0.001, max_backoff=0.01),
         )
         made.add_adapter(adapter)
         return made

@@ -30,6 +30,7 @@ from scenario_kit import (
 
 from bot.errors import UnreadableJobError
 from bot.model import Delivery, JobState
+from bot.retry import RetryPolicy
 from bot.views import ResultView
 from cloud.local import LocalBackend, LocalBackendConfig
 
@@ -195,7 +196,7 @@ async def test_a_result_that_cannot_be_posted_stays_pending_and_is_posted_after_
 ) -> None:
     import bot.jobs
 
-    monkeypatch.setattr(bot.jobs, "_POST_RETRIES", (0.01, 0.01))
+    monkeypatch.setattr(bot.jobs, "_POST_RETRY", RetryPolicy(attempts=2, backoff=0.01))
     config = fast_config(tmp_path)
     adapter = RecordingAdapter()
     adapter.fail_posts = 3

@@ -36,12 +36,13 @@ from bot.errors import (
 )
 from bot.model import Delivery, JobState
 from bot.ports import LOST_JOB, StoredImage
+from bot.retry import RetryPolicy
 from bot.store import SqliteJobStore
-from bot.tasks import Backoff, stop, supervise
+from bot.tasks import stop, supervise
 from cloud.local import LocalBackend, LocalBackendConfig
 from commands.options import GenerateOptions
 
-FAST = Backoff(first=0.01, cap=0.05)
+FAST = RetryPolicy(backoff=0.01, max_backoff=0.05)
 
 
 class FastClock(SystemClock):
@@ -117,11 +118,14 @@ async def test_supervise_restarts_a_failing_body_with_its_traceback_logged(
     async def sleep(seconds: float) -> None:
         pauses.append(seconds)
 
-    supervised = supervise("sdbot-test", body, backoff=Backoff(first=1.0, cap=1.5), sleep=sleep)
+    supervised = supervise(
+        "sdbot-test", body, backoff=RetryPolicy(backoff=1.0, max_backoff=1.5), sleep=sleep
+    )
     await supervised.task
     assert runs == [0, 1, 2]
     assert supervised.restarts == 2
-    assert pauses == [1.0, 1.5]  # doubling, capped
+    # Doubling, capped, with equal jitter (bot.retry).
+    assert len(pauses) == 2 and 0.5 <= pauses[0] <= 1.0 and 0.75 <= pauses[1] <= 1.5
     logged = [r for r in caplog.records if r.name == "bot.tasks"]
     assert len(logged) == 2 and all(r.exc_info for r in logged)
 
