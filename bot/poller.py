@@ -2,9 +2,10 @@
 
 A job's driver opens a `Watch` on its job (`with poller.watch(target, known) as watch:`) and
 awaits `watch.next(within)` for the next change. The poller keeps the watches in a heap of due
-times: a wake-up pops only the watches that are due and asks the backend about all of them in
-one `Backend.statuses` call, so its work per wake-up grows with the jobs that are due, not with
-the jobs in flight. Each call runs as a task of its own (at most `max_calls` at once, each
+times: a wake-up pops only the watches that are due and asks the backend about them in
+`Backend.statuses` calls of at most `max_batch` jobs, so its work per wake-up grows with the
+jobs that are due, not with the jobs in flight, and no one step of the event loop handles more
+than `max_batch` answers. Each call runs as a task of its own (at most `max_calls` at once, each
 bounded by `call_timeout`), so one slow answer delays only the jobs it was asked about, never
 the next round. A job's interval starts at `interval` and grows by half each unchanged read up
 to `max_interval`, with jitter so jobs submitted together spread out; a failed read doubles it.
@@ -162,6 +163,7 @@ class Poller:
         max_interval: float,
         jitter: float = 0.2,
         max_calls: int = 4,
+        max_batch: int = 250,
         call_timeout: float = 60.0,
     ) -> None:
         self._backend = backend
@@ -170,6 +172,10 @@ class Poller:
         self._jitter = jitter
         self._call_timeout = call_timeout
         self._slots = asyncio.Semaphore(max_calls)
+        # Jobs per call: a call's answer is handled in one step of the event loop (all of it,
+        # when the backend answers without waiting, as the local one does), so a wake-up with
+        # thousands due asks in several calls rather than standing the loop still (issue 11).
+        self._max_batch = max_batch
         # Bounded: one entry per job being watched, freed on every exit path of its `watch`.
         self._heap: list[list[Any]] = []
         self._sequence = itertools.count()
@@ -236,9 +242,11 @@ class Poller:
         return interval * random.uniform(1 - self._jitter, 1 + self._jitter)
 
     def _pop_due(self, now: float) -> list[Watch]:
+        """The watches due at `now`, at most `max_batch` of them (the rest stay first)."""
         due: list[Watch] = []
         heap = self._heap
-        while heap and heap[0][_DUE] <= now:
+        limit = self._max_batch
+        while heap and heap[0][_DUE] <= now and len(due) < limit:
             entry = heapq.heappop(heap)
             self.examined += 1
             watch = entry[_WATCH]

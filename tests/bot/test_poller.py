@@ -285,3 +285,25 @@ def test_a_running_job_past_its_deadline_times_out_and_is_freed(tmp_path: Path) 
     assert job.state is JobState.FAILED and "did not finish" in (job.error or "")
     assert [i for i, _ in backend.cancelled] == [job.backend_id]
     assert poller.watching == 0  # the timeout path frees the poller's bookkeeping too
+
+
+def test_many_jobs_due_at_once_are_asked_about_in_calls_of_at_most_max_batch() -> None:
+    # One call's answer is handled in one step of the event loop: 10,000 jobs due together
+    # stood the loop still for a quarter of a second (issue 11).
+    async def main() -> list[list[str]]:
+        book = _Book()
+        poller = _poller(book, max_batch=40)
+        await poller.start()
+        watches = [poller.watch(_target(f"job{n}"), None) for n in range(100)]
+        try:
+            for watch in watches:
+                assert await watch.next(60.0) is not None  # every job read once
+            return book.calls
+        finally:
+            for watch in watches:
+                watch.close()
+            await poller.aclose()
+
+    calls = run(main())
+    assert all(len(ids) <= 40 for ids in calls)
+    assert {i for ids in calls for i in ids} == {f"job{n}" for n in range(100)}
