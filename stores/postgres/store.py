@@ -84,6 +84,11 @@ POOL_MAX: Final = 8
 # Every statement gives up after this long (a lock held by a stuck replica, a dead server).
 STATEMENT_TIMEOUT_MS: Final = 30_000
 PROBE_TIMEOUT_MS: Final = 200
+# The store's transactions never wait on anything but the database, so one idle inside a
+# transaction this long belongs to a frozen replica (SIGSTOP, a VM paused): the server ends its
+# session, releasing its locks (the admission locks above all), instead of every other replica
+# queueing behind it.
+IDLE_IN_TRANSACTION_MS: Final = 10_000
 
 _PLACEHOLDER: Final = re.compile(r"\?")
 # The database is out of reach or going away, not a bug: a lost connection, a server shutting
@@ -291,7 +296,10 @@ class PostgresJobStore:
                 self._url,
                 min_size=1,
                 max_size=self._pool_max,
-                server_settings={"statement_timeout": str(self._timeout_ms)},
+                server_settings={
+                    "statement_timeout": str(self._timeout_ms),
+                    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+                },
             )
             async with self._pool.acquire() as conn:
                 await migrate(conn)

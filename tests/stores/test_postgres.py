@@ -206,3 +206,8 @@ async def test_naive_times_are_refused(two: tuple[PostgresJobStore, PostgresJobS
         await a.expire_claims(datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="naive"):
         await a.replicas(datetime(2026, 1, 1))
+
+
+async def test_a_replica_frozen_inside_a_transaction_loses_its_session(url: str) -> None:
+    async with PostgresJobStore(url) as store, store._conn() as conn:
+        assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "10s"
