@@ -18,12 +18,12 @@ import contextlib
 import dataclasses
 import logging
 import re
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Literal, Self
 
 import asyncpg
 
-from bot.errors import ConfigError, StorageError, StorageLostError
+from bot.errors import ConfigError, StorageError, StorageLostError, UnreadableJobError
 from bot.model import Platform
 from bot.ports import (
     AdmissionRefused,
@@ -67,7 +67,6 @@ from stores.postgres.settings import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-    from datetime import datetime
     from types import TracebackType
 
     from bot.model import Conversation, Job
@@ -199,6 +198,10 @@ def _claim_sql(expired: str) -> str:
 _SQL_CLAIM_JOBS: Final = _claim_sql("lease_until < now()")
 # A start under the same replica id (`own`): also this owner's live leases.
 _SQL_CLAIM_OWN_JOBS: Final = _claim_sql("(lease_until < now() OR lease_owner = $1)")
+_SQL_FAIL_UNREADABLE: Final = (
+    "UPDATE jobs SET state = 'failed', delivery = 'done', error = $1, finished_at = $2,"
+    " lease_owner = NULL, lease_until = NULL, version = version + 1 WHERE id = $3"
+)
 _SQL_CLAIM_JOB: Final = (
     "UPDATE jobs SET fence = fence + 1,"  # noqa: S608
     " attempts = attempts + (lease_owner IS NOT NULL)::int,"
@@ -539,10 +542,21 @@ class PostgresJobStore:
         own: bool = False,
     ) -> Sequence[Job]:
         names = [platform.value for platform in platforms]
+        jobs: list[Job] = []
         async with self._conn(transaction=True) as conn:
             sql = _SQL_CLAIM_OWN_JOBS if own else _SQL_CLAIM_JOBS
-            rows = await conn.fetch(sql, owner, ttl, names, limit)
-        return sorted((job_from_row(row) for row in rows), key=lambda j: (j.created_at, j.id))
+            for row in await conn.fetch(sql, owner, ttl, names, limit):
+                try:
+                    jobs.append(job_from_row(row))
+                except UnreadableJobError as exc:
+                    # As on SQLite (`bot.store.leases`): that job fails alone, the rest resume.
+                    log.error(
+                        "job %s: its stored row cannot be read; it fails: %s", exc.job_id, exc
+                    )
+                    await conn.execute(
+                        _SQL_FAIL_UNREADABLE, str(exc), encode_time(datetime.now(UTC)), exc.job_id
+                    )
+        return sorted(jobs, key=lambda j: (j.created_at, j.id))
 
     async def claim_job(self, job_id: str, owner: str, ttl: float) -> Job | None:
         async with self._conn() as conn:

@@ -211,3 +211,21 @@ async def test_naive_times_are_refused(two: tuple[PostgresJobStore, PostgresJobS
 async def test_a_replica_frozen_inside_a_transaction_loses_its_session(url: str) -> None:
     async with PostgresJobStore(url) as store, store._conn() as conn:
         assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "10s"
+
+
+async def test_one_unreadable_row_fails_alone_at_a_claim(url: str) -> None:
+    """As on SQLite (tests/test_restart.py): a damaged row fails that job; the others resume."""
+    async with PostgresJobStore(url) as store:
+        for n in range(3):
+            await store.insert(make_job(f"row{n:07d}", minute=n))
+        async with store._conn() as conn:
+            await conn.execute("UPDATE jobs SET attachments = '[{' WHERE id = 'row0000001'")
+        taken = await store.claim_jobs("r1", 60.0, 10, [D], own=True)
+        assert [job.id for job in taken] == ["row0000000", "row0000002"]
+        async with store._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT state, delivery, error, lease_owner FROM jobs WHERE id = 'row0000001'"
+            )
+        assert row is not None
+        assert (row["state"], row["delivery"], row["lease_owner"]) == ("failed", "done", None)
+        assert "stored row cannot be read" in row["error"]
