@@ -194,7 +194,7 @@ class DiscordAdapter:
         self._cdn_origins = tuple(cdn_origins)
         self._limits = limits or DiscordLimits()
         self.defer_after = defer_after  # an unanswered interaction is deferred after this
-        self._retry = retry or RetryPolicy()  # CDN downloads (discord.py retries the API)
+        self._retry = retry or RetryPolicy()  # CDN downloads, threads (discord.py retries the API)
         self._guilds = _guild_ids(config.discord_guilds)
         self._tree = _Tree(client)
         self.router = InteractionRouter(
@@ -622,15 +622,24 @@ class DiscordAdapter:
     async def _start_thread(
         self, where: Conversation, message: discord.Message, status: StatusView
     ) -> Conversation:
-        try:
+
+        async def once() -> Any:
             # Through the REST client: `Message.create_thread` wants the guild in the cache,
             # which a resumed job may not have yet.
-            data = await self._client.http.start_thread_with_message(
+            return await self._client.http.start_thread_with_message(
                 int(where.channel),
                 message.id,
                 name=thread_name(status),
                 auto_archive_duration=THREAD_ARCHIVE_MINUTES,
                 rate_limit_per_user=None,
+            )
+
+        try:
+            # discord.py retries a 5xx a few times; a longer outage is retried here too, so a
+            # job keeps its thread (a try that made the thread and then failed comes back as
+            # 160004 below).
+            data = await self._retry.run(
+                once, retry_if=_server_trouble, what=f"thread for job {status.job_id}"
             )
         except discord.HTTPException as exc:
             if exc.code == 160004:
@@ -795,6 +804,11 @@ class DiscordAdapter:
             raise error(f"posting to Discord channel {target} failed: {exc}") from exc
         except (discord.DiscordException, aiohttp.ClientError, TimeoutError) as exc:
             raise ChatDeliveryError(f"posting to Discord channel {target} failed: {exc}") from exc
+
+
+def _server_trouble(exc: Exception) -> bool:
+    """Discord's 5xx (after discord.py's own retries) or a lost connection: worth a retry."""
+    return isinstance(exc, (discord.DiscordServerError, aiohttp.ClientError, TimeoutError))
 
 
 def _too_big(ref: AttachmentRef, max_bytes: int) -> ImageInputError:

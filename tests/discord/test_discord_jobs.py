@@ -22,6 +22,7 @@ from scenario_kit import mask_png, png, sketch_of, transparent_png
 from adapters.discord import DiscordLimits
 from bot.errors import ImageInputError
 from bot.model import AttachmentRef, Conversation, Delivery, JobState
+from bot.retry import RetryPolicy
 from bot.views import ResultImage, ResultView
 
 
@@ -390,6 +391,21 @@ async def test_download_size_cap_is_enforced_while_reading(bot: Any) -> None:
     with pytest.raises(ImageInputError, match=r"big\.png is over"):
         await bot.adapter.download(ref, 1000)
     assert await bot.adapter.download(ref, 5000) == b"x" * 5000
+
+
+async def test_a_thread_refused_by_a_server_error_is_tried_again(
+    harness: Any, fast_discord_retries: None
+) -> None:
+    # Discord answers 500 to more tries than discord.py makes (five): the adapter's own retry
+    # goes on, and the job still gets its thread (the fault run met this at random).
+    harness.adapter_options = {"retry": RetryPolicy(attempts=3, scale=0.001)}
+    bot = await harness.start()
+    bot.fake.fail("POST", r"/threads$", 500, times=7)
+    token = bot.slash("img2img", {"prompt": "x"}, {"image": png()})
+    await bot.answered(token)
+    [job] = await bot.jobs()
+    assert job.thread is not None and job.thread.thread == job.status_message
+    assert len(bot.results(job.thread.thread)) == 1 and job.delivery is Delivery.DONE
 
 
 async def test_without_thread_permission_the_job_stays_in_the_channel(bot: Any) -> None:
