@@ -669,10 +669,13 @@ class JobRunner:
         _LOGGER.info(
             "job %s: backend job %s was never started; submitting again", job.id, job.backend_id
         )
+        # The row lets go of the old backend job before it is removed: stopped in between, the
+        # bot leaves an unstarted backend job behind, not a row pointing at a deleted one (its
+        # next driver would find it lost and fail the job: tests/replicas saw it).
+        job = await self._store.save(replace(job, backend_id=None))
         with contextlib.suppress(BackendError):
             await self._backend.cancel(backend_id)
-        job = replace(job, backend_id=None)
-        return await self._store.save(job)
+        return job
 
     async def _follow(self, job: Job) -> Job:
         """Wait for the backend until the job is terminal, editing the status as it goes.
