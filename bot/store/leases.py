@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from bot.store.schema import Database
 
 # The condition repeats the `jobs_unfinished` index's (see bot.store.schema).
-_UNFINISHED: Final = "(state IN ('created', 'inprogress') OR delivery <> 'done')"
+UNFINISHED: Final = "(state IN ('created', 'inprogress') OR delivery <> 'done')"
 SQL_CLAIMABLE: Final = (
-    f"SELECT id FROM jobs WHERE {_UNFINISHED}"  # noqa: S608
+    f"SELECT id FROM jobs WHERE {UNFINISHED}"  # noqa: S608
     " AND platform IN (SELECT value FROM json_each(:platforms))"
     " AND (lease_owner IS NULL OR lease_until < :now OR :own)"
     " ORDER BY created_at, id LIMIT :limit"
@@ -41,10 +41,11 @@ SQL_CLAIM: Final = (
     " lease_owner = :owner, lease_until = :until WHERE id = :id"
 )
 # A claimed job whose row does not read: failed, nothing left to deliver, its lease let go.
-_SQL_FAIL_UNREADABLE: Final = (
-    "UPDATE jobs SET state = 'failed', delivery = 'done', error = :error,"
-    " finished_at = :now, lease_owner = NULL, lease_until = NULL, version = version + 1"
-    " WHERE id = :id"
+# Positional: PostgreSQL uses it too (`stores.postgres`, its placeholders numbered).
+SQL_FAIL_UNREADABLE: Final = (
+    "UPDATE jobs SET state = 'failed', delivery = 'done', error = ?,"
+    " finished_at = ?, lease_owner = NULL, lease_until = NULL, version = version + 1"
+    " WHERE id = ?"
 )
 _LONG_AGO: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _LOGGER = logging.getLogger(__name__)
@@ -85,16 +86,14 @@ def claim_jobs(
 
 def _fail_unreadable(db: Database, exc: UnreadableJobError, now: datetime) -> None:
     _LOGGER.error("job %s: its stored row cannot be read; it fails: %s", exc.job_id, exc)
-    db.conn.execute(
-        _SQL_FAIL_UNREADABLE, {"error": str(exc), "now": encode_time(now), "id": exc.job_id}
-    )
+    db.conn.execute(SQL_FAIL_UNREADABLE, (str(exc), encode_time(now), exc.job_id))
 
 
 def claim_job(db: Database, job_id: str, owner: str, until: datetime, now: datetime) -> Job | None:
     db.check_file()
     with transaction(db.conn):
         claimed = db.conn.execute(
-            f"{SQL_CLAIM} AND {_UNFINISHED}"
+            f"{SQL_CLAIM} AND {UNFINISHED}"
             " AND (lease_owner IS NULL OR lease_owner = :owner OR lease_until < :now)",
             {"owner": owner, "until": encode_time(until), "now": encode_time(now), "id": job_id},
         )
@@ -168,7 +167,7 @@ def heartbeat(db: Database, replica: str, now: datetime, stale_writes: int) -> N
 def replicas(db: Database, since: datetime) -> list[Replica]:
     rows = db.conn.execute(
         "SELECT id, started_at, seen_at, stale_writes,"  # noqa: S608
-        f" (SELECT COUNT(*) FROM jobs WHERE {_UNFINISHED} AND lease_owner = replicas.id) AS jobs"
+        f" (SELECT COUNT(*) FROM jobs WHERE {UNFINISHED} AND lease_owner = replicas.id) AS jobs"
         " FROM replicas WHERE seen_at >= ? ORDER BY seen_at DESC, id",
         (encode_time(since),),
     )

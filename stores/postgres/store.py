@@ -39,12 +39,16 @@ from bot.store.jobs import (
     FIND_LIMIT,
     SELECT_JOBS,
     SQL_BY_MESSAGE,
+    SQL_COUNT_RUNNING,
+    SQL_COUNT_USER_RUNNING,
+    SQL_COUNT_USER_SINCE,
     SQL_GET,
     SQL_RECENT_DURATIONS,
     SQL_UNFINISHED,
     prefix_end,
     query_sql,
 )
+from bot.store.leases import SQL_FAIL_UNREADABLE, UNFINISHED
 from bot.store.operators import PROBE_KEY, USAGE_LIMIT
 from bot.store.rows import (
     JOB_COLUMNS,
@@ -117,7 +121,6 @@ def numbered(sql: str) -> str:
 
 
 _FIELDS: Final = ", ".join(f"jobs.{name}" for name in JOB_COLUMNS)
-_UNFINISHED: Final = "(state IN ('created', 'inprogress') OR delivery <> 'done')"
 _INSERT_JOB: Final = (
     f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}, lease_owner, lease_until) VALUES ("  # noqa: S608
     + ", ".join(f"${n}" for n in range(1, len(JOB_COLUMNS) + 1))
@@ -132,6 +135,10 @@ _UPDATE_JOB: Final = (
     f" AND version = ${len(_SAVED) + 2} AND fence = ${len(_SAVED) + 3}"
 )
 _SQL_GET: Final = numbered(SQL_GET)
+_SQL_COUNT_RUNNING: Final = numbered(SQL_COUNT_RUNNING)
+_SQL_COUNT_USER_RUNNING: Final = numbered(SQL_COUNT_USER_RUNNING)
+_SQL_COUNT_USER_SINCE: Final = numbered(SQL_COUNT_USER_SINCE)
+_SQL_FAIL_UNREADABLE: Final = numbered(SQL_FAIL_UNREADABLE)
 _SQL_BY_MESSAGE: Final = numbered(SQL_BY_MESSAGE)
 _SQL_RECENT_DURATIONS: Final = numbered(SQL_RECENT_DURATIONS)
 # Two statements, as on SQLite: with `($2 IS NULL OR id < $2)` a generic plan (which a
@@ -154,16 +161,7 @@ _SQL_LATEST_IN_CHANNEL: Final = (
     f"{SELECT_JOBS} WHERE platform = $1 AND server = $2 AND job_channel = $3"
     " AND job_thread IS NULL ORDER BY jobs.created_at DESC, jobs.id DESC LIMIT 1"
 )
-_SQL_COUNT_USER_RUNNING: Final = (
-    "SELECT count(*) FROM jobs WHERE platform = $1 AND server = $2 AND user_id = $3"
-    " AND state IN ('created', 'inprogress')"
-)
-_SQL_COUNT_USER_SINCE: Final = (
-    "SELECT count(*) FROM jobs WHERE platform = $1 AND server = $2 AND user_id = $3"
-    " AND created_at >= $4"
-)
 # Spelled as the `jobs_running` index.
-_SQL_COUNT_RUNNING: Final = "SELECT count(*) FROM jobs WHERE state IN ('created', 'inprogress')"
 _TTL: Final = "now() + $2::float8 * interval '1 second'"
 # A lease taken from another driver (not let go) counts an attempt, as on SQLite.
 # Free jobs (oldest first) and leased ones whose lease expired (with `own`: or that `owner`
@@ -172,11 +170,11 @@ _TTL: Final = "now() + $2::float8 * interval '1 second'"
 # those, the oldest jobs are taken. (In created order, the leased ones would be read through
 # `jobs_unfinished` past every live lease.)
 _CLAIMABLE_FREE: Final = (
-    f"SELECT id, created_at FROM jobs WHERE {_UNFINISHED} AND lease_owner IS NULL"  # noqa: S608
+    f"SELECT id, created_at FROM jobs WHERE {UNFINISHED} AND lease_owner IS NULL"  # noqa: S608
     " AND platform = ANY($3::text[]) ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED"
 )
 _CLAIMABLE_LEASED: Final = (
-    f"SELECT id, created_at FROM jobs WHERE {_UNFINISHED} AND lease_owner IS NOT NULL"  # noqa: S608
+    f"SELECT id, created_at FROM jobs WHERE {UNFINISHED} AND lease_owner IS NOT NULL"  # noqa: S608
     " AND {expired} AND platform = ANY($3::text[])"
     " ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED"
 )
@@ -198,15 +196,11 @@ def _claim_sql(expired: str) -> str:
 _SQL_CLAIM_JOBS: Final = _claim_sql("lease_until < now()")
 # A start under the same replica id (`own`): also this owner's live leases.
 _SQL_CLAIM_OWN_JOBS: Final = _claim_sql("(lease_until < now() OR lease_owner = $1)")
-_SQL_FAIL_UNREADABLE: Final = (
-    "UPDATE jobs SET state = 'failed', delivery = 'done', error = $1, finished_at = $2,"
-    " lease_owner = NULL, lease_until = NULL, version = version + 1 WHERE id = $3"
-)
 _SQL_CLAIM_JOB: Final = (
     "UPDATE jobs SET fence = fence + 1,"  # noqa: S608
     " attempts = attempts + (lease_owner IS NOT NULL)::int,"
     f" lease_owner = $1, lease_until = {_TTL}"
-    f" WHERE id = $3 AND {_UNFINISHED}"
+    f" WHERE id = $3 AND {UNFINISHED}"
     f" AND (lease_owner IS NULL OR lease_owner = $1 OR lease_until < now()) RETURNING {_FIELDS}"
 )
 _SQL_RENEW: Final = (
@@ -605,7 +599,7 @@ class PostgresJobStore:
         async with self._conn() as conn:
             rows = await conn.fetch(
                 "SELECT id, started_at, seen_at, stale_writes,"  # noqa: S608
-                f" (SELECT count(*) FROM jobs WHERE {_UNFINISHED}"
+                f" (SELECT count(*) FROM jobs WHERE {UNFINISHED}"
                 " AND lease_owner = replicas.id) AS jobs"
                 " FROM replicas WHERE seen_at >= $1 ORDER BY seen_at DESC, id",
                 _aware(since),
