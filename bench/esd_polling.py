@@ -180,7 +180,7 @@ def esd_polling(sizes: Sequence[int], runs: int) -> list[Row]:
             results = [asyncio.run(_run(jobs, skew)) for _ in range(runs)]
 
             def median(field: str, results: list[_Run] = results) -> float:
-                return statistics.median(getattr(r, field) for r in results)
+                return float(statistics.median(getattr(r, field) for r in results))
 
             complete = all(r.delivered == jobs for r in results)
             clock = (
@@ -248,7 +248,7 @@ def esd_events(sizes: Sequence[int], runs: int) -> list[Row]:
                 results.append(asyncio.run(_run(jobs, 0.0, queue)))
 
             def median(field: str, results: list[_Run] = results) -> float:
-                return statistics.median(getattr(r, field) for r in results)
+                return float(statistics.median(getattr(r, field) for r in results))
 
             complete = all(r.delivered == jobs for r in results)
             where = (

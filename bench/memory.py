@@ -27,6 +27,7 @@ from scenario_kit import RecordingAdapter, RecordingResponder, chat_caller, fast
 from bot.errors import ImageInputError
 from bot.model import AttachmentRef
 from bot.ports import PostedStatus, StoredImage
+from commands.options import GenerateOptions
 
 Row = tuple[str, str, str, bool]
 
@@ -126,7 +127,7 @@ async def webp_decodes(count: int = 16) -> list[Row]:
 
             async def one() -> None:
                 with contextlib.suppress(ImageInputError):
-                    await app.runner.check_inputs("img2img", {}, inputs)
+                    await app.runner.check_inputs("img2img", GenerateOptions(), inputs)
 
             tasks = [asyncio.create_task(one()) for _ in range(count)]
             while not all(t.done() for t in tasks):

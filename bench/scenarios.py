@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -40,7 +40,7 @@ from bot import imaging
 from bot.config import Config
 from bot.ids import new_job_id
 from bot.model import AttachmentRef, Caller, Conversation, Delivery, Job, JobState, Platform
-from bot.poller import Poller
+from bot.poller import Poller, Watch
 from bot.ports import PostedStatus
 from bot.store.jobs import INSERT_JOB
 from bot.store.rows import job_row
@@ -360,17 +360,17 @@ class _PollerClock:
         clock = self
         call, pop = self._call, self._pop
 
-        async def timed_call(poller: Poller, due: list[Any], asked_at: float) -> None:
+        async def timed_call(self: Poller, due: list[Watch], asked_at: float) -> None:
             t0 = time.thread_time()
             try:
-                await call(poller, due, asked_at)
+                await call(self, due, asked_at)
             finally:
                 clock.cpu += time.thread_time() - t0
 
-        def timed_pop(poller: Poller, now: float) -> list[Any]:
+        def timed_pop(self: Poller, now: float) -> list[Watch]:
             t0 = time.thread_time()
             try:
-                return pop(poller, now)
+                return pop(self, now)
             finally:
                 clock.cpu += time.thread_time() - t0
 
@@ -493,7 +493,7 @@ def in_flight(sizes: Sequence[int], runs: int, window: float = 30.0) -> list[Row
             raise RuntimeError(f"not every one of {jobs} jobs was in flight")
 
         def median(field: str, results: list[_InFlight] = results) -> float:
-            return statistics.median(getattr(r, field) for r in results)
+            return float(statistics.median(getattr(r, field) for r in results))
 
         rss, p99, worst = median("rss"), median("lag_p99"), median("lag_max")
         cpu = median("poller_cpu")
