@@ -49,7 +49,7 @@ from bot.store import SqliteJobStore
 from cloud.a1111.backend import A1111Settings
 from cloud.esd.config import EsdSettings
 from cloud.local import LocalBackend, LocalBackendConfig, LocalSettings
-from stores.postgres import PostgresJobStore, PostgresSettings
+from stores.postgres import PostgresSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -168,6 +168,8 @@ def make_store(settings: Settings) -> RunStore:
     in `data_dir`."""
     url = settings[PostgresSettings].database_url
     if url:
+        from stores.postgres import PostgresJobStore
+
         return PostgresJobStore(url)
     config = settings.core
     config.data_dir.mkdir(parents=True, exist_ok=True)

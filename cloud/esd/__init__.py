@@ -4,14 +4,29 @@
 `EsdConfig` its validated configuration (`EsdConfig.from_config`); `run_check` is `sdbot
 check`. Wire formats stay in `cloud.esd.payloads`; the HTTP client, payload building,
 launching, polling and interrogate each have their own module.
+
+aiohttp's client and boto3 are imported when the backend is first used, not when the
+composition root reads `EsdSettings` for every run: a bot on another backend never loads them.
 """
 
 from __future__ import annotations
 
-from cloud.esd.backend import EsdBackend
-from cloud.esd.check import check_backend, run_check
+import importlib
+from typing import TYPE_CHECKING
+
 from cloud.esd.config import EsdConfig, EsdSettings
-from cloud.esd.interrogate import Interrogator
+
+if TYPE_CHECKING:
+    from cloud.esd.backend import EsdBackend
+    from cloud.esd.check import check_backend, run_check
+    from cloud.esd.interrogate import Interrogator
+
+_MODULES = {
+    "EsdBackend": "cloud.esd.backend",
+    "check_backend": "cloud.esd.check",
+    "run_check": "cloud.esd.check",
+    "Interrogator": "cloud.esd.interrogate",
+}
 
 __all__ = [
     "EsdBackend",
@@ -21,3 +36,10 @@ __all__ = [
     "check_backend",
     "run_check",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The backend's names, each from its module on first use (PEP 562)."""
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULES[name]), name)

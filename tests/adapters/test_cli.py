@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -139,3 +140,47 @@ def test_a_deleted_data_folder_stops_the_bot_with_a_clear_message(tmp_path: Path
     assert all("deleted or replaced" in line for line in refusals), refusals
     assert "sdbot: stopped: the job database" in err and "deleted or replaced" in err
     assert "Traceback" not in err
+
+
+# The libraries of the platforms, backends and store a run may be configured for.
+_OPTIONAL_LIBRARIES = ("discord", "slack_bolt", "slack_sdk", "boto3", "botocore", "asyncpg")
+
+
+def _libraries_loaded(tmp_path: Path, **env: str) -> list[str]:
+    """The optional libraries loaded by composing the bot (app, adapters) for `env`."""
+    code = (
+        "import json, sys\n"
+        "from adapters.cli import chat_adapters, load_config, make_app\n"
+        "settings = load_config()\n"
+        "chat_adapters(make_app(settings), settings)\n"
+        f"wanted = {_OPTIONAL_LIBRARIES!r}\n"
+        "print(json.dumps([n for n in sys.modules if n.split('.')[0] in wanted]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(PYTHONPATH=str(ROOT), **env),
+    )
+    assert result.returncode == 0, result.stderr
+    return sorted({name.split(".")[0] for name in json.loads(result.stdout)})
+
+
+def test_the_console_on_the_local_backend_loads_no_platform_or_cloud_library(
+    tmp_path: Path,
+) -> None:
+    """Issue 11: discord.py, Slack Bolt, boto3 and asyncpg weigh ~30 MB before any job; a run
+    loads only what it is configured for."""
+    assert _libraries_loaded(tmp_path) == []
+
+
+def test_a_configured_platform_and_backend_load_their_libraries(tmp_path: Path) -> None:
+    loaded = _libraries_loaded(
+        tmp_path,
+        DISCORD_TOKEN="x",
+        ESD_API_URL="http://127.0.0.1:9/prod",
+        ESD_API_KEY="k",
+    )
+    assert loaded == ["boto3", "botocore", "discord"]
