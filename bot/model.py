@@ -27,7 +27,8 @@ class Platform(str):
 
     Platforms are open: each adapter declares its own (`ChatAdapter.platform`) and says what
     the core needs to know about it in `bot.ports.PlatformTraits`. The core compares platforms
-    and stores them; it never names one. A name is a short lowercase word, as stored in rows.
+    and stores them; it never names one. A platform is its name, a short lowercase word, and is
+    stored, logged and labelled as that string.
     """
 
     __slots__ = ()
@@ -36,11 +37,6 @@ class Platform(str):
         if not _PLATFORM_NAME.fullmatch(name):
             raise ValueError(f"a platform name is a short lowercase word, not {name!r}")
         return super().__new__(cls, name)
-
-    @property
-    def value(self) -> str:
-        """The name as a plain `str` (what rows and metric labels hold)."""
-        return str.__str__(self)
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ class AdminPage:
         except FilterError as exc:
             error, filters = str(exc), Filters()
         servers = list(await self._store.servers())
-        names = [f"{p.value}:{s}" for p, s in servers]
+        names = [f"{p}:{s}" for p, s in servers]
         selected = filters.server if filters.server in names else (names[0] if names else "")
         filters = Filters(**{**filters.__dict__, "server": selected})
         context: dict[str, Any] = {

@@ -222,7 +222,7 @@ class Metrics:
     # -- the job lifecycle, read off the rows the core writes ------------------------------
 
     def job_created(self, job: Job) -> None:
-        self.jobs_created.labels(job.command, job.caller.platform.value).inc()
+        self.jobs_created.labels(job.command, job.caller.platform).inc()
 
     def job_saved(self, before: Job, job: Job, now: datetime) -> None:
         """`job` replaced `before` in the store: count the transitions between them."""
@@ -232,7 +232,7 @@ class Metrics:
         endpoint = self.endpoint_label(job.endpoint)
         if job.state.terminal and not before.state.terminal:
             self.jobs_finished.labels(
-                job.command, job.state.value, endpoint, job.caller.platform.value
+                job.command, job.state.value, endpoint, job.caller.platform
             ).inc()
             if job.started_at is not None and job.finished_at is not None:
                 seconds = (job.finished_at - job.started_at).total_seconds()
@@ -244,7 +244,7 @@ class Metrics:
             and job.finished_at is not None
         ):
             seconds = (now - job.finished_at).total_seconds()
-            self.post_seconds.labels(job.caller.platform.value).observe(max(0.0, seconds))
+            self.post_seconds.labels(job.caller.platform).observe(max(0.0, seconds))
 
 
 # -- Port wrappers ---------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def query_sql(query: JobQuery) -> tuple[str, list[object]]:
     if query.limit < 0 or query.offset < 0:
         raise ValueError(f"limit and offset must be >= 0, got {query.limit}, {query.offset}")
     where = ["platform = ?", "server = ?"]
-    params: list[object] = [query.platform.value, query.server]
+    params: list[object] = [query.platform, query.server]
     if query.user is not None:
         where.append("user_id = ?")
         params.append(query.user)
@@ -157,7 +157,7 @@ def _write_messages(db: Database, job: Job) -> None:
     caller = job.caller
     db.conn.executemany(
         "INSERT INTO messages (platform, server, message_id, job_id) VALUES (?, ?, ?, ?)",
-        [(caller.platform.value, caller.server, message, job.id) for message in ids],
+        [(caller.platform, caller.server, message, job.id) for message in ids],
     )
 
 
@@ -237,7 +237,7 @@ def find(db: Database, platform: Platform, server: str, prefix: str) -> list[Job
         {
             "low": prefix,
             "high": high,
-            "platform": platform.value,
+            "platform": platform,
             "server": server,
             "limit": FIND_LIMIT,
         },
@@ -256,12 +256,12 @@ def unfinished(db: Database) -> list[Job]:
 def latest_in_thread(
     db: Database, platform: Platform, server: str, thread: Conversation
 ) -> Job | None:
-    jobs = _jobs(db, SQL_LATEST_IN_THREAD, (platform.value, server, thread.channel, thread.thread))
+    jobs = _jobs(db, SQL_LATEST_IN_THREAD, (platform, server, thread.channel, thread.thread))
     return jobs[0] if jobs else None
 
 
 def by_message(db: Database, platform: Platform, server: str, message: str) -> Job | None:
-    jobs = _jobs(db, SQL_BY_MESSAGE, (platform.value, server, message))
+    jobs = _jobs(db, SQL_BY_MESSAGE, (platform, server, message))
     return jobs[0] if jobs else None
 
 
@@ -277,9 +277,7 @@ def count_user_jobs(
 ) -> int:
     """A user's jobs created since `since`, or (without it) those not yet terminal."""
     if since is None:
-        row = db.conn.execute(SQL_COUNT_USER_RUNNING, (platform.value, server, user))
+        row = db.conn.execute(SQL_COUNT_USER_RUNNING, (platform, server, user))
     else:
-        row = db.conn.execute(
-            SQL_COUNT_USER_SINCE, (platform.value, server, user, encode_time(since))
-        )
+        row = db.conn.execute(SQL_COUNT_USER_SINCE, (platform, server, user, encode_time(since)))
     return int(row.fetchone()[0])

@@ -62,19 +62,19 @@ def usage(
     db: Database, platform: Platform, server: str, by: Literal["user", "channel"], since: datetime
 ) -> list[Usage]:
     sql = SQL_USAGE_BY_USER if by == "user" else SQL_USAGE_BY_CHANNEL
-    rows = db.conn.execute(sql, (platform.value, server, encode_time(since), USAGE_LIMIT))
+    rows = db.conn.execute(sql, (platform, server, encode_time(since), USAGE_LIMIT))
     return [Usage(row["key"], row["name"], row["jobs"], row["gpu"]) for row in rows]
 
 
 def failures(
     db: Database, platform: Platform, server: str, since: datetime
 ) -> list[tuple[str, int]]:
-    rows = db.conn.execute(SQL_FAILURES, (platform.value, server, encode_time(since), USAGE_LIMIT))
+    rows = db.conn.execute(SQL_FAILURES, (platform, server, encode_time(since), USAGE_LIMIT))
     return [(row["error"] or "", row["jobs"]) for row in rows]
 
 
 def daily(db: Database, platform: Platform, server: str, since: datetime) -> list[DayCount]:
-    rows = db.conn.execute(SQL_DAILY, (platform.value, server, encode_time(since)))
+    rows = db.conn.execute(SQL_DAILY, (platform, server, encode_time(since)))
     return [DayCount(row["day"], row["jobs"], row["failed"]) for row in rows]
 
 

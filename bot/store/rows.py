@@ -104,7 +104,7 @@ def job_row(job: Job) -> dict[str, object]:
     caller = job.caller
     return {
         "id": job.id,
-        "platform": caller.platform.value,
+        "platform": caller.platform,
         "server": caller.server,
         "user_id": caller.user,
         "user_name": caller.user_name,

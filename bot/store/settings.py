@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def settings(db: Database, platform: Platform, server: str, scope: str) -> dict[str, str]:
     rows = db.conn.execute(
         "SELECT key, value FROM settings WHERE platform = ? AND server = ? AND scope = ?",
-        (platform.value, server, scope),
+        (platform, server, scope),
     )
     return {row["key"]: row["value"] for row in rows}
 
@@ -30,11 +30,11 @@ def put_settings(
                 db.conn.execute(
                     "DELETE FROM settings WHERE platform = ? AND server = ? AND scope = ?"
                     " AND key = ?",
-                    (platform.value, server, scope, key),
+                    (platform, server, scope, key),
                 )
             else:
                 db.conn.execute(
                     "INSERT INTO settings (platform, server, scope, key, value)"
                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
-                    (platform.value, server, scope, key, value),
+                    (platform, server, scope, key, value),
                 )

@@ -273,7 +273,7 @@ class SqliteJobStore:
         (with `own`, at start, every one), oldest first, each with its next fence."""
         now = datetime.now(UTC)
         until = now + timedelta(seconds=ttl)
-        names = [platform.value for platform in platforms]
+        names = list(platforms)
         return await self._call(
             lambda db: leases.claim_jobs(db, owner, until, now, limit, names, own)
         )

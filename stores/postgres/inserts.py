@@ -245,7 +245,7 @@ class GroupInsert:
 
 def _user(job: Job) -> tuple[str, str, str]:
     caller = job.caller
-    return (caller.platform.value, caller.server, caller.user)
+    return (caller.platform, caller.server, caller.user)
 
 
 class _Decisions:
@@ -316,8 +316,7 @@ async def _copy_group(conn: Connection, admitted: list[Pending], now: datetime) 
             *job.result_messages,
         )
         messages += [
-            (caller.platform.value, caller.server, message, job.id)
-            for message in dict.fromkeys(posted)
+            (caller.platform, caller.server, message, job.id) for message in dict.fromkeys(posted)
         ]
         images += image_records(job.id, pending.inputs)
     await conn.copy_records_to_table(

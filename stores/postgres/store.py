@@ -393,7 +393,7 @@ class PostgresJobStore:
 
     async def _admit(self, conn: Connection, job: Job, admission: Admission) -> None:
         caller = job.caller
-        key = (caller.platform.value, caller.server, caller.user)
+        key = (caller.platform, caller.server, caller.user)
         if admission.max_in_flight is not None:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", GLOBAL_ADMISSION)
             running = int(await conn.fetchval(_SQL_COUNT_RUNNING))
@@ -437,8 +437,8 @@ class PostgresJobStore:
     async def find(self, platform: Platform, server: str, prefix: str) -> Sequence[Job]:
         high = prefix_end(prefix)
         if high is None:
-            return await self._jobs(_SQL_FIND_FROM, prefix, platform.value, server, FIND_LIMIT)
-        return await self._jobs(_SQL_FIND, prefix, high, platform.value, server, FIND_LIMIT)
+            return await self._jobs(_SQL_FIND_FROM, prefix, platform, server, FIND_LIMIT)
+        return await self._jobs(_SQL_FIND, prefix, high, platform, server, FIND_LIMIT)
 
     async def query(self, query: JobQuery) -> Sequence[Job]:
         sql, params = query_sql(query)
@@ -450,7 +450,7 @@ class PostgresJobStore:
     async def latest_in_thread(
         self, platform: Platform, server: str, thread: Conversation
     ) -> Job | None:
-        where = (platform.value, server, thread.channel)
+        where = (platform, server, thread.channel)
         if thread.thread is None:
             found = await self._jobs(_SQL_LATEST_IN_CHANNEL, *where)
         else:
@@ -458,7 +458,7 @@ class PostgresJobStore:
         return found[0] if found else None
 
     async def by_message(self, platform: Platform, server: str, message: str) -> Job | None:
-        found = await self._jobs(_SQL_BY_MESSAGE, platform.value, server, message)
+        found = await self._jobs(_SQL_BY_MESSAGE, platform, server, message)
         return found[0] if found else None
 
     async def recent_durations(self, endpoint: str, limit: int = 20) -> Sequence[float]:
@@ -535,7 +535,7 @@ class PostgresJobStore:
         *,
         own: bool = False,
     ) -> Sequence[Job]:
-        names = [platform.value for platform in platforms]
+        names = list(platforms)
         jobs: list[Job] = []
         async with self._conn(transaction=True) as conn:
             sql = _SQL_CLAIM_OWN_JOBS if own else _SQL_CLAIM_JOBS
@@ -680,7 +680,7 @@ class PostgresJobStore:
             rows = await conn.fetch(
                 "SELECT key, value FROM settings WHERE platform = $1 AND server = $2"
                 " AND scope = $3",
-                platform.value,
+                platform,
                 server,
                 scope,
             )
@@ -689,7 +689,7 @@ class PostgresJobStore:
     async def put_settings(
         self, platform: Platform, server: str, scope: str, values: Mapping[str, str | None]
     ) -> None:
-        where = (platform.value, server, scope)
+        where = (platform, server, scope)
         async with self._conn(transaction=True) as conn:
             for key, value in values.items():
                 if value is None:
@@ -725,7 +725,7 @@ class PostgresJobStore:
     ) -> Sequence[Usage]:
         sql = _SQL_USAGE_BY_USER if by == "user" else _SQL_USAGE_BY_CHANNEL
         async with self._conn() as conn:
-            rows = await conn.fetch(sql, platform.value, server, encode_time(since), USAGE_LIMIT)
+            rows = await conn.fetch(sql, platform, server, encode_time(since), USAGE_LIMIT)
         return [Usage(row["key"], row["name"], int(row["jobs"]), row["gpu"]) for row in rows]
 
     async def failures(
@@ -733,13 +733,13 @@ class PostgresJobStore:
     ) -> Sequence[tuple[str, int]]:
         async with self._conn() as conn:
             rows = await conn.fetch(
-                _SQL_FAILURES, platform.value, server, encode_time(since), USAGE_LIMIT
+                _SQL_FAILURES, platform, server, encode_time(since), USAGE_LIMIT
             )
         return [(row["error"] or "", int(row["jobs"])) for row in rows]
 
     async def daily(self, platform: Platform, server: str, since: datetime) -> Sequence[DayCount]:
         async with self._conn() as conn:
-            rows = await conn.fetch(_SQL_DAILY, platform.value, server, encode_time(since))
+            rows = await conn.fetch(_SQL_DAILY, platform, server, encode_time(since))
         return [DayCount(row["day"], int(row["jobs"]), int(row["failed"])) for row in rows]
 
     async def writable(self) -> bool:
@@ -777,7 +777,7 @@ async def _write_messages(conn: Connection, job: Job) -> None:
         caller = job.caller
         await conn.executemany(
             "INSERT INTO messages (platform, server, message_id, job_id) VALUES ($1, $2, $3, $4)",
-            [(caller.platform.value, caller.server, message, job.id) for message in ids],
+            [(caller.platform, caller.server, message, job.id) for message in ids],
         )
 
 

@@ -89,6 +89,20 @@ async def test_options_are_stored_typed_and_versioned(
     assert got.options.sampler is Sampler.EULER_A
 
 
+async def test_a_platform_is_stored_as_its_name(store: SqliteJobStore, tmp_path: Path) -> None:
+    await store.insert(make_job("plat1", platform=Platform("teams")))
+    await store.put_settings(Platform("teams"), "g1", "", {"steps": "5"})
+    with raw(tmp_path / "data" / "jobs.sqlite3") as conn:
+        stored = conn.execute(
+            "SELECT typeof(platform), platform FROM jobs WHERE id = 'plat1'"
+            " UNION ALL SELECT typeof(platform), platform FROM settings"
+        ).fetchall()
+    assert stored == [("text", "teams"), ("text", "teams")]
+    got = await store.get("plat1")
+    assert got is not None and got.caller.platform == Platform("teams")
+    assert ids(await store.query(JobQuery(Platform("teams"), "g1"))) == ["plat1"]
+
+
 async def test_start_sets_schema_version_and_pragmas(store: SqliteJobStore) -> None:
     assert SCHEMA_VERSION == len(MIGRATIONS) >= 1
     with raw(store.path) as conn:
