@@ -46,7 +46,9 @@ class _Sink(RecordingAdapter):
     async def download(self, ref: Any, max_bytes: int) -> bytes:
         return self.files.pop(ref.url)
 
-    async def open_job_thread(self, where: Any, status: Any) -> PostedStatus:
+    async def open_job_thread(
+        self, where: Any, status: Any, *, again: bool = False
+    ) -> PostedStatus:
         return PostedStatus(where, self._next())
 
     async def edit_status(self, thread: Any, message: str, status: Any) -> None:

@@ -412,7 +412,9 @@ class _SendingAdapter(RecordingAdapter):
         super().__init__()
         self.edits = 0
 
-    async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
+    async def open_job_thread(
+        self, where: Conversation, status: StatusView, *, again: bool = False
+    ) -> PostedStatus:
         message = self._next()
         return PostedStatus(Conversation(where.channel, message), message)
 

@@ -163,6 +163,9 @@ class JobRunner:
         self._keeper: asyncio.Task[None] | None = None
         self.parked = 0  # jobs parked as failed after too many takeovers
         self._run_times = _RunTimes(store, clock)
+        # Jobs accepted here whose driver has not posted their status yet (bounded like
+        # `_tasks`): the only status posts made without looking for an earlier one.
+        self._accepted_here: set[str] = set()
 
     # -- accepting -------------------------------------------------------------------------
 
@@ -222,6 +225,7 @@ class JobRunner:
                 self.leases.drop(job.id, job.fence)
                 raise
             self._observer.acknowledged(self._clock.monotonic() - started)
+            self._accepted_here.add(job.id)
             self.spawn(job.id, job)
         finally:
             self._admitting -= 1
@@ -308,7 +312,8 @@ class JobRunner:
                 return
             fence[0] = owned.fence
             try:
-                await self._drive(owned)
+                with self.leases.posting(job_id, owned.fence):
+                    await self._drive(owned)
             except LeaseLost as lost:
                 if not isinstance(lost, NotHeld):
                     self.leases.refused(job_id)
@@ -372,6 +377,7 @@ class JobRunner:
         return job
 
     def _done(self, job_id: str, task: asyncio.Task[None], fence: int | None) -> None:
+        self._accepted_here.discard(job_id)
         if fence is not None:
             # The job is finished, or left for a later claim: its lease is no longer renewed.
             self.leases.drop(job_id, fence)
@@ -550,11 +556,16 @@ class JobRunner:
         """Post the status message (and open the job's thread). A platform that refuses it
         does not stop the job: it runs, and delivery opens the thread again."""
         await self.leases.ensure(job)
+        # Only the driver that accepted the job posts its first status without looking: any
+        # other (a takeover, a restart, a retry) may follow one that posted it and stopped
+        # before the row said so.
+        again = job.id not in self._accepted_here
+        self._accepted_here.discard(job.id)
         try:
             posted = await self._adapter(job).open_job_thread(
-                job.thread or job.caller.conversation, self._status(job)
+                job.thread or job.caller.conversation, self._status(job), again=again
             )
-        except ConversationClosedError:
+        except (ConversationClosedError, LeaseLost):
             raise
         except Exception as exc:
             _LOGGER.warning("job %s: posting the status message failed: %r", job.id, exc)
@@ -793,6 +804,8 @@ class JobRunner:
         view = self._status(job, cold_start=cold_start, progress=progress, live=live)
         try:
             await self._adapter(job).edit_status(job.thread, job.status_message, view)
+        except LeaseLost:
+            raise
         except Exception as exc:
             # A missed status edit is cosmetic; the next state change edits again.
             _LOGGER.warning("job %s: status edit failed: %r", job.id, exc)
@@ -884,7 +897,7 @@ class JobRunner:
             await self.leases.ensure(job)
             try:
                 return await adapter.post_result(thread, view)
-            except ConversationClosedError:
+            except (ConversationClosedError, LeaseLost):
                 raise
             except Exception as exc:
                 # The platform may have posted before failing (a 5xx after the work was done).

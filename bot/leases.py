@@ -8,22 +8,31 @@ check made before anything is posted on a platform (`ensure`): a replica that wa
 its lease learns it lost the job before posting, and its store writes carry the old fence and are
 refused (`LeaseLost`) either way. On SQLite (one process) the same code runs with one owner.
 
+Before every request a driver makes to a chat platform, the platform's HTTP connection asks
+`check_before_post` and then `check_at_send` (`transport.leased`): the lease the driver's task
+posts under (`JobOwnership.posting`) must be held with a margin left, renewed on the spot when
+it runs short. A replica frozen while posting (SIGSTOP, a long GC pause, a VM migration) thus
+finds out on waking, before its next request leaves, instead of posting what the job's new owner
+has posted meanwhile.
+
 `Leadership` is a named lease (`bot.ports.LeaderLeases`) for periodic work that must run on one
 replica at a time: retention, the ESD list scan.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot.ports import LeaseLost
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping, Sequence
+    from collections.abc import Collection, Iterator, Mapping, Sequence
 
     from bot.model import Job, Platform
     from bot.ports import Clock, JobLeases, LeaderLeases, Replicas
@@ -32,6 +41,10 @@ _LOGGER = logging.getLogger(__name__)
 
 # Jobs taken at most per claim.
 CLAIM_BATCH = 50
+# A request to a platform leaves only with more than this share of a lease left on this
+# replica's clock: the time the request has to reach the platform and be done there before
+# another replica may take the job, look in the thread and post.
+SEND_MARGIN = 1 / 6
 
 
 def default_replica_id() -> str:
@@ -140,17 +153,41 @@ class JobOwnership:
     async def ensure(self, job: Job) -> None:
         """Before posting on a platform: make sure the lease is ours with a third of it left,
         renewing it now if less is left; `NotHeld` when it was taken over."""
-        held = self._held.get(job.id)
-        if held is None or held.lost or held.fence != job.fence:
-            raise NotHeld(job.id)
+        await self._ensure(job.id, job.fence)
+
+    async def _ensure(self, job_id: str, fence: int) -> None:
+        held = self._held.get(job_id)
+        if held is None or held.lost or held.fence != fence:
+            raise NotHeld(job_id)
         now = self._clock.monotonic()
         if held.until - now >= self.ttl / 3:
             return
-        renewed = await self._store.renew_jobs(self.owner, {job.id: job.fence}, self.ttl)
-        if job.id not in renewed:
-            self.drop(job.id, job.fence)
-            raise NotHeld(job.id)
+        renewed = await self._store.renew_jobs(self.owner, {job_id: fence}, self.ttl)
+        if job_id not in renewed:
+            self.drop(job_id, fence)
+            raise NotHeld(job_id)
         held.until = now + self.ttl
+
+    def _check_margin(self, job_id: str, fence: int) -> None:
+        held = self._held.get(job_id)
+        if held is None or held.lost or held.fence != fence:
+            raise NotHeld(job_id)
+        if held.until - self._clock.monotonic() <= self.ttl * SEND_MARGIN:
+            # Not renewed in time (the renewal is late, or this process was frozen): the job
+            # may be someone else's by the time the request lands. It is let go (taken over
+            # once the lease expires) rather than posted twice.
+            self.drop(job_id, fence)
+            raise NotHeld(job_id)
+
+    @contextlib.contextmanager
+    def posting(self, job_id: str, fence: int) -> Iterator[None]:
+        """Every platform request the current task makes meanwhile is made under this lease
+        (`check_before_post`, `check_at_send`)."""
+        token = _POSTING.set(_Posting(self, job_id, fence))
+        try:
+            yield
+        finally:
+            _POSTING.reset(token)
 
     def drop(self, job_id: str, fence: int) -> None:
         """Stop renewing a lease (it expires; the next claim counts an attempt)."""
@@ -187,6 +224,38 @@ class JobOwnership:
         self.stale_writes += 1
         self._unreported += 1
         _LOGGER.warning("job %s: another replica took it over; a stale write was refused", job_id)
+
+
+@dataclass(frozen=True)
+class _Posting:
+    ownership: JobOwnership
+    job_id: str
+    fence: int
+
+
+_POSTING: ContextVar[_Posting | None] = ContextVar("sdbot_posting_lease", default=None)
+
+
+async def check_before_post() -> None:
+    """Before a platform request (outside a job driver, nothing): the lease the task posts
+    under is held with a third of it left, renewed now if less is; else `NotHeld`."""
+    posting = _POSTING.get()
+    if posting is not None:
+        await posting.ownership._ensure(posting.job_id, posting.fence)
+
+
+def check_at_send() -> None:
+    """The last check, with no wait between it and the request's bytes leaving: the lease is
+    held with more than `SEND_MARGIN` of it left by this process's clock; else `NotHeld`.
+
+    What is left: a freeze that begins after this check and before the kernel has the request,
+    and lasts longer than the margin plus the takeover (the lease running out, a claim, the new
+    owner's look in the thread). The check and the write are one or two turns of the event loop
+    apart (well under a millisecond on a loop that is not overloaded).
+    """
+    posting = _POSTING.get()
+    if posting is not None:
+        posting.ownership._check_margin(posting.job_id, posting.fence)
 
 
 class Leadership:

@@ -211,9 +211,12 @@ class ChatAdapter(Protocol):
         """
         ...
 
-    async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
+    async def open_job_thread(
+        self, where: Conversation, status: StatusView, *, again: bool = False
+    ) -> PostedStatus:
         """Post a job's status message, starting a thread for the job from it when `where` is
-        not already a thread."""
+        not already a thread. `again`: an earlier driver of the job (another replica, an earlier
+        run) may have posted it already; that one is found and returned, not posted twice."""
         ...
 
     async def edit_status(self, thread: Conversation, message: str, status: StatusView) -> None:

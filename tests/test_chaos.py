@@ -165,9 +165,9 @@ class ChaosAdapter(RecordingAdapter):
         await self.chaos.call("download", CHAT_FAULTS)
         return await super().download(ref, max_bytes)
 
-    async def open_job_thread(self, where: Any, status: Any) -> Any:
+    async def open_job_thread(self, where: Any, status: Any, *, again: bool = False) -> Any:
         await self.chaos.call("open_job_thread", CHAT_FAULTS)
-        return await super().open_job_thread(where, status)
+        return await super().open_job_thread(where, status, again=again)
 
     async def edit_status(self, thread: Any, message: str, status: Any) -> None:
         await self.chaos.call("edit_status", CHAT_FAULTS)

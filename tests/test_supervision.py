@@ -251,11 +251,11 @@ class RudeAdapter(RecordingAdapter):
         self.refuse_status = 1
         self.time_out_after_post = 1
 
-    async def open_job_thread(self, where: Any, status: Any) -> Any:
+    async def open_job_thread(self, where: Any, status: Any, *, again: bool = False) -> Any:
         if self.refuse_status:
             self.refuse_status -= 1
             raise ChatDeliveryError("fake 503 on the status message")
-        return await super().open_job_thread(where, status)
+        return await super().open_job_thread(where, status, again=again)
 
     async def edit_status(self, thread: Any, message: str, status: Any) -> None:
         raise ValueError("the adapter choked on an edit")

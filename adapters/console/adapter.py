@@ -143,7 +143,9 @@ class ConsoleAdapter:
                 )
             return fh.read(max_bytes + 1)
 
-    async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
+    async def open_job_thread(
+        self, where: Conversation, status: StatusView, *, again: bool = False
+    ) -> PostedStatus:
         thread = where if where.thread is not None else Conversation(where.channel, status.job_id)
         self._show(status)
         return PostedStatus(thread, f"status-{status.job_id}")

@@ -591,7 +591,11 @@ class DiscordAdapter:
             )
         return fetched.body
 
-    async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
+    async def open_job_thread(
+        self, where: Conversation, status: StatusView, *, again: bool = False
+    ) -> PostedStatus:
+        # `again` needs no look here: the job's nonce below makes Discord return an earlier
+        # post instead of making a second (for a few minutes after it).
         await self._ready.wait()
         try:
             # One nonce per job: a status post that Discord made before answering 5xx, and that

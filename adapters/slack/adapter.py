@@ -34,7 +34,6 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from adapters.slack.app import SlackListeners
 from adapters.slack.blocks import (
     Block,
-    is_result_message,
     result_message,
     status_message,
     upload_comment,
@@ -60,6 +59,7 @@ from bot.recent import Recent
 from bot.retry import RetryPolicy, TransientError, parse_retry_after
 from bot.tasks import TaskSet
 from bot.views import ResultImage
+from transport.leased import LeasedConnector
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -210,7 +210,10 @@ class SlackAdapter:
     async def _start(self) -> None:
         config = self._config
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=60), trace_configs=self._trace_configs or None
+            # A job driver's requests leave only while it holds the job's lease.
+            connector=LeasedConnector(),
+            timeout=aiohttp.ClientTimeout(total=60),
+            trace_configs=self._trace_configs or None,
         )
         client = make_web_client(
             self._token, config.slack_api_url, self._session, policy=self._retry
@@ -386,14 +389,18 @@ class SlackAdapter:
         *,
         key: str | None = None,
         escaped: bool = False,
+        look_first: bool = False,
     ) -> str:
         """Post a bot message (text from the core, escaped here) exactly once; return its ts.
 
         Every post carries `key` in its `metadata`. When Slack answers 5xx or the connection
         breaks, the post may have happened anyway (Slack does the work and then fails), so
-        the thread (or channel) is searched for the key before posting again.
+        the thread (or channel) is searched for the key before posting again; `look_first`
+        searches before the first try too (another process may have posted it).
         """
         key = key or f"post:{uuid.uuid4().hex}"
+        if look_first:
+            self._remember_unsure(key)
 
         async def once() -> str:
             if key in self._unsure:
@@ -464,8 +471,7 @@ class SlackAdapter:
                     ),
                 )
             for message in data.get("messages") or []:
-                payload = (message.get("metadata") or {}).get("event_payload") or {}
-                if self._mine(message) and payload.get("key") == key:
+                if self._mine(message) and _post_key(message) == key:
                     return str(message["ts"])
             cursor = (data.get("response_metadata") or {}).get("next_cursor") or None
             if not thread or cursor is None:
@@ -702,11 +708,18 @@ class SlackAdapter:
             ref = found
         return await self._files.fetch(ref, max_bytes)
 
-    async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
+    async def open_job_thread(
+        self, where: Conversation, status: StatusView, *, again: bool = False
+    ) -> PostedStatus:
         text, blocks = status_message(status)
         try:
             ts = await self.post_message(
-                where.channel, where.thread, text, blocks, key=f"status:{status.job_id}"
+                where.channel,
+                where.thread,
+                text,
+                blocks,
+                key=status_key(status.job_id),
+                look_first=again,
             )
         except ConversationClosedError as exc:
             await self._tell_requester(status.job_id, str(exc))
@@ -812,7 +825,7 @@ class SlackAdapter:
             posted.extend(uploaded)
         text, blocks = result_message(result)
         ts = await self.post_message(
-            thread.channel, thread.thread, text, blocks, key=f"result:{result.job_id}"
+            thread.channel, thread.thread, text, blocks, key=result_key(result.job_id)
         )
         self._uploaded.pop(result.job_id, None)
         return [message_id(thread.channel, ts), *posted]
@@ -822,11 +835,13 @@ class SlackAdapter:
         return message_id(thread.channel, ts)
 
     async def find_marker(self, thread: Conversation, marker: str) -> Sequence[str]:
-        """The job's result message and uploaded files in `thread`, if the result message is
-        there; an upload without its result message counts as not posted (the result is
-        posted again rather than left without its buttons)."""
+        """The job's result message (found by the metadata key every post carries, as after a
+        5xx) and its uploaded files in `thread`, if the result message is there. Files found
+        without their result message are kept for the next `post_result` of the job, which
+        then posts only the result message (a driver stopped between the two left them)."""
         if thread.thread is None:
             return []
+        key = result_key(marker)
         results: list[str] = []
         files: list[str] = []
         cursor: str | None = None
@@ -835,7 +850,11 @@ class SlackAdapter:
                 data = await self._call(
                     "conversations.replies",
                     self._api().conversations_replies(
-                        channel=thread.channel, ts=thread.thread, limit=200, cursor=cursor
+                        channel=thread.channel,
+                        ts=thread.thread,
+                        limit=200,
+                        cursor=cursor,
+                        include_all_metadata=True,
                     ),
                 )
             except ChatDeliveryError as exc:
@@ -846,9 +865,9 @@ class SlackAdapter:
             for message in data.get("messages") or []:
                 if not self._mine(message):
                     continue
-                if is_result_message(message, marker):
+                if _post_key(message) == key:
                     results.append(message_id(thread.channel, str(message["ts"])))
-                elif message.get("files") and marker in str(message.get("text") or ""):
+                elif message.get("files") and f"`{marker}`" in str(message.get("text") or ""):
                     files.extend(
                         file_message_id(thread.channel, str(f["id"]))
                         for f in message["files"]
@@ -857,6 +876,8 @@ class SlackAdapter:
             cursor = (data.get("response_metadata") or {}).get("next_cursor") or None
             if cursor is None:
                 break
+        if not results and files:
+            self._uploaded[marker] = files
         return [*results, *files] if results else []
 
     async def delete_messages(self, thread: Conversation, messages: Sequence[str]) -> None:
@@ -877,6 +898,25 @@ class SlackAdapter:
                     failed.append(str(exc))
         if failed:
             raise ChatDeliveryError("; ".join(failed))
+
+
+def status_key(job_id: str) -> str:
+    """The metadata key of a job's status message."""
+    return f"status:{job_id}"
+
+
+def result_key(job_id: str) -> str:
+    """The metadata key of a job's result message (the one with the buttons)."""
+    return f"result:{job_id}"
+
+
+def _post_key(message: Mapping[str, Any]) -> object:
+    """The key a message read back with `include_all_metadata` carries, if it is one of ours
+    (https://docs.slack.dev/messaging/message-metadata)."""
+    metadata = message.get("metadata") or {}
+    if metadata.get("event_type") != POST_EVENT:
+        return None
+    return (metadata.get("event_payload") or {}).get("key")
 
 
 def _share_ts(files: Sequence[Mapping[str, Any]], channel: str) -> str | None:

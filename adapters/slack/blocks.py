@@ -141,17 +141,6 @@ def result_fact(job_id: str) -> str:
     return f"job `{job_id}`"
 
 
-def is_result_message(message: Mapping[str, Any], job_id: str) -> bool:
-    """Whether a message read back from Slack is the result message of `job_id`."""
-    fact = result_fact(job_id)
-    for block in message.get("blocks") or []:
-        if block.get("type") == "context":
-            for element in block.get("elements") or []:
-                if fact in str(element.get("text") or ""):
-                    return True
-    return False
-
-
 def upload_comment(result: ResultView) -> str:
     """The text of the file upload message; it carries the job id like every result message."""
     count = len(result.images)

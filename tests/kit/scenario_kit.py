@@ -309,7 +309,13 @@ class RecordingAdapter:
             raise ImageInputError(f"{ref.name} is over the size limit")
         return data
 
-    async def open_job_thread(self, where: Conversation, status: StatusView) -> PostedStatus:
+    async def open_job_thread(
+        self, where: Conversation, status: StatusView, *, again: bool = False
+    ) -> PostedStatus:
+        if again:  # as the real adapters do: an earlier post of this job's status is found
+            for post in self.posts:
+                if post.kind == "status" and post.payload.job_id == status.job_id:
+                    return PostedStatus(post.thread, post.id)
         message = self._next()
         thread = where if where.thread else Conversation(where.channel, message)
         self.posts.append(Posted(thread, message, "status", status))

@@ -295,3 +295,37 @@ async def test_after_a_crash_while_posting_the_thread_is_checked_before_posting_
     rig.app.runner.spawn(job.id)
     await rig.settle()
     assert len(rig.results_in("C1", status.ts)) == 1 and len(rig.uploads_in("C1", status.ts)) == 1
+    # As if it died between the upload and the result message: the upload found in the thread
+    # is kept, and only the result message is posted.
+    uploads = len(rig.fake.called("files.completeUploadExternal"))
+    [result] = rig.results_in("C1", status.ts)
+    rig.fake.messages.remove(result)
+    found = await rig.app.store.get(job.id)
+    assert found is not None
+    await rig.app.store.save(replace(found, delivery=Delivery.POSTING, result_messages=()))
+    rig.app.runner.spawn(job.id)
+    await rig.settle()
+    assert len(rig.fake.called("files.completeUploadExternal")) == uploads
+    assert len(rig.results_in("C1", status.ts)) == 1 and len(rig.uploads_in("C1", status.ts)) == 1
+
+
+async def test_a_driver_after_another_finds_the_status_message_it_posted(rig: SlackRig) -> None:
+    from dataclasses import replace
+
+    from bot.model import Delivery
+
+    job, status = await _job(rig)
+    # As if the first driver died after posting the status (and the result) but before the row
+    # said so: the next driver finds both by their metadata keys, and posts neither again.
+    await rig.app.store.save(
+        replace(
+            job, thread=None, status_message=None, delivery=Delivery.POSTING, result_messages=()
+        )
+    )
+    rig.app.runner.spawn(job.id)
+    await rig.settle()
+    found = await rig.app.store.get(job.id)
+    assert found is not None and found.delivery is Delivery.DONE
+    assert found.status_message == f"C1:{status.ts}"
+    assert len([m for m in rig.fake.bot_messages("C1") if m.thread_ts is None]) == 1
+    assert len(rig.results_in("C1", status.ts)) == 1
