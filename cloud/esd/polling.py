@@ -8,7 +8,10 @@ by every poll until the next scan is due. A scan walks pages until it has seen e
 flight of its type, or at most `status_pages` pages; it never compares ESD's clock with the
 bot's. After a scan of `p` pages the next one waits `p / list_pages_per_second` seconds (and at
 least `list_interval`), so list traffic stays at `list_pages_per_second` on average whatever the
-number of jobs in flight.
+number of jobs in flight. A snapshot answers each job once: the core takes an answer for a read
+made when it asked, so a reused snapshot must not refresh a job's deadline with old news. With
+completion events flowing the scan is a backstop that runs in the background: no poll waits
+for it.
 
 `GET inferences/{id}` is kept for what a list cannot answer: a failed job's reason when the list
 item lacks it, jobs the pages did not reach, interrogate jobs resumed after a restart (their
@@ -101,6 +104,8 @@ class _Snapshot:
     # pages, and scanning again would not find it either.
     covered: set[str] = field(default_factory=set)
     scanned: bool = True  # False: no scan yet, only the time the book first looked (events)
+    # Jobs already answered from it: a snapshot answers each job once (see `_answer`).
+    answered: set[str] = field(default_factory=set)
 
 
 class _Budget:
@@ -440,17 +445,27 @@ class StatusBook:
         self, task_type: str, ids: list[str]
     ) -> tuple[dict[str, EsdJob], set[str]]:
         """The due jobs of one task type found in the snapshot (scanning when one is due), and
-        those submitted since that snapshot, which wait for the next scan unread."""
+        those that wait for the next scan unread: submitted since the snapshot was taken, or
+        already answered from it.
+
+        With events flowing the scan is only a backstop, and it runs in the background: a
+        poll never waits for its pages, so the poller's call that carries a job an event has
+        just ended answers at once, not after a scan of thousands of jobs (which took ~1.8 s
+        at 2,000). Its jobs wait unread until it is done and answer from it at their next poll.
+        """
         snapshot = self._snapshots.get(task_type)
-        if snapshot is None or self._clock() >= snapshot.next_scan:
+        now = self._clock()
+        if snapshot is None or now >= snapshot.next_scan:
             if snapshot is None and self.in_flight(task_type) <= self._config.direct_threshold:
                 return {}, set()  # so few jobs that one read each is cheaper than a page
-            if self._events_on and (snapshot is None or not snapshot.scanned):
-                # With events flowing the scan is only a backstop for lost ones: the first
-                # waits one backstop interval, and as long as its pages take at the backstop's
-                # page rate, like every later one (events are not lost by a restart: they wait
-                # in the queue). Until then every job waits for it unread.
-                now = self._clock()
+            if not self._events_on:
+                snapshot = await self._shared_scan(task_type)
+                return self._answer(snapshot, ids, fresh=self._sharing is None)
+            if snapshot is None or not snapshot.scanned:
+                # The first backstop scan waits one backstop interval after the book first
+                # looked, and as long as its pages take at the backstop's page rate, like every
+                # later one (events are not lost by a restart: they wait in the queue). Until
+                # then every job waits for it unread.
                 if snapshot is None:
                     snapshot = self._snapshots[task_type] = _Snapshot(now, now, scanned=False)
                 snapshot.next_scan = snapshot.taken + max(
@@ -458,12 +473,33 @@ class StatusBook:
                 )
                 if now < snapshot.next_scan:
                     return {}, set(ids)
-            snapshot = await self._shared_scan(task_type)
-            if self._sharing is None:
-                return {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}, set()
-        found = {i: snapshot.jobs[i] for i in ids if i in snapshot.jobs}
-        newcomers = {i for i in ids if i not in found and i not in snapshot.covered}
-        return found, newcomers
+            self._scan_in_background(task_type)
+        return self._answer(snapshot, ids)
+
+    def _answer(
+        self, snapshot: _Snapshot, ids: list[str], *, fresh: bool = False
+    ) -> tuple[dict[str, EsdJob], set[str]]:
+        """What `snapshot` says about `ids`, each job once: the poller takes an answer for a
+        read made when it asked (`bot.poller.Watch.read_at`), and the core's deadlines count
+        on that, so a snapshot reused for minutes (a backstop scan's next one is up to
+        pages / `events_pages_per_second` away: 200 s at 2,000 jobs, 1,000 s at 10,000)
+        must not pass a job's `created` of long ago off as a fresh read and have
+        `created_timeout` fail a job that has long started. Asked again before the next scan,
+        a job waits unread. `fresh`: the scan was just made for this call, and a job it did
+        not cover was submitted meanwhile: read on its own rather than wait."""
+        found: dict[str, EsdJob] = {}
+        waiting: set[str] = set()
+        for job_id in ids:
+            job = snapshot.jobs.get(job_id)
+            if job is not None:
+                if job_id in snapshot.answered:
+                    waiting.add(job_id)
+                else:
+                    snapshot.answered.add(job_id)
+                    found[job_id] = job
+            elif job_id not in snapshot.covered and not fresh:
+                waiting.add(job_id)
+        return found, waiting
 
     def _pages_for(self, task_type: str) -> int:
         """The pages a scan of `task_type` would read if every job in flight were on them."""
@@ -473,20 +509,37 @@ class StatusBook:
     async def _shared_scan(self, task_type: str) -> _Snapshot:
         """A fresh snapshot of `task_type`: the scan under way if there is one, else a new one
         (so calls made at once never scan twice)."""
-        scan = self._scanning.get(task_type)
-        if scan is None:
-            scan = asyncio.create_task(self._scan(task_type), name=f"esd-scan-{task_type}")
-            self._scanning[task_type] = scan
-
-            def done(finished: asyncio.Task[_Snapshot]) -> None:
-                if self._scanning.get(task_type) is finished:
-                    del self._scanning[task_type]
-                if not finished.cancelled() and finished.exception() is None:
-                    self._snapshots[task_type] = finished.result()
-
-            scan.add_done_callback(done)
         # Shielded: one caller giving up does not cancel the scan the others wait for.
-        return await asyncio.shield(scan)
+        return await asyncio.shield(self._scan_in_background(task_type))
+
+    def _scan_in_background(self, task_type: str) -> asyncio.Task[_Snapshot]:
+        """The scan of `task_type` under way, started if there is none; its snapshot replaces
+        the last one when it is done. A failed scan leaves the last snapshot and is tried again
+        one interval later (a poll awaiting it hears the error; a backstop scan nobody awaits
+        is logged)."""
+        scan = self._scanning.get(task_type)
+        if scan is not None:
+            return scan
+        scan = asyncio.create_task(self._scan(task_type), name=f"esd-scan-{task_type}")
+        self._scanning[task_type] = scan
+
+        def done(finished: asyncio.Task[_Snapshot]) -> None:
+            if self._scanning.get(task_type) is finished:
+                del self._scanning[task_type]
+            if finished.cancelled():
+                return
+            error = finished.exception()
+            if error is None:
+                self._snapshots[task_type] = finished.result()
+                return
+            last = self._snapshots.get(task_type)
+            if last is not None:
+                last.next_scan = max(last.next_scan, self._clock() + self._interval())
+            if self._events_on:
+                _LOGGER.warning("backstop scan of %s failed: %s", task_type, error)
+
+        scan.add_done_callback(done)
+        return scan
 
     async def _scan(self, task_type: str) -> _Snapshot:
         """Pages of `task_type`, newest first, until every job in flight of it was seen or

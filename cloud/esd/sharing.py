@@ -32,6 +32,7 @@ from cloud.esd.payloads import EsdJob
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
+    from datetime import datetime
 
     from bot.ports import LeaderLeases, SharedReads
 
@@ -61,6 +62,8 @@ class SharedScans:
         # (told to the store at its next call). Bounded by the jobs in flight here.
         self._asked: dict[str, set[str]] = {}
         self._ended: dict[str, set[str]] = {}
+        # When the leader last posted each of them, as `follow` last returned it.
+        self._seen: dict[str, dict[str, datetime]] = {}
 
     async def lead(self, task_type: str, hold: float) -> bool:
         """Take or extend the scan's lease of `task_type` for `hold` (+ `GRACE`) seconds;
@@ -97,9 +100,12 @@ class SharedScans:
     async def follow(
         self, task_type: str, ids: Collection[str]
     ) -> tuple[dict[str, EsdJob], set[str]]:
-        """What the leader posted about `ids`: the jobs it found, and the ids it looked for and
-        did not find (read them directly). Ids it has not looked for yet are in neither. A
-        failing store: every id is "not found" (read directly, within the budget)."""
+        """What the leader posted about `ids` since this replica last asked: the jobs it found,
+        and the ids it looked for and did not find (read them directly). Ids it has not looked
+        for yet, or not again since the last call, are in neither: the backstop's leader scans
+        minutes apart, and a post returned again would pass an old read off as a new one
+        (`StatusBook._answer`). A failing store: every id is "not found" (read directly,
+        within the budget)."""
         self._asked.setdefault(task_type, set()).update(ids)
         try:
             await self._tell_ended(task_type)
@@ -109,7 +115,11 @@ class SharedScans:
             return {}, set(ids)
         found: dict[str, EsdJob] = {}
         missing: set[str] = set()
+        seen = self._seen.setdefault(task_type, {})
         for job_id, entry in posted.items():
+            if seen.get(job_id) == entry.at:
+                continue  # returned before: wait for the leader's next post
+            seen[job_id] = entry.at
             if entry.value is None:
                 missing.add(job_id)
                 continue
@@ -123,6 +133,7 @@ class SharedScans:
         """This replica stopped following a job (its row goes at the next store call)."""
         if task_type is not None and job_id in self._asked.get(task_type, ()):
             self._asked[task_type].discard(job_id)
+            self._seen.get(task_type, {}).pop(job_id, None)
             self._ended.setdefault(task_type, set()).add(job_id)
 
     async def _tell_ended(self, task_type: str) -> None:

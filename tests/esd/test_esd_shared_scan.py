@@ -137,3 +137,29 @@ async def test_a_replica_that_stops_scanning_hands_the_scan_over(
         taken = await _round(replicas, ids)
         assert set(taken["b"]) == set(ids["b"]) and set(taken["c"]) == set(ids["c"])
         assert _requests(server)["get_inference"] == before["get_inference"]
+
+
+async def test_a_post_is_answered_once_and_an_old_one_never_passes_for_a_new_read(
+    server: str, tmp_path: Path
+) -> None:
+    # With events flowing the leader scans minutes apart (pages / events_pages_per_second);
+    # the others look in the store more often. What it posted once is one read, not one per
+    # look: the core's deadlines take an answer for a read made when it asked.
+    leases = _Leases()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(SqliteJobStore(tmp_path / "shared.sqlite3"))
+        leader = await stack.enter_async_context(EsdBackend(esd_config(server, page_size=50)))
+        follower = await stack.enter_async_context(EsdBackend(esd_config(server, page_size=50)))
+        leader.share_scans(store, leases, "a")
+        follower.share_scans(store, leases, "b")
+        ids = {"a": await _submit(leader, 10), "b": await _submit(follower, 10)}
+        replicas = {"a": leader, "b": follower}
+        await _round(replicas, ids)  # a scans for itself; b asks
+        leader._book._list_interval = 600.0  # from its next scan on, a scans 10 min apart
+        second = await _round(replicas, ids)  # a scans for both and posts for b
+        assert set(second["b"]) == set(ids["b"])
+        before = _requests(server)
+        for _ in range(3):  # b looks again; a has not scanned since
+            again = await _round(replicas, ids)
+            assert again["b"] == {}
+        assert _requests(server) == before  # waiting for a's next scan, not reading directly
