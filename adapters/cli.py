@@ -183,9 +183,9 @@ def make_app(
     config = settings.core
     store = store or make_store(settings)
     backend = make_backend(settings, metrics)
-    secrets = settings.secret_values()
+    redaction = settings.redaction()
     if metrics is None:
-        app = BotApp(config, backend=backend, store=store, secrets=secrets)
+        app = BotApp(config, backend=backend, store=store, redaction=redaction)
     else:
         clock = SystemClock()
         app = BotApp(
@@ -194,7 +194,7 @@ def make_app(
             store=instrument_store(store, metrics, clock.now),
             clock=clock,
             observer=metrics,
-            secrets=secrets,
+            redaction=redaction,
         )
         metrics.jobs_in_flight.set_function(lambda: app.runner.in_flight)
         leases = app.runner.leases
@@ -514,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     core = config.core
     setup_logging(
         core.log_level,
-        config.secret_values(),
+        config.redaction(),
         json_lines=core.log_format == "json",
         replica=core.replica,
     )

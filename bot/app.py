@@ -23,10 +23,10 @@ from bot.resolve import Resolver
 from bot.retention import RETENTION_LEASE, Retention
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from types import TracebackType
 
     from bot.config import Config
+    from bot.logs import Redaction
     from bot.model import Platform
     from bot.ports import Backend, ChatAdapter, Clock, JobStore, Observer
     from bot.retry import RetryPolicy
@@ -50,11 +50,11 @@ class BotApp:
         clock: Clock | None = None,
         backoff: RetryPolicy | None = None,
         observer: Observer | None = None,
-        secrets: Sequence[str] = (),
+        redaction: Redaction | None = None,
     ) -> None:
         """`backoff`: pauses of the job drivers' restarts and backend waits (tests shorten it);
-        `secrets`: every credential of the configuration (`Settings.secret_values`), redacted
-        from what users are shown."""
+        `redaction`: the configuration's credentials and their shapes (`Settings.redaction`),
+        hidden from what users are shown."""
         self.config = config
         self.backend = backend
         self.store = store
@@ -86,7 +86,7 @@ class BotApp:
             clock=self.clock,
             backoff=backoff,
             observer=observer,
-            secrets=secrets,
+            redaction=redaction,
         )
         self.dispatcher = Dispatcher(
             runner=self.runner,

@@ -6,6 +6,8 @@ own, and the composition root (`adapters.cli`) lists them. `load_settings` fills
 from one flat TOML file (`sdbot.toml`, or the file `SDBOT_CONFIG` names) and the environment:
 `SDBOT_<NAME>` overrides a setting, `Env("…")` on a field adds other names (`ESD_API_URL`), and
 a `Secret("…")` field comes from that environment variable only and never appears in reprs.
+A section's credentials are redacted from logs and failures by value, and by shape wherever
+they appear (`secret_patterns`): `Settings.redaction()` gathers both from every section.
 
 pydantic does the typing (ints, floats, booleans, paths, comma-separated lists from the
 environment); a value it cannot read, a key no section declares and each section's own checks
@@ -15,6 +17,7 @@ fail at start-up with a `ConfigError` naming the setting as the operator wrote i
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
@@ -23,6 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, mo
 
 from bot.errors import ConfigError
 from bot.leases import default_replica_id
+from bot.logs import Redaction
 from bot.model import EndpointType
 
 if TYPE_CHECKING:
@@ -61,10 +65,15 @@ class Section(BaseModel):
     """A group of settings one component declares; its checks raise `ConfigError`.
 
     `removed` maps settings that went to the reason, so a file that still has one is told why.
+    `secret_patterns` are the shapes of the component's credentials (and of tokens its platform
+    or service hands out), hidden wherever they appear even when not configured: a token pasted
+    into a prompt, a library's error message. Only a pattern's `secret` group is hidden when it
+    has one (`/webhooks/<id>/(?P<secret>…)` keeps the path readable).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
     removed: ClassVar[dict[str, str]] = {}
+    secret_patterns: ClassVar[tuple[re.Pattern[str], ...]] = ()
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         secret = _secret_fields(type(self))
@@ -200,9 +209,14 @@ class Settings:
         """These settings with `sections` in place of their kinds' (tests, derived choices)."""
         return Settings([*self._sections.values(), *sections])
 
-    def secret_values(self) -> tuple[str, ...]:
-        """Every credential that is set, in any section, for log redaction."""
-        return tuple(v for s in self._sections.values() for v in s.secret_values())
+    def redaction(self) -> Redaction:
+        """What every section declares secret: the credentials that are set and the
+        credential shapes, for the logs and the failures users are shown."""
+        sections = self._sections.values()
+        return Redaction(
+            tuple(v for s in sections for v in s.secret_values()),
+            tuple(dict.fromkeys(p for s in sections for p in s.secret_patterns)),
+        )
 
 
 def read_file(environ: Mapping[str, str], path: Path | str | None) -> dict[str, object]:

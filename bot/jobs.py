@@ -36,7 +36,7 @@ from bot.errors import (
 )
 from bot.ids import new_job_id
 from bot.leases import CLAIM_BATCH, JobOwnership, NotHeld
-from bot.logs import redact
+from bot.logs import Redaction
 from bot.model import (
     AttachmentRef,
     BackendStatus,
@@ -132,11 +132,12 @@ class JobRunner:
         backoff: RetryPolicy | None = None,
         decode_budget: int = imaging.DECODE_BUDGET,
         observer: Observer | None = None,
-        secrets: Sequence[str] = (),
+        redaction: Redaction | None = None,
     ) -> None:
-        """`secrets`: every credential of the configuration, never shown in a failure."""
+        """`redaction`: the configuration's credentials and their shapes, never shown in a
+        failure."""
         self._config = config
-        self._secrets = tuple(secrets)
+        self._redact = redaction or Redaction()
         self._observer = observer or NullObserver()
         self._store = store
         self._images = images
@@ -756,7 +757,7 @@ class JobRunner:
 
     async def _fail(self, job: Job, message: str) -> Job:
         # Failure messages are shown to users and stored: never with a secret or signature.
-        message = redact(message, self._secrets)
+        message = self._redact(message)
         job = replace(
             job,
             state=JobState.FAILED,

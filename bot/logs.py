@@ -1,7 +1,10 @@
 """Logging set-up: structured lines on stderr with secrets redacted everywhere.
 
-Tokens and keys the configuration holds, presigned-URL query strings and token path segments
-(Discord webhook / interaction tokens) are replaced before any handler sees a record.
+What is hidden is a `Redaction`: the credentials the configuration holds and the shapes of
+credentials its sections declare (`bot.config.Section.secret_patterns`: Slack's `xoxb-…`,
+Discord's webhook token paths, AWS key ids, each beside the code that uses them), plus what
+the core knows on its own, URL query strings (presigned signatures, tokens in parameters).
+They are replaced before any handler sees a record.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -19,33 +23,49 @@ if TYPE_CHECKING:
 
 # Query strings of URLs (presigned S3 signatures, tokens in query parameters).
 _QUERY = re.compile(r"(https?://[^\s?\"'<>]+)\?[^\s\"'<>]*")
-# Discord webhook / interaction token path segments: /webhooks/<id>/<token>, /interactions/<id>/<t>.
-_TOKEN_PATH = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9._-]{20,}")
-# Slack, Discord and AWS credential shapes, in case one arrives from somewhere the config does
-# not know (a token pasted into a prompt, a library's error message).
-_TOKEN_SHAPES = re.compile(
-    r"\b(xox[abposr]-[A-Za-z0-9-]{10,}|xapp-[A-Za-z0-9-]{10,}"
-    r"|[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,}"
-    r"|(?:AKIA|ASIA)[0-9A-Z]{16})\b"
-)
+REDACTED = "[redacted]"
 
 
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with every known secret, URL query string and token path segment hidden."""
+def _hide(match: re.Match[str]) -> str:
+    """A pattern's match hidden: only its `secret` group when it has one (the context around
+    it, such as a URL path, stays readable), else all of it."""
+    if "secret" not in match.re.groupindex or match.group("secret") is None:
+        return REDACTED
+    start, end = match.span("secret")
+    whole = match.group(0)
+    return whole[: start - match.start()] + REDACTED + whole[end - match.start() :]
+
+
+def redact(text: str, secrets: Iterable[str] = (), patterns: Iterable[re.Pattern[str]] = ()) -> str:
+    """`text` with every known secret, URL query string and match of `patterns` hidden."""
     for secret in secrets:
         if secret and len(secret) >= 6:
-            text = text.replace(secret, "[redacted]")
-    text = _QUERY.sub(r"\1?[redacted]", text)
-    text = _TOKEN_PATH.sub(r"\1[redacted]", text)
-    return _TOKEN_SHAPES.sub("[redacted]", text)
+            text = text.replace(secret, REDACTED)
+    text = _QUERY.sub(rf"\1?{REDACTED}", text)
+    for pattern in patterns:
+        text = pattern.sub(_hide, text)
+    return text
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """What to hide wherever text leaves the bot (logs, failures shown to users): credential
+    values, and patterns of credential shapes (`Settings.redaction()` gathers both from the
+    configured sections)."""
+
+    secrets: tuple[str, ...] = ()
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+    def __call__(self, text: str) -> str:
+        return redact(text, self.secrets, self.patterns)
 
 
 class RedactingFilter(logging.Filter):
     """Rewrites each record's message (with its arguments applied) through `redact`."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, redaction: Redaction) -> None:
         super().__init__()
-        self._secrets = tuple(secrets)
+        self._redact = redaction
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -54,7 +74,7 @@ class RedactingFilter(logging.Filter):
             message += "\n" + logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
             record.exc_text = None
-        record.msg = redact(message, self._secrets)
+        record.msg = self._redact(message)
         record.args = ()
         return True
 
@@ -88,7 +108,7 @@ class JsonFormatter(UtcFormatter):
 
 def setup_logging(
     level: str = "INFO",
-    secrets: Iterable[str] = (),
+    redaction: Redaction = Redaction(),
     *,
     json_lines: bool = False,
     stream: TextIO | None = None,
@@ -107,7 +127,7 @@ def setup_logging(
         handler.setFormatter(
             UtcFormatter(f"%(asctime)s {where}%(levelname)s %(name)s: %(message)s")
         )
-    handler.addFilter(RedactingFilter(secrets))
+    handler.addFilter(RedactingFilter(redaction))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

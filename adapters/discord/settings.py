@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, ClassVar
 
 from pydantic import BeforeValidator, model_validator
 
@@ -13,6 +14,13 @@ from bot.errors import ConfigError
 class DiscordSettings(Section):
     """`DISCORD_TOKEN` turns the adapter on."""
 
+    secret_patterns: ClassVar[tuple[re.Pattern[str], ...]] = (
+        # A bot token: base64 user id, timestamp and HMAC, dot-separated.
+        re.compile(r"\b[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,}\b"),
+        # Webhook and interaction tokens in URL paths: /webhooks/<id>/<token>,
+        # /interactions/<id>/<token> (a request's URL in an error or a debug line).
+        re.compile(r"/(?:webhooks|interactions)/\d+/(?P<secret>[A-Za-z0-9._-]{20,})"),
+    )
     discord_token: Annotated[str | None, Secret("DISCORD_TOKEN")] = None
     discord_guilds: Names = ()  # sync commands to these guilds (fast); else globally
     # With the privileged message-content intent, any reply in a job thread re-generates;

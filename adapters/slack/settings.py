@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, ClassVar
 
 from bot.config import Env, Names, Secret, Section
 
@@ -11,6 +12,10 @@ class SlackSettings(Section):
     """`SLACK_BOT_TOKEN` with `SLACK_APP_TOKEN` (Socket Mode) or `SLACK_SIGNING_SECRET` (HTTP
     mode) turns the adapter on."""
 
+    # Bot, user and configuration tokens (xoxb-, xoxp-, …) and app-level tokens (xapp-).
+    secret_patterns: ClassVar[tuple[re.Pattern[str], ...]] = (
+        re.compile(r"\b(?:xox[abposr]|xapp)-[A-Za-z0-9-]{10,}\b"),
+    )
     slack_bot_token: Annotated[str | None, Secret("SLACK_BOT_TOKEN")] = None
     slack_app_token: Annotated[str | None, Secret("SLACK_APP_TOKEN")] = None
     slack_signing_secret: Annotated[str | None, Secret("SLACK_SIGNING_SECRET")] = None

@@ -25,6 +25,7 @@ import aiohttp
 from bot.errors import BackendError, BackendUnavailableError
 from bot.logs import redact
 from bot.retry import parse_retry_after
+from cloud.esd.config import EsdSettings
 from cloud.esd.payloads import (
     CheckpointPage,
     Created,
@@ -129,7 +130,7 @@ class EsdClient:
         await self.aclose()
 
     def _redact(self, text: str) -> str:
-        return redact(text, (self._config.api_key,))
+        return redact(text, (self._config.api_key,), EsdSettings.secret_patterns)
 
     @property
     def _http(self) -> aiohttp.ClientSession:

@@ -10,6 +10,7 @@ is normalised to end in `/` because ESD routes are joined to it without a leadin
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, ClassVar
 from urllib.parse import urlsplit
@@ -39,6 +40,11 @@ class EsdSettings(Section):
     # polling then scans only every `esd_events_backstop` s.
     esd_events_queue_url: Annotated[str | None, Env("ESD_EVENTS_QUEUE_URL")] = None
     esd_events_backstop: float = 45.0
+
+    # AWS access key ids (interrogate and completion events use boto3's credentials).
+    secret_patterns: ClassVar[tuple[re.Pattern[str], ...]] = (
+        re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    )
 
     removed: ClassVar[dict[str, str]] = {
         "esd_job_table": "ESD hard-codes its job table SDInferenceJobTable in its container and "

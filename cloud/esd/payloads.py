@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from bot.errors import BackendError
 from bot.logs import redact
 from bot.model import CloudJob, Endpoint, EndpointType, JobState, Model
+from cloud.esd.config import EsdSettings
 from cloud.esd.wire import (
     CheckpointList,
     EndpointItem,
@@ -274,7 +275,7 @@ def is_unlistable(exc: BackendError) -> bool:
 
 
 def _short(text: str) -> str:
-    line = " ".join(redact(text).split())
+    line = " ".join(redact(text, (), EsdSettings.secret_patterns).split())
     return line if len(line) <= _REASON_MAX else line[: _REASON_MAX - 1] + "…"
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import ConfigError
-from bot.logs import setup_logging
+from bot.logs import Redaction, setup_logging
 from cloud.esd_server.app import running_server
 from cloud.esd_server.config import (
     DEFAULT_ENDPOINTS,
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sdbot local-backend: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, [settings.config.api_key])
+    setup_logging(settings.log_level, Redaction((settings.config.api_key,)))
     try:
         asyncio.run(_serve(settings))
     except ConfigError as exc:

@@ -106,7 +106,7 @@ def test_secrets_never_in_repr() -> None:
     assert "discord-secret-123" not in repr(settings[DiscordSettings])
     assert "esdkey12345" not in repr(settings[EsdSettings])
     assert settings[DiscordSettings].discord_token == "discord-secret-123"
-    assert set(settings.secret_values()) == {"discord-secret-123", "esdkey12345"}
+    assert set(settings.redaction().secrets) == {"discord-secret-123", "esdkey12345"}
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_a_new_section_reads_its_own_settings(tmp_path: Path) -> None:
         "widget-key-1",
     )
     assert settings.core.max_side == 512
-    assert settings.secret_values() == ("widget-key-1",)
+    assert settings.redaction().secrets == ("widget-key-1",)
     assert "widget-key-1" not in repr(widget)
 
 

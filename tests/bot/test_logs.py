@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 from scenario_kit import (
@@ -21,8 +22,10 @@ from scenario_kit import (
     png,
 )
 
+from adapters.cli import SECTIONS
+from bot.config import Config, Section, load_settings
 from bot.errors import BackendError
-from bot.logs import redact, setup_logging
+from bot.logs import Redaction, redact, setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -41,16 +44,44 @@ WEBHOOK = "https://discord.com/api/v10/webhooks/123456789012345678/aW50ZXJhY3Rpb
 
 def test_redact_each_kind() -> None:
     text = f"key {ESD_KEY} url {PRESIGNED} hook {WEBHOOK} {DISCORD} {SLACK} AKIAABCDEFGHIJKLMNOP"
-    out = redact(text, [ESD_KEY])
+    # The token shapes are the sections' (Discord's, Slack's, ESD's), not the core's.
+    patterns = load_settings(SECTIONS, {}).redaction().patterns
+    out = redact(text, [ESD_KEY], patterns)
     for secret in (ESD_KEY, SIGNATURE, "aW50ZXJhY3Rpb24", DISCORD, SLACK, "AKIAABCDEFGHIJKLMNOP"):
         assert secret not in out
     assert "https://bucket.s3.amazonaws.com/out/j/result/image_0.png?[redacted]" in out
     assert "/webhooks/123456789012345678/[redacted]" in out
+    # The core alone knows URL query strings, and no platform's token shapes.
+    alone = redact(text, [], load_settings([Config], {}).redaction().patterns)
+    assert SLACK in alone and DISCORD in alone and SIGNATURE not in alone
+
+
+class _Chat(Section):
+    """A platform added later: its section declares its tokens' shape, nothing in bot/ does."""
+
+    secret_patterns: ClassVar[tuple[re.Pattern[str], ...]] = (
+        re.compile(r"\bchat_[0-9a-f]{16}\b"),
+        re.compile(r"/hooks/(?P<secret>[0-9a-f]{12,})"),
+    )
+
+
+def test_a_section_declares_the_shape_of_its_tokens() -> None:
+    redaction = load_settings([Config, _Chat], {}).redaction()
+    stream = io.StringIO()
+    setup_logging("INFO", redaction, stream=stream)
+    logging.getLogger("sdbot.test").warning(
+        "posting with %s to https://chat.example/hooks/0123456789abcdef failed",
+        "chat_00ff00ff00ff00ff",
+    )
+    line = stream.getvalue()
+    assert "chat_00ff00ff00ff00ff" not in line and "0123456789abcdef" not in line
+    assert "posting with [redacted] to https://chat.example/hooks/[redacted] failed" in line
+    assert redaction("chat_1234 is no token") == "chat_1234 is no token"
 
 
 def test_the_filter_covers_arguments_and_tracebacks() -> None:
     stream = io.StringIO()
-    setup_logging("DEBUG", [ESD_KEY], stream=stream)
+    setup_logging("DEBUG", Redaction((ESD_KEY,)), stream=stream)
     log = logging.getLogger("sdbot.test")
     log.info("calling with key %s", ESD_KEY)
     try:
@@ -64,7 +95,7 @@ def test_the_filter_covers_arguments_and_tracebacks() -> None:
 
 def test_json_lines() -> None:
     stream = io.StringIO()
-    setup_logging("INFO", [ESD_KEY], json_lines=True, stream=stream)
+    setup_logging("INFO", Redaction((ESD_KEY,)), json_lines=True, stream=stream)
     logging.getLogger("sdbot.test").warning("key=%s", ESD_KEY)
     record = json.loads(stream.getvalue().splitlines()[-1])
     assert record["level"] == "WARNING" and record["message"] == "key=[redacted]"
@@ -104,7 +135,7 @@ async def test_a_full_scenario_leaks_no_secret(tmp_path: Path) -> None:
     config = fast_config(
         tmp_path, discord_token=DISCORD, slack_bot_token=SLACK, esd_api_key=ESD_KEY
     )
-    setup_logging("DEBUG", config.secret_values(), stream=stream)
+    setup_logging("DEBUG", config.redaction(), stream=stream)
     app = make_app(config, LeakyBackend())
     adapter = RecordingAdapter()
     app.add_adapter(adapter)

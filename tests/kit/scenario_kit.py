@@ -147,7 +147,7 @@ def make_app(config: FastSettings, backend: Any = None) -> BotApp:
         config.core,
         backend=backend or default_backend(config),
         store=SqliteJobStore(config.data_dir / "sdbot.sqlite3"),
-        secrets=config.secret_values(),
+        redaction=config.redaction(),
     )
 
 
