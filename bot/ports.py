@@ -562,12 +562,14 @@ class Posted:
 @runtime_checkable
 class SharedReads(Protocol):
     """Reads one replica makes for all, per topic and key: a backend's list scan done once
-    across replicas (`cloud.esd.sharing`) under a leader lease.
+    across replicas (`cloud.esd.sharing`) under a leader lease, and a completion event taken
+    from a shared queue by a replica that does not follow its job.
 
     The replicas that do not hold the lease `ask` for the keys they follow and get what was
     posted about them; the holder reads which keys are `wanted`, reads them once from the
     backend with its own, and `post`s what it read. A key nobody asked about for a while is
     dropped, so the rows stay bounded by the jobs in flight. Values are opaque to the store.
+    A replica that must hear of a post soon looks for the `recent` ones.
     """
 
     async def ask(self, topic: str, keys: Collection[str]) -> Mapping[str, Posted]:
@@ -584,6 +586,11 @@ class SharedReads(Protocol):
 
     async def unask(self, topic: str, keys: Collection[str]) -> None:
         """Keys no longer wanted (their job ended here)."""
+        ...
+
+    async def recent(self, topic: str, within: float) -> Mapping[str, Posted]:
+        """What was posted about the topic's keys in the last `within` seconds (on the store's
+        clock), whoever asked for them."""
         ...
 
 

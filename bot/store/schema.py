@@ -180,6 +180,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # 7: the global cap (`Admission.max_in_flight`) counts the running jobs in every insert.
     ("CREATE INDEX jobs_running ON jobs (state) WHERE state IN ('created', 'inprogress')",),
+    # 8: `SharedReads.recent`: what was posted lately, without reading every key of a topic.
+    ("CREATE INDEX shared_reads_recent ON shared_reads (topic, read_at)",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -1,9 +1,9 @@
 """`SharedReads` on SQLite: the keys replicas ask about and what the reader posted for them.
 
 One process owns a SQLite file, so it is always the reader (its leader leases are always
-granted) and nobody asks: the table stays empty in practice. It is here so that every store
-keeps every port, and the contract tests run on each engine. Functions here run on the store's
-worker thread.
+granted) and nobody asks or hands over events: the table stays empty in practice. It is here so
+that every store keeps every port, and the contract tests run on each engine. Functions here run
+on the store's worker thread.
 """
 
 from __future__ import annotations
@@ -65,3 +65,12 @@ def unask(db: Database, topic: str, keys: Collection[str]) -> None:
             "DELETE FROM shared_reads WHERE topic = ? AND key = ?",
             [(topic, key) for key in keys],
         )
+
+
+def recent(db: Database, topic: str, since: datetime) -> dict[str, Posted]:
+    db.check_file()
+    rows = db.conn.execute(
+        "SELECT key, value, read_at FROM shared_reads WHERE topic = ? AND read_at >= ?",
+        (topic, encode_time(since)),
+    ).fetchall()
+    return {row["key"]: Posted(row["value"], decode_time(row["read_at"])) for row in rows}

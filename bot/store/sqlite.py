@@ -333,6 +333,10 @@ class SqliteJobStore:
         gone = list(keys)
         await self._call(lambda db: shared_reads.unask(db, topic, gone))
 
+    async def recent(self, topic: str, within: float) -> Mapping[str, Posted]:
+        since = datetime.now(UTC) - timedelta(seconds=within)
+        return await self._call(lambda db: shared_reads.recent(db, topic, since))
+
     # -- What `sdbot check` reports --------------------------------------------------------
 
     @property

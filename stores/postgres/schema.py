@@ -172,6 +172,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         AND lease_owner IS NOT NULL
         """,
     ),
+    # 4: `SharedReads.recent`: what was posted lately, without reading every key of a topic
+    # (a replica looks a few times a second for completion events handed to it).
+    ("CREATE INDEX shared_reads_recent ON shared_reads (topic, read_at)",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

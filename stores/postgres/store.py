@@ -673,6 +673,16 @@ class PostgresJobStore:
                 list(keys),
             )
 
+    async def recent(self, topic: str, within: float) -> Mapping[str, Posted]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT key, value, read_at FROM shared_reads WHERE topic = $1"
+                " AND read_at >= now() - $2::float8 * interval '1 second'",
+                topic,
+                within,
+            )
+        return {row["key"]: Posted(row["value"], row["read_at"].astimezone(UTC)) for row in rows}
+
     # -- SettingsStore ---------------------------------------------------------------------
 
     async def settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:

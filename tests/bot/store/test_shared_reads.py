@@ -1,5 +1,6 @@
 """`SharedReads`: the contract every store engine keeps (the ESD scan done once across
-replicas, `cloud.esd.sharing`)."""
+replicas, and completion events handed to the replica that follows the job:
+`cloud.esd.sharing`)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,18 @@ async def test_keys_go_when_unasked_or_not_asked_for_a_while(store: SharedReads)
     assert await store.wanted("esd:img2img", -1) == set()
     await store.post("esd:img2img", {"b": "{}"})
     assert await store.ask("esd:img2img", ["b"]) == {}
+
+
+async def test_recent_posts_are_found_whoever_asked_for_them(store: SharedReads) -> None:
+    await store.ask("esd-events", ["a", "b", "c"])
+    await store.ask("esd:img2img", ["a"])
+    assert await store.recent("esd-events", 60) == {}  # asked, nothing posted yet
+    await store.post("esd-events", {"a": "ended", "b": None, "stranger": "ended"})
+    await store.post("esd:img2img", {"a": "scanned"})
+    recent = await store.recent("esd-events", 60)
+    assert {key: entry.value for key, entry in recent.items()} == {"a": "ended", "b": None}
+    assert recent["a"].at.tzinfo is not None
+    # Posted before the last -1 s (that is, before now): not recent.
+    assert await store.recent("esd-events", -1) == {}
+    await store.unask("esd-events", ["a"])
+    assert set(await store.recent("esd-events", 60)) == {"b"}
