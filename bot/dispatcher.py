@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from bot.errors import OperationalError, RefusedError, UserInputError
 from bot.inputs import assign_slots, path_refs, read_local
-from bot.ports import NullObserver, traits_of
+from bot.ports import EventClaimed, NullObserver, traits_of
 from bot.queries import Queries
 from bot.regenerate import Regenerator
 from bot.views import Action, ActionKind
@@ -186,6 +186,9 @@ class Dispatcher:
         """Run a request; refusals go back privately, operational failures as one short line."""
         try:
             return await work()
+        except EventClaimed as exc:
+            # A retried or doubly delivered event whose job exists: it was answered already.
+            _LOGGER.info("%s: %s; not answered again", what, exc)
         except (UserInputError, GrammarError) as exc:  # the grammar's errors are refusals too
             self._observer.refused(exc.reason)
             await responder.refuse(str(exc))

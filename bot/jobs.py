@@ -211,7 +211,12 @@ class JobRunner:
                 began = self._clock.monotonic()
                 try:
                     await self._store.insert(
-                        job, inputs, admission, owner=self.leases.owner, ttl=self.leases.ttl
+                        job,
+                        inputs,
+                        admission,
+                        owner=self.leases.owner,
+                        ttl=self.leases.ttl,
+                        claim=caller.event_key,
                     )
                 except KeyError:
                     continue  # 50 random bits collided; draw again

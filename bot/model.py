@@ -67,6 +67,9 @@ class Caller:
     user_name: str = ""
     # Role ids (Discord) for allow-lists; empty elsewhere.
     roles: tuple[str, ...] = ()
+    # The platform event the request came from, when the platform may deliver it again (Slack
+    # retries, to any replica): claimed with the job's row, so it makes one job. Not stored.
+    event_key: str | None = None
 
 
 class JobState(enum.StrEnum):

@@ -292,6 +292,15 @@ class AdmissionRefused(Exception):
         self.count = count
 
 
+class EventClaimed(Exception):
+    """`JobRepo.insert` refused: the platform event the job came from made a job already (a
+    retry, or a duplicate delivered to another replica). Nothing was written; nobody is told."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"event {key} made a job already")
+        self.key = key
+
+
 class JobChanged(Exception):
     """`JobRepo.save` refused: the row was written by someone else since the job was read."""
 
@@ -338,6 +347,7 @@ class JobRepo(Protocol):
         *,
         owner: str | None = None,
         ttl: float = 0.0,
+        claim: str | None = None,
     ) -> None:
         """Commit a new job row (and any inputs already at hand) in one transaction.
 
@@ -345,7 +355,9 @@ class JobRepo(Protocol):
         same transaction (so two simultaneous requests cannot both slip under a limit);
         otherwise `AdmissionRefused` is raised. Raises `KeyError` when the id is taken. With
         `owner`, the job is born under that owner's lease (`JobLeases`) for `ttl` seconds, with
-        the fence the job carries.
+        the fence the job carries. With `claim`, the platform event's claim (`ClaimStore`) is
+        recorded in the same transaction, and `EventClaimed` raised (nothing written) when it
+        was already: a replica stopped between the two leaves neither.
         """
         ...
 

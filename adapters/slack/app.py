@@ -9,8 +9,13 @@
   messages, with a note where it went.
 - Mentions with image files — from `message` events (which carry `files`) and `app_mention`
   (which may not); both arrive for one message, so each message is claimed once by
-  (team, channel, ts), which also drops Slack's retries (`X-Slack-Retry-Num`). An
-  `app_mention` without files waits briefly for its `message` twin before it acts alone.
+  (team, channel, ts), which also drops Slack's retries (`X-Slack-Retry-Num`) on the replica
+  that took it. An `app_mention` without files waits briefly for its `message` twin before it
+  acts alone. Slack hears back (HTTP 200, or the Socket Mode ack) only once the message's job
+  row is committed, or it was answered, or the ack budget ran out: an event acknowledged is
+  never lost with a replica stopped right after. A retry is never dropped for the claim alone
+  (the replica that took the message may have stopped before its job was written): the job's
+  row carries the message's claim instead, so it is made once whichever replica gets there.
 - Thread replies (`thread_ts` ≠ `ts`) are re-generation requests (SPEC §3.2); the core
   decides whose replies count. Direct messages need no mention.
 - Message shortcuts "Interrogate image" and "img2img from this image" (a modal).
@@ -64,6 +69,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine, Mapping, Sequence
 
     from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+    from slack_bolt.request.async_request import AsyncBoltRequest
 
     from adapters.slack.adapter import SlackAdapter
     from adapters.slack.convert import FilePayload, MessagePayload
@@ -163,8 +169,11 @@ class SlackResponder:
         thread: str | None,
         ack: AsyncAck | None = None,
         respond: AsyncRespond | None = None,
+        committed: asyncio.Event | None = None,
     ) -> None:
+        """`committed` is set once a job's row is (`accepted`)."""
         self._adapter = adapter
+        self._committed = committed
         self._channel = channel
         self._user = user
         self._thread = thread
@@ -192,6 +201,8 @@ class SlackResponder:
     async def accepted(self, job_id: str) -> None:
         # The job's status message in the channel is the visible acknowledgement.
         self._adapter.remember_requester(job_id, self.notify)
+        if self._committed is not None:
+            self._committed.set()
         await self._ack_once()
 
     async def notify(self, text: str) -> None:
@@ -363,7 +374,11 @@ class SlackListeners:
         """Every upload also fires `file_shared`; answering it keeps Slack from retrying."""
 
     async def on_message(
-        self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
+        self,
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: AsyncBoltContext,
+        request: AsyncBoltRequest,
     ) -> None:
         message = message_from_event(cast("MessagePayload", event), team_of(body, context.team_id))
         if message is None:
@@ -372,17 +387,21 @@ class SlackListeners:
         if not (mentioned or message.is_direct or message.is_thread_reply):
             return  # channel chatter
         if self._claim(message):
-            self._spawn(self._route(message), f"sdbot-slack-message-{message.ts}")
+            await self._route_before_ack(message, _is_retry(request), "message")
 
     async def on_app_mention(
-        self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
+        self,
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: AsyncBoltContext,
+        request: AsyncBoltRequest,
     ) -> None:
         message = message_from_event(cast("MessagePayload", event), team_of(body, context.team_id))
         if message is None:
             return
         if message.has_files:
             if self._claim(message):
-                self._spawn(self._route(message), f"sdbot-slack-mention-{message.ts}")
+                await self._route_before_ack(message, _is_retry(request), "mention")
             return
         # `app_mention` may lack the message's files; its `message` twin has them. Give the
         # twin a moment to claim the message, and act alone only when it does not come.
@@ -418,28 +437,66 @@ class SlackListeners:
             message = replace(message, files=files, has_files=True)
         await self._route(message)
 
-    async def _route(self, message: SlackMessage) -> None:
+    async def _route_before_ack(self, message: SlackMessage, retry: bool, kind: str) -> None:
+        """Route the message in a tracked task, and return (Bolt then answers Slack) once its
+        job's row is committed, the work ended (answered, refused, not a job), or the ack budget
+        is spent, whichever comes first."""
+        committed = asyncio.Event()
+        work = self._spawn(
+            self._route(message, retry=retry, committed=committed),
+            f"sdbot-slack-{kind}-{message.ts}",
+        )
+        waiting = asyncio.ensure_future(committed.wait())
+        try:
+            await asyncio.wait(
+                [work, waiting], timeout=self._ack_budget, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiting.cancel()
+
+    async def _route(
+        self,
+        message: SlackMessage,
+        *,
+        retry: bool = False,
+        committed: asyncio.Event | None = None,
+    ) -> None:
         """A claimed message: a command, or a reply in a job's thread."""
-        # The in-memory claim catches twins and quick retries; the store's survives a restart,
-        # so an event Slack retries after one does not make a second job either.
-        if not await self._store.claim(f"slack:{self._key(message)}"):
+        key = f"slack:{self._key(message)}"
+        # The in-memory claim catches twins and quick retries; the store's catches twins that
+        # reached two replicas, and answers made before a restart. A retry skips it: Slack
+        # retries only what was not acknowledged in time, and the replica that claimed the
+        # message may have stopped before writing its job. The job's row carries its own claim
+        # (`event_key`), so whichever replica writes it first makes the one job.
+        if not retry and not await self._store.claim(key):
             return
         if message.files:
             message = replace(message, files=await self._adapter.resolve_files(message.files))
         text = normalize_text(message.text, self._bot)
         mentioned = mentions(message.text, self._bot)
-        caller = self._caller(message.team, message.user, message.channel, message.thread_ts)
+        caller = replace(
+            self._caller(message.team, message.user, message.channel, message.thread_ts),
+            event_key=f"{key}:job",
+        )
         # A reply in a thread re-generates; a mention there that is not a command counts as a
         # reply only in a job's thread, and elsewhere is a (bad) command that gets help.
         reply = message.is_thread_reply and not (mentioned and starts_with_command(text))
         if reply and (not mentioned or await self._adapter.thread_has_job(caller)):
             responder = SlackResponder(
-                self._adapter, channel=message.channel, user=message.user, thread=message.thread_ts
+                self._adapter,
+                channel=message.channel,
+                user=message.user,
+                thread=message.thread_ts,
+                committed=committed,
             )
             await self._dispatcher.handle_reply(caller, text, message.files, responder)
             return
         responder = SlackResponder(
-            self._adapter, channel=message.channel, user=message.user, thread=message.thread_root
+            self._adapter,
+            channel=message.channel,
+            user=message.user,
+            thread=message.thread_root,
+            committed=committed,
         )
         await self._dispatcher.handle_text(caller, text, message.files, responder)
 
@@ -672,6 +729,12 @@ class SlackListeners:
             self._dispatcher.handle_action(caller, meta.action, responder, fields=values),
             "sdbot-slack-edit-submit",
         )
+
+
+def _is_retry(request: AsyncBoltRequest) -> bool:
+    """Whether Slack sends the event again (`X-Slack-Retry-Num`; Bolt's Socket Mode adapter
+    copies the envelope's `retry_attempt` there too)."""
+    return bool(request.headers.get("x-slack-retry-num"))
 
 
 # -- modal validation (pure) ------------------------------------------------------------------

@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from typing import TYPE_CHECKING, Final
 
-from bot.ports import AdmissionRefused, JobChanged, LeaseLost
+from bot.ports import AdmissionRefused, EventClaimed, JobChanged, LeaseLost
 from bot.store.images import write_images
 from bot.store.rows import (
     JOB_COLUMNS,
@@ -168,10 +168,19 @@ def insert(
     admission: Admission | None = None,
     owner: str | None = None,
     until: datetime | None = None,
+    claim: str | None = None,
+    now: datetime | None = None,
 ) -> None:
     row = job_row(job)
     db.check_file()
     with transaction(db.conn):
+        if claim is not None:
+            claimed = db.conn.execute(
+                "INSERT OR IGNORE INTO claims (key, created_at) VALUES (?, ?)",
+                (claim, encode_time(now or job.created_at)),
+            )
+            if claimed.rowcount != 1:
+                raise EventClaimed(claim)
         if exists(db, job.id):
             raise KeyError(job.id)
         if admission is not None:

@@ -169,16 +169,20 @@ class SqliteJobStore:
         *,
         owner: str | None = None,
         ttl: float = 0.0,
+        claim: str | None = None,
     ) -> None:
         """Commit a new job row and its inputs in one transaction; `KeyError` if the id is taken.
 
         With `admission`, refuse (`AdmissionRefused`) a job over its user's limits, checked in
         the same transaction. With `owner`, the job is born under its lease for `ttl` seconds.
+        With `claim`, the event's claim goes in the same transaction (`EventClaimed` if taken).
         """
         inputs = tuple(inputs)
-        until = None if owner is None else datetime.now(UTC) + timedelta(seconds=ttl)
+        now = datetime.now(UTC)
+        until = None if owner is None else now + timedelta(seconds=ttl)
         await self._call(
-            lambda db: jobs.insert(db, job, inputs, admission, owner, until), urgent=True
+            lambda db: jobs.insert(db, job, inputs, admission, owner, until, claim, now),
+            urgent=True,
         )
 
     async def save(self, job: Job) -> Job:

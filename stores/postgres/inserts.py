@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 
 import asyncpg
 
-from bot.ports import AdmissionRefused
+from bot.ports import AdmissionRefused, EventClaimed
 from bot.store.rows import JOB_COLUMNS, encode_time, job_row
 
 if TYPE_CHECKING:
@@ -45,11 +45,13 @@ RUNNING_STATES: Final = ("created", "inprogress")
 _JOB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.DataError)
 
 # One statement for the group's own facts, read under its locks: the transaction's time (the
-# `now()` every statement of it sees), the jobs counted by the global cap, the ids already taken.
+# `now()` every statement of it sees), the jobs counted by the global cap, the ids already taken,
+# the event claims already made.
 _SQL_GROUP_FACTS: Final = (
     "SELECT now() AS now,"
     " (SELECT count(*) FROM jobs WHERE state IN ('created', 'inprogress')) AS running,"
-    " ARRAY(SELECT id FROM jobs WHERE id = ANY($1::text[])) AS taken"
+    " ARRAY(SELECT id FROM jobs WHERE id = ANY($1::text[])) AS taken,"
+    " ARRAY(SELECT key FROM claims WHERE key = ANY($2::text[])) AS claimed"
 )
 # Each (platform, server, user, day start) of the group: the user's jobs not yet terminal, and
 # those created since the day began (none without a day start).
@@ -113,6 +115,7 @@ class Pending:
     ttl: float
     day: str | None  # the day start of its daily quota, stored form (None: no quota)
     future: asyncio.Future[None]
+    claim: str | None = None  # the platform event's claim, made with the row
 
 
 def _user_limited(pending: Pending) -> bool:
@@ -151,6 +154,7 @@ class GroupInsert:
         admission: Admission | None,
         owner: str | None,
         ttl: float,
+        claim: str | None = None,
     ) -> None:
         # A naive time fails here, for this caller alone.
         values = stored_values(job_row(job), JOB_COLUMNS)
@@ -158,7 +162,7 @@ class GroupInsert:
         if admission is not None and admission.max_today is not None and admission.day_start:
             day = encode_time(admission.day_start)
         future = asyncio.get_running_loop().create_future()
-        pending = Pending(job, values, tuple(inputs), admission, owner, ttl, day, future)
+        pending = Pending(job, values, tuple(inputs), admission, owner, ttl, day, future, claim)
         self._waiting.append(pending)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="sdbot-pg-inserts")
@@ -199,7 +203,7 @@ class GroupInsert:
     async def _one(self, conn: Connection, pending: Pending) -> BaseException | None:
         try:
             await self._alone(conn, pending)
-        except (KeyError, AdmissionRefused, *_JOB_ERRORS) as exc:
+        except (KeyError, AdmissionRefused, EventClaimed, *_JOB_ERRORS) as exc:
             if self._out_of_reach(exc):
                 raise
             return exc
@@ -215,10 +219,13 @@ class GroupInsert:
         users = sorted({user_lock(p.job) for p in group if _user_limited(p)})
         if users:
             await conn.execute(_SQL_LOCK_USERS, users)
-        facts = await conn.fetchrow(_SQL_GROUP_FACTS, [p.job.id for p in group])
+        claims = [p.claim for p in group if p.claim is not None]
+        facts = await conn.fetchrow(_SQL_GROUP_FACTS, [p.job.id for p in group], claims)
         assert facts is not None
         counts = await self._user_counts(conn, group)
-        decide = _Decisions(int(facts["running"]), set(facts["taken"]), counts)
+        decide = _Decisions(
+            int(facts["running"]), set(facts["taken"]), counts, set(facts["claimed"])
+        )
         outcomes = [decide(p) for p in group]
         admitted = [p for p, outcome in zip(group, outcomes, strict=True) if outcome is None]
         if admitted:
@@ -257,14 +264,18 @@ class _Decisions:
         running: int,
         taken: set[str],
         counts: dict[tuple[str, str, str, str | None], tuple[int, int]],
+        claimed: set[str],
     ) -> None:
         self._running = running
         self._taken = taken
         self._counts = counts
+        self._claimed = claimed
         self._admitted: dict[tuple[str, str, str], list[Job]] = {}
 
     def __call__(self, pending: Pending) -> BaseException | None:
         job = pending.job
+        if pending.claim is not None and pending.claim in self._claimed:
+            return EventClaimed(pending.claim)
         if job.id in self._taken:
             return KeyError(job.id)
         admission = pending.admission
@@ -275,6 +286,8 @@ class _Decisions:
             if refused is not None:
                 return refused
         self._taken.add(job.id)
+        if pending.claim is not None:
+            self._claimed.add(pending.claim)
         self._admitted.setdefault(key, []).append(job)
         if job.state.value in RUNNING_STATES:
             self._running += 1
@@ -306,6 +319,7 @@ async def _copy_group(conn: Connection, admitted: list[Pending], now: datetime) 
     jobs = []
     messages = []
     images = []
+    claims = [(p.claim, now) for p in admitted if p.claim is not None]
     for pending in admitted:
         job = pending.job
         until = None if pending.owner is None else now + timedelta(seconds=pending.ttl)
@@ -330,6 +344,10 @@ async def _copy_group(conn: Connection, admitted: list[Pending], now: datetime) 
         await conn.copy_records_to_table(
             "images", records=images, columns=("job_id", "slot", "idx", "name", "data")
         )
+    if claims:
+        # Another replica's claim of the same key made since the facts were read breaks the
+        # COPY: the group is then inserted job by job, and that job is refused alone.
+        await conn.copy_records_to_table("claims", records=claims, columns=("key", "created_at"))
 
 
 def _settle(group: list[Pending], outcomes: Sequence[BaseException | None]) -> None:

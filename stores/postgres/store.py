@@ -28,6 +28,7 @@ from bot.model import Platform
 from bot.ports import (
     AdmissionRefused,
     DayCount,
+    EventClaimed,
     JobChanged,
     LeaseLost,
     Posted,
@@ -369,19 +370,30 @@ class PostgresJobStore:
         *,
         owner: str | None = None,
         ttl: float = 0.0,
+        claim: str | None = None,
     ) -> None:
         """Commit a new job row and its inputs in one transaction; `KeyError` if the id is taken.
 
         With `admission`, the user's limits and the global cap are counted in the same
         transaction, under locks that serialise admissions of one user (and, with a global cap,
         of everyone) across replicas. Inserts arriving together are written in groups
-        (`stores.postgres.inserts`), each job with its own outcome.
+        (`stores.postgres.inserts`), each job with its own outcome. With `claim`, the event's
+        claim goes in the same transaction (`EventClaimed` when another already holds it).
         """
-        await self._inserts.insert(job, inputs, admission, owner, ttl)
+        await self._inserts.insert(job, inputs, admission, owner, ttl, claim)
 
     async def _insert_alone(self, conn: Connection, pending: Pending) -> None:
         job = pending.job
         async with conn.transaction():
+            if pending.claim is not None:
+                # A concurrent claim of the key waits here for the other transaction's outcome.
+                status = await conn.execute(
+                    "INSERT INTO claims (key, created_at) VALUES ($1, now())"
+                    " ON CONFLICT DO NOTHING",
+                    pending.claim,
+                )
+                if status.endswith(" 0"):
+                    raise EventClaimed(pending.claim)
             if pending.admission is not None:
                 await self._admit(conn, job, pending.admission)
             try:

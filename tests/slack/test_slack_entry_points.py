@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from bot.model import Endpoint
-    from tests.slack.conftest import MakeRig, SlackRig
+    from tests.slack.conftest import MakeRig, Message, SlackRig
 
 TEAM = "T1"
 ADMIN = "UADMIN"
@@ -455,3 +455,48 @@ async def test_a_retry_that_arrives_after_a_restart_makes_no_second_job(make_rig
         assert answer.status == 200
         await rig.settle()
         assert len(await rig.jobs()) == 1
+
+
+def _event(message: Message, image: dict[str, object]) -> dict[str, object]:
+    return {
+        "type": "message",
+        "subtype": "file_share",
+        "channel": message.channel,
+        "channel_type": "channel",
+        "user": message.user,
+        "text": message.text,
+        "ts": message.ts,
+        "files": [image],
+    }
+
+
+async def test_an_event_is_acknowledged_only_once_its_job_is_written(
+    any_rig: SlackRig,
+) -> None:
+    # Slack retries only events not acknowledged: one acknowledged before its job's row was
+    # committed is lost with a replica stopped in between (SPEC §3 step 1).
+    rig = any_rig
+    image = rig.fake.add_file("cat.png", png())
+    message = rig.fake.user_message("<@UBOT> img2img a cat", files=[image])
+    answer = await rig.send_event(_event(message, image))
+    assert answer.status == 200
+    [job] = await rig.jobs()  # committed before the ack, not after
+    await rig.settle()
+    assert (await rig.app.store.get(job.id)) is not None
+
+
+async def test_a_retry_makes_the_job_a_replica_stopped_before_writing(rig: SlackRig) -> None:
+    # Another replica claimed each message and stopped before writing its job: Slack's retry
+    # of the first makes its job; the second's twin (an event that is not a retry) leaves it.
+    image = rig.fake.add_file("cat.png", png())
+    retried = rig.fake.user_message("<@UBOT> img2img a cat", files=[image])
+    twinned = rig.fake.user_message("<@UBOT> img2img a dog", channel="C2", files=[image])
+    for message in (retried, twinned):
+        assert await rig.app.store.claim(f"slack:T1:{message.channel}:{message.ts}")
+    assert (await rig.send_event(_event(retried, image), retry=1)).status == 200
+    assert (await rig.send_event(_event(twinned, image))).status == 200
+    await rig.settle()
+    [job] = await rig.jobs()
+    assert job.caller.conversation.channel == "C1"
+    # (A retry reaching a replica that does not remember the message makes no second job:
+    # test_a_retry_that_arrives_after_a_restart_makes_no_second_job.)

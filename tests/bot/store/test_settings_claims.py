@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -10,7 +11,7 @@ import pytest
 from store_kit import T0, C, D, P, S, make_job
 
 from bot.model import Platform
-from bot.ports import Admission, AdmissionRefused
+from bot.ports import Admission, AdmissionRefused, EventClaimed
 
 if TYPE_CHECKING:
     from bot.ports import JobStore
@@ -38,6 +39,25 @@ async def test_an_event_is_claimed_once(store: JobStore) -> None:
     assert await store.claim("slack:T1:C1:1.0")
     assert not await store.claim("slack:T1:C1:1.0")
     assert await store.claim("slack:T1:C1:2.0")
+
+
+async def test_a_job_made_with_its_events_claim_is_made_once(store: JobStore) -> None:
+    await store.insert(make_job("e1"), claim="slack:T1:C1:1.0:job")
+    with pytest.raises(EventClaimed):
+        await store.insert(make_job("e2"), claim="slack:T1:C1:1.0:job")
+    assert await store.get("e2") is None
+    assert not await store.claim("slack:T1:C1:1.0:job")
+    # Inserts arriving together (one group on PostgreSQL): one job per event, the others'
+    # own outcomes intact.
+    burst = [store.insert(make_job(f"g{n}"), claim=f"ev{n % 2}") for n in range(4)]
+    outcomes = await asyncio.gather(*burst, return_exceptions=True)
+    assert [o is None for o in outcomes] == [True, True, False, False]
+    assert all(isinstance(o, EventClaimed) for o in outcomes[2:])
+    assert [await store.get(f"g{n}") is not None for n in range(4)] == [True, True, False, False]
+    # A claim made first (by a replica that then stopped) keeps the job out too.
+    assert await store.claim("ev9")
+    with pytest.raises(EventClaimed):
+        await store.insert(make_job("g9"), claim="ev9")
 
 
 async def test_expired_claims_can_be_claimed_again(store: JobStore) -> None:
