@@ -32,6 +32,7 @@ from bot.errors import (
 )
 from bot.model import Endpoint, EndpointType, JobOutput, JobState, Submitted
 from bot.recent import Recent
+from bot.tasks import Supervised, stop, supervise
 from cloud.esd.a1111 import (
     INTERROGATE_TASKS,
     hypernet_names,
@@ -52,7 +53,7 @@ from cloud.esd.launch import launch
 from cloud.esd.payloads import NO_REASON, is_unlistable, parse_version
 from cloud.esd.polling import StatusBook
 from cloud.esd.sagemaker import SageMakerConfig, SageMakerInterrogator
-from cloud.esd.sharing import SharedScans
+from cloud.esd.sharing import SharedEvents, SharedScans
 from cloud.esd.wire import CreateInference
 from cloud.esd.wire import inference_type as wire_inference_type
 from commands.spec import COMMANDS, MODEL_TYPES, Family
@@ -162,6 +163,8 @@ class EsdBackend:
         self._lookup_lock = asyncio.Lock()
         self.version: str | None = None  # ESD's `x-api-version`, once `/ping` answered
         self.events: CompletionConsumer | None = None
+        self._handed: Supervised | None = None  # looks for events other replicas hand over
+        self._started = False
         if config.events_queue_url:
             queue = EventQueue(
                 config.events_queue_url,
@@ -223,6 +226,12 @@ class EsdBackend:
         except BaseException:
             await self._client.aclose()
             raise
+        self._started = True
+        self._look_for_handed_events()
+
+    def _look_for_handed_events(self) -> None:
+        if self._started and self._handed is None and self._book.shares_events:
+            self._handed = supervise("esd-events-handed", self._book.run_handed_events)
 
     def notify_changes(self, on_change: Callable[[str], None]) -> None:
         """`on_change(backend_id)` is called when a completion event ends a job, so the
@@ -231,9 +240,14 @@ class EsdBackend:
 
     def share_scans(self, reads: SharedReads, leases: LeaderLeases, replica: str) -> None:
         """Several replicas share the store: list scans run once across them, on the replica
-        leading each (`cloud.esd.sharing`); call before the first poll."""
+        leading each, and with completion events an event taken by a replica that does not
+        follow its job is handed over to the one that does (`cloud.esd.sharing`); call before
+        the first submit or poll."""
         keep = max(300.0, 4 * self._config.events_backstop) if self.events else 300.0
         self._book.share_scans(SharedScans(reads, leases, replica, keep=keep))
+        if self.events is not None:
+            self._book.share_events(SharedEvents(reads))
+            self._look_for_handed_events()
 
     async def _probe(self) -> None:
         try:
@@ -278,9 +292,12 @@ class EsdBackend:
 
     async def aclose(self) -> None:
         owned, self._owned = self._owned, None
+        handed, self._handed = self._handed, None
         try:
             if self.events is not None:
                 await self.events.aclose()
+            await stop(handed.task if handed is not None else None)
+            await self._book.aclose_handed()
             if owned is not None:
                 await owned.aclose()
         finally:
@@ -397,7 +414,7 @@ class EsdBackend:
             started.append(backend_id)
             # From here until `track` below, an event about it waits rather than being taken
             # for a stranger's (the start answer can come after a short job's end).
-            self._book.launching(backend_id)
+            await self._book.launching(backend_id)
             if created is not None:
                 await created(backend_id)
 

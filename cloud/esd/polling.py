@@ -25,7 +25,9 @@ not know them. A job sent to an endpoint at zero instances is reported as a cold
 endpoint lists an instance (re-read at most every `cold_check_interval`).
 
 With several replicas on one store (`share_scans`), a scan runs on the replica leading it, for
-the jobs of all, and the others read what it found from the store (`cloud.esd.sharing`).
+the jobs of all, and the others read what it found from the store; a completion event taken by
+a replica that does not follow its job is handed over through the store to the one that does
+(`share_events`, `run_handed_events`; `cloud.esd.sharing`).
 
 Bookkeeping per call is proportional to the jobs asked about: jobs are kept in the order they
 were last asked about (so forgetting stale ones looks only at stale ones) and counted per task
@@ -43,12 +45,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from bot.errors import BackendError, BackendUnavailableError
+from bot.errors import BackendError, BackendUnavailableError, StorageError
 from bot.model import BackendStatus, JobState
 from bot.ports import LOST_JOB
 from bot.recent import Recent
+from bot.tasks import TaskSet
 from cloud.esd.events import settle_delays
 from cloud.esd.payloads import NO_REASON, EsdJob, is_unlistable
+from cloud.esd.sharing import LOOK_INTERVAL, REFRESH_INTERVAL
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -57,7 +61,7 @@ if TYPE_CHECKING:
     from cloud.esd.client import EsdClient
     from cloud.esd.events import Completion
     from cloud.esd.interrogate import JobReader
-    from cloud.esd.sharing import SharedScans
+    from cloud.esd.sharing import SharedEvents, SharedScans
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -147,7 +151,7 @@ class StatusBook:
         self._list_interval = list_interval
         self._clock = clock
         # Least recently asked first, so stale jobs are found at the front. Bounded, like
-        # `_by_type`, `_reading` and `_handed`: jobs in flight only (`forget` on release and
+        # `_by_type`, `_reading` and `_handoffs`: jobs in flight only (`forget` on release and
         # cancel); `_snapshots` and `_scanning` hold one entry per task type.
         self._tracked: OrderedDict[str, Tracked] = OrderedDict()
         self._ended: Recent[str, EsdJob] = Recent(_MAX_ENDED)
@@ -168,14 +172,31 @@ class StatusBook:
         self._settle_delays = settle_delays(15.0, first=0.15)
         # Called with a job id when an event ended it, so the core's poller asks at once.
         self.on_change: Callable[[str], None] = lambda _job_id: None
-        self._handed: dict[str, asyncio.Future[None]] = {}
+        self._handoffs: dict[str, asyncio.Future[None]] = {}
         self._settling = asyncio.Semaphore(_DIRECT_CONCURRENCY * 2)  # event-driven reads at once
         self._sharing: SharedScans | None = None  # replicas: see `share_scans`
+        # Replicas: events handed over (`share_events`). Jobs tracked here not yet asked for in
+        # the store, and jobs whose event is being handled (both bounded by the jobs tracked).
+        self._shared_events: SharedEvents | None = None
+        self._unshared: set[str] = set()
+        self._completing: set[str] = set()
+        self._handed = TaskSet("esd events handed over")
 
     def share_scans(self, sharing: SharedScans) -> None:
         """Several replicas follow jobs of one ESD: a scan runs on the replica leading it,
         for the jobs of all, and the others read what it found (`cloud.esd.sharing`)."""
         self._sharing = sharing
+
+    def share_events(self, shared: SharedEvents) -> None:
+        """Several replicas consume one events queue: an event for a job another replica
+        follows is handed over to it, and events handed over for jobs followed here are
+        handled (`run_handed_events` looks for them)."""
+        self._shared_events = shared
+        self._unshared.update(i for i, t in self._tracked.items() if not t.own)
+
+    @property
+    def shares_events(self) -> bool:
+        return self._shared_events is not None
 
     def read_interrogations_with(self, reader: JobReader) -> None:
         """Interrogate jobs, submitted or resumed from now on, are read by `reader`."""
@@ -208,9 +229,13 @@ class StatusBook:
             ),
         )
 
-    def launching(self, job_id: str) -> None:
-        """ESD created the job and it is being started: not tracked yet, but not a stranger."""
+    async def launching(self, job_id: str) -> None:
+        """ESD created the job and it is being started: not tracked yet, but not a stranger.
+        With events handed over between replicas, its events are asked for now, before the
+        start, so none can reach another replica first."""
         self._launching.add(job_id)
+        if self._shared_events is not None:
+            await self._share([job_id])
 
     def launched(self, job_id: str) -> None:
         self._launching.discard(job_id)
@@ -219,6 +244,9 @@ class StatusBook:
         self._tracked[job_id] = tracked
         if tracked.task_type is not None and not tracked.own:
             self._by_type.setdefault(tracked.task_type, set()).add(job_id)
+        shared = self._shared_events
+        if shared is not None and not tracked.own and not shared.asked(job_id):
+            self._unshared.add(job_id)
 
     def forget(self, job_id: str) -> None:
         self._ended.pop(job_id, None)
@@ -232,9 +260,12 @@ class StatusBook:
         reading = self._reading.pop(job_id, None)
         if reading is not None:
             reading.cancel()
-        handed = self._handed.pop(job_id, None)
+        handed = self._handoffs.pop(job_id, None)
         if handed is not None and not handed.done():
             handed.set_result(None)
+        if self._shared_events is not None:
+            self._unshared.discard(job_id)
+            self._shared_events.ended(job_id)
 
     def in_flight(self, task_type: str) -> int:
         return len(self._by_type.get(task_type, ()))
@@ -395,8 +426,28 @@ class StatusBook:
             # A job that ended before the answer to its start came (a loaded bot): SQS delivers
             # the event again after its visibility timeout, when the job is tracked.
             return False
+        if tracked is None and self._shared_events is not None:
+            # Another replica's job, or a stranger's: the replica following it (if any)
+            # finds it in the store within `LOOK_INTERVAL`.
+            try:
+                await self._shared_events.hand_over(event)
+            except StorageError as exc:
+                _LOGGER.warning("event for %s not handed over (%s): kept in the queue", job_id, exc)
+                return False
+            return True
         if tracked is None or tracked.own or tracked.finished is not None:
             return True
+        if job_id in self._completing:
+            return True  # a duplicate while the first is handled
+        self._completing.add(job_id)
+        try:
+            return await self._complete(job_id, event, tracked, handoff_wait)
+        finally:
+            self._completing.discard(job_id)
+
+    async def _complete(
+        self, job_id: str, event: Completion, tracked: Tracked, handoff_wait: float
+    ) -> bool:
         # ESD's row is the authority (its Lambda turns the same event into the row, and a
         # contradicting or stray event must not win); the event says when to look.
         job = await self._settle(job_id)
@@ -405,13 +456,13 @@ class StatusBook:
         if job is None or (job.state is JobState.FAILED and job.reason is None):
             failed = EsdJob.failed(job_id, event.reason or NO_REASON, tracked.task_type or "")
             job = failed if job is None or event.reason else job
-        tracked = self._tracked.get(job_id)
-        if tracked is None or tracked.finished is not None:
+        now_tracked = self._tracked.get(job_id)
+        if now_tracked is None or now_tracked.finished is not None:
             return True  # the poller learnt it meanwhile
-        tracked.finished = job
-        handed = self._handed.get(job_id)
+        now_tracked.finished = job
+        handed = self._handoffs.get(job_id)
         if handed is None:
-            handed = self._handed[job_id] = asyncio.get_running_loop().create_future()
+            handed = self._handoffs[job_id] = asyncio.get_running_loop().create_future()
         self.on_change(job_id)
         try:
             async with asyncio.timeout(handoff_wait):
@@ -419,6 +470,52 @@ class StatusBook:
         except TimeoutError:
             _LOGGER.info("job %s: the poller has not asked about it yet", job_id)
         return True
+
+    async def run_handed_events(self) -> None:
+        """Look for events other replicas handed over for jobs followed here, every
+        `LOOK_INTERVAL`, and handle each as if taken from the queue here; ask for the jobs
+        tracked since the last look (resumed or taken over from a replica that stopped). Run
+        supervised while events are handed over (`share_events`); `aclose_handed` ends what
+        it started."""
+        shared = self._shared_events
+        if shared is None:
+            return
+        refreshed = self._clock()
+        while True:
+            await asyncio.sleep(LOOK_INTERVAL)
+            try:
+                await self._share(list(self._unshared))
+                if self._tracked:
+                    self._take_handed(await shared.look(self._clock()))
+                if self._clock() - refreshed >= REFRESH_INTERVAL:
+                    await shared.refresh()
+                    refreshed = self._clock()
+            except StorageError as exc:
+                _LOGGER.warning("esd events: cannot look for events handed over: %s", exc)
+
+    async def _share(self, ids: list[str]) -> None:
+        """Ask for the events of `ids` in the store; handle those already handed over."""
+        if not ids or self._shared_events is None:
+            return
+        try:
+            events = await self._shared_events.follow(ids)
+        except StorageError as exc:
+            _LOGGER.warning("esd events: cannot ask for %d job(s)' events: %s", len(ids), exc)
+            return
+        self._unshared.difference_update(ids)
+        self._take_handed(events)
+
+    def _take_handed(self, events: Sequence[Completion]) -> None:
+        for event in events:
+            tracked = self._tracked.get(event.inference_id)
+            if tracked is None or tracked.finished is not None:
+                continue
+            if event.inference_id in self._completing:
+                continue
+            self._handed.spawn(self.complete(event), name=f"esd-event-{event.inference_id}")
+
+    async def aclose_handed(self) -> None:
+        await self._handed.aclose()
 
     async def _settle(self, job_id: str) -> EsdJob | None:
         """Read the job, after each of the settle delays, until ESD says it is terminal; None

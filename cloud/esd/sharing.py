@@ -1,4 +1,6 @@
-"""The ESD list scan done once across replicas (README "Run several replicas").
+"""Replicas sharing one ESD (README "Run several replicas"): the list scan done once across
+them (`SharedScans`), and completion events handed to the replica that follows the job
+(`SharedEvents`).
 
 Every replica follows its own jobs with a `StatusBook`; alone, each would scan ESD's list pages
 for them, so N replicas would read N times the pages one replica reads. With `SharedScans`
@@ -18,6 +20,24 @@ lease; it runs out `GRACE` seconds after its next scan was due and the next repl
 a scan takes it. A store that fails makes a replica scan for its own jobs, as it would alone.
 Posted values are `EsdJob`s as JSON, what the list item said; a job's row goes when its replica
 stops following it, or when nobody asked about it for `keep` seconds.
+
+Completion events: every replica consumes the one SQS queue (`cloud.esd.events`), so the event
+of a job one replica follows often reaches another, which knows nothing of the job: alone, it
+would delete the message as a stranger's, and the job would wait for the backstop scan (45 s
+and more). Instead each replica asks, under topic `esd-events`, for every job it follows (before
+the job is started, so no event can come first); a replica that takes an event for a job it does
+not follow posts it there (`hand_over`) and deletes the message. The post lands only on a key
+someone asked for, so another user's job (the topics carry the whole ESD stack's) leaves nothing
+behind. The following replica looks for `recent` posts every `LOOK_INTERVAL` and handles the
+event as if it had taken it itself; a replica that takes over a job (its replica died) finds an
+event handed over before, in the answer to its own ask. Duplicates are harmless as on one
+replica: the book handles an event once per job.
+
+Why the store and not the queue: putting the message back (`ChangeMessageVisibility` 0) for
+another replica to take would bounce it between replicas at random, each receive counting
+towards the dead-letter queue's `maxReceiveCount` (docs/esd.md), and nothing would tell a
+stranger's job from another replica's; the store already knows who follows what, in one
+indexed row per job.
 """
 
 from __future__ import annotations
@@ -28,13 +48,14 @@ from typing import TYPE_CHECKING, Final
 from pydantic import TypeAdapter, ValidationError
 
 from bot.errors import StorageError
+from cloud.esd.events import Completion
 from cloud.esd.payloads import EsdJob
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
     from datetime import datetime
 
-    from bot.ports import LeaderLeases, SharedReads
+    from bot.ports import LeaderLeases, Posted, SharedReads
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -42,6 +63,20 @@ _LOGGER = logging.getLogger(__name__)
 # keeps it, one that stopped scanning hands it over after at most this.
 GRACE: Final = 2.0
 _JOB: Final = TypeAdapter(EsdJob)
+
+EVENTS_TOPIC: Final = "esd-events"
+# How often a replica looks for events handed to it; each look reaches back to the one before
+# and `_LOOK_MARGIN` further, for posts whose statement began before that look and committed
+# after it (and a slow store).
+LOOK_INTERVAL: Final = 0.25
+_LOOK_MARGIN: Final = 2.0
+# A replica asks for the jobs it follows again this often, and drops every key nobody asked for
+# in `_KEEP` (a replica that died leaves its asks behind; a job lasts at most an hour before
+# the book stops following it).
+REFRESH_INTERVAL: Final = 1200.0
+_KEEP: Final = 3600.0
+_CHUNK: Final = 1000  # keys per store call when asking for many
+_EVENT: Final = TypeAdapter(Completion)
 
 
 def _topic(task_type: str) -> str:
@@ -144,3 +179,80 @@ class SharedScans:
             except StorageError:
                 self._ended.setdefault(task_type, set()).update(ended)
                 raise
+
+
+class SharedEvents:
+    """A replica's side of completion events handed over between replicas (see the module).
+
+    It remembers the jobs it asked for (bounded by the jobs this replica follows: `ended` lets
+    each go), and when each post it returned was made, so a post is returned once.
+    """
+
+    def __init__(self, reads: SharedReads) -> None:
+        self._reads = reads
+        self._asked: set[str] = set()
+        self._unasked: set[str] = set()  # ended here, told to the store at the next look
+        self._seen: dict[str, datetime] = {}  # job → time of the post last returned
+        self._looked: float | None = None  # when the last look began (the caller's clock)
+
+    def asked(self, job_id: str) -> bool:
+        return job_id in self._asked
+
+    async def follow(self, ids: Collection[str]) -> list[Completion]:
+        """Ask for events about jobs this replica follows; returns events handed over for them
+        already. `StorageError` propagates (ask again later)."""
+        new = sorted(set(ids) - self._asked)
+        events: list[Completion] = []
+        for start in range(0, len(new), _CHUNK):
+            chunk = new[start : start + _CHUNK]
+            posted = await self._reads.ask(EVENTS_TOPIC, chunk)
+            self._asked.update(chunk)
+            self._unasked.difference_update(chunk)
+            events += self._fresh(posted)
+        return events
+
+    def ended(self, job_id: str) -> None:
+        """This replica stopped following the job (its ask goes at the next look)."""
+        if job_id in self._asked:
+            self._asked.discard(job_id)
+            self._unasked.add(job_id)
+        self._seen.pop(job_id, None)
+
+    async def hand_over(self, event: Completion) -> None:
+        """Post an event about a job this replica does not follow, for the one that does (kept
+        only if some replica asked for it). `StorageError` propagates (keep the message)."""
+        await self._reads.post(EVENTS_TOPIC, {event.inference_id: _EVENT.dump_json(event).decode()})
+
+    async def look(self, now: float) -> list[Completion]:
+        """Events handed over since the last look (`now`: the caller's monotonic clock) for
+        jobs this replica follows. `StorageError` propagates (the next look reaches back)."""
+        unasked, self._unasked = self._unasked, set()
+        try:
+            if unasked:
+                await self._reads.unask(EVENTS_TOPIC, unasked)
+        except StorageError:
+            self._unasked |= unasked - self._asked
+            raise
+        within = _LOOK_MARGIN + (0.0 if self._looked is None else now - self._looked)
+        posted = await self._reads.recent(EVENTS_TOPIC, within)
+        self._looked = now
+        return self._fresh({k: v for k, v in posted.items() if k in self._asked})
+
+    async def refresh(self) -> None:
+        """Ask again for every job followed, and drop the asks nobody renewed in `_KEEP`."""
+        asked = sorted(self._asked)
+        for start in range(0, len(asked), _CHUNK):
+            await self._reads.ask(EVENTS_TOPIC, asked[start : start + _CHUNK])
+        await self._reads.wanted(EVENTS_TOPIC, _KEEP)
+
+    def _fresh(self, posted: Mapping[str, Posted]) -> list[Completion]:
+        events = []
+        for job_id, entry in posted.items():
+            if entry.value is None or self._seen.get(job_id) == entry.at:
+                continue
+            self._seen[job_id] = entry.at
+            try:
+                events.append(_EVENT.validate_json(entry.value))
+            except ValidationError:
+                _LOGGER.warning("esd events: an event handed over for %s is unreadable", job_id)
+        return events
