@@ -377,7 +377,10 @@ class JobRepo(Protocol):
         """Jobs of one server whose id starts with `prefix` (at most a few)."""
         ...
 
-    async def query(self, query: JobQuery) -> Sequence[Job]: ...
+    async def query(self, query: JobQuery) -> Sequence[Job]:
+        """The jobs `query` matches, newest first; a row that does not read as a job
+        (`UnreadableJobError`) is left out and logged, so it never hides the others."""
+        ...
 
     async def unfinished(self) -> Sequence[Job]:
         """Jobs not yet terminal, or terminal but not yet delivered (resumed on start)."""

@@ -19,6 +19,7 @@ from bot.store.rows import (
     encode_time,
     job_from_row,
     job_row,
+    listed_jobs,
 )
 from bot.store.schema import transaction
 
@@ -254,8 +255,8 @@ def find(db: Database, platform: Platform, server: str, prefix: str) -> list[Job
 
 
 def query(db: Database, sql: str, params: Sequence[object]) -> list[Job]:
-    """Run a query built by `query_sql`."""
-    return _jobs(db, sql, params)
+    """Run a query built by `query_sql`; rows that do not read are left out (`listed_jobs`)."""
+    return listed_jobs(db.conn.execute(sql, params))
 
 
 def unfinished(db: Database) -> list[Job]:

@@ -4,14 +4,16 @@ Stored forms: timestamps are fixed-width ISO 8601 text in UTC (`2026-11-25T12:01
 so text order is time order and rows stay readable in the sqlite3 shell; naive datetimes are
 refused with `ValueError`. A job's typed options and parameters are versioned JSON
 (`bot.records`); attachments, notes, roles and message ids are JSON text. A row that does not
-read back is an `UnreadableJobError` naming the job, never a bare `ValueError`.
+read back is an `UnreadableJobError` naming the job, never a bare `ValueError`; a listing
+leaves such a row out (`listed_jobs`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from bot import records
 from bot.errors import InvalidRecordError, UnreadableJobError
@@ -24,6 +26,11 @@ from bot.model import (
     JobState,
     Platform,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+_LOGGER = logging.getLogger(__name__)
 
 # Every column of `jobs`, in one place for INSERT, UPDATE and SELECT.
 JOB_COLUMNS: Final = (
@@ -159,6 +166,26 @@ def job_from_row(row: Row) -> Job:
         raise UnreadableJobError(
             row["id"], f"this job's stored row cannot be read ({why}); start the job again"
         ) from exc
+
+
+def listed_jobs(rows: Iterable[Row]) -> list[Job]:
+    """The jobs of a listing's rows, leaving out and logging the rows that do not read: one
+    damaged row hides itself, not the whole listing. (A listing only reads; a claim fails
+    such a job, `JobLeases.claim_jobs`.)"""
+    jobs: list[Job] = []
+    unreadable: list[UnreadableJobError] = []
+    for row in rows:
+        try:
+            jobs.append(job_from_row(row))
+        except UnreadableJobError as exc:
+            unreadable.append(exc)
+    if unreadable:
+        _LOGGER.error(
+            "a job listing left out %d job(s) whose stored row cannot be read: %s",
+            len(unreadable),
+            "; ".join(f"{exc.job_id}: {exc}" for exc in unreadable),
+        )
+    return jobs
 
 
 def _job_from_row(row: Row) -> Job:

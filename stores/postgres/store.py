@@ -58,6 +58,7 @@ from bot.store.rows import (
     encode_time,
     job_from_row,
     job_row,
+    listed_jobs,
 )
 from stores.postgres.inserts import (
     GLOBAL_ADMISSION,
@@ -454,7 +455,9 @@ class PostgresJobStore:
 
     async def query(self, query: JobQuery) -> Sequence[Job]:
         sql, params = query_sql(query)
-        return await self._jobs(numbered(sql), *params)
+        async with self._conn() as conn:
+            rows = await conn.fetch(numbered(sql), *params)
+        return listed_jobs(rows)
 
     async def unfinished(self) -> Sequence[Job]:
         return await self._jobs(SQL_UNFINISHED)

@@ -4,7 +4,9 @@ the lookups by thread and message; run times for estimates."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import sqlite3
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,8 @@ from bot.model import (
     Platform,
 )
 from bot.ports import JobQuery, JobStore, StoredImage
+from bot.store import SqliteJobStore
+from stores.postgres import PostgresJobStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -217,6 +221,31 @@ async def test_query_refuses_negative_paging(store: JobStore) -> None:
         await store.query(JobQuery(D, "g1", limit=-1))
     with pytest.raises(ValueError, match="offset"):
         await store.query(JobQuery(D, "g1", offset=-1))
+
+
+async def damage(store: JobStore, job_id: str) -> None:
+    """Break a stored column below the row mapping, as a bad disk or a hand edit would."""
+    sql = "UPDATE jobs SET attachments = '[{' WHERE id = "
+    if isinstance(store, SqliteJobStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as db, db:
+            db.execute(sql + "?", (job_id,))
+    else:
+        assert isinstance(store, PostgresJobStore)
+        async with store._conn() as conn:
+            await conn.execute(sql + "$1", job_id)
+
+
+async def test_a_listing_leaves_out_an_unreadable_row_alone(
+    query_store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    await damage(query_store, "q05")
+    with caplog.at_level(logging.ERROR):
+        listed = await query_store.query(JobQuery(D, "g1"))
+    assert ids(listed) == ["q07", "q06", "q04", "q03", "q02", "q01"]
+    [record] = [r for r in caplog.records if "q05" in r.getMessage()]
+    assert "left out 1 job(s)" in record.getMessage()
+    assert "stored row cannot be read" in record.getMessage()
+    assert ids(await query_store.query(JobQuery(D, "g1", user="u1"))) == ["q06", "q02", "q01"]
 
 
 def reference_query(jobs: Sequence[Job], q: JobQuery) -> list[str]:
