@@ -238,12 +238,16 @@ async def test_a_job_esd_started_is_inprogress_from_its_start(tmp_path: Path) ->
                 chat_caller(), "img2img x", [adapter.attach("a.png", png())], RecordingResponder()
             )
             assert job is not None
+            # The status message is edited after the row is written: wait for both.
+            shown: JobState | None = None
             for _ in range(400):
                 stored = await app.store.get(job.id)
-                if stored is not None and stored.backend_id and stored.started_at:
+                if stored is not None and stored.status_message is not None:
+                    shown = adapter.status_edits[stored.status_message][-1].state
+                if stored is not None and stored.started_at and shown is JobState.INPROGRESS:
                     break
                 await asyncio.sleep(0.025)
-            assert stored is not None and stored.state is JobState.INPROGRESS
-            assert stored.status_message is not None
-            assert adapter.status_edits[stored.status_message][-1].state is JobState.INPROGRESS
+            assert stored is not None and stored.backend_id
+            assert stored.state is JobState.INPROGRESS
+            assert shown is JobState.INPROGRESS
             assert state_of(url).requests["list_inferences"] == 0
