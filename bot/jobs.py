@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import replace
@@ -106,6 +107,20 @@ _RESUME_AT_MOST = 10_000
 # list scan that sees a thousand jobs start at once asked the store the same question a thousand
 # times, and the deliveries of jobs ending then waited behind those queries (issue 16).
 _RUN_TIMES_TTL = 10.0
+
+
+class _Driver:
+    """What `JobRunner.spawn` keeps for one job's driver across its restarts: the row it was
+    claimed with (until the first run), the restarts so far and the fence of its lease. Slots,
+    not a closure: one lives per job in flight (issue 11)."""
+
+    __slots__ = ("fence", "job_id", "known", "restarts")
+
+    def __init__(self, job_id: str, known: Job | None) -> None:
+        self.job_id = job_id
+        self.known = known
+        self.restarts = 0
+        self.fence: int | None = None
 
 
 class _PostFailedError(Exception):
@@ -302,45 +317,44 @@ class JobRunner:
         """
         if job_id in self._tasks:
             return
-        first = [job]
-        restarts = [0]
-        fence: list[int | None] = [None]
-
-        async def body() -> None:
-            known, first[0] = first[0], None  # after a restart, the row is read again
-            if restarts[0] > _MAX_RESTARTS:
-                _LOGGER.error("job %s: giving up; it is taken again once its lease expires", job_id)
-                if fence[0] is not None:
-                    self.leases.drop(job_id, fence[0])
-                return
-            owned = await self._owned(job_id, known)
-            if owned is None:
-                return
-            fence[0] = owned.fence
-            try:
-                with self.leases.posting(job_id, owned.fence):
-                    await self._drive(owned)
-            except LeaseLost as lost:
-                if not isinstance(lost, NotHeld):
-                    self.leases.refused(job_id)
-                _LOGGER.info("job %s: another replica drives it now", job_id)
-                self.leases.drop(job_id, owned.fence)
-
-        def restarted(exc: BaseException) -> None:
-            restarts[0] += 1
-            self.restarts += 1
-
+        driver = _Driver(job_id, job)
         supervised = supervise(
             f"sdbot-job-{job_id}",
-            body,
+            functools.partial(self._run_driver, driver),
             backoff=self._backoff,
             sleep=self._clock.sleep,
-            on_restart=restarted,
+            on_restart=functools.partial(self._restarted, driver),
         )
         task = supervised.task
         self._tasks[job_id] = task
         self._idle.clear()
-        task.add_done_callback(lambda t: self._done(job_id, t, fence[0]))
+        task.add_done_callback(functools.partial(self._done, driver))
+
+    async def _run_driver(self, driver: _Driver) -> None:
+        """One run of a job's driver (`spawn`): take or confirm the lease, then drive."""
+        job_id = driver.job_id
+        known, driver.known = driver.known, None  # after a restart, the row is read again
+        if driver.restarts > _MAX_RESTARTS:
+            _LOGGER.error("job %s: giving up; it is taken again once its lease expires", job_id)
+            if driver.fence is not None:
+                self.leases.drop(job_id, driver.fence)
+            return
+        owned = await self._owned(job_id, known)
+        if owned is None:
+            return
+        driver.fence = owned.fence
+        try:
+            with self.leases.posting(job_id, owned.fence):
+                await self._drive(owned)
+        except LeaseLost as lost:
+            if not isinstance(lost, NotHeld):
+                self.leases.refused(job_id)
+            _LOGGER.info("job %s: another replica drives it now", job_id)
+            self.leases.drop(job_id, owned.fence)
+
+    def _restarted(self, driver: _Driver, exc: BaseException) -> None:
+        driver.restarts += 1
+        self.restarts += 1
 
     async def _owned(self, job_id: str, known: Job | None) -> Job | None:
         """The job's row under this replica's lease: claimed now unless held already; None
@@ -382,7 +396,8 @@ class JobRunner:
             return await self._store.save(replace(job, delivery=Delivery.DONE))
         return job
 
-    def _done(self, job_id: str, task: asyncio.Task[None], fence: int | None) -> None:
+    def _done(self, driver: _Driver, task: asyncio.Task[None]) -> None:
+        job_id, fence = driver.job_id, driver.fence
         self._accepted_here.discard(job_id)
         if fence is not None:
             # The job is finished, or left for a later claim: its lease is no longer renewed.

@@ -35,16 +35,54 @@ DEFAULT_BACKOFF = RetryPolicy(backoff=1.0, max_backoff=60.0)
 
 
 class Supervised:
-    """A body run by `supervise`; `restarts` counts the unexpected exceptions it survived."""
+    """A body run by `supervise`; `restarts` counts the unexpected exceptions it survived.
 
-    def __init__(self, name: str, task: asyncio.Task[None]) -> None:
+    Its state lives in slots rather than a closure: every job in flight has one (issue 11).
+    """
+
+    __slots__ = ("_backoff", "_body", "_on_restart", "_sleep", "name", "restarts", "task")
+
+    def __init__(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        backoff: RetryPolicy,
+        sleep: Callable[[float], Awaitable[None]],
+        on_restart: Callable[[BaseException], None] | None,
+    ) -> None:
         self.name = name
-        self.task = task
         self.restarts = 0
+        self._body = body
+        self._backoff = backoff
+        self._sleep = sleep
+        self._on_restart = on_restart
+        self.task = asyncio.create_task(self._run(), name=name)
 
     @property
     def alive(self) -> bool:
         return not self.task.done()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        pauses = self._backoff
+        failures = 0
+        while True:
+            began = loop.time()
+            try:
+                await self._body()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if loop.time() - began > pauses.max_backoff:
+                    failures = 0  # it had been running well: start the back-off over
+                failures += 1
+                self.restarts += 1
+                pause = pauses.wait(failures - 1)
+                _LOGGER.exception("%s failed; restarting in %.3g s", self.name, pause)
+                if self._on_restart is not None:
+                    self._on_restart(exc)
+                await self._sleep(pause)
 
 
 def supervise(
@@ -56,31 +94,7 @@ def supervise(
     on_restart: Callable[[BaseException], None] | None = None,
 ) -> Supervised:
     """Run `body()` in a task named `name`, again after every unexpected exception."""
-    loop = asyncio.get_running_loop()
-
-    async def run() -> None:
-        pauses = backoff or DEFAULT_BACKOFF
-        failures = 0
-        while True:
-            began = loop.time()
-            try:
-                await body()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if loop.time() - began > pauses.max_backoff:
-                    failures = 0  # it had been running well: start the back-off over
-                failures += 1
-                supervised.restarts += 1
-                pause = pauses.wait(failures - 1)
-                _LOGGER.exception("%s failed; restarting in %.3g s", name, pause)
-                if on_restart is not None:
-                    on_restart(exc)
-                await sleep(pause)
-
-    supervised = Supervised(name, asyncio.create_task(run(), name=name))
-    return supervised
+    return Supervised(name, body, backoff or DEFAULT_BACKOFF, sleep, on_restart)
 
 
 async def stop(task: asyncio.Task[object] | asyncio.Task[None] | None) -> None:

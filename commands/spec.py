@@ -203,7 +203,7 @@ class Kind(enum.Enum):
     RESULT = "result"  # `result` or `result:N` (1-based) — a base job's result image
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Size:
     """Width and height in pixels."""
 
