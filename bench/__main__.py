@@ -38,6 +38,8 @@ BENCHMARKS: dict[str, tuple[tuple[int, ...], Callable[[Sequence[int], int], list
     "claims": ((20_000,), lambda sizes, runs: asyncio.run(stores.claims(sizes, runs))),
     "esd": ((500, 2000), lambda sizes, runs: esd_polling.esd_polling(sizes, runs)),
     "esd-events": ((500, 2000), lambda sizes, runs: esd_polling.esd_events(sizes, runs)),
+    # The same with backstop scans landing in the run (delivery must not wait for them).
+    "esd-events-scans": ((2000,), lambda sizes, runs: esd_polling.esd_events_scans(sizes, runs)),
     # One size and run of their own (bench/a1111_queue.py, bench/memory.py).
     "webui": ((1,), lambda sizes, runs: asyncio.run(a1111_queue.webui_queue())),
     "memory": ((1,), lambda sizes, runs: asyncio.run(memory.long_run())),
