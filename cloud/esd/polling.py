@@ -181,6 +181,9 @@ class StatusBook:
         self._unshared: set[str] = set()
         self._completing: set[str] = set()
         self._handed = TaskSet("esd events handed over")
+        # Events handed over for jobs still being started here, kept until `track` (bounded:
+        # a start that fails leaves its entry behind).
+        self._early: Recent[str, Completion] = Recent(1000)
 
     def share_scans(self, sharing: SharedScans) -> None:
         """Several replicas follow jobs of one ESD: a scan runs on the replica leading it,
@@ -215,7 +218,7 @@ class StatusBook:
         finished: EsdJob | None = None,
         own: bool = False,
     ) -> None:
-        self.forget(job_id)
+        self.forget(job_id, following=True)
         self._add(
             job_id,
             Tracked(
@@ -228,6 +231,9 @@ class StatusBook:
                 own=own,
             ),
         )
+        early = self._early.pop(job_id, None)
+        if early is not None:
+            self._take_handed([early])
 
     async def launching(self, job_id: str) -> None:
         """ESD created the job and it is being started: not tracked yet, but not a stranger.
@@ -248,7 +254,9 @@ class StatusBook:
         if shared is not None and not tracked.own and not shared.asked(job_id):
             self._unshared.add(job_id)
 
-    def forget(self, job_id: str) -> None:
+    def forget(self, job_id: str, *, following: bool = False) -> None:
+        """Drop what the book keeps about a job (`following`: it is tracked anew at once, so
+        its events stay asked for)."""
         self._ended.pop(job_id, None)
         tracked = self._tracked.pop(job_id, None)
         if tracked is not None and tracked.task_type is not None:
@@ -263,7 +271,7 @@ class StatusBook:
         handed = self._handoffs.pop(job_id, None)
         if handed is not None and not handed.done():
             handed.set_result(None)
-        if self._shared_events is not None:
+        if self._shared_events is not None and not following:
             self._unshared.discard(job_id)
             self._shared_events.ended(job_id)
 
@@ -485,7 +493,7 @@ class StatusBook:
             await asyncio.sleep(LOOK_INTERVAL)
             try:
                 await self._share(list(self._unshared))
-                if self._tracked:
+                if self._tracked or self._launching or shared.unasking:
                     self._take_handed(await shared.look(self._clock()))
                 if self._clock() - refreshed >= REFRESH_INTERVAL:
                     await shared.refresh()
@@ -508,6 +516,9 @@ class StatusBook:
     def _take_handed(self, events: Sequence[Completion]) -> None:
         for event in events:
             tracked = self._tracked.get(event.inference_id)
+            if tracked is None and event.inference_id in self._launching:
+                self._early[event.inference_id] = event  # handled once `track` has it
+                continue
             if tracked is None or tracked.finished is not None:
                 continue
             if event.inference_id in self._completing:

@@ -198,6 +198,11 @@ class SharedEvents:
     def asked(self, job_id: str) -> bool:
         return job_id in self._asked
 
+    @property
+    def unasking(self) -> bool:
+        """Jobs ended here whose asks the next look lets go."""
+        return bool(self._unasked)
+
     async def follow(self, ids: Collection[str]) -> list[Completion]:
         """Ask for events about jobs this replica follows; returns events handed over for them
         already. `StorageError` propagates (ask again later)."""

@@ -1,4 +1,4 @@
-"""Completion events with several replicas on one PostgreSQL store (issue 16).
+"""Completion events with several replicas on one store (issue 16).
 
 Two bots, each with its own replica id, its own `PostgresJobStore` on one schema and its own
 consumer, built by the composition root (`adapters.cli.make_app`) as `sdbot run` builds them,
@@ -8,6 +8,10 @@ one that accepts, and so drives, the job) reads a queue of its own that nothing 
 every event of a's job is taken by the replica that does not drive it, which is what happens to
 about (N-1)/N of them with N replicas on one queue. The backstop scan is an hour away, so a
 result posted at all was delivered through the event handed over, not by a scan.
+
+The races around it run on backends sharing one SQLite store's `SharedReads` (the port, not the
+engine, is what they exercise): an event handed over before the job's start is answered, and
+one handed over to a replica that died before a replica taking its job over follows it.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from scenario_kit import RecordingAdapter, RecordingResponder, chat_caller, fast
 
 from adapters.cli import make_app
 from bot.model import JobState
+from bot.store import SqliteJobStore
+from cloud.esd import EsdBackend
 from cloud.esd_server import running_server
-from tests.esd.esd_kit import KEY, server_config, state_of
+from tests.esd.esd_kit import KEY, esd_config, params, server_config, state_of, target
 from tests.esd.test_esd_events import (
     aws_env,  # noqa: F401 - fixture
     moto_url,  # noqa: F401 - fixture
@@ -130,3 +136,85 @@ async def test_an_event_taken_by_the_replica_not_driving_the_job_is_delivered_on
         # Delivered by the replica driving it, once; through the event, not a list scan.
         assert _results(adapter_a) == [job_id] and _results(adapter_b) == []
         assert state.requests["list_inferences"] == 0
+
+
+class _Leases:
+    """Leader leases nobody else holds (the list scan is not what these tests look at)."""
+
+    async def lead(self, name: str, owner: str, ttl: float) -> int | None:
+        return 1
+
+    async def resign(self, name: str, owner: str) -> None:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def _backend(
+    name: str, esd: str, store: SqliteJobStore, queue: str
+) -> AsyncIterator[tuple[EsdBackend, list[str]]]:
+    backend = EsdBackend(
+        esd_config(esd, events_queue_url=queue, events_wait=1, events_backstop=3600.0)
+    )
+    nudged: list[str] = []
+    backend.notify_changes(nudged.append)
+    backend.share_scans(store, _Leases(), name)
+    async with backend:
+        events = backend.events
+        assert events is not None
+        await until(lambda: events.healthy, f"{name}'s consumer answers")
+        yield backend, nudged
+
+
+async def test_an_event_handed_over_while_the_job_is_being_started_waits_for_it(
+    moto_url: str,  # noqa: F811 - fixture
+    tmp_path: Path,
+) -> None:
+    subscribed = wire(moto_url)  # read by b only
+    own = subscribed.sqs.create_queue(QueueName=f"sdbot-a-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    async with (
+        SqliteJobStore(tmp_path / "shared.sqlite3") as store,
+        running_server(server_config()) as esd,
+        _backend("a", esd, store, own) as (a, nudged),
+        _backend("b", esd, store, subscribed.queue_url),
+    ):
+
+        async def created(backend_id: str) -> None:
+            # A loaded bot: b takes the job's event and hands it over before a has the
+            # answer to the start.
+            subscribed.publish(notification(backend_id))
+            await until(lambda: backend_id in a._book._early, "a has the event handed over")
+
+        job = (await a.submit("job1", params(), png(), None, created=created)).backend_id
+        await state_of(esd).finish(job)  # ESD's row says so a little after the event
+        await until(lambda: job in nudged, "a handled it once it followed the job")
+        answer = await a.statuses([target(job)])
+        assert answer[job].state is JobState.SUCCEED
+        assert subscribed.waiting() == 0
+
+
+async def test_a_replica_taking_over_a_job_finds_the_event_handed_over_before(
+    moto_url: str,  # noqa: F811 - fixture
+    tmp_path: Path,
+) -> None:
+    subscribed = wire(moto_url)  # read by b only
+    own = subscribed.sqs.create_queue(QueueName=f"sdbot-a-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    async with (
+        SqliteJobStore(tmp_path / "shared.sqlite3") as store,
+        running_server(server_config()) as esd,
+        _backend("b", esd, store, subscribed.queue_url),
+    ):
+        async with _backend("a", esd, store, own) as (a, _):
+            # More jobs than are read one by one: they wait for the backstop scan.
+            jobs = [(await a.submit(f"job{n}", params(), png(), None)).backend_id for n in "xyz"]
+        # a is gone, its asks still in the store; its jobs end and b hands the events over.
+        for job in jobs:
+            await state_of(esd).finish(job)
+            subscribed.publish(notification(job))
+        await until(lambda: subscribed.waiting() == 0, "b handed them over and deleted them")
+        async with _backend("c", esd, store, own) as (c, nudged):
+            targets = [target(job) for job in jobs]
+            assert await c.statuses(targets) == {}  # taken over: followed from now
+            await until(lambda: set(nudged) == set(jobs), "c found the events handed to a")
+            answer = await c.statuses(targets)
+            assert {status.state for status in answer.values()} == {JobState.SUCCEED}
+            assert len(answer) == len(jobs)
