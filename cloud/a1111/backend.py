@@ -59,6 +59,7 @@ from cloud.a1111.client import (
     parse_progress,
 )
 from cloud.esd.a1111 import INTERROGATE_MODELS, img2img_payload, interrogate_payload
+from cloud.job_folders import job_folder, read_output, write_output, write_whole
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -94,6 +95,7 @@ CATALOGUE: dict[str, str] = {
 _TITLE_HASH = re.compile(r"\s\[[0-9a-fA-F]{8,10}\]$")
 _PREVIEW_MAX = 4_000_000
 _HISTORY = 1000  # finished jobs kept (without their results) for `history`
+_RESULT = "result-{n}"  # a stored result image's file name (`cloud.job_folders`)
 
 
 class A1111Settings(Section):
@@ -571,13 +573,7 @@ class A1111Backend:
     # -- Surviving restarts -------------------------------------------------------------------
 
     def _folder(self, backend_id: str) -> Path | None:
-        if self._config.state_dir is None:
-            return None
-        try:  # only ids this backend made (uuid4) name folders
-            uuid.UUID(backend_id)
-        except ValueError:
-            return None
-        return self._config.state_dir / backend_id
+        return job_folder(self._config.state_dir, backend_id)
 
     async def _write_request(self, job: _Job) -> None:
         folder = self._folder(job.backend_id)
@@ -592,8 +588,8 @@ class A1111Backend:
 
         def write() -> None:
             folder.mkdir(parents=True, exist_ok=True)
-            _replace(folder / "request.json", json.dumps(request))
-            _replace(folder / "state.json", json.dumps({"attempts": 0, "queued": False}))
+            write_whole(folder / "request.json", json.dumps(request))
+            write_whole(folder / "state.json", json.dumps({"attempts": 0, "queued": False}))
 
         await self._io(job.backend_id, write)
 
@@ -612,7 +608,7 @@ class A1111Backend:
 
         def write() -> None:
             if folder.is_dir():  # not when cancelled meanwhile
-                _replace(folder / "state.json", json.dumps(state))
+                write_whole(folder / "state.json", json.dumps(state))
 
         await self._io(job.backend_id, write)
 
@@ -621,16 +617,7 @@ class A1111Backend:
         if folder is None:
             return
 
-        def write() -> None:
-            if not folder.is_dir():
-                return
-            for n, image in enumerate(output.images):
-                (folder / f"result-{n}").write_bytes(image)
-            meta = {"infotext": output.infotext, "caption": output.caption, "count": count}
-            _replace(folder / "output.json", json.dumps(meta))
-
-        count = len(output.images)
-        await self._io(job.backend_id, write)
+        await self._io(job.backend_id, lambda: write_output(folder, output, _RESULT))
 
     async def _revive(self, backend_id: str) -> _Job | None:
         """A job an earlier process took: its outcome, or the job queued (and sent) again."""
@@ -670,13 +657,6 @@ class A1111Backend:
         return job
 
 
-def _replace(path: Path, text: str) -> None:
-    """Write a file whole or not at all (a crash never leaves half a JSON document)."""
-    scratch = path.with_suffix(".tmp")
-    scratch.write_text(text)
-    scratch.replace(path)
-
-
 def _read_folder(
     folder: Path,
 ) -> tuple[dict[str, Any], dict[str, Any], JobOutput | None] | None:
@@ -686,11 +666,7 @@ def _read_folder(
     try:
         request = json.loads((folder / "request.json").read_text())
         state = json.loads((folder / "state.json").read_text())
-        output = None
-        if (folder / "output.json").exists():
-            meta = json.loads((folder / "output.json").read_text())
-            images = tuple((folder / f"result-{n}").read_bytes() for n in range(int(meta["count"])))
-            output = JobOutput(images=images, infotext=meta["infotext"], caption=meta["caption"])
+        output = read_output(folder, _RESULT)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _LOGGER.warning("WebUI job folder %s is unreadable: %s", folder, exc)
         return None

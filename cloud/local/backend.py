@@ -45,6 +45,7 @@ from bot.model import (
 )
 from bot.ports import LOST_JOB
 from bot.records import params_value, read_params
+from cloud.job_folders import job_folder, read_output, write_output, write_whole
 from cloud.local.preview import caption, render, render_infotext
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ _VAE_NOT_LOOKED_UP = ("", "Automatic", "None")
 _PICKUP_SECONDS = 0.05
 # Delivered jobs kept (without their results) for `history`.
 _HISTORY = 1000
+_RESULT = "result-{n}.png"  # a stored result image's file name (`cloud.job_folders`)
 
 
 class LocalSettings(Section):
@@ -393,14 +395,7 @@ class LocalBackend:
     # -- Surviving restarts -------------------------------------------------------------------
 
     def _folder(self, backend_id: str) -> Path | None:
-        if self._config.state_dir is None:
-            return None
-        # Only ids this backend made (uuid4) name folders: nothing else reaches the file system.
-        try:
-            uuid.UUID(backend_id)
-        except ValueError:
-            return None
-        return self._config.state_dir / backend_id
+        return job_folder(self._config.state_dir, backend_id)
 
     async def _persist(self, request: dict[str, object], files: dict[str, bytes]) -> str:
         """Pick the new job's backend id and, with a state dir, write its request down first."""
@@ -414,7 +409,7 @@ class LocalBackend:
             folder.mkdir(parents=True, exist_ok=True)
             for name, data in files.items():
                 (folder / name).write_bytes(data)
-            _write_whole(folder / "request.json", json.dumps(request))
+            write_whole(folder / "request.json", json.dumps(request))
 
         await asyncio.to_thread(write)
         return backend_id
@@ -431,16 +426,7 @@ class LocalBackend:
         if folder is None:
             return
 
-        def write() -> None:
-            if not folder.is_dir():
-                return  # cancelled meanwhile
-            for n, image in enumerate(output.images):
-                (folder / f"result-{n}.png").write_bytes(image)
-            meta = {"infotext": output.infotext, "caption": output.caption, "count": n_images}
-            _write_whole(folder / "output.json", json.dumps(meta))
-
-        n_images = len(output.images)
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(write_output, folder, output, _RESULT)
 
     async def _revive(self, backend_id: str) -> _LocalJob | None:
         """A job an earlier process started: its stored result, or the job run again."""
@@ -543,14 +529,6 @@ def _interrogate_work(method: str, files: dict[str, bytes]) -> Callable[[], JobO
     return work
 
 
-def _write_whole(path: Path, text: str) -> None:
-    """Write a file another process may read at any moment (replicas sharing the folder):
-    under a temporary name, then renamed over, so a reader sees all of it or none."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 def _read_folder(
     folder: Path,
 ) -> tuple[dict[str, object], dict[str, bytes], JobOutput | None] | None:
@@ -564,13 +542,7 @@ def _read_folder(
             for name in ("init.png", "mask.png")
             if (folder / name).exists()
         }
-        output = None
-        if (folder / "output.json").exists():
-            meta = json.loads((folder / "output.json").read_text())
-            images = tuple(
-                (folder / f"result-{n}.png").read_bytes() for n in range(int(meta["count"]))
-            )
-            output = JobOutput(images=images, infotext=meta["infotext"], caption=meta["caption"])
+        output = read_output(folder, _RESULT)
     except (OSError, ValueError, KeyError) as exc:
         log.warning("local job folder %s is unreadable: %s", folder, exc)
         return None
