@@ -7,10 +7,12 @@ waivers); every value is a bound parameter. Functions here run on the store's wo
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import sys
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from bot.ports import AdmissionRefused, EventClaimed, JobChanged, LeaseLost
+from bot.store.admission import GroupAdmission, UserDay, user_day
 from bot.store.images import write_images
 from bot.store.rows import (
     JOB_COLUMNS,
@@ -24,12 +26,14 @@ from bot.store.rows import (
 from bot.store.schema import transaction
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from datetime import datetime
 
     from bot.model import Conversation, Job, Platform
     from bot.ports import Admission, JobQuery, StoredImage
     from bot.store.schema import Database
+
+_T = TypeVar("_T")
 
 # At most this many jobs answer an id prefix; more means the prefix is ambiguous anyway.
 FIND_LIMIT: Final = 5
@@ -194,6 +198,174 @@ def insert(
             )
         _write_messages(db, job)
         write_images(db, job.id, inputs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    """One `insert` waiting for its group (`insert_group`)."""
+
+    job: Job
+    inputs: Sequence[StoredImage]
+    admission: Admission | None
+    owner: str | None
+    until: datetime | None
+    claim: str | None
+    now: datetime
+
+
+# The statement shapes a group is read and written with, largest first: each is one statement
+# (one step, one release of the interpreter lock) for that many rows or keys, and a burst of
+# any size reuses these few cached statements; 128 rows of a job stay under SQLite's 32,766
+# variables.
+_SHAPES: Final = (128, 32, 8, 1)
+_LEASED_COLUMNS: Final = (*JOB_COLUMNS, "lease_owner", "lease_until")
+_MESSAGE_COLUMNS: Final = ("platform", "server", "message_id", "job_id")
+_IMAGE_COLUMNS: Final = ("job_id", "slot", "idx", "name", "data")
+# Each (platform, server, user, day start) of a group (as `k`, numbered `i`): the user's jobs
+# not yet terminal, and those created since the day began (none without a day start).
+_SQL_USER_COUNTS: Final = (
+    "WITH k (i, p, s, u, d) AS (VALUES {values}) SELECT k.i,"
+    " (SELECT COUNT(*) FROM jobs j WHERE j.platform = k.p AND j.server = k.s"
+    " AND j.user_id = k.u AND j.state IN ('created', 'inprogress')),"
+    " (SELECT COUNT(*) FROM jobs j WHERE j.platform = k.p AND j.server = k.s"
+    " AND j.user_id = k.u AND j.created_at >= k.d)"
+    " FROM k"
+)
+
+
+def _shaped(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """`items` in consecutive chunks of the sizes of `_SHAPES`."""
+    start = 0
+    for size in _SHAPES:
+        while len(items) - start >= size:
+            yield items[start : start + size]
+            start += size
+
+
+def _marks(columns: int, rows: int) -> str:
+    row = f"({', '.join('?' * columns)})"
+    return ", ".join([row] * rows)
+
+
+def _insert_rows(
+    db: Database, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]
+) -> None:
+    for chunk in _shaped(rows):
+        db.conn.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {_marks(len(columns), len(chunk))}",  # noqa: S608
+            [value for row in chunk for value in row],
+        )
+
+
+def insert_group(db: Database, group: Sequence[NewJob]) -> list[BaseException | None]:
+    """Insert the jobs of a burst in one savepoint, each job's outcome in order: None when
+    written, else what a lone `insert` raises for it.
+
+    The group's facts are read once (`bot.store.admission`) and its rows written in a few
+    statements per table, where `insert` runs about ten per job: under a burst the event loop
+    is busy with the next commands, and each statement lets go of the interpreter lock, which
+    the store's thread then waits to get back. A group that fails for a reason of its own (a
+    row that breaks a constraint) is undone and its jobs inserted one by one."""
+    db.check_file()
+    outcomes: list[BaseException | None] = [None] * len(group)
+    rows: dict[int, tuple[object, ...]] = {}
+    for n, new in enumerate(group):
+        try:  # a naive time fails its own job alone
+            row = job_row(new.job)
+            leased = new.owner is not None and new.until is not None
+            until = encode_time(new.until) if leased and new.until else None
+            claimed_at = encode_time(new.now)
+        except ValueError as exc:
+            outcomes[n] = exc
+            continue
+        owner = new.owner if leased else None
+        rows[n] = (*(row[name] for name in JOB_COLUMNS), owner, until, claimed_at)
+    try:
+        with transaction(db.conn):
+            _write_group(db, group, rows, outcomes)
+    except sqlite3.Error:
+        return [_alone(db, new) if n in rows else outcomes[n] for n, new in enumerate(group)]
+    return outcomes
+
+
+def _alone(db: Database, new: NewJob) -> BaseException | None:
+    try:
+        insert(db, new.job, new.inputs, new.admission, new.owner, new.until, new.claim, new.now)
+    except (KeyError, AdmissionRefused, EventClaimed, sqlite3.Error) as exc:
+        return exc
+    return None
+
+
+def _write_group(
+    db: Database,
+    group: Sequence[NewJob],
+    rows: dict[int, tuple[object, ...]],
+    outcomes: list[BaseException | None],
+) -> None:
+    members = [group[n] for n in rows]
+    decisions = GroupAdmission(
+        _running(db, members), _taken(db, members), _user_counts(db, members), _claimed(db, members)
+    )
+    jobs, messages, images, claims = [], [], [], []
+    width = len(_LEASED_COLUMNS)
+    for n, row in rows.items():
+        new = group[n]
+        job = new.job
+        outcomes[n] = decisions.decide(job, new.admission, new.claim)
+        if outcomes[n] is not None:
+            continue
+        jobs.append(row[:width])
+        caller = job.caller
+        posted = dict.fromkeys(
+            (*(() if job.status_message is None else (job.status_message,)), *job.result_messages)
+        )
+        messages += [(caller.platform, caller.server, message, job.id) for message in posted]
+        next_idx: dict[str, int] = {}
+        for image in new.inputs:
+            idx = next_idx.get(image.slot, 0)
+            next_idx[image.slot] = idx + 1
+            images.append((job.id, image.slot, idx, image.name, image.data))
+        if new.claim is not None:
+            claims.append((new.claim, row[width]))
+    _insert_rows(db, "jobs", _LEASED_COLUMNS, jobs)
+    _insert_rows(db, "messages", _MESSAGE_COLUMNS, messages)
+    _insert_rows(db, "images", _IMAGE_COLUMNS, images)
+    _insert_rows(db, "claims", ("key", "created_at"), claims)
+
+
+def _running(db: Database, group: Sequence[NewJob]) -> int:
+    """The jobs counted by the global cap, if a job of the group has one."""
+    if all(new.admission is None or new.admission.max_in_flight is None for new in group):
+        return 0
+    return int(db.conn.execute(SQL_COUNT_RUNNING).fetchone()[0])
+
+
+def _taken(db: Database, group: Sequence[NewJob]) -> set[str]:
+    taken: set[str] = set()
+    for chunk in _shaped([new.job.id for new in group]):
+        sql = f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})"  # noqa: S608
+        taken.update(row[0] for row in db.conn.execute(sql, chunk))
+    return taken
+
+
+def _claimed(db: Database, group: Sequence[NewJob]) -> set[str]:
+    claimed: set[str] = set()
+    for chunk in _shaped([new.claim for new in group if new.claim is not None]):
+        sql = f"SELECT key FROM claims WHERE key IN ({', '.join('?' * len(chunk))})"  # noqa: S608
+        claimed.update(row[0] for row in db.conn.execute(sql, chunk))
+    return claimed
+
+
+def _user_counts(db: Database, group: Sequence[NewJob]) -> dict[UserDay, tuple[int, int]]:
+    """(running, since the day start) of each user of the group with limits."""
+    keys = list(dict.fromkeys(k for new in group if (k := user_day(new.job, new.admission))))
+    counts: dict[UserDay, tuple[int, int]] = {}
+    for chunk in _shaped(keys):
+        sql = _SQL_USER_COUNTS.format(values=_marks(5, len(chunk)))
+        params = [value for n, key in enumerate(chunk) for value in (n, *key)]
+        for row in db.conn.execute(sql, params):
+            counts[chunk[row[0]]] = (int(row[1]), int(row[2]))
+    return counts
 
 
 def _admit(db: Database, job: Job, admission: Admission) -> None:

@@ -148,8 +148,12 @@ class SqliteJobStore:
                 raise RuntimeError(_CLOSED)
             return work(self._db)
 
+        return await self._outcome(self._worker.submit(on_worker, urgent=urgent))  # type: ignore[arg-type]
+
+    async def _outcome(self, call: asyncio.Future[_T]) -> _T:
+        """The result of a call on the worker; a lost or failing database noted and named."""
         try:
-            return await self._worker.submit(on_worker, urgent=urgent)  # type: ignore[return-value]
+            return await call
         except StorageLostError as exc:
             if self._lost is None:
                 log.critical("job database %s was deleted or replaced; refusing writes", self._path)
@@ -177,13 +181,18 @@ class SqliteJobStore:
         the same transaction. With `owner`, the job is born under its lease for `ttl` seconds.
         With `claim`, the event's claim goes in the same transaction (`EventClaimed` if taken).
         """
-        inputs = tuple(inputs)
+        if self._state != "open" or self._worker is None:
+            raise RuntimeError(_CLOSED if self._state == "closed" else "job store not started")
         now = datetime.now(UTC)
         until = None if owner is None else now + timedelta(seconds=ttl)
-        await self._call(
-            lambda db: jobs.insert(db, job, inputs, admission, owner, until, claim, now),
-            urgent=True,
-        )
+        new = jobs.NewJob(job, tuple(inputs), admission, owner, until, claim, now)
+        await self._outcome(self._worker.submit_group(self._insert_group, new))
+
+    def _insert_group(self, group: list[jobs.NewJob]) -> list[BaseException | None]:
+        """The inserts queued together, on the worker (`Worker.submit_group`)."""
+        if self._db is None:  # the open failed or a close overtook these calls
+            return [RuntimeError(_CLOSED)] * len(group)
+        return jobs.insert_group(self._db, group)
 
     async def save(self, job: Job) -> Job:
         """Write every field of an existing job, if nobody else wrote it since `job` was read.

@@ -8,7 +8,7 @@ import dataclasses
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -24,7 +24,9 @@ class Worker:
     acknowledgement the user is waiting for; no queued call can depend on another caller's
     insert) in one group commit, then the rest in order, and hands the results back to the
     event loop a few milliseconds' worth at a time. Under a burst this costs one commit and a
-    few loop wake-ups per batch instead of one of each per call.
+    few loop wake-ups per batch instead of one of each per call; the inserts themselves are
+    handed to one call of the store's group writer (`submit_group`), a few statements per table
+    for the whole batch.
     """
 
     def __init__(self, group: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
@@ -39,6 +41,18 @@ class Worker:
         self._queue.put(call)
         return call.future
 
+    def submit_group(
+        self, run: Callable[[list[Any]], list[BaseException | None]], item: object
+    ) -> asyncio.Future[object]:
+        """Queue `item` for `run`, urgently: the items queued for the same `run` by the time the
+        thread looks are handed to one call of it (a burst's inserts, written a few statements
+        per table), which returns each item's outcome in order: None (the item's result), or
+        the exception its caller gets."""
+        loop = asyncio.get_running_loop()
+        call = _Call(loop, loop.create_future(), None, True, run, item)
+        self._queue.put(call)
+        return call.future
+
     def stop(self) -> None:
         """Let the thread end after the calls already queued (it is a daemon either way)."""
         self._queue.put(None)
@@ -48,7 +62,7 @@ class Worker:
         the commit, so an acknowledged job is always a committed one."""
         try:
             with self._group():
-                return [_outcome(call) for call in calls]
+                return _outcomes(calls)
         except BaseException as exc:  # the commit itself failed: none of them happened
             return [(call, None, exc) for call in calls]
 
@@ -83,7 +97,26 @@ class Worker:
             _hand_back(done)
 
 
+def _outcomes(calls: list[_Call]) -> list[tuple[_Call, object, BaseException | None]]:
+    """Run `calls`: each plain one alone, in order; then the items of each group together."""
+    done = [_outcome(call) for call in calls if call.group is None]
+    groups: dict[Callable[[list[Any]], list[BaseException | None]], list[_Call]] = {}
+    for call in calls:
+        if call.group is not None:
+            groups.setdefault(call.group, []).append(call)
+    for run, members in groups.items():
+        try:
+            outcomes = run([call.item for call in members])
+        except BaseException as exc:  # nothing of the group happened
+            outcomes = [exc] * len(members)
+        done += [(call, None, outcome) for call, outcome in zip(members, outcomes, strict=True)]
+    return done
+
+
 def _outcome(call: _Call) -> tuple[_Call, object, BaseException | None]:
+    if call.group is not None:
+        return _outcomes([call])[0]
+    assert call.work is not None
     try:
         return (call, call.work(), None)
     except BaseException as exc:  # handed to the awaiting task, which re-raises
@@ -104,8 +137,10 @@ def _hand_back(results: list[tuple[_Call, object, BaseException | None]]) -> Non
 class _Call:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[object]
-    work: Callable[[], object]
+    work: Callable[[], object] | None  # None for an item of a group (`submit_group`)
     urgent: bool
+    group: Callable[[list[Any]], list[BaseException | None]] | None = None
+    item: object = None
 
 
 def _settle(results: list[tuple[_Call, object, BaseException | None]]) -> None:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Final
 import asyncpg
 
 from bot.ports import AdmissionRefused, EventClaimed
-from bot.store.rows import JOB_COLUMNS, encode_time, job_row
+from bot.store.admission import GroupAdmission, UserDay, day_of, user_limited, user_of
+from bot.store.rows import JOB_COLUMNS, job_row
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +41,6 @@ GROUP_MAX: Final = 500
 # Transaction-scoped lock keys (`pg_advisory_xact_lock`): held only while one transaction runs,
 # so they hold behind connection poolers in transaction mode too.
 GLOBAL_ADMISSION: Final = 0x5DB07_0002
-RUNNING_STATES: Final = ("created", "inprogress")
 # What one job's row or inputs can make the server (or the driver, encoding them) refuse.
 _JOB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.DataError)
 
@@ -73,7 +73,7 @@ _SQL_LOCK_USERS: Final = (
 
 def user_lock(job: Job) -> str:
     """The key of the lock that serialises one user's admissions."""
-    return "\x1f".join(_user(job))
+    return "\x1f".join(user_of(job))
 
 
 def storable_text(value: str) -> str:
@@ -118,13 +118,6 @@ class Pending:
     claim: str | None = None  # the platform event's claim, made with the row
 
 
-def _user_limited(pending: Pending) -> bool:
-    admission = pending.admission
-    return admission is not None and (
-        admission.max_running is not None or admission.max_today is not None
-    )
-
-
 class GroupInsert:
     """The store's inserts, written a group at a time by one task (started when inserts
     arrive, ended when none wait).
@@ -158,9 +151,7 @@ class GroupInsert:
     ) -> None:
         # A naive time fails here, for this caller alone.
         values = stored_values(job_row(job), JOB_COLUMNS)
-        day = None
-        if admission is not None and admission.max_today is not None and admission.day_start:
-            day = encode_time(admission.day_start)
+        day = day_of(admission)
         future = asyncio.get_running_loop().create_future()
         pending = Pending(job, values, tuple(inputs), admission, owner, ttl, day, future, claim)
         self._waiting.append(pending)
@@ -216,17 +207,17 @@ class GroupInsert:
     async def _grouped(self, conn: Connection, group: list[Pending]) -> list[BaseException | None]:
         if any(p.admission is not None and p.admission.max_in_flight is not None for p in group):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", GLOBAL_ADMISSION)
-        users = sorted({user_lock(p.job) for p in group if _user_limited(p)})
+        users = sorted({user_lock(p.job) for p in group if user_limited(p.admission)})
         if users:
             await conn.execute(_SQL_LOCK_USERS, users)
         claims = [p.claim for p in group if p.claim is not None]
         facts = await conn.fetchrow(_SQL_GROUP_FACTS, [p.job.id for p in group], claims)
         assert facts is not None
         counts = await self._user_counts(conn, group)
-        decide = _Decisions(
+        decisions = GroupAdmission(
             int(facts["running"]), set(facts["taken"]), counts, set(facts["claimed"])
         )
-        outcomes = [decide(p) for p in group]
+        outcomes = [decisions.decide(p.job, p.admission, p.claim) for p in group]
         admitted = [p for p, outcome in zip(group, outcomes, strict=True) if outcome is None]
         if admitted:
             await _copy_group(conn, admitted, facts["now"])
@@ -234,11 +225,11 @@ class GroupInsert:
 
     async def _user_counts(
         self, conn: Connection, group: list[Pending]
-    ) -> dict[tuple[str, str, str, str | None], tuple[int, int]]:
+    ) -> dict[UserDay, tuple[int, int]]:
         """(running, today) of each user of the group with limits, by (platform, server, user,
         day start)."""
         keys = sorted(
-            {(*_user(p.job), p.day) for p in group if _user_limited(p)},
+            {(*user_of(p.job), p.day) for p in group if user_limited(p.admission)},
             key=lambda k: (*k[:3], k[3] or ""),
         )
         if not keys:
@@ -248,70 +239,6 @@ class GroupInsert:
         )
         by_index = {int(row["i"]): (int(row["running"]), int(row["today"])) for row in rows}
         return {key: by_index[n] for n, key in enumerate(keys, start=1)}
-
-
-def _user(job: Job) -> tuple[str, str, str]:
-    caller = job.caller
-    return (caller.platform, caller.server, caller.user)
-
-
-class _Decisions:
-    """Admits the jobs of a group in order, from the counts read for it plus the jobs already
-    admitted in it; refuses as `JobRepo.insert` does one job at a time."""
-
-    def __init__(
-        self,
-        running: int,
-        taken: set[str],
-        counts: dict[tuple[str, str, str, str | None], tuple[int, int]],
-        claimed: set[str],
-    ) -> None:
-        self._running = running
-        self._taken = taken
-        self._counts = counts
-        self._claimed = claimed
-        self._admitted: dict[tuple[str, str, str], list[Job]] = {}
-
-    def __call__(self, pending: Pending) -> BaseException | None:
-        job = pending.job
-        if pending.claim is not None and pending.claim in self._claimed:
-            return EventClaimed(pending.claim)
-        if job.id in self._taken:
-            return KeyError(job.id)
-        admission = pending.admission
-        key = _user(job)
-        mine = self._admitted.get(key, [])
-        if admission is not None:
-            refused = self._refusal(admission, key, pending.day, mine)
-            if refused is not None:
-                return refused
-        self._taken.add(job.id)
-        if pending.claim is not None:
-            self._claimed.add(pending.claim)
-        self._admitted.setdefault(key, []).append(job)
-        if job.state.value in RUNNING_STATES:
-            self._running += 1
-        return None
-
-    def _refusal(
-        self, admission: Admission, key: tuple[str, str, str], day: str | None, mine: list[Job]
-    ) -> AdmissionRefused | None:
-        if admission.max_in_flight is not None and self._running >= admission.max_in_flight:
-            return AdmissionRefused("global", self._running)
-        if admission.max_running is None and day is None:
-            return None
-        running, today = self._counts[(*key, day)]
-        if admission.max_running is not None:
-            running += sum(1 for job in mine if job.state.value in RUNNING_STATES)
-            if running >= admission.max_running:
-                return AdmissionRefused("running", running)
-        if day is not None and admission.max_today is not None:
-            start = admission.day_start
-            assert start is not None
-            today += sum(1 for job in mine if job.created_at >= start)
-            if today >= admission.max_today:
-                return AdmissionRefused("daily", today)
-        return None
 
 
 async def _copy_group(conn: Connection, admitted: list[Pending], now: datetime) -> None:

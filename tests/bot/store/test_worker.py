@@ -49,3 +49,24 @@ async def test_a_burst_commits_together_and_failures_stay_alone(tmp_path: Path) 
         assert await store.get("second") is None
         stored = await store.get("taken")
         assert stored is not None and stored == replace(job("taken"))
+
+
+async def test_a_large_burst_is_read_and_written_in_chunks_with_every_outcome_its_own(
+    tmp_path: Path,
+) -> None:
+    """300 inserts at once are read and written in statements of 128, 32, 8 and 1 rows
+    (`bot.store.jobs._SHAPES`): each user's count and each id must still reach its own job."""
+    async with SqliteJobStore(tmp_path / "jobs.sqlite3") as store:
+        await store.insert(job("taken", user="u0"))
+        burst = [job(f"b{n:03d}", user=f"u{n % 150}") for n in range(299)] + [job("taken")]
+        results = await asyncio.gather(
+            *(store.insert(j, admission=Admission(max_running=2)) for j in burst),
+            return_exceptions=True,
+        )
+        # u0 had one running job: its second in the burst is over the limit of 2.
+        refused = [j.id for j, r in zip(burst, results, strict=True) if r is not None]
+        assert refused == ["b150", "taken"]
+        assert isinstance(results[150], AdmissionRefused) and results[150].count == 2
+        assert isinstance(results[-1], KeyError)
+        for n in range(299):
+            assert (await store.get(f"b{n:03d}") is None) == (n == 150)
