@@ -98,6 +98,7 @@ class BotApp:
             clock=self.clock,
             adapters=self._adapters,
             observer=observer,
+            redaction=redaction,
         )
         self.gc = GcFreezer(lambda: self.runner.in_flight > 0)
         self._started = False

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from bot.errors import OperationalError, RefusedError, UserInputError
 from bot.inputs import assign_slots, path_refs, read_local
+from bot.logs import Redaction
 from bot.ports import EventClaimed, NullObserver, traits_of
 from bot.queries import Queries
 from bot.regenerate import Regenerator
@@ -65,9 +66,12 @@ class Dispatcher:
         clock: Clock,
         adapters: Mapping[Platform, ChatAdapter],
         observer: Observer | None = None,
+        redaction: Redaction | None = None,
     ) -> None:
-        """`adapters`: by platform, for their traits (filled in as adapters are added)."""
+        """`adapters`: by platform, for their traits (filled in as adapters are added);
+        `redaction`: what no refusal may show (a backend's message can quote anything)."""
         self._runner = runner
+        self._redact = redaction or Redaction()
         self._adapters = adapters
         self._observer = observer or NullObserver()
         self._policy = policy
@@ -191,7 +195,7 @@ class Dispatcher:
             _LOGGER.info("%s: %s; not answered again", what, exc)
         except (UserInputError, GrammarError) as exc:  # the grammar's errors are refusals too
             self._observer.refused(exc.reason)
-            await responder.refuse(str(exc))
+            await responder.refuse(self._redact(str(exc)))
         except OperationalError as exc:
             _LOGGER.warning("%s failed: %r", what, exc)
             await responder.refuse(f"{what}: {exc.short}; please try again later")

@@ -49,7 +49,7 @@ def redact(text: str, secrets: Iterable[str] = (), patterns: Iterable[re.Pattern
 
 @dataclass(frozen=True)
 class Redaction:
-    """What to hide wherever text leaves the bot (logs, failures shown to users): credential
+    """What to hide wherever text leaves the bot (logs; failures and refusals users see): credential
     values, and patterns of credential shapes (`Settings.redaction()` gathers both from the
     configured sections)."""
 

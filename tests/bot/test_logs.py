@@ -28,9 +28,9 @@ from bot.errors import BackendError
 from bot.logs import Redaction, redact, setup_logging
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
-    from bot.model import GenerationParams, Submitted
+    from bot.model import CloudJob, GenerationParams, Submitted
 
 ESD_KEY = "Zq8vT3kW9pL2mN5xR7yB"
 DISCORD = "MTA5ODc2NTQzMjEwOTg3NjU0.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789AB"
@@ -119,6 +119,27 @@ class LeakyBackend(ScriptedBackend):
                 user_message=f"upload to {PRESIGNED} refused for key {ESD_KEY}",
             )
         return await super().submit(job_id, params, init_png, mask_png, created=created)
+
+
+class LeakyHistory(ScriptedBackend):
+    """A backend whose refusal to list quotes a token, as a service echoing its input can."""
+
+    async def history(self, task_type: str, limit: int) -> Sequence[CloudJob]:
+        raise BackendError("listing refused", user_message=f"no history for {SLACK} {PRESIGNED}")
+
+
+async def test_a_refusal_quoting_a_backend_shows_no_secret(tmp_path: Path) -> None:
+    config = fast_config(tmp_path)
+    app = make_app(config, LeakyHistory())
+    app.add_adapter(RecordingAdapter())
+    responder = RecordingResponder()
+    async with app:
+        await app.dispatcher.handle_text(
+            chat_caller(admin=True), "jobs source=cloud", [], responder
+        )
+    [refusal] = responder.refusals
+    assert refusal.startswith("no history for [redacted]")
+    assert SLACK not in refusal and SIGNATURE not in refusal
 
 
 @pytest.fixture(autouse=True)
