@@ -9,6 +9,12 @@ when their job ends; only reference cycles among them wait, until the bot is idl
 flight), when everything is unfrozen and collected once, or until memory in use has grown by
 `max_growth` blocks since the last full collection.
 
+The interval is short because what a tick collects is what was made since the last one and is
+still alive, and because the collector's own young collections (gen 1) walk everything made
+since the last freeze: with 10,000 jobs in flight and a 10 s tick, gen-1 collections took up
+to 58 ms of CPU, with a 2 s tick up to 40 ms, and the loop's longest step fell from ~300 ms to
+~56 ms (a per-callback timer, load average 5-9 on 2 cores; docs/benchmarks.md).
+
 That growth is read from the allocator (`sys.getallocatedblocks()`, well under a millisecond),
 not by counting frozen objects: `gc.get_freeze_count()` walks the whole frozen set, and with
 10,000 jobs in flight it stood the loop still for 50–150 ms every tick; counting only what each
@@ -40,7 +46,7 @@ class GcFreezer:
         self,
         busy: Callable[[], bool],
         *,
-        interval: float = 10.0,
+        interval: float = 2.0,
         max_growth: int = 5_000_000,
     ) -> None:
         self._busy = busy  # True while jobs are in flight

@@ -166,7 +166,7 @@ class Poller:
         max_interval: float,
         jitter: float = 0.2,
         max_calls: int = 4,
-        max_batch: int = 250,
+        max_batch: int = 100,
         call_timeout: float = 60.0,
     ) -> None:
         self._backend = backend
@@ -177,7 +177,8 @@ class Poller:
         self._slots = asyncio.Semaphore(max_calls)
         # Jobs per call: a call's answer is handled in one step of the event loop (all of it,
         # when the backend answers without waiting, as the local one does), so a wake-up with
-        # thousands due asks in several calls rather than standing the loop still (issue 11).
+        # thousands due asks in several calls rather than standing the loop still (issue 11):
+        # with 10,000 jobs in flight a call of 250 took 10-40 ms of CPU in one step.
         self._max_batch = max_batch
         # Bounded: one entry per job being watched, freed on every exit path of its `watch`.
         self._heap: list[list[Any]] = []
