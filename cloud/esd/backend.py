@@ -297,7 +297,7 @@ class EsdBackend:
             if self.events is not None:
                 await self.events.aclose()
             await stop(handed.task if handed is not None else None)
-            await self._book.aclose_handed()
+            await self._book.aclose()
             if owned is not None:
                 await owned.aclose()
         finally:

@@ -483,8 +483,8 @@ class StatusBook:
         """Look for events other replicas handed over for jobs followed here, every
         `LOOK_INTERVAL`, and handle each as if taken from the queue here; ask for the jobs
         tracked since the last look (resumed or taken over from a replica that stopped). Run
-        supervised while events are handed over (`share_events`); `aclose_handed` ends what
-        it started."""
+        supervised while events are handed over (`share_events`); `aclose` ends what it
+        started."""
         shared = self._shared_events
         if shared is None:
             return
@@ -525,8 +525,14 @@ class StatusBook:
                 continue
             self._handed.spawn(self.complete(event), name=f"esd-event-{event.inference_id}")
 
-    async def aclose_handed(self) -> None:
+    async def aclose(self) -> None:
+        """End what the book runs in the background: events handed over being handled, and
+        scans and reads nobody waits for (a backstop scan), before the client closes."""
         await self._handed.aclose()
+        tasks = [*self._scanning.values(), *self._reading.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _settle(self, job_id: str) -> EsdJob | None:
         """Read the job, after each of the settle delays, until ESD says it is terminal; None
