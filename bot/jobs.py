@@ -315,8 +315,13 @@ class JobRunner:
         stored row after a back-off, at most `_MAX_RESTARTS` times in a row; then it lets the
         lease expire, so the job is taken again later (counting an attempt).
         """
-        if job_id in self._tasks:
+        running = self._tasks.get(job_id)
+        if running is not None and not running.done():
             return
+        # A driver that has just ended is still listed until its done callback runs (one
+        # turn of the event loop later): the claim loop that stops it and takes its job again
+        # (its own lease ran out under it) must start a new one, or the job stays held by this
+        # replica, renewed, with no driver (found by tests/replicas).
         driver = _Driver(job_id, job)
         supervised = supervise(
             f"sdbot-job-{job_id}",
@@ -435,14 +440,20 @@ class JobRunner:
                     # Its driver stops at its next step: a write refused for its fence, or
                     # the check before it posts.
                     _LOGGER.warning("job %s: its lease was taken over by another replica", job_id)
+            # Batch after batch while full ones come back: the jobs of a replica that stopped
+            # holding hundreds are all taken a claim interval after their leases expired.
             room = self._config.max_in_flight - self.in_flight
-            jobs = await self.leases.claim_batch(min(room, CLAIM_BATCH), list(self._adapters))
-            for job in jobs:
-                stale = self._tasks.get(job.id)
-                if stale is not None:  # its lease ran out under it: that driver is stale
-                    await stop(stale)
-                _LOGGER.info("job %s: taken over (attempt %d)", job.id, job.attempts)
-                self.spawn(job.id, job)
+            while room > 0:
+                jobs = await self.leases.claim_batch(min(room, CLAIM_BATCH), list(self._adapters))
+                for job in jobs:
+                    stale = self._tasks.get(job.id)
+                    if stale is not None:  # its lease ran out under it: that driver is stale
+                        await stop(stale)
+                    _LOGGER.info("job %s: taken over (attempt %d)", job.id, job.attempts)
+                    self.spawn(job.id, job)
+                if len(jobs) < CLAIM_BATCH:
+                    break
+                room = self._config.max_in_flight - self.in_flight
 
     async def wait_idle(self) -> None:
         """Return once no job is being driven."""
@@ -538,6 +549,10 @@ class JobRunner:
     async def _drive_row(self, job: Job) -> None:
         if job.state is JobState.CANCELLED:
             return
+        if job.state.terminal and job.delivery is not Delivery.DONE:
+            # Found ended and not delivered (taken over, or resumed after a restart): the driver
+            # that read the backend's last word may have stopped before showing it.
+            await self._show_status(job)
         try:
             if job.status_message is None and not job.state.terminal:
                 job = await self._open_thread(job)

@@ -12,10 +12,11 @@
   (team, channel, ts), which also drops Slack's retries (`X-Slack-Retry-Num`) on the replica
   that took it. An `app_mention` without files waits briefly for its `message` twin before it
   acts alone. Slack hears back (HTTP 200, or the Socket Mode ack) only once the message's job
-  row is committed, or it was answered, or the ack budget ran out: an event acknowledged is
-  never lost with a replica stopped right after. A retry is never dropped for the claim alone
-  (the replica that took the message may have stopped before its job was written): the job's
-  row carries the message's claim instead, so it is made once whichever replica gets there.
+  row is committed, or it was answered: an event acknowledged is never lost with a replica
+  stopped right after. When the ack budget runs out first, Slack is answered 503 and retries.
+  A retry is never dropped for the store's claim alone (the replica that took the message may
+  have stopped before its job was written): the job's row carries the message's claim instead,
+  so it is made once whichever replica gets there.
 - Thread replies (`thread_ts` ≠ `ts`) are re-generation requests (SPEC §3.2); the core
   decides whose replies count. Direct messages need no mention.
 - Message shortcuts "Interrogate image" and "img2img from this image" (a modal).
@@ -37,6 +38,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_bolt.response import BoltResponse
 
 from adapters.slack.blocks import (
     EDIT_CALLBACK,
@@ -379,15 +381,16 @@ class SlackListeners:
         event: dict[str, Any],
         context: AsyncBoltContext,
         request: AsyncBoltRequest,
-    ) -> None:
+    ) -> BoltResponse | None:
         message = message_from_event(cast("MessagePayload", event), team_of(body, context.team_id))
         if message is None:
-            return
+            return None
         mentioned = mentions(message.text, self._bot)
         if not (mentioned or message.is_direct or message.is_thread_reply):
-            return  # channel chatter
+            return None  # channel chatter
         if self._claim(message):
-            await self._route_before_ack(message, _is_retry(request), "message")
+            return await self._route_before_ack(message, _is_retry(request), "message")
+        return None
 
     async def on_app_mention(
         self,
@@ -395,17 +398,18 @@ class SlackListeners:
         event: dict[str, Any],
         context: AsyncBoltContext,
         request: AsyncBoltRequest,
-    ) -> None:
+    ) -> BoltResponse | None:
         message = message_from_event(cast("MessagePayload", event), team_of(body, context.team_id))
         if message is None:
-            return
+            return None
         if message.has_files:
             if self._claim(message):
-                await self._route_before_ack(message, _is_retry(request), "mention")
-            return
+                return await self._route_before_ack(message, _is_retry(request), "mention")
+            return None
         # `app_mention` may lack the message's files; its `message` twin has them. Give the
         # twin a moment to claim the message, and act alone only when it does not come.
         self._spawn(self._mention_fallback(message), f"sdbot-slack-mention-{message.ts}")
+        return None
 
     @staticmethod
     def _key(message: SlackMessage) -> str:
@@ -437,10 +441,15 @@ class SlackListeners:
             message = replace(message, files=files, has_files=True)
         await self._route(message)
 
-    async def _route_before_ack(self, message: SlackMessage, retry: bool, kind: str) -> None:
+    async def _route_before_ack(
+        self, message: SlackMessage, retry: bool, kind: str
+    ) -> BoltResponse | None:
         """Route the message in a tracked task, and return (Bolt then answers Slack) once its
-        job's row is committed, the work ended (answered, refused, not a job), or the ack budget
-        is spent, whichever comes first."""
+        job's row is committed or the work ended (answered, refused, not a job). When the ack
+        budget is spent first, Slack is answered 503, so that it sends the event again: the
+        work goes on here, and the job's claim makes one job of the two, whichever replica the
+        retry reaches; an event answered 200 and then lost with this replica is not retried
+        (https://docs.slack.dev/apis/events-api/#retries)."""
         committed = asyncio.Event()
         work = self._spawn(
             self._route(message, retry=retry, committed=committed),
@@ -453,6 +462,14 @@ class SlackListeners:
             )
         finally:
             waiting.cancel()
+        if committed.is_set() or work.done():
+            return None
+        _LOGGER.warning(
+            "Slack message %s not written within %.3g s: answered 503 for a retry",
+            message.ts,
+            self._ack_budget,
+        )
+        return BoltResponse(status=503, body="")
 
     async def _route(
         self,

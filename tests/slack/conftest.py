@@ -40,7 +40,7 @@ from bot.retry import RetryPolicy
 from commands import COMMANDS
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
     from pathlib import Path
 
     from bot.app import BotApp
@@ -153,6 +153,9 @@ class FakeSlack:
     def __init__(self) -> None:
         self.app = web.Application()
         self.app.router.add_route("*", "/api/{method}", self._api)
+        # The same Web API under a prefix naming the caller, for tests that run several bot
+        # processes against one fake (`SLACK_API_URL=<base>/<caller>/api/`).
+        self.app.router.add_route("*", "/{caller}/api/{method}", self._api)
         self.app.router.add_get("/files-pri/{key}/{name}", self._file)
         self.app.router.add_get("/elsewhere/{name}", self._file)
         self.app.router.add_post("/upload/v1/{file_id}", self._upload)
@@ -173,6 +176,9 @@ class FakeSlack:
         self._pending_uploads: dict[str, dict[str, Any]] = {}
         self._faults: dict[str, list[Fault]] = {}
         self.chaos: Chaos | None = None
+        # Called with (caller, method, params) when a Web API call's work is done, before it is
+        # answered: where a test stops the caller in the middle of a post.
+        self.on_done: Callable[[str, str, dict[str, Any]], Awaitable[None]] | None = None
         # Channels the bot is not a member of: posting there answers `not_in_channel`
         # (https://docs.slack.dev/reference/methods/chat.postMessage#errors).
         self.outside: set[str] = set()
@@ -365,6 +371,8 @@ class FakeSlack:
         if channel in self.outside and method != "conversations.join":
             return web.json_response({"ok": False, "error": "not_in_channel"})
         result: dict[str, Any] = await handler(params)
+        if self.on_done is not None:
+            await self.on_done(request.match_info.get("caller", ""), method, params)
         if fault is not None:
             return fault.response()
         return web.json_response({"ok": "error" not in result, **result})

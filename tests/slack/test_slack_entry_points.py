@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from scenario_kit import png
@@ -500,3 +500,27 @@ async def test_a_retry_makes_the_job_a_replica_stopped_before_writing(rig: Slack
     assert job.caller.conversation.channel == "C1"
     # (A retry reaching a replica that does not remember the message makes no second job:
     # test_a_retry_that_arrives_after_a_restart_makes_no_second_job.)
+
+
+async def test_a_message_whose_job_is_not_written_in_time_is_answered_503_for_a_retry(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An event answered 200 is never sent again: one whose job's row is not committed within
+    # the ack budget is answered 503, so Slack retries it (and the job's claim makes one job).
+    async with make_rig("http", adapter_options={"ack_budget": 0.05}) as rig:
+        release = asyncio.Event()
+        real = rig.app.store.insert
+
+        async def slow_insert(*args: Any, **kwargs: Any) -> None:
+            await release.wait()
+            await real(*args, **kwargs)
+
+        monkeypatch.setattr(rig.app.store, "insert", slow_insert)
+        image = rig.fake.add_file("cat.png", png())
+        message = rig.fake.user_message("<@UBOT> img2img a cat", files=[image])
+        assert (await rig.send_event(_event(message, image))).status == 503
+        # Slack's retry reaches this replica again: its first handling goes on.
+        assert (await rig.send_event(_event(message, image), retry=1)).status == 200
+        release.set()
+        await rig.settle()
+        assert len(await rig.jobs()) == 1
