@@ -250,8 +250,8 @@ def check_at_send() -> None:
 
     What is left: a freeze that begins after this check and before the kernel has the request,
     and lasts longer than the margin plus the takeover (the lease running out, a claim, the new
-    owner's look in the thread). The check and the write are one or two turns of the event loop
-    apart (well under a millisecond on a loop that is not overloaded).
+    owner's look in the thread). The adapters make it in the step that writes the request
+    (`transport.leased`), so the two are microseconds apart.
     """
     posting = _POSTING.get()
     if posting is not None:

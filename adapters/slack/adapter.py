@@ -59,7 +59,7 @@ from bot.recent import Recent
 from bot.retry import RetryPolicy, TransientError, parse_retry_after
 from bot.tasks import TaskSet
 from bot.views import ResultImage
-from transport.leased import LeasedConnector
+from transport.leased import LeasedConnector, LeasedRequest
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -212,6 +212,7 @@ class SlackAdapter:
         self._session = aiohttp.ClientSession(
             # A job driver's requests leave only while it holds the job's lease.
             connector=LeasedConnector(),
+            request_class=LeasedRequest,
             timeout=aiohttp.ClientTimeout(total=60),
             trace_configs=self._trace_configs or None,
         )

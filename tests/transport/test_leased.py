@@ -18,7 +18,7 @@ from store_kit import make_job
 from bot.leases import SEND_MARGIN, JobOwnership, NotHeld
 from bot.model import Platform
 from bot.store import SqliteJobStore
-from transport.leased import LeasedConnector
+from transport.leased import LeasedConnector, LeasedRequest
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -150,3 +150,30 @@ async def test_a_lease_running_short_is_renewed_before_the_request_leaves(
             await _get(http, server.url + "/post")
     assert server.hits == {"/post": 1}
     assert ownership.fence("j1") == claimed.fence
+
+
+async def test_a_body_whose_write_comes_after_the_lease_ran_out_is_not_sent(
+    store: SqliteJobStore,
+) -> None:
+    # aiohttp writes a request with a body in a task of its own, a turn of the event loop after
+    # the connection is in hand: a process frozen then must not send it once woken.
+    clock = HandClock()
+    ownership = JobOwnership(store, store, "a", TTL, clock)
+    claimed = await ownership.claim("j1")
+    assert claimed is not None
+
+    async def frozen(*args: object) -> None:
+        clock.at += TTL  # between the headers (buffered) and the body's write
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(frozen)
+    async with (
+        Server() as server,
+        aiohttp.ClientSession(
+            connector=LeasedConnector(), request_class=LeasedRequest, trace_configs=[trace]
+        ) as http,
+    ):
+        with ownership.posting("j1", claimed.fence), pytest.raises(NotHeld):
+            async with http.post(server.url + "/post", data=b"result") as answer:
+                await answer.read()
+    assert "/post" not in server.hits
