@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import a1111_queue, esd_polling, memory, scenarios, stores
+from bench import a1111_queue, esd_polling, memory, scenarios, stores, takeover
 from bench.machine import describe
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ BENCHMARKS: dict[str, tuple[tuple[int, ...], Callable[[Sequence[int], int], list
     # The job store on PostgreSQL beside SQLite (bench/stores.py).
     "ack-pg": ((1000,), lambda sizes, runs: asyncio.run(stores.ack_burst(sizes, runs))),
     "claims": ((20_000,), lambda sizes, runs: asyncio.run(stores.claims(sizes, runs))),
+    # Jobs of a replica killed with SIGKILL, resumed by another (bench/takeover.py).
+    "takeover": ((50, 200), lambda sizes, runs: asyncio.run(takeover.takeover(sizes, runs))),
     "esd": ((500, 2000), lambda sizes, runs: esd_polling.esd_polling(sizes, runs)),
     "esd-events": ((500, 2000), lambda sizes, runs: esd_polling.esd_events(sizes, runs)),
     # The same with backstop scans landing in the run (delivery must not wait for them).
