@@ -307,6 +307,10 @@ class SlackListeners:
         # `app_mention`s waiting for their `message` twin, by message key (each removed when
         # its short wait ends).
         self._twins: dict[str, asyncio.Event] = {}
+        # Messages being routed before their ack, by message key (each removed when its work
+        # ends): the job's row committed, and the work. Another delivery of one (a retry, a
+        # twin) is answered as the first is, not at once.
+        self._routing: dict[str, tuple[asyncio.Event, asyncio.Task[object]]] = {}
 
     def register(self, bolt: AsyncApp) -> None:
         bolt.command(SLASH_COMMAND)(self.on_command)
@@ -390,7 +394,7 @@ class SlackListeners:
             return None  # channel chatter
         if self._claim(message):
             return await self._route_before_ack(message, _is_retry(request), "message")
-        return None
+        return await self._answer_as_first(message)
 
     async def on_app_mention(
         self,
@@ -405,7 +409,7 @@ class SlackListeners:
         if message.has_files:
             if self._claim(message):
                 return await self._route_before_ack(message, _is_retry(request), "mention")
-            return None
+            return await self._answer_as_first(message)
         # `app_mention` may lack the message's files; its `message` twin has them. Give the
         # twin a moment to claim the message, and act alone only when it does not come.
         self._spawn(self._mention_fallback(message), f"sdbot-slack-mention-{message.ts}")
@@ -455,6 +459,23 @@ class SlackListeners:
             self._route(message, retry=retry, committed=committed),
             f"sdbot-slack-{kind}-{message.ts}",
         )
+        key = self._key(message)
+        self._routing[key] = (committed, work)
+        work.add_done_callback(lambda _task: self._routing.pop(key, None))
+        return await self._ack_when_written(message, committed, work)
+
+    async def _answer_as_first(self, message: SlackMessage) -> BoltResponse | None:
+        """Another delivery of a message this replica took: while the first is still being
+        routed, wait for its outcome, so a retry is not answered 200 before the job is written
+        (a replica stopped meanwhile would lose it, and Slack would not ask again)."""
+        routing = self._routing.get(self._key(message))
+        if routing is None:
+            return None
+        return await self._ack_when_written(message, *routing)
+
+    async def _ack_when_written(
+        self, message: SlackMessage, committed: asyncio.Event, work: asyncio.Task[object]
+    ) -> BoltResponse | None:
         waiting = asyncio.ensure_future(committed.wait())
         try:
             await asyncio.wait(
