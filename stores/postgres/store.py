@@ -386,8 +386,13 @@ class PostgresJobStore:
     async def _insert_alone(self, conn: Connection, pending: Pending) -> None:
         job = pending.job
         async with conn.transaction():
+            if pending.admission is not None:
+                await self._admit(conn, job, pending.admission)
             if pending.claim is not None:
-                # A concurrent claim of the key waits here for the other transaction's outcome.
+                # After the admission locks, as in a group (its claims go in last): claimed
+                # first, this transaction waited for the admission lock while a group holding
+                # it waited for this claim (PostgreSQL found the deadlock under the 3-replica
+                # test). A concurrent claim of the key waits for the other one's outcome.
                 status = await conn.execute(
                     "INSERT INTO claims (key, created_at) VALUES ($1, now())"
                     " ON CONFLICT DO NOTHING",
@@ -395,8 +400,6 @@ class PostgresJobStore:
                 )
                 if status.endswith(" 0"):
                     raise EventClaimed(pending.claim)
-            if pending.admission is not None:
-                await self._admit(conn, job, pending.admission)
             try:
                 await conn.execute(_INSERT_JOB, *pending.values, pending.owner, pending.ttl)
             except asyncpg.UniqueViolationError:
