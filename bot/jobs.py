@@ -209,7 +209,9 @@ class JobRunner:
         self._admitting += 1
         try:
             # Jobs being admitted right now count too, so a burst cannot slip past the cap.
-            admission = await self._policy.admission(caller, self.in_flight + self._admitting - 1)
+            admission = self._policy.admission(
+                caller, self.in_flight + self._admitting - 1, defaults
+            )
             while True:
                 job = Job(
                     id=new_job_id(),

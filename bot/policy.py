@@ -101,8 +101,9 @@ class Policy:
         ):
             raise RefusedError("you need one of the roles this bot is enabled for")
 
-    async def admission(self, caller: Caller, in_flight: int) -> Admission:
-        """The limits a new job must fit in; refuses at once when this replica already drives
+    def admission(self, caller: Caller, in_flight: int, defaults: Defaults) -> Admission:
+        """The limits a new job must fit in under the channel's `defaults` (as `defaults` read
+        them for this command); refuses at once when this replica already drives
         `max_in_flight` jobs.
 
         The store counts the per-user limits and the global cap (every replica's jobs) in the
@@ -114,7 +115,6 @@ class Policy:
         cap = self._config.max_in_flight
         if traits_of(self._adapters, caller.platform).operator:
             return Admission(max_running=None, max_in_flight=cap)
-        defaults = await self.defaults(caller)
         now = self._clock.now()
         midnight = datetime.combine(now.date(), time(0), now.tzinfo)
         return Admission(
