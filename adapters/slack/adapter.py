@@ -177,6 +177,9 @@ class SlackAdapter:
         self._started = False
         self._stopped = False
         self._stopped_event = asyncio.Event()
+        # Set once the Web API client exists (or the adapter closed): the core may resume jobs
+        # before the adapter is started, and their drivers wait here rather than fail.
+        self._ready = asyncio.Event()
         self._closed = False
         self.bot_user_id = ""
         self.bot_id = ""
@@ -227,6 +230,7 @@ class SlackAdapter:
         self._files = SlackFileFetcher(
             self._session, self._token, config.slack_api_url, self._retry
         )
+        self._ready.set()
         bolt = AsyncApp(
             client=client,
             signing_secret=config.slack_signing_secret or "",
@@ -322,6 +326,7 @@ class SlackAdapter:
             return
         await self.stop()
         self._closed = True
+        self._ready.set()  # whoever waits learns that it is not running
         if self._session is not None:
             await self._session.close()
 
@@ -697,6 +702,7 @@ class SlackAdapter:
     # -- ChatAdapter -----------------------------------------------------------------------
 
     async def download(self, ref: AttachmentRef, max_bytes: int) -> bytes:
+        await self._ready.wait()
         if self._files is None or self._closed:
             raise ChatDeliveryError("the Slack adapter is not running")
         if ref.url.startswith(CHECK_FILE_INFO):
@@ -712,6 +718,7 @@ class SlackAdapter:
     async def open_job_thread(
         self, where: Conversation, status: StatusView, *, again: bool = False
     ) -> PostedStatus:
+        await self._ready.wait()
         text, blocks = status_message(status)
         try:
             ts = await self.post_message(
@@ -733,6 +740,7 @@ class SlackAdapter:
         a private file the bot uploaded (shared nowhere, so it is not posted in the channel);
         a changed preview is a new file and the one it replaces is deleted once the message
         no longer shows it, so the edits keep the core's cadence and no file piles up."""
+        await self._ready.wait()
         ref = parse_message_id(message)
         if ref is None or ref.ts is None:
             raise ChatDeliveryError(f"not a Slack message id: {message}")
@@ -804,6 +812,7 @@ class SlackAdapter:
                     _LOGGER.info("job %s: an old preview was not deleted: %s", job_id, exc)
 
     async def post_result(self, thread: Conversation, result: ResultView) -> Sequence[str]:
+        await self._ready.wait()
         try:
             return await self._post_result(thread, result)
         except ConversationClosedError as exc:
@@ -832,6 +841,7 @@ class SlackAdapter:
         return [message_id(thread.channel, ts), *posted]
 
     async def post_text(self, thread: Conversation, text: str) -> str:
+        await self._ready.wait()
         ts = await self.post_message(thread.channel, thread.thread, text)
         return message_id(thread.channel, ts)
 
@@ -840,6 +850,7 @@ class SlackAdapter:
         5xx) and its uploaded files in `thread`, if the result message is there. Files found
         without their result message are kept for the next `post_result` of the job, which
         then posts only the result message (a driver stopped between the two left them)."""
+        await self._ready.wait()
         if thread.thread is None:
             return []
         key = result_key(marker)
@@ -882,6 +893,7 @@ class SlackAdapter:
         return [*results, *files] if results else []
 
     async def delete_messages(self, thread: Conversation, messages: Sequence[str]) -> None:
+        await self._ready.wait()
         failed: list[str] = []
         for value in messages:
             ref = parse_message_id(value)
