@@ -329,3 +329,34 @@ async def test_a_driver_after_another_finds_the_status_message_it_posted(rig: Sl
     assert found.status_message == f"C1:{status.ts}"
     assert len([m for m in rig.fake.bot_messages("C1") if m.thread_ts is None]) == 1
     assert len(rig.results_in("C1", status.ts)) == 1
+
+
+async def test_a_job_taken_again_just_as_its_old_driver_ended_gets_a_new_driver(
+    rig: SlackRig,
+) -> None:
+    from dataclasses import replace
+
+    from bot.model import Delivery
+
+    job, status = await _job(rig)
+    [result] = rig.results_in("C1", status.ts)
+    rig.fake.messages.remove(result)
+    found = await rig.app.store.get(job.id)
+    assert found is not None
+    await rig.app.store.save(replace(found, delivery=Delivery.POSTING, result_messages=()))
+
+    # A driver that has ended is still listed until its done callback runs, one loop turn
+    # later; the claim loop taking the job again in between must start a new driver (found by
+    # tests/replicas: the job stayed held, its lease renewed, with nobody driving it).
+    async def ended() -> None:
+        return None
+
+    old = asyncio.get_running_loop().create_task(ended())
+    await old
+    rig.app.runner._tasks[job.id] = old
+    rig.app.runner.spawn(job.id)
+    assert rig.app.runner._tasks[job.id] is not old
+    await rig.settle()
+    again = await rig.app.store.get(job.id)
+    assert again is not None and again.delivery is Delivery.DONE
+    assert len(rig.results_in("C1", status.ts)) == 1
