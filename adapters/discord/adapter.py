@@ -63,6 +63,7 @@ from bot.retry import RetryPolicy
 from bot.tasks import Supervised, TaskSet, supervise
 from bot.tasks import stop as stop_task
 from transport.download import TooLargeError, UnavailableError, download
+from transport.leased import LeasedConnector
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Coroutine, Iterator, Sequence
@@ -249,6 +250,13 @@ class DiscordAdapter:
             self._client.add_dynamic_items(self.router.button)
             self._client.event(self.router.on_message)
             self._client.event(self.router.on_interaction)
+            if self._client.http.connector is discord.utils.MISSING:
+                # A job driver's requests leave only under its job's lease (transport/leased.py),
+                # as on Slack. dpy: discord/http.py `static_login` makes `TCPConnector(limit=0)`
+                # when none was given: the same pool, checked. discord.py builds its own session
+                # (no `request_class`), so the last check is when the connection is in hand, not
+                # in the step that writes the body (one loop turn later; `check_at_send`).
+                self._client.http.connector = LeasedConnector(limit=0)
             try:
                 await self._client.login(token)
             except discord.LoginFailure:

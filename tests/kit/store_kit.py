@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -144,3 +145,20 @@ def full_job(job_id: str = "k3x9q2m7ab") -> Job:
 
 def ids(jobs: Iterable[Job]) -> list[str]:
     return [job.id for job in jobs]
+
+
+class HandClock:
+    """`bot.ports.Clock` whose monotonic time moves only when the test moves it (a frozen
+    process is a clock that jumped)."""
+
+    def __init__(self) -> None:
+        self.at = 1000.0
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)

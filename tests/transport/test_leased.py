@@ -7,13 +7,12 @@ the replica's clock a hand-moved one (a frozen process is a clock that jumped).
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 from aiohttp import web
-from store_kit import make_job
+from store_kit import HandClock, make_job
 
 from bot.leases import SEND_MARGIN, JobOwnership, NotHeld
 from bot.model import Platform
@@ -26,22 +25,6 @@ if TYPE_CHECKING:
 
 TTL = 30.0
 SLACK = Platform("slack")
-
-
-class HandClock:
-    """`bot.ports.Clock` whose monotonic time moves only when the test moves it."""
-
-    def __init__(self) -> None:
-        self.at = 1000.0
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
 
 
 class Server:
