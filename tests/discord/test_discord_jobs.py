@@ -493,20 +493,18 @@ async def test_a_status_preview_is_attached_replaced_and_dropped_at_the_end(bot:
 async def test_a_drivers_post_leaves_only_under_its_lease(bot: Any) -> None:
     # As on Slack (tests/transport/test_leased.py): a replica frozen past its lease, whose job
     # another replica took, sends nothing once woken; outside a driver nothing is checked.
-    from store_kit import HandClock, make_job
+    from store_kit import held_lease, make_job
 
-    from bot.leases import JobOwnership, NotHeld
+    from bot.leases import NotHeld
     from bot.model import Platform
 
     ttl = 30.0
-    clock = HandClock()
     store = bot.app.store
     await store.insert(make_job("j1", platform=Platform("discord")))
-    ownership = JobOwnership(store, store, "a", ttl, clock)
-    claimed = await ownership.claim("j1")
-    assert claimed is not None
+    lease = await held_lease(store, "j1", ttl)
+    clock, ownership = lease.clock, lease.ownership
     where = Conversation(str(bot.channel), "6300")
-    with ownership.posting("j1", claimed.fence):
+    with ownership.posting("j1", lease.fence):
         held = await bot.adapter.post_text(where, "under the lease")
         await store.claim_jobs("b", ttl, 10, [Platform("discord")], own=True)
         clock.at += ttl

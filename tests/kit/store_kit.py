@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from bot.leases import JobOwnership
 from bot.model import (
     AttachmentRef,
     Caller,
@@ -162,3 +164,22 @@ class HandClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(0)
+
+
+@dataclass
+class HeldLease:
+    """A job's lease held by replica "a" on a hand-moved clock (`held_lease`)."""
+
+    clock: HandClock
+    ownership: JobOwnership
+    fence: int
+
+
+async def held_lease(store: Any, job_id: str, ttl: float) -> HeldLease:
+    """Replica "a" claims `job_id` in `store` (its `JobLeases` and `JobRepo`) under a lease of
+    `ttl` seconds of a `HandClock`."""
+    clock = HandClock()
+    ownership = JobOwnership(store, store, "a", ttl, clock)
+    claimed = await ownership.claim(job_id)
+    assert claimed is not None
+    return HeldLease(clock, ownership, claimed.fence)

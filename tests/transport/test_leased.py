@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 from aiohttp import web
-from store_kit import HandClock, make_job
+from store_kit import held_lease, make_job
 
-from bot.leases import SEND_MARGIN, JobOwnership, NotHeld
+from bot.leases import SEND_MARGIN, NotHeld
 from bot.model import Platform
 from bot.store import SqliteJobStore
 from transport.leased import LeasedConnector, LeasedRequest
@@ -73,12 +73,10 @@ async def _get(http: aiohttp.ClientSession, url: str) -> None:
 async def test_a_drivers_request_leaves_while_it_holds_the_lease_and_not_once_taken_over(
     store: SqliteJobStore,
 ) -> None:
-    clock = HandClock()
-    ownership = JobOwnership(store, store, "a", TTL, clock)
-    claimed = await ownership.claim("j1")
-    assert claimed is not None
+    lease = await held_lease(store, "j1", TTL)
+    clock, ownership = lease.clock, lease.ownership
     async with Server() as server, aiohttp.ClientSession(connector=LeasedConnector()) as http:
-        with ownership.posting("j1", claimed.fence):
+        with ownership.posting("j1", lease.fence):
             await _get(http, server.url + "/post")
             # Replica "b" takes the job (on SQLite a start takes every lease); "a" was frozen
             # for a whole lease: its check renews, is refused, and nothing leaves.
@@ -95,10 +93,8 @@ async def test_a_drivers_request_leaves_while_it_holds_the_lease_and_not_once_ta
 async def test_a_request_that_waited_for_a_connection_past_its_lease_does_not_leave(
     store: SqliteJobStore,
 ) -> None:
-    clock = HandClock()
-    ownership = JobOwnership(store, store, "a", TTL, clock)
-    claimed = await ownership.claim("j1")
-    assert claimed is not None
+    lease = await held_lease(store, "j1", TTL)
+    clock, ownership = lease.clock, lease.ownership
     connector = LeasedConnector(limit=1)
     async with Server() as server, aiohttp.ClientSession(connector=connector) as http:
         busy = asyncio.create_task(_get(http, server.url + "/slow"))  # holds the one connection
@@ -106,7 +102,7 @@ async def test_a_request_that_waited_for_a_connection_past_its_lease_does_not_le
             await asyncio.sleep(0.01)
 
         async def post() -> None:
-            with ownership.posting("j1", claimed.fence):
+            with ownership.posting("j1", lease.fence):
                 await _get(http, server.url + "/post")
 
         waiting = asyncio.create_task(post())
@@ -123,16 +119,14 @@ async def test_a_request_that_waited_for_a_connection_past_its_lease_does_not_le
 async def test_a_lease_running_short_is_renewed_before_the_request_leaves(
     store: SqliteJobStore,
 ) -> None:
-    clock = HandClock()
-    ownership = JobOwnership(store, store, "a", TTL, clock)
-    claimed = await ownership.claim("j1")
-    assert claimed is not None
+    lease = await held_lease(store, "j1", TTL)
+    clock, ownership = lease.clock, lease.ownership
     clock.at += TTL * 0.9  # the renewals were late, but nobody took the job
     async with Server() as server, aiohttp.ClientSession(connector=LeasedConnector()) as http:
-        with ownership.posting("j1", claimed.fence):
+        with ownership.posting("j1", lease.fence):
             await _get(http, server.url + "/post")
     assert server.hits == {"/post": 1}
-    assert ownership.fence("j1") == claimed.fence
+    assert ownership.fence("j1") == lease.fence
 
 
 async def test_a_body_whose_write_comes_after_the_lease_ran_out_is_not_sent(
@@ -140,10 +134,8 @@ async def test_a_body_whose_write_comes_after_the_lease_ran_out_is_not_sent(
 ) -> None:
     # aiohttp writes a request with a body in a task of its own, a turn of the event loop after
     # the connection is in hand: a process frozen then must not send it once woken.
-    clock = HandClock()
-    ownership = JobOwnership(store, store, "a", TTL, clock)
-    claimed = await ownership.claim("j1")
-    assert claimed is not None
+    lease = await held_lease(store, "j1", TTL)
+    clock, ownership = lease.clock, lease.ownership
 
     async def frozen(*args: object) -> None:
         clock.at += TTL  # between the headers (buffered) and the body's write
@@ -156,7 +148,7 @@ async def test_a_body_whose_write_comes_after_the_lease_ran_out_is_not_sent(
             connector=LeasedConnector(), request_class=LeasedRequest, trace_configs=[trace]
         ) as http,
     ):
-        with ownership.posting("j1", claimed.fence), pytest.raises(NotHeld):
+        with ownership.posting("j1", lease.fence), pytest.raises(NotHeld):
             async with http.post(server.url + "/post", data=b"result") as answer:
                 await answer.read()
     assert "/post" not in server.hits
