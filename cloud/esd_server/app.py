@@ -41,6 +41,7 @@ from cloud.esd_server.state import (
     JobRecord,
     LambdaError,
     ServerState,
+    read_page,
 )
 from cloud.esd_server.storage import StorageError
 from cloud.esd_server.wire import (
@@ -59,6 +60,8 @@ from cloud.esd_server.wire import (
     query_int,
     s3_error,
     start_answer,
+    stored_item,
+    stored_size,
 )
 
 if TYPE_CHECKING:
@@ -382,9 +385,9 @@ async def _list_inferences(request: web.Request) -> web.Response:
         if not (isinstance(created, str) and isinstance(job_id, str)):
             raise LambdaError(400, "The provided starting key is invalid")
         rows = [row for row in rows if (job_key(row)["createTime"], row.id) < (created, job_id)]
-    page = rows[:limit]
-    # DynamoDB hands back a key whenever it stopped at the limit, even if nothing is left.
-    last_key = encode_start_key(job_key(page[-1])) if len(page) == limit else None
+    # At most `limit` rows and 1 MB of them, so a page may come back short with a key.
+    page, stopped = read_page(rows, limit, lambda row: stored_size(stored_item(row)))
+    last_key = encode_start_key(job_key(page[-1])) if stopped else None
     username = _query_user(request)
     # ESD builds every row of the page before it filters (a captioned row fails them all); the
     # filter runs after the limit, as a DynamoDB filter does: pages may come back short.
@@ -412,10 +415,8 @@ async def _list_endpoints(request: web.Request) -> web.Response:
         if not isinstance(after, str):
             raise LambdaError(400, "The provided starting key is invalid")
         rows = [row for row in rows if row.id > after]
-    page = rows[:limit]
-    last_key = (
-        encode_start_key({"EndpointDeploymentJobId": page[-1].id}) if len(page) == limit else None
-    )
+    page, stopped = read_page(rows, limit, lambda row: stored_size(endpoint_item(row)))
+    last_key = encode_start_key({"EndpointDeploymentJobId": page[-1].id}) if stopped else None
     username = _query_user(request)
     visible = state.visible_endpoints(page, requestor, username)
     visible.sort(key=lambda row: row.start_time, reverse=True)

@@ -21,7 +21,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from bot.clock import SystemClock
 from bot.errors import ConfigError
@@ -35,7 +35,7 @@ from cloud.local.backend import LocalBackend, LocalBackendConfig
 from cloud.local.preview import ENGINE_NAME, caption, render, render_infotext
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -71,6 +71,33 @@ def owned_by(owners: Sequence[str], roles: Sequence[str], username: str | None) 
     if not owners or "*" in owners or (username is not None and username in owners):
         return True
     return any(role in owners for role in roles)
+
+
+# A DynamoDB Query or Scan call reads at most 1 MB of items, before any filter, and then hands
+# back a LastEvaluatedKey ("Paginating table query results" and "Query" in the Amazon DynamoDB
+# Developer Guide); its MB is 1,048,576 bytes ("Constraints in Amazon DynamoDB").
+MAX_READ_BYTES = 1024 * 1024
+
+Row = TypeVar("Row")
+
+
+def read_page(
+    rows: Iterable[Row], limit: int, size: Callable[[Row], int]
+) -> tuple[list[Row], bool]:
+    """What one DynamoDB Query or Scan call reads of `rows`, in order: `limit` rows at most, and
+    no more than `MAX_READ_BYTES` of them by `size` (but always one). The flag is True when it
+    stopped at either bound rather than at the end of `rows`: DynamoDB then answers a
+    LastEvaluatedKey, even when nothing is left after a full page."""
+    page: list[Row] = []
+    read = 0
+    for row in rows:
+        if len(page) == limit:
+            return page, True
+        read += size(row)
+        if page and read > MAX_READ_BYTES:
+            return page, True
+        page.append(row)
+    return page, len(page) == limit
 
 
 class WallClock(Protocol):

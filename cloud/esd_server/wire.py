@@ -310,6 +310,18 @@ def job_list_item(job: JobRecord, *, full: bool) -> InferenceItem:
         raise LambdaError(
             400, "InferenceJob.__init__() got an unexpected keyword argument 'caption'"
         )
+    return InferenceItem(**_row_fields(job, full=full))
+
+
+def stored_item(job: JobRecord) -> InferenceItem:
+    """The job's row as the table holds it: what a DynamoDB read of it counts (`stored_size`)."""
+    fields = _row_fields(job, full=True)
+    if job.caption is not None:
+        fields["caption"] = job.caption
+    return InferenceItem(**fields)
+
+
+def _row_fields(job: JobRecord, *, full: bool) -> dict[str, Any]:
     item: dict[str, Any] = {
         "InferenceJobId": job.id,
         "status": job.status.value,
@@ -327,7 +339,16 @@ def job_list_item(job: JobRecord, *, full: bool) -> InferenceItem:
     if full:
         item["inference_info_name"] = ""
         item["workflow"] = job.workflow
-    return InferenceItem(**item)
+    return item
+
+
+def stored_size(item: Wire) -> int:
+    """About the bytes DynamoDB counts for `item`, the whole row as stored (the list Lambda reads
+    every attribute before it drops some). DynamoDB's size is the UTF-8 length of each attribute
+    name plus its value, with 1 to 3 bytes of overhead per number, list, map and element ("DynamoDB
+    item sizes and formats", Amazon DynamoDB Developer Guide); the length of the item's compact
+    JSON counts names and values alike, its quotes and separators standing in for that overhead."""
+    return len(json.dumps(item.dump(), separators=(",", ":")).encode())
 
 
 def job_key(job: JobRecord) -> dict[str, Any]:

@@ -66,6 +66,50 @@ async def test_a_full_last_page_still_carries_a_key_like_dynamodb(api: Api) -> N
     assert [len(page) for page in pages] == [2, 0]
 
 
+async def test_a_page_stops_at_1_mb_of_items_and_carries_a_key_like_dynamodb(api: Api) -> None:
+    # A Query reads at most 1 MB of items, then hands back LastEvaluatedKey (Amazon DynamoDB
+    # Developer Guide, "Paginating table query results"). `payload_string` is stored in the row
+    # and echoed by the list (esd-api.md §10.2): five rows of ~300 KB make two pages of 10.
+    payload = json.dumps({"prompt": "x" * 300_000})
+    created = []
+    for _ in range(5):
+        body = {"task_type": "img2img", "inference_type": "Async", "models": api.models}
+        reply = await api.call("POST", "inferences", json={**body, "payload_string": payload})
+        assert reply.status == 202, reply.body
+        created.append(reply.data["InferenceJobId"])
+    params = {"type": "img2img", "limit": 10, "username": "api"}
+    first = await api.call("GET", "inferences", params=params)
+    assert len(first.data["inferences"]) == 3
+    assert first.data["last_evaluated_key"] is not None
+    rest = await all_pages(
+        api,
+        "inferences",
+        "inferences",
+        {**params, "exclusive_start_key": first.data["last_evaluated_key"]},
+    )
+    assert [len(page) for page in rest] == [2]
+    listed = [row["InferenceJobId"] for page in (first.data["inferences"], *rest) for row in page]
+    assert listed == created[::-1]
+
+
+async def test_an_earlier_key_sent_again_reads_from_its_position_like_dynamodb(
+    api: Api,
+) -> None:
+    # ExclusiveStartKey names a position in the index, not a snapshot: jobs created since at
+    # the head (newest first) do not move the rows after it.
+    older = [(await api.create())["id"] for _ in range(5)]
+    params = {"type": "img2img", "limit": 2, "username": "api"}
+    first = await api.call("GET", "inferences", params=params)
+    key = first.data["last_evaluated_key"]
+    before = await api.call("GET", "inferences", params={**params, "exclusive_start_key": key})
+    newer = [(await api.create())["id"] for _ in range(3)]
+    head = await api.call("GET", "inferences", params=params)
+    assert [row["InferenceJobId"] for row in head.data["inferences"]] == newer[:0:-1]
+    again = await api.call("GET", "inferences", params={**params, "exclusive_start_key": key})
+    assert again.data == before.data
+    assert [row["InferenceJobId"] for row in again.data["inferences"]] == older[2:0:-1]
+
+
 async def test_list_rows_without_username_are_reduced_and_carry_no_urls(api: Api) -> None:
     job_id = await api.submit(workflow="bot")
     await api.state.finish(job_id)
