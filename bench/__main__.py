@@ -39,6 +39,8 @@ BENCHMARKS: dict[str, tuple[tuple[int, ...], Callable[[Sequence[int], int], list
     # Jobs of a replica killed with SIGKILL, resumed by another (bench/takeover.py).
     "takeover": ((50, 200), lambda sizes, runs: asyncio.run(takeover.takeover(sizes, runs))),
     "esd": ((500, 2000), lambda sizes, runs: esd_polling.esd_polling(sizes, runs)),
+    # Jobs queued on the endpoint's instances, as ESD runs them; a window of steady state.
+    "esd-queue": ((500, 2000), lambda sizes, runs: esd_polling.esd_queue(sizes, runs)),
     "esd-events": ((500, 2000), lambda sizes, runs: esd_polling.esd_events(sizes, runs)),
     # The same with backstop scans landing in the run (delivery must not wait for them).
     "esd-events-scans": ((2000,), lambda sizes, runs: esd_polling.esd_events_scans(sizes, runs)),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,12 +27,26 @@ class ServerStats:
 
 
 class EsdProcess:
-    """`async with EsdProcess(low, high, skew, queue) as url:` — the server in a child."""
+    """`async with EsdProcess(low, high, skew, queue) as url:` — the server in a child.
+
+    `slots`: the Async endpoint's instances, each running one job at a time in the order jobs
+    were started (ESD's `MaxConcurrentInvocationsPerInstance=1`, esd-api.md §8.1, §10.2);
+    None: every started job runs at once."""
 
     def __init__(
-        self, job_seconds: tuple[float, float], skew: float, events_queue: str | None
+        self,
+        job_seconds: tuple[float, float],
+        skew: float,
+        events_queue: str | None,
+        slots: int | None = None,
     ) -> None:
-        self._args = [str(job_seconds[0]), str(job_seconds[1]), str(skew), events_queue or ""]
+        self._args = [
+            str(job_seconds[0]),
+            str(job_seconds[1]),
+            str(skew),
+            events_queue or "",
+            str(slots or 0),
+        ]
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
@@ -87,10 +101,20 @@ class _SkewedClock:
         return datetime.now(UTC) + self.skew
 
 
-async def _serve(low: float, high: float, skew: float, queue: str) -> None:
+async def _serve(low: float, high: float, skew: float, queue: str, slots: int) -> None:
     from cloud.esd_server import ServerConfig, running_server
+    from cloud.esd_server.config import DEFAULT_ENDPOINTS, EndpointSpec
 
     config = ServerConfig(job_seconds=(low, high), events_queue_url=queue or None)
+    if slots:
+        async_endpoint = EndpointSpec(
+            "sd-async-local", "Async", instance_count=slots, max_instances=slots
+        )
+        config = replace(
+            config,
+            endpoints=(async_endpoint, *DEFAULT_ENDPOINTS[1:]),
+            invocations_per_instance=1,
+        )
     loop = asyncio.get_running_loop()
     async with running_server(config) as url:
         state = url.state
@@ -110,4 +134,4 @@ async def _serve(low: float, high: float, skew: float, queue: str) -> None:
 
 if __name__ == "__main__":
     low, high, skew = (float(arg) for arg in sys.argv[1:4])
-    asyncio.run(_serve(low, high, skew, sys.argv[4] if len(sys.argv) > 4 else ""))
+    asyncio.run(_serve(low, high, skew, sys.argv[4], int(sys.argv[5])))

@@ -185,6 +185,7 @@ def load_settings(
             ),
             events_queue_url=server.get("events_queue_url") or None,
             events_lag=_seconds(server.get("events_lag", 0.05), "events_lag"),
+            invocations_per_instance=server.get("invocations_per_instance"),
             faults=Faults(**fault_values),
         )
     except TypeError as exc:

@@ -199,6 +199,10 @@ class ServerConfig:
     # `events_lag` seconds before the job's row says it ended, as on a real stack.
     events_queue_url: str | None = None
     events_lag: float = 0.05
+    # How many jobs one instance of an Async endpoint runs at once; the others wait in the order
+    # they were started. ESD sets SageMaker's `MaxConcurrentInvocationsPerInstance` to 1 for SD
+    # (esd-api.md §8.1, §10.2). None: every started job runs at once (the default here).
+    invocations_per_instance: int | None = None
     faults: Faults = Faults()
 
     def __post_init__(self) -> None:
@@ -221,6 +225,13 @@ class ServerConfig:
         _check_seconds("cold_start_seconds", self.cold_start_seconds)
         _check_seconds("url_ttl", self.url_ttl, positive=True)
         _check_seconds("realtime_gateway_timeout", self.realtime_gateway_timeout, positive=True)
+        per_instance = self.invocations_per_instance
+        if per_instance is not None and (
+            isinstance(per_instance, bool) or not isinstance(per_instance, int) or per_instance < 1
+        ):
+            raise ConfigError(
+                f"invocations_per_instance must be an integer >= 1, got {per_instance!r}"
+            )
         names = [endpoint.name for endpoint in self.endpoints]
         if len(set(names)) != len(names):
             raise ConfigError("endpoint names must be unique")

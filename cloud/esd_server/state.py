@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -219,6 +219,59 @@ class JobRecord:
         return f"{self.result_prefix}{self.id}_param.json"
 
 
+class _Instances:
+    """An Async endpoint's instances when each runs `per_instance` jobs at a time: the jobs
+    beyond them wait in the order they were started (SageMaker's own queue of an asynchronous
+    endpoint; `MaxConcurrentInvocationsPerInstance` 1 for SD in ESD, esd-api.md §8.1, §10.2)."""
+
+    def __init__(self, endpoint: EndpointRecord, per_instance: int) -> None:
+        self._endpoint = endpoint
+        self._per_instance = per_instance
+        self._running = 0
+        # Waiting runs, first started first: the future each waits on (True: it got a slot;
+        # False: `let_through` ended its wait without one) → its job id.
+        self._waiting: OrderedDict[asyncio.Future[bool], str] = OrderedDict()
+
+    async def enter(self, job_id: str) -> bool:
+        """Wait for a slot; True once the run holds one (`leave` gives it back), False when
+        `let_through` ended the wait without one."""
+        if self._running < self._slots() and not self._waiting:
+            self._running += 1
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting[waiter] = job_id
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            granted = not waiter.cancelled() and waiter.done() and waiter.result()
+            self._waiting.pop(waiter, None)
+            if granted:
+                self.leave()  # the slot came with the cancellation: pass it on
+            raise
+
+    def leave(self) -> None:
+        self._running -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """Hand free slots to the runs that waited longest (also after a scale-out)."""
+        while self._waiting and self._running < self._slots():
+            waiter, _ = self._waiting.popitem(last=False)
+            if not waiter.done():  # else cancelled with its run, which is ending
+                self._running += 1
+                waiter.set_result(True)
+
+    def let_through(self, job_id: str) -> None:
+        """End the waits of a job's runs without a slot (`ServerState.finish`)."""
+        for waiter in [w for w, waiting_id in self._waiting.items() if waiting_id == job_id]:
+            del self._waiting[waiter]
+            if not waiter.done():
+                waiter.set_result(False)
+
+    def _slots(self) -> int:
+        return max(1, self._endpoint.instance_count) * self._per_instance
+
+
 @dataclass(frozen=True)
 class _Result:
     images: tuple[bytes, ...] = ()
@@ -265,6 +318,7 @@ class ServerState:
         self._job_rng = random.Random(f"jobs:{config.faults.seed}")
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
+        self._instances: dict[str, _Instances] = {}  # endpoint name → its queue, when bounded
         self.notifier = (
             Notifier(config.events_queue_url, lag=config.events_lag)
             if config.events_queue_url
@@ -372,6 +426,8 @@ class ServerState:
         if count < 0:
             raise ValueError(f"instance count must be >= 0, got {count}")
         self.endpoints[name].instance_count = count
+        if name in self._instances:
+            self._instances[name].wake()
 
     def endpoint_rows(self) -> list[EndpointRecord]:
         """The endpoint table in scan order, which (as in DynamoDB) is the hash order of ids."""
@@ -541,6 +597,9 @@ class ServerState:
         if job.task is None:
             raise ValueError(f"job {job_id} has not been started")
         job.hurry.set()
+        instances = self._instances.get(job.endpoint.name)
+        if instances is not None:
+            instances.let_through(job.id)
         await asyncio.wait([job.task])
 
     async def delete_jobs(self, job_ids: Iterable[str]) -> None:
@@ -624,6 +683,26 @@ class ServerState:
         if outcome is JobOutcome.STUCK:
             await job.hurry.wait()  # only `finish` moves a stuck job on
         await self._cold_start(job)
+        instances = self._queue(job)
+        if instances is None or not await instances.enter(job.id):
+            await self._execute(job, outcome, seconds)
+            return
+        try:
+            await self._execute(job, outcome, seconds)
+        finally:
+            instances.leave()
+
+    def _queue(self, job: JobRecord) -> _Instances | None:
+        """The queue of the job's endpoint, when its instances run a bounded number of jobs."""
+        per_instance = self.config.invocations_per_instance
+        if per_instance is None or job.inference_type != "Async" or job.hurry.is_set():
+            return None
+        endpoint = job.endpoint
+        if endpoint.name not in self._instances:
+            self._instances[endpoint.name] = _Instances(endpoint, per_instance)
+        return self._instances[endpoint.name]
+
+    async def _execute(self, job: JobRecord, outcome: JobOutcome, seconds: float) -> None:
         job.started = self.clock.now()  # the container writes startTime when it picks the job up
         await self._pause(job, seconds)
         if outcome is JobOutcome.FAIL and job.inference_type == "Async":

@@ -104,6 +104,7 @@ def test_a_toml_file_with_flags_on_top(tmp_path: Path) -> None:
         job_seconds = [2, 4]
         cold_start = 5
         endpoint_status = "sd-async=Updating"
+        invocations_per_instance = 1
 
         [faults]
         error_rate = 0.25
@@ -126,6 +127,7 @@ def test_a_toml_file_with_flags_on_top(tmp_path: Path) -> None:
     assert config.users == (UserSpec("api"), UserSpec("ops"))
     assert config.job_seconds == (2.0, 4.0)
     assert config.cold_start_seconds == 5.0
+    assert config.invocations_per_instance == 1
     assert config.faults == Faults(error_rate=0.25, seed=10)
     assert config.endpoints == (
         EndpointSpec("sd-async", "Async", status="Updating", instance_count=0),
@@ -154,6 +156,7 @@ def test_the_bots_own_toml_with_a_local_backend_table(tmp_path: Path) -> None:
         ([], "[faults]\nshaky = 1\n", "unknown \\[faults\\]"),
         ([], "[[endpoints]]\nname = 'x'\ntype = 'Batch'\n", "Async or Real-time"),
         ([], "port = \n", "not valid TOML"),
+        ([], "invocations_per_instance = 0\n", "invocations_per_instance"),
     ],
 )
 def test_bad_settings_name_what_is_wrong(

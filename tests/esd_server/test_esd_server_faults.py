@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from bot.errors import ConfigError
+from cloud.esd.wire import esd_time
 from cloud.esd_server import EndpointSpec, Faults, ServerConfig
 from tests.esd_server.esd_server_kit import Api, img2img_payload
 
@@ -157,6 +159,65 @@ async def test_a_cold_start_waits_then_scales_the_endpoint_out(make_api: MakeApi
     assert {row["endpoint_name"]: row for row in rows}["sd-async-local"][
         "current_instance_count"
     ] == "1"
+
+
+class HandClock:
+    """The server's wall clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.moment = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+
+async def picked_up_at(api: Api, job_id: str, moment: datetime) -> None:
+    """Wait (bounded) until the container has written `moment` as the job's startTime."""
+    async with asyncio.timeout(30):
+        while (await api.job(job_id))["startTime"] != esd_time(moment):
+            await asyncio.sleep(0.005)
+
+
+async def test_async_instances_run_one_job_each_in_the_order_started(make_api: MakeApi) -> None:
+    # ESD gives SD endpoints MaxConcurrentInvocationsPerInstance=1 (esd-api.md §8.1, §10.2):
+    # two instances run two jobs; the others wait their turn, first started first.
+    endpoints = (EndpointSpec("sd-async-local", "Async", instance_count=2, max_instances=2),)
+    config = ServerConfig(job_seconds=(60.0, 60.0), endpoints=endpoints, invocations_per_instance=1)
+    api = await make_api(config)
+    clock = HandClock()
+    api.state.clock = clock
+    jobs = [await api.submit() for _ in range(4)]
+    started = clock.moment
+    clock.moment += timedelta(seconds=50)
+    await api.state.finish(jobs[0])
+    await picked_up_at(api, jobs[2], clock.moment)
+    assert (await api.job(jobs[3]))["startTime"] == esd_time(started)  # still waiting
+    assert (await api.job(jobs[3]))["status"] == "inprogress"  # as ESD's start Lambda left it
+    clock.moment += timedelta(seconds=50)
+    await api.state.finish(jobs[1])
+    await picked_up_at(api, jobs[3], clock.moment)
+    # A third instance takes the next waiting job at once.
+    waiting = await api.submit()
+    clock.moment += timedelta(seconds=5)
+    api.state.set_instance_count("sd-async-local", 3)
+    await picked_up_at(api, waiting, clock.moment)
+    # A waiting job the test finishes runs at once, without a slot.
+    last = await api.submit()
+    await api.state.finish(last)
+    assert (await api.job(last))["status"] == "succeed"
+
+
+async def test_without_the_setting_every_started_job_runs_at_once(make_api: MakeApi) -> None:
+    api = await make_api(ServerConfig(job_seconds=(60.0, 60.0)))
+    clock = HandClock()
+    api.state.clock = clock
+    jobs = [await api.submit() for _ in range(3)]
+    clock.moment += timedelta(seconds=50)
+    await api.state.finish(jobs[0])
+    for job_id in jobs[1:]:
+        assert (await api.job(job_id))["startTime"] == esd_time(
+            clock.moment - timedelta(seconds=50)
+        )
 
 
 async def test_endpoints_configured_out_of_service_refuse_jobs(make_api: MakeApi) -> None:
