@@ -276,7 +276,14 @@ def burst_rows(callers: Sequence[Caller], refs: Sequence[AttachmentRef]) -> list
 
 def _ack_floor(path: Path, callers: Sequence[Caller], refs: Sequence[AttachmentRef]) -> float:
     """Parse the same lines, build the same rows, insert them in one transaction (same
-    pragmas and schema as the store), in ms: no bot could acknowledge the burst faster."""
+    pragmas and schema as the store), in ms: no bot could acknowledge the burst faster.
+
+    It starts after a full collection, from a clean heap: what the bot's run left to the
+    collector is not the floor's to pay. (While the bot ran its own full collections under
+    the burst, the floor inherited a collector that had just counted everything as old; with
+    those gone (`bot.memory`), the floor's rows set off full collections over the closed
+    bot's objects, and the floor of 5,000 rose from ~380 to 550-680 ms.)"""
+    gc.collect()
     db = Database.open(str(path))
     try:
         t0 = time.perf_counter()

@@ -107,6 +107,9 @@ _RESUME_AT_MOST = 10_000
 # list scan that sees a thousand jobs start at once asked the store the same question a thousand
 # times, and the deliveries of jobs ending then waited behind those queries (issue 16).
 _RUN_TIMES_TTL = 10.0
+# The driver of a job acknowledged here starts once no other acknowledgement is pending, and at
+# the latest this long after its ack (a steady stream of commands can keep one pending).
+_START_DEFERRAL = 2.0
 
 
 class _Driver:
@@ -172,7 +175,11 @@ class JobRunner:
         self._memory = imaging.MemoryBudget(decode_budget)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._admitting = 0  # accept calls between the cap check and their driver's start
+        self._admitting = 0  # accept calls between the cap check and their acknowledgement
+        # Jobs acknowledged here whose driver waits for the acknowledgements still pending
+        # (`accept`); bounded like `_tasks`, and counted with them in `in_flight`.
+        self._waiting: dict[str, Job] = {}
+        self._start_timer: asyncio.TimerHandle | None = None
         self._backoff = backoff or DEFAULT_BACKOFF
         self.restarts = 0  # driver restarts after unexpected errors (supervision)
         self.leases = JobOwnership(leases, replicas, config.replica, config.lease_seconds, clock)
@@ -201,7 +208,11 @@ class JobRunner:
         modal, menu): the caller's access, what can be known to fail (names, sizes) and the
         limits (global cap; per-user concurrency and daily quota, checked in the insert's
         transaction) are decided here; then the row (with `inputs`, the images at hand) is
-        committed, acknowledged, and driven. `attachments` are downloaded after the ack."""
+        committed, acknowledged, and driven. `attachments` are downloaded after the ack.
+
+        The job's driver starts once no other acknowledgement is pending (`_START_DEFERRAL` at
+        the latest): under a burst, the drivers of jobs acknowledged first would otherwise
+        take the event loop from the acknowledgements still to come (issue 11)."""
         started = self._clock.monotonic()
         self._policy.check_access(caller)
         defaults = await self._policy.defaults(caller)
@@ -249,10 +260,29 @@ class JobRunner:
                 raise
             self._observer.acknowledged(self._clock.monotonic() - started)
             self._accepted_here.add(job.id)
-            self.spawn(job.id, job)
+            self._defer_start(job)
         finally:
             self._admitting -= 1
+            if not self._admitting:
+                self._start_waiting()
         return job
+
+    def _defer_start(self, job: Job) -> None:
+        """Hold an acknowledged job's driver until `_start_waiting` (see `accept`)."""
+        self._waiting[job.id] = job
+        self._idle.clear()
+        if self._start_timer is None:
+            loop = asyncio.get_running_loop()
+            self._start_timer = loop.call_later(_START_DEFERRAL, self._start_waiting)
+
+    def _start_waiting(self) -> None:
+        """Start the driver of every job acknowledged and held back, in acknowledgement order."""
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_timer = None
+        waiting, self._waiting = self._waiting, {}
+        for job_id, job in waiting.items():
+            self.spawn(job_id, job)
 
     async def read_now(self, caller: Caller, refs: Sequence[AttachmentRef]) -> list[StoredImage]:
         """Read attachments before the ack (console paths: local files), within a deadline, so
@@ -411,7 +441,7 @@ class JobRunner:
             self.leases.drop(job_id, fence)
         if self._tasks.get(job_id) is task:
             del self._tasks[job_id]
-        if not self._tasks:
+        if not self._tasks and not self._waiting:
             self._idle.set()
 
     async def resume(self) -> int:
@@ -448,6 +478,7 @@ class JobRunner:
             while room > 0:
                 jobs = await self.leases.claim_batch(min(room, CLAIM_BATCH), list(self._adapters))
                 for job in jobs:
+                    self._waiting.pop(job.id, None)  # its driver starts now, from this row
                     stale = self._tasks.get(job.id)
                     if stale is not None:  # its lease ran out under it: that driver is stale
                         await stop(stale)
@@ -463,18 +494,26 @@ class JobRunner:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Jobs driven here, or acknowledged here and about to be (`accept`)."""
+        return len(self._tasks) + len(self._waiting)
 
     async def aclose(self) -> None:
         """Stop every driver and let their leases go: their jobs stay in the store and are
         taken at once by another replica, or on the next start."""
         await stop(self._keeper)
         self._keeper = None
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_timer = None
+        # Jobs whose driver had not started are let go with the rest (their leases are held).
+        self._waiting.clear()
         held = self.leases.holding()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if not self._tasks:
+            self._idle.set()
         await self.leases.release_all(held)
 
     async def cancel(self, job: Job) -> Job:
@@ -499,7 +538,10 @@ class JobRunner:
             except JobChanged:
                 continue  # the driver wrote meanwhile: look again
             break
-        # The driver's next write would fail anyway; stop it now so it does no more work.
+        # The driver's next write would fail anyway; stop it now so it does no more work. One
+        # not started yet starts from the cancelled row, and ends at once (its lease let go).
+        if job.id in self._waiting:
+            self._waiting[job.id] = job
         await stop(self._tasks.get(job.id))
         if job.backend_id:
             try:

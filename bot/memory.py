@@ -15,6 +15,14 @@ since the last freeze: with 10,000 jobs in flight and a 10 s tick, gen-1 collect
 to 58 ms of CPU, with a 2 s tick up to 40 ms, and the loop's longest step fell from ~300 ms to
 ~56 ms (a per-callback timer, load average 5-9 on 2 cores; docs/benchmarks.md).
 
+The collector's own full collections are off while the freezer runs (their threshold raised;
+`start` and `aclose`): the freezer decides them. With everything older than a tick frozen, the
+collector's rule (a full collection every tenth gen-1 collection, once what survived since the
+last one is a quarter of what it left) fired over and over under a burst: a command's objects
+all survive until its ack, so 5,000 commands at once ran 5-6 full collections over the burst's
+own objects, 220-300 ms of a ~900 ms burst (issue 11). An idle tick applies the collector's
+rule instead (`gc.get_count()`), so cycles made while idle are still collected.
+
 That growth is read from the allocator (`sys.getallocatedblocks()`, well under a millisecond),
 not by counting frozen objects: `gc.get_freeze_count()` walks the whole frozen set, and with
 10,000 jobs in flight it stood the loop still for 50–150 ms every tick; counting only what each
@@ -38,6 +46,9 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
+# The full-collection threshold while the freezer runs: never reached (gen-1 collections).
+_NO_FULL = 2**30
+
 
 class GcFreezer:
     """A background task that keeps the collector's work proportional to new objects."""
@@ -55,6 +66,7 @@ class GcFreezer:
         self._baseline = 0
         self._frozen = False  # a tick froze something since the last full collection
         self._task: asyncio.Task[None] | None = None
+        self._thresholds: tuple[int, int, int] | None = None  # the collector's, while running
 
     async def start(self) -> None:
         if self._task is not None:
@@ -62,11 +74,17 @@ class GcFreezer:
         gc.collect(1)  # start-up's young garbage; then what start-up made is kept for good
         gc.freeze()
         self._baseline = sys.getallocatedblocks()
+        self._thresholds = gc.get_threshold()
+        young, middle, _ = self._thresholds
+        gc.set_threshold(young, middle, _NO_FULL)
         self._task = asyncio.create_task(self._run(), name="sdbot-gc")
 
     async def aclose(self) -> None:
         await stop(self._task)
         self._task = None
+        if self._thresholds is not None:
+            gc.set_threshold(*self._thresholds)
+            self._thresholds = None
         gc.unfreeze()
 
     def _full(self) -> None:
@@ -95,3 +113,5 @@ class GcFreezer:
                 gc.collect(1)  # young cycles die here rather than being frozen
                 gc.freeze()
                 self._frozen = True
+            elif self._thresholds is not None and gc.get_count()[2] > self._thresholds[2]:
+                gc.collect()  # the collector's own rule, idle: only what is not frozen

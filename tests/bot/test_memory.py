@@ -89,3 +89,55 @@ def test_memory_grown_past_the_bound_while_busy_collects_everything_once() -> No
             await freezer.aclose()
 
     assert run(main())
+
+
+def test_the_collector_makes_no_full_collection_of_its_own_while_the_freezer_runs() -> None:
+    # Under a burst every command's objects survive until its ack, and the collector's own
+    # rule ran a full collection over them every tenth gen-1 collection (issue 11).
+    generations: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    async def main() -> int:
+        freezer = GcFreezer(lambda: True, interval=1000.0)
+        await freezer.start()
+        gc.callbacks.append(seen)
+        try:
+            survivors: list[list[int]] = [[] for _ in range(200_000)]  # ~28 gen-1 collections
+            return len(survivors)
+        finally:
+            gc.callbacks.remove(seen)
+            await freezer.aclose()
+
+    before = gc.get_threshold()
+    # What the collector counts as long-lived is what its last full collection left: nothing
+    # here, as after a start-up freeze, so its own rule would start full collections at once.
+    gc.freeze()
+    gc.collect()
+    gc.unfreeze()
+    assert run(main()) == 200_000
+    assert 1 in generations
+    assert 2 not in generations
+    assert gc.get_threshold() == before  # closing gives the collector its own rule back
+
+
+def test_an_idle_tick_collects_cycles_as_the_collector_would() -> None:
+    async def main() -> bool:
+        freezer = GcFreezer(lambda: False, interval=1.0)
+        await freezer.start()
+        try:
+            cycle = _Cycle()
+            alive = weakref.ref(cycle)
+            gc.collect(1)  # it survives into the oldest generation, then becomes garbage
+            del cycle
+            for _ in range(gc.get_threshold()[1] + 1):
+                gc.collect(1)  # as many gen-1 collections as would start a full one
+            still = alive() is not None
+            await asyncio.sleep(1.5)  # an idle tick
+            return still and alive() is None
+        finally:
+            await freezer.aclose()
+
+    assert run(main())
