@@ -45,6 +45,9 @@ class Catalog:
         return self._clock.monotonic() - stamp < (self._min_age if fresh else self._ttl)
 
     async def endpoints(self, *, fresh: bool = False) -> Sequence[Endpoint]:
+        cached = self._endpoints
+        if cached is not None and self._usable(cached[0], fresh):
+            return cached[1]  # the common case, every command: no lock
         async with self._lock:
             if self._endpoints is None or not self._usable(self._endpoints[0], fresh):
                 self._endpoints = (self._clock.monotonic(), await self._backend.endpoints())
@@ -53,6 +56,9 @@ class Catalog:
     async def models(
         self, model_type: str | None = None, *, fresh: bool = False
     ) -> Sequence[Model]:
+        cached = self._models.get(model_type)
+        if cached is not None and self._usable(cached[0], fresh):
+            return cached[1]
         async with self._lock:
             cached = self._models.get(model_type)
             if cached is None or not self._usable(cached[0], fresh):

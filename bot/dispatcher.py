@@ -225,12 +225,14 @@ class Dispatcher:
         values = dict(parsed.options)
         local = path_refs(values)
         options = job_options(spec.name, values)
-        refs = assign_slots(spec, local + list(attachments))
+        refs = assign_slots(spec, [*local, *attachments])
         have = {r.slot for r in refs}
         for attachment in spec.attachments:
             if attachment.required and attachment.slot.value not in have:
                 traits = traits_of(self._adapters, caller.platform)
                 raise RefusedError(_missing_image_message(spec, attachment.slot.value, traits))
+        if not local:  # nothing to read before the ack (every platform but the console)
+            return await self._runner.accept(caller, spec.name, options, refs, responder)
         inputs = await read_local(self._runner, caller, spec.name, options, refs, local)
         remote = [r for r in refs if r.slot not in {i.slot for i in inputs}]
         return await self._runner.accept(

@@ -32,7 +32,13 @@ def assign_slots(spec: CommandSpec, refs: Sequence[AttachmentRef]) -> list[Attac
     the first file is the image and the second the mask or sketch, unless a file name contains
     `mask` or `sketch`, which wins.
     """
-    wanted = [a.slot.value for a in spec.attachments]
+    wanted = slots_of(spec)
+    if len(refs) == 1 and not refs[0].slot and wanted:
+        # The common case (one file, no slot named): the image, unless its name says
+        # otherwise. The same decision as below, without building its maps.
+        ref, lowered = refs[0], refs[0].name.lower()
+        named = next((s for s in ("mask", "sketch") if s in wanted and s in lowered), None)
+        return [_with_slot(ref, named or wanted[0])]
     if len(refs) > len(wanted):
         raise RefusedError(
             f"{spec.name} takes {len(wanted)} image(s) ({', '.join(wanted)}), got {len(refs)}"
@@ -50,6 +56,18 @@ def assign_slots(spec: CommandSpec, refs: Sequence[AttachmentRef]) -> list[Attac
         if slot not in fixed and loose:
             fixed[slot] = _with_slot(loose.pop(0), slot)
     return [fixed[s] for s in wanted if s in fixed]
+
+
+def slots_of(spec: CommandSpec) -> tuple[str, ...]:
+    """The slots of `spec`'s images, in order (looked up once per command)."""
+    slots = _SLOTS.get(spec.name)
+    if slots is None:
+        slots = _SLOTS[spec.name] = tuple(a.slot.value for a in spec.attachments)
+    return slots
+
+
+# Bounded: one entry per command of the grammar.
+_SLOTS: dict[str, tuple[str, ...]] = {}
 
 
 def _with_slot(ref: AttachmentRef, slot: str) -> AttachmentRef:

@@ -54,6 +54,15 @@ class Defaults:
     sources: Mapping[str, str]  # key → "channel" | "server" | "config"
 
 
+@dataclass(frozen=True, slots=True)
+class _Merged:
+    """A channel's `Defaults` and the reads of its server's and its own settings they merge."""
+
+    server: asyncio.Future[dict[str, str]]
+    channel: asyncio.Future[dict[str, str]]
+    defaults: Defaults
+
+
 class Policy:
     """Access, limits and channel / server defaults."""
 
@@ -77,6 +86,10 @@ class Policy:
         self._cache: Recent[tuple[Platform, str, str], asyncio.Future[dict[str, str]]] = Recent(
             _MAX_CACHED_SCOPES
         )
+        # Each channel's `Defaults`, with the two reads they were made from (its server's and
+        # its own): made again once either read is no longer the cached one (a change, or
+        # dropped as old). Every command asks, and merging the scopes cost more than reading.
+        self._defaults: Recent[tuple[Platform, str, str], _Merged] = Recent(_MAX_CACHED_SCOPES)
 
     # -- access ----------------------------------------------------------------------------
 
@@ -154,8 +167,21 @@ class Policy:
 
     async def defaults(self, caller: Caller) -> Defaults:
         """The settings in force in the caller's channel."""
-        server = await self._settings(caller.platform, caller.server, SERVER_SCOPE)
-        channel = await self._settings(caller.platform, caller.server, caller.conversation.channel)
+        server_key = (caller.platform, caller.server, SERVER_SCOPE)
+        channel_key = (caller.platform, caller.server, caller.conversation.channel)
+        merged = self._defaults.get(channel_key)
+        if (
+            merged is not None
+            and self._cache.get(server_key) is merged.server
+            and self._cache.get(channel_key) is merged.channel
+        ):
+            return merged.defaults
+        server_read, channel_read = self._read(server_key), self._read(channel_key)
+        defaults = self._merge(await self._result(server_read), await self._result(channel_read))
+        self._defaults[channel_key] = _Merged(server_read, channel_read, defaults)
+        return defaults
+
+    def _merge(self, server: Mapping[str, str], channel: Mapping[str, str]) -> Defaults:
         config = self._config
         base: dict[str, str | None] = {
             "endpoint": config.endpoint,
@@ -182,11 +208,12 @@ class Policy:
             sources=sources,
         )
 
-    async def _settings(self, platform: Platform, server: str, scope: str) -> dict[str, str]:
-        key = (platform, server, scope)
+    def _read(self, key: tuple[Platform, str, str]) -> asyncio.Future[dict[str, str]]:
+        """The cached read of one scope's settings (`key`: platform, server, scope), started
+        now if there is none."""
         read = self._cache.get(key)
         if read is None:
-            read = asyncio.ensure_future(self._store.settings(platform, server, scope))
+            read = asyncio.ensure_future(self._store.settings(*key))
             self._cache[key] = read
 
             def forget_failure(done: asyncio.Future[dict[str, str]]) -> None:
@@ -196,8 +223,12 @@ class Policy:
             read.add_done_callback(forget_failure)
         else:
             self._cache.move_to_end(key)
-            if read.done() and not read.cancelled() and read.exception() is None:
-                return read.result()  # the common case: no future, no task switch
+        return read
+
+    @staticmethod
+    async def _result(read: asyncio.Future[dict[str, str]]) -> dict[str, str]:
+        if read.done() and not read.cancelled() and read.exception() is None:
+            return read.result()  # the common case: no future, no task switch
         # Shielded: one caller giving up does not cancel the read the others wait for.
         return await asyncio.shield(read)
 

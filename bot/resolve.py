@@ -113,9 +113,9 @@ class Resolver:
         wanted = EndpointType.ASYNC if async_only else self._config.inference_type
         for fresh in (False, True):
             endpoints = await self._catalog.endpoints(fresh=fresh)
-            for endpoint in sorted(endpoints, key=lambda e: e.name):
-                if endpoint.in_service and endpoint.type == wanted:
-                    return endpoint
+            usable = [e for e in endpoints if e.in_service and e.type == wanted]
+            if usable:
+                return min(usable, key=_name)  # the first by name
         raise RefusedError(
             f"no {wanted} endpoint is InService; endpoints: {endpoint_states(endpoints)}"
         )
@@ -125,11 +125,9 @@ class Resolver:
         if name is not None:
             return await self._catalog.model_named(name, "Stable-diffusion")
         for fresh in (False, True):
-            checkpoints = sorted(
-                m.name for m in await self._catalog.models("Stable-diffusion", fresh=fresh)
-            )
+            checkpoints = await self._catalog.models("Stable-diffusion", fresh=fresh)
             if checkpoints:
-                return checkpoints[0]
+                return min(m.name for m in checkpoints)  # the first by name
         raise RefusedError("the backend has no Active Stable-diffusion checkpoint")
 
     async def vae(self, requested: str | None, default: str = "Automatic") -> str:
@@ -215,6 +213,10 @@ class Resolver:
             scheduler=_or(o.scheduler, d.scheduler),
             mask_alpha=_or(o.mask_alpha, d.mask_alpha),
         )
+
+
+def _name(endpoint: Endpoint) -> str:
+    return endpoint.name
 
 
 def _requested_size(options: GenerateOptions) -> tuple[int | None, int | None]:

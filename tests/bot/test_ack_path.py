@@ -217,3 +217,24 @@ async def test_jobs_acknowledged_but_not_yet_driven_resume_after_a_restart(
             job = await again.store.get(job_id)
             assert job is not None
             assert job.state is JobState.SUCCEED and job.delivery is Delivery.DONE
+
+
+async def test_a_channels_defaults_are_merged_once_until_a_scope_changes(tmp_path: Path) -> None:
+    app = make_app(fast_config(tmp_path))
+    app.add_adapter(RecordingAdapter())
+    admin = chat_caller("boss", admin=True)
+    async with app:
+        policy = app.runner._policy
+        first = await policy.defaults(chat_caller("a"))
+        assert await policy.defaults(chat_caller("b")) is first  # same channel: merged once
+        elsewhere = await policy.defaults(chat_caller("a", channel="c2"))
+        assert elsewhere is not first and elsewhere == first
+        answer = RecordingResponder()
+        await app.dispatcher.handle_text(admin, "settings scope=server max_size=512", [], answer)
+        assert not answer.refusals
+        changed = await policy.defaults(chat_caller("a"))
+        assert changed.max_size == 512 and changed.sources["max_size"] == "server"
+        assert (await policy.defaults(chat_caller("a", channel="c2"))).max_size == 512
+        await app.dispatcher.handle_text(admin, "settings max_size=256", [], answer)
+        assert (await policy.defaults(chat_caller("a"))).max_size == 256
+        assert (await policy.defaults(chat_caller("a", channel="c2"))).max_size == 512
