@@ -94,15 +94,15 @@ class EsdConfig:
     # Retries of transient failures inside the client (5xx, timeouts, 429, network): a
     # Retry-After over 30 s is left to the poller's own, slower back-off.
     retry: RetryPolicy = DEFAULT_RETRY
-    # Batched polling (SPEC §4.1, cloud/esd/polling.py): a scan reads list pages of
-    # `page_size` until it has seen every job in flight of its task type, at most
-    # `status_pages`; it is reused by every poll for `list_interval` seconds, and after a scan
-    # of p pages the next waits p / `list_pages_per_second` seconds, so list traffic stays at
-    # that rate on average however many jobs are in flight. Task types with `direct_threshold`
-    # jobs in flight or fewer, and jobs beyond the pages, are read one by one, at most
-    # `direct_per_second` on average. 500 items of ~1 KB stay below DynamoDB's 1 MB page (a
-    # page ESD cuts short is followed by its `last_evaluated_key`), so one request per scan
-    # covers 500 jobs in flight (docs/benchmarks.md).
+    # Batched polling (SPEC §4.1, cloud/esd/polling.py, cloud/esd/pages.py): list pages of
+    # `page_size`, each read from a `last_evaluated_key` seen before; the first round walks down
+    # until it has seen every job in flight of its task type (at most `status_pages` pages
+    # deep), later ones read the page expected to show the most ended jobs, each page at most
+    # every `list_interval` seconds and `list_pages_per_second` pages on average however many
+    # jobs are in flight. Task types with `direct_threshold` jobs in flight or fewer, and jobs
+    # beyond the pages, are read one by one, at most `direct_per_second` on average. 500 items
+    # of ~1 KB stay below DynamoDB's 1 MB page (a page ESD cuts short is followed by its
+    # `last_evaluated_key`), so one request covers 500 jobs in flight (docs/benchmarks.md).
     page_size: int = 500
     status_pages: int = 20
     list_interval: float = 1.5

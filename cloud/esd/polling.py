@@ -2,16 +2,17 @@
 
 ESD has no batch status route, but `GET inferences?type=…` lists one task type's jobs newest
 first with their status (`reference/esd-api.md` §4.5). `StatusBook` keeps what it knows about
-every job in flight (task type, cold start) and answers the core's poller from *snapshots* of
-those list pages: one scan per task type covers every job in flight of that type and is reused
-by every poll until the next scan is due. A scan walks pages until it has seen every job in
-flight of its type, or at most `status_pages` pages; it never compares ESD's clock with the
-bot's. After a scan of `p` pages the next one waits `p / list_pages_per_second` seconds (and at
-least `list_interval`), so list traffic stays at `list_pages_per_second` on average whatever the
-number of jobs in flight. A snapshot answers each job once: the core takes an answer for a read
-made when it asked, so a reused snapshot must not refresh a job's deadline with old news. With
-completion events flowing the scan is a backstop that runs in the background: no poll waits
-for it.
+every job in flight (task type, cold start) and answers the core's poller from the rows of
+those list pages. Where each job sits on the pages, and which page to read next, is
+`cloud.esd.pages`: each page is read from a bookmark (a `last_evaluated_key` seen before), the
+first round walks down until every job in flight was seen or `status_pages` pages were read,
+and later rounds read the page expected to show the most ended jobs, at
+`list_pages_per_second` on average whatever the number of jobs in flight, each page at most
+every `list_interval`; none of it compares ESD's clock with the bot's. A job a page shows
+ending is asked about at once (`on_change`), not at the poller's next turn. Each read answers a
+job once: the core takes an answer for a read made when it asked, so a row reused later must
+not refresh a job's deadline with old news. With completion events flowing the pages are a
+backstop read in the background: no poll waits for them.
 
 `GET inferences/{id}` is kept for what a list cannot answer: a failed job's reason when the list
 item lacks it, jobs the pages did not reach, interrogate jobs resumed after a restart (their
@@ -24,14 +25,14 @@ read never holds up the answer about the other jobs. Jobs an interrogator launch
 not know them. A job sent to an endpoint at zero instances is reported as a cold start until that
 endpoint lists an instance (re-read at most every `cold_check_interval`).
 
-With several replicas on one store (`share_scans`), a scan runs on the replica leading it, for
-the jobs of all, and the others read what it found from the store; a completion event taken by
-a replica that does not follow its job is handed over through the store to the one that does
-(`share_events`, `run_handed_events`; `cloud.esd.sharing`).
+With several replicas on one store (`share_scans`), the pages are read on the replica leading
+the scan, for the jobs of all, and the others read what it found from the store; a completion
+event taken by a replica that does not follow its job is handed over through the store to the
+one that does (`share_events`, `run_handed_events`; `cloud.esd.sharing`).
 
 Bookkeeping per call is proportional to the jobs asked about: jobs are kept in the order they
 were last asked about (so forgetting stale ones looks only at stale ones) and counted per task
-type.
+type; a round's is proportional to the pages it reads.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -51,16 +52,18 @@ from bot.ports import LOST_JOB
 from bot.recent import Recent
 from bot.tasks import TaskSet
 from cloud.esd.events import settle_delays
+from cloud.esd.pages import Listing, Page
 from cloud.esd.payloads import NO_REASON, EsdJob, is_unlistable
 from cloud.esd.sharing import LOOK_INTERVAL, REFRESH_INTERVAL
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from bot.ports import PollTarget
     from cloud.esd.client import EsdClient
     from cloud.esd.events import Completion
     from cloud.esd.interrogate import JobReader
+    from cloud.esd.pages import Segment
     from cloud.esd.sharing import SharedEvents, SharedScans
 
 _LOGGER = logging.getLogger(__name__)
@@ -97,19 +100,6 @@ class Tracked:
     checked: float = -math.inf  # monotonic time of the last direct read, for fair rotation
     asked: float = 0.0  # monotonic time the poller last asked (or the job was submitted)
     own: bool = False  # read by the interrogator's `JobReader`, never from REST rows or pages
-
-
-@dataclass
-class _Snapshot:
-    taken: float
-    next_scan: float  # monotonic time from which the next scan of this type may run
-    jobs: dict[str, EsdJob] = field(default_factory=dict)
-    # The jobs in flight when it was taken: one of them missing from `jobs` was beyond the
-    # pages, and scanning again would not find it either.
-    covered: set[str] = field(default_factory=set)
-    scanned: bool = True  # False: no scan yet, only the time the book first looked (events)
-    # Jobs already answered from it: a snapshot answers each job once (see `_answer`).
-    answered: set[str] = field(default_factory=set)
 
 
 class _Budget:
@@ -152,14 +142,17 @@ class StatusBook:
         self._clock = clock
         # Least recently asked first, so stale jobs are found at the front. Bounded, like
         # `_by_type`, `_reading` and `_handoffs`: jobs in flight only (`forget` on release and
-        # cancel); `_snapshots` and `_scanning` hold one entry per task type.
+        # cancel); `_listings` and `_scanning` hold one entry per task type.
         self._tracked: OrderedDict[str, Tracked] = OrderedDict()
         self._ended: Recent[str, EsdJob] = Recent(_MAX_ENDED)
         self._launching: set[str] = set()  # created, start not yet answered (`launching`)
         self._by_type: dict[str, set[str]] = {}  # task type → ids read from its pages
-        self._snapshots: dict[str, _Snapshot] = {}
-        # The scan under way per task type: the poller's concurrent calls share it.
-        self._scanning: dict[str, asyncio.Task[_Snapshot]] = {}
+        # Per task type: where its jobs sit on the list pages, and the rows read (`pages`).
+        self._listings: dict[str, Listing] = {}
+        # Replicas: the jobs of other replicas the scan of a type looks for (`share_scans`).
+        self._others: dict[str, set[str]] = {}
+        # The round of page reads under way per task type: the poller's calls share it.
+        self._scanning: dict[str, asyncio.Task[None]] = {}
         self._reading: dict[str, asyncio.Task[EsdJob]] = {}  # direct reads still running
         self._gate = asyncio.Semaphore(_DIRECT_CONCURRENCY)
         self._direct = _Budget(self._config.direct_per_second, clock)
@@ -249,7 +242,7 @@ class StatusBook:
     def _add(self, job_id: str, tracked: Tracked) -> None:
         self._tracked[job_id] = tracked
         if tracked.task_type is not None and not tracked.own:
-            self._by_type.setdefault(tracked.task_type, set()).add(job_id)
+            self._listable(job_id, tracked.task_type)
         shared = self._shared_events
         if shared is not None and not tracked.own and not shared.asked(job_id):
             self._unshared.add(job_id)
@@ -261,10 +254,11 @@ class StatusBook:
         tracked = self._tracked.pop(job_id, None)
         if tracked is not None and tracked.task_type is not None:
             self._by_type.get(tracked.task_type, set()).discard(job_id)
+            listing = self._listings.get(tracked.task_type)
+            if listing is not None:
+                listing.remove(job_id)
             if self._sharing is not None:
                 self._sharing.ended(tracked.task_type, job_id)
-        for snapshot in self._snapshots.values():
-            snapshot.jobs.pop(job_id, None)
         reading = self._reading.pop(job_id, None)
         if reading is not None:
             reading.cancel()
@@ -274,6 +268,19 @@ class StatusBook:
         if self._shared_events is not None and not following:
             self._unshared.discard(job_id)
             self._shared_events.ended(job_id)
+
+    def _listable(self, job_id: str, task_type: str) -> None:
+        """A job to look for on `task_type`'s list pages."""
+        self._by_type.setdefault(task_type, set()).add(job_id)
+        self._listing(task_type).place(job_id)
+
+    def _listing(self, task_type: str) -> Listing:
+        listing = self._listings.get(task_type)
+        if listing is None:
+            listing = self._listings[task_type] = Listing(
+                max_depth=self._config.status_pages, now=self._clock()
+            )
+        return listing
 
     def in_flight(self, task_type: str) -> int:
         return len(self._by_type.get(task_type, ()))
@@ -330,7 +337,7 @@ class StatusBook:
             for job_id in ids:
                 job = found.get(job_id)
                 if job_id in waiting:
-                    continue  # submitted after the snapshot: the next scan covers it
+                    continue  # not read since it was last answered: its page comes round
                 if job is None:
                     direct.append(job_id)
                 elif job.state is JobState.FAILED and job.reason is None:
@@ -377,7 +384,7 @@ class StatusBook:
         if tracked.task_type is None and job.task_type:
             tracked.task_type = job.task_type
             if not tracked.own:
-                self._by_type.setdefault(job.task_type, set()).add(job_id)
+                self._listable(job_id, job.task_type)
         # A cold job waits for its endpoint to scale out from zero instances; neither ESD's
         # job row nor `startTime` (set at creation in v1.5) says so, the endpoint's count does.
         tracked.cold = tracked.cold and state in _WAITING and tracked.endpoint not in warm
@@ -404,10 +411,10 @@ class StatusBook:
     def events_flowing(self, flowing: bool) -> None:
         """The events queue answers (True) or stopped answering (False: poll as usual)."""
         self._events_on = flowing
-        now = self._clock()
-        for snapshot in self._snapshots.values():
-            # Leaving backstop mode: the next scan is due at once, not in a minute.
-            snapshot.next_scan = min(snapshot.next_scan, now + self._interval())
+        for listing in self._listings.values():
+            # Leaving backstop mode: a follower's next look is due at once, not in a minute
+            # (pages come round at the polling rate from the next call on).
+            listing.not_before = -math.inf
 
     def _interval(self) -> float:
         return self._backstop_interval if self._events_on else self._list_interval
@@ -558,150 +565,147 @@ class StatusBook:
     async def _from_pages(
         self, task_type: str, ids: list[str]
     ) -> tuple[dict[str, EsdJob], set[str]]:
-        """The due jobs of one task type found in the snapshot (scanning when one is due), and
-        those that wait for the next scan unread: submitted since the snapshot was taken, or
-        already answered from it.
+        """The due jobs of one task type found on the pages read (reading when a round is
+        due), and those that wait for the next read of their page unread (not read yet, or
+        answered from their last read already). The others were not found on the pages: read
+        them on their own.
 
-        With events flowing the scan is only a backstop, and it runs in the background: a
-        poll never waits for its pages, so the poller's call that carries a job an event has
-        just ended answers at once, not after a scan of thousands of jobs (which took ~1.8 s
-        at 2,000). Its jobs wait unread until it is done and answer from it at their next poll.
+        With events flowing the pages are only a backstop, and they are read in the
+        background: a poll never waits for them, so the poller's call that carries a job an
+        event has just ended answers at once, not after pages of thousands of jobs (which took
+        ~1.8 s at 2,000). Its jobs wait unread until the round is done.
         """
-        snapshot = self._snapshots.get(task_type)
+        listing = self._listing(task_type)
         now = self._clock()
-        if snapshot is None or now >= snapshot.next_scan:
-            if snapshot is None and self.in_flight(task_type) <= self._config.direct_threshold:
+        if listing.looked is None:
+            if self.in_flight(task_type) <= self._config.direct_threshold:
                 return {}, set()  # so few jobs that one read each is cheaper than a page
+            listing.looked = now
+        if self._events_on and not listing.read_once:
+            # The first backstop round waits one backstop interval after the book first looked,
+            # and as long as its pages take at the backstop's page rate, like every later one
+            # (events are not lost by a restart: they wait in the queue). Until then every job
+            # waits for it unread.
+            first = listing.looked + max(
+                self._interval(), self._pages_for(task_type) / self._pages_per_second()
+            )
+            if now < first:
+                return {}, set(ids)
+        if listing.due(now, self._pages_per_second(), self._interval()) <= now:
+            scan = self._scan_in_background(task_type)
             if not self._events_on:
-                snapshot = await self._shared_scan(task_type)
-                return self._answer(snapshot, ids, fresh=self._sharing is None)
-            if snapshot is None or not snapshot.scanned:
-                # The first backstop scan waits one backstop interval after the book first
-                # looked, and as long as its pages take at the backstop's page rate, like every
-                # later one (events are not lost by a restart: they wait in the queue). Until
-                # then every job waits for it unread.
-                if snapshot is None:
-                    snapshot = self._snapshots[task_type] = _Snapshot(now, now, scanned=False)
-                snapshot.next_scan = snapshot.taken + max(
-                    self._interval(), self._pages_for(task_type) / self._pages_per_second()
-                )
-                if now < snapshot.next_scan:
-                    return {}, set(ids)
-            self._scan_in_background(task_type)
-        return self._answer(snapshot, ids)
-
-    def _answer(
-        self, snapshot: _Snapshot, ids: list[str], *, fresh: bool = False
-    ) -> tuple[dict[str, EsdJob], set[str]]:
-        """What `snapshot` says about `ids`, each job once: the poller takes an answer for a
-        read made when it asked (`bot.poller.Watch.read_at`), and the core's deadlines count
-        on that, so a snapshot reused for minutes (a backstop scan's next one is up to
-        pages / `events_pages_per_second` away: 200 s at 2,000 jobs, 1,000 s at 10,000)
-        must not pass a job's `created` of long ago off as a fresh read and have
-        `created_timeout` fail a job that has long started. Asked again before the next scan,
-        a job waits unread. `fresh`: the scan was just made for this call, and a job it did
-        not cover was submitted meanwhile: read on its own rather than wait."""
-        found: dict[str, EsdJob] = {}
-        waiting: set[str] = set()
-        for job_id in ids:
-            job = snapshot.jobs.get(job_id)
-            if job is not None:
-                if job_id in snapshot.answered:
-                    waiting.add(job_id)
-                else:
-                    snapshot.answered.add(job_id)
-                    found[job_id] = job
-            elif job_id not in snapshot.covered and not fresh:
-                waiting.add(job_id)
+                # Shielded: one caller giving up does not cancel the round the others wait for.
+                await asyncio.shield(scan)
+        found, waiting, _lost = listing.answer(ids)
         return found, waiting
 
     def _pages_for(self, task_type: str) -> int:
-        """The pages a scan of `task_type` would read if every job in flight were on them."""
+        """The pages a walk of `task_type` would read if every job in flight were on them."""
         pages = math.ceil(self.in_flight(task_type) / self._config.page_size)
         return max(1, min(self._config.status_pages, pages))
 
-    async def _shared_scan(self, task_type: str) -> _Snapshot:
-        """A fresh snapshot of `task_type`: the scan under way if there is one, else a new one
-        (so calls made at once never scan twice)."""
-        # Shielded: one caller giving up does not cancel the scan the others wait for.
-        return await asyncio.shield(self._scan_in_background(task_type))
-
-    def _scan_in_background(self, task_type: str) -> asyncio.Task[_Snapshot]:
-        """The scan of `task_type` under way, started if there is none; its snapshot replaces
-        the last one when it is done. A failed scan leaves the last snapshot and is tried again
-        one interval later (a poll awaiting it hears the error; a backstop scan nobody awaits
-        is logged)."""
+    def _scan_in_background(self, task_type: str) -> asyncio.Task[None]:
+        """The round of `task_type` under way, started if there is none. A failed round is
+        tried again one interval later (a poll awaiting it hears the error; a backstop round
+        nobody awaits is logged)."""
         scan = self._scanning.get(task_type)
         if scan is not None:
             return scan
         scan = asyncio.create_task(self._scan(task_type), name=f"esd-scan-{task_type}")
         self._scanning[task_type] = scan
 
-        def done(finished: asyncio.Task[_Snapshot]) -> None:
+        def done(finished: asyncio.Task[None]) -> None:
             if self._scanning.get(task_type) is finished:
                 del self._scanning[task_type]
             if finished.cancelled():
                 return
             error = finished.exception()
             if error is None:
-                self._snapshots[task_type] = finished.result()
                 return
-            last = self._snapshots.get(task_type)
-            if last is not None:
-                last.next_scan = max(last.next_scan, self._clock() + self._interval())
+            self._listing(task_type).not_before = self._clock() + self._interval()
             if self._events_on:
                 _LOGGER.warning("backstop scan of %s failed: %s", task_type, error)
 
         scan.add_done_callback(done)
         return scan
 
-    async def _scan(self, task_type: str) -> _Snapshot:
-        """Pages of `task_type`, newest first, until every job in flight of it was seen or
-        `status_pages` pages were read; the next scan waits in proportion to the pages."""
-        pending = set(self._by_type.get(task_type, ()))
-        taken = self._clock()
-        others: set[str] = set()
+    async def _scan(self, task_type: str) -> None:
+        """One round of `task_type`'s pages (`cloud.esd.pages`): the segment expected to show
+        the most ended jobs, and every segment that read found further down, at most
+        `status_pages` pages. A job its pages showed ending is asked about at once
+        (`on_change`)."""
+        listing = self._listing(task_type)
         if self._sharing is not None:
-            # Replicas: the scan runs on the one leading it, for everyone's jobs.
+            # Replicas: the pages are read on the replica leading the scan, for everyone's jobs.
             if not await self._sharing.lead(task_type, self._interval()):
-                found, missing = await self._sharing.follow(task_type, pending)
-                return _Snapshot(taken, taken + self._interval(), found, missing | set(found))
-            others = await self._sharing.wanted(task_type) - pending
-            pending |= others
-        snapshot = _Snapshot(taken, taken, covered=set(pending))
-        key: str | None = None
-        pages = 0
-        try:
-            while pages < self._config.status_pages:
-                pages += 1
-                try:
-                    page = await self._client.list_inferences(
-                        task_type,
-                        limit=self._config.page_size,
-                        start_key=key,
-                        # With the user named, ESD returns full items (with `sagemakerRaw`,
-                        # `startTime`) and only the bot user's jobs (§4.5).
-                        username=self._config.username,
-                    )
-                except BackendError as exc:
-                    if not is_unlistable(exc):
-                        raise
-                    # ESD cannot list a page holding a captioned interrogate row: the jobs
-                    # not seen yet are read one by one.
-                    break
-                for job in page.jobs:
-                    snapshot.jobs[job.id] = job
-                    pending.discard(job.id)
-                if not pending or page.next_key is None or page.next_key == key:
-                    break
-                key = page.next_key
-        finally:
-            rest = max(self._interval(), pages / self._pages_per_second())
-            snapshot.next_scan = taken + rest
+                found, missing = await self._sharing.follow(
+                    task_type, self._by_type.get(task_type, set())
+                )
+                listing.learn(found, missing)
+                listing.not_before = self._clock() + self._interval()
+                self._ended_on_pages(found.values())
+                return
+            self._look_for_others(task_type, listing, await self._sharing.wanted(task_type))
+        rows: dict[str, EsdJob] = {}
+        lost: list[str] = []
+        read: list[Segment] = []
+        rate, interval = self._pages_per_second(), self._interval()
+        stale_after = max(4 * interval, 4 * listing.segments / rate)
+        while len(read) < self._config.status_pages:
+            segment = listing.choose(
+                self._clock(), min_interval=interval, stale_after=stale_after, read=read
+            )
+            if segment is None:
+                break
+            read.append(segment)
+            try:
+                page = await self._client.list_inferences(
+                    task_type,
+                    limit=self._config.page_size,
+                    start_key=segment.key,
+                    # With the user named, ESD returns full items (with `sagemakerRaw`,
+                    # `startTime`) and only the bot user's jobs (§4.5).
+                    username=self._config.username,
+                )
+            except BackendError as exc:
+                if not is_unlistable(exc):
+                    raise
+                # ESD cannot list a page holding a captioned interrogate row: the segment's
+                # jobs are read one by one.
+                lost += listing.lose(segment).lost
+                continue
+            result = listing.record(segment, Page(page.jobs, page.next_key), self._clock())
+            lost += result.lost
+            rows.update((i, listing.rows[i]) for i in result.seen)
+            self._ended_on_pages(rows[i] for i in result.ended)
         if self._sharing is not None:
-            await self._sharing.post(task_type, snapshot.jobs, others)
-            await self._sharing.lead(task_type, snapshot.next_scan - self._clock())
-        return snapshot
+            others = self._others.get(task_type, set())
+            await self._sharing.post(
+                task_type,
+                {i: job for i, job in rows.items() if i in others},
+                [i for i in (*rows, *lost) if i in others],
+            )
+            due = listing.due(self._clock(), rate, interval)
+            await self._sharing.lead(task_type, min(due - self._clock(), 3600.0))
+
+    def _look_for_others(self, task_type: str, listing: Listing, wanted: set[str]) -> None:
+        """The leader's pages look for the jobs other replicas asked about too."""
+        own = self._by_type.get(task_type, set())
+        others = wanted - own
+        before = self._others.get(task_type, set())
+        for job_id in before - others - own:
+            listing.remove(job_id)
+        for job_id in others - before:
+            listing.place(job_id)
+        self._others[task_type] = others
+
+    def _ended_on_pages(self, rows: Iterable[EsdJob]) -> None:
+        """Jobs followed here that a page (or the leader's post) showed ending: the poller
+        asks about them at once rather than at its next turn."""
+        for row in rows:
+            tracked = self._tracked.get(row.id)
+            if tracked is not None and row.state is not None and row.state.terminal:
+                self.on_change(row.id)
 
     # -- Direct reads --------------------------------------------------------------------------
 

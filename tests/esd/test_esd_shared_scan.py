@@ -155,9 +155,9 @@ async def test_a_post_is_answered_once_and_an_old_one_never_passes_for_a_new_rea
         ids = {"a": await _submit(leader, 10), "b": await _submit(follower, 10)}
         replicas = {"a": leader, "b": follower}
         await _round(replicas, ids)  # a scans for itself; b asks
-        leader._book._list_interval = 600.0  # from its next scan on, a scans 10 min apart
         second = await _round(replicas, ids)  # a scans for both and posts for b
         assert set(second["b"]) == set(ids["b"])
+        leader._book._list_interval = 600.0  # from now on, a reads each page 10 min apart
         before = _requests(server)
         for _ in range(3):  # b looks again; a has not scanned since
             again = await _round(replicas, ids)

@@ -1,0 +1,240 @@
+"""Which list page to read next (`cloud.esd.pages`, SPEC §4.1).
+
+The rules alone (`Listing` on made-up pages and a clock the test moves), then the `StatusBook`
+against the ESD-compatible server, whose `exclusive_start_key` is a position in the list as
+DynamoDB's is: request counts come from the server's per-route counters.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.model import JobState
+from cloud.esd import EsdBackend
+from cloud.esd.client import EsdClient
+from cloud.esd.pages import Listing, Page, Segment
+from cloud.esd.payloads import EsdJob
+from cloud.esd.polling import StatusBook
+from tests.esd.esd_kit import esd_config, state_of, target
+from tests.esd.test_esd_polling import _FakeClock, _status_requests, _submit_many
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+PAGE = 50
+
+
+def _row(job_id: str, state: JobState) -> EsdJob:
+    return EsdJob(
+        id=job_id,
+        task_type="img2img",
+        status=state.value,
+        state=state,
+        inference_type=None,
+        created_at=None,
+        started_at=None,
+        endpoint=None,
+        model=None,
+        owner=None,
+        reason=None,
+    )
+
+
+class _List:
+    """ESD's list of one task type, newest first, with position keys (esd-api.md §2.3)."""
+
+    def __init__(self, count: int) -> None:
+        self.ids = [f"job-{n:05}" for n in range(count)][::-1]  # newest first
+        self.ended: set[str] = set()
+        self.reads: Counter[str | None] = Counter()
+
+    def page(self, key: str | None) -> Page:
+        self.reads[key] += 1
+        start = 0 if key is None else self.ids.index(key) + 1
+        ids = self.ids[start : start + PAGE]
+        rows = [_row(i, JobState.SUCCEED if i in self.ended else JobState.INPROGRESS) for i in ids]
+        more = start + PAGE < len(self.ids)
+        return Page(rows, ids[-1] if more else None)
+
+    def add(self, count: int) -> list[str]:
+        new = [f"new-{len(self.ids) + n:05}" for n in range(count)]
+        self.ids[:0] = new[::-1]
+        return new
+
+
+def _round(
+    listing: Listing, esd: _List, now: float, *, interval: float = 1.0, rate: float = 1.0
+) -> list[Segment]:
+    """What `StatusBook._scan` does with the pages, without the I/O."""
+    read: list[Segment] = []
+    if listing.due(now, rate, interval) > now:
+        return read
+    while segment := listing.choose(now, min_interval=interval, stale_after=20.0, read=read):
+        read.append(segment)
+        listing.record(segment, esd.page(segment.key), now)
+    return read
+
+
+def test_the_first_round_walks_down_until_every_job_was_seen() -> None:
+    esd = _List(200)
+    listing = Listing(max_depth=20, now=0.0)
+    for job_id in esd.ids:
+        listing.place(job_id)
+    read = _round(listing, esd, 0.0)
+    assert [s.depth for s in read] == [1, 2, 3, 4]
+    found, waiting, lost = listing.answer(esd.ids)
+    assert len(found) == 200 and not waiting and not lost
+    # Each read answers once: asked again before the next read of its page, a job waits.
+    assert listing.answer(esd.ids)[1] == set(esd.ids)
+    # Then a page at a time, as the tokens come in (the walk took them 3 below zero).
+    assert listing.due(0.0, 1.0, 1.0) == 4.0 and _round(listing, esd, 3.9) == []
+    assert len(_round(listing, esd, 4.0)) == 1
+
+
+def test_pages_where_jobs_end_are_read_most() -> None:
+    # An Async endpoint runs one job per instance at a time, in the order they were sent
+    # (esd-api.md §10.2): the oldest jobs end first, a page's worth every 50 s here.
+    esd = _List(200)
+    listing = Listing(max_depth=20, now=0.0)
+    for job_id in esd.ids:
+        listing.place(job_id)
+    oldest = esd.ids[::-1]
+    _round(listing, esd, 0.0)
+    esd.reads.clear()
+    ended_at: dict[str, float] = {}
+    delays: list[float] = []
+    for second in range(4, 124):
+        for job_id in oldest[: second - 3]:  # a job ends every second, oldest first
+            ended_at.setdefault(job_id, second)
+        esd.ended.update(ended_at)
+        _round(listing, esd, float(second))
+        for job_id, row in list(listing.rows.items()):
+            if row.state is JobState.SUCCEED:
+                delays.append(second - ended_at[job_id])
+                listing.remove(job_id)  # the book forgets a job once it reported its end
+    # One page a second in all, and most of them where jobs end: seen within a second or
+    # two, where reading the four pages in turn would take 2 s on average, up to 4.
+    assert sum(esd.reads.values()) == 120
+    assert len(delays) > 100
+    delays.sort()
+    assert delays[len(delays) // 2] <= 1 and delays[int(len(delays) * 0.9)] <= 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_when_jobs_end_at_random_every_page_comes_round_in_turn(seed: int) -> None:
+    rng = random.Random(seed)
+    esd = _List(200)
+    listing = Listing(max_depth=20, now=0.0)
+    for job_id in esd.ids:
+        listing.place(job_id)
+    _round(listing, esd, 0.0)
+    esd.reads.clear()
+    running = list(esd.ids)
+    last: dict[int, float] = {}
+    for second in range(4, 84):
+        for _ in range(2):
+            if running:
+                esd.ended.add(running.pop(rng.randrange(len(running))))
+        for segment in _round(listing, esd, float(second)):
+            last[segment.depth] = second
+        # No page waits much longer than a turn of all four (the staleness bound is 20 s).
+        assert all(second - at <= 12 for at in last.values()), (second, last)
+    assert sum(esd.reads.values()) == 80
+
+
+def test_jobs_pushed_down_by_new_ones_are_followed_to_the_next_page() -> None:
+    esd = _List(40)
+    listing = Listing(max_depth=20, now=0.0)
+    for job_id in esd.ids:
+        listing.place(job_id)
+    _round(listing, esd, 0.0)  # one page holds all 40
+    new = esd.add(30)  # 30 newer jobs: the 20 oldest are now on the second page
+    for job_id in new:
+        listing.place(job_id)
+    read = _round(listing, esd, 5.0)
+    assert [s.depth for s in read] == [1, 2]
+    found, waiting, lost = listing.answer(esd.ids)
+    assert len(found) == 70 and not waiting and not lost
+
+
+def test_jobs_beyond_the_last_page_or_the_depth_are_lost() -> None:
+    esd = _List(120)
+    listing = Listing(max_depth=2, now=0.0)
+    for job_id in [*esd.ids, "deleted"]:
+        listing.place(job_id)
+    _round(listing, esd, 0.0)
+    found, waiting, lost = listing.answer([*esd.ids, "deleted"])
+    # Two pages of 50 read; the 20 oldest and a job the list does not have are lost.
+    assert len(found) == 100 and not waiting
+    assert set(lost) == {*esd.ids[100:], "deleted"}
+
+
+def test_a_removed_job_leaves_no_trace() -> None:
+    esd = _List(60)
+    listing = Listing(max_depth=20, now=0.0)
+    for job_id in esd.ids:
+        listing.place(job_id)
+    _round(listing, esd, 0.0)
+    for job_id in esd.ids:
+        listing.remove(job_id)
+    assert len(listing) == 0 and listing.segments == 0 and not listing.rows
+    assert listing.due(10.0, 1.0, 1.0) == math.inf
+
+
+async def test_a_job_a_page_shows_ending_is_asked_about_at_once(server: str) -> None:
+    # The poller asks about a job every 0.5–1 s; a page that shows it ended has the poller
+    # ask at once (`on_change` is `Poller.nudge` in the bot), not at its next turn.
+    clock = _FakeClock()
+    async with EsdBackend(esd_config(server)) as esd:
+        ids = await _submit_many(esd, 120)
+    client = EsdClient(
+        esd_config(server, page_size=PAGE, list_interval=1.0, list_pages_per_second=1.0)
+    )
+    await client.start()
+    changed: list[str] = []
+    book = _book(client, clock, changed.append)
+    for job_id in ids:
+        book.track(job_id, "img2img", submitted_at=datetime.now(UTC))
+    targets = [target(i) for i in ids]
+    try:
+        await book.statuses(targets)  # the first walk: 3 pages
+        oldest = ids[:10]  # submitted first: on the last page
+        for job_id in oldest:
+            await state_of(server).finish(job_id)
+        before = _status_requests(server)
+        for tick in range(1, 13):
+            clock.now = 2.0 + tick * 0.5
+            await book.statuses(targets[60:])  # the poller happens to ask about others
+            if changed:
+                break
+        assert sorted(changed) == sorted(oldest)
+        spent = _status_requests(server) - before
+        assert spent["get_inference"] == 0 and spent["list_inferences"] <= 4
+        answer = await book.statuses([target(i) for i in oldest])
+        assert {s.state.terminal for s in answer.values()} == {True} and len(answer) == 10
+    finally:
+        await client.aclose()
+
+
+def _book(client: EsdClient, clock: _FakeClock, on_change: Callable[[str], None]) -> StatusBook:
+    async def instances(name: str) -> int | None:
+        return 1
+
+    book = StatusBook(
+        client,
+        on_terminal=lambda job: None,
+        on_dropped=lambda job_id: None,
+        instances=instances,
+        list_interval=client.config.list_interval,
+        clock=clock,
+    )
+    book.on_change = on_change
+    return book
