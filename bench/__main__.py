@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import a1111_queue, esd_polling, memory, scenarios, stores, takeover
+from bench import a1111_queue, esd_pages, esd_polling, memory, scenarios, stores, takeover
 from bench.machine import describe
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ BENCHMARKS: dict[str, tuple[tuple[int, ...], Callable[[Sequence[int], int], list
     "esd": ((500, 2000), lambda sizes, runs: esd_polling.esd_polling(sizes, runs)),
     # Jobs queued on the endpoint's instances, as ESD runs them; a window of steady state.
     "esd-queue": ((500, 2000), lambda sizes, runs: esd_polling.esd_queue(sizes, runs)),
+    # Which list page to read next, simulated: the chosen page against pages in turn.
+    "esd-pages": ((500, 2000, 10000), lambda sizes, runs: esd_pages.esd_pages(sizes, runs)),
     "esd-events": ((500, 2000), lambda sizes, runs: esd_polling.esd_events(sizes, runs)),
     # The same with backstop scans landing in the run (delivery must not wait for them).
     "esd-events-scans": ((2000,), lambda sizes, runs: esd_polling.esd_events_scans(sizes, runs)),

@@ -15,12 +15,18 @@ own `last_evaluated_key`, read next in the same round as a walk down the list wo
 *lost* past the last page or `max_depth` pages from the head (the book reads it on its own).
 
 Which segment a round reads is the one expected to show the most jobs ended since its last
-read: its age times its jobs times the rate at which they were seen ending lately (recent reads
-weigh more), drawn towards the rate seen over all segments. When jobs end at random the segments
-come round in turn, each about every `segments / pages_per_second` seconds, as a full scan
-would; when they end in the order they were sent (an Async endpoint runs one job per instance at
-a time, queued in order: esd-api.md §10.2) the pages where jobs are ending are read several times
-as often as the others. No segment waits longer than `stale_after`.
+read: its age times its *heat*, how much faster than the others its jobs were seen ending lately
+(the jobs that ended on its recent reads against those expected at the rate seen over all pages
+at the time; recent reads weigh more, a prior of 1 damps a single read, never below `_FLOOR`).
+A page is at least `_SPREAD` as hot as its neighbours on the list (jobs sent together end
+together), and of pages alike the older goes first (`_OLDER`). No segment waits longer than
+`stale_after`. When jobs end at random every segment comes round in turn, about every
+`segments / pages_per_second` seconds, as a full scan would; when they end in the order they
+were sent (an Async endpoint runs one job per instance at a time, queued in order: esd-api.md
+§10.2) the pages where jobs are ending are read several times as often as the others
+(`python -m bench esd-pages` simulates both against reading the pages in turn). The first turn
+after the first walk has nothing to go on: at 10,000 jobs (20 pages) the oldest page comes
+round again only after the other 19.
 
 Pages are read at `pages_per_second` on average (a token bucket holding at most
 `max(1, pages_per_second × max(min_interval, 1 s))`), one segment at most every `min_interval`.
@@ -38,24 +44,29 @@ segments, never to every job in flight at each call.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Iterator, Mapping
+    from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+    from datetime import datetime
 
     from cloud.esd.payloads import EsdJob
 
-# Each read of a segment counts this much less than the one after it in its rate of ended jobs.
+# Each read of a segment counts this much less than the one after it in its heat; the rate seen
+# over all pages forgets this much of the past at each read (so it follows a rate that changes).
 _DECAY = 0.5
-# A segment's rate starts from the rate seen over all segments, weighing as much as this many
-# seconds of its own jobs' reads (so one quiet read does not sink a page, nor one busy read
-# raise it far).
-_PRIOR_SECONDS = 2.0
+_RECENT = 0.5
+# A segment's heat starts at 1 (as fast as the others), as if this many jobs had been expected
+# to end on it and had: one quiet or busy read moves it only so far.
+_PRIOR = 2.0
 _FLOOR = 0.5
-# Before any job was seen ending, segments are read by age times jobs (in turn).
-_NO_RATE = 1e-6
+# A segment is at least this much of its neighbours' heat.
+_SPREAD = 0.5
+# The oldest page's heat counts this much more than the newest's (the rest in between).
+_OLDER = 0.25
 
 
 @dataclass(slots=True, eq=False)
@@ -66,17 +77,19 @@ class Segment:
     depth: int  # pages from the head when it was found (1: the head)
     ids: set[str] = field(default_factory=set)
     read_at: float = -math.inf  # monotonic time of its last read; -inf: never read
-    # Its jobs seen ending, and the job-seconds its reads covered, each read counting half as
-    # much as the one after it: how fast its jobs end lately.
+    # Its jobs seen ending, and how many were expected to at the rate seen over all pages at
+    # the time, each read counting half as much as the one after it: how much faster (or
+    # slower) than the others its jobs end lately.
     ended: float = 0.0
-    exposure: float = 0.0
+    expected: float = 0.0
+    newest: datetime | None = None  # `createTime` of its page's first job: its place in the list
 
 
 @dataclass(slots=True)
 class Page:
     """One page as the book read it."""
 
-    rows: Iterable[EsdJob]
+    rows: Sequence[EsdJob]  # newest first
     next_key: str | None  # last_evaluated_key; None: the end of the list
 
 
@@ -106,8 +119,8 @@ class Listing:
         self.looked: float | None = None  # when the book first looked for its jobs on pages
         self.read_once = False  # a page was read (or a leader's post came in)
         self.not_before = -math.inf  # no round before (a follower's or a failed round's wait)
-        self._ended = 0  # jobs seen ending, over all reads
-        self._exposure = 0.0  # job-seconds those reads covered
+        self._ended = 0.0  # jobs seen ending, over all reads
+        self._exposure = 0.0  # job-seconds those reads covered (both forget the past)
 
     # -- Jobs ----------------------------------------------------------------------------------
 
@@ -207,22 +220,39 @@ class Listing:
         this round's reads, beyond the tokens), else while a token is left the one expected to
         show the most ended jobs among those not read for `min_interval` (the oldest of those
         not read for `stale_after` first)."""
+        live = [s for s in self._segments.values() if s.ids]
+        for segment in live:
+            if segment.read_at == -math.inf and segment not in read:
+                return segment
+        heat = self._heat(live)
         best: Segment | None = None
         best_key = (False, -math.inf)
-        rate = self._ended / self._exposure if self._ended else _NO_RATE  # per job-second
-        for segment in self._segments.values():
-            if not segment.ids or segment in read:
-                continue
-            if segment.read_at == -math.inf:
-                return segment
+        for segment in live:
             age = now - segment.read_at
-            if age < min_interval:
+            if segment in read or age < min_interval:
                 continue
             stale = age >= stale_after
-            key = (stale, age if stale else age * len(segment.ids) * _rate(segment, rate))
+            key = (stale, age if stale else age * heat[segment.key])
             if key > best_key:
                 best, best_key = segment, key
         return best if self._has_token() else None
+
+    @staticmethod
+    def _heat(live: list[Segment]) -> dict[str | None, float]:
+        """Each segment's heat, and at least `_SPREAD` of its neighbours' on the list (jobs
+        sent together end together: the page next to one where jobs end is likely next)."""
+        own = {s.key: _heat(s) for s in live}
+        heat = dict(own)
+        placed = sorted((s for s in live if s.newest is not None), key=lambda s: s.newest or 0)
+        for older, newer in itertools.pairwise(placed):
+            heat[older.key] = max(heat[older.key], _SPREAD * own[newer.key])
+            heat[newer.key] = max(heat[newer.key], _SPREAD * own[older.key])
+        # Jobs sent earlier end earlier where an endpoint queues them (one job per instance at
+        # a time, in order: esd-api.md §10.2): of pages alike, the older first.
+        last = max(1, len(placed) - 1)
+        for rank, segment in enumerate(placed):  # oldest first
+            heat[segment.key] *= 1 + _OLDER * (last - rank) / last
+        return heat
 
     def _has_token(self) -> bool:
         return self._tokens >= 1 - 1e-9  # tokens added in tenths add up to 0.999…
@@ -245,11 +275,13 @@ class Listing:
         if segment.read_at > -math.inf:
             mine = sum(1 for i in ended if self._where[i] is segment)
             exposure = len(segment.ids) * (now - segment.read_at)
+            rate = self._ended / self._exposure if self._exposure else 0.0
             segment.ended = segment.ended * _DECAY + mine
-            segment.exposure = segment.exposure * _DECAY + exposure
-            self._ended += mine
-            self._exposure += exposure
+            segment.expected = segment.expected * _DECAY + rate * exposure
+            self._ended = self._ended * _RECENT + mine
+            self._exposure = self._exposure * _RECENT + exposure
         segment.read_at = now
+        segment.newest = page.rows[0].created_at if page.rows else None
         gone = segment.ids.difference(seen)
         onward = self._lost
         if gone and page.next_key is not None and segment.depth < self._max_depth:
@@ -269,13 +301,11 @@ class Listing:
         return Read([], [], lost)
 
 
-def _rate(segment: Segment, overall: float) -> float:
-    """How fast `segment`'s jobs end lately, per job-second, drawn towards `overall`, and
-    never below `_FLOOR` of it: a page where nothing ended lately is still read in its turn,
-    less often (with few reads behind it, a quiet page may just have been unlucky)."""
-    prior = len(segment.ids) * _PRIOR_SECONDS
-    rate = (segment.ended + overall * prior) / (segment.exposure + prior)
-    return max(rate, overall * _FLOOR)
+def _heat(segment: Segment) -> float:
+    """How much faster than those of all pages `segment`'s jobs end lately (1: as fast), never
+    below `_FLOOR`: a page where nothing ended lately is still read in its turn, less often
+    (with few reads behind it, a quiet page may just have been unlucky)."""
+    return max(_FLOOR, (segment.ended + _PRIOR) / (segment.expected + _PRIOR))
 
 
 def _terminal(row: EsdJob) -> bool:

@@ -1,0 +1,158 @@
+"""Which ESD list page to read next (`cloud.esd.pages`), simulated: how long after a job ends a
+page read shows it, with the `Listing`'s choice against reading the pages in turn.
+
+No server and no event loop: a list of N jobs (newest first, `page_size` 500, position keys as
+DynamoDB's), a clock moved in steps of 0.1 s, a round whenever `Listing.due` says so at one page
+a second (each page at most every 1.5 s, the ESD defaults), and each job forgotten once a read
+showed it ended (as the book does once the poller took the answer). Two ways jobs end:
+
+- *at random*: every job sent at once takes uniform(20, 60) s, all running at once (the
+  `esd` benchmark's server);
+- *in order*: every job sent at once, run on 500 slots one job per slot at a time in the order
+  sent (an Async endpoint runs one job per instance at a time, queued: esd-api.md §10.2),
+  each taking uniform(20, 60) s; the jobs ending in the first 150 s are measured.
+
+"In turn" is the same `Listing` with every page equally hot, so the oldest read goes first: what
+a scan of every page at a page a second gives. The figure is the delay from a job's end to the
+read that shows it, p50 and p95 over every job measured, median of `runs` seeds. It leaves out
+what follows the read (the poller's call, the result read, the post: `esd` measures those).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import statistics
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from bench.machine import percentile
+from bot.model import JobState
+from cloud.esd.config import EsdConfig
+from cloud.esd.pages import Listing, Page, Segment
+from cloud.esd.payloads import EsdJob
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+Row = tuple[str, str, str, bool]
+
+_STEP = 0.1
+_WINDOW = 150.0  # jobs ending in order: those that end in the first 150 s
+_SLOTS = 500
+_JOB_SECONDS = (20.0, 60.0)
+_T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Result:
+    p50: float
+    p95: float
+    pages_per_second: float
+
+
+def _ends(count: int, in_order: bool, rng: random.Random) -> list[float]:
+    """When each job ends, oldest first."""
+    low, high = _JOB_SECONDS
+    if not in_order:
+        return [rng.uniform(low, high) for _ in range(count)]
+    slots = [0.0] * _SLOTS
+    ends = []
+    for _ in range(count):
+        start = heapq.heappop(slots)
+        ends.append(start + rng.uniform(low, high))
+        heapq.heappush(slots, ends[-1])
+    return ends
+
+
+def _row(index: int, ended: bool) -> EsdJob:
+    state = JobState.SUCCEED if ended else JobState.INPROGRESS
+    return EsdJob(
+        id=f"job-{index:06}",
+        task_type="img2img",
+        status=state.value,
+        state=state,
+        inference_type=None,
+        created_at=_T0 + timedelta(milliseconds=index),
+        started_at=None,
+        endpoint=None,
+        model=None,
+        owner=None,
+        reason=None,
+    )
+
+
+def _simulate(count: int, in_order: bool, seed: int) -> _Result:
+    config = EsdConfig(api_url="http://127.0.0.1/", api_key="bench")
+    size, rate, interval = config.page_size, config.list_pages_per_second, config.list_interval
+    ends = _ends(count, in_order, random.Random(seed))
+    newest = list(range(count))[::-1]  # job indexes, newest first
+    place = {index: n for n, index in enumerate(newest)}
+    listing = Listing(max_depth=config.status_pages, now=0.0)
+    for index in newest:
+        listing.place(f"job-{index:06}")
+    horizon = _WINDOW if in_order else max(ends) + 30.0
+    delays: list[float] = []
+    reads, step = 0, 0
+    while (now := step * _STEP) < horizon:
+        step += 1
+        if listing.due(now, rate, interval) > now:
+            continue
+        read: list[Segment] = []
+        stale_after = max(4 * interval, 4 * listing.segments / rate)
+        while segment := listing.choose(
+            now, min_interval=interval, stale_after=stale_after, read=read
+        ):
+            read.append(segment)
+            reads += 1
+            start = 0 if segment.key is None else place[int(segment.key)] + 1
+            chunk = newest[start : start + size]
+            rows = [_row(i, ends[i] <= now) for i in chunk]
+            listing.record(
+                segment, Page(rows, str(chunk[-1]) if start + size < count else None), now
+            )
+        for job_id, row in list(listing.rows.items()):
+            if row.state is JobState.SUCCEED:
+                delays.append(now - ends[int(job_id[4:])])
+                listing.remove(job_id)
+    return _Result(
+        statistics.median(delays), percentile(delays, 95), reads / horizon if horizon else 0.0
+    )
+
+
+@contextmanager
+def _in_turn() -> Iterator[None]:
+    """Every page equally hot: the oldest read goes first."""
+    heat = Listing.__dict__["_heat"]
+    Listing._heat = staticmethod(lambda live: dict.fromkeys((s.key for s in live), 1.0))  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Listing._heat = heat  # type: ignore[method-assign]
+
+
+def esd_pages(sizes: Sequence[int], runs: int) -> list[Row]:
+    rows: list[Row] = []
+    for in_order in (False, True):
+        for count in sizes:
+            chosen = [_simulate(count, in_order, seed) for seed in range(runs)]
+            with _in_turn():
+                turn = [_simulate(count, in_order, seed) for seed in range(runs)]
+            p50 = statistics.median(r.p50 for r in chosen)
+            p95 = statistics.median(r.p95 for r in chosen)
+            way = "in the order sent, 500 at a time" if in_order else "at random, all at once"
+            rows.append(
+                (
+                    f"job ended → page read shows it, {count:,} jobs ending {way} (simulated, "
+                    f"median of {runs} seeds): p50 (p95 {p95:.2f} s; pages in turn: p50 "
+                    f"{statistics.median(r.p50 for r in turn):.2f} s, p95 "
+                    f"{statistics.median(r.p95 for r in turn):.2f} s); "
+                    f"{statistics.median(r.pages_per_second for r in chosen):.2f} pages/s",
+                    f"{p50:.2f} s",
+                    "≤ pages in turn",
+                    p50 <= statistics.median(r.p50 for r in turn) + 0.05,
+                )
+            )
+    return rows
