@@ -289,7 +289,25 @@ class Listing:
             self._segments[page.next_key] = onward
         for job_id in gone:
             self._move(job_id, onward)
+        for job_id in seen:
+            if self._takes(segment, self._where[job_id]):
+                self._move(job_id, segment)
         return Read(seen, ended, sorted(gone) if onward is self._lost else [])
+
+    def _takes(self, segment: Segment, other: Segment) -> bool:
+        """Whether a job of `other` that `segment`'s page shows moves to `segment`: pages that
+        overlap (found from the head at different times) keep each job once, on the newer page,
+        so they are not read twice for it and the older one empties; the head's page slides
+        down as jobs come in, so it takes no job but lost ones."""
+        if other is segment:
+            return False
+        if other is self._lost:
+            return True
+        if segment.key is None:
+            return False
+        if other.key is None or other.newest is None:
+            return True
+        return segment.newest is not None and other.newest < segment.newest
 
     def lose(self, segment: Segment) -> Read:
         """`segment`'s page could not be listed (`is_unlistable`): its jobs are read on their

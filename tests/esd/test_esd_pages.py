@@ -165,6 +165,22 @@ def test_jobs_pushed_down_by_new_ones_are_followed_to_the_next_page() -> None:
     assert len(found) == 70 and not waiting and not lost
 
 
+def test_jobs_sent_while_pages_are_read_end_on_as_few_pages_as_they_fill() -> None:
+    # The bot sends thousands of jobs over a few seconds while it reads pages: each head read
+    # pushes some down to a new bookmark, and those pages overlap. A job stays on one of them.
+    esd = _List(0)
+    listing = Listing(max_depth=20, now=0.0)
+    for second in range(12):
+        for job_id in esd.add(23):
+            listing.place(job_id)
+        _round(listing, esd, second * 2.0)
+    for second in range(12, 40):
+        _round(listing, esd, second * 2.0)
+    assert listing.segments <= len(esd.ids) // PAGE + 2  # 276 jobs: 6 pages, at most 7 kept
+    found, _, lost = listing.answer(esd.ids)
+    assert len(found) == len(esd.ids) and not lost
+
+
 def test_jobs_beyond_the_last_page_or_the_depth_are_lost() -> None:
     esd = _List(120)
     listing = Listing(max_depth=2, now=0.0)
