@@ -15,12 +15,13 @@ own `last_evaluated_key`, read next in the same round as a walk down the list wo
 *lost* past the last page or `max_depth` pages from the head (the book reads it on its own).
 
 Which segment a round reads is the one expected to show the most jobs ended since its last
-read: its age times its *heat*, how much faster than the others its jobs were seen ending lately
-(the jobs that ended on its recent reads against those expected at the rate seen over all pages
-at the time; recent reads weigh more, a prior of 1 damps a single read, never below `_FLOOR`).
-A page is at least `_SPREAD` as hot as its neighbours on the list (jobs sent together end
-together), and of pages alike the older goes first (`_OLDER`). No segment waits longer than
-`stale_after`. When jobs end at random every segment comes round in turn, about every
+read (`_score`): its age, times the square root of its jobs (a page of a few jobs left still
+comes round), times its *heat*: how much faster than the others its jobs were seen ending
+lately (the jobs that ended on its recent reads against those expected at the rate seen over
+all pages at the time; recent reads weigh more, a prior damps a single read, never below
+`_FLOOR`). A page is at least `_SPREAD` as hot as its neighbours on the list (jobs sent together
+end together), and of pages alike the older goes first (`_OLDER`). No segment waits longer than
+`stale_after`. When jobs end at random the segments come round about in turn, each about every
 `segments / pages_per_second` seconds, as a full scan would; when they end in the order they
 were sent (an Async endpoint runs one job per instance at a time, queued in order: esd-api.md
 §10.2) the pages where jobs are ending are read several times as often as the others
@@ -232,7 +233,7 @@ class Listing:
             if segment in read or age < min_interval:
                 continue
             stale = age >= stale_after
-            key = (stale, age if stale else age * heat[segment.key])
+            key = (stale, age if stale else _score(age, len(segment.ids), heat[segment.key]))
             if key > best_key:
                 best, best_key = segment, key
         return best if self._has_token() else None
@@ -317,6 +318,13 @@ class Listing:
         for job_id in lost:
             self._move(job_id, self._lost)
         return Read([], [], lost)
+
+
+def _score(age: float, jobs: int, heat: float) -> float:
+    """How much a read of a page promises: its age times its heat, and the more jobs the more,
+    less than in proportion (a page of a few jobs left, or the sliver two bookmarks found at
+    different times do not share, still comes round)."""
+    return age * heat * math.sqrt(jobs)
 
 
 def _heat(segment: Segment) -> float:
