@@ -24,7 +24,7 @@ from commands import Family, GrammarError, parse
 from commands.options import job_options
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
 
     from bot.catalog import Catalog
     from bot.jobs import JobRunner
@@ -116,11 +116,9 @@ class Dispatcher:
         responder: Responder,
     ) -> Job | None:
         """A parsed command (Discord builds these from typed options)."""
-
-        async def work() -> Job | None:
-            self._policy.check_access(caller)
-            return await self._command(caller, parsed, attachments, responder)
-
+        # A coroutine, not a closure: every command of a burst keeps its frames until its
+        # ack, and each object they hold is walked by the collector (issue 11).
+        work = self._command(caller, parsed, attachments, responder)
         return await self._answering(responder, parsed.name, work)
 
     async def handle_reply(
@@ -162,7 +160,7 @@ class Dispatcher:
                 local_files=traits_of(self._adapters, caller.platform).local_files,
             )
 
-        return await self._answering(responder, "reply", work)
+        return await self._answering(responder, "reply", work())
 
     async def handle_action(
         self,
@@ -182,14 +180,14 @@ class Dispatcher:
             job = await self._queries.visible_job(caller, action.job_id)
             return await self._action(caller, action, job, responder, fields or {})
 
-        return await self._answering(responder, action.kind.value, work)
+        return await self._answering(responder, action.kind.value, work())
 
     async def _answering(
-        self, responder: Responder, what: str, work: Callable[[], Awaitable[Job | None]]
+        self, responder: Responder, what: str, work: Coroutine[object, None, Job | None]
     ) -> Job | None:
         """Run a request; refusals go back privately, operational failures as one short line."""
         try:
-            return await work()
+            return await work
         except EventClaimed as exc:
             # A retried or doubly delivered event whose job exists: it was answered already.
             _LOGGER.info("%s: %s; not answered again", what, exc)
@@ -218,6 +216,7 @@ class Dispatcher:
         attachments: Sequence[AttachmentRef],
         responder: Responder,
     ) -> Job | None:
+        self._policy.check_access(caller)
         spec = parsed.spec
         if spec.family not in (Family.GENERATE, Family.INTERROGATE):
             await self._queries.answer(caller, parsed, responder)

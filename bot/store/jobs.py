@@ -7,6 +7,8 @@ waivers); every value is a bound parameter. Functions here run on the store's wo
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 import sqlite3
 import sys
 from typing import TYPE_CHECKING, Final, TypeVar
@@ -218,6 +220,8 @@ class NewJob:
 # any size reuses these few cached statements; 128 rows of a job stay under SQLite's 32,766
 # variables.
 _SHAPES: Final = (128, 32, 8, 1)
+# A row's values (`job_row`) in the order of `JOB_COLUMNS`.
+_in_column_order: Final = operator.itemgetter(*JOB_COLUMNS)
 _LEASED_COLUMNS: Final = (*JOB_COLUMNS, "lease_owner", "lease_until")
 _MESSAGE_COLUMNS: Final = ("platform", "server", "message_id", "job_id")
 _IMAGE_COLUMNS: Final = ("job_id", "slot", "idx", "name", "data")
@@ -253,7 +257,7 @@ def _insert_rows(
     for chunk in _shaped(rows):
         db.conn.execute(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES {_marks(len(columns), len(chunk))}",  # noqa: S608
-            [value for row in chunk for value in row],
+            list(itertools.chain.from_iterable(chunk)),
         )
 
 
@@ -279,7 +283,7 @@ def insert_group(db: Database, group: Sequence[NewJob]) -> list[BaseException | 
             outcomes[n] = exc
             continue
         owner = new.owner if leased else None
-        rows[n] = (*(row[name] for name in JOB_COLUMNS), owner, until, claimed_at)
+        rows[n] = (*_in_column_order(row), owner, until, claimed_at)
     try:
         with transaction(db.conn):
             _write_group(db, group, rows, outcomes)

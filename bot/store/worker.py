@@ -133,7 +133,7 @@ def _hand_back(results: list[tuple[_Call, object, BaseException | None]]) -> Non
             loop.call_soon_threadsafe(_settle, settled)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Call:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[object]
