@@ -44,6 +44,17 @@ class Catalog:
     def _usable(self, stamp: float, fresh: bool) -> bool:
         return self._clock.monotonic() - stamp < (self._min_age if fresh else self._ttl)
 
+    def cached(self, *model_types: str) -> tuple[Sequence[object], ...] | None:
+        """The cached endpoints and models of `model_types`, while every one is fresh (else
+        None): a check made against these very lists holds while they are the ones cached."""
+        stamped = [self._endpoints, *(self._models.get(t) for t in model_types)]
+        lists: list[Sequence[object]] = []
+        for entry in stamped:
+            if entry is None or not self._usable(entry[0], False):
+                return None
+            lists.append(entry[1])
+        return tuple(lists)
+
     async def endpoints(self, *, fresh: bool = False) -> Sequence[Endpoint]:
         cached = self._endpoints
         if cached is not None and self._usable(cached[0], fresh):

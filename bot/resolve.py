@@ -29,6 +29,8 @@ from commands.prompt import networks as prompt_networks
 from commands.spec import image_count_error
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from bot.catalog import Catalog
     from bot.config import Config
     from bot.policy import Defaults
@@ -49,6 +51,9 @@ class Resolver:
     def __init__(self, config: Config, catalog: Catalog) -> None:
         self._config = config
         self._catalog = catalog
+        # The default names last found on the backend, and the catalogue's lists they were
+        # found in (`_defaults_hold`).
+        self._checked: tuple[tuple[str | None, ...], tuple[Sequence[object], ...]] | None = None
 
     async def check(self, options: JobOptions, defaults: Defaults) -> JobOptions:
         """Refuse what can be known before the ack; return `options` with the backend's names.
@@ -70,6 +75,15 @@ class Resolver:
         too_many = image_count_error(*_images(options))
         if too_many is not None:
             raise RefusedError(too_many)
+        plain = (
+            options.endpoint is None
+            and options.model is None
+            and options.vae is None
+            and "<" not in (options.prompt or "")  # no LoRA / hypernetwork tag
+        )
+        if plain and self._defaults_hold(defaults):
+            return options
+        lists = self._catalog.cached(*_model_types(defaults))  # what the look-ups below see
         try:
             endpoint = await self.endpoint(options.endpoint, default=defaults.endpoint)
             model = await self.model(options.model, defaults.model)
@@ -84,6 +98,12 @@ class Resolver:
             None if options.model is None else model,
             None if options.vae is None else vae,
         )
+        if (
+            plain
+            and lists is not None
+            and _same(lists, self._catalog.cached(*_model_types(defaults)))
+        ):
+            self._checked = (_default_names(defaults), lists)  # nothing reloaded meanwhile
         if names == (
             options.prompt,
             options.endpoint,
@@ -92,6 +112,15 @@ class Resolver:
         ):
             return options  # already in the backend's spelling: no copy (the ack path's cost)
         return replace(options, prompt=names[0], endpoint=names[1], model=names[2], vae=names[3])
+
+    def _defaults_hold(self, defaults: Defaults) -> bool:
+        """Whether a request that names nothing needs no look-up: its channel's default names
+        were found in the very lists the catalogue still holds (every command of a burst
+        asks; resolving them again cost a tenth of an acknowledgement, issue 11)."""
+        checked = self._checked
+        if checked is None or checked[0] != _default_names(defaults):
+            return False
+        return _same(checked[1], self._catalog.cached(*_model_types(defaults)))
 
     async def endpoint(
         self, requested: str | None, *, default: str | None = None, async_only: bool = False
@@ -213,6 +242,20 @@ class Resolver:
             scheduler=_or(o.scheduler, d.scheduler),
             mask_alpha=_or(o.mask_alpha, d.mask_alpha),
         )
+
+
+def _same(lists: tuple[Sequence[object], ...], now: tuple[Sequence[object], ...] | None) -> bool:
+    """Whether the catalogue holds the very lists it held (not equal ones: the same)."""
+    return now is not None and all(a is b for a, b in zip(lists, now, strict=True))
+
+
+def _default_names(defaults: Defaults) -> tuple[str | None, ...]:
+    return (defaults.endpoint, defaults.model, defaults.vae)
+
+
+def _model_types(defaults: Defaults) -> tuple[str, ...]:
+    """The catalogue's model lists the default names are found in."""
+    return ("Stable-diffusion",) if vae_keyword(defaults.vae) else ("Stable-diffusion", "VAE")
 
 
 def _name(endpoint: Endpoint) -> str:
