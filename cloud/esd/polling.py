@@ -685,8 +685,11 @@ class StatusBook:
                 {i: job for i, job in rows.items() if i in others},
                 [i for i in (*rows, *lost) if i in others],
             )
-            due = listing.due(self._clock(), rate, interval)
-            await self._sharing.lead(task_type, min(due - self._clock(), 3600.0))
+            # Held until this replica's next round (which extends it); with nothing left to
+            # look for, one interval: another replica with jobs takes it soon after.
+            now = self._clock()
+            due = listing.due(now, rate, interval)
+            await self._sharing.lead(task_type, due - now if due < math.inf else interval)
 
     def _look_for_others(self, task_type: str, listing: Listing, wanted: set[str]) -> None:
         """The leader's pages look for the jobs other replicas asked about too."""
