@@ -50,6 +50,31 @@ _LOGGER = logging.getLogger(__name__)
 _NO_FULL = 2**30
 
 
+class _Thresholds:
+    """The collector's thresholds, raised for full collections while any freezer runs and
+    given back when the last one closes (several apps in one process, such as tests, close in
+    any order)."""
+
+    own: tuple[int, int, int] | None = None  # the collector's, while any freezer runs
+    running = 0
+
+    @classmethod
+    def raise_full(cls) -> tuple[int, int, int]:
+        if cls.own is None:
+            cls.own = gc.get_threshold()
+            young, middle, _ = cls.own
+            gc.set_threshold(young, middle, _NO_FULL)
+        cls.running += 1
+        return cls.own
+
+    @classmethod
+    def release(cls) -> None:
+        cls.running -= 1
+        if cls.running == 0 and cls.own is not None:
+            gc.set_threshold(*cls.own)
+            cls.own = None
+
+
 class GcFreezer:
     """A background task that keeps the collector's work proportional to new objects."""
 
@@ -74,16 +99,14 @@ class GcFreezer:
         gc.collect(1)  # start-up's young garbage; then what start-up made is kept for good
         gc.freeze()
         self._baseline = sys.getallocatedblocks()
-        self._thresholds = gc.get_threshold()
-        young, middle, _ = self._thresholds
-        gc.set_threshold(young, middle, _NO_FULL)
+        self._thresholds = _Thresholds.raise_full()
         self._task = asyncio.create_task(self._run(), name="sdbot-gc")
 
     async def aclose(self) -> None:
         await stop(self._task)
         self._task = None
         if self._thresholds is not None:
-            gc.set_threshold(*self._thresholds)
+            _Thresholds.release()
             self._thresholds = None
         gc.unfreeze()
 

@@ -141,3 +141,19 @@ def test_an_idle_tick_collects_cycles_as_the_collector_would() -> None:
             await freezer.aclose()
 
     assert run(main())
+
+
+def test_the_collectors_thresholds_come_back_when_the_last_freezer_closes() -> None:
+    async def main() -> tuple[int, int]:
+        first, second = GcFreezer(lambda: True), GcFreezer(lambda: True)
+        await first.start()
+        await second.start()
+        await first.aclose()  # not in the order they started
+        raised = gc.get_threshold()[2]
+        await second.aclose()
+        return raised, gc.get_threshold()[2]
+
+    before = gc.get_threshold()
+    raised, after = run(main())
+    assert raised > before[2]  # the second still runs: full collections stay the freezer's
+    assert after == before[2]
