@@ -21,12 +21,11 @@ from cloud.esd import EsdBackend
 from cloud.esd.client import EsdClient
 from cloud.esd.pages import Listing, Page, Segment
 from cloud.esd.payloads import EsdJob
-from cloud.esd.polling import StatusBook
 from tests.esd.esd_kit import esd_config, state_of, target
-from tests.esd.test_esd_polling import _FakeClock, _status_requests, _submit_many
+from tests.esd.test_esd_polling import _book, _FakeClock, _status_requests, _submit_many
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 PAGE = 50
 
@@ -216,7 +215,8 @@ async def test_a_job_a_page_shows_ending_is_asked_about_at_once(server: str) -> 
     )
     await client.start()
     changed: list[str] = []
-    book = _book(client, clock, changed.append)
+    book = _book(client, clock)
+    book.on_change = changed.append
     for job_id in ids:
         book.track(job_id, "img2img", submitted_at=datetime.now(UTC))
     targets = [target(i) for i in ids]
@@ -238,19 +238,3 @@ async def test_a_job_a_page_shows_ending_is_asked_about_at_once(server: str) -> 
         assert {s.state.terminal for s in answer.values()} == {True} and len(answer) == 10
     finally:
         await client.aclose()
-
-
-def _book(client: EsdClient, clock: _FakeClock, on_change: Callable[[str], None]) -> StatusBook:
-    async def instances(name: str) -> int | None:
-        return 1
-
-    book = StatusBook(
-        client,
-        on_terminal=lambda job: None,
-        on_dropped=lambda job_id: None,
-        instances=instances,
-        list_interval=client.config.list_interval,
-        clock=clock,
-    )
-    book.on_change = on_change
-    return book
