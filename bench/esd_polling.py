@@ -110,6 +110,31 @@ class _Run:
     submit_seconds: float = 0.0  # from the first submission to the last
     late: int = 0  # `esd-queue`: jobs done in the window, not posted by the end of the run
 
+    @classmethod
+    def of(
+        cls,
+        delivered: int,
+        lists: int,
+        reads: int,
+        delays: list[float],
+        seconds: float,
+        submit_seconds: float,
+        late: int = 0,
+    ) -> _Run:
+        """A run's figures from the server's list pages and job reads, the jobs posted and
+        their delays."""
+        return cls(
+            delivered=delivered,
+            per_job=(lists + reads) / max(delivered, 1),
+            pages_per_second=lists / seconds if seconds > 0 else float("nan"),
+            reads_per_job=reads / max(delivered, 1),
+            p50=statistics.median(delays) if delays else float("nan"),
+            p95=percentile(delays, 95),
+            seconds=seconds,
+            submit_seconds=submit_seconds,
+            late=late,
+        )
+
 
 @dataclass(frozen=True)
 class _Window:
@@ -193,17 +218,7 @@ async def _run(
     seconds = max(adapter.posted_at.values(), default=began) - began
     lists = requests.get("list_inferences", 0)
     reads = requests.get("get_inference", 0)
-    delivered = len(delays)
-    return _Run(
-        delivered=delivered,
-        per_job=(lists + reads) / max(delivered, 1),
-        pages_per_second=lists / seconds if seconds > 0 else float("nan"),
-        reads_per_job=reads / max(delivered, 1),
-        p50=statistics.median(delays) if delays else float("nan"),
-        p95=percentile(delays, 95),
-        seconds=seconds,
-        submit_seconds=submitted - began,
-    )
+    return _Run.of(len(delays), lists, reads, delays, seconds, submitted - began)
 
 
 # After the window: how long jobs done in it may take to be posted before the run ends (far
@@ -260,17 +275,7 @@ async def _measure_window(
     lists = after.requests.get("list_inferences", 0) - before.requests.get("list_inferences", 0)
     reads = after.requests.get("get_inference", 0) - before.requests.get("get_inference", 0)
     delivered = sum(1 for posted in adapter.posted_at.values() if start <= posted <= end)
-    return _Run(
-        delivered=delivered,
-        per_job=(lists + reads) / max(delivered, 1),
-        pages_per_second=lists / seconds if seconds > 0 else float("nan"),
-        reads_per_job=reads / max(delivered, 1),
-        p50=statistics.median(delays) if delays else float("nan"),
-        p95=percentile(delays, 95),
-        seconds=seconds,
-        submit_seconds=submitted - began,
-        late=late,
-    )
+    return _Run.of(delivered, lists, reads, delays, seconds, submitted - began, late)
 
 
 class _Postings:
