@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Collection, Iterable, Mapping, Sequence
     from datetime import datetime
 
     from cloud.esd.payloads import EsdJob
@@ -128,12 +128,6 @@ class Listing:
     def __len__(self) -> int:
         return len(self._where)
 
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._where
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
-
     @property
     def segments(self) -> int:
         """Segments holding jobs to look for."""
@@ -160,7 +154,7 @@ class Listing:
 
     def _leave(self, job_id: str, segment: Segment) -> None:
         segment.ids.discard(job_id)
-        if not segment.ids and segment.key is not None and segment is not self._lost:
+        if not segment.ids and segment.key is not None:  # the head and `_lost` stay
             self._segments.pop(segment.key, None)
 
     # -- Answers -------------------------------------------------------------------------------

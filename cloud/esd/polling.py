@@ -646,7 +646,7 @@ class StatusBook:
                 self._ended_on_pages(found.values())
                 return
             self._look_for_others(task_type, listing, await self._sharing.wanted(task_type))
-        rows: dict[str, EsdJob] = {}
+        seen: list[str] = []
         lost: list[str] = []
         read: list[Segment] = []
         rate, interval = self._pages_per_second(), self._interval()
@@ -676,15 +676,12 @@ class StatusBook:
                 continue
             result = listing.record(segment, Page(page.jobs, page.next_key), self._clock())
             lost += result.lost
-            rows.update((i, listing.rows[i]) for i in result.seen)
-            self._ended_on_pages(rows[i] for i in result.ended)
+            seen += result.seen
+            self._ended_on_pages(listing.rows[i] for i in result.ended)
         if self._sharing is not None:
             others = self._others.get(task_type, set())
-            await self._sharing.post(
-                task_type,
-                {i: job for i, job in rows.items() if i in others},
-                [i for i in (*rows, *lost) if i in others],
-            )
+            found = {i: row for i in seen if i in others and (row := listing.rows.get(i))}
+            await self._sharing.post(task_type, found, [*found, *(i for i in lost if i in others)])
             # Held until this replica's next round (which extends it); with nothing left to
             # look for, one interval: another replica with jobs takes it soon after.
             now = self._clock()
