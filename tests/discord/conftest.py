@@ -169,6 +169,53 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
     )
 
 
+@dataclass
+class GatewaySession:
+    """One session on the fake gateway (dapi: developers/events/gateway.mdx "Connections"):
+    its own id, sequence numbers and dispatches. Several may identify on the same shard, and
+    each receives that shard's events ("Sharding": "You can establish multiple sessions with
+    the same `[shard_id, num_shards]`"). A session cut off is kept, still collecting its
+    events, so that a RESUME replays what it missed ("Resuming"). Heartbeats are acknowledged
+    per connection; a connection missing its heartbeats is not closed (the interval is 45 s,
+    longer than any test)."""
+
+    id: str
+    label: str  # the path it connected at (`/gateway-ws/<label>`): which client
+    shard: tuple[int, int] | None  # [shard_id, num_shards] from its identify
+    url: str
+    sequence: int = 0
+    sent: list[dict[str, Any]] = field(default_factory=list)  # every dispatch, for RESUME
+    outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    connected: bool = True
+    socket: int = 0  # id() of the connection it is on
+
+    def receives(self, guild_id: object) -> bool:
+        """Whether events of `guild_id` (None: no server, such as DMs) come to this session:
+        `shard_id = (guild_id >> 22) % num_shards`, and events without a guild go to shard 0
+        only (dapi: developers/events/gateway.mdx "Sharding")."""
+        if self.shard is None:
+            return True
+        shard_id, count = self.shard
+        if guild_id is None:
+            return shard_id == 0
+        return (int(str(guild_id)) >> 22) % count == shard_id
+
+    def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        self.sequence += 1
+        frame = {"op": 0, "t": event, "s": self.sequence, "d": data}
+        self.sent.append(frame)
+        if self.connected:
+            self.outbox.put_nowait(frame)
+
+    def resumed(self, seq: int) -> None:
+        """Connected again: what came after `seq` is sent first."""
+        self.outbox = asyncio.Queue()
+        for frame in self.sent:
+            if frame["s"] > seq:
+                self.outbox.put_nowait(frame)
+        self.connected = True
+
+
 class FakeDiscord:
     """A loopback fake of the parts of Discord's REST API and CDN that sdbot uses."""
 
@@ -197,14 +244,22 @@ class FakeDiscord:
         self.guild_upload_limit = 10 * 1024 * 1024
         self.token_upload_limits: dict[str, int] = {}
         self.originals: dict[str, str] = {}  # interaction token → original response message id
+        self.acknowledged: set[str] = set()  # interactions that got their response
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
-        # The gateway: frames the client sent, and events waiting to be sent to it.
+        # The gateway: frames the clients sent, and their sessions, each with the events sent
+        # or waiting to be sent to it.
         self.gateway_frames: list[dict[str, Any]] = []
         self.gateway_guilds: list[dict[str, Any]] = []
         self.gateway_close_code: int | None = None  # close the socket after IDENTIFY
-        self._outbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self._sequence = 0
+        self.sessions: list[GatewaySession] = []
+        # Identifies allowed per `identify_window` seconds and rate-limit bucket: Discord's
+        # session start limit for a bot below 150,000 servers (dapi: developers/events/
+        # gateway.mdx "Session Start Limit Object", "Sharding for Large Bots").
+        self.max_concurrency = 1
+        self.identify_window = 5.0
+        self.identifies_refused = 0
+        self._identified: dict[int, float] = {}  # bucket → when it last took an identify
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -213,6 +268,7 @@ class FakeDiscord:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway-ws", self._gateway)
+        app.router.add_get("/gateway-ws/{label}", self._gateway)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -315,6 +371,15 @@ class FakeDiscord:
     def in_channel(self, channel: str | int) -> list[dict[str, Any]]:
         return [m for m in self.messages.values() if m["channel_id"] == str(channel)]
 
+    def results(self, thread: str) -> list[dict[str, Any]]:
+        """The bot's result messages in a thread (each begins with its job's id), oldest
+        first."""
+        return [
+            m
+            for m in sorted(self.in_channel(thread), key=lambda m: int(m["id"]))
+            if m["content"].startswith("job `")
+        ]
+
     def thread_of(self, message_id: str) -> dict[str, Any] | None:
         return self.channels.get(message_id)
 
@@ -335,56 +400,254 @@ class FakeDiscord:
     def gateway_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/gateway-ws"
 
-    def push(self, event: str, data: dict[str, Any]) -> None:
-        """Send a gateway dispatch (MESSAGE_CREATE, INTERACTION_CREATE …) to the client."""
-        self._outbox.put_nowait((event, data))
+    def gateway_url_of(self, label: str) -> str:
+        """The gateway URL for one client (a replica): its sessions carry `label`."""
+        return f"{self.gateway_url}/{label}"
+
+    def push(self, event: str, data: dict[str, Any]) -> int:
+        """Send a gateway dispatch (MESSAGE_CREATE, INTERACTION_CREATE …) to every session
+        of the shard it belongs to — all of them when none shards — and return how many.
+        Sessions cut off and not resumed yet keep it for their RESUME."""
+        guild = data.get("guild_id")
+        receivers = [s for s in self.sessions if s.receives(guild)]
+        for session in receivers:
+            session.dispatch(event, data)
+        return len(receivers)
+
+    def ready_sessions(self, label: str | None = None) -> list[GatewaySession]:
+        """The sessions (of one client, by `label`) connected now."""
+        return [s for s in self.sessions if s.connected and label in (None, s.label)]
+
+    # -- what users do, as the gateway delivers it ------------------------------------------
+
+    def interaction_payload(
+        self,
+        kind: int,
+        data: dict[str, Any] | None,
+        *,
+        user: User = ALICE,
+        guild: int | None = GUILD,
+        channel: str | int = CHANNEL,
+        thread: str | None = None,
+        message: dict[str, Any] | None = None,
+        size_limit: int = 10 * 1024 * 1024,
+    ) -> dict[str, Any]:
+        """An INTERACTION_CREATE of `kind` (2 command, 3 component, 4 autocomplete, 5 modal
+        submit) from `user` in `channel` / `thread`; its token is then known to the fake."""
+        interaction_id = self.snowflake()
+        token = f"itok{interaction_id}"
+        payload: dict[str, Any] = {
+            "id": str(interaction_id),
+            "application_id": str(APP_ID),
+            "token": token,
+            "version": 1,
+            "type": kind,
+            "attachment_size_limit": size_limit,
+            "app_permissions": "0",
+            "locale": "en-US",
+        }
+        if data is not None:
+            payload["data"] = data
+        channel_id = str(thread or channel)
+        if guild is None:
+            payload["channel_id"] = channel_id
+            payload["channel"] = {"id": channel_id, "type": 1, "recipients": [user.payload()]}
+            payload["user"] = user.payload()
+        else:
+            payload["guild_id"] = str(guild)
+            payload["channel_id"] = channel_id
+            if thread is not None:
+                payload["channel"] = _thread_channel(str(thread), str(channel), user.id, "t")
+            else:
+                payload["channel"] = _text_channel(channel_id, guild)
+            payload["member"] = user.member()
+        if message is not None:
+            payload["message"] = message
+        self.interaction_channels[token] = channel_id
+        self.token_upload_limits[token] = size_limit
+        return payload
+
+    def slash_data(
+        self,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        files: Mapping[str, bytes] | None = None,
+        *,
+        guild: str | None = None,
+    ) -> dict[str, Any]:
+        """A slash command's `data`; `files` maps attachment options to image bytes (served
+        from the fake CDN), `guild` is named for a guild command."""
+        wire: list[dict[str, Any]] = []
+        resolved: dict[str, Any] = {}
+        for option, value in (options or {}).items():
+            kind = OPTIONS[option].kind if option in OPTIONS else Kind.TEXT  # `advanced`
+            code = {Kind.INT: 4, Kind.FLOAT: 10, Kind.BOOL: 5}.get(kind, 3)
+            wire.append({"name": option, "type": code, "value": value})
+        for slot, content in (files or {}).items():
+            attachment = self.upload(f"{slot}.png", content)
+            resolved[attachment["id"]] = attachment
+            wire.append({"name": slot, "type": 11, "value": attachment["id"]})
+        data: dict[str, Any] = {"id": "123", "name": name, "type": 1, "options": wire}
+        if guild is not None:
+            data["guild_id"] = guild  # Discord names the guild of a guild command
+        if resolved:
+            data["resolved"] = {"attachments": resolved}
+        return data
+
+    def message_payload(
+        self,
+        text: str,
+        *,
+        user: User = ALICE,
+        channel: str | int = CHANNEL,
+        guild: int | None = GUILD,
+        files: Mapping[str, bytes] | None = None,
+        reply_to: dict[str, Any] | None = None,
+        mention: bool = False,
+        message_content: bool = True,
+    ) -> dict[str, Any]:
+        """A user's message as MESSAGE_CREATE carries it; without `message_content` (the
+        intent), its text only when it mentions the bot or is a DM."""
+        content = f"<@{BOT_ID}> {text}" if mention else text
+        payload: dict[str, Any] = {
+            "id": str(self.snowflake()),
+            "channel_id": str(channel),
+            "author": user.payload(),
+            "content": content if (message_content or mention or guild is None) else "",
+            "attachments": [self.upload(n, d) for n, d in (files or {}).items()],
+            "embeds": [],
+            "mentions": [BOT_USER] if mention else [],
+            "mention_roles": [],
+            "pinned": False,
+            "tts": False,
+            "mention_everyone": False,
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "type": 0,
+            "flags": 0,
+        }
+        if guild is not None:
+            payload["guild_id"] = str(guild)
+            member = user.member()
+            member.pop("user")
+            member.pop("permissions")
+            payload["member"] = member
+        if reply_to is not None:
+            payload["type"] = 19
+            payload["message_reference"] = {
+                "message_id": reply_to["id"],
+                "channel_id": reply_to["channel_id"],
+                **({"guild_id": str(guild)} if guild is not None else {}),
+            }
+            payload["referenced_message"] = reply_to
+        return payload
 
     # -- the gateway -----------------------------------------------------------------------
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
+        url = f"ws://127.0.0.1:{self.port}{request.path}"
+        label = request.match_info.get("label", "")
         await socket.send_json({"op": 10, "d": {"heartbeat_interval": 45000}, "s": None, "t": None})
-        sender = asyncio.create_task(self._send_events(socket), name="fake-gateway-sender")
+        session: GatewaySession | None = None
+        sender: asyncio.Task[None] | None = None
         try:
             async for message in socket:
                 if message.type is not WSMsgType.TEXT:
                     continue
                 frame = json.loads(message.data)
                 self.gateway_frames.append(frame)
-                if frame["op"] == 2 and self.gateway_close_code is not None:
-                    await socket.close(code=self.gateway_close_code)
-                elif frame["op"] == 2:  # IDENTIFY
-                    self.push(
-                        "READY",
-                        {
-                            "v": 10,
-                            "user": BOT_USER,
-                            "guilds": [],
-                            "session_id": "fake-session",
-                            "resume_gateway_url": self.gateway_url,
-                            "application": {"id": str(APP_ID), "flags": self.app_flags},
-                            # dapi: developers/events/gateway-events.mdx "Ready": the shard
-                            # the session identified with, when it named one.
-                            **({"shard": frame["d"]["shard"]} if "shard" in frame["d"] else {}),
-                        },
-                    )
-                    for guild in self.gateway_guilds:
-                        self.push("GUILD_CREATE", guild)
-                elif frame["op"] == 1:  # heartbeat
+                op = frame["op"]
+                if op == 1:  # heartbeat
                     await socket.send_json({"op": 11, "d": None, "s": None, "t": None})
+                elif op == 2 and self.gateway_close_code is not None:
+                    await socket.close(code=self.gateway_close_code)
+                elif op in (2, 6) and session is not None:
+                    # dapi: developers/topics/opcodes-and-status-codes.mdx, close code 4005.
+                    await socket.close(code=4005, message=b"Already authenticated.")
+                elif op in (2, 6):
+                    session = (
+                        self._identify(frame["d"], label, url)
+                        if op == 2
+                        else self._resume(frame["d"])
+                    )
+                    if session is not None:
+                        session.socket = id(socket)
+                        sender = asyncio.create_task(
+                            self._send_events(socket, session.outbox), name="fake-gateway-sender"
+                        )
+                    else:
+                        # dapi: developers/events/gateway-events.mdx "Invalid Session": `d`
+                        # false, the client must identify anew.
+                        await socket.send_json({"op": 9, "d": False, "s": None, "t": None})
                 async with self._changed:
                     self._changed.notify_all()
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            if session is not None and session.socket == id(socket):
+                session.connected = False
+            if sender is not None:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+            async with self._changed:
+                self._changed.notify_all()
         return socket
 
-    async def _send_events(self, socket: web.WebSocketResponse) -> None:
+    def _identify(self, data: dict[str, Any], label: str, url: str) -> GatewaySession | None:
+        """A new session, or None when the identify comes too soon after another of its
+        rate-limit bucket (dapi: developers/events/gateway.mdx "Identifying", "Rate Limiting":
+        `max_concurrency` identifies per 5 seconds, the bucket being `shard_id %
+        max_concurrency`; over it, Discord answers Invalid Session)."""
+        shard = data.get("shard")
+        bucket = (shard[0] if shard else 0) % self.max_concurrency
+        now = asyncio.get_running_loop().time()
+        last = self._identified.get(bucket)
+        if last is not None and now - last < self.identify_window:
+            self.identifies_refused += 1
+            return None
+        self._identified[bucket] = now
+        session = GatewaySession(
+            f"fake-session-{len(self.sessions) + 1}",
+            label,
+            (int(shard[0]), int(shard[1])) if shard else None,
+            url,
+        )
+        self.sessions.append(session)
+        session.dispatch(
+            "READY",
+            {
+                "v": 10,
+                "user": BOT_USER,
+                "guilds": [],
+                "session_id": session.id,
+                "resume_gateway_url": url,
+                "application": {"id": str(APP_ID), "flags": self.app_flags},
+                # dapi: developers/events/gateway-events.mdx "Ready": the shard the session
+                # identified with, when it named one.
+                **({"shard": shard} if shard else {}),
+            },
+        )
+        for guild in self.gateway_guilds:
+            if session.receives(guild["id"]):
+                session.dispatch("GUILD_CREATE", guild)
+        return session
+
+    def _resume(self, data: dict[str, Any]) -> GatewaySession | None:
+        """The session `data` names, its missed dispatches queued again, then RESUMED
+        (dapi: developers/events/gateway.mdx "Resuming"); None for an unknown session."""
+        found = [s for s in self.sessions if s.id == data.get("session_id")]
+        if not found:
+            return None
+        [session] = found
+        session.resumed(int(data.get("seq") or 0))
+        session.dispatch("RESUMED", {})
+        return session
+
+    async def _send_events(
+        self, socket: web.WebSocketResponse, outbox: asyncio.Queue[dict[str, Any]]
+    ) -> None:
         while True:
-            event, data = await self._outbox.get()
-            self._sequence += 1
-            await socket.send_json({"op": 0, "t": event, "s": self._sequence, "d": data})
+            await socket.send_json(await outbox.get())
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -475,7 +738,7 @@ class FakeDiscord:
                     refreshed.append({"original": url, "refreshed": str(fresh)})
             return _json({"refreshed_urls": refreshed})
         if match := re.fullmatch(r"/guilds/(\d+)", path):
-            return _json(_guild(int(match[1]), CHANNEL))
+            return _json(guild_payload(int(match[1]), CHANNEL))
         if path == "/users/@me":
             if request.headers.get("Authorization") != f"Bot {TOKEN}":
                 return _json({"message": "401: Unauthorized", "code": 0}, 401)
@@ -599,6 +862,13 @@ class FakeDiscord:
     def _callback(self, interaction_id: str, token: str, record: Request) -> web.Response:
         if self._expired(token):
             return _json({"message": "Unknown interaction", "code": 10062}, 404)
+        if interaction_id in self.acknowledged:
+            # An interaction takes one response (dapi: developers/interactions/
+            # receiving-and-responding.mdx "Responding to an Interaction"); a second one is
+            # refused with JSON error 40060 (developers/topics/opcodes-and-status-codes.mdx).
+            return _json(
+                {"message": "Interaction has already been acknowledged.", "code": 40060}, 400
+            )
         if too_large := _too_large(record.files, self.token_upload_limits.get(token, 0) or 1 << 62):
             return too_large
         body = record.json or {}
@@ -626,6 +896,7 @@ class FakeDiscord:
         if resource is not None:
             answer["interaction"]["response_message_id"] = resource["message"]["id"]
             answer["resource"] = resource
+        self.acknowledged.add(interaction_id)
         return _json(answer)
 
     def _webhook(
@@ -776,7 +1047,7 @@ def _thread_channel(
     }
 
 
-def _guild(guild_id: int, channel_id: int) -> dict[str, Any]:
+def guild_payload(guild_id: int, channel_id: int) -> dict[str, Any]:
     return {
         "id": str(guild_id),
         "name": f"guild {guild_id}",
@@ -914,7 +1185,7 @@ class DiscordHarness:
         )
         self.client = self.adapter.client
         self.app.add_adapter(self.adapter)
-        guilds = [_guild(GUILD, CHANNEL), _guild(OTHER_GUILD, OTHER_CHANNEL)]
+        guilds = [guild_payload(GUILD, CHANNEL), guild_payload(OTHER_GUILD, OTHER_CHANNEL)]
         self.fake.gateway_guilds = guilds
         await self.app.start()
         await self.adapter.start()
@@ -925,9 +1196,12 @@ class DiscordHarness:
             for guild in guilds:
                 self.client._connection._add_guild_from_data(cast("GuildPayload", guild))
             return self
-        # The guilds arrive over the gateway, as in production.
+        # The guilds arrive over the gateway, as in production: those of the client's shards.
+        count = int(self.overrides.get("discord_shard_count", 0))
+        shards = self.overrides.get("discord_shard_ids") or range(count)
+        routed = [g for g in guilds if not count or (int(g["id"]) >> 22) % count in shards]
         for _ in range(1000):
-            if all(self.client.get_guild(int(g["id"])) for g in guilds):
+            if all(self.client.get_guild(int(g["id"])) for g in routed):
                 return self
             await asyncio.sleep(0.01)
         raise AssertionError("the fake gateway's guilds never reached the client")
@@ -966,58 +1240,18 @@ class DiscordHarness:
 
     # -- events ----------------------------------------------------------------------------
 
-    def interaction(
-        self,
-        kind: int,
-        data: dict[str, Any] | None,
-        *,
-        user: User = ALICE,
-        guild: int | None = GUILD,
-        channel: str | int = CHANNEL,
-        thread: str | None = None,
-        message: dict[str, Any] | None = None,
-        size_limit: int = 10 * 1024 * 1024,
-    ) -> str:
+    def interaction(self, kind: int, data: dict[str, Any] | None, **where: Any) -> str:
         """Deliver an INTERACTION_CREATE of `kind` (2 command, 3 component, 4 autocomplete,
-        5 modal submit) from `user` in `channel` / `thread`; returns its token."""
-        interaction_id = self.fake.snowflake()
-        token = f"itok{interaction_id}"
-        payload: dict[str, Any] = {
-            "id": str(interaction_id),
-            "application_id": str(APP_ID),
-            "token": token,
-            "version": 1,
-            "type": kind,
-            "attachment_size_limit": size_limit,
-            "app_permissions": "0",
-            "locale": "en-US",
-        }
-        if data is not None:
-            payload["data"] = data
-        channel_id = str(thread or channel)
-        if guild is None:
-            payload["channel_id"] = channel_id
-            payload["channel"] = {"id": channel_id, "type": 1, "recipients": [user.payload()]}
-            payload["user"] = user.payload()
-        else:
-            payload["guild_id"] = str(guild)
-            payload["channel_id"] = channel_id
-            if thread is not None:
-                payload["channel"] = _thread_channel(str(thread), str(channel), user.id, "t")
-            else:
-                payload["channel"] = _text_channel(channel_id, guild)
-            payload["member"] = user.member()
-        if message is not None:
-            payload["message"] = message
-        self.fake.interaction_channels[token] = channel_id
-        self.fake.token_upload_limits[token] = size_limit
+        5 modal submit) from `user` in `channel` / `thread` (`FakeDiscord.interaction_payload`);
+        returns its token."""
+        payload = self.fake.interaction_payload(kind, data, **where)
         if self.gateway:
             self.fake.push("INTERACTION_CREATE", payload)
         else:
             self.client._connection.parse_interaction_create(
                 cast("gw.InteractionCreateEvent", payload)
             )
-        return token
+        return str(payload["token"])
 
     def slash(
         self,
@@ -1027,22 +1261,9 @@ class DiscordHarness:
         **where: Any,
     ) -> str:
         """Run a slash command; `files` maps attachment options to image bytes."""
-        wire: list[dict[str, Any]] = []
-        resolved: dict[str, Any] = {}
-        for option, value in (options or {}).items():
-            kind = OPTIONS[option].kind if option in OPTIONS else Kind.TEXT  # `advanced`
-            code = {Kind.INT: 4, Kind.FLOAT: 10, Kind.BOOL: 5}.get(kind, 3)
-            wire.append({"name": option, "type": code, "value": value})
-        for slot, content in (files or {}).items():
-            attachment = self.fake.upload(f"{slot}.png", content)
-            resolved[attachment["id"]] = attachment
-            wire.append({"name": slot, "type": 11, "value": attachment["id"]})
-        data: dict[str, Any] = {"id": "123", "name": name, "type": 1, "options": wire}
         guild = where.get("guild", GUILD)
-        if guild is not None and str(guild) in self.overrides.get("discord_guilds", ()):
-            data["guild_id"] = str(guild)  # Discord names the guild of a guild command
-        if resolved:
-            data["resolved"] = {"attachments": resolved}
+        named = guild is not None and str(guild) in self.overrides.get("discord_guilds", ())
+        data = self.fake.slash_data(name, options, files, guild=str(guild) if named else None)
         return self.interaction(2, data, **where)
 
     def autocomplete(self, name: str, option: str, value: str, **where: Any) -> str:
@@ -1084,50 +1305,10 @@ class DiscordHarness:
         ]
         return self.interaction(5, {"custom_id": custom_id, "components": components}, **where)
 
-    def say(
-        self,
-        text: str,
-        *,
-        user: User = ALICE,
-        channel: str | int = CHANNEL,
-        guild: int | None = GUILD,
-        files: Mapping[str, bytes] | None = None,
-        reply_to: dict[str, Any] | None = None,
-        mention: bool = False,
-    ) -> dict[str, Any]:
-        """A user's message, as the gateway's MESSAGE_CREATE would deliver it."""
-        content = f"<@{BOT_ID}> {text}" if mention else text
-        payload: dict[str, Any] = {
-            "id": str(self.fake.snowflake()),
-            "channel_id": str(channel),
-            "author": user.payload(),
-            "content": content if (self.message_content or mention or guild is None) else "",
-            "attachments": [self.fake.upload(n, d) for n, d in (files or {}).items()],
-            "embeds": [],
-            "mentions": [BOT_USER] if mention else [],
-            "mention_roles": [],
-            "pinned": False,
-            "tts": False,
-            "mention_everyone": False,
-            "timestamp": TIMESTAMP,
-            "edited_timestamp": None,
-            "type": 0,
-            "flags": 0,
-        }
-        if guild is not None:
-            payload["guild_id"] = str(guild)
-            member = user.member()
-            member.pop("user")
-            member.pop("permissions")
-            payload["member"] = member
-        if reply_to is not None:
-            payload["type"] = 19
-            payload["message_reference"] = {
-                "message_id": reply_to["id"],
-                "channel_id": reply_to["channel_id"],
-                **({"guild_id": str(guild)} if guild is not None else {}),
-            }
-            payload["referenced_message"] = reply_to
+    def say(self, text: str, **how: Any) -> dict[str, Any]:
+        """A user's message, as the gateway's MESSAGE_CREATE would deliver it
+        (`FakeDiscord.message_payload`)."""
+        payload = self.fake.message_payload(text, message_content=self.message_content, **how)
         if self.gateway:
             self.fake.push("MESSAGE_CREATE", payload)
         else:
@@ -1144,11 +1325,7 @@ class DiscordHarness:
 
     def results(self, thread: str) -> list[dict[str, Any]]:
         """The bot's result messages in a thread, oldest first."""
-        return [
-            m
-            for m in sorted(self.fake.in_channel(thread), key=lambda m: int(m["id"]))
-            if m["content"].startswith("job `")
-        ]
+        return self.fake.results(thread)
 
 
 class _FastAsyncio:
