@@ -1,9 +1,11 @@
 """Several `sdbot` replicas as real processes, and Slack's side of them (tests and benchmarks).
 
-`Replica` is one `sdbot run` in Slack HTTP mode on a port of its own, with the local backend;
-`cluster` starts several against one loopback `FakeSlack` (`tests/slack/conftest.py`), their
-backend's jobs kept in one shared folder as a backend shared by replicas keeps them, and `Slack`
-plays Slack's side: events signed and posted to a replica, and what the channels hold.
+`Replica` is one `sdbot run` on a port of its own (its operators' endpoints, and Slack's events
+in HTTP mode), with the local backend; `cluster` starts several against one loopback `FakeSlack`
+(`tests/slack/conftest.py`), their backend's jobs kept in one shared folder as a backend shared
+by replicas keeps them, and `Slack` plays Slack's side: events signed and posted to a replica,
+and what the channels hold. `replica_settings` and `started` serve the Discord replicas too
+(`tests/replicas/test_replicas_discord.py`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from slack_sdk.signature import SignatureVerifier
 from tests.slack.conftest import BOT_TOKEN, BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, Message
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,17 +44,20 @@ def _free_port() -> int:
 
 @dataclass
 class Replica:
-    """One `sdbot run` process (Slack HTTP mode on its own port, the same after a restart).
+    """One `sdbot run` process (HTTP on its own port, the same after a restart).
 
     Each start is a replica of its own id (`ident`: `<name>-<start>`), as a restarted process
-    is (host name and pid by default); it calls the fake Slack under `/<name>/api/`, and on
-    PostgreSQL connects with its id as `application_name`, so the database can tell who wrote.
+    is (host name and pid by default); `wiring` is its own environment for the platform (the
+    fake Slack under `/<name>/api/`), `module` what it runs (`adapters.cli`, or a wrapper of
+    it); on PostgreSQL it connects with its id as `application_name`, so the database can tell
+    who wrote.
     """
 
     name: str
     env: dict[str, str]
     folder: Path
-    fake: FakeSlack
+    wiring: Mapping[str, str]
+    module: str = "adapters.cli"
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -72,17 +77,14 @@ class Replica:
             if not k.startswith(("SDBOT_", "ESD_", "SLACK_", "DISCORD_"))
         }
         self.starts += 1
-        env |= self.env | {
-            "SDBOT_HTTP_PORT": str(self.port),
-            "SDBOT_REPLICA_ID": self.ident,
-            "SLACK_API_URL": f"{self.fake.base}/{self.name}/api/",
-        }
+        env |= self.env | dict(self.wiring)
+        env |= {"SDBOT_HTTP_PORT": str(self.port), "SDBOT_REPLICA_ID": self.ident}
         if "SDBOT_DATABASE_URL" in env:
             query = urlencode({"application_name": self.ident})
             env["SDBOT_DATABASE_URL"] += ("&" if "?" in env["SDBOT_DATABASE_URL"] else "?") + query
         log = (self.folder / f"{self.name}-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "adapters.cli", "run"],
+            [sys.executable, "-m", self.module, "run"],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -197,36 +199,57 @@ async def until(check: Callable[[], bool], timeout: float, what: Callable[[], st
         raise AssertionError(what()) from None
 
 
+def replica_settings(tmp_path: Path) -> dict[str, str]:
+    """What every replica of a cluster is set up with: the local backend, its jobs in one
+    shared folder, quick polls, and no per-user or in-flight limit in the way."""
+    return {
+        "SDBOT_BACKEND": "local",
+        "SDBOT_DATA_DIR": str(tmp_path / "shared"),
+        "SDBOT_POLL_INTERVAL": "0.05",
+        "SDBOT_POLL_MAX_INTERVAL": "0.2",
+        "SDBOT_USER_CONCURRENCY": "1000",
+        "SDBOT_MAX_IN_FLIGHT": "1000",
+        "SDBOT_LOG_LEVEL": "INFO",
+    }
+
+
+@contextlib.asynccontextmanager
+async def started(replicas: Iterable[Replica]) -> AsyncIterator[aiohttp.ClientSession]:
+    """Start the replicas, wait until each answers `/healthz`, and stop them (SIGTERM) at the
+    end; the session is for the test's own requests."""
+    group = list(replicas)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for replica in group:
+                replica.start()
+            for replica in group:
+                await replica.ready(http)
+            yield http
+    finally:
+        for replica in group:
+            if replica.process is not None:
+                replica.stop()
+
+
 @contextlib.asynccontextmanager
 async def cluster(
     tmp_path: Path, names: list[str], store_env: Mapping[str, str], **settings: str
 ) -> AsyncIterator[tuple[Slack, dict[str, Replica]]]:
     fake = FakeSlack()
     await fake.start()
-    shared = tmp_path / "shared"
     env = {
         "SLACK_BOT_TOKEN": BOT_TOKEN,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SDBOT_BACKEND": "local",
-        "SDBOT_DATA_DIR": str(shared),
-        "SDBOT_POLL_INTERVAL": "0.05",
-        "SDBOT_POLL_MAX_INTERVAL": "0.2",
-        "SDBOT_USER_CONCURRENCY": "1000",
-        "SDBOT_MAX_IN_FLIGHT": "1000",
-        "SDBOT_LOG_LEVEL": "INFO",
+        **replica_settings(tmp_path),
         **store_env,
         **settings,
     }
-    replicas = {name: Replica(name, env, tmp_path, fake) for name in names}
+    replicas = {
+        name: Replica(name, env, tmp_path, {"SLACK_API_URL": f"{fake.base}/{name}/api/"})
+        for name in names
+    }
     try:
-        async with aiohttp.ClientSession() as http:
-            for replica in replicas.values():
-                replica.start()
-            for replica in replicas.values():
-                await replica.ready(http)
+        async with started(replicas.values()) as http:
             yield Slack(fake, http), replicas
     finally:
-        for replica in replicas.values():
-            if replica.process is not None:
-                replica.stop()
         await fake.aclose()
