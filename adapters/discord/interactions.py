@@ -414,12 +414,23 @@ class InteractionRouter:
     async def _turned_away(self, interaction: discord.Interaction[Any]) -> bool:
         """Answer a request that arrives while the bot shuts down; True when it did, or when
         another session (a replica on the same shard) took the interaction first."""
+        # Every session of a shard receives its events (reference/scale-out.md §1): the
+        # store's claim lets one of them act; the others answer nothing (a second answer would
+        # fail with 40060 "already acknowledged"). A replica shutting down claims too before
+        # it answers "restarting": when a running one took the command, that one serves it,
+        # and the user is not told to retry a job that runs.
+        key = f"discord:interaction:{interaction.id}"
         if self._adapter.accepting:
-            # Every session of a shard receives its events (reference/scale-out.md §1): the
-            # store's claim lets one of them act; the other answers nothing (its answer would
-            # fail with 40060 "already acknowledged" anyway).
-            key = f"discord:interaction:{interaction.id}"
             return not await self._claims.claim(key)
+        try:
+            mine = await self._claims.claim(key)
+        except Exception as exc:
+            # `sdbot run` closes the core before the adapter: in between, no claim can be made
+            # and the answer is given without one.
+            _LOGGER.info("interaction %s while stopping, not claimed: %r", interaction.id, exc)
+            mine = True
+        if not mine:
+            return True
         if not interaction.response.is_done():
             try:
                 await interaction.response.send_message(

@@ -52,3 +52,39 @@ async def test_a_shard_set_identifies_each_of_its_shards(harness: Any) -> None:
     await bot.fake.wait_for(lambda: len([f for f in bot.fake.gateway_frames if f["op"] == 2]) == 2)
     shards = sorted(f["d"]["shard"] for f in bot.fake.gateway_frames if f["op"] == 2)
     assert shards == [[1, 4], [3, 4]]
+
+
+async def test_a_stopping_replica_leaves_an_interaction_another_one_took(bot: Any) -> None:
+    # A deploy: this replica stops while another one on the same shard runs. Both receive the
+    # command; the running one claims it first and serves it, so the stopping one must not
+    # answer "restarting" too (the user would be told to retry a job that runs, and one of
+    # the two answers would fail with 40060).
+    await bot.adapter.stop()
+    data = bot.fake.slash_data("img2img", {"prompt": "x"}, {"image": png()})
+    payload = bot.fake.interaction_payload(2, data)
+    assert await bot.app.store.claim(f"discord:interaction:{payload['id']}")  # the other one
+    bot.client._connection.parse_interaction_create(payload)
+    await bot.settle()
+    assert bot.fake.callbacks(payload["token"]) == []
+
+
+async def test_a_stopping_replica_alone_says_it_is_restarting_and_claims_the_interaction(
+    bot: Any,
+) -> None:
+    await bot.adapter.stop()
+    answer = await bot.answered(bot.slash("img2img", {"prompt": "x"}, {"image": png()}))
+    assert "restarting" in answer.json["data"]["content"]
+    [interaction] = [r for r in bot.fake.requests if r.path.endswith("/callback")]
+    interaction_id = interaction.path.split("/")[-3]
+    # A replica that starts meanwhile and receives it late does not act on it as well.
+    assert not await bot.app.store.claim(f"discord:interaction:{interaction_id}")
+
+
+async def test_a_stopping_replica_whose_store_is_closed_still_says_it_is_restarting(
+    bot: Any,
+) -> None:
+    # `sdbot run` closes the core before the adapter: commands can still arrive in between.
+    await bot.adapter.stop()
+    await bot.app.store.aclose()
+    answer = await bot.answered(bot.slash("img2img", {"prompt": "x"}, {"image": png()}))
+    assert "restarting" in answer.json["data"]["content"]
