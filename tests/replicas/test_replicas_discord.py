@@ -10,6 +10,11 @@ see: one job per command and per reply, one answer to each interaction (the fake
 second with Discord's 40060), each result posted once in its job's thread; then the replica
 driving the most jobs is killed (SIGKILL) and the others take its jobs over when their leases
 expire, and post each of their results once.
+
+What the others cannot do for a killed replica: turn its "thinking…" answers into pointers to
+the jobs' threads. Only the replica that took a command holds the interaction (its token lives
+15 minutes and is not stored), so a job whose status it had not posted yet is delivered in the
+channel and its thread, and the person's private answer stays "thinking…".
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from stores.postgres import PostgresJobStore
 from tests.discord.conftest import CHANNEL, GUILD, TOKEN, FakeDiscord, guild_payload
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
 LEASE = 3.0  # seconds: short, so that the survivors take the killed replica's jobs within the run
@@ -120,28 +125,17 @@ async def _rows(db: asyncpg.Pool) -> list[asyncpg.Record]:
     )
 
 
-async def _until_rows(db: asyncpg.Pool, check: Any, timeout: float, what: str) -> None:
-    """Poll the store until `check(rows)` holds."""
+async def _until_rows(
+    db: asyncpg.Pool, check: Callable[[list[asyncpg.Record]], bool], timeout: float, what: str
+) -> None:
+    """Poll the store until `check(rows)` holds; else fail with `what` and the rows."""
     rows: list[asyncpg.Record] = []
-
-    async def holds() -> bool:
-        nonlocal rows
-        rows = await _rows(db)
-        return bool(check(rows))
-
-    with contextlib.suppress(AssertionError):
-        await _poll(holds, timeout)
-        return
-    raise AssertionError(f"{what}: {[dict(r) for r in rows]}")
-
-
-async def _poll(check: Any, timeout: float) -> None:
     try:
         async with asyncio.timeout(timeout):
-            while not await check():
+            while not check(rows := await _rows(db)):
                 await asyncio.sleep(0.05)
     except TimeoutError:
-        raise AssertionError("timed out") from None
+        raise AssertionError(f"{what}: {[dict(r) for r in rows]}") from None
 
 
 def _delivered(rows: list[asyncpg.Record], count: int) -> bool:
@@ -240,8 +234,8 @@ async def _run(fake: FakeDiscord, replicas: dict[str, Replica], db: asyncpg.Pool
             assert fake.thread_of(statuses[0]["id"]) is not None and thread == statuses[0]["id"]
             pointer = f"job `{job_id}` accepted — follow it in <#{thread}>"
             mine = [p for p in pointers if f"`{job_id}`" in p]
-            # Only the replica that took the command holds its interaction: killed before the
-            # thread existed, it leaves the "thinking…" answer (see the module's docstring).
+            # Killed before the thread existed, the replica that took the command leaves its
+            # "thinking…" answer (see the module's docstring).
             assert mine == [pointer] or (job_id in orphans and not mine), (job_id, mine)
         # One result message, in the job's thread.
         results = users.results(job_id, thread)
