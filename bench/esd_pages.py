@@ -15,7 +15,7 @@ showed it ended (as the book does once the poller took the answer). Two ways job
 Jobs are sent at 150 a second (the `esd` benchmark's bot sends 2,000 in about 14 s), so pages
 are read while the list grows, and bookmarks found at different times overlap.
 
-"In turn" is the same `Listing` with every page equally hot, so the oldest read goes first: what
+"In turn" is the same `Listing` with every page promising alike, so the oldest read goes first: what
 a scan of every page at a page a second gives. The figure is the delay from a job's end to the
 read that shows it, p50 and p95 over every job measured, median of `runs` seeds. It leaves out
 what follows the read (the poller's call, the result read, the post: `esd` measures those).
@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 from bench.machine import percentile
 from bot.model import JobState
-from cloud.esd import pages
 from cloud.esd.config import EsdConfig
 from cloud.esd.pages import Listing, Page, Segment
 from cloud.esd.payloads import EsdJob
@@ -94,7 +93,7 @@ def _simulate(count: int, in_order: bool, seed: int) -> _Result:
     config = EsdConfig(api_url="http://127.0.0.1/", api_key="bench")
     size, rate, interval = config.page_size, config.list_pages_per_second, config.list_interval
     ends = _ends(count, in_order, random.Random(seed))
-    listing = Listing(max_depth=config.status_pages, now=0.0)
+    listing = Listing(max_depth=config.status_pages, page_size=size, now=0.0)
     horizon = _WINDOW if in_order else max(ends) + 30.0
     delays: list[float] = []
     reads, step, sent = 0, 0, 0
@@ -106,9 +105,8 @@ def _simulate(count: int, in_order: bool, seed: int) -> _Result:
         if listing.due(now, rate, interval) > now:
             continue
         read: list[Segment] = []
-        stale_after = max(4 * interval, 4 * listing.segments / rate)
         while segment := listing.choose(
-            now, min_interval=interval, stale_after=stale_after, read=read
+            now, min_interval=interval, pages_per_second=rate, read=read
         ):
             read.append(segment)
             reads += 1
@@ -129,13 +127,13 @@ def _simulate(count: int, in_order: bool, seed: int) -> _Result:
 
 @contextmanager
 def _in_turn() -> Iterator[None]:
-    """Pages in turn: the oldest read goes first."""
-    score = pages._score
-    pages._score = lambda age, jobs, heat: age
+    """Pages in turn: every segment promises alike, so the oldest read goes first."""
+    promise = Listing._promise
+    Listing._promise = lambda self, start, segment: 1.0  # type: ignore[method-assign]
     try:
         yield
     finally:
-        pages._score = score
+        Listing._promise = promise  # type: ignore[method-assign]
 
 
 def esd_pages(sizes: Sequence[int], runs: int) -> list[Row]:

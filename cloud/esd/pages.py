@@ -15,25 +15,29 @@ own `last_evaluated_key`, read next in the same round as a walk down the list wo
 *lost* past the last page or `max_depth` pages from the head (the book reads it on its own).
 
 Which segment a round reads is the one expected to show the most jobs ended since its last
-read (`_score`): its age, times the square root of its jobs (a page of a few jobs left still
-comes round), times its *heat*: how much faster than the others its jobs were seen ending
-lately (the jobs that ended on its recent reads against those expected at the rate seen over
-all pages at the time; recent reads weigh more, a prior damps a single read, never below
-`_FLOOR`). A page is at least `_SPREAD` as hot as its neighbours on the list (jobs sent together
-end together), and of pages alike the older goes first (`_OLDER`). No segment waits longer than
-`stale_after`. When jobs end at random the segments come round about in turn, each about every
-`segments / pages_per_second` seconds, as a full scan would; when they end in the order they
-were sent (an Async endpoint runs one job per instance at a time, queued in order: esd-api.md
-§10.2) the pages where jobs are ending are read several times as often as the others
-(`python -m bench esd-pages` simulates both against reading the pages in turn). The first turn
-after the first walk has nothing to go on: at 10,000 jobs (20 pages) the oldest page comes
-round again only after the other 19.
+read. The book ranks the jobs in flight oldest first (a segment's jobs hold the ranks after the
+older segments') and learns, per band of ranks a fifth of a page wide, how fast jobs there were
+seen ending lately: the ends each read showed against the job-seconds it covered, both fading
+with a time constant of `_MEMORY` seconds, with a prior of `_PRIOR` job-seconds at the rate seen
+over all bands, and never below `_FLOOR` of that rate. Ranks, not pages, because where an
+endpoint queues jobs (one per instance at a time, in order: esd-api.md §10.2) jobs end oldest
+first: the ending front stands still at the oldest ranks while it moves from page to page, so
+what the reads of one page taught carries over to the page that holds those ranks next. When
+jobs end at random every band looks alike and the segments come round about in turn, each
+about every `segments / pages_per_second` seconds, as a full scan would. A segment's score is
+its age times its jobs' expected rate of ends per job, times the square root of its jobs (a
+page of a few jobs left at the front still comes round soon). No segment waits longer than six
+turns of them all (`_STALE_TURNS`). `python -m bench esd-pages` simulates both ways of ending
+against reading the pages in turn.
 
 Pages are read at `pages_per_second` on average (a token bucket holding at most
 `max(1, pages_per_second × max(min_interval, 1 s))`), one segment at most every `min_interval`.
-A segment never read yet is read in the round that found it, even beyond the tokens (they go
-negative and the next round waits for them): the first walk of thousands of jobs answers them
-all at once, and then waits as long as its pages take at that rate, as a full scan did.
+In the first walk a segment never read yet is read in the round that found it, even beyond the
+tokens (they go negative and the next round waits for them): the first walk of thousands of jobs
+answers them all at once, and then waits as long as its pages take at that rate, as a full scan
+did. After it, a page found below a read (jobs pushed down by newer ones) waits its turn like the
+others, as old as the read its jobs were last known from: a burst of submissions would otherwise
+walk the whole list at every read of the head, and no page could be read for as many seconds.
 
 The rows read are kept per job; each read answers a job once (`answer`): the core takes an
 answer for a read made when it asked, and a row reused minutes later must not pass for a fresh
@@ -45,29 +49,27 @@ segments, never to every job in flight at each call.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping, Sequence
-    from datetime import datetime
+    from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
     from cloud.esd.payloads import EsdJob
 
-# Each read of a segment counts this much less than the one after it in its heat; the rate seen
-# over all pages forgets this much of the past at each read (so it follows a rate that changes).
-_DECAY = 0.5
-_RECENT = 0.5
-# A segment's heat starts at 1 (as fast as the others), as if this many jobs had been expected
-# to end on it and had: one quiet or busy read moves it only so far.
-_PRIOR = 2.0
-_FLOOR = 0.5
-# A segment is at least this much of its neighbours' heat.
-_SPREAD = 0.5
-# The oldest page's heat counts this much more than the newest's (the rest in between).
-_OLDER = 0.25
+# Bands of ranks per page of the end-rate estimate; seconds over which what reads showed fades
+# (by 1/e).
+_BANDS_PER_PAGE = 5
+_MEMORY = 15.0
+# A band's rate starts at the mean, as if reads had covered this many job-seconds there at it;
+# it never drops below this share of the mean (a quiet band still comes round).
+_PRIOR = 100.0
+_FLOOR = 0.1
+# No segment waits longer than this many turns of them all (nor this many `min_interval`s).
+_STALE_TURNS = 6
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # sorts segments not placed yet (none) first
 
 
 @dataclass(slots=True, eq=False)
@@ -78,11 +80,6 @@ class Segment:
     depth: int  # pages from the head when it was found (1: the head)
     ids: set[str] = field(default_factory=set)
     read_at: float = -math.inf  # monotonic time of its last read; -inf: never read
-    # Its jobs seen ending, and how many were expected to at the rate seen over all pages at
-    # the time, each read counting half as much as the one after it: how much faster (or
-    # slower) than the others its jobs end lately.
-    ended: float = 0.0
-    expected: float = 0.0
     newest: datetime | None = None  # `createTime` of its page's first job: its place in the list
 
 
@@ -107,8 +104,9 @@ class Read:
 class Listing:
     """One task type's jobs in flight on ESD's list pages; see the module docstring."""
 
-    def __init__(self, *, max_depth: int, now: float) -> None:
+    def __init__(self, *, max_depth: int, page_size: int, now: float) -> None:
         self._max_depth = max_depth
+        self._band = max(1, page_size // _BANDS_PER_PAGE)  # ranks per band
         self._head = Segment(None, 1)
         self._segments: dict[str | None, Segment] = {None: self._head}
         self._lost = Segment(None, 0)  # jobs not on the pages, read on their own; never read
@@ -120,8 +118,13 @@ class Listing:
         self.looked: float | None = None  # when the book first looked for its jobs on pages
         self.read_once = False  # a page was read (or a leader's post came in)
         self.not_before = -math.inf  # no round before (a follower's or a failed round's wait)
-        self._ended = 0.0  # jobs seen ending, over all reads
-        self._exposure = 0.0  # job-seconds those reads covered (both forget the past)
+        self._walked = False  # the first walk is over
+        # Per band of ranks: jobs seen ending, and the job-seconds the reads covered; both fade.
+        self._ends: dict[int, float] = {}
+        self._covered: dict[int, float] = {}
+        self._all_ends = 0.0
+        self._all_covered = 0.0
+        self._learned = now  # when they last faded
 
     # -- Jobs ----------------------------------------------------------------------------------
 
@@ -209,17 +212,24 @@ class Listing:
         return max(tokens_at, self.not_before)
 
     def choose(
-        self, now: float, *, min_interval: float, stale_after: float, read: Collection[Segment]
+        self,
+        now: float,
+        *,
+        min_interval: float,
+        pages_per_second: float,
+        read: Collection[Segment],
     ) -> Segment | None:
-        """The segment this round reads next, None when it is done: one never read (found by
-        this round's reads, beyond the tokens), else while a token is left the one expected to
-        show the most ended jobs among those not read for `min_interval` (the oldest of those
-        not read for `stale_after` first)."""
+        """The segment this round reads next, None when it is done: in the first walk one
+        never read (found by this round's reads, beyond the tokens), else while a token is left
+        the one expected to show the most ended jobs among those not read for `min_interval`
+        (the oldest of those not read for `_STALE_TURNS` turns of every segment first)."""
         live = [s for s in self._segments.values() if s.ids]
         for segment in live:
             if segment.read_at == -math.inf and segment not in read:
                 return segment
-        heat = self._heat(live)
+        self._walked = True
+        stale_after = _STALE_TURNS * max(min_interval, len(live) / pages_per_second)
+        starts = self._starts(live)
         best: Segment | None = None
         best_key = (False, -math.inf)
         for segment in live:
@@ -227,27 +237,50 @@ class Listing:
             if segment in read or age < min_interval:
                 continue
             stale = age >= stale_after
-            key = (stale, age if stale else _score(age, len(segment.ids), heat[segment.key]))
+            key = (stale, age if stale else age * self._promise(starts[segment.key], segment))
             if key > best_key:
                 best, best_key = segment, key
         return best if self._has_token() else None
 
     @staticmethod
-    def _heat(live: list[Segment]) -> dict[str | None, float]:
-        """Each segment's heat, and at least `_SPREAD` of its neighbours' on the list (jobs
-        sent together end together: the page next to one where jobs end is likely next)."""
-        own = {s.key: _heat(s) for s in live}
-        heat = dict(own)
-        placed = sorted((s for s in live if s.newest is not None), key=lambda s: s.newest or 0)
-        for older, newer in itertools.pairwise(placed):
-            heat[older.key] = max(heat[older.key], _SPREAD * own[newer.key])
-            heat[newer.key] = max(heat[newer.key], _SPREAD * own[older.key])
-        # Jobs sent earlier end earlier where an endpoint queues them (one job per instance at
-        # a time, in order: esd-api.md §10.2): of pages alike, the older first.
-        last = max(1, len(placed) - 1)
-        for rank, segment in enumerate(placed):  # oldest first
-            heat[segment.key] *= 1 + _OLDER * (last - rank) / last
-        return heat
+    def _starts(live: Iterable[Segment]) -> dict[str | None, int]:
+        """Each segment's first rank among the jobs in flight, oldest first."""
+        starts: dict[str | None, int] = {}
+        rank = 0
+        for segment in sorted(live, key=lambda s: (s.newest is None, s.newest or _EPOCH)):
+            starts[segment.key] = rank
+            rank += len(segment.ids)
+        return starts
+
+    def _promise(self, start: int, segment: Segment) -> float:
+        """How many of `segment`'s jobs are expected to end a second, per job, times the square
+        root of its jobs."""
+        if not self._all_ends:
+            return 1.0  # before any job was seen ending, the pages in turn
+        mean = self._all_ends / self._all_covered
+        total = 0.0
+        for band, jobs in _bands(start, len(segment.ids), self._band):
+            ends, covered = self._ends.get(band, 0.0), self._covered.get(band, 0.0)
+            total += jobs * max(_FLOOR * mean, (ends + mean * _PRIOR) / (covered + _PRIOR))
+        return total / math.sqrt(len(segment.ids))
+
+    def _learn(self, segment: Segment, ended: list[int], now: float) -> None:
+        """A read of `segment` (read before) showed the jobs at `ended` (places among its
+        jobs, oldest first) ended."""
+        fade = math.exp(-(now - self._learned) / _MEMORY)
+        self._learned = now
+        for table in (self._ends, self._covered):
+            for band in table:
+                table[band] *= fade
+        seconds, jobs = now - segment.read_at, len(segment.ids)
+        start = self._starts(s for s in self._segments.values() if s.ids)[segment.key]
+        for band, share in _bands(start, jobs, self._band):
+            self._covered[band] = self._covered.get(band, 0.0) + share * seconds
+        for place in ended:
+            band = (start + place) // self._band
+            self._ends[band] = self._ends.get(band, 0.0) + 1
+        self._all_ends = self._all_ends * fade + len(ended)
+        self._all_covered = self._all_covered * fade + jobs * seconds
 
     def _has_token(self) -> bool:
         return self._tokens >= 1 - 1e-9  # tokens added in tenths add up to 0.999…
@@ -268,19 +301,17 @@ class Listing:
             self.rows[row.id] = row
             self._answered.discard(row.id)
         if segment.read_at > -math.inf:
-            mine = sum(1 for i in ended if self._where[i] is segment)
-            exposure = len(segment.ids) * (now - segment.read_at)
-            rate = self._ended / self._exposure if self._exposure else 0.0
-            segment.ended = segment.ended * _DECAY + mine
-            segment.expected = segment.expected * _DECAY + rate * exposure
-            self._ended = self._ended * _RECENT + mine
-            self._exposure = self._exposure * _RECENT + exposure
-        segment.read_at = now
+            # Its jobs oldest first: those the page did not show went below it, then the page's.
+            mine = [i for i in reversed(seen) if self._where[i] is segment]
+            below = len(segment.ids) - len(mine)
+            done = set(ended)
+            self._learn(segment, [below + n for n, i in enumerate(mine) if i in done], now)
+        last_read, segment.read_at = segment.read_at, now
         segment.newest = page.rows[0].created_at if page.rows else None
         gone = segment.ids.difference(seen)
         onward = self._lost
         if gone and page.next_key is not None and segment.depth < self._max_depth:
-            onward = self._segments.get(page.next_key) or Segment(page.next_key, segment.depth + 1)
+            onward = self._segments.get(page.next_key) or self._below(segment, page, last_read)
             self._segments[page.next_key] = onward
         for job_id in gone:
             self._move(job_id, onward)
@@ -288,6 +319,16 @@ class Listing:
             if self._takes(segment, self._where[job_id]):
                 self._move(job_id, segment)
         return Read(seen, ended, sorted(gone) if onward is self._lost else [])
+
+    def _below(self, segment: Segment, page: Page, last_read: float) -> Segment:
+        """The segment of the page after `page`, found now. In the first walk it is read in
+        this round; after it, it waits its turn, placed just below `page` and as old as the
+        read its jobs were last known from."""
+        below = Segment(page.next_key, segment.depth + 1)
+        if self._walked:
+            below.read_at = last_read
+            below.newest = page.rows[-1].created_at if page.rows else segment.newest
+        return below
 
     def _takes(self, segment: Segment, other: Segment) -> bool:
         """Whether a job of `other` that `segment`'s page shows moves to `segment`: pages that
@@ -314,18 +355,11 @@ class Listing:
         return Read([], [], lost)
 
 
-def _score(age: float, jobs: int, heat: float) -> float:
-    """How much a read of a page promises: its age times its heat, and the more jobs the more,
-    less than in proportion (a page of a few jobs left, or the sliver two bookmarks found at
-    different times do not share, still comes round)."""
-    return age * heat * math.sqrt(jobs)
-
-
-def _heat(segment: Segment) -> float:
-    """How much faster than those of all pages `segment`'s jobs end lately (1: as fast), never
-    below `_FLOOR`: a page where nothing ended lately is still read in its turn, less often
-    (with few reads behind it, a quiet page may just have been unlucky)."""
-    return max(_FLOOR, (segment.ended + _PRIOR) / (segment.expected + _PRIOR))
+def _bands(start: int, jobs: int, size: int) -> Iterator[tuple[int, int]]:
+    """The bands of `size` ranks that ranks `start` … `start + jobs - 1` fall in, and how many
+    of them in each."""
+    for band in range(start // size, (start + jobs - 1) // size + 1):
+        yield band, min(start + jobs, (band + 1) * size) - max(start, band * size)
 
 
 def _terminal(row: EsdJob) -> bool:

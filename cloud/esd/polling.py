@@ -278,7 +278,9 @@ class StatusBook:
         listing = self._listings.get(task_type)
         if listing is None:
             listing = self._listings[task_type] = Listing(
-                max_depth=self._config.status_pages, now=self._clock()
+                max_depth=self._config.status_pages,
+                page_size=self._config.page_size,
+                now=self._clock(),
             )
         return listing
 
@@ -650,10 +652,9 @@ class StatusBook:
         lost: list[str] = []
         read: list[Segment] = []
         rate, interval = self._pages_per_second(), self._interval()
-        stale_after = max(4 * interval, 4 * listing.segments / rate)
         while len(read) < self._config.status_pages:
             segment = listing.choose(
-                self._clock(), min_interval=interval, stale_after=stale_after, read=read
+                self._clock(), min_interval=interval, pages_per_second=rate, read=read
             )
             if segment is None:
                 break

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from hypothesis import given, settings
@@ -28,16 +28,17 @@ if TYPE_CHECKING:
     pass
 
 PAGE = 50
+_T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _row(job_id: str, state: JobState) -> EsdJob:
+def _row(job_id: str, state: JobState, created_at: datetime | None = None) -> EsdJob:
     return EsdJob(
         id=job_id,
         task_type="img2img",
         status=state.value,
         state=state,
         inference_type=None,
-        created_at=None,
+        created_at=created_at,
         started_at=None,
         endpoint=None,
         model=None,
@@ -51,6 +52,9 @@ class _List:
 
     def __init__(self, count: int) -> None:
         self.ids = [f"job-{n:05}" for n in range(count)][::-1]  # newest first
+        self.created = {
+            job_id: _T0 + timedelta(seconds=n) for n, job_id in enumerate(self.ids[::-1])
+        }
         self.ended: set[str] = set()
         self.reads: Counter[str | None] = Counter()
 
@@ -58,12 +62,17 @@ class _List:
         self.reads[key] += 1
         start = 0 if key is None else self.ids.index(key) + 1
         ids = self.ids[start : start + PAGE]
-        rows = [_row(i, JobState.SUCCEED if i in self.ended else JobState.INPROGRESS) for i in ids]
+        rows = [
+            _row(i, JobState.SUCCEED if i in self.ended else JobState.INPROGRESS, self.created[i])
+            for i in ids
+        ]
         more = start + PAGE < len(self.ids)
         return Page(rows, ids[-1] if more else None)
 
     def add(self, count: int) -> list[str]:
         new = [f"new-{len(self.ids) + n:05}" for n in range(count)]
+        for n, job_id in enumerate(new):
+            self.created[job_id] = _T0 + timedelta(seconds=len(self.ids) + n)
         self.ids[:0] = new[::-1]
         return new
 
@@ -75,7 +84,7 @@ def _round(
     read: list[Segment] = []
     if listing.due(now, rate, interval) > now:
         return read
-    while segment := listing.choose(now, min_interval=interval, stale_after=20.0, read=read):
+    while segment := listing.choose(now, min_interval=interval, pages_per_second=rate, read=read):
         read.append(segment)
         listing.record(segment, esd.page(segment.key), now)
     return read
@@ -83,7 +92,7 @@ def _round(
 
 def test_the_first_round_walks_down_until_every_job_was_seen() -> None:
     esd = _List(200)
-    listing = Listing(max_depth=20, now=0.0)
+    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
     for job_id in esd.ids:
         listing.place(job_id)
     read = _round(listing, esd, 0.0)
@@ -101,7 +110,7 @@ def test_pages_where_jobs_end_are_read_most() -> None:
     # An Async endpoint runs one job per instance at a time, in the order they were sent
     # (esd-api.md §10.2): the oldest jobs end first, a page's worth every 50 s here.
     esd = _List(200)
-    listing = Listing(max_depth=20, now=0.0)
+    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
     for job_id in esd.ids:
         listing.place(job_id)
     oldest = esd.ids[::-1]
@@ -131,7 +140,7 @@ def test_pages_where_jobs_end_are_read_most() -> None:
 def test_when_jobs_end_at_random_every_page_comes_round_in_turn(seed: int) -> None:
     rng = random.Random(seed)
     esd = _List(200)
-    listing = Listing(max_depth=20, now=0.0)
+    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
     for job_id in esd.ids:
         listing.place(job_id)
     _round(listing, esd, 0.0)
@@ -144,31 +153,35 @@ def test_when_jobs_end_at_random_every_page_comes_round_in_turn(seed: int) -> No
                 esd.ended.add(running.pop(rng.randrange(len(running))))
         for segment in _round(listing, esd, float(second)):
             last[segment.depth] = second
-        # No page waits much longer than a turn of all four (the staleness bound is 20 s).
+        # No page waits much longer than a turn of all four (the staleness bound is 24 s).
         assert all(second - at <= 12 for at in last.values()), (second, last)
     assert sum(esd.reads.values()) == 80
 
 
 def test_jobs_pushed_down_by_new_ones_are_followed_to_the_next_page() -> None:
     esd = _List(40)
-    listing = Listing(max_depth=20, now=0.0)
+    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
     for job_id in esd.ids:
         listing.place(job_id)
     _round(listing, esd, 0.0)  # one page holds all 40
+    assert len(listing.answer(esd.ids)[0]) == 40
     new = esd.add(30)  # 30 newer jobs: the 20 oldest are now on the second page
     for job_id in new:
         listing.place(job_id)
-    read = _round(listing, esd, 5.0)
-    assert [s.depth for s in read] == [1, 2]
+    # After the first walk, the page below waits its turn (the next token), not read at once.
+    assert [s.depth for s in _round(listing, esd, 5.0)] == [1]
     found, waiting, lost = listing.answer(esd.ids)
-    assert len(found) == 70 and not waiting and not lost
+    assert len(found) == 50 and len(waiting) == 20 and not lost
+    assert [s.depth for s in _round(listing, esd, 6.0)] == [2]
+    found, waiting, lost = listing.answer(esd.ids)
+    assert len(found) == 20 and len(waiting) == 50 and not lost
 
 
 def test_jobs_sent_while_pages_are_read_end_on_as_few_pages_as_they_fill() -> None:
     # The bot sends thousands of jobs over a few seconds while it reads pages: each head read
     # pushes some down to a new bookmark, and those pages overlap. A job stays on one of them.
     esd = _List(0)
-    listing = Listing(max_depth=20, now=0.0)
+    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
     for second in range(12):
         for job_id in esd.add(23):
             listing.place(job_id)
@@ -182,7 +195,7 @@ def test_jobs_sent_while_pages_are_read_end_on_as_few_pages_as_they_fill() -> No
 
 def test_jobs_beyond_the_last_page_or_the_depth_are_lost() -> None:
     esd = _List(120)
-    listing = Listing(max_depth=2, now=0.0)
+    listing = Listing(max_depth=2, page_size=PAGE, now=0.0)
     for job_id in [*esd.ids, "deleted"]:
         listing.place(job_id)
     _round(listing, esd, 0.0)
@@ -194,7 +207,7 @@ def test_jobs_beyond_the_last_page_or_the_depth_are_lost() -> None:
 
 def test_a_removed_job_leaves_no_trace() -> None:
     esd = _List(60)
-    listing = Listing(max_depth=20, now=0.0)
+    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
     for job_id in esd.ids:
         listing.place(job_id)
     _round(listing, esd, 0.0)
