@@ -177,6 +177,23 @@ def test_jobs_pushed_down_by_new_ones_are_followed_to_the_next_page() -> None:
     assert len(found) == 20 and len(waiting) == 50 and not lost
 
 
+def test_a_burst_of_new_jobs_is_found_a_page_a_second_not_in_one_walk() -> None:
+    # 500 jobs sent at once after the first walk: reading them all in the round that finds
+    # them would take the tokens ten below zero and leave every page unread for ten seconds,
+    # the busy ones too. They are found at the pages' pace instead.
+    esd = _List(50)
+    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
+    for job_id in esd.ids:
+        listing.place(job_id)
+    _round(listing, esd, 0.0)
+    for job_id in esd.add(500):
+        listing.place(job_id)
+    rounds = [len(_round(listing, esd, float(second))) for second in range(2, 16)]
+    assert max(rounds) == 1 and sum(rounds) == 14
+    found, waiting, lost = listing.answer(esd.ids)
+    assert len(found) == len(esd.ids) and not waiting and not lost
+
+
 def test_jobs_sent_while_pages_are_read_end_on_as_few_pages_as_they_fill() -> None:
     # The bot sends thousands of jobs over a few seconds while it reads pages: each head read
     # pushes some down to a new bookmark, and those pages overlap. A job stays on one of them.
