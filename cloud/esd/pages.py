@@ -70,6 +70,30 @@ _FLOOR = 0.1
 # No segment waits longer than this many turns of them all (nor this many `min_interval`s).
 _STALE_TURNS = 6
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # sorts segments not placed yet (none) first
+_WHOLE = 1 - 1e-9  # a token: tokens added in tenths add up to 0.999…
+
+
+class Tokens:
+    """A token bucket: `rate` a second, at most `capacity` held. Spending may take it below
+    zero (a walk beyond the tokens); the refills pay that back first."""
+
+    __slots__ = ("_at", "left")
+
+    def __init__(self, left: float, now: float) -> None:
+        self.left = left
+        self._at = now  # when `left` was last refilled
+
+    def count(self, now: float, rate: float, capacity: float) -> float:
+        """The tokens left at `now`."""
+        self.left = min(capacity, self.left + (now - self._at) * rate)
+        self._at = now
+        return self.left
+
+    def take(self, wanted: int) -> int:
+        """Up to `wanted` whole tokens of those left, none below zero."""
+        granted = max(0, min(wanted, int(self.left + 1 - _WHOLE)))
+        self.left -= granted
+        return granted
 
 
 @dataclass(slots=True, eq=False)
@@ -113,8 +137,7 @@ class Listing:
         self._where: dict[str, Segment] = {}
         self.rows: dict[str, EsdJob] = {}  # the last row read of each job placed here
         self._answered: set[str] = set()  # answered since their last read
-        self._tokens = 1.0
-        self._counted = now  # when `_tokens` was last refilled
+        self._tokens = Tokens(1.0, now)
         self.looked: float | None = None  # when the book first looked for its jobs on pages
         self.read_once = False  # a page was read (or a leader's post came in)
         self.not_before = -math.inf  # no round before (a follower's or a failed round's wait)
@@ -198,15 +221,14 @@ class Listing:
     def due(self, now: float, pages_per_second: float, min_interval: float) -> float:
         """When the next round may read a page (≤ `now`: at once)."""
         capacity = max(1.0, pages_per_second * max(min_interval, 1.0))
-        self._tokens = min(capacity, self._tokens + (now - self._counted) * pages_per_second)
-        self._counted = now
+        tokens = self._tokens.count(now, pages_per_second, capacity)
         waiting = [s for s in self._segments.values() if s.ids]
         if not waiting:
             return math.inf
         unread = any(s.read_at == -math.inf for s in waiting)
         if unread and not self.read_once:
             return max(now, self.not_before)  # the first walk
-        tokens_at = now if self._has_token() else now + (1 - self._tokens) / pages_per_second
+        tokens_at = now if tokens >= _WHOLE else now + (1 - tokens) / pages_per_second
         if not unread:
             tokens_at = max(tokens_at, min(s.read_at for s in waiting) + min_interval)
         return max(tokens_at, self.not_before)
@@ -240,7 +262,7 @@ class Listing:
             key = (stale, age if stale else age * self._promise(starts[segment.key], segment))
             if key > best_key:
                 best, best_key = segment, key
-        return best if self._has_token() else None
+        return best if self._tokens.left >= _WHOLE else None
 
     @staticmethod
     def _starts(live: Iterable[Segment]) -> dict[str | None, int]:
@@ -282,12 +304,9 @@ class Listing:
         self._all_ends = self._all_ends * fade + len(ended)
         self._all_covered = self._all_covered * fade + jobs * seconds
 
-    def _has_token(self) -> bool:
-        return self._tokens >= 1 - 1e-9  # tokens added in tenths add up to 0.999…
-
     def record(self, segment: Segment, page: Page, now: float) -> Read:
         """A page read from `segment`'s key."""
-        self._tokens -= 1
+        self._tokens.left -= 1
         self.read_once = True
         ended: list[str] = []
         seen: list[str] = []
@@ -348,7 +367,7 @@ class Listing:
     def lose(self, segment: Segment) -> Read:
         """`segment`'s page could not be listed (`is_unlistable`): its jobs are read on their
         own."""
-        self._tokens -= 1
+        self._tokens.left -= 1
         lost = sorted(segment.ids)
         for job_id in lost:
             self._move(job_id, self._lost)

@@ -52,7 +52,7 @@ from bot.ports import LOST_JOB
 from bot.recent import Recent
 from bot.tasks import TaskSet
 from cloud.esd.events import settle_delays
-from cloud.esd.pages import Listing, Page
+from cloud.esd.pages import Listing, Page, Tokens
 from cloud.esd.payloads import NO_REASON, EsdJob, is_unlistable
 from cloud.esd.sharing import LOOK_INTERVAL, REFRESH_INTERVAL
 
@@ -102,24 +102,6 @@ class Tracked:
     own: bool = False  # read by the interrogator's `JobReader`, never from REST rows or pages
 
 
-class _Budget:
-    """A token bucket: `rate` per second on average, at most one second's worth at once."""
-
-    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
-        self._rate = rate
-        self._clock = clock
-        self._tokens = max(1.0, rate)
-        self._at = clock()
-
-    def take(self, wanted: int) -> int:
-        now = self._clock()
-        self._tokens = min(max(1.0, self._rate), self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        granted = max(0, min(wanted, int(self._tokens)))
-        self._tokens -= granted
-        return granted
-
-
 class StatusBook:
     """Statuses of many jobs from few requests; see the module docstring."""
 
@@ -155,7 +137,7 @@ class StatusBook:
         self._scanning: dict[str, asyncio.Task[None]] = {}
         self._reading: dict[str, asyncio.Task[EsdJob]] = {}  # direct reads still running
         self._gate = asyncio.Semaphore(_DIRECT_CONCURRENCY)
-        self._direct = _Budget(self._config.direct_per_second, clock)
+        self._direct = Tokens(max(1.0, self._config.direct_per_second), clock())
         self._reader: JobReader | None = None
         # Completion events (`complete`): while they flow, scans and rotating reads are only a
         # backstop, `backstop_interval` apart; `on_change` asks the poller about a job at once.
@@ -738,6 +720,8 @@ class StatusBook:
                 if i not in self._reading and now - self._checked(i) >= self._interval()
             ]
             fresh.sort(key=self._checked)
+            rate = self._config.direct_per_second  # at most a second's worth at once
+            self._direct.count(self._clock(), rate, max(1.0, rate))
             ids = running + fresh[: self._direct.take(len(fresh))]
         if not ids:
             return {}
