@@ -79,19 +79,8 @@ def _ends(count: int, in_order: bool, rng: random.Random) -> list[float]:
 
 def _row(index: int, ended: bool) -> EsdJob:
     state = JobState.SUCCEED if ended else JobState.INPROGRESS
-    return EsdJob(
-        id=f"job-{index:06}",
-        task_type="img2img",
-        status=state.value,
-        state=state,
-        inference_type=None,
-        created_at=_T0 + timedelta(milliseconds=index),
-        started_at=None,
-        endpoint=None,
-        model=None,
-        owner=None,
-        reason=None,
-    )
+    created = _T0 + timedelta(milliseconds=index)
+    return EsdJob(f"job-{index:06}", "img2img", state.value, state, created_at=created)
 
 
 def _simulate(count: int, in_order: bool, seed: int) -> _Result:

@@ -70,19 +70,19 @@ _LITERAL_MAX = 100_000
 
 @dataclass(frozen=True)
 class EsdJob:
-    """One ESD job as the backend needs it."""
+    """One ESD job as the backend needs it (what a row does not say is None or empty)."""
 
     id: str
     task_type: str
     status: str  # as ESD wrote it
     state: JobState | None  # None: a status string this client does not know
-    inference_type: EndpointType | None  # None: ESD's row names none this client knows
-    created_at: datetime | None
-    started_at: datetime | None  # set by the container when it begins (§2.4)
-    endpoint: str | None
-    model: str | None
-    owner: str | None
-    reason: str | None  # readable `sagemakerRaw`, None when ESD gave none
+    inference_type: EndpointType | None = None  # None: ESD's row names none this client knows
+    created_at: datetime | None = None
+    started_at: datetime | None = None  # set by the container when it begins (§2.4)
+    endpoint: str | None = None
+    model: str | None = None
+    owner: str | None = None
+    reason: str | None = None  # readable `sagemakerRaw`, None when ESD gave none
     image_urls: tuple[str, ...] = ()
     param_urls: tuple[str, ...] = ()
     caption: str | None = None
@@ -90,19 +90,7 @@ class EsdJob:
     @classmethod
     def failed(cls, job_id: str, reason: str, task_type: str = "") -> EsdJob:
         """A job the bot knows has failed without a row to read (deleted, unreadable)."""
-        return cls(
-            id=job_id,
-            task_type=task_type,
-            status="failed",
-            state=JobState.FAILED,
-            inference_type=None,
-            created_at=None,
-            started_at=None,
-            endpoint=None,
-            model=None,
-            owner=None,
-            reason=reason,
-        )
+        return cls(job_id, task_type, "failed", JobState.FAILED, reason=reason)
 
     def cloud_job(self) -> CloudJob:
         return CloudJob(

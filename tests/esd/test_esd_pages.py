@@ -32,19 +32,7 @@ _T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _row(job_id: str, state: JobState, created_at: datetime | None = None) -> EsdJob:
-    return EsdJob(
-        id=job_id,
-        task_type="img2img",
-        status=state.value,
-        state=state,
-        inference_type=None,
-        created_at=created_at,
-        started_at=None,
-        endpoint=None,
-        model=None,
-        owner=None,
-        reason=None,
-    )
+    return EsdJob(job_id, "img2img", state.value, state, created_at=created_at)
 
 
 class _List:
