@@ -7,10 +7,18 @@ expires `ttl` seconds after its `X-Amz-Date`. S3 writes that date in whole secon
 up here, so a URL lives at least `ttl` and less than `ttl + 1` seconds. `check` answers
 what S3 would: `SignatureDoesNotMatch` for a tampered URL, `AccessDenied` / `Request has expired`
 for a stale one.
+
+ESD's Lambdas sign with their execution role's temporary credentials, so every URL they make
+carries the session token as `X-Amz-Security-Token` (SigV4 query authentication with
+temporary credentials; STS says the token's size is not fixed). Here it is about 1 KB of
+base64, so the URLs, and the rows of `GET /inferences` that keep the upload URL in `params`
+(`input_body_presign_url`), are about as long as a real stack's: a 1 MB list page holds ~400 of
+the bot's rows, not 500.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import math
@@ -28,6 +36,7 @@ _ALGORITHM = "AWS4-HMAC-SHA256"
 _DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 _SIGNATURE = "X-Amz-Signature"
 _REQUIRED = ("X-Amz-Algorithm", "X-Amz-Date", "X-Amz-Expires", _SIGNATURE)
+_SESSION_TOKEN_BYTES = 768  # 1,024 characters of base64
 
 
 class StorageError(Exception):
@@ -50,6 +59,8 @@ class PresignedStorage:
         self._ttl = ttl
         self._now = now  # epoch seconds; a callable so tests may swap the server's clock
         self._secret = secrets.token_bytes(32)
+        # The role's session token: one per server, as a Lambda keeps its credentials a while.
+        self._session_token = base64.b64encode(secrets.token_bytes(_SESSION_TOKEN_BYTES)).decode()
 
     def s3_uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -63,6 +74,7 @@ class PresignedStorage:
             "X-Amz-Date": datetime.fromtimestamp(signed_at, UTC).strftime(_DATE_FORMAT),
             "X-Amz-Expires": _seconds_text(self._ttl),
             "X-Amz-SignedHeaders": "host",
+            "X-Amz-Security-Token": self._session_token,
         }
         path = self.path(key)
         params[_SIGNATURE] = self._sign(method, path, params)

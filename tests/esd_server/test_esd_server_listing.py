@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -90,6 +91,24 @@ async def test_a_page_stops_at_1_mb_of_items_and_carries_a_key_like_dynamodb(api
     assert [len(page) for page in rest] == [2]
     listed = [row["InferenceJobId"] for page in (first.data["inferences"], *rest) for row in page]
     assert listed == created[::-1]
+
+
+async def test_a_listed_row_keeps_its_upload_url_with_the_session_token_so_500_pass_1_mb(
+    api: Api,
+) -> None:
+    # ESD's Lambdas presign with their role's temporary credentials: the URL carries the
+    # session token, and the row keeps the URL in `params.input_body_presign_url` (esd-api.md
+    # §4.4, §4.5). A job made as the bot makes them is then ~2.5 KB listed, so a 1 MB page holds
+    # about 400 of them, not the 500 the bot asks for.
+    job = await api.create()
+    url = job["api_params_s3_upload_url"]
+    assert len(parse_qs(urlsplit(url).query)["X-Amz-Security-Token"][0]) >= 1000
+    reply = await api.call("GET", "inferences", params={"type": "img2img", "username": "api"})
+    (row,) = reply.data["inferences"]
+    assert row["params"]["input_body_presign_url"] == url
+    assert 500 * len(json.dumps(row)) > 1024 * 1024
+    tampered = url.replace("X-Amz-Security-Token=", "X-Amz-Security-Token=x")
+    assert (await api.raw("PUT", tampered, json={})).status == 403
 
 
 async def test_an_earlier_key_sent_again_reads_from_its_position_like_dynamodb(
