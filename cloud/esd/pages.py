@@ -13,6 +13,8 @@ a segment's page, a job of it that is not on the page moved further down (newer 
 the head, or ESD cut the page short at DynamoDB's 1 MB): it goes to the segment of the page's
 own `last_evaluated_key`, read next in the same round as a walk down the list would, and is
 *lost* past the last page or `max_depth` pages from the head (the book reads it on its own).
+Bookmarks found from the head at different times overlap; one that falls inside a page read is
+folded into the page after it (`_fold`), so the bookmarks tile the list again.
 
 Which segment a round reads is the one expected to show the most jobs ended since its last
 read. The book ranks the jobs in flight oldest first (a segment's jobs hold the ranks after the
@@ -105,6 +107,7 @@ class Segment:
     ids: set[str] = field(default_factory=set)
     read_at: float = -math.inf  # monotonic time of its last read; -inf: never read
     newest: datetime | None = None  # `createTime` of its page's first job: its place in the list
+    after: str | None = None  # the job whose row ends the page `key` came from
 
 
 @dataclass(slots=True)
@@ -337,13 +340,36 @@ class Listing:
         for job_id in seen:
             if self._takes(segment, self._where[job_id]):
                 self._move(job_id, segment)
+        if page.rows and page.next_key is not None and segment.depth < self._max_depth:
+            self._fold(segment, page, now)
         return Read(seen, ended, sorted(gone) if onward is self._lost else [])
+
+    def _fold(self, segment: Segment, page: Page, now: float) -> None:
+        """Bookmarks found from the head at different times overlap: a segment whose key is a
+        row of this page (it reads from the middle of this page on) holds, once this page took
+        what it shows, only jobs on the page after this one. They move to that page's segment,
+        as old as their last read, and the bookmarks tile the list again: fewer pages to read
+        for the same jobs."""
+        shown = {row.id for row in page.rows[:-1]}
+        below: Segment | None = None
+        for other in list(self._segments.values()):
+            if other.after not in shown or other is segment or not other.ids:
+                continue
+            if below is None:
+                below = self._segments.get(page.next_key) or self._below(segment, page, now)
+                self._segments[page.next_key] = below
+            if other is not below:
+                below.read_at = min(below.read_at, other.read_at)
+                for job_id in list(other.ids):
+                    self._move(job_id, below)
 
     def _below(self, segment: Segment, page: Page, last_read: float) -> Segment:
         """The segment of the page after `page`, found now. In the first walk it is read in
         this round; after it, it waits its turn, placed just below `page` and as old as the
         read its jobs were last known from."""
-        below = Segment(page.next_key, segment.depth + 1)
+        below = Segment(
+            page.next_key, segment.depth + 1, after=page.rows[-1].id if page.rows else None
+        )
         if self._walked:
             below.read_at = last_read
             below.newest = page.rows[-1].created_at if page.rows else segment.newest

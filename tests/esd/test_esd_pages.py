@@ -193,7 +193,9 @@ def test_jobs_sent_while_pages_are_read_end_on_as_few_pages_as_they_fill() -> No
         _round(listing, esd, second * 2.0)
     for second in range(12, 40):
         _round(listing, esd, second * 2.0)
-    assert listing.segments <= len(esd.ids) // PAGE + 2  # 276 jobs: 6 pages, at most 7 kept
+    # 276 jobs: 6 pages. Bookmarks that fall inside a page read fold into the page after it, so
+    # they tile the list again (7 were kept without that).
+    assert listing.segments <= math.ceil(len(esd.ids) / PAGE)
     found, _, lost = listing.answer(esd.ids)
     assert len(found) == len(esd.ids) and not lost
 
