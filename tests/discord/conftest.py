@@ -59,6 +59,22 @@ ARTIST_ROLE = 9200
 MANAGE_GUILD = 1 << 5
 BASIC_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16)  # view, send, files, history
 TIMESTAMP = "2026-01-01T00:00:00+00:00"
+
+
+def _message_fields() -> dict[str, Any]:
+    """What every message object this fake makes says alike (a default message, dapi
+    resources/message.mdx "Message Object"); new lists each time, as each message has its own."""
+    return {
+        "mention_roles": [],
+        "pinned": False,
+        "tts": False,
+        "mention_everyone": False,
+        "timestamp": TIMESTAMP,
+        "edited_timestamp": None,
+        "type": 0,
+    }
+
+
 EPHEMERAL = 64
 
 
@@ -517,13 +533,7 @@ class FakeDiscord:
             "attachments": [self.upload(n, d) for n, d in (files or {}).items()],
             "embeds": [],
             "mentions": [BOT_USER] if mention else [],
-            "mention_roles": [],
-            "pinned": False,
-            "tts": False,
-            "mention_everyone": False,
-            "timestamp": TIMESTAMP,
-            "edited_timestamp": None,
-            "type": 0,
+            **_message_fields(),
             "flags": 0,
         }
         if guild is not None:
@@ -818,13 +828,7 @@ class FakeDiscord:
             "components": body.get("components") or [],
             "attachments": attachments,
             "mentions": [],
-            "mention_roles": [],
-            "pinned": False,
-            "tts": False,
-            "mention_everyone": False,
-            "timestamp": TIMESTAMP,
-            "edited_timestamp": None,
-            "type": 0,
+            **_message_fields(),
             "flags": flags | int(body.get("flags") or 0),
         }
         if token is None:

@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import aiohttp
+import asyncpg
+from pg_kit import fresh_schema
 from slack_sdk.signature import SignatureVerifier
 
+from stores.postgres import PostgresJobStore
 from tests.slack.conftest import BOT_TOKEN, BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, Message
 
 if TYPE_CHECKING:
@@ -253,3 +256,18 @@ async def cluster(
             yield Slack(fake, http), replicas
     finally:
         await fake.aclose()
+
+
+@contextlib.asynccontextmanager
+async def migrated_schema(pool_size: int) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """A fresh PostgreSQL schema with the store's tables, and a pool on it for the test's own
+    queries. The tables are made before the replicas start (they would migrate it alike)."""
+    async with fresh_schema() as url:
+        store = PostgresJobStore(url)
+        await store.start()
+        await store.aclose()
+        db = await asyncpg.create_pool(url, min_size=1, max_size=pool_size)
+        try:
+            yield url, db
+        finally:
+            await db.close()

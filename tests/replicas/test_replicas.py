@@ -22,11 +22,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import asyncpg
 import pytest
-from pg_kit import fresh_schema
-from replica_kit import Replica, Slack, cluster, until
+from replica_kit import Replica, Slack, cluster, migrated_schema, until
 from scenario_kit import png
 
-from stores.postgres import PostgresJobStore
 from tests.slack.conftest import BOT_USER
 
 if TYPE_CHECKING:
@@ -216,16 +214,9 @@ async def _until_async(check: Callable[[], Awaitable[bool]], timeout: float, wha
 async def test_three_replicas_lose_no_job_and_post_each_result_once_through_kills_and_a_pause(
     tmp_path: Path,
 ) -> None:
-    async with fresh_schema() as url:
-        store = PostgresJobStore(url)
-        await store.start()  # the schema, before the replicas (they would migrate it alike)
-        await store.aclose()
-        db = await asyncpg.create_pool(url, min_size=1, max_size=4)
-        try:
-            await db.execute(_AUDIT)
-            await _run_three(tmp_path, url, db)
-        finally:
-            await db.close()
+    async with migrated_schema(4) as (url, db):
+        await db.execute(_AUDIT)
+        await _run_three(tmp_path, url, db)
 
 
 async def _run_three(tmp_path: Path, url: str, db: asyncpg.Pool) -> None:

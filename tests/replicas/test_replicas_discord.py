@@ -26,11 +26,9 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from pg_kit import fresh_schema
-from replica_kit import Replica, replica_settings, started, until
+from replica_kit import Replica, migrated_schema, replica_settings, started, until
 from scenario_kit import png
 
-from stores.postgres import PostgresJobStore
 from tests.discord.conftest import CHANNEL, GUILD, TOKEN, FakeDiscord, guild_payload
 
 if TYPE_CHECKING:
@@ -150,16 +148,8 @@ def _delivered(rows: list[asyncpg.Record], count: int) -> bool:
 async def test_replicas_on_one_shard_act_once_on_each_event_and_take_over_a_killed_one(
     tmp_path: Path,
 ) -> None:
-    async with fresh_schema() as url:
-        store = PostgresJobStore(url)
-        await store.start()  # the schema, before the replicas (they would migrate it alike)
-        await store.aclose()
-        db = await asyncpg.create_pool(url, min_size=1, max_size=2)
-        try:
-            async with discord_cluster(tmp_path, url) as (fake, replicas):
-                await _run(fake, replicas, db)
-        finally:
-            await db.close()
+    async with migrated_schema(2) as (url, db), discord_cluster(tmp_path, url) as cluster:
+        await _run(*cluster, db)
 
 
 async def _run(fake: FakeDiscord, replicas: dict[str, Replica], db: asyncpg.Pool) -> None:
