@@ -1,7 +1,7 @@
 """Which ESD list page to read next (`cloud.esd.pages`), simulated: how long after a job ends a
 page read shows it, with the `Listing`'s choice against reading the pages in turn.
 
-No server and no event loop: a list of N jobs (newest first, `page_size` 500, position keys as
+No server and no event loop: a list of N jobs (newest first, pages of `_ROWS`, position keys as
 DynamoDB's), a clock moved in steps of 0.1 s, a round whenever `Listing.due` says so at one page
 a second (each page at most every 1.5 s, the ESD defaults), and each job forgotten once a read
 showed it ended (as the book does once the poller took the answer). Two ways jobs end:
@@ -50,6 +50,10 @@ _STEP = 0.1
 _WINDOW = 60.0
 _GRACE = 15.0
 _SLOTS = 500
+# Rows a page holds: the book asks for `page_size` (500), and ESD's 1 MB cap cuts a page of the
+# bot's rows (presigned upload URLs with a session token in each) at about 420, as the
+# ESD-compatible server does (tests/esd_server/test_esd_server_listing.py).
+_ROWS = 420
 _JOB_SECONDS = (20.0, 60.0)
 _T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # The `esd` benchmark's bot sends 2,000 jobs in about 14 s.
@@ -108,7 +112,7 @@ def _simulate(count: int, in_order: bool, seed: int) -> _Result:
             reads += 1
             # Newest first, after the key (the index of the page's last job, as text).
             top = sent - 1 if segment.key is None else int(segment.key) - 1
-            chunk = list(range(top, max(-1, top - size), -1))
+            chunk = list(range(top, max(-1, top - _ROWS), -1))
             rows = [_row(i, ends[i] <= now) for i in chunk]
             more = bool(chunk) and chunk[-1] > 0
             listing.record(segment, Page(rows, str(chunk[-1]) if more else None), now)

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 # Bands of ranks per page of the end-rate estimate; seconds over which what reads showed fades
 # (by 1/e).
 _BANDS_PER_PAGE = 5
-_MEMORY = 15.0
+_MEMORY = 30.0
 # A band's rate starts at the mean, as if reads had covered this many job-seconds there at it;
 # it never drops below this share of the mean (a quiet band still comes round).
 _PRIOR = 100.0
