@@ -32,8 +32,10 @@ page of a few jobs left at the front still comes round soon). No segment waits l
 turns of them all (`_STALE_TURNS`). `python -m bench esd-pages` simulates both ways of ending
 against reading the pages in turn.
 
-Pages are read at `pages_per_second` on average (a token bucket holding at most
-`max(1, pages_per_second × max(min_interval, 1 s))`), one segment at most every `min_interval`.
+Pages are read at `pages_per_second` on average (a token bucket that starts empty and holds at
+most `max(1, pages_per_second × max(min_interval, 1 s))`, so never more pages than seconds since
+the book began times the rate, once the first walk is paid back), one segment at most every
+`min_interval`.
 In the first walk a segment never read yet is read in the round that found it, even beyond the
 tokens (they go negative and the next round waits for them): the first walk of thousands of jobs
 answers them all at once, and then waits as long as its pages take at that rate, as a full scan
@@ -140,7 +142,7 @@ class Listing:
         self._where: dict[str, Segment] = {}
         self.rows: dict[str, EsdJob] = {}  # the last row read of each job placed here
         self._answered: set[str] = set()  # answered since their last read
-        self._tokens = Tokens(1.0, now)
+        self._tokens = Tokens(0.0, now)  # never more pages than seconds since the book began
         self.looked: float | None = None  # when the book first looked for its jobs on pages
         self.read_once = False  # a page was read (or a leader's post came in)
         self.not_before = -math.inf  # no round before (a follower's or a failed round's wait)
