@@ -335,8 +335,7 @@ class Listing:
         gone = segment.ids.difference(seen)
         onward = self._lost
         if gone and page.next_key is not None and segment.depth < self._max_depth:
-            onward = self._segments.get(page.next_key) or self._below(segment, page, last_read)
-            self._segments[page.next_key] = onward
+            onward = self._below(segment, page, last_read)
         for job_id in gone:
             self._move(job_id, onward)
         for job_id in seen:
@@ -358,23 +357,25 @@ class Listing:
             if other.after not in shown or other is segment or not other.ids:
                 continue
             if below is None:
-                below = self._segments.get(page.next_key) or self._below(segment, page, now)
-                self._segments[page.next_key] = below
+                below = self._below(segment, page, now)
             if other is not below:
                 below.read_at = min(below.read_at, other.read_at)
                 for job_id in list(other.ids):
                     self._move(job_id, below)
 
     def _below(self, segment: Segment, page: Page, last_read: float) -> Segment:
-        """The segment of the page after `page`, found now. In the first walk it is read in
-        this round; after it, it waits its turn, placed just below `page` and as old as the
-        read its jobs were last known from."""
-        below = Segment(
-            page.next_key, segment.depth + 1, after=page.rows[-1].id if page.rows else None
-        )
+        """The segment of the page after `page` (whose `next_key` is set), made and kept if it
+        is found now. In the first walk a new one is read in this round; after it, it waits its
+        turn, placed just below `page` and as old as the read its jobs were last known from."""
+        key = page.next_key
+        below = self._segments.get(key)
+        if below is not None:
+            return below
+        below = Segment(key, segment.depth + 1, after=page.rows[-1].id if page.rows else None)
         if self._walked:
             below.read_at = last_read
             below.newest = page.rows[-1].created_at if page.rows else segment.newest
+        self._segments[key] = below
         return below
 
     def _takes(self, segment: Segment, other: Segment) -> bool:
