@@ -100,9 +100,10 @@ class EsdConfig:
     # deep), later ones read the page expected to show the most ended jobs, each page at most
     # every `list_interval` seconds and `list_pages_per_second` pages on average however many
     # jobs are in flight. Task types with `direct_threshold` jobs in flight or fewer, and jobs
-    # beyond the pages, are read one by one, at most `direct_per_second` on average. 500 items
-    # of ~1 KB stay below DynamoDB's 1 MB page (a page ESD cuts short is followed by its
-    # `last_evaluated_key`), so one request covers 500 jobs in flight (docs/benchmarks.md).
+    # beyond the pages, are read one by one, at most `direct_per_second` on average. The bot's
+    # rows are ~2.5 KB as ESD stores them (the upload URL with its session token), so DynamoDB's
+    # 1 MB cut ends a page of 500 at ~420 rows and its `last_evaluated_key` leads on (docs/esd.md,
+    # docs/benchmarks.md): one request covers ~420 jobs in flight.
     page_size: int = 500
     status_pages: int = 20
     list_interval: float = 1.5
