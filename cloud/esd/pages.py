@@ -16,21 +16,23 @@ own `last_evaluated_key`, read next in the same round as a walk down the list wo
 Bookmarks found from the head at different times overlap; one that falls inside a page read is
 folded into the page after it (`_fold`), so the bookmarks tile the list again.
 
-Which segment a round reads is the one expected to show the most jobs ended since its last
-read. The book ranks the jobs in flight oldest first (a segment's jobs hold the ranks after the
-older segments') and learns, per band of ranks a fifth of a page wide, how fast jobs there were
-seen ending lately: the ends each read showed against the job-seconds it covered, both fading
-with a time constant of `_MEMORY` seconds, with a prior of `_PRIOR` job-seconds at the rate seen
-over all bands, and never below `_FLOOR` of that rate. Ranks, not pages, because where an
-endpoint queues jobs (one per instance at a time, in order: esd-api.md §10.2) jobs end oldest
-first: the ending front stands still at the oldest ranks while it moves from page to page, so
-what the reads of one page taught carries over to the page that holds those ranks next. When
-jobs end at random every band looks alike and the segments come round about in turn, each
-about every `segments / pages_per_second` seconds, as a full scan would. A segment's score is
-its age times its jobs' expected rate of ends per job, times the square root of its jobs (a
-page of a few jobs left at the front still comes round soon). No segment waits longer than six
-turns of them all (`_STALE_TURNS`). `python -m bench esd-pages` simulates both ways of ending
-against reading the pages in turn.
+Which segment a round reads is the one expected to show the most jobs ended since its last read.
+The book ranks the jobs in flight oldest first (a segment's jobs hold the ranks after the older
+segments') and learns, per band of ranks a fifth of a page wide, how fast jobs there were seen
+ending lately: the ends each read showed against the job-seconds it covered, both fading with a
+time constant of `_MEMORY` seconds or `_MEMORY_TURNS` turns of every segment, whichever is
+longer (what a read of a quiet page taught must last until that page comes round again: with
+thousands of jobs queued, their pages are read a minute or more apart), with a prior of `_PRIOR`
+job-seconds at the rate seen over all bands, and never below `_FLOOR` of that rate. Ranks, not
+pages, because where an endpoint queues jobs (one per instance at a time, in order: esd-api.md
+§10.2) jobs end oldest first: the ending front stands still at the oldest ranks while it moves
+from page to page, so what the reads of one page taught carries over to the page that holds
+those ranks next. When jobs end at random every band looks alike and the segments come round
+about in turn, each about every `segments / pages_per_second` seconds, as a full scan would. A
+segment's score is its age times its jobs' expected rate of ends per job, times the square root
+of its jobs (a page of a few jobs left at the front still comes round soon). No segment waits
+longer than six turns of them all (`_STALE_TURNS`). `python -m bench esd-pages` simulates both
+ways of ending against reading the pages in turn.
 
 Pages are read at `pages_per_second` on average (a token bucket that starts empty and holds at
 most `max(1, pages_per_second × max(min_interval, 1 s))`, so never more pages than seconds since
@@ -63,10 +65,11 @@ if TYPE_CHECKING:
 
     from cloud.esd.payloads import EsdJob
 
-# Bands of ranks per page of the end-rate estimate; seconds over which what reads showed fades
-# (by 1/e).
+# Bands of ranks per page of the end-rate estimate; seconds, or turns of every segment if longer,
+# over which what reads showed fades (by 1/e).
 _BANDS_PER_PAGE = 5
 _MEMORY = 30.0
+_MEMORY_TURNS = 6
 # A band's rate starts at the mean, as if reads had covered this many job-seconds there at it;
 # it never drops below this share of the mean (a quiet band still comes round).
 _PRIOR = 100.0
@@ -153,6 +156,7 @@ class Listing:
         self._all_ends = 0.0
         self._all_covered = 0.0
         self._learned = now  # when they last faded
+        self._turn = 0.0  # seconds to read every segment once, as of the last round
 
     # -- Jobs ----------------------------------------------------------------------------------
 
@@ -255,7 +259,8 @@ class Listing:
             if segment.read_at == -math.inf and segment not in read:
                 return segment
         self._walked = True
-        stale_after = _STALE_TURNS * max(min_interval, len(live) / pages_per_second)
+        self._turn = len(live) / pages_per_second
+        stale_after = _STALE_TURNS * max(min_interval, self._turn)
         starts = self._starts(live)
         best: Segment | None = None
         best_key = (False, -math.inf)
@@ -294,7 +299,7 @@ class Listing:
     def _learn(self, segment: Segment, ended: list[int], now: float) -> None:
         """A read of `segment` (read before) showed the jobs at `ended` (places among its
         jobs, oldest first) ended."""
-        fade = math.exp(-(now - self._learned) / _MEMORY)
+        fade = math.exp(-(now - self._learned) / max(_MEMORY, _MEMORY_TURNS * self._turn))
         self._learned = now
         for table in (self._ends, self._covered):
             for band in table:
