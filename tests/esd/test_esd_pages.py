@@ -78,11 +78,28 @@ def _round(
     return read
 
 
-def test_the_first_round_walks_down_until_every_job_was_seen() -> None:
-    esd = _List(200)
-    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
+def _placed(esd: _List, max_depth: int = 20) -> Listing:
+    """A book looking for every job on `esd`'s list."""
+    listing = Listing(max_depth=max_depth, page_size=PAGE, now=0.0)
     for job_id in esd.ids:
         listing.place(job_id)
+    return listing
+
+
+def _forget_ended(
+    listing: Listing, now: float, ended_at: dict[str, float], delays: list[float]
+) -> None:
+    """Each job a read showed ended is forgotten, as the book forgets a job once it reported its
+    end; the delay from its end (`ended_at`) to `now` is noted."""
+    for job_id, row in list(listing.rows.items()):
+        if row.state is JobState.SUCCEED:
+            delays.append(now - ended_at[job_id])
+            listing.remove(job_id)
+
+
+def test_the_first_round_walks_down_until_every_job_was_seen() -> None:
+    esd = _List(200)
+    listing = _placed(esd)
     read = _round(listing, esd, 0.0)
     assert [s.depth for s in read] == [1, 2, 3, 4]
     found, waiting, lost = listing.answer(esd.ids)
@@ -99,9 +116,7 @@ def test_pages_where_jobs_end_are_read_most() -> None:
     # An Async endpoint runs one job per instance at a time, in the order they were sent
     # (esd-api.md §10.2): the oldest jobs end first, a page's worth every 50 s here.
     esd = _List(200)
-    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
-    for job_id in esd.ids:
-        listing.place(job_id)
+    listing = _placed(esd)
     oldest = esd.ids[::-1]
     _round(listing, esd, 0.0)
     esd.reads.clear()
@@ -112,10 +127,7 @@ def test_pages_where_jobs_end_are_read_most() -> None:
             ended_at.setdefault(job_id, second)
         esd.ended.update(ended_at)
         _round(listing, esd, float(second))
-        for job_id, row in list(listing.rows.items()):
-            if row.state is JobState.SUCCEED:
-                delays.append(second - ended_at[job_id])
-                listing.remove(job_id)  # the book forgets a job once it reported its end
+        _forget_ended(listing, float(second), ended_at, delays)
     # One page a second in all (the walk's four at 0 s paid back by 4 s, the book having started
     # with no token: 119 in the 120 s from 4 s to 123 s), and most of them where jobs end: seen
     # within a second or two, where reading the four pages in turn would take 2 s on average.
@@ -131,9 +143,7 @@ def test_pages_of_jobs_still_queued_are_read_seldom_however_many() -> None:
     # again (six turns of every page, 72 s with 12 pages), not 30 s, so the tokens go where
     # jobs end. With 30 s, 80 of the 225 reads from 100 s on showed no job ending.
     esd = _List(1200)
-    listing = Listing(max_depth=30, page_size=PAGE, now=0.0)
-    for job_id in esd.ids:
-        listing.place(job_id)
+    listing = _placed(esd, max_depth=30)
     oldest = esd.ids[::-1]
     _round(listing, esd, 0.0)
     ended_at: dict[str, float] = {}
@@ -146,10 +156,7 @@ def test_pages_of_jobs_still_queued_are_read_seldom_however_many() -> None:
         for segment in _round(listing, esd, float(second)):
             if second >= 100 and not any(i in ended_at for i in segment.ids):
                 quiet += 1
-        for job_id, row in list(listing.rows.items()):
-            if row.state is JobState.SUCCEED:
-                delays.append(second - ended_at[job_id])
-                listing.remove(job_id)
+        _forget_ended(listing, float(second), ended_at, delays)
     assert quiet <= 60
     delays.sort()
     assert delays[int(len(delays) * 0.9)] <= 1
@@ -160,9 +167,7 @@ def test_pages_of_jobs_still_queued_are_read_seldom_however_many() -> None:
 def test_when_jobs_end_at_random_every_page_comes_round_in_turn(seed: int) -> None:
     rng = random.Random(seed)
     esd = _List(200)
-    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
-    for job_id in esd.ids:
-        listing.place(job_id)
+    listing = _placed(esd)
     _round(listing, esd, 0.0)
     esd.reads.clear()
     running = list(esd.ids)
@@ -180,9 +185,7 @@ def test_when_jobs_end_at_random_every_page_comes_round_in_turn(seed: int) -> No
 
 def test_jobs_pushed_down_by_new_ones_are_followed_to_the_next_page() -> None:
     esd = _List(40)
-    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
-    for job_id in esd.ids:
-        listing.place(job_id)
+    listing = _placed(esd)
     _round(listing, esd, 0.0)  # one page holds all 40
     assert len(listing.answer(esd.ids)[0]) == 40
     new = esd.add(30)  # 30 newer jobs: the 20 oldest are now on the second page
@@ -202,9 +205,7 @@ def test_a_burst_of_new_jobs_is_found_a_page_a_second_not_in_one_walk() -> None:
     # them would take the tokens ten below zero and leave every page unread for ten seconds,
     # the busy ones too. They are found at the pages' pace instead.
     esd = _List(50)
-    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
-    for job_id in esd.ids:
-        listing.place(job_id)
+    listing = _placed(esd)
     _round(listing, esd, 0.0)
     for job_id in esd.add(500):
         listing.place(job_id)
@@ -246,9 +247,7 @@ def test_jobs_beyond_the_last_page_or_the_depth_are_lost() -> None:
 
 def test_a_removed_job_leaves_no_trace() -> None:
     esd = _List(60)
-    listing = Listing(max_depth=20, page_size=PAGE, now=0.0)
-    for job_id in esd.ids:
-        listing.place(job_id)
+    listing = _placed(esd)
     _round(listing, esd, 0.0)
     for job_id in esd.ids:
         listing.remove(job_id)
