@@ -6,8 +6,9 @@ interpreter lock with the bot being measured, and at 2,000 jobs finishing within
 (about a third of the loop's time) decided the delays measured. `EsdProcess` runs
 `cloud.esd_server.running_server` in a child (`python -m bench.esd_process`) and reads what the
 benchmark needs from it over a line protocol on its stdin / stdout: the base URL first, then,
-for each `stats` line, one JSON line with the request counters per route and each job's
-completion time (the server's clock, seconds since the epoch). Closing stdin stops it.
+for each `stats` line, one JSON line with the request counters per route, each job's
+completion time (the server's clock, seconds since the epoch) and when each list page was asked
+for (this machine's clock, as the bot's). Closing stdin stops it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 class ServerStats:
     requests: dict[str, int]
     completed: dict[str, float]  # job id → completion time on the server's clock
+    list_times: list[float]  # when each list page was asked for (`time.time()`, not skewed)
 
 
 class EsdProcess:
@@ -76,7 +80,7 @@ class EsdProcess:
             process.stdin.write(b"stats\n")
             await process.stdin.drain()
             data = json.loads(await process.stdout.readline())
-        return ServerStats(data["requests"], data["completed"])
+        return ServerStats(data["requests"], data["completed"], data["list_times"])
 
     async def __aexit__(self, *exc: object) -> None:
         process, self._process = self._process, None
@@ -101,6 +105,20 @@ class _SkewedClock:
         return datetime.now(UTC) + self.skew
 
 
+class _Requests(Counter[str]):
+    """The server's requests per route (`state.requests`, counted `+= 1` by its API Gateway
+    middleware), noting when each list page was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.list_times: list[float] = []
+
+    def __setitem__(self, route: str, count: int) -> None:
+        if route == "list_inferences":
+            self.list_times.append(time.time())
+        super().__setitem__(route, count)
+
+
 async def _serve(low: float, high: float, skew: float, queue: str, slots: int) -> None:
     from cloud.esd_server import ServerConfig, running_server
     from cloud.esd_server.config import DEFAULT_ENDPOINTS, EndpointSpec
@@ -119,10 +137,12 @@ async def _serve(low: float, high: float, skew: float, queue: str, slots: int) -
     async with running_server(config) as url:
         state = url.state
         state.clock = _SkewedClock(skew)
+        state.requests = requests = _Requests()
         print(url, flush=True)
         while await loop.run_in_executor(None, sys.stdin.readline):
             answer: dict[str, Any] = {
-                "requests": dict(state.requests),
+                "requests": dict(requests),
+                "list_times": requests.list_times,
                 "completed": {
                     job_id: record.completed.timestamp()
                     for job_id, record in state.jobs.items()

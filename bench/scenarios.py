@@ -10,14 +10,12 @@ import asyncio
 import base64
 import gc
 import io
-import multiprocessing
 import random
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from bench.machine import percentile, rss_mb
+from bench.machine import in_own_process, percentile, rss_mb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kit"))
 
@@ -495,21 +493,13 @@ async def _in_flight_once(jobs: int, window: float) -> _InFlight:
     )
 
 
-def _in_flight_process(jobs: int, window: float) -> _InFlight:
-    return asyncio.run(_in_flight_once(jobs, window))
-
-
 def in_flight(sizes: Sequence[int], runs: int, window: float = 30.0) -> list[Row]:
     rows: list[Row] = []
     per_thousand: dict[int, float] = {}
-    # Each run in a process of its own: resident memory is then that of a bot carrying the
-    # jobs, not what earlier runs left to the allocator in a shared benchmark process.
-    spawn = multiprocessing.get_context("spawn")
     for jobs in sizes:
-        results = []
-        for _ in range(runs):
-            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                results.append(pool.submit(_in_flight_process, jobs, window).result())
+        # Each run in a process of its own: resident memory is then that of a bot carrying the
+        # jobs, not what earlier runs left to the allocator in a shared benchmark process.
+        results = [in_own_process(_in_flight_once, jobs, window) for _ in range(runs)]
         if any(r.jobs != jobs for r in results):
             raise RuntimeError(f"not every one of {jobs} jobs was in flight")
 
